@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use and are no-ops for the install the second time.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch/torchvision are pinned here (wheels available offline on our machines), not in pyproject.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+RSHF_PIN := rshf==0.2.2
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS)
+	$(PIP) install -q --disable-pip-version-check -e ".[dev,notebooks]"
+	# rshf's own pins drag in torchaudio/open_clip and pin torch: install it without them.
+	$(PIP) install -q --disable-pip-version-check --no-deps $(RSHF_PIN)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/rsembed-dask demo --out demo_out
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf demo_out .pytest_cache
