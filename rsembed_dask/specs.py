@@ -1,0 +1,417 @@
+"""Frozen, validated specs: what to fetch, where, when, and how to embed it.
+
+Every spec validates at construction and raises :class:`~rsembed_dask.errors.SpecError`
+naming the field, the value and what is allowed. Specs round-trip through JSON
+(``to_json`` / ``from_json``) and tokenize stably for Dask graph keys.
+
+Examples
+--------
+>>> from rsembed_dask.specs import PointBuffer, TemporalSpec, SensorSpec
+>>> PointBuffer(lon=3.0, lat=31.2, buffer_m=1120)
+PointBuffer(lon=3.0, lat=31.2, buffer_m=1120.0)
+>>> TemporalSpec.year(2022)
+TemporalSpec(start='2022-01-01', end='2023-01-01')
+>>> SensorSpec().bands
+('B4', 'B3', 'B2')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import numbers
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
+
+from .errors import SpecError
+
+__all__ = [
+    "PointBuffer",
+    "BBox",
+    "TemporalSpec",
+    "SensorSpec",
+    "OutputSpec",
+    "ModelSpec",
+    "DEFAULT_MODEL_ID",
+    "env_defaults",
+]
+
+DEFAULT_MODEL_ID = "MVRL/scalemae-vitlarge-800"
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_FETCH_WORKERS = 8
+# rs-embed's defaults for RS_EMBED_SCALEMAE_BATCH_SIZE: small on CPU, larger on CUDA.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
+# Sentinel-2's coarsest band is 60 m; beyond 10 km per pixel a "patch" is a continent.
+MAX_SCALE_M = 10_000.0
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, allowed: str | None = None) -> float:
+    """Return ``value`` as a finite float within bounds, or raise SpecError."""
+    what = allowed or _range_words(lo, hi, lo_open)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpecError(name, value, what)
+    v = float(value)
+    if not math.isfinite(v):
+        raise SpecError(name, value, what)
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise SpecError(name, value, what)
+    if hi is not None and v > hi:
+        raise SpecError(name, value, what)
+    return v
+
+
+def _range_words(lo: float | None, hi: float | None, lo_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"a finite number <= {hi:g}"
+    return "a finite number"
+
+
+def _int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
+    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    if isinstance(value, bool):
+        raise SpecError(name, value, allowed)
+    try:
+        iv = int(value)
+    except (TypeError, ValueError):
+        raise SpecError(name, value, allowed) from None
+    if iv != value or iv < lo or (hi is not None and iv > hi):
+        raise SpecError(name, value, allowed)
+    return iv
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SpecError(name, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def _date(name: str, value: Any) -> str:
+    """Normalise a date-like value to ``YYYY-MM-DD``."""
+    allowed = "a date as 'YYYY-MM-DD', datetime.date or datetime.datetime"
+    if isinstance(value, _dt.datetime):
+        return value.date().isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return _dt.date.fromisoformat(value.strip()[:10]).isoformat()
+        except ValueError:
+            raise SpecError(name, value, allowed) from None
+    raise SpecError(name, value, allowed)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
+
+
+# --------------------------------------------------------------------------- base
+
+
+class _Spec:
+    """Mixin: JSON round-trip and a stable Dask token for frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Spec):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = [x.to_dict() if isinstance(x, _Spec) else x for x in v]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        if not isinstance(data, Mapping):
+            raise SpecError(cls.__name__, data, "a mapping of field names to values")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SpecError(f"{cls.__name__}.{unknown[0]}", data[unknown[0]],
+                            "one of the fields " + ", ".join(sorted(names)))
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for k, v in data.items():
+            t = hints.get(k)
+            if isinstance(t, type) and issubclass(t, _Spec) and isinstance(v, Mapping):
+                v = t.from_dict(v)
+            kwargs[k] = v
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def __dask_tokenize__(self):
+        return (type(self).__qualname__, self.to_json())
+
+    def replace(self, **changes):
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# --------------------------------------------------------------------------- spatial
+
+
+@dataclass(frozen=True)
+class PointBuffer(_Spec):
+    """A square footprint of half-side ``buffer_m`` metres around a lon/lat point.
+
+    The square is laid out in the point's local UTM zone, so ``buffer_m`` is
+    true ground distance.
+    """
+
+    lon: float
+    lat: float
+    buffer_m: float
+
+    def __post_init__(self):
+        _set(self, "lon", _number("PointBuffer.lon", self.lon, lo=-180, hi=180))
+        _set(self, "lat", _number("PointBuffer.lat", self.lat, lo=-90, hi=90))
+        _set(self, "buffer_m", _number("PointBuffer.buffer_m", self.buffer_m, lo=0, lo_open=True,
+                                       hi=1_000_000))
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        return self.lon, self.lat
+
+
+@dataclass(frozen=True)
+class BBox(_Spec):
+    """A lon/lat bounding box (EPSG:4326), ``minlon < maxlon``, ``minlat < maxlat``.
+
+    Boxes crossing the antimeridian are not supported: split them in two.
+    """
+
+    minlon: float
+    minlat: float
+    maxlon: float
+    maxlat: float
+
+    def __post_init__(self):
+        for name, lo, hi in (("minlon", -180, 180), ("minlat", -90, 90),
+                             ("maxlon", -180, 180), ("maxlat", -90, 90)):
+            _set(self, name, _number(f"BBox.{name}", getattr(self, name), lo=lo, hi=hi))
+        if not self.maxlon > self.minlon:
+            raise SpecError("BBox.maxlon", self.maxlon,
+                            f"a longitude greater than minlon={self.minlon!r} "
+                            "(antimeridian-crossing boxes are not supported)")
+        if not self.maxlat > self.minlat:
+            raise SpecError("BBox.maxlat", self.maxlat, f"a latitude greater than minlat={self.minlat!r}")
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        return (self.minlon + self.maxlon) / 2, (self.minlat + self.maxlat) / 2
+
+
+# --------------------------------------------------------------------------- temporal
+
+
+@dataclass(frozen=True)
+class TemporalSpec(_Spec):
+    """A date window ``[start, end)``; ``end`` is exclusive, as in Earth Engine's filterDate."""
+
+    start: str
+    end: str
+
+    def __post_init__(self):
+        _set(self, "start", _date("TemporalSpec.start", self.start))
+        _set(self, "end", _date("TemporalSpec.end", self.end))
+        if not self.end > self.start:
+            raise SpecError("TemporalSpec.end", self.end,
+                            f"a date after start={self.start!r} (the window is [start, end))")
+
+    @classmethod
+    def range(cls, start, end) -> TemporalSpec:
+        """Window from ``start`` (inclusive) to ``end`` (exclusive)."""
+        return cls(start, end)
+
+    @classmethod
+    def year(cls, y: int) -> TemporalSpec:
+        """The calendar year ``y``."""
+        y = _int("TemporalSpec.year", y, lo=1984, hi=2100)
+        return cls(f"{y:04d}-01-01", f"{y + 1:04d}-01-01")
+
+
+# --------------------------------------------------------------------------- sensor
+
+
+@dataclass(frozen=True)
+class SensorSpec(_Spec):
+    """Which collection, bands, pixel size and compositing to fetch.
+
+    Defaults follow rs-embed's ``scalemae_rgb`` card: Sentinel-2 SR harmonized,
+    RGB as (B4, B3, B2), 10 m, scenes under 30 % cloud, median composite.
+    """
+
+    collection: str = "COPERNICUS/S2_SR_HARMONIZED"
+    bands: tuple[str, ...] = ("B4", "B3", "B2")
+    scale_m: float = 10.0
+    cloudy_pct: float = 30.0
+    composite: Literal["median", "mosaic"] = "median"
+    cloud_property: str = "CLOUDY_PIXEL_PERCENTAGE"
+
+    COMPOSITES: ClassVar[tuple[str, ...]] = ("median", "mosaic")
+
+    def __post_init__(self):
+        if not isinstance(self.collection, str) or not self.collection.strip():
+            raise SpecError("SensorSpec.collection", self.collection, "a non-empty collection id")
+        bands = self.bands
+        if isinstance(bands, str) or not isinstance(bands, (list, tuple)) or not bands:
+            raise SpecError("SensorSpec.bands", bands, "a non-empty sequence of band names")
+        if not all(isinstance(b, str) and b for b in bands) or len(set(bands)) != len(bands):
+            raise SpecError("SensorSpec.bands", bands, "distinct, non-empty band names")
+        _set(self, "bands", tuple(bands))
+        _set(self, "scale_m", _number("SensorSpec.scale_m", self.scale_m, lo=0, lo_open=True,
+                                      hi=MAX_SCALE_M))
+        _set(self, "cloudy_pct", _number("SensorSpec.cloudy_pct", self.cloudy_pct, lo=0, hi=100))
+        _choice("SensorSpec.composite", self.composite, self.COMPOSITES)
+        if not isinstance(self.cloud_property, str) or not self.cloud_property:
+            raise SpecError("SensorSpec.cloud_property", self.cloud_property, "a property name")
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class OutputSpec(_Spec):
+    """Pooled vectors ``[D]`` or token grids ``[D, h, w]``.
+
+    Use the constructors :meth:`pooled` and :meth:`grid`.
+    """
+
+    mode: Literal["pooled", "grid"] = "pooled"
+    pooling: Literal["mean", "max"] = "mean"
+
+    MODES: ClassVar[tuple[str, ...]] = ("pooled", "grid")
+    POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "max")
+
+    def __post_init__(self):
+        _choice("OutputSpec.mode", self.mode, self.MODES)
+        _choice("OutputSpec.pooling", self.pooling, self.POOLINGS)
+
+    @classmethod
+    def pooled(cls, pooling: str = "mean") -> OutputSpec:
+        """One vector per sample: mean (or max) of patch tokens, CLS excluded."""
+        return cls("pooled", pooling)
+
+    @classmethod
+    def grid(cls, pooling: str = "mean") -> OutputSpec:
+        """Patch tokens as a ``(D, h, w)`` grid (``pooling`` is used for the pooled companion)."""
+        return cls("grid", pooling)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """Which ScaleMAE weights to load and how to run them.
+
+    Parameters
+    ----------
+    model_id : str
+        A Hugging Face hub id (default ``MVRL/scalemae-vitlarge-800``), a local
+        directory in ``save_pretrained`` layout, or a named test config
+        (``test-tiny``, ``test-small``) with deterministic random weights.
+    image_size : int
+        Side of the square model input in pixels (a multiple of the patch size).
+    batch_size : int or None
+        Images per forward pass; ``None`` picks 8 on CPU and 32 on CUDA.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    dtype : str
+        ``"float32"`` or ``"bfloat16"`` (autocast for the forward pass).
+    res_reference_m : float
+        ``input_res = effective_gsd_m / res_reference_m``. 1.0 passes metres, as
+        rs-embed does; the original ScaleMAE code used a relative factor.
+    """
+
+    model_id: str = DEFAULT_MODEL_ID
+    image_size: int = DEFAULT_IMAGE_SIZE
+    batch_size: int | None = None
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    res_reference_m: float = 1.0
+
+    DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
+
+    def __post_init__(self):
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise SpecError("ModelSpec.model_id", self.model_id,
+                            "a hub id, a local directory or a test config name")
+        _set(self, "image_size", _int("ModelSpec.image_size", self.image_size, lo=16, hi=4096))
+        if self.batch_size is not None:
+            _set(self, "batch_size", _int("ModelSpec.batch_size", self.batch_size, lo=1, hi=65536))
+        dev = self.device
+        if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda", "mps")
+                                            or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise SpecError("ModelSpec.device", dev, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        _choice("ModelSpec.dtype", self.dtype, self.DTYPES)
+        _set(self, "res_reference_m", _number("ModelSpec.res_reference_m", self.res_reference_m,
+                                              lo=0, lo_open=True, hi=1e6))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ModelSpec:
+        """Defaults from the rs-embed environment knobs, then ``overrides``.
+
+        Reads ``RS_EMBED_SCALEMAE_ID``, ``RS_EMBED_SCALEMAE_IMG`` and
+        ``RS_EMBED_SCALEMAE_BATCH_SIZE``. Call this once, at the edge (API/CLI).
+        """
+        env = env_defaults(environ)
+        kwargs: dict[str, Any] = {"model_id": env["model_id"], "image_size": env["image_size"],
+                                  "batch_size": env["batch_size"]}
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+    def resolved_batch_size(self, device_type: str) -> int:
+        """The batch size to use on a device of type ``"cpu"`` or ``"cuda"``."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
+
+
+def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read the rs-embed compatibility knobs from ``environ`` (default ``os.environ``).
+
+    Returns a dict with ``model_id``, ``image_size``, ``batch_size`` (or None)
+    and ``fetch_workers``. Bad values raise SpecError naming the variable.
+    """
+    if environ is None:
+        import os
+
+        environ = os.environ
+
+    def _env_int(var: str, default: int | None, lo: int) -> int | None:
+        raw = environ.get(var)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SpecError(var, raw, f"an integer >= {lo}") from None
+        return _int(var, value, lo=lo)
+
+    return {
+        "model_id": environ.get("RS_EMBED_SCALEMAE_ID") or DEFAULT_MODEL_ID,
+        "image_size": _env_int("RS_EMBED_SCALEMAE_IMG", DEFAULT_IMAGE_SIZE, 16),
+        "batch_size": _env_int("RS_EMBED_SCALEMAE_BATCH_SIZE", None, 1),
+        "fetch_workers": _env_int("RS_EMBED_SCALEMAE_FETCH_WORKERS", DEFAULT_FETCH_WORKERS, 1),
+    }
+
