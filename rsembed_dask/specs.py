@@ -36,6 +36,7 @@ __all__ = [
     "SensorSpec",
     "OutputSpec",
     "ModelSpec",
+    "CampaignSpec",
     "DEFAULT_MODEL_ID",
     "env_defaults",
 ]
@@ -415,3 +416,86 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "fetch_workers": _env_int("RS_EMBED_SCALEMAE_FETCH_WORKERS", DEFAULT_FETCH_WORKERS, 1),
     }
 
+
+
+# --------------------------------------------------------------------------- campaign
+
+
+@dataclass(frozen=True)
+class CampaignSpec(_Spec):
+    """Everything that determines a campaign's cube contents.
+
+    Parameters
+    ----------
+    temporal : TemporalSpec
+        Date window of the composites.
+    sensor : SensorSpec
+        Collection, bands, cloud filter and compositing (``scale_m`` is
+        overridden per scale by ``scales``).
+    model : ModelSpec
+        Weights and input size.
+    output : OutputSpec
+        Pooled vectors, or grids (with pooled vectors alongside).
+    scales : tuple of float
+        Pixel sizes in metres; each sample is embedded once per scale.
+    chunk_size : int
+        Samples per work unit, equal to the cube's chunk along ``sample``.
+    buffer_m : float or None
+        Half-side of point footprints. ``None``: ``image_size * scale / 2`` at
+        each scale, i.e. every scale's footprint is ``image_size`` native pixels.
+    """
+
+    temporal: TemporalSpec
+    sensor: SensorSpec = SensorSpec()
+    model: ModelSpec = ModelSpec()
+    output: OutputSpec = OutputSpec()
+    scales: tuple[float, ...] = (10.0, 20.0, 40.0)
+    chunk_size: int = 64
+    buffer_m: float | None = None
+
+    # Fields of ModelSpec that change how, not what, is computed.
+    RUNTIME_MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "device")
+
+    def __post_init__(self):
+        for name, typ in (("temporal", TemporalSpec), ("sensor", SensorSpec),
+                          ("model", ModelSpec), ("output", OutputSpec)):
+            if not isinstance(getattr(self, name), typ):
+                raise SpecError(f"CampaignSpec.{name}", getattr(self, name), f"a {typ.__name__}")
+        scales = self.scales
+        if isinstance(scales, (int, float)):
+            scales = (scales,)
+        if not isinstance(scales, (list, tuple)) or not scales:
+            raise SpecError("CampaignSpec.scales", self.scales, "a non-empty list of pixel sizes in metres")
+        vals = tuple(_number("CampaignSpec.scales", s, lo=0, lo_open=True, hi=MAX_SCALE_M,
+                             allowed=f"pixel sizes in (0, {MAX_SCALE_M:g}] metres") for s in scales)
+        if len(set(vals)) != len(vals):
+            raise SpecError("CampaignSpec.scales", self.scales, "distinct pixel sizes")
+        _set(self, "scales", vals)
+        _set(self, "chunk_size", _int("CampaignSpec.chunk_size", self.chunk_size, lo=1, hi=1_000_000))
+        if self.buffer_m is not None:
+            _set(self, "buffer_m", _number("CampaignSpec.buffer_m", self.buffer_m, lo=0,
+                                           lo_open=True, hi=1_000_000))
+
+    def footprint_buffer_m(self, scale_m: float) -> float:
+        """Half-side of a point's footprint at ``scale_m``."""
+        if self.buffer_m is not None:
+            return self.buffer_m
+        return self.model.image_size * scale_m / 2
+
+    def sensor_at(self, scale_m: float) -> SensorSpec:
+        """The sensor spec with ``scale_m`` set to one of the campaign's scales."""
+        return self.sensor.replace(scale_m=scale_m)
+
+    def identity(self) -> dict[str, Any]:
+        """The spec without runtime-only fields (batch size, device): what a cube must match."""
+        d = self.to_dict()
+        for k in self.RUNTIME_MODEL_FIELDS:
+            d["model"].pop(k, None)
+        return d
+
+    def spec_hash(self) -> str:
+        """Short stable hash of :meth:`identity`."""
+        import hashlib
+
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
