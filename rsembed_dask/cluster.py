@@ -1,0 +1,126 @@
+"""Where the campaign runs: a local cluster by default, or an existing scheduler.
+
+Embed workers declare the resource ``GPU=1`` (one GPU per worker process, pinned
+with ``CUDA_VISIBLE_DEVICES``); a machine without GPUs gets one CPU embed worker
+that declares the same resource, so the same graph runs everywhere. Fetch-only
+workers carry no resource and take the I/O-bound fetch tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import SpecError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "embed_workers"]
+
+GPU_RESOURCE = "GPU"
+
+
+def count_gpus() -> int:
+    """Number of NVIDIA GPUs visible to this machine (0 without ``nvidia-smi``).
+
+    Uses ``nvidia-smi -L`` so the client need not import torch or initialise CUDA.
+    """
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        log.warning("nvidia-smi failed (%s); assuming no GPUs", exc)
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_threads: int = 4,
+                  processes: bool = True, dashboard_address: str | None = ":8787",
+                  memory_limit: str | int = "auto", silence_logs: int = logging.WARNING,
+                  host: str = "127.0.0.1"):
+    """A local Dask cluster laid out for embedding campaigns.
+
+    Parameters
+    ----------
+    n_gpus : int, optional
+        Embed workers to start, one per GPU (default: the GPUs found, or one CPU
+        embed worker when there are none).
+    n_fetch_workers : int
+        Workers without the GPU resource, for fetch tasks.
+    fetch_threads : int
+        Threads per fetch worker.
+    processes : bool
+        Worker processes (``Nanny``) or in-process threads (tests).
+    dashboard_address : str or None
+        Where the scheduler serves its dashboard (``None`` disables it).
+    host : str
+        Interface the scheduler and workers listen on (loopback by default).
+
+    Returns
+    -------
+    distributed.SpecCluster
+    """
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    found = count_gpus() if n_gpus is None else n_gpus
+    if found < 0:
+        raise SpecError("n_gpus", n_gpus, "a number of GPUs >= 0")
+    if n_fetch_workers < 0:
+        raise SpecError("n_fetch_workers", n_fetch_workers, "a number of workers >= 0")
+    cls = Nanny if processes else Worker
+    workers: dict[str, dict[str, Any]] = {}
+    base: dict[str, Any] = {"host": host}
+    if processes:
+        base["memory_limit"] = memory_limit
+    for i in range(max(found, 1)):
+        opts = dict(base, nthreads=2, resources={GPU_RESOURCE: 1}, name=f"embed-{i}")
+        if processes and found:
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+        workers[f"embed-{i}"] = {"cls": cls, "options": opts}
+    for i in range(n_fetch_workers):
+        workers[f"fetch-{i}"] = {"cls": cls, "options": dict(base, nthreads=fetch_threads,
+                                                              name=f"fetch-{i}")}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address, "host": host}}
+    log.info("starting local cluster: %d embed worker(s) (%s), %d fetch worker(s)",
+             len(workers) - n_fetch_workers, "GPU" if found else "CPU", n_fetch_workers)
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs,
+                       name="rsembed-dask")
+
+
+@contextlib.contextmanager
+def connect(client: Any = None, **local_options) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` for ``client``.
+
+    ``None`` starts (and afterwards stops) :func:`local_cluster`; a string is a
+    scheduler address (``"tcp://host:8786"``); a ``Client`` is used as is.
+    """
+    from distributed import Client
+
+    if client is None:
+        cluster = local_cluster(**local_options)
+        try:
+            with Client(cluster) as c:
+                yield c
+        finally:
+            cluster.close()
+        return
+    if isinstance(client, Client):
+        yield client
+        return
+    if isinstance(client, str):
+        with Client(client) as c:
+            yield c
+        return
+    raise SpecError("client", client, "None, a distributed.Client or a scheduler address string")
+
+
+def embed_workers(client) -> list[str]:
+    """Addresses of the workers that declare the ``GPU`` resource, sorted."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(addr for addr, w in info.items() if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
