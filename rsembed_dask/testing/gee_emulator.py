@@ -1,0 +1,341 @@
+"""A loopback Earth Engine REST emulator that the unmodified earthengine-api talks to.
+
+The server serves the REST discovery document and the algorithm list shipped
+with earthengine-api (``ee/tests/``), with ``rootUrl`` pointed at itself, so
+``ee.Initialize(credentials=AnonymousCredentials(), url=emu.url, project=...)``
+builds the real client. ``image:computePixels`` and ``value:compute`` then
+arrive as JSON expression graphs, evaluated by :mod:`.ee_eval` over the
+synthetic world of :mod:`.synthetic_s2`.
+
+Faults (latency, 429, 5xx, malformed bodies) are injected on the compute
+endpoints only, from a seeded RNG, or forced with :meth:`GEEEmulator.fail_next`.
+
+Examples
+--------
+>>> with GEEEmulator(seed=0) as emu:          # doctest: +SKIP
+...     provider = GEEProvider(api_url=emu.url, credentials="anonymous")
+...     emu.stats.as_dict()["compute_pixels"]
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.resources
+import io
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from .ee_eval import EvalError, Evaluator, parse_grid
+from .synthetic_s2 import SyntheticS2World
+
+__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve", "REQUEST_BYTE_LIMIT"]
+
+log = logging.getLogger(__name__)
+
+#: Earth Engine's computePixels limit: 48 MiB of uncompressed pixels per request.
+REQUEST_BYTE_LIMIT = 48 * 2**20
+#: Earth Engine's limit on either grid dimension of one request.
+MAX_DIMENSION = 32768
+
+
+@dataclass
+class Faults:
+    """What to inject on compute requests.
+
+    Parameters
+    ----------
+    latency_s : float
+        Added to every compute request.
+    p_429, p_5xx, p_malformed : float
+        Probability of answering HTTP 429, HTTP 503, or a 200 with a body that is
+        not a valid answer.
+    p_spike, spike_s : float
+        Probability and size of an extra latency spike.
+    retry_after_s : float or None
+        ``Retry-After`` header sent with 429s.
+    """
+
+    latency_s: float = 0.0
+    p_429: float = 0.0
+    p_5xx: float = 0.0
+    p_malformed: float = 0.0
+    p_spike: float = 0.0
+    spike_s: float = 0.0
+    retry_after_s: float | None = None
+
+
+@dataclass
+class EmulatorStats:
+    """Request counters (thread-safe)."""
+
+    requests: int = 0
+    compute_pixels: int = 0
+    value_compute: int = 0
+    bytes_sent: int = 0
+    injected_429: int = 0
+    injected_5xx: int = 0
+    injected_malformed: int = 0
+    too_large: int = 0
+    bad_request: int = 0
+    concurrent_peak: int = 0
+    _in_flight: int = field(default=0, repr=False)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+            self.concurrent_peak = max(self.concurrent_peak, self._in_flight)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def reset(self) -> None:
+        with self._lock:
+            for f in fields(self):
+                setattr(self, f.name, 0)
+
+
+def _static_json(name: str):
+    return json.loads(importlib.resources.files("ee").joinpath("tests", name).read_text())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # route http.server's stderr chatter to our logger
+        log.debug("emulator: " + fmt, *args)
+
+    # ------------------------------------------------------------------ plumbing
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.emu.stats.add(bytes_sent=len(body))
+
+    def _json(self, status: int, obj, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json; charset=UTF-8", headers)
+
+    def _error(self, status: int, message: str, headers: dict | None = None) -> None:
+        reason = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+                  503: "UNAVAILABLE"}.get(status, "UNKNOWN")
+        self._json(status, {"error": {"code": status, "message": message, "status": reason}}, headers)
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    # ------------------------------------------------------------------ routes
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        emu = self.server.emu
+        emu.stats.add(requests=1)
+        path = self.path.split("?", 1)[0]
+        if path.endswith("/$discovery/rest"):
+            self._json(200, emu.discovery)
+        elif path.endswith("/algorithms"):
+            self._json(200, emu.algorithms)
+        else:
+            self._error(404, f"Unknown path {path}")
+
+    def do_POST(self):  # noqa: N802
+        emu = self.server.emu
+        emu.stats.add(requests=1)
+        path = self.path.split("?", 1)[0]
+        try:
+            body = self._body()
+        except json.JSONDecodeError as e:
+            self._error(400, f"Invalid JSON payload received. {e}")
+            return
+        if path.endswith("/image:computePixels"):
+            emu.stats.add(compute_pixels=1)
+            handler = self._compute_pixels
+        elif path.endswith("/value:compute"):
+            emu.stats.add(value_compute=1)
+            handler = self._value_compute
+        else:
+            self._error(404, f"Unknown path {path}")
+            return
+        with emu._in_flight():
+            if self._inject_fault():
+                return
+            try:
+                handler(body)
+            except EvalError as e:
+                emu.stats.add(bad_request=1)
+                self._error(400, str(e))
+
+    def _inject_fault(self) -> bool:
+        emu = self.server.emu
+        kind, delay = emu._draw_fault()
+        if delay:
+            time.sleep(delay)
+        if kind == "429":
+            emu.stats.add(injected_429=1)
+            ra = emu.faults.retry_after_s
+            self._error(429, "Too many concurrent aggregations.",
+                        {"Retry-After": f"{ra:g}"} if ra is not None else None)
+        elif kind == "5xx":
+            emu.stats.add(injected_5xx=1)
+            self._error(503, "The service is currently unavailable.")
+        elif kind == "malformed":
+            emu.stats.add(injected_malformed=1)
+            self._send(200, b"\x93NUMPY garbage \x00\x01", "application/octet-stream")
+        return kind is not None
+
+    def _compute_pixels(self, body: dict) -> None:
+        emu = self.server.emu
+        grid = parse_grid(body.get("grid"))
+        if body.get("fileFormat") not in ("NPY", "NUMPY_NDARRAY"):
+            raise EvalError(f"fileFormat {body.get('fileFormat')!r} is not supported by the emulator; use NPY")
+        image = Evaluator(emu.world).evaluate(body.get("expression"))
+        bands = image.band_names()
+        if body.get("bandIds"):
+            bands = image.select_bands(body["bandIds"]).band_names()
+        if max(grid.width, grid.height) > MAX_DIMENSION:
+            emu.stats.add(too_large=1)
+            raise EvalError(f"Grid dimensions ({grid.width}x{grid.height}) exceed {MAX_DIMENSION}.")
+        nbytes = grid.width * grid.height * len(bands) * 2
+        if nbytes > REQUEST_BYTE_LIMIT:
+            emu.stats.add(too_large=1)
+            raise EvalError(f"Total request size ({nbytes} bytes) must be less than or equal to "
+                            f"{REQUEST_BYTE_LIMIT} bytes.")
+        pixels = image.render(grid, bands)  # (C, H, W) uint16
+        out = np.empty((grid.height, grid.width), dtype=[(b, "<u2") for b in bands])
+        for i, b in enumerate(bands):
+            out[b] = pixels[i]
+        buf = io.BytesIO()
+        np.save(buf, out, allow_pickle=False)
+        self._send(200, buf.getvalue(), "application/octet-stream")
+
+    def _value_compute(self, body: dict) -> None:
+        value = Evaluator(self.server.emu.world).evaluate(body.get("expression"))
+        self._json(200, {"result": value.to_json() if hasattr(value, "to_json") else value})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr, emu: GEEEmulator):
+        self.emu = emu
+        super().__init__(addr, _Handler)
+
+
+class GEEEmulator:
+    """The emulator as a context manager: ``with GEEEmulator() as emu: emu.url``.
+
+    Parameters
+    ----------
+    port : int
+        0 picks a free port on 127.0.0.1.
+    seed : int
+        Seed of the synthetic world (same seed, same pixels) and of the fault RNG.
+    faults : Faults, optional
+        Injected latency and errors; ``latency_s`` is a shortcut for ``Faults(latency_s=...)``.
+    """
+
+    def __init__(self, port: int = 0, *, seed: int = 0, latency_s: float = 0.0,
+                 faults: Faults | None = None):
+        self.world = SyntheticS2World(seed)
+        self.faults = faults or Faults(latency_s=latency_s)
+        self.stats = EmulatorStats()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._forced: collections.deque[str] = collections.deque()
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.algorithms = _static_json("algorithms.json")
+        self.discovery: dict = {}
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("GEEEmulator is not started: use it as a context manager or call start()")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> GEEEmulator:
+        self._server = _Server(("127.0.0.1", self._port), self)
+        doc = _static_json("cloud_api_discovery_document.json")
+        doc["rootUrl"] = doc["baseUrl"] = self.url + "/"
+        self.discovery = doc
+        self._thread = threading.Thread(target=self._server.serve_forever, name="gee-emulator",
+                                        daemon=True)
+        self._thread.start()
+        log.info("Earth Engine emulator serving at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> GEEEmulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def fail_next(self, n: int, kind: str = "429") -> None:
+        """Answer the next ``n`` compute requests with ``kind`` (``"429"``, ``"5xx"``, ``"malformed"``)."""
+        if kind not in ("429", "5xx", "malformed"):
+            raise ValueError(f"kind={kind!r}: expected '429', '5xx' or 'malformed'")
+        with self._lock:
+            self._forced.extend([kind] * n)
+
+    def _draw_fault(self) -> tuple[str | None, float]:
+        f = self.faults
+        with self._lock:
+            if self._forced:
+                return self._forced.popleft(), f.latency_s
+            u = self._rng.random()
+            spike = f.spike_s if self._rng.random() < f.p_spike else 0.0
+        delay = f.latency_s + spike
+        if u < f.p_429:
+            return "429", delay
+        if u < f.p_429 + f.p_5xx:
+            return "5xx", delay
+        if u < f.p_429 + f.p_5xx + f.p_malformed:
+            return "malformed", delay
+        return None, delay
+
+    @contextlib.contextmanager
+    def _in_flight(self):
+        self.stats.add(_in_flight=1)
+        try:
+            yield
+        finally:
+            self.stats.add(_in_flight=-1)
+
+
+def serve(port: int = 8765, latency_s: float = 0.0, seed: int = 0) -> None:
+    """Serve the emulator on 127.0.0.1:``port`` until interrupted (``rsembed-dask emulator``)."""
+    emu = GEEEmulator(port, seed=seed, latency_s=latency_s).start()
+    print(f"Earth Engine emulator at {emu.url} (seed {seed}, latency {latency_s:g} s). Ctrl-C stops.",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()

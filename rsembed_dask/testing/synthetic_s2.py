@@ -1,0 +1,195 @@
+"""A deterministic synthetic Sentinel-2 SR world for the Earth Engine emulator.
+
+Pixel values are a function of ground position (lon, lat), band and scene date
+only, so the same place fetched at two scales or in two CRSs agrees, and two
+worlds built with the same seed serve the same pixels.
+
+A scene is one global acquisition every :data:`REVISIT_DAYS` days with its own
+``CLOUDY_PIXEL_PERCENTAGE``; clouds are bright blobs covering roughly that
+fraction of the ground.
+
+Examples
+--------
+>>> w = SyntheticS2World(seed=0)
+>>> scenes = w.scenes_between("2022-06-01", "2022-07-01")
+>>> len(scenes)
+6
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyproj
+
+__all__ = ["SyntheticS2World", "Scene", "BANDS", "REVISIT_DAYS", "FIRST_DAY"]
+
+#: Band names of the synthetic collection (Sentinel-2 L2A naming).
+BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
+#: Sentinel-2A+B revisit at the equator.
+REVISIT_DAYS = 5
+#: First scene of COPERNICUS/S2_SR_HARMONIZED.
+FIRST_DAY = dt.date(2017, 3, 28)
+LAST_DAY = dt.date(2030, 12, 31)
+# Metres per degree of latitude (mean); longitude scales by cos(lat).
+_M_PER_DEG = 111_195.0
+# S2 SR reflectance of a cloud top, roughly.
+_CLOUD_VALUE = 7200.0
+# Wavelengths (m) of the texture: from a few pixels at 10 m to tens of km.
+_WAVELENGTHS_M = (90.0, 260.0, 730.0, 2100.0, 6000.0, 17000.0)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One acquisition: index, date, ``system:time_start`` (ms) and cloud cover (%)."""
+
+    index: int
+    date: dt.date
+    time_start_ms: int
+    cloudy_pct: float
+
+
+@functools.lru_cache(maxsize=64)
+def _to_lonlat(crs: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+
+def _unit_hash(*parts) -> float:
+    """A deterministic number in [0, 1) from ``parts``."""
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+class SyntheticS2World:
+    """Deterministic Sentinel-2 SR scenes, as a function of position and date.
+
+    Parameters
+    ----------
+    seed : int
+        Selects the texture phases and the cloud cover of every scene.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        rng = np.random.default_rng(self.seed)
+        n = len(_WAVELENGTHS_M)
+        self._theta = rng.uniform(0, np.pi, (len(BANDS), n))
+        self._phase = rng.uniform(0, 2 * np.pi, (len(BANDS), n))
+        self._amp = rng.uniform(60, 420, (len(BANDS), n))
+        self._level = rng.uniform(900, 3200, len(BANDS))
+
+    # ------------------------------------------------------------------ scenes
+    def scene(self, index: int) -> Scene:
+        date = FIRST_DAY + dt.timedelta(days=REVISIT_DAYS * index)
+        t = dt.datetime(date.year, date.month, date.day, 10, 30, tzinfo=dt.timezone.utc)
+        cloudy = round(100.0 * _unit_hash(self.seed, "cloud", index) ** 1.5, 3)
+        return Scene(index, date, int(t.timestamp() * 1000), cloudy)
+
+    def scenes_between(self, start, end) -> list[Scene]:
+        """Scenes with ``start <= date < end`` (ISO dates or ``datetime.date``)."""
+        start, end = _as_date(start), min(_as_date(end), LAST_DAY)
+        first = max(0, -(-(start - FIRST_DAY).days // REVISIT_DAYS))
+        stop = -(-(end - FIRST_DAY).days // REVISIT_DAYS)  # first index dated >= end
+        return [self.scene(i) for i in range(first, stop)]
+
+    def scenes_between_ms(self, start_ms: float, end_ms: float) -> list[Scene]:
+        """Scenes with ``start_ms <= system:time_start < end_ms``."""
+        start = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc).date()
+        end = dt.datetime.fromtimestamp(end_ms / 1000, dt.timezone.utc).date() + dt.timedelta(days=1)
+        return [s for s in self.scenes_between(start, end) if start_ms <= s.time_start_ms < end_ms]
+
+    # ------------------------------------------------------------------ pixels
+    @staticmethod
+    def pixel_centers_lonlat(crs: str, transform: tuple[float, ...], width: int, height: int):
+        """Lon/lat of pixel centres of a grid (``transform`` = a, b, c, d, e, f as in Affine)."""
+        a, b, c, d, e, f = transform
+        cols = np.arange(width) + 0.5
+        rows = np.arange(height) + 0.5
+        if b == 0 and d == 0:
+            xx, yy = np.meshgrid(c + a * cols, f + e * rows)
+        else:
+            cc, rr = np.meshgrid(cols, rows)
+            xx, yy = c + a * cc + b * rr, f + d * cc + e * rr
+        lon, lat = _to_lonlat(crs).transform(xx, yy)
+        return np.asarray(lon), np.asarray(lat)
+
+    def base(self, lon: np.ndarray, lat: np.ndarray, bands) -> np.ndarray:
+        """Cloud-free reflectance ``(len(bands), H, W)`` float32 at the given positions."""
+        east, north = _metres(lon, lat)
+        out = np.empty((len(bands),) + np.shape(lon), np.float32)
+        for i, name in enumerate(bands):
+            k = BANDS.index(name)
+            acc = np.full(np.shape(lon), self._level[k], np.float64)
+            for j, wl in enumerate(_WAVELENGTHS_M):
+                th = self._theta[k, j]
+                arg = (east * np.cos(th) + north * np.sin(th)) * (2 * np.pi / wl) + self._phase[k, j]
+                acc += self._amp[k, j] * np.sin(arg)
+            out[i] = acc
+        return out
+
+    def cloud_mask(self, scene: Scene, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Where ``scene`` is cloudy: blobs covering about ``cloudy_pct`` % of the ground."""
+        if scene.cloudy_pct <= 0:
+            return np.zeros(np.shape(lon), bool)
+        p1 = 2 * np.pi * _unit_hash(self.seed, "p1", scene.index)
+        p2 = 2 * np.pi * _unit_hash(self.seed, "p2", scene.index)
+        east, north = _metres(lon, lat)
+        field = np.sin(east / 4100.0 + p1) + np.sin(north / 3700.0 + p2)  # in [-2, 2]
+        # The sum of two uniform-phase sines is roughly triangular on [-2, 2].
+        q = scene.cloudy_pct / 100.0
+        thr = 2 - 2 * np.sqrt(2 * q) if q < 0.5 else -2 + 2 * np.sqrt(2 * (1 - q))
+        return field > thr
+
+    @staticmethod
+    def gain(scene: Scene) -> float:
+        """Seasonal brightness factor of a scene."""
+        doy = scene.date.timetuple().tm_yday
+        return 1.0 + 0.12 * np.sin(2 * np.pi * (doy - 80) / 365.25)
+
+    def scene_values(self, scene: Scene, lon, lat, bands, base=None) -> np.ndarray:
+        """Reflectance of one scene ``(len(bands), H, W)`` float32 (clouds included)."""
+        if base is None:
+            base = self.base(lon, lat, bands)
+        vals = base * np.float32(self.gain(scene))
+        cloud = self.cloud_mask(scene, lon, lat)
+        if cloud.any():
+            vals[:, cloud] = _CLOUD_VALUE
+        return vals
+
+    def composite(self, scenes, lon, lat, bands, how: str) -> np.ndarray:
+        """``median`` or ``mosaic`` (last scene on top) of ``scenes`` as uint16 ``(C, H, W)``.
+
+        Pixels outside the S2 latitude range come back 0 (masked), as Earth
+        Engine fills masked pixels in a NUMPY_NDARRAY answer.
+        """
+        shape = (len(bands),) + np.shape(lon)
+        if not scenes or not bands:
+            return np.zeros(shape, np.uint16)
+        base = self.base(lon, lat, bands)
+        if how == "mosaic":
+            vals = self.scene_values(scenes[-1], lon, lat, bands, base)
+        elif how == "median":
+            stack = np.stack([self.scene_values(s, lon, lat, bands, base) for s in scenes])
+            vals = np.median(stack, axis=0)
+        else:
+            raise ValueError(f"composite how={how!r}: expected 'median' or 'mosaic'")
+        out = np.clip(np.rint(vals), 1, 10000).astype(np.uint16)
+        out[:, (np.asarray(lat) > 84) | (np.asarray(lat) < -80)] = 0
+        return out
+
+
+def _metres(lon, lat):
+    """Local east/north metres (a continuous function of lon/lat)."""
+    return lon * (_M_PER_DEG * np.cos(np.radians(lat))), lat * _M_PER_DEG
+
+
+def _as_date(value) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
