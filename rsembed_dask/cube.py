@@ -1,0 +1,549 @@
+"""The Zarr v3 datacube that a campaign writes, unit by unit, and xarray reads.
+
+One chunk along ``sample`` (``spec.chunk_size`` samples) at one scale is one work
+unit: every write owns whole chunks, so writers in different processes need no
+lock. Within a unit the data arrays are written first and ``status`` last, so a
+non-pending status vouches for the data beside it.
+
+Layout (see ``DESIGN.md``, section "Cube")::
+
+    embedding      (sample, scale, feature)          float32, NaN where not written
+    grid           (sample, scale, feature, gy, gx)  float32, grid mode only
+    status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
+    input_res_m    (sample, scale)                   float32
+    valid_fraction (sample, scale)                   float32
+    error          (sample, scale)                   str, short reason ("" when none)
+    coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
+
+Examples
+--------
+>>> cube = Cube.create_or_open("out.zarr", spec=spec, ids=ids, lon=lon, lat=lat,
+...                            geohash=gh, wkb=wkb, embed_dim=768)  # doctest: +SKIP
+>>> cube.write_unit(0, 64, 0, embedding=e, status=s, input_res_m=r,
+...                 valid_fraction=v, error=errs)  # doctest: +SKIP
+>>> ds = open_cube("out.zarr")  # doctest: +SKIP
+>>> ds.embedding.sel(scale=20.0, sample="id-3").values  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from .cube_schema import (
+    CUBE_VERSION,
+    FAILED,
+    FLAG_ATTRS,
+    MARKER_ATTR,
+    NO_DATA,
+    OK,
+    PENDING,
+    STATUS_NAMES,
+    array_defs,
+    check_inputs,
+    check_unit_arrays,
+    coord_defs,
+    normalise_identity,
+    spec_differences,
+)
+from .errors import CubeError, SpecError, SpecMismatchError
+from .specs import CampaignSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PENDING",
+    "OK",
+    "NO_DATA",
+    "FAILED",
+    "STATUS_NAMES",
+    "FLAG_ATTRS",
+    "Cube",
+    "open_cube",
+    "nearest_sample",
+]
+
+#: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
+RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR})
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _probe(path: str) -> dict[str, Any] | None:
+    """Classify ``path``: None when it does not exist or is an empty directory.
+
+    Returns the group metadata (parsed ``zarr.json``) of an existing cube.
+
+    Raises
+    ------
+    CubeError
+        When ``path`` is a file, or a directory that is not a finished cube.
+    """
+    if not os.path.exists(path):
+        return None
+    if not os.path.isdir(path):
+        raise CubeError(f"cube path {path!r} exists and is a file, not a Zarr cube directory")
+    meta_path = os.path.join(path, "zarr.json")
+    if not os.path.isfile(meta_path):
+        if not os.listdir(path):
+            return None
+        raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
+                        "(no zarr.json); choose another path or remove it")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CubeError(f"cube path {path!r}: cannot read zarr.json ({exc})") from exc
+    attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
+        raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
+                        f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
+    if attrs[MARKER_ATTR] != CUBE_VERSION:
+        raise CubeError(f"cube {path!r} has layout version {attrs[MARKER_ATTR]!r}; "
+                        f"this rsembed_dask reads version {CUBE_VERSION}")
+    return meta
+
+
+def _check_writable(path: str) -> None:
+    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.access(probe, os.W_OK):
+        raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
+
+
+def _default_versions(versions: Mapping[str, str] | None) -> dict[str, str]:
+    out = {str(k): str(v) for k, v in (versions or {}).items()}
+    if "rsembed_dask" not in out:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out["rsembed_dask"] = version("rsembed_dask")
+        except PackageNotFoundError:
+            out["rsembed_dask"] = "unknown"
+    out.setdefault("zarr", zarr.__version__)
+    return out
+
+
+# --------------------------------------------------------------------------- cube
+
+
+class Cube:
+    """Handle on a cube on disk: writes units with Zarr, reports status.
+
+    Create or resume with :meth:`create_or_open`, open an existing cube with
+    :meth:`open`. A ``Cube`` pickles to its path and a little metadata and
+    reopens the Zarr arrays lazily in each process, so it can be sent to Dask
+    workers; distinct units may be written concurrently from any process.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the cube directory.
+    spec : CampaignSpec
+        The campaign spec (as given to :meth:`create_or_open`, else as stored).
+    n_samples, embed_dim : int
+        Extent along ``sample`` and ``feature``.
+    grid_shape : tuple of int or None
+        ``(gy, gx)`` in grid mode, else None.
+    """
+
+    def __init__(self, path: str, spec: CampaignSpec, n_samples: int, embed_dim: int,
+                 grid_shape: tuple[int, int] | None):
+        self.path = path
+        self.spec = spec
+        self.n_samples = int(n_samples)
+        self.embed_dim = int(embed_dim)
+        self.grid_shape = None if grid_shape is None else (int(grid_shape[0]), int(grid_shape[1]))
+        self._arrays: dict[str, zarr.Array] = {}
+        self._group: zarr.Group | None = None
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "spec": self.spec.to_json(), "n_samples": self.n_samples,
+                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], CampaignSpec.from_json(state["spec"]), state["n_samples"],
+                      state["embed_dim"], state["grid_shape"])
+
+    def __repr__(self) -> str:
+        grid = f", grid={self.grid_shape}" if self.grid_shape else ""
+        return (f"Cube({self.path!r}, samples={self.n_samples}, scales={list(self.scales)}, "
+                f"D={self.embed_dim}{grid}, spec_hash={self.spec.spec_hash()!r})")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """Pixel sizes in metres, in ``scale`` order."""
+        return self.spec.scales
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.spec.scales)
+
+    @property
+    def chunk_size(self) -> int:
+        """Samples per unit (the chunk along ``sample``)."""
+        return self.spec.chunk_size
+
+    @property
+    def n_units(self) -> int:
+        """Number of units: sample chunks times scales."""
+        return -(-self.n_samples // self.chunk_size) * self.n_scales
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The group attributes, read fresh from disk."""
+        return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs.asdict())
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any, lon: Any,
+                       lat: Any, geohash: Sequence[str], wkb: Sequence[Any], embed_dim: int,
+                       grid_shape: tuple[int, int] | None = None,
+                       versions: Mapping[str, str] | None = None) -> Cube:
+        """Create the cube at ``path``, or resume it when it holds the same campaign.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Local directory of the Zarr v3 store. It may not exist yet or be empty.
+        spec : CampaignSpec
+            The campaign; its :meth:`~CampaignSpec.identity` must match a stored one.
+        ids : sequence of str or int
+            Unique sample ids, the ``sample`` dimension coordinate.
+        lon, lat : sequence of float
+            EPSG:4326 centroids, one per sample.
+        geohash : sequence of str
+            Location key per sample.
+        wkb : sequence of bytes, hex str or shapely geometry
+            Footprint geometry per sample; stored as WKB hex strings.
+        embed_dim : int
+            Embedding size ``D``.
+        grid_shape : tuple of int, optional
+            ``(gy, gx)`` of token grids; required when ``spec.output.mode == "grid"``,
+            ignored otherwise.
+        versions : mapping, optional
+            Software versions recorded in the ``versions`` attribute (at creation).
+
+        Returns
+        -------
+        Cube
+
+        Raises
+        ------
+        CubeError
+            ``path`` is a file, not a cube, not writable, or the cube holds other samples
+            or another embedding/grid shape.
+        SpecMismatchError
+            The stored spec identity differs; the message names each differing field.
+        SpecError
+            Invalid inputs (duplicate ids, lengths that differ, missing ``grid_shape``).
+        """
+        if not isinstance(spec, CampaignSpec):
+            raise SpecError("spec", type(spec).__name__, "a CampaignSpec")
+        path = os.path.abspath(os.fspath(path))
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1:
+            raise SpecError("embed_dim", embed_dim, "a positive integer")
+        if spec.output.mode == "grid":
+            if grid_shape is None or len(grid_shape) != 2 or min(int(g) for g in grid_shape) < 1:
+                raise SpecError("grid_shape", grid_shape,
+                                "(gy, gx) positive integers when output.mode is 'grid'")
+            grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+        else:
+            grid_shape = None
+        inputs = check_inputs(ids, lon, lat, geohash, wkb)
+        _check_writable(path)
+        meta = _probe(path)
+        if meta is None:
+            cube = cls(path, spec, inputs["sample"].shape[0], int(embed_dim), grid_shape)
+            cube._create(inputs, _default_versions(versions))
+            return cube
+        cube = cls(path, spec, 0, int(embed_dim), grid_shape)
+        cube._check_resume(meta["attributes"], inputs["sample"])
+        return cube
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Cube:
+        """Open an existing cube (its spec and shapes are read from disk).
+
+        Raises
+        ------
+        CubeError
+            ``path`` is missing, a file, or not a cube.
+        """
+        path = os.path.abspath(os.fspath(path))
+        meta = _probe(path)
+        if meta is None:
+            raise CubeError(f"no cube at {path!r}")
+        attrs = meta["attributes"]
+        spec = CampaignSpec.from_json(attrs["campaign_spec"])
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        emb = group["embedding"]
+        grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape)  # type: ignore[arg-type]
+
+    def _create(self, inputs: dict[str, Any], versions: dict[str, str]) -> None:
+        """Lay out every array, write the coordinates, then mark the group a cube."""
+        n, s = self.n_samples, self.n_scales
+        logger.info("creating cube %s: %d samples x %d scales, D=%d%s", self.path, n, s,
+                    self.embed_dim, f", grid {self.grid_shape}" if self.grid_shape else "")
+        try:
+            group = zarr.open_group(self.path, mode="w", zarr_format=3)
+            defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
+            defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
+            for d in defs:
+                group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
+                                   fill_value=d.fill_value, dimension_names=d.dims,
+                                   attributes=d.attrs)
+            values = {"sample": inputs["sample"], "lon": inputs["lon"], "lat": inputs["lat"],
+                      "geohash": inputs["geohash"], "geometry": inputs["geometry"],
+                      "scale": np.asarray(self.scales, dtype="float64"),
+                      "feature": np.arange(self.embed_dim, dtype="int64")}
+            for name, value in values.items():
+                group[name][...] = value
+            # The marker goes last: a store interrupted before this is refused, not resumed.
+            group.attrs.update({
+                "campaign_spec": self.spec.to_json(),
+                "spec_identity": json.dumps(self.spec.identity(), sort_keys=True),
+                "spec_hash": self.spec.spec_hash(),
+                "versions": versions,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                MARKER_ATTR: CUBE_VERSION,
+            })
+        except OSError as exc:
+            raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
+
+    def _check_resume(self, attrs: Mapping[str, Any], sample: np.ndarray) -> None:
+        """Refuse to resume a cube of another campaign, other samples or other shapes."""
+        stored = json.loads(attrs["spec_identity"])
+        diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
+        if diffs:
+            raise SpecMismatchError(
+                f"cube {self.path!r} was written with a different campaign spec "
+                f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
+                + "\n  ".join(diffs))
+        if not os.access(self.path, os.W_OK):
+            raise CubeError(f"cube path {self.path!r} is not writable")
+        group = self._zgroup()
+        stored_ids = group["sample"][...].tolist()
+        if len(stored_ids) != sample.shape[0] or stored_ids != sample.tolist():
+            diff = next((i for i, (a, b) in enumerate(zip(stored_ids, sample.tolist())) if a != b), None)
+            where = (f"first difference at position {diff}: stored {stored_ids[diff]!r}, "
+                     f"given {sample.tolist()[diff]!r}") if diff is not None else \
+                f"stored {len(stored_ids)} samples, given {sample.shape[0]}"
+            raise CubeError(f"cube {self.path!r} holds other sample ids than given ({where})")
+        emb = group["embedding"]
+        if emb.shape[2] != self.embed_dim:
+            raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
+        stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        if stored_grid != self.grid_shape:
+            raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
+        self.n_samples = emb.shape[0]
+        logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
+                    self.status_counts())
+
+    # ------------------------------------------------------------------ zarr access
+
+    def _zgroup(self) -> zarr.Group:
+        if self._group is None:
+            try:
+                self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            except (OSError, ValueError) as exc:
+                raise CubeError(f"cannot open cube {self.path!r}: {exc}") from exc
+        return self._group
+
+    def _array(self, name: str) -> zarr.Array:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._zgroup()[name]
+            self._arrays[name] = arr  # type: ignore[assignment]
+        return arr  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ units
+
+    def unit_stop(self, start: int) -> int:
+        """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start."""
+        start = int(start)
+        if start < 0 or start >= self.n_samples or start % self.chunk_size:
+            raise CubeError(f"unit start {start} is not a chunk start (multiples of "
+                            f"{self.chunk_size} below {self.n_samples})")
+        return min(start + self.chunk_size, self.n_samples)
+
+    def _scale_index(self, scale_index: int) -> int:
+        si = int(scale_index)
+        if not 0 <= si < self.n_scales:
+            raise CubeError(f"scale_index {scale_index} out of range [0, {self.n_scales})")
+        return si
+
+    def write_unit(self, start: int, stop: int, scale_index: int, *, embedding: Any, status: Any,
+                   input_res_m: Any, valid_fraction: Any, error: Sequence[str | None],
+                   grid: Any | None = None) -> None:
+        """Write one unit: samples ``[start, stop)`` at one scale, status last.
+
+        Parameters
+        ----------
+        start, stop : int
+            Exactly one chunk along ``sample``: ``start % chunk_size == 0`` and
+            ``stop == min(start + chunk_size, n_samples)``.
+        scale_index : int
+            Index into ``spec.scales``.
+        embedding : array ``[n, D]``
+            Pooled embeddings (NaN rows for samples without data).
+        status : int array ``[n]``
+            Codes :data:`OK`, :data:`NO_DATA`, :data:`FAILED` (or :data:`PENDING`).
+        input_res_m, valid_fraction : array ``[n]``
+        error : sequence of str ``[n]``
+            Short reasons (``""`` or None when none); truncated to 200 characters.
+        grid : array ``[n, D, gy, gx]``, optional
+            Token grids (grid-mode cubes only).
+
+        Raises
+        ------
+        CubeError
+            Not exactly one chunk, a bad scale index, or arrays of the wrong shape.
+        """
+        start, stop = int(start), int(stop)
+        expected = self.unit_stop(start)  # CubeError when start is not a chunk start
+        if stop != expected:
+            raise CubeError(f"write_unit({start}, {stop}) is not exactly one chunk of "
+                            f"{self.chunk_size} samples: the unit at {start} ends at {expected}")
+        si = self._scale_index(scale_index)
+        data = check_unit_arrays(stop - start, self.embed_dim, self.grid_shape, embedding=embedding,
+                                 status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
+                                 error=error, grid=grid)
+        try:
+            self._array("embedding")[start:stop, si, :] = data["embedding"]
+            if "grid" in data:
+                self._array("grid")[start:stop, si] = data["grid"]
+            for name in ("input_res_m", "valid_fraction", "error"):
+                self._array(name)[start:stop, si] = data[name]
+            # Status last: it vouches for the data written above.
+            self._array("status")[start:stop, si] = data["status"]
+        except OSError as exc:
+            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
+                            f"to {self.path!r}: {exc}") from exc
+        logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
+
+    def unit_status(self, start: int, scale_index: int) -> np.ndarray:
+        """Status codes (int8) of the unit starting at ``start`` at ``scale_index``."""
+        stop = self.unit_stop(start)
+        return np.asarray(self._array("status")[int(start):stop, self._scale_index(scale_index)],
+                          dtype="int8")
+
+    def status_array(self) -> np.ndarray:
+        """All status codes, ``[n_samples, n_scales]`` int8."""
+        return np.asarray(self._array("status")[...], dtype="int8")
+
+    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False) -> list[Any]:
+        """The units (objects with ``.start`` and ``.scale_index``) still to run.
+
+        A unit is incomplete when any of its cells is :data:`PENDING`, or, with
+        ``retry_failed=True``, :data:`FAILED`.
+        """
+        status = self.status_array()
+        todo = (PENDING, FAILED) if retry_failed else (PENDING,)
+        out = []
+        for u in units:
+            stop = self.unit_stop(u.start)
+            cells = status[int(u.start):stop, self._scale_index(u.scale_index)]
+            if np.isin(cells, todo).any():
+                out.append(u)
+        return out
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``."""
+        counts = np.bincount(self.status_array().ravel().astype("int64"), minlength=len(STATUS_NAMES))
+        return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
+
+    def set_attrs(self, **kv: Any) -> None:
+        """Store JSON-serialisable group attributes (e.g. a request account).
+
+        Raises
+        ------
+        CubeError
+            A reserved key (``campaign_spec``, ``spec_hash``...) or a value JSON cannot hold.
+        """
+        reserved = sorted(RESERVED_ATTRS.intersection(kv))
+        if reserved:
+            raise CubeError(f"set_attrs: {reserved} are reserved cube attributes")
+        try:
+            json.dumps(kv, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CubeError(f"set_attrs: values must be JSON-serialisable ({exc})") from exc
+        self._zgroup().attrs.update(kv)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
+    """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The cube directory.
+    **kwargs
+        Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Indexed by ``sample`` (the ids) and ``scale`` (metres), so
+        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
+        is the spec as a JSON string.
+
+    Raises
+    ------
+    CubeError
+        ``path`` is missing or not a cube.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if _probe(path) is None:
+        raise CubeError(f"no cube at {path!r}")
+    kwargs.setdefault("chunks", {})
+    return xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+
+
+def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:
+    """The id of the sample whose centroid is nearest to ``(lon, lat)`` (great-circle).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cube from :func:`open_cube` (needs ``lon``/``lat`` coordinates on ``sample``).
+    lon, lat : float
+        Query point in degrees (EPSG:4326).
+
+    Returns
+    -------
+    str or int
+        The sample id, usable as ``ds.sel(sample=...)``.
+    """
+    lons = np.radians(np.asarray(ds["lon"].values, dtype="float64"))
+    lats = np.radians(np.asarray(ds["lat"].values, dtype="float64"))
+    qlon, qlat = np.radians(float(lon)), np.radians(float(lat))
+    a = (np.sin((lats - qlat) / 2) ** 2
+         + np.cos(qlat) * np.cos(lats) * np.sin((lons - qlon) / 2) ** 2)
+    dist = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    found = ds["sample"].values[int(np.argmin(dist))]
+    return found.item() if isinstance(found, np.generic) else found
