@@ -12,12 +12,17 @@ from .errors import (
     SpecMismatchError,
     TransientProviderError,
 )
-from .specs import BBox, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .api import Embedding, get_embedding, get_embeddings_batch
+from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BBox",
+    "CampaignSpec",
+    "Embedding",
+    "get_embedding",
+    "get_embeddings_batch",
     "CubeError",
     "ModelError",
     "ModelSpec",
