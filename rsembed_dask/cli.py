@@ -103,7 +103,7 @@ def _cmd_embed(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the emulator")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--samples", type=int, default=256, help="campaign samples (default 256)")
+    p.add_argument("--samples", type=int, default=200, help="campaign samples (default 200)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -114,6 +114,97 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: expected comma-separated metres, e.g. 10,20,40") from None
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="embed a sample file into a Zarr cube on Dask")
+    p.add_argument("samples", help="GeoPackage, GeoJSON or GeoParquet of sample geometries")
+    p.add_argument("--out", required=True, help="the cube (.zarr); an existing one with the same spec resumes")
+    p.add_argument("--scales", type=_scales, default=[10.0, 20.0, 40.0], help="pixel sizes in metres (10,20,40)")
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
+    p.add_argument("--grid", action="store_true", help="also store token grids")
+    p.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    p.add_argument("--id-column", default=None, help="column holding sample ids (default: the index)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip (and record) invalid rows instead of refusing")
+    p.add_argument("--chunk-size", type=int, default=64, help="samples per work unit and cube chunk")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
+    p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
+    p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
+    p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
+    p.add_argument("--credentials", default=None, help="service-account key file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+
+def _read_samples(path: str):
+    import geopandas as gpd
+
+    from .errors import SpecError
+
+    try:
+        if path.endswith(".parquet"):
+            return gpd.read_parquet(path)
+        return gpd.read_file(path)
+    except (OSError, ValueError) as e:
+        raise SpecError("samples", path, f"a readable .gpkg, .geojson or .parquet file ({e})") from None
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import run_campaign
+    from .specs import ModelSpec, OutputSpec, TemporalSpec
+
+    gdf = _read_samples(args.samples)
+    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size)
+    ds = run_campaign(
+        gdf, args.out, scales=args.scales, temporal=TemporalSpec.range(args.start, args.end),
+        model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+        backend=args.backend, client=args.scheduler, chunk_size=args.chunk_size,
+        id_column=args.id_column, on_invalid="skip" if args.skip_invalid else "raise",
+        gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress)
+    print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
+    return 0 if int(ds.status.isin([0, 3]).sum()) == 0 else 1
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="schema, status counts and spec of a cube")
+    p.add_argument("cube", help="path of the .zarr cube")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    from .cube import Cube, open_cube
+
+    cube = Cube.open(args.cube)
+    ds = open_cube(args.cube)
+    info = {"path": str(args.cube), "samples": cube.n_samples, "scales": list(cube.scales),
+            "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
+            "status": cube.status_counts(), "spec": json.loads(cube.spec.to_json()),
+            "spec_hash": cube.attrs.get("spec_hash"), "versions": cube.attrs.get("versions"),
+            "request_account": cube.attrs.get("request_account"),
+            "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
+                          for k, v in ds.variables.items()}}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(ds)
+    print("\nstatus:", ", ".join(f"{k} {v}" for k, v in info["status"].items()))
+    print("spec hash:", info["spec_hash"])
+    print("spec:", cube.spec.to_json())
+    print("versions:", info["versions"])
+    print("request account:", info["request_account"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsembed-dask", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -121,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_emulator(sub)
     _add_embed(sub)
     _add_demo(sub)
+    _add_run(sub)
+    _add_inspect(sub)
     return parser
 
 

@@ -50,7 +50,7 @@ def write_quicklook(patch: Patch, path: Path, max_reflectance: float = 3000.0) -
     return path
 
 
-def run_demo(out: str | Path = "demo_out", n_samples: int = 256) -> dict:
+def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
     """Run the demo into ``out``; returns the paths and figures it printed."""
     from .api import get_embedding
     from .backends import open_backend
@@ -79,11 +79,24 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 256) -> dict:
 
 
 def _demo_campaign(out: Path, n_samples: int) -> dict:
-    """Step 3, once the campaign pipeline exists (see :mod:`rsembed_dask.pipeline`)."""
-    import importlib.util
+    """Step 3: a small campaign on a local Dask cluster (emulator, test-small, 3 scales)."""
+    import geopandas as gpd
 
-    if importlib.util.find_spec("rsembed_dask.pipeline") is None:
-        return {}
-    from .pipeline import demo_campaign
+    from .pipeline import run_campaign
 
-    return demo_campaign(out, n_samples, model=DEMO_MODEL, temporal=DEMO_WINDOW)
+    rng = np.random.default_rng(0)
+    gdf = gpd.GeoDataFrame(
+        {"site": [f"site-{i:04d}" for i in range(n_samples)]},
+        geometry=gpd.points_from_xy(rng.uniform(2.5, 3.5, n_samples), rng.uniform(30.8, 31.6, n_samples)),
+        crs="EPSG:4326")
+    cube_path = out / "campaign.zarr"
+    print(f"[3/3] campaign: {n_samples} samples x scales 10/20/40 m on a local Dask cluster "
+          f"(emulator, '{DEMO_MODEL}')")
+    ds = run_campaign(gdf, cube_path, scales=[10, 20, 40], temporal=DEMO_WINDOW,
+                      model=ModelSpec(DEMO_MODEL), backend="emulator", id_column="site", chunk_size=32)
+    print(f"      cube: {cube_path}\n      open it with:\n"
+          f"        from rsembed_dask.cube import open_cube\n"
+          f"        cube = open_cube({str(cube_path)!r}); cube.embedding.sel(scale=20)\n"
+          f"      or: rsembed-dask inspect {cube_path}")
+    return {"cube": str(cube_path), "cells": {k: int(v) for k, v in
+                                               zip(*np.unique(ds.status.values, return_counts=True))}}

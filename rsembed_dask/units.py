@@ -1,0 +1,144 @@
+"""Worker-side work of one unit (a chunk of samples x one scale): fetch, then embed + write.
+
+Both functions run on Dask workers. ``fetch_unit`` runs anywhere and returns
+the unit's pixels (they stay in worker memory and travel worker to worker);
+``embed_unit`` runs on an actor's worker, embeds with the actor's model and
+writes the unit's cube chunk, then its status, and returns a small summary:
+no pixel or embedding array reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cube import FAILED, NO_DATA, OK, Cube
+from .errors import NoImageryError, PermanentProviderError
+from .providers.base import Provider, RequestStats
+from .sampling import SampleTable, WorkUnit
+from .specs import CampaignSpec
+
+__all__ = ["UnitPixels", "UnitSummary", "fetch_unit", "embed_unit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitPixels:
+    """Fetched chips of one unit, in sample order; ``None`` where there is no chip."""
+
+    unit: WorkUnit
+    images: list[np.ndarray | None]
+    rois: list[tuple[float, float, float, float]]
+    status: np.ndarray  # int8: OK for fetched chips, NO_DATA or FAILED otherwise
+    errors: list[str]
+    valid_fraction: np.ndarray
+    requests: dict[str, int]
+    fetch_s: float
+
+
+@dataclass
+class UnitSummary:
+    """What the client learns of a finished unit."""
+
+    unit: WorkUnit
+    counts: dict[str, int]
+    requests: dict[str, int]
+    fetch_s: float
+    embed_s: float
+    worker: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: CampaignSpec,
+               threads: int = 8) -> UnitPixels:
+    """Fetch every sample of ``unit`` (``table`` holds exactly the unit's samples).
+
+    No imagery and permanent errors are recorded per sample; a transient error
+    that survived the provider's retries fails the task, so Dask re-runs it.
+    """
+    t0 = time.perf_counter()
+    n = len(table)
+    image_size = spec.model.image_size
+    fps = [table.footprint(i, unit.scale_m, image_size, spec.buffer_m) for i in range(n)]
+    sensor = spec.sensor_at(unit.scale_m)
+    stats = getattr(provider, "stats", None)
+    before = stats.as_dict() if isinstance(stats, RequestStats) else {}
+
+    def one(i: int):
+        try:
+            return provider.fetch(fps[i].grid, sensor, spec.temporal), None
+        except NoImageryError as e:
+            return None, ("no_data", str(e))
+        except PermanentProviderError as e:
+            return None, ("failed", str(e))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, n)), thread_name_prefix="fetch") as pool:
+        results = list(pool.map(one, range(n)))
+    status = np.full(n, OK, np.int8)
+    errors = [""] * n
+    images: list[np.ndarray | None] = [None] * n
+    valid = np.zeros(n, np.float32)
+    for i, (patch, problem) in enumerate(results):
+        if problem is not None:
+            status[i] = NO_DATA if problem[0] == "no_data" else FAILED
+            errors[i] = problem[1][:200]
+        elif patch.valid_fraction == 0:
+            status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
+        else:
+            images[i], valid[i] = patch.data, patch.valid_fraction
+    after = stats.as_dict() if isinstance(stats, RequestStats) else {}
+    requests = {k: after[k] - before.get(k, 0) for k in after}
+    return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
+                      time.perf_counter() - t0)
+
+
+def embed_unit(pixels: UnitPixels, actor, cube: Cube, spec: CampaignSpec) -> UnitSummary:
+    """Embed the fetched chips with the local actor's model and write the unit's chunk.
+
+    Data first, status last: a crash in between leaves the unit pending.
+    """
+    from distributed import get_worker
+
+    from .actors import local_actor
+
+    t0 = time.perf_counter()
+    unit = pixels.unit
+    n = len(pixels.images)
+    ok = np.flatnonzero(pixels.status == OK)
+    D = cube.embed_dim
+    vectors = np.full((n, D), np.nan, np.float32)
+    input_res = np.full(n, np.nan, np.float32)
+    grid = None
+    if cube.grid_shape is not None:
+        grid = np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)
+    if len(ok):
+        res = local_actor(actor).embed([pixels.images[i] for i in ok], unit.scale_m,
+                                       output=spec.output, roi=[pixels.rois[i] for i in ok])
+        vectors[ok] = res.vectors
+        input_res[ok] = res.input_res_m
+        if grid is not None:
+            for j, i in enumerate(ok):
+                g = res.grids[j]
+                grid[i, :, :g.shape[1], :g.shape[2]] = g
+    cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=vectors, status=pixels.status,
+                    input_res_m=input_res, valid_fraction=pixels.valid_fraction, error=pixels.errors,
+                    grid=grid)
+    counts = {"ok": int((pixels.status == OK).sum()), "no_data": int((pixels.status == NO_DATA).sum()),
+              "failed": int((pixels.status == FAILED).sum())}
+    return UnitSummary(unit, counts, pixels.requests, pixels.fetch_s, time.perf_counter() - t0,
+                       get_worker().address, [e for e in pixels.errors if e][:3])
+
+
+def mark_unit_failed(cube: Cube, unit: WorkUnit, reason: str) -> None:
+    """Record a unit whose tasks failed for good: every sample ``failed`` with ``reason``."""
+    n = unit.stop - unit.start
+    D = cube.embed_dim
+    grid = None if cube.grid_shape is None else np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)
+    cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=np.full((n, D), np.nan, np.float32),
+                    status=np.full(n, FAILED, np.int8), input_res_m=np.full(n, np.nan, np.float32),
+                    valid_fraction=np.zeros(n, np.float32), error=[reason[:200]] * n, grid=grid)
