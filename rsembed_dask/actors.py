@@ -71,17 +71,18 @@ def start_actor(client, spec: ModelSpec, worker: str, *, timeout_s: float = 600.
     return actor
 
 
-def local_actor(actor) -> EmbedActor:
-    """The actor instance behind handle ``actor``, from inside a task on its worker.
+def local_actor(actor_key: str) -> EmbedActor:
+    """The actor instance with key ``actor_key``, from inside a task on its worker.
 
-    This is what distributed itself does for actor-to-actor calls on one worker;
-    the task must be pinned to the actor's worker.
+    This is what distributed itself does for actor-to-actor calls on one worker.
+    Tasks get the key, not the ``Actor`` handle: a handle argument would make the
+    task depend on the actor's key, and fail rather than wait when it is lost.
     """
     from distributed import get_worker
 
     worker = get_worker()
     try:
-        return worker.state.actors[actor.key]
+        return worker.state.actors[actor_key]
     except KeyError:
-        raise ModelError(f"no actor {actor.key} on worker {worker.address}: embed tasks must run on "
+        raise ModelError(f"no actor {actor_key} on worker {worker.address}: embed tasks must run on "
                          f"their actor's worker") from None

@@ -86,7 +86,10 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     for i in range(n_fetch_workers):
         workers[f"fetch-{i}"] = {"cls": cls, "options": dict(base, nthreads=fetch_threads,
                                                               name=f"fetch-{i}")}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address, "host": host}}
+    sched_opts: dict[str, Any] = {"host": host, "dashboard": dashboard_address is not None}
+    if dashboard_address is not None:
+        sched_opts["dashboard_address"] = dashboard_address
+    scheduler = {"cls": Scheduler, "options": sched_opts}
     log.info("starting local cluster: %d embed worker(s) (%s), %d fetch worker(s)",
              len(workers) - n_fetch_workers, "GPU" if found else "CPU", n_fetch_workers)
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs,

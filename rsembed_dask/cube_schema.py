@@ -170,6 +170,9 @@ def _ids_array(ids: Any) -> tuple[np.ndarray, Any]:
         raise SpecError("ids", f"array of shape {arr.shape}", "a 1-D sequence of sample ids")
     if arr.size == 0:
         raise SpecError("ids", "[]", "at least one sample id")
+    if arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                     for v in arr.tolist()):
+        arr = arr.astype("int64")  # integer ids from a GeoDataFrame index, held as objects
     if arr.dtype.kind in "iu":
         return arr.astype("int64"), "int64"
     if arr.dtype.kind in "USOT":

@@ -218,7 +218,7 @@ class _Runner:
             fetch = self.c.submit(fetch_unit, self.provider, self.table.slice(unit.start, unit.stop),
                                   unit, self.spec, self.fetch_threads, key=f"fetch-{tag}",
                                   retries=self.unit_retries, pure=False)
-        fut = self.c.submit(embed_unit, fetch, self.actors[addr], self.cube, self.spec,
+        fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, self.cube, self.spec,
                             key=f"embed-{tag}-{len(self.report.workers_used)}-{time.monotonic_ns()}",
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
         self.inflight[fut] = (unit, addr, fetch, attempt)

@@ -97,7 +97,7 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
                       time.perf_counter() - t0)
 
 
-def embed_unit(pixels: UnitPixels, actor, cube: Cube, spec: CampaignSpec) -> UnitSummary:
+def embed_unit(pixels: UnitPixels, actor_key: str, cube: Cube, spec: CampaignSpec) -> UnitSummary:
     """Embed the fetched chips with the local actor's model and write the unit's chunk.
 
     Data first, status last: a crash in between leaves the unit pending.
@@ -117,7 +117,7 @@ def embed_unit(pixels: UnitPixels, actor, cube: Cube, spec: CampaignSpec) -> Uni
     if cube.grid_shape is not None:
         grid = np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)
     if len(ok):
-        res = local_actor(actor).embed([pixels.images[i] for i in ok], unit.scale_m,
+        res = local_actor(actor_key).embed([pixels.images[i] for i in ok], unit.scale_m,
                                        output=spec.output, roi=[pixels.rois[i] for i in ok])
         vectors[ok] = res.vectors
         input_res[ok] = res.input_res_m

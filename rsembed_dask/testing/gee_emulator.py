@@ -237,6 +237,10 @@ class _Server(ThreadingHTTPServer):
         self.emu = emu
         super().__init__(addr, _Handler)
 
+    def handle_error(self, request, client_address):
+        # A client that went away mid-request (a killed worker) is not the emulator's error.
+        log.debug("emulator: connection from %s ended abruptly", client_address, exc_info=True)
+
 
 class GEEEmulator:
     """The emulator as a context manager: ``with GEEEmulator() as emu: emu.url``.

@@ -1,0 +1,171 @@
+"""Campaigns end to end: in-process cluster, real multi-process cluster, resume, actor loss."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from distributed import Client
+
+from rsembed_dask.api import get_embeddings_batch
+from rsembed_dask.cluster import local_cluster
+from rsembed_dask.cube import NO_DATA, OK, Cube, open_cube
+from rsembed_dask.errors import SpecMismatchError
+from rsembed_dask.model import ScaleMAEEmbedder
+from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.specs import BBox, ModelSpec, PointBuffer, TemporalSpec
+
+WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
+TINY = ModelSpec("test-tiny", device="cpu")
+
+
+def _points(n, lon0=3.0, lat0=31.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return gpd.GeoDataFrame({"site": [f"p{seed}-{i}" for i in range(n)]},
+                            geometry=gpd.points_from_xy(lon0 + rng.uniform(0, .3, n), lat0 + rng.uniform(0, .3, n)),
+                            crs="EPSG:4326")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_cube_equals_get_embedding(tmp_path, client, provider):
+    # Points on both sides of the 31/32 UTM seam and lon/lat boxes; ids from a column.
+    pts = gpd.GeoDataFrame({"site": ["w", "e", "x"]}, crs="EPSG:4326",
+                           geometry=[shapely.Point(5.999, 45.0), shapely.Point(6.001, 45.0), shapely.Point(3.2, 31.1)])
+    boxes = gpd.GeoDataFrame({"site": ["box-a", "box-b"]}, crs="EPSG:4326",
+                             geometry=[shapely.box(3.0, 31.2, 3.03, 31.21), shapely.box(6.1, 45.1, 6.11, 45.13)])
+    gdf = gpd.GeoDataFrame(np.concatenate([pts.values, boxes.values]), columns=["site", "geometry"],
+                           geometry="geometry", crs="EPSG:4326")
+    ds = run_campaign(gdf, tmp_path / "c.zarr", scales=[10, 40], temporal=WINDOW, model=TINY,
+                      backend=provider, client=client, chunk_size=2, id_column="site", progress=False)
+    assert (ds.status.values == OK).all()
+    assert sorted(ds.sample.values.tolist()) == sorted(gdf.site)
+    embedder = ScaleMAEEmbedder(TINY)
+    for scale in (10, 40):
+        spatials = [PointBuffer(g.x, g.y, 224 * scale / 2) for g in pts.geometry] + \
+                   [BBox(*g.bounds) for g in boxes.geometry]
+        single = get_embeddings_batch(spatials=spatials, temporal=WINDOW, backend=provider, model=embedder,
+                                      sensor=None if scale == 10 else __import__("rsembed_dask").SensorSpec(scale_m=scale))
+        for sid, emb in zip(gdf.site, single):
+            cell = ds.embedding.sel(sample=sid, scale=scale).values
+            np.testing.assert_allclose(cell, emb.data, rtol=1e-4, atol=1e-5, err_msg=f"{sid} @ {scale} m")
+            assert float(ds.input_res_m.sel(sample=sid, scale=scale)) == pytest.approx(emb.meta["input_res_m"])
+    assert ds.lon.sel(sample="w") == pytest.approx(5.999)
+    attrs = Cube.open(tmp_path / "c.zarr").attrs
+    assert attrs["request_account"]["sent"] == 10 and attrs["last_run"]["units_done"] == 6
+
+
+def test_polygons_in_a_projected_crs(tmp_path, client, provider):
+    polys = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 3000, 1000).buffer(50),
+                                       shapely.box(5000, 5000, 6000, 7000)], crs="EPSG:2154")
+    polys = polys.set_geometry(polys.translate(650000, 6860000))  # around Paris in Lambert-93
+    ds = run_campaign(polys, tmp_path / "p.zarr", scales=[20], temporal=WINDOW, model=TINY, backend=provider,
+                      client=client, progress=False)
+    assert (ds.status.values == OK).all() and np.isfinite(ds.embedding.values).all()
+    assert ds.sample.values.tolist() == [0, 1] or sorted(ds.sample.values.tolist()) == [0, 1]
+    assert 48 < float(ds.lat[0]) < 49.5 and 1.5 < float(ds.lon[0]) < 3.5
+
+
+def test_no_imagery_is_recorded_not_fatal(tmp_path, client, provider):
+    ds = run_campaign(_points(5), tmp_path / "n.zarr", scales=[10], temporal=TemporalSpec.range("2015-01-01", "2015-02-01"),
+                      model=TINY, backend=provider, client=client, progress=False)
+    assert (ds.status.values == NO_DATA).all()
+    assert np.isnan(ds.embedding.values).all()
+    assert "no scene matches" in str(ds.error.values[0, 0])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_runs_only_missing_units_and_refuses_another_spec(tmp_path, client, provider):
+    gdf, out = _points(24), tmp_path / "r.zarr"
+    seen = []
+
+    def stop_after_three(summary):
+        seen.append(summary.unit)
+        if len(seen) == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_campaign(gdf, out, scales=[10, 20], temporal=WINDOW, model=TINY, backend=provider, client=client,
+                     chunk_size=4, progress=False, on_unit=stop_after_three, max_in_flight=1)
+    status = Cube.open(out).status_array()
+    done_before = int((status == OK).all(axis=0).sum()) if False else int((status == OK).sum())
+    assert 0 < done_before < status.size
+    second = []
+    ds = run_campaign(gdf, out, scales=[10, 20], temporal=WINDOW, model=TINY, backend=provider, client=client,
+                      chunk_size=4, progress=False, on_unit=lambda s: second.append(s.unit))
+    assert (ds.status.values == OK).all()
+    assert not set(second) & set(seen)
+    assert len(second) + len(seen) == 12
+    with pytest.raises(SpecMismatchError, match="model.model_id"):
+        run_campaign(gdf, out, scales=[10, 20], temporal=WINDOW, model=ModelSpec("test-small"),
+                     backend=provider, client=client, chunk_size=4, progress=False)
+
+
+# --------------------------------------------------------------------------- real processes
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def process_cluster():
+    """`dask scheduler` and two `dask worker --resources GPU=1` processes on loopback."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    workers = []
+    with Client(addr, timeout=60) as c:
+        for i in range(2):
+            w = subprocess.Popen([dask, "worker", addr, "--host", "127.0.0.1", "--nthreads", "2",
+                                  "--resources", "GPU=1", "--no-nanny", "--no-dashboard", "--name", f"gpu-{i}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(w)
+            workers.append(w)
+        c.wait_for_workers(2, timeout=120)
+        yield addr, workers
+    for p in procs:
+        p.kill()
+        p.wait(20)
+
+
+@pytest.mark.timeout(300)
+def test_multiprocess_cluster_and_actor_worker_killed(tmp_path, process_cluster, emulator):
+    addr, workers = process_cluster
+    gdf = _points(48, seed=3)
+    opts = {"api_url": emulator.url, "credentials": "anonymous", "project": "test-project"}
+    clean = run_campaign(gdf, tmp_path / "clean.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
+                         gee_options=opts, client=addr, chunk_size=4, progress=False)
+    assert (clean.status.values == OK).all()
+    assert len(Cube.open(tmp_path / "clean.zarr").attrs["last_run"]["workers_used"]) == 2
+
+    killed = []
+
+    def kill_one(summary):
+        if not killed:
+            workers[0].send_signal(signal.SIGKILL)
+            killed.append(time.time())
+
+    ds = run_campaign(gdf, tmp_path / "killed.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
+                      gee_options=opts, client=addr, chunk_size=4, progress=False, on_unit=kill_one)
+    assert killed and (ds.status.values == OK).all()
+    np.testing.assert_allclose(ds.embedding.values, clean.embedding.values, rtol=1e-5, atol=1e-6)
+    last = Cube.open(tmp_path / "killed.zarr").attrs["last_run"]
+    assert last["actors_lost"] == 1 and last["units_done"] == 12
