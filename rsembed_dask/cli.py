@@ -146,15 +146,20 @@ def _add_run(sub) -> None:
 
 
 def _read_samples(path: str):
+    from pathlib import Path
+
     import geopandas as gpd
+    from pyogrio.errors import DataSourceError
 
     from .errors import SpecError
 
+    if not Path(path).is_file():
+        raise SpecError("samples", path, "an existing .gpkg, .geojson or .parquet file")
     try:
         if path.endswith(".parquet"):
             return gpd.read_parquet(path)
         return gpd.read_file(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, DataSourceError) as e:
         raise SpecError("samples", path, f"a readable .gpkg, .geojson or .parquet file ({e})") from None
 
 
