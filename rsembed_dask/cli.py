@@ -183,6 +183,8 @@ def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="schema, status counts and spec of a cube")
     p.add_argument("cube", help="path of the .zarr cube")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="check every ok cell is finite and every other cell empty (exit 1 if not)")
     p.set_defaults(func=_cmd_inspect)
 
 
@@ -198,16 +200,24 @@ def _cmd_inspect(args) -> int:
             "request_account": cube.attrs.get("request_account"),
             "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
                           for k, v in ds.variables.items()}}
+    rc = 0
+    if args.verify:
+        from .cube_verify import verify_cube
+
+        info["problems"] = verify_cube(args.cube)
+        rc = 1 if info["problems"] else 0
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return 0
+        return rc
     print(ds)
     print("\nstatus:", ", ".join(f"{k} {v}" for k, v in info["status"].items()))
     print("spec hash:", info["spec_hash"])
     print("spec:", cube.spec.to_json())
     print("versions:", info["versions"])
     print("request account:", info["request_account"])
-    return 0
+    if args.verify:
+        print("verify:", "consistent" if not info["problems"] else "\n  ".join(["PROBLEMS"] + info["problems"]))
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:

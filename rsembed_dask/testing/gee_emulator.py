@@ -67,6 +67,7 @@ class Faults:
     p_429: float = 0.0
     p_5xx: float = 0.0
     p_malformed: float = 0.0
+    p_400: float = 0.0
     p_spike: float = 0.0
     spike_s: float = 0.0
     retry_after_s: float | None = None
@@ -83,6 +84,7 @@ class EmulatorStats:
     injected_429: int = 0
     injected_5xx: int = 0
     injected_malformed: int = 0
+    injected_400: int = 0
     too_large: int = 0
     bad_request: int = 0
     concurrent_peak: int = 0
@@ -193,6 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "5xx":
             emu.stats.add(injected_5xx=1)
             self._error(503, "The service is currently unavailable.")
+        elif kind == "400":
+            emu.stats.add(injected_400=1)
+            self._error(400, "Injected permanent failure: the request is invalid.")
         elif kind == "malformed":
             emu.stats.add(injected_malformed=1)
             self._send(200, b"\x93NUMPY garbage \x00\x01", "application/octet-stream")
@@ -300,9 +305,9 @@ class GEEEmulator:
         self.stop()
 
     def fail_next(self, n: int, kind: str = "429") -> None:
-        """Answer the next ``n`` compute requests with ``kind`` (``"429"``, ``"5xx"``, ``"malformed"``)."""
-        if kind not in ("429", "5xx", "malformed"):
-            raise ValueError(f"kind={kind!r}: expected '429', '5xx' or 'malformed'")
+        """Answer the next ``n`` compute requests with ``kind`` (``"429"``, ``"5xx"``, ``"malformed"``, ``"400"``)."""
+        if kind not in ("429", "5xx", "malformed", "400"):
+            raise ValueError(f"kind={kind!r}: expected '429', '5xx', 'malformed' or '400'")
         with self._lock:
             self._forced.extend([kind] * n)
 
@@ -320,6 +325,8 @@ class GEEEmulator:
             return "5xx", delay
         if u < f.p_429 + f.p_5xx + f.p_malformed:
             return "malformed", delay
+        if u < f.p_429 + f.p_5xx + f.p_malformed + f.p_400:
+            return "400", delay
         return None, delay
 
     @contextlib.contextmanager

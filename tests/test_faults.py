@@ -1,0 +1,87 @@
+"""Faults survived (429, 5xx, latency spikes), permanent failures recorded and retried on request."""
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from distributed import Client
+
+from rsembed_dask.cluster import local_cluster
+from rsembed_dask.cube import FAILED, OK, Cube
+from rsembed_dask.cube_verify import verify_cube
+from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.providers import GEEProvider
+from rsembed_dask.specs import ModelSpec, TemporalSpec
+from rsembed_dask.testing import Faults, GEEEmulator
+
+from .conftest import FAST_RETRY
+
+WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
+TINY = ModelSpec("test-tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def _gdf(n=24):
+    rng = np.random.default_rng(5)
+    return gpd.GeoDataFrame(geometry=gpd.points_from_xy(3 + rng.uniform(0, .3, n), 31 + rng.uniform(0, .3, n)),
+                            crs="EPSG:4326")
+
+
+def _run(emu, out, client, **kw):
+    provider = GEEProvider(api_url=emu.url, credentials="anonymous", project="faults", retry=FAST_RETRY)
+    return run_campaign(_gdf(), out, scales=[10, 20], temporal=WINDOW, model=TINY, backend=provider,
+                        client=client, chunk_size=4, progress=False, **kw)
+
+
+def test_quota_and_server_errors_do_not_change_the_cube(tmp_path, client):
+    with GEEEmulator(seed=0) as clean_emu:
+        clean = _run(clean_emu, tmp_path / "clean.zarr", client)
+    faults = Faults(p_429=0.2, p_5xx=0.05, p_spike=0.1, spike_s=0.2, retry_after_s=0.01)
+    with GEEEmulator(seed=0, faults=faults) as emu:
+        faulty = _run(emu, tmp_path / "faulty.zarr", client)
+        injected = emu.stats.as_dict()
+    assert injected["injected_429"] > 0 and injected["injected_5xx"] > 0
+    assert (faulty.status.values == OK).all()
+    np.testing.assert_array_equal(faulty.embedding.values, clean.embedding.values)
+    account = Cube.open(tmp_path / "faulty.zarr").attrs["request_account"]
+    assert account["retried"] == injected["injected_429"] + injected["injected_5xx"]
+    assert account["sent"] == 48 + account["retried"] and account["failed"] == 0
+    assert verify_cube(tmp_path / "faulty.zarr") == []
+
+
+def test_permanent_errors_are_failed_with_reason_and_retried_on_request(tmp_path, client):
+    out = tmp_path / "c.zarr"
+    with GEEEmulator(seed=0, faults=Faults(p_400=0.15)) as emu:
+        first = _run(emu, out, client)
+    status = first.status.values
+    failed = status == FAILED
+    assert failed.any() and (status[~failed] == OK).all()
+    assert all("Injected permanent failure" in e for e in first.error.values[failed])
+    assert np.isnan(first.embedding.values[failed]).all()
+    assert verify_cube(out) == []
+    units_with_failures = {(i // 4, j) for i, j in zip(*np.nonzero(failed))}
+    with GEEEmulator(seed=0) as emu:
+        again = _run(emu, out, client).status.values  # a plain resume leaves failed units alone
+        assert emu.stats.as_dict()["compute_pixels"] == 0
+        rerun = []
+        fixed = _run(emu, out, client, retry_failed=True, on_unit=lambda s: rerun.append((s.unit.chunk, s.unit.scale_index)))
+    np.testing.assert_array_equal(again, np.where(failed, FAILED, OK))
+    assert set(rerun) == units_with_failures
+    assert (fixed.status.values == OK).all() and verify_cube(out) == []
+
+
+def test_verify_finds_an_ok_cell_without_data(tmp_path, client):
+    out = tmp_path / "v.zarr"
+    with GEEEmulator(seed=0) as emu:
+        _run(emu, out, client)
+    import zarr
+
+    zarr.open_array(str(out / "embedding"), mode="r+")[3, 1, :] = np.nan
+    problems = verify_cube(out)
+    assert len(problems) == 1 and "ok cells with a non-finite embedding" in problems[0]
