@@ -42,6 +42,26 @@ UNITS_PER_ACTOR = 4
 HEALTH_CHECK_S = 1.0
 #: Times a unit is re-run after losing its worker before it is marked failed.
 MAX_UNIT_ATTEMPTS = 4
+#: Earth Engine's default quota: 40 concurrent requests per project.
+EE_CONCURRENT_REQUESTS = 40
+
+
+def _with_cluster_limit(provider, client, max_requests: int):
+    """Share one ``distributed.Semaphore`` of ``max_requests`` leases among all fetches.
+
+    Only for Earth Engine (its quota is per project, whatever the number of workers).
+    """
+    import dataclasses
+
+    from distributed import Semaphore
+
+    from .providers.gee import GEEProvider
+
+    if not isinstance(provider, GEEProvider):
+        return provider
+    name = f"rsembed-ee-{provider.project or 'default'}"
+    sem = Semaphore(max_leases=max_requests, name=name, scheduler_rpc=client.scheduler, loop=client.loop)
+    return dataclasses.replace(provider, limiter=sem)
 
 
 def _versions() -> dict[str, str]:
@@ -104,6 +124,7 @@ def run_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                  on_invalid: str = "raise", gee_options: Mapping[str, Any] | None = None,
                  retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
+                 ee_concurrency: int = EE_CONCURRENT_REQUESTS,
                  on_unit: Callable[[UnitSummary], None] | None = None):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
@@ -130,6 +151,9 @@ def run_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
         Units submitted and not finished (default 4 per actor): bounds memory.
     retry_failed : bool
         Also re-run units holding ``failed`` samples.
+    ee_concurrency : int
+        Earth Engine requests in flight across the whole cluster (default 40,
+        Earth Engine's per-project quota), enforced with a ``distributed.Semaphore``.
     progress : bool
         Show a progress bar (terminal or notebook) and print the dashboard link.
     on_unit : callable, optional
@@ -140,6 +164,8 @@ def run_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     xarray.Dataset
         The cube, opened with :func:`rsembed_dask.cube.open_cube`.
     """
+    if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
+        raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
     spec, table, cube, units = plan_campaign(
         gdf, out, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
         chunk_size=chunk_size, buffer_m=buffer_m, batch_size=batch_size, id_column=id_column,
@@ -151,6 +177,7 @@ def run_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     if todo:
         with open_backend(backend, gee_options=dict(gee_options or {})) as provider, \
                 connect(client, **dict(cluster_options or {})) as c:
+            provider = _with_cluster_limit(provider, c, ee_concurrency)
             _Runner(c, provider, table, cube, spec, report, max_in_flight=max_in_flight,
                     fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
                     on_unit=on_unit).run(todo)

@@ -85,3 +85,11 @@ def test_verify_finds_an_ok_cell_without_data(tmp_path, client):
     zarr.open_array(str(out / "embedding"), mode="r+")[3, 1, :] = np.nan
     problems = verify_cube(out)
     assert len(problems) == 1 and "ok cells with a non-finite embedding" in problems[0]
+
+
+def test_cluster_wide_request_bound(tmp_path, client):
+    with GEEEmulator(seed=0, latency_s=0.05) as emu:
+        ds = _run(emu, tmp_path / "s.zarr", client, ee_concurrency=2, fetch_threads=8, max_in_flight=6)
+        peak = emu.stats.as_dict()["concurrent_peak"]
+    assert (ds.status.values == OK).all()
+    assert 1 <= peak <= 2

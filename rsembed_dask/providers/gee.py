@@ -15,12 +15,14 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +89,9 @@ class GEEProvider:
         Backoff for 429/5xx, dropped connections and malformed answers.
     timeout_s : float
         Per-request HTTP timeout.
+    limiter : context manager, optional
+        Held around every request, e.g. a ``distributed.Semaphore`` shared by the
+        whole cluster (the campaign pipeline sets one: Earth Engine's quota is per project).
     """
 
     api_url: str | None = None
@@ -96,6 +101,7 @@ class GEEProvider:
     max_concurrency: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 180.0
+    limiter: Any = field(default=None, repr=False)
     stats: RequestStats = field(default_factory=RequestStats, repr=False)
 
     def __post_init__(self):
@@ -164,7 +170,7 @@ class GEEProvider:
         attempt = 0
         while True:
             retry_after = None
-            with self._slots:
+            with self._slots, (self.limiter or contextlib.nullcontext()):
                 self.stats.add(sent=1)
                 try:
                     raw = ee.data.computePixels(request)
