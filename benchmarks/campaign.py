@@ -12,7 +12,8 @@ Figures (one ``name: value`` line each):
    including cluster start-up is the samples over the whole ``run_campaign`` call.
    ``ratio`` = campaign / bare (target >= 0.8).
 3. ``client peak MiB at N``: peak RSS of the client process only (``ru_maxrss``) for a
-   test-tiny campaign (latency 0, scale 10, chunk 64) in a fresh subprocess per N;
+   test-tiny campaign (latency 0, scale 10, chunk 64) in a fresh subprocess per N
+   (``VmHWM``: ``ru_maxrss`` survives exec, so it would report this parent's peak);
    ``client memory growth`` = large / small (target <= 1.2).
 
 Run: ``.venv/bin/python benchmarks/campaign.py [--samples 320] [--memory-large 4096]``.
@@ -102,7 +103,8 @@ def campaign(provider, n: int, out: str, *, worker_omp_threads: int | None = Non
     """Run the test-small campaign; returns its ``last_run`` plus wall and CPU seconds.
 
     ``worker_omp_threads`` overrides Dask's ``distributed.nanny.pre-spawn-environ``
-    ``OMP_NUM_THREADS`` (1 by default, so torch in the embed worker runs 1 thread).
+    ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` (both 1 by default, so torch in the
+    embed worker runs 1 intra-op thread where the bare run has one per core).
     """
     import dask
 
@@ -113,7 +115,9 @@ def campaign(provider, n: int, out: str, *, worker_omp_threads: int | None = Non
     opts.update(extra.pop("cluster_options", {}))
     cfg = {}
     if worker_omp_threads is not None:
-        cfg["distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS"] = worker_omp_threads
+        # Both: torch takes MKL_NUM_THREADS over OMP_NUM_THREADS, and Dask sets both to 1.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            cfg[f"distributed.nanny.pre-spawn-environ.{var}"] = worker_omp_threads
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = time.process_time(), time.perf_counter()
     with dask.config.set(cfg):
@@ -158,10 +162,28 @@ def client_memory_child(n: int) -> None:
                           cluster_options={"dashboard_address": None})
         lr = _last_run(ds)
         wall = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": n, "peak_mib": peak_mib, "wall_s": wall,
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"n": n, "peak_mib": _vm_hwm_mib() or maxrss_mib, "maxrss_mib": maxrss_mib,
+                      "wall_s": wall,
                       "samples_embedded": lr["samples_embedded"],
                       "embeddings_per_s": lr["embeddings_per_s"]}))
+
+
+def _vm_hwm_mib() -> float | None:
+    """This process's own peak RSS (``VmHWM``), or None off Linux.
+
+    Preferred to ``ru_maxrss``, which Linux carries over ``fork`` + ``execve``: a child
+    of a large parent reports the parent's peak (here, the parent has run torch and
+    three campaigns). ``VmHWM`` belongs to the address space, which ``execve`` renews.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def _client_memory(n: int) -> dict:
@@ -191,6 +213,8 @@ def main(argv=None) -> None:
     from rsembed_dask.testing import GEEEmulator
 
     t_all = time.perf_counter()
+    # This machine may be shared: a busy neighbour shows up here and skews every figure.
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with GEEEmulator(latency_s=LATENCY_S) as emu, tempfile.TemporaryDirectory() as tmp:
         provider = GEEProvider(api_url=emu.url, credentials="anonymous", project="bench")
 
@@ -217,7 +241,10 @@ def main(argv=None) -> None:
             _report_campaign("fetch worker 8 threads", lr2, bare)
             lr3 = campaign(provider, args.samples, os.path.join(tmp, "campaign-omp2.zarr"),
                            worker_omp_threads=2)
-            _report_campaign("worker OMP_NUM_THREADS=2", lr3, bare)
+            _report_campaign("worker OMP/MKL threads 2", lr3, bare)
+        bare_after, _ = bare_rate(chips, args.bare_batches)
+        print(f"bare embeddings/s (re-measured after campaigns): {bare_after:.2f}")
+        print(f"ratio (vs bare re-measured): {lr['embeddings_per_s'] / bare_after:.3f}")
 
     if not args.skip_memory:
         small = _client_memory(args.memory_small)
@@ -225,9 +252,12 @@ def main(argv=None) -> None:
         for r in (small, large):
             print(f"client memory run {r['n']}: wall {r['wall_s']:.1f} s, "
                   f"{r['samples_embedded']} embedded, {r['embeddings_per_s']:.1f} embeddings/s")
+        print(f"client ru_maxrss MiB at {small['n']} / {large['n']} (inherited over exec): "
+              f"{small['maxrss_mib']:.1f} / {large['maxrss_mib']:.1f}")
         print(f"client peak MiB at {small['n']}: {small['peak_mib']:.1f}")
         print(f"client peak MiB at {large['n']}: {large['peak_mib']:.1f}")
         print(f"client memory growth: {large['peak_mib'] / small['peak_mib']:.3f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(f"benchmark wall s: {time.perf_counter() - t_all:.1f}")
 
 

@@ -105,7 +105,8 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                         model=_model_spec(model, batch_size), output=output or OutputSpec.pooled(),
                         scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
                         chunk_size=chunk_size, buffer_m=buffer_m)
-    table = build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid)
+    table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
+                                 spec, on_invalid)
     info = model_info(spec.model)
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
@@ -114,6 +115,33 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     if len(table.skipped):
         cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
     return spec, table, cube, work_units(len(table), spec.scales, spec.chunk_size)
+
+
+def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
+    """Refuse (or skip) samples whose footprint exceeds one request's 48 MiB at some scale."""
+    import numpy as np
+
+    from .providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
+
+    bands = len(spec.sensor.bands)
+    max_px = int((REQUEST_BYTE_LIMIT / (bands * BYTES_PER_SAMPLE)) ** 0.5)
+    too_big = np.zeros(len(table), bool)
+    for scale in spec.scales:
+        if spec.buffer_m is not None:
+            side = np.where(table.kind == "point", 2 * spec.buffer_m, 2 * np.maximum(table.half_w, table.half_h))
+        else:
+            side = np.where(table.kind == "point", spec.model.image_size * scale,
+                            2 * np.maximum(table.half_w, table.half_h))
+        too_big |= np.ceil(side / scale) + 1 > max_px
+    if not too_big.any():
+        return table
+    ids = [str(i) for i in table.ids[too_big][:5]]
+    allowed = (f"footprints of at most {max_px} px a side at every scale (48 MiB per Earth Engine "
+               f"request for {bands} uint16 bands): split the polygon or drop the finest scale")
+    if on_invalid != "skip":
+        raise SpecError("geometry", f"ids {ids} ({int(too_big.sum())} samples too large)", allowed)
+    log.warning("skipping %d samples too large for one request: %s", int(too_big.sum()), ids)
+    return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
 
 
 def run_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,

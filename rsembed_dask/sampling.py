@@ -123,6 +123,12 @@ class SampleTable:
         """Rows at ``indices`` (integer array or slice), as a new table."""
         return SampleTable({k: getattr(self, k)[indices] for k in _COLUMNS}, self.skipped, self.id_name)
 
+    def with_skipped(self, ids, reason: str) -> SampleTable:
+        """This table with ``ids`` recorded as skipped for ``reason`` (rows already removed)."""
+        more = pd.DataFrame({"id": pd.Series(list(ids), dtype=object), "reason": reason})
+        return SampleTable({k: getattr(self, k) for k in _COLUMNS},
+                           pd.concat([self.skipped, more], ignore_index=True), self.id_name)
+
     def slice(self, start: int, stop: int) -> SampleTable:
         """Rows ``start:stop``, e.g. the samples of one :class:`WorkUnit`."""
         return self.take(slice(start, stop))
