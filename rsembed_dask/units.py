@@ -66,6 +66,11 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     image_size = spec.model.image_size
     fps = [table.footprint(i, unit.scale_m, image_size, spec.buffer_m) for i in range(n)]
     sensor = spec.sensor_at(unit.scale_m)
+    limiter = getattr(provider, "limiter", None)
+    if limiter is not None:
+        # A distributed.Semaphore binds to the worker of the thread that first uses it:
+        # bind it here, on the task's thread, before the fetch threads use it.
+        limiter.register()
     stats = getattr(provider, "stats", None)
     before = stats.as_dict() if isinstance(stats, RequestStats) else {}
 

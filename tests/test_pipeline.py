@@ -21,6 +21,8 @@ from rsembed_dask.model import ScaleMAEEmbedder
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.specs import BBox, ModelSpec, PointBuffer, TemporalSpec
 
+from .conftest import dask_processes
+
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
 
@@ -117,33 +119,10 @@ def test_resume_runs_only_missing_units_and_refuses_another_spec(tmp_path, clien
 
 
 # --------------------------------------------------------------------------- real processes
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def process_cluster():
-    """`dask scheduler` and two `dask worker --resources GPU=1` processes on loopback."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    dask = os.path.join(os.path.dirname(sys.executable), "dask")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    workers = []
-    with Client(addr, timeout=60) as c:
-        for i in range(2):
-            w = subprocess.Popen([dask, "worker", addr, "--host", "127.0.0.1", "--nthreads", "2",
-                                  "--resources", "GPU=1", "--no-nanny", "--no-dashboard", "--name", f"gpu-{i}"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(w)
-            workers.append(w)
-        c.wait_for_workers(2, timeout=120)
-        yield addr, workers
-    for p in procs:
-        p.kill()
-        p.wait(20)
+    with dask_processes(n_gpu=2) as (addr, procs):
+        yield addr, procs["gpu"]
 
 
 @pytest.mark.timeout(300)

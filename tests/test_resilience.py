@@ -1,0 +1,92 @@
+"""Real processes killed mid-campaign: a fetch-only worker, the submitting client."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import numpy as np
+import pytest
+
+from rsembed_dask.cube import OK, Cube, open_cube
+from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.specs import ModelSpec, TemporalSpec
+from rsembed_dask.testing import GEEEmulator
+
+from .conftest import dask_processes
+
+WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
+TINY = ModelSpec("test-tiny", device="cpu")
+
+
+def _gdf(n):
+    rng = np.random.default_rng(11)
+    return gpd.GeoDataFrame({"site": [f"s{i:03d}" for i in range(n)]},
+                            geometry=gpd.points_from_xy(3 + rng.uniform(0, .3, n), 31 + rng.uniform(0, .3, n)),
+                            crs="EPSG:4326")
+
+
+@pytest.mark.timeout(300)
+def test_fetch_worker_killed(tmp_path):
+    with GEEEmulator(seed=0, latency_s=0.05) as emu, dask_processes(n_gpu=1, n_fetch=1) as (addr, procs):
+        opts = {"api_url": emu.url, "credentials": "anonymous", "project": "p"}
+        kw = dict(scales=[10], temporal=WINDOW, model=TINY, backend="gee", gee_options=opts, client=addr,
+                  chunk_size=4, progress=False, id_column="site")
+        clean = run_campaign(_gdf(40), tmp_path / "clean.zarr", **kw)
+        killed = []
+
+        def kill_fetch_worker(summary):
+            if not killed:
+                procs["fetch"][0].send_signal(signal.SIGKILL)
+                killed.append(summary.unit)
+
+        ds = run_campaign(_gdf(40), tmp_path / "k.zarr", on_unit=kill_fetch_worker, **kw)
+    assert killed and procs["fetch"][0].poll() is not None
+    assert (ds.status.values == OK).all()
+    np.testing.assert_array_equal(ds.embedding.values, clean.embedding.values)
+    assert Cube.open(tmp_path / "k.zarr").attrs["last_run"]["units_done"] == 10
+
+
+def _cli(samples, out, addr, emu_url):
+    return [sys.executable, "-m", "rsembed_dask.cli", "run", str(samples), "--out", str(out), "--scales", "10,20",
+            "--start", WINDOW.start, "--end", WINDOW.end, "--scheduler", addr, "--model", "test-tiny",
+            "--backend", "gee", "--ee-url", emu_url, "--ee-project", "p", "--credentials", "anonymous",
+            "--chunk-size", "4", "--id-column", "site", "--no-progress"]
+
+
+def _complete_units(out, chunk=4):
+    status = Cube.open(out).status_array()
+    n = status.shape[0]
+    return {(s // chunk, j) for s in range(0, n, chunk) for j in range(status.shape[1])
+            if (status[s:s + chunk, j] != 0).all()}
+
+
+@pytest.mark.timeout(400)
+def test_client_killed_then_same_command_resumes(tmp_path):
+    samples = tmp_path / "samples.geojson"
+    _gdf(48).to_file(samples)
+    with GEEEmulator(seed=0, latency_s=0.05) as emu, dask_processes(n_gpu=1, n_fetch=1) as (addr, _):
+        subprocess.run(_cli(samples, tmp_path / "clean.zarr", addr, emu.url), check=True, timeout=300,
+                       stdout=subprocess.DEVNULL)
+        out = tmp_path / "cube.zarr"
+        client = subprocess.Popen(_cli(samples, out, addr, emu.url), stdout=subprocess.DEVNULL)
+        deadline = time.time() + 200
+        while time.time() < deadline:
+            if (out / "zarr.json").exists() and len(_complete_units(out)) >= 4:
+                break
+            time.sleep(0.2)
+        client.send_signal(signal.SIGKILL)
+        client.wait(30)
+        time.sleep(3)  # tasks already running on the cluster finish or are dropped
+        done_before = _complete_units(out)
+        assert 4 <= len(done_before) < 24
+        rc = subprocess.run(_cli(samples, out, addr, emu.url), timeout=300, stdout=subprocess.DEVNULL).returncode
+    assert rc == 0
+    last = Cube.open(out).attrs["last_run"]
+    assert last["units_run"] <= 24 - len(done_before) and last["units_done"] == last["units_run"]
+    ds, clean = open_cube(out), open_cube(tmp_path / "clean.zarr")
+    assert (ds.status.values == OK).all()
+    np.testing.assert_array_equal(ds.embedding.values, clean.embedding.values)
