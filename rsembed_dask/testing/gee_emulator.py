@@ -86,6 +86,7 @@ class EmulatorStats:
     injected_malformed: int = 0
     injected_400: int = 0
     too_large: int = 0
+    token_requests: int = 0
     bad_request: int = 0
     concurrent_peak: int = 0
     _in_flight: int = field(default=0, repr=False)
@@ -159,6 +160,13 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emu
         emu.stats.add(requests=1)
         path = self.path.split("?", 1)[0]
+        if path.endswith("/token"):
+            # OAuth token endpoint, for fake service-account keys whose token_uri points here.
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            emu.stats.add(token_requests=1)
+            self._json(200, {"access_token": "emulator-access-token", "expires_in": 3600,
+                             "token_type": "Bearer"})
+            return
         try:
             body = self._body()
         except json.JSONDecodeError as e:
