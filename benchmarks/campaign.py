@@ -194,7 +194,7 @@ def _client_memory(n: int) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=320, help="campaign points (test-small)")
+    p.add_argument("--samples", type=int, default=640, help="campaign points (test-small)")
     p.add_argument("--bare-batches", type=int, default=4, help="timed bare batches")
     p.add_argument("--memory-small", type=int, default=256)
     p.add_argument("--memory-large", type=int, default=4096)

@@ -30,13 +30,22 @@ class EmbedActor:
     ----------
     spec : ModelSpec
         Weights and runtime options; loaded once, in ``__init__``.
+    cpu_threads : int, optional
+        Torch threads when running on CPU (default: every core this process may use).
+        Dask's nanny starts workers with ``OMP_NUM_THREADS=MKL_NUM_THREADS=1``, which
+        would leave a CPU model on one core; the actor owns its worker's model, so it
+        sets the count.
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, cpu_threads: int | None = None):
+        import torch
+
         from .model import ScaleMAEEmbedder
 
         t0 = time.perf_counter()
         self.embedder = ScaleMAEEmbedder(spec)
+        if self.embedder.device.type == "cpu":
+            torch.set_num_threads(cpu_threads or len(os.sched_getaffinity(0)))
         self.load_s = time.perf_counter() - t0
         self.batches = 0
         log.info("EmbedActor loaded %s on %s in %.1fs (pid %d)", spec.model_id, self.embedder.device,
@@ -44,7 +53,10 @@ class EmbedActor:
 
     def describe(self) -> dict[str, Any]:
         """Where and what: pid, device, model id, load time, batches run."""
+        import torch
+
         return {"pid": os.getpid(), "device": str(self.embedder.device),
+                "torch_threads": torch.get_num_threads(),
                 "model_id": self.embedder.spec.model_id, "load_s": self.load_s,
                 "batches": self.batches}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .actors import start_actor
 from .backends import open_backend
-from .cluster import connect, embed_workers
+from .cluster import connect, embed_workers, fetch_workers
 from .cube import Cube, open_cube
 from .errors import ProviderError, RsEmbedError, SpecError
 from .progress import CampaignReport, ProgressBar
@@ -230,6 +230,7 @@ class _Runner:
         # embed future -> (unit, actor address, fetch future, attempt)
         self.inflight: dict[Any, tuple[WorkUnit, str, Any, int]] = {}
         self.attempts: collections.Counter = collections.Counter()
+        self.fetch_addrs: list[str] = []
         self._last_check = 0.0
 
     # ------------------------------------------------------------------ actors
@@ -244,6 +245,9 @@ class _Runner:
                     fut.cancel()
                     del self.inflight[fut]
                     self._requeue(unit, fetch)
+        # Fetches prefer fetch-only workers (loosely: any worker may take them when those are
+        # gone or busy), so the model's process is not also decoding answers under the GIL.
+        self.fetch_addrs = fetch_workers(self.c)
         for addr in live:
             if addr not in self.actors:
                 self.actors[addr] = start_actor(self.c, self.spec.model, addr)
@@ -272,7 +276,8 @@ class _Runner:
         if fetch is None:
             fetch = self.c.submit(fetch_unit, self.provider, self.table.slice(unit.start, unit.stop),
                                   unit, self.spec, self.fetch_threads, key=f"fetch-{tag}",
-                                  retries=self.unit_retries, pure=False)
+                                  retries=self.unit_retries, pure=False, workers=self.fetch_addrs or None,
+                                  allow_other_workers=True)
         fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, self.cube, self.spec,
                             key=f"embed-{tag}-{len(self.report.workers_used)}-{time.monotonic_ns()}",
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
@@ -286,9 +291,12 @@ class _Runner:
             print(f"Dask dashboard: {self.c.dashboard_link}")
         self.bar = ProgressBar(len(todo), enabled=self.progress_on)
         self.pending: collections.deque = collections.deque((u, None) for u in todo)
-        t0 = time.perf_counter()
+        t_start = time.perf_counter()
         try:
             self._ensure_actors()
+            # Throughput is counted from here: model loading is reported apart (startup_s).
+            t0 = time.perf_counter()
+            self.report.startup_s = t0 - t_start
             window = self.max_in_flight or UNITS_PER_ACTOR * len(self.actors)
             while self.pending or self.inflight:
                 while self.pending and len(self.inflight) < window:
@@ -307,7 +315,7 @@ class _Runner:
             for fut in self.inflight:
                 fut.cancel()
             self.bar.close()
-            self.report.elapsed_s = time.perf_counter() - t0
+            self.report.elapsed_s = time.perf_counter() - t_start - self.report.startup_s
 
     def _finish(self, fut) -> None:
         from distributed import KilledWorker

@@ -44,6 +44,7 @@ class CampaignReport:
     actors_lost: int = 0
     samples_embedded: int = 0
     elapsed_s: float = 0.0
+    startup_s: float = 0.0
     fetch_s: float = 0.0
     embed_s: float = 0.0
     requests: dict[str, int] = field(default_factory=lambda: collections.Counter())
@@ -75,7 +76,8 @@ class CampaignReport:
                 "units_done": self.units_done, "units_failed": self.units_failed,
                 "units_rerun": self.units_rerun, "actors_started": self.actors_started,
                 "actors_lost": self.actors_lost, "samples_embedded": self.samples_embedded,
-                "elapsed_s": round(self.elapsed_s, 3),
+                "elapsed_s": round(self.elapsed_s, 3), "startup_s": round(self.startup_s, 3),
+                "fetch_task_s": round(self.fetch_s, 3), "embed_task_s": round(self.embed_s, 3),
                 "embeddings_per_s": round(self.embeddings_per_s, 3),
                 "requests": dict(self.requests), "cells": self.cells,
                 "workers_used": sorted(self.workers_used)}
@@ -88,4 +90,4 @@ class CampaignReport:
                 f"pending {c.get('pending', 0)}; Earth Engine requests sent {r.get('sent', 0)} "
                 f"(retried {r.get('retried', 0)}, failed {r.get('failed', 0)}); "
                 f"{self.samples_embedded} embeddings in {self.elapsed_s:.1f}s "
-                f"({self.embeddings_per_s:.1f}/s)")
+                f"({self.embeddings_per_s:.1f}/s, after {self.startup_s:.1f}s loading the model)")
