@@ -274,10 +274,10 @@ class _Runner:
         attempt = self.attempts[unit]
         tag = f"{self.spec.spec_hash()[:8]}-{unit.chunk}-{unit.scale_index}-a{attempt}"
         if fetch is None:
+            where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
             fetch = self.c.submit(fetch_unit, self.provider, self.table.slice(unit.start, unit.stop),
                                   unit, self.spec, self.fetch_threads, key=f"fetch-{tag}",
-                                  retries=self.unit_retries, pure=False, workers=self.fetch_addrs or None,
-                                  allow_other_workers=True)
+                                  retries=self.unit_retries, pure=False, **where)
         fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, self.cube, self.spec,
                             key=f"embed-{tag}-{len(self.report.workers_used)}-{time.monotonic_ns()}",
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
