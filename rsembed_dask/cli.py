@@ -59,6 +59,10 @@ def _gee_options(args) -> dict:
         opts["project"] = args.ee_project
     if getattr(args, "credentials", None):
         opts["credentials"] = args.credentials
+    if getattr(args, "max_retries", None) is not None:
+        from .providers.retry import RetryPolicy
+
+        opts["retry"] = RetryPolicy(max_retries=args.max_retries)
     return opts
 
 
@@ -141,6 +145,8 @@ def _add_run(sub) -> None:
     p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
     p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
     p.add_argument("--credentials", default=None, help="service-account key file")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="re-sends of one Earth Engine request on 429/5xx/malformed answers (default 6)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run)
 

@@ -59,7 +59,8 @@ def _with_cluster_limit(provider, client, max_requests: int):
 
     if not isinstance(provider, GEEProvider):
         return provider
-    name = f"rsembed-ee-{provider.project or 'default'}"
+    # One pool per project and bound (the scheduler refuses one name with two bounds).
+    name = f"rsembed-ee-{provider.project or 'default'}-{max_requests}"
     sem = Semaphore(max_leases=max_requests, name=name, scheduler_rpc=client.scheduler, loop=client.loop)
     return dataclasses.replace(provider, limiter=sem)
 

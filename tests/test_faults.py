@@ -6,14 +6,14 @@ import pytest
 from distributed import Client
 
 from rsembed_dask.cluster import local_cluster
-from rsembed_dask.cube import FAILED, OK, Cube
+from rsembed_dask.cube import FAILED, OK, Cube, open_cube
 from rsembed_dask.cube_verify import verify_cube
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.providers import GEEProvider
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.testing import Faults, GEEEmulator
 
-from .conftest import FAST_RETRY
+from .conftest import FAST_RETRY, dask_processes
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
@@ -39,13 +39,16 @@ def _run(emu, out, client, **kw):
                         client=client, chunk_size=4, progress=False, **kw)
 
 
-def test_quota_and_server_errors_do_not_change_the_cube(tmp_path, client):
-    with GEEEmulator(seed=0) as clean_emu:
-        clean = _run(clean_emu, tmp_path / "clean.zarr", client)
-    faults = Faults(p_429=0.2, p_5xx=0.05, p_spike=0.1, spike_s=0.2, retry_after_s=0.01)
-    with GEEEmulator(seed=0, faults=faults) as emu:
-        faulty = _run(emu, tmp_path / "faulty.zarr", client)
-        injected = emu.stats.as_dict()
+@pytest.mark.timeout(300)
+def test_quota_and_server_errors_do_not_change_the_cube(tmp_path):
+    # Real processes: a `dask scheduler`, a GPU=1 worker and a fetch-only worker.
+    with dask_processes(n_gpu=1, n_fetch=1) as (addr, _):
+        with GEEEmulator(seed=0) as clean_emu:
+            clean = _run(clean_emu, tmp_path / "clean.zarr", addr)
+        faults = Faults(p_429=0.2, p_5xx=0.05, p_spike=0.1, spike_s=0.2, retry_after_s=0.01)
+        with GEEEmulator(seed=0, faults=faults) as emu:
+            faulty = _run(emu, tmp_path / "faulty.zarr", addr)
+            injected = emu.stats.as_dict()
     assert injected["injected_429"] > 0 and injected["injected_5xx"] > 0
     assert (faulty.status.values == OK).all()
     np.testing.assert_array_equal(faulty.embedding.values, clean.embedding.values)
@@ -93,3 +96,30 @@ def test_cluster_wide_request_bound(tmp_path, client):
         peak = emu.stats.as_dict()["concurrent_peak"]
     assert (ds.status.values == OK).all()
     assert 1 <= peak <= 2
+
+
+@pytest.mark.timeout(300)
+def test_malformed_answers_fail_the_unit_then_retry_failed_from_the_cli(tmp_path, capsys):
+    from rsembed_dask.cli import main
+
+    samples = tmp_path / "s.geojson"
+    _gdf(8).to_file(samples)
+    out = tmp_path / "m.zarr"
+    args = ["run", str(samples), "--out", str(out), "--scales", "10", "--start", WINDOW.start, "--end", WINDOW.end,
+            "--model", "test-tiny", "--chunk-size", "4", "--no-progress", "--backend", "gee",
+            "--ee-project", "p", "--credentials", "anonymous", "--max-retries", "1"]
+    with dask_processes(n_gpu=1) as (addr, _), GEEEmulator(seed=0, faults=Faults(p_malformed=1.0)) as bad:
+        assert main(args + ["--scheduler", addr, "--ee-url", bad.url]) == 1  # failed samples: exit 1
+        cube = Cube.open(out)
+        assert (cube.status_array() == FAILED).all()
+        reasons = set(open_cube(out).error.values.ravel().tolist())
+        assert len(reasons) == 1 and "malformed answer" in reasons.pop()
+        with GEEEmulator(seed=0) as good:
+            assert main(args + ["--scheduler", addr, "--ee-url", good.url]) == 1  # plain resume: nothing to do
+            assert good.stats.as_dict()["compute_pixels"] == 0
+            assert main(args + ["--scheduler", addr, "--ee-url", good.url, "--retry-failed"]) == 0
+            assert good.stats.as_dict()["compute_pixels"] == 8
+    assert (Cube.open(out).status_array() == OK).all()
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--verify"]) == 0
+    assert "verify: consistent" in capsys.readouterr().out
