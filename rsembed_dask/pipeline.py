@@ -42,6 +42,8 @@ UNITS_PER_ACTOR = 4
 HEALTH_CHECK_S = 1.0
 #: Times a unit is re-run after losing its worker before it is marked failed.
 MAX_UNIT_ATTEMPTS = 4
+#: Seconds to read a finished unit's small summary before taking its worker for lost.
+RESULT_TIMEOUT_S = 10.0
 #: Earth Engine's default quota: 40 concurrent requests per project.
 EE_CONCURRENT_REQUESTS = 40
 
@@ -325,16 +327,28 @@ class _Runner:
 
         unit, addr, fetch, _ = self.inflight.pop(fut)
         if fut.status == "finished":
-            summary: UnitSummary = fut.result()
+            try:
+                if not self.c.who_has([fut]).get(fut.key):
+                    raise TimeoutError  # its worker is already gone
+                summary: UnitSummary = fut.result(timeout=RESULT_TIMEOUT_S)
+            except TimeoutError:
+                # Finished, but its worker died before the summary was read: the unit is
+                # probably written; running it again is safe (same chunk, same data).
+                log.warning("unit %s: summary lost with worker %s; running it again", unit.key, addr)
+                fut.cancel()
+                self._requeue(unit)
+                return
             self.report.add(summary)
             self.bar.update(1, self.report.postfix())
             if self.on_unit is not None:
                 self.on_unit(summary)
             return
-        if fut.status == "cancelled":
+        if fut.status != "error":
+            # "cancelled", or "lost": its result went down with its worker.
+            fut.cancel()
             self._requeue(unit)
             return
-        exc = fut.exception()
+        exc = fut.exception(timeout=RESULT_TIMEOUT_S)
         if isinstance(exc, ProviderError):
             # Retries are spent (the provider's, then Dask's per unit): record, go on.
             log.warning("unit %s failed: %s", unit.key, exc)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rsembed_dask.cube import OK, Cube, open_cube
+from rsembed_dask.errors import CubeError
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.testing import GEEEmulator
@@ -58,7 +59,10 @@ def _cli(samples, out, addr, emu_url):
 
 
 def _complete_units(out, chunk=4):
-    status = Cube.open(out).status_array()
+    try:
+        status = Cube.open(out).status_array()
+    except CubeError:  # still being created
+        return set()
     n = status.shape[0]
     return {(s // chunk, j) for s in range(0, n, chunk) for j in range(status.shape[1])
             if (status[s:s + chunk, j] != 0).all()}
