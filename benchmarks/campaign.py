@@ -11,8 +11,9 @@ Figures (one ``name: value`` line each):
    the run phase: actor start-up and units, not cluster start-up); the figure
    including cluster start-up is the samples over the whole ``run_campaign`` call.
    ``ratio`` = campaign / bare (target >= 0.8).
-3. ``client peak MiB at N``: peak RSS of the client process only (``ru_maxrss``) for a
-   test-tiny campaign (latency 0, scale 10, chunk 64) in a fresh subprocess per N
+3. ``client peak MiB at N``: peak RSS of the client process only for a test-tiny
+   campaign (latency 0, scale 10, chunk 64; the emulator in a process of its own, as
+   Earth Engine is remote in production) in a fresh subprocess per N
    (``VmHWM``: ``ru_maxrss`` survives exec, so it would report this parent's peak);
    ``client memory growth`` = large / small (target <= 1.2).
 
@@ -146,22 +147,45 @@ def _report_campaign(tag: str, lr: dict, bare: float) -> None:
 
 
 def client_memory_child(n: int) -> None:
-    """Run a test-tiny campaign of ``n`` samples and print this process's peak RSS (MiB)."""
+    """Run a test-tiny campaign of ``n`` samples and print this process's peak RSS (MiB).
+
+    The emulator runs in its own process here (``rsembed-dask emulator``), as Earth Engine
+    is remote in production: its per-request buffers and thread arenas are not the
+    client's memory.
+    """
+    import socket
+    import urllib.request
+
     from rsembed_dask.pipeline import run_campaign
     from rsembed_dask.providers import GEEProvider
     from rsembed_dask.specs import ModelSpec, TemporalSpec
-    from rsembed_dask.testing import GEEEmulator
 
-    gdf = _points(n)
-    with GEEEmulator(latency_s=0.0) as emu, tempfile.TemporaryDirectory() as tmp:
-        provider = GEEProvider(api_url=emu.url, credentials="anonymous", project="bench")
-        t0 = time.perf_counter()
-        ds = run_campaign(gdf, os.path.join(tmp, "mem.zarr"), scales=[SCALE],
-                          temporal=TemporalSpec.range(START, END), model=ModelSpec("test-tiny"),
-                          backend=provider, chunk_size=64, progress=False,
-                          cluster_options={"dashboard_address": None})
-        lr = _last_run(ds)
-        wall = time.perf_counter() - t0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    emu = subprocess.Popen([sys.executable, "-m", "rsembed_dask.cli", "emulator", "--port", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/$discovery/rest?version=v1alpha", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        gdf = _points(n)
+        with tempfile.TemporaryDirectory() as tmp:
+            provider = GEEProvider(api_url=url, credentials="anonymous", project="bench")
+            t0 = time.perf_counter()
+            ds = run_campaign(gdf, os.path.join(tmp, "mem.zarr"), scales=[SCALE],
+                              temporal=TemporalSpec.range(START, END), model=ModelSpec("test-tiny"),
+                              backend=provider, chunk_size=64, progress=False,
+                              cluster_options={"dashboard_address": None})
+            lr = _last_run(ds)
+            wall = time.perf_counter() - t0
+    finally:
+        emu.terminate()
+        emu.wait(10)
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"n": n, "peak_mib": _vm_hwm_mib() or maxrss_mib, "maxrss_mib": maxrss_mib,
                       "wall_s": wall,
