@@ -29,6 +29,17 @@ def emu(emulator):
     emulator._forced.clear()
 
 
+@pytest.fixture(scope="module")
+def client():
+    """An in-process local cluster (threads): one CPU embed worker and one fetch worker."""
+    from rsembed_dask.cluster import local_cluster
+
+    cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
 @pytest.fixture
 def provider(emu):
     return GEEProvider(api_url=emu.url, credentials="anonymous", project="test-project",

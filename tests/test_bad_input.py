@@ -1,7 +1,5 @@
 """The "what happens when" catalogue: each bad input gets a clear error (or a recorded skip)."""
 
-import json
-
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -10,7 +8,6 @@ from distributed import Client
 
 from rsembed_dask.api import get_embedding
 from rsembed_dask.cluster import local_cluster
-from rsembed_dask.cube import NO_DATA, Cube
 from rsembed_dask.errors import CubeError, ModelError, SpecError, SpecMismatchError
 from rsembed_dask.pipeline import plan_campaign, run_campaign
 from rsembed_dask.specs import ModelSpec, PointBuffer, TemporalSpec

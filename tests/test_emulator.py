@@ -8,7 +8,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 
 from rsembed_dask.grid import point_grid
 from rsembed_dask.providers.gee import GEEProvider

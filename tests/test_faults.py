@@ -3,9 +3,7 @@
 import geopandas as gpd
 import numpy as np
 import pytest
-from distributed import Client
 
-from rsembed_dask.cluster import local_cluster
 from rsembed_dask.cube import FAILED, OK, Cube, open_cube
 from rsembed_dask.cube_verify import verify_cube
 from rsembed_dask.pipeline import run_campaign
@@ -17,14 +15,6 @@ from .conftest import FAST_RETRY, dask_processes
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client():
-    cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
-    with Client(cluster) as c:
-        yield c
-    cluster.close()
 
 
 def _gdf(n=24):

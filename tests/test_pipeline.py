@@ -1,21 +1,15 @@
 """Campaigns end to end: in-process cluster, real multi-process cluster, resume, actor loss."""
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
-from distributed import Client
 
 from rsembed_dask.api import get_embeddings_batch
-from rsembed_dask.cluster import local_cluster
-from rsembed_dask.cube import NO_DATA, OK, Cube, open_cube
+from rsembed_dask.cube import NO_DATA, OK, Cube
 from rsembed_dask.errors import SpecMismatchError
 from rsembed_dask.model import ScaleMAEEmbedder
 from rsembed_dask.pipeline import run_campaign
@@ -32,14 +26,6 @@ def _points(n, lon0=3.0, lat0=31.0, seed=0):
     return gpd.GeoDataFrame({"site": [f"p{seed}-{i}" for i in range(n)]},
                             geometry=gpd.points_from_xy(lon0 + rng.uniform(0, .3, n), lat0 + rng.uniform(0, .3, n)),
                             crs="EPSG:4326")
-
-
-@pytest.fixture(scope="module")
-def client():
-    cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
-    with Client(cluster) as c:
-        yield c
-    cluster.close()
 
 
 def test_cube_equals_get_embedding(tmp_path, client, provider):

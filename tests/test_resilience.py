@@ -1,7 +1,5 @@
 """Real processes killed mid-campaign: a fetch-only worker, the submitting client."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
