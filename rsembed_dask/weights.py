@@ -123,18 +123,16 @@ def _allowed() -> str:
 def _hub_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
+    import importlib.util
+
     errs: list[type[BaseException]] = [HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OSError]
-    try:
-        import httpx  # huggingface_hub >= 1.0
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec("httpx") is not None:  # huggingface_hub >= 1.0
+        import httpx
+
         errs.append(httpx.HTTPError)
-    try:
-        import requests  # huggingface_hub < 1.0
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec("requests") is not None:  # huggingface_hub < 1.0
+        import requests
+
         errs.append(requests.RequestException)
     return tuple(errs)
 

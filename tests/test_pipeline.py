@@ -75,7 +75,7 @@ def test_no_imagery_is_recorded_not_fatal(tmp_path, client, provider):
 
 
 class _Stop(Exception):
-    pass
+    """Raised from a test's on_unit callback to interrupt a campaign."""
 
 
 def test_resume_runs_only_missing_units_and_refuses_another_spec(tmp_path, client, provider):

@@ -355,6 +355,6 @@ def serve(port: int = 8765, latency_s: float = 0.0, seed: int = 0) -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("Earth Engine emulator stopped.", flush=True)
     finally:
         emu.stop()
