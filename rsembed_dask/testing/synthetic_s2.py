@@ -84,6 +84,11 @@ class SyntheticS2World:
 
     # ------------------------------------------------------------------ scenes
     def scene(self, index: int) -> Scene:
+        """Scene number ``index`` (cached: every request filters the whole collection)."""
+        return self._scene(index)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one world per emulator, kept for its life)
+    def _scene(self, index: int) -> Scene:
         date = FIRST_DAY + dt.timedelta(days=REVISIT_DAYS * index)
         t = dt.datetime(date.year, date.month, date.day, 10, 30, tzinfo=dt.timezone.utc)
         cloudy = round(100.0 * _unit_hash(self.seed, "cloud", index) ** 1.5, 3)
