@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -235,6 +236,9 @@ class _Runner:
         self.attempts: collections.Counter = collections.Counter()
         self.fetch_addrs: list[str] = []
         self._last_check = 0.0
+        # Task keys are unique per run, so a second run on the same scheduler never
+        # picks up a stale key of an earlier (interrupted) one.
+        self.run_token = uuid.uuid4().hex[:8]
 
     # ------------------------------------------------------------------ actors
     def _ensure_actors(self) -> None:
@@ -267,6 +271,7 @@ class _Runner:
         self.report.units_rerun += 1
         if self.attempts[unit] >= MAX_UNIT_ATTEMPTS:
             mark_unit_failed(self.cube, unit, f"lost its worker {self.attempts[unit]} times")
+            self.report.units_failed += 1
             self.bar.update(1)
             return
         self.pending.appendleft((unit, fetch if fetch is not None and fetch.status != "error" else None))
@@ -275,14 +280,14 @@ class _Runner:
     def _submit(self, unit: WorkUnit, fetch) -> None:
         addr = min(self.actors, key=lambda a: sum(1 for v in self.inflight.values() if v[1] == a))
         attempt = self.attempts[unit]
-        tag = f"{self.spec.spec_hash()[:8]}-{unit.chunk}-{unit.scale_index}-a{attempt}"
+        tag = f"{self.run_token}-{unit.chunk}-{unit.scale_index}-a{attempt}"
         if fetch is None:
             where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
             fetch = self.c.submit(fetch_unit, self.provider, self.table.slice(unit.start, unit.stop),
                                   unit, self.spec, self.fetch_threads, key=f"fetch-{tag}",
                                   retries=self.unit_retries, pure=False, **where)
         fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, self.cube, self.spec,
-                            key=f"embed-{tag}-{len(self.report.workers_used)}-{time.monotonic_ns()}",
+                            key=f"embed-{tag}-{addr.rsplit(':', 1)[-1]}",
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
         self.inflight[fut] = (unit, addr, fetch, attempt)
 
