@@ -171,7 +171,7 @@ def _read_samples(path: str):
 
 def _cmd_run(args) -> int:
     from .pipeline import run_campaign
-    from .specs import ModelSpec, OutputSpec, TemporalSpec
+    from .specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
 
     gdf = _read_samples(args.samples)
     model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size)
@@ -180,7 +180,8 @@ def _cmd_run(args) -> int:
         model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
         backend=args.backend, client=args.scheduler, chunk_size=args.chunk_size,
         id_column=args.id_column, on_invalid="skip" if args.skip_invalid else "raise",
-        gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress)
+        gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
+        fetch_threads=env_defaults()["fetch_workers"])
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
     return 0 if int(ds.status.isin([0, 3]).sum()) == 0 else 1
 
