@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..counters import Counters
 from ..errors import SpecError
 from ..grid import PixelGrid
 from ..specs import SensorSpec, TemporalSpec
@@ -93,7 +93,7 @@ class Provider(Protocol):
 
 
 @dataclass
-class RequestStats:
+class RequestStats(Counters):
     """Counters for requests to a provider (thread-safe increments).
 
     ``planned``: requests the plan needs; ``sent``: HTTP requests made (retries
@@ -108,21 +108,3 @@ class RequestStats:
     failed: int = 0
     reused: int = 0
     bytes: int = 0
-
-    def __post_init__(self):
-        self._lock = threading.Lock()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __getstate__(self):
-        return self.as_dict()
-
-    def __setstate__(self, state):
-        self.__init__(**state)

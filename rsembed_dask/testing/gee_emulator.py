@@ -28,11 +28,12 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from ..counters import Counters
 from .ee_eval import EvalError, Evaluator, parse_grid
 from .synthetic_s2 import SyntheticS2World
 
@@ -74,7 +75,7 @@ class Faults:
 
 
 @dataclass
-class EmulatorStats:
+class EmulatorStats(Counters):
     """Request counters (thread-safe)."""
 
     requests: int = 0
@@ -91,23 +92,8 @@ class EmulatorStats:
     concurrent_peak: int = 0
     _in_flight: int = field(default=0, repr=False)
 
-    def __post_init__(self):
-        self._lock = threading.Lock()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-            self.concurrent_peak = max(self.concurrent_peak, self._in_flight)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-
-    def reset(self) -> None:
-        with self._lock:
-            for f in fields(self):
-                setattr(self, f.name, 0)
+    def _after_add(self) -> None:
+        self.concurrent_peak = max(self.concurrent_peak, self._in_flight)
 
 
 def _static_json(name: str):
