@@ -5,15 +5,7 @@ unit: every write owns whole chunks, so writers in different processes need no
 lock. Within a unit the data arrays are written first and ``status`` last, so a
 non-pending status vouches for the data beside it.
 
-Layout (see ``DESIGN.md``, section "Cube")::
-
-    embedding      (sample, scale, feature)          float32, NaN where not written
-    grid           (sample, scale, feature, gy, gx)  float32, grid mode only
-    status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
-    input_res_m    (sample, scale)                   float32
-    valid_fraction (sample, scale)                   float32
-    error          (sample, scale)                   str, short reason ("" when none)
-    coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
+The layout (arrays, dims, dtypes, chunks) is :mod:`rsembed_dask.cube_schema`'s.
 
 Examples
 --------
@@ -35,108 +27,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from .cube_schema import (
-    CUBE_VERSION,
-    FAILED,
-    FLAG_ATTRS,
-    MARKER_ATTR,
-    NO_DATA,
-    OK,
-    PENDING,
-    STATUS_NAMES,
-    array_defs,
-    check_inputs,
-    check_unit_arrays,
-    coord_defs,
-    normalise_identity,
-    spec_differences,
+    CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES,
+    array_defs, check_inputs, check_unit_arrays, coord_defs, default_versions,
+    normalise_identity, spec_differences,
 )
+from .cube_store import check_writable, nearest_sample, open_cube, probe_store
 from .errors import CubeError, SpecError, SpecMismatchError
 from .specs import CampaignSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "PENDING",
-    "OK",
-    "NO_DATA",
-    "FAILED",
-    "STATUS_NAMES",
-    "FLAG_ATTRS",
-    "Cube",
-    "open_cube",
-    "nearest_sample",
-]
+__all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "Cube",
+           "open_cube", "nearest_sample"]
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR})
-_EARTH_RADIUS_M = 6_371_008.8
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def _probe(path: str) -> dict[str, Any] | None:
-    """Classify ``path``: None when it does not exist or is an empty directory.
-
-    Returns the group metadata (parsed ``zarr.json``) of an existing cube.
-
-    Raises
-    ------
-    CubeError
-        When ``path`` is a file, or a directory that is not a finished cube.
-    """
-    if not os.path.exists(path):
-        return None
-    if not os.path.isdir(path):
-        raise CubeError(f"cube path {path!r} exists and is a file, not a Zarr cube directory")
-    meta_path = os.path.join(path, "zarr.json")
-    if not os.path.isfile(meta_path):
-        if not os.listdir(path):
-            return None
-        raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
-                        "(no zarr.json); choose another path or remove it")
-    try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CubeError(f"cube path {path!r}: cannot read zarr.json ({exc})") from exc
-    attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
-    if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
-        raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
-                        f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
-    if attrs[MARKER_ATTR] != CUBE_VERSION:
-        raise CubeError(f"cube {path!r} has layout version {attrs[MARKER_ATTR]!r}; "
-                        f"this rsembed_dask reads version {CUBE_VERSION}")
-    return meta
-
-
-def _check_writable(path: str) -> None:
-    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.access(probe, os.W_OK):
-        raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
-
-
-def _default_versions(versions: Mapping[str, str] | None) -> dict[str, str]:
-    out = {str(k): str(v) for k, v in (versions or {}).items()}
-    if "rsembed_dask" not in out:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            out["rsembed_dask"] = version("rsembed_dask")
-        except PackageNotFoundError:
-            out["rsembed_dask"] = "unknown"
-    out.setdefault("zarr", zarr.__version__)
-    return out
 
 
 # --------------------------------------------------------------------------- cube
@@ -271,11 +179,11 @@ class Cube:
         else:
             grid_shape = None
         inputs = check_inputs(ids, lon, lat, geohash, wkb)
-        _check_writable(path)
-        meta = _probe(path)
+        check_writable(path)
+        meta = probe_store(path)
         if meta is None:
             cube = cls(path, spec, inputs["sample"].shape[0], int(embed_dim), grid_shape)
-            cube._create(inputs, _default_versions(versions))
+            cube._create(inputs, default_versions(versions))
             return cube
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
         cube._check_resume(meta["attributes"], inputs["sample"])
@@ -291,7 +199,7 @@ class Cube:
             ``path`` is missing, a file, or not a cube.
         """
         path = os.path.abspath(os.fspath(path))
-        meta = _probe(path)
+        meta = probe_store(path)
         if meta is None:
             raise CubeError(f"no cube at {path!r}")
         attrs = meta["attributes"]
@@ -490,60 +398,3 @@ class Cube:
         except (TypeError, ValueError) as exc:
             raise CubeError(f"set_attrs: values must be JSON-serialisable ({exc})") from exc
         self._zgroup().attrs.update(kv)
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
-    """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The cube directory.
-    **kwargs
-        Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
-
-    Returns
-    -------
-    xarray.Dataset
-        Indexed by ``sample`` (the ids) and ``scale`` (metres), so
-        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
-        is the spec as a JSON string.
-
-    Raises
-    ------
-    CubeError
-        ``path`` is missing or not a cube.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if _probe(path) is None:
-        raise CubeError(f"no cube at {path!r}")
-    kwargs.setdefault("chunks", {})
-    return xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
-
-
-def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:
-    """The id of the sample whose centroid is nearest to ``(lon, lat)`` (great-circle).
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        A cube from :func:`open_cube` (needs ``lon``/``lat`` coordinates on ``sample``).
-    lon, lat : float
-        Query point in degrees (EPSG:4326).
-
-    Returns
-    -------
-    str or int
-        The sample id, usable as ``ds.sel(sample=...)``.
-    """
-    lons = np.radians(np.asarray(ds["lon"].values, dtype="float64"))
-    lats = np.radians(np.asarray(ds["lat"].values, dtype="float64"))
-    qlon, qlat = np.radians(float(lon)), np.radians(float(lat))
-    a = (np.sin((lats - qlat) / 2) ** 2
-         + np.cos(qlat) * np.cos(lats) * np.sin((lons - qlon) / 2) ** 2)
-    dist = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    found = ds["sample"].values[int(np.argmin(dist))]
-    return found.item() if isinstance(found, np.generic) else found

@@ -5,6 +5,16 @@ cube without touching the store: the status codes and their CF attributes, the
 names, dimensions, dtypes and chunks of every array, and the comparison of a
 stored campaign spec with a given one.
 
+Layout (see ``DESIGN.md``, section "Cube")::
+
+    embedding      (sample, scale, feature)          float32, NaN where not written
+    grid           (sample, scale, feature, gy, gx)  float32, grid mode only
+    status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
+    input_res_m    (sample, scale)                   float32
+    valid_fraction (sample, scale)                   float32
+    error          (sample, scale)                   str, short reason ("" when none)
+    coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
+
 Strings (sample ids, geohashes, geometries as WKB hex, error reasons) use
 Zarr v3's variable-length UTF-8 data type, which xarray reads back as
 ``numpy.dtypes.StringDType`` whose elements are ``str``.
@@ -315,4 +325,20 @@ def check_unit_arrays(n: int, embed_dim: int, grid_shape: tuple[int, int] | None
         if grid_shape is None:
             raise CubeError("write_unit: grid given but the cube is pooled-only (output.mode='pooled')")
         out["grid"] = arr("grid", grid, "float32", (n, embed_dim, *grid_shape))
+    return out
+
+
+def default_versions(versions: Mapping[str, str] | None) -> dict[str, str]:
+    """Version strings for the cube attributes: those given, plus rsembed_dask and zarr."""
+    from zarr import __version__ as zarr_version
+
+    out = {str(k): str(v) for k, v in (versions or {}).items()}
+    if "rsembed_dask" not in out:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out["rsembed_dask"] = version("rsembed_dask")
+        except PackageNotFoundError:
+            out["rsembed_dask"] = "unknown"
+    out.setdefault("zarr", zarr_version)
     return out
