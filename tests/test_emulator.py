@@ -77,3 +77,23 @@ def test_command_line_serves_the_emulator():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_crop_of_a_larger_request_is_bit_identical_to_the_crop_requested_alone(provider):
+    """What request coalescing relies on: a pixel's value does not depend on the request around it."""
+    from rsembed_dask.grid import PixelGrid
+
+    rng = np.random.default_rng(3)
+    temporal = TemporalSpec.range("2022-01-01", "2022-04-01")
+    for lon, lat, scale, how in [(3.0, 45.0, 10, "median"), (-60.0, -33.0, 20, "mosaic"),
+                                 (150.0, 70.0, 40, "median")]:
+        sensor = SensorSpec(scale_m=scale, composite=how)
+        g = point_grid(lon, lat, 112 * scale, scale)
+        big = PixelGrid(g.crs, g.x0 - scale * int(rng.integers(0, 300)),
+                        g.y0 + scale * int(rng.integers(0, 300)), scale, 500, 450)
+        whole = provider.fetch(big, sensor, temporal)
+        for _ in range(3):
+            r, c = int(rng.integers(0, 450 - 100)), int(rng.integers(0, 500 - 120))
+            sub = big.crop(r, c, 100, 120)
+            alone = provider.fetch(sub, sensor, temporal)
+            assert np.array_equal(alone.data, whole.crop_to(sub).data), (lon, lat, scale, r, c)
