@@ -19,6 +19,7 @@ import numpy as np
 from .cube import FAILED, NO_DATA, OK, Cube
 from .errors import NoImageryError, PermanentProviderError
 from .providers.base import Provider, RequestStats
+from .providers.coalesce import CoalescedRequest, plan_requests
 from .sampling import SampleTable, WorkUnit
 from .specs import CampaignSpec
 
@@ -55,17 +56,28 @@ class UnitSummary:
 
 
 def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: CampaignSpec,
-               threads: int = 8) -> UnitPixels:
+               threads: int = 8, *, coalesce: bool = True) -> UnitPixels:
     """Fetch every sample of ``unit`` (``table`` holds exactly the unit's samples).
 
-    No imagery and permanent errors are recorded per sample; a transient error
-    that survived the provider's retries fails the task, so Dask re-runs it.
+    With ``coalesce`` (default), neighbouring footprints on one UTM lattice are
+    served by one request for their union grid (:func:`~.providers.coalesce.plan_requests`)
+    and cropped per sample: the same pixels as one request per sample, in fewer
+    requests. ``requests["reused"]`` counts the samples a request served beyond its
+    first (so ``planned + reused`` is the number of samples answered).
+
+    No imagery and permanent errors are recorded per sample (for a coalesced
+    request, on every sample it serves); a transient error that survived the
+    provider's retries fails the task, so Dask re-runs it.
     """
     t0 = time.perf_counter()
     n = len(table)
     image_size = spec.model.image_size
     fps = [table.footprint(i, unit.scale_m, image_size, spec.buffer_m) for i in range(n)]
     sensor = spec.sensor_at(unit.scale_m)
+    if coalesce:
+        plan = plan_requests([fp.grid for fp in fps], len(sensor.bands))
+    else:
+        plan = [CoalescedRequest(fp.grid, (i,)) for i, fp in enumerate(fps)]
     limiter = getattr(provider, "limiter", None)
     if limiter is not None:
         # A distributed.Semaphore binds to the worker of the thread that first uses it:
@@ -74,30 +86,42 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     stats = getattr(provider, "stats", None)
     before = stats.as_dict() if isinstance(stats, RequestStats) else {}
 
-    def one(i: int):
+    def one(request: CoalescedRequest):
+        """Member patches of one request (cropped here, so the large answer is freed early)."""
         try:
-            return provider.fetch(fps[i].grid, sensor, spec.temporal), None
+            patch = provider.fetch(request.grid, sensor, spec.temporal)
         except NoImageryError as e:
             return None, ("no_data", str(e))
         except PermanentProviderError as e:
             return None, ("failed", str(e))
+        return [patch if fps[i].grid == patch.grid else patch.crop_to(fps[i].grid)
+                for i in request.members], None
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, n)), thread_name_prefix="fetch") as pool:
-        results = list(pool.map(one, range(n)))
+    workers = max(1, min(threads, len(plan)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        results = list(pool.map(one, plan))
     status = np.full(n, OK, np.int8)
     errors = [""] * n
     images: list[np.ndarray | None] = [None] * n
     valid = np.zeros(n, np.float32)
-    for i, (patch, problem) in enumerate(results):
+    for request, (patches, problem) in zip(plan, results):
         if problem is not None:
-            status[i] = NO_DATA if problem[0] == "no_data" else FAILED
-            errors[i] = problem[1][:200]
-        elif patch.valid_fraction == 0:
-            status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
-        else:
-            images[i], valid[i] = patch.data, patch.valid_fraction
+            status[list(request.members)] = NO_DATA if problem[0] == "no_data" else FAILED
+            for i in request.members:
+                errors[i] = problem[1][:200]
+            continue
+        for i, patch in zip(request.members, patches):
+            if patch.valid_fraction == 0:
+                status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
+            else:
+                images[i], valid[i] = patch.data, patch.valid_fraction
+    reused = n - len(plan)
+    if reused and isinstance(stats, RequestStats):
+        stats.add(reused=reused)
     after = stats.as_dict() if isinstance(stats, RequestStats) else {}
     requests = {k: after[k] - before.get(k, 0) for k in after}
+    if reused:
+        log.debug("%s: %d samples in %d requests", unit.key, n, len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
                       time.perf_counter() - t0)
 
