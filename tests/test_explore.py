@@ -1,10 +1,18 @@
 """Exploration helpers: PCA colours, GeoDataFrame view, similarity search, quicklook."""
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 
+from rsembed_dask.cube import NO_DATA, OK, open_cube
 from rsembed_dask.errors import SpecError
-from rsembed_dask.explore import pca_rgb
+from rsembed_dask.explore import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
+from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.providers.gee import GEEProvider
+from rsembed_dask.specs import ModelSpec, TemporalSpec
+
+from .conftest import FAST_RETRY
 
 
 # --------------------------------------------------------------------------- pca_rgb
@@ -94,3 +102,130 @@ def test_pca_rgb_bad_input(vectors, components, field):
     with pytest.raises(SpecError) as info:
         pca_rgb(vectors, components)
     assert info.value.field == field
+
+
+# --------------------------------------------------------------------------- on a real cube
+WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
+
+
+@pytest.fixture(scope="module")
+def cube_path(tmp_path_factory, client, emulator):
+    """A cube written by a real campaign: 24 points x 10/40 m, test-tiny, on the emulator."""
+    rng = np.random.default_rng(7)
+    n = 24
+    gdf = gpd.GeoDataFrame({"site": [f"site-{i:02d}" for i in range(n)]}, crs="EPSG:4326",
+                           geometry=gpd.points_from_xy(3.0 + rng.uniform(0, .4, n),
+                                                       31.0 + rng.uniform(0, .4, n)))
+    provider = GEEProvider(api_url=emulator.url, credentials="anonymous", project="test-project",
+                           retry=FAST_RETRY)
+    out = tmp_path_factory.mktemp("explore") / "c.zarr"
+    ds = run_campaign(gdf, out, scales=[10, 40], temporal=WINDOW, model=ModelSpec("test-tiny", device="cpu"),
+                      backend=provider, client=client, chunk_size=8, id_column="site", progress=False)
+    assert (ds.status.values == OK).all()
+    return out
+
+
+@pytest.fixture
+def cube(cube_path):
+    return open_cube(cube_path)
+
+
+def _cos(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_to_geodataframe(cube, cube_path):
+    gdf = to_geodataframe(cube_path, scale=40)
+    assert isinstance(gdf, gpd.GeoDataFrame) and gdf.crs.to_epsg() == 4326
+    assert gdf.index.name == "sample" and gdf.index.tolist() == cube.sample.values.tolist()
+    assert set(gdf.status) == {"ok"}
+    np.testing.assert_array_equal(gdf.lon.to_numpy(), cube.lon.values)
+    assert gdf.loc["site-03", "geohash"] == str(cube.geohash.sel(sample="site-03").values)
+    emb = np.stack(gdf.embedding.to_numpy())
+    np.testing.assert_array_equal(emb, cube.embedding.sel(scale=40).values)
+    # Geometry from the stored WKB: the input points, at the lon/lat centroids.
+    g = gdf.geometry.loc["site-05"]
+    assert g.geom_type == "Point"
+    assert g.distance(shapely.Point(gdf.loc["site-05", ["lon", "lat"]].to_numpy(float))) < 1e-9
+    with pytest.raises(SpecError, match="10, 40"):
+        to_geodataframe(cube, scale=20)
+    with pytest.raises(SpecError, match="scale=None"):
+        to_geodataframe(cube)
+
+
+def test_similar_by_id(cube):
+    res = similar(cube, "site-04", k=5, scale=10)
+    assert len(res) == 5 and "site-04" not in res.index
+    assert res.attrs["query_sample"] == "site-04" and res.attrs["scale"] == 10.0
+    sims = res.similarity.to_numpy()
+    assert (np.diff(sims) <= 0).all()
+    emb = cube.embedding.sel(scale=10)
+    q = emb.sel(sample="site-04").values
+    direct = {sid: _cos(q, emb.sel(sample=sid).values)
+              for sid in cube.sample.values.tolist() if sid != "site-04"}
+    best = max(direct, key=direct.get)
+    assert res.index[0] == best
+    assert sims[0] == pytest.approx(direct[best], abs=1e-9)
+    expected = sorted(direct.values(), reverse=True)[:5]
+    np.testing.assert_allclose(sims, expected, atol=1e-9)
+    # Same ranking when read in small blocks; k beyond the candidates returns them all.
+    small = similar(cube, "site-04", k=5, scale=10, block_size=3)
+    assert small.index.tolist() == res.index.tolist()
+    everything = similar(cube, "site-04", k=100, scale=10)
+    assert len(everything) == 23 and everything.geometry.notna().all()
+
+
+def test_similar_by_lon_lat_uses_the_nearest_sample(cube):
+    lon, lat = float(cube.lon.sel(sample="site-11")), float(cube.lat.sel(sample="site-11"))
+    res = similar(cube, (lon + 1e-4, lat - 1e-4), k=4, scale=40)
+    assert res.attrs["query_sample"] == "site-11" and "site-11" not in res.index
+    by_id = similar(cube, "site-11", k=4, scale=40)
+    assert res.index.tolist() == by_id.index.tolist()
+    np.testing.assert_array_equal(res.similarity, by_id.similarity)
+
+
+def test_similar_refuses_bad_queries(cube):
+    with pytest.raises(SpecError, match="site-") as info:
+        similar(cube, "nope", scale=10)
+    assert info.value.field == "query"
+    with pytest.raises(SpecError, match="10, 40") as info:
+        similar(cube, "site-01", scale=20)
+    assert info.value.field == "scale"
+    for k in (0, -3, 2.5, True):
+        with pytest.raises(SpecError) as info:
+            similar(cube, "site-01", k=k, scale=10)
+        assert info.value.field == "k"
+    with pytest.raises(SpecError, match="lat in"):
+        similar(cube, (3.0, 95.0), scale=10)
+    # A query sample that is not ok at that scale (as a failed or no_data sample would be),
+    # and candidates that are not ok are never returned.
+    mem = cube.load()
+    pos = mem.indexes["sample"].get_loc("site-02")
+    mem["status"].values[pos, 0] = NO_DATA
+    mem["embedding"].values[pos, 0] = np.nan
+    with pytest.raises(SpecError, match="no_data") as info:
+        similar(mem, "site-02", scale=10)
+    assert info.value.field == "query"
+    assert "site-02" not in similar(mem, "site-05", k=100, scale=10).index
+    assert "site-02" in similar(mem, "site-05", k=100, scale=40).index
+
+
+def test_quicklook_status_table_and_info(cube, cube_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = quicklook(cube_path, scale=40)
+    coll = ax.collections[0]
+    assert len(coll.get_offsets()) == 24
+    expected = pca_rgb(cube.embedding.sel(scale=40).values) / 255.0
+    np.testing.assert_allclose(coll.get_facecolors()[:, :3], expected, atol=1e-6)
+    assert "40 m" in ax.get_title()
+    plt.close(ax.figure)
+    table = status_table(cube)
+    assert table.index.tolist() == [10.0, 40.0] and table["ok"].tolist() == [24, 24]
+    assert table[["pending", "no_data", "failed"]].to_numpy().sum() == 0
+    info = cube_info(cube)
+    assert info["request_account"]["sent"] >= 6 and info["last_run"]["units_done"] == 6
+    assert info["campaign_spec"]["scales"] == [10.0, 40.0]
