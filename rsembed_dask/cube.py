@@ -23,7 +23,7 @@ import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,10 +124,13 @@ class Cube:
     # ------------------------------------------------------------------ constructors
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any, lon: Any,
-                       lat: Any, geohash: Sequence[str], wkb: Sequence[Any], embed_dim: int,
+    def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any = None,
+                       lon: Any = None, lat: Any = None, geohash: Sequence[str] | None = None,
+                       wkb: Sequence[Any] | None = None, embed_dim: int,
                        grid_shape: tuple[int, int] | None = None,
-                       versions: Mapping[str, str] | None = None) -> Cube:
+                       versions: Mapping[str, str] | None = None,
+                       chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+                       n_samples: int | None = None) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
         Parameters
@@ -151,6 +154,10 @@ class Cube:
             ignored otherwise.
         versions : mapping, optional
             Software versions recorded in the ``versions`` attribute (at creation).
+        chunks, n_samples : optional
+            Instead of ``ids ... wkb``, for tables too large to hold at once: ``chunks()``
+            yields consecutive dicts with those five keys, ``n_samples`` rows in all. Ids
+            must be unique across chunks (checked within each chunk only).
 
         Returns
         -------
@@ -178,15 +185,23 @@ class Cube:
             grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
         else:
             grid_shape = None
-        inputs = check_inputs(ids, lon, lat, geohash, wkb)
+        if chunks is None:
+            whole = check_inputs(ids, lon, lat, geohash, wkb)
+            n_samples = whole["sample"].shape[0]
+            source: Callable[[], Iterator[dict[str, Any]]] = lambda: iter([whole])  # noqa: E731
+        else:
+            if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+                raise SpecError("n_samples", n_samples, "the number of rows chunks() yields (>= 1)")
+            source = lambda: (check_inputs(c["ids"], c["lon"], c["lat"], c["geohash"], c["wkb"])  # noqa: E731
+                              for c in chunks())
         check_writable(path)
         meta = probe_store(path)
         if meta is None:
-            cube = cls(path, spec, inputs["sample"].shape[0], int(embed_dim), grid_shape)
-            cube._create(inputs, default_versions(versions))
+            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
+            cube._create(source, default_versions(versions))
             return cube
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
-        cube._check_resume(meta["attributes"], inputs["sample"])
+        cube._check_resume(meta["attributes"], source, int(n_samples))
         return cube
 
     @classmethod
@@ -209,25 +224,33 @@ class Cube:
         grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
         return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape)  # type: ignore[arg-type]
 
-    def _create(self, inputs: dict[str, Any], versions: dict[str, str]) -> None:
-        """Lay out every array, write the coordinates, then mark the group a cube."""
+    def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
+        """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
         n, s = self.n_samples, self.n_scales
         logger.info("creating cube %s: %d samples x %d scales, D=%d%s", self.path, n, s,
                     self.embed_dim, f", grid {self.grid_shape}" if self.grid_shape else "")
         try:
-            group = zarr.open_group(self.path, mode="w", zarr_format=3)
-            defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
-            defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
-            for d in defs:
-                group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
-                                   fill_value=d.fill_value, dimension_names=d.dims,
-                                   attributes=d.attrs)
-            values = {"sample": inputs["sample"], "lon": inputs["lon"], "lat": inputs["lat"],
-                      "geohash": inputs["geohash"], "geometry": inputs["geometry"],
-                      "scale": np.asarray(self.scales, dtype="float64"),
-                      "feature": np.arange(self.embed_dim, dtype="int64")}
-            for name, value in values.items():
-                group[name][...] = value
+            group = None
+            start = 0
+            for inputs in source():
+                if group is None:
+                    group = zarr.open_group(self.path, mode="w", zarr_format=3)
+                    defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
+                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
+                    for d in defs:
+                        group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
+                                           fill_value=d.fill_value, dimension_names=d.dims,
+                                           attributes=d.attrs)
+                    group["scale"][...] = np.asarray(self.scales, dtype="float64")
+                    group["feature"][...] = np.arange(self.embed_dim, dtype="int64")
+                stop = start + inputs["sample"].shape[0]
+                if stop > n:
+                    raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
+                for name in ("sample", "lon", "lat", "geohash", "geometry"):
+                    group[name][start:stop] = inputs[name]
+                start = stop
+            if group is None or start != n:
+                raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
             # The marker goes last: a store interrupted before this is refused, not resumed.
             group.attrs.update({
                 "campaign_spec": self.spec.to_json(),
@@ -240,7 +263,8 @@ class Cube:
         except OSError as exc:
             raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
 
-    def _check_resume(self, attrs: Mapping[str, Any], sample: np.ndarray) -> None:
+    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
+                      n_given: int) -> None:
         """Refuse to resume a cube of another campaign, other samples or other shapes."""
         stored = json.loads(attrs["spec_identity"])
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
@@ -252,13 +276,20 @@ class Cube:
         if not os.access(self.path, os.W_OK):
             raise CubeError(f"cube path {self.path!r} is not writable")
         group = self._zgroup()
-        stored_ids = group["sample"][...].tolist()
-        if len(stored_ids) != sample.shape[0] or stored_ids != sample.tolist():
-            diff = next((i for i, (a, b) in enumerate(zip(stored_ids, sample.tolist())) if a != b), None)
-            where = (f"first difference at position {diff}: stored {stored_ids[diff]!r}, "
-                     f"given {sample.tolist()[diff]!r}") if diff is not None else \
-                f"stored {len(stored_ids)} samples, given {sample.shape[0]}"
-            raise CubeError(f"cube {self.path!r} holds other sample ids than given ({where})")
+        n_stored = group["sample"].shape[0]
+        if n_stored != n_given:
+            raise CubeError(f"cube {self.path!r} holds other sample ids than given "
+                            f"(stored {n_stored} samples, given {n_given})")
+        start = 0
+        for inputs in source():
+            given = inputs["sample"].tolist()
+            stored_ids = group["sample"][start:start + len(given)].tolist()
+            if stored_ids != given:
+                i = next(i for i, (a, b) in enumerate(zip(stored_ids, given)) if a != b)
+                raise CubeError(f"cube {self.path!r} holds other sample ids than given (first "
+                                f"difference at position {start + i}: stored {stored_ids[i]!r}, "
+                                f"given {given[i]!r})")
+            start += len(given)
         emb = group["embedding"]
         if emb.shape[2] != self.embed_dim:
             raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")

@@ -66,6 +66,8 @@ FLAG_ATTRS: dict[str, Any] = {
 CUBE_VERSION = 1
 #: Group attribute whose presence marks a directory as a finished cube.
 MARKER_ATTR = "rsembed_dask_cube_version"
+#: Root attribute marking a finished tiling store (per-scale cubes and grids; see tile_cube).
+TILING_MARKER = "rsembed_dask_tiling_version"
 #: Error reasons longer than this are truncated when written.
 MAX_ERROR_LEN = 200
 #: Non-dimension coordinates on ``sample``, listed in each data variable's CF

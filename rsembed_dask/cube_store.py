@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .cube_schema import CUBE_VERSION, MARKER_ATTR
+from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER
 from .errors import CubeError
 
-__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample"]
+__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store"]
 
 _EARTH_RADIUS_M = 6_371_008.8
 
@@ -55,6 +55,19 @@ def probe_store(path: str) -> dict[str, Any] | None:
     return meta
 
 
+def is_tiling_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished tiling store (see :mod:`rsembed_dask.tile_cube`)."""
+    meta_path = os.path.join(os.fspath(path), "zarr.json")
+    if not os.path.isfile(meta_path):
+        return False
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CubeError(f"cube path {os.fspath(path)!r}: cannot read zarr.json ({exc})") from exc
+    return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
+
+
 def check_writable(path: str) -> None:
     """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
     probe = path
@@ -67,8 +80,12 @@ def check_writable(path: str) -> None:
         raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
 
 
-def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
+def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTree:
     """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
+
+    A tiling store opens as an :class:`xarray.DataTree`: ``tree["samples/10m"]`` is
+    the 10 m sample cube, ``tree["10m/EPSG32632"]`` the 10 m grid of zone 32632
+    with ``embedding(y, x, feature)`` readable by rioxarray (``rio.crs``, ``rio.transform()``).
 
     Parameters
     ----------
@@ -90,9 +107,11 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
         ``path`` is missing or not a cube.
     """
     path = os.path.abspath(os.fspath(path))
+    kwargs.setdefault("chunks", {})
+    if is_tiling_store(path):
+        return xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
     if probe_store(path) is None:
         raise CubeError(f"no cube at {path!r}")
-    kwargs.setdefault("chunks", {})
     return xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
 
 

@@ -31,7 +31,8 @@ def test_run_then_inspect(tmp_path, capsys, suffix):
     info = json.loads(capsys.readouterr().out)
     assert info["status"]["ok"] == 12 and info["scales"] == [10.0, 40.0]
     assert info["spec"]["model"]["model_id"] == "test-tiny"
-    assert info["request_account"]["sent"] == 12
+    account = info["request_account"]
+    assert account["sent"] == account["planned"] and account["planned"] + account["reused"] == 12
     assert info["variables"]["embedding"]["dims"] == ["sample", "scale", "feature"]
 
 
