@@ -22,9 +22,9 @@ Examples
 >>> from shapely import box
 >>> tiling = tile_aoi(box(10.0, 45.0, 10.5, 45.3), scales=[10, 40])
 >>> [len(t) for t in tiling.tables]
-[256, 25]
+[287, 20]
 >>> tiling.tables[0].slice(0, 2).ids.tolist()
-['32632_10m_2236_261', '32632_10m_2236_262']
+['32632_10m_2239_258', '32632_10m_2239_259']
 """
 
 from __future__ import annotations

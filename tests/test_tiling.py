@@ -1,0 +1,110 @@
+"""tile_aoi: snapped, non-overlapping tiles per scale, seams between UTM zones, lazy tables."""
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from rsembed_dask.errors import SpecError
+from rsembed_dask.grid import lonlat_to_xy
+from rsembed_dask.tiling import DEFAULT_BLOCK, tile_aoi
+
+
+def _coverage(tables_by_zone, tile_m, lon, lat):
+    """Number of tiles (over all zones) containing each point."""
+    count = np.zeros(len(lon), int)
+    for epsg, keys in tables_by_zone.items():
+        x, y = lonlat_to_xy(lon, lat, f"EPSG:{epsg}")
+        row, col = np.floor(np.asarray(y) / tile_m).astype(int), np.floor(np.asarray(x) / tile_m).astype(int)
+        count += np.array([(r, c) in keys for r, c in zip(row.tolist(), col.tolist())])
+    return count
+
+
+def test_tiles_are_snapped_square_footprints_that_intersect_the_aoi():
+    aoi = shapely.Polygon([(10.0, 45.0), (10.4, 45.02), (10.5, 45.3), (10.1, 45.25)])
+    tiling = tile_aoi(gpd.GeoDataFrame(geometry=[aoi], crs="EPSG:4326"), scales=[10, 40])
+    assert tiling.scales == (10.0, 40.0) and len(tiling) == sum(len(t) for t in tiling.tables)
+    for scale, table in zip(tiling.scales, tiling.tables):
+        keys = set(zip(table.epsg.tolist(), table.row.tolist(), table.col.tolist()))
+        assert len(keys) == len(table)  # no tile twice
+        sub = table.slice(0, len(table))
+        assert len(set(sub.ids.tolist())) == len(table)
+        polys = shapely.from_wkb(sub.wkb)
+        assert shapely.intersects(polys, aoi).all()
+        for i in range(0, len(table), 7):
+            fp = sub.footprint(i, scale, 224)
+            assert fp.grid.shape == (224, 224) and fp.roi == (0.0, 0.0, 1.0, 1.0)
+            assert fp.grid.x0 % scale == 0 and fp.grid.y0 % scale == 0
+            assert fp.grid == table.lattice(int(table.epsg[i])).tile_grid(int(table.row[i]), int(table.col[i]))
+    # 40 m tiles are 4x the side of 10 m ones: about 16x fewer
+    assert 10 < len(tiling.tables[0]) / len(tiling.tables[1]) < 25
+
+
+def test_no_gaps_or_double_coverage_farther_than_one_footprint_from_zone_seams():
+    # Across the 12E zone seam (32/33) and the equator (N/S hemispheres) at once.
+    aoi = shapely.box(11.4, -0.4, 12.6, 0.4)
+    tiling = tile_aoi(aoi, scales=[40])
+    table = tiling.tables[0]
+    assert set(table.zones()) == {32632, 32633, 32732, 32733}
+    by_zone = {}
+    for e, r, c in zip(table.epsg.tolist(), table.row.tolist(), table.col.tolist()):
+        by_zone.setdefault(e, set()).add((r, c))
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(11.4, 12.6, 4000), rng.uniform(-0.4, 0.4, 4000)
+    count = _coverage(by_zone, table.tile_m, lon, lat)
+    metres_to_seam = np.minimum(np.abs(lon - 12.0) * 111_320 * np.cos(np.radians(lat)), np.abs(lat) * 110_574)
+    far = metres_to_seam > table.tile_m  # one footprint
+    assert far.sum() > 2000
+    assert (count[far] == 1).all()
+    assert (count <= 2).all()
+
+
+def test_tiles_come_in_blocks_and_chunks_generate_the_table_lazily():
+    tiling = tile_aoi((10.0, 45.0, 10.6, 45.4), scales=[10])
+    table = tiling.tables[0]
+    blocks = list(table.blocks())
+    assert blocks[0][3] == 0 and blocks[-1][4] == len(table)
+    assert all(a[4] == b[3] for a, b in zip(blocks, blocks[1:]))  # contiguous runs
+    seen = set()
+    for epsg, brow, bcol, start, stop in blocks:
+        assert (epsg, brow, bcol) not in seen and stop - start <= DEFAULT_BLOCK ** 2
+        seen.add((epsg, brow, bcol))
+        assert (table.row[start:stop] // DEFAULT_BLOCK == brow).all()
+        assert (table.col[start:stop] // DEFAULT_BLOCK == bcol).all()
+    full = [b for b in blocks if b[4] - b[3] == DEFAULT_BLOCK ** 2]
+    assert full, "an AOI of this size has interior blocks"
+    whole = table.slice(0, len(table))
+    parts = list(table.chunks(100))
+    assert [s for s, _ in parts] == list(range(0, len(table), 100))
+    assert np.concatenate([p.ids for _, p in parts]).tolist() == whole.ids.tolist()
+    np.testing.assert_array_equal(np.concatenate([p.lon for _, p in parts]), whole.lon)
+    gdf = table.to_geodataframe(0, 10)
+    assert len(gdf) == 10 and gdf.crs.to_epsg() == 4326 and gdf.index.name == "tile_id"
+
+
+def test_a_europe_sized_aoi_is_tiled_as_integers_without_a_geodataframe():
+    tiling = tile_aoi((-10.0, 35.0, 40.0, 70.0), scales=[10, 40])
+    t10 = tiling.tables[0]
+    assert len(t10) > 2_000_000 and len(t10.zones()) == 9
+    held = t10.epsg.nbytes + t10.row.nbytes + t10.col.nbytes
+    assert held == 20 * len(t10)  # 20 bytes a tile; geometries are made per chunk
+    middle = len(t10) // 2
+    chunk = t10.slice(middle, middle + 64)
+    assert len(chunk) == 64 and (35 <= chunk.lat).all() and (chunk.lat <= 70.5).all()
+
+
+@pytest.mark.parametrize("aoi, kwargs, field", [
+    (shapely.LineString([(0, 0), (1, 1)]), {}, "aoi"),
+    (shapely.box(0, 84.5, 1, 85), {}, "aoi"),
+    ((1.0, 1.0, 0.0, 2.0), {}, "aoi"),
+    (gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)]), {}, "aoi.crs"),
+    (shapely.box(0, 0, 0.1, 0.1), {"scales": [10, -5]}, "scales"),
+    (shapely.box(0, 0, 0.1, 0.1), {"scales": [10, 10]}, "scales"),
+    (shapely.box(0, 0, 0.1, 0.1), {"image_size": 3}, "image_size"),
+    (shapely.box(0, 0, 0.1, 0.1), {"block": 0}, "block"),
+    ("europe", {}, "aoi"),
+])
+def test_bad_tiling_input_names_the_field(aoi, kwargs, field):
+    with pytest.raises(SpecError) as err:
+        tile_aoi(aoi, **kwargs)
+    assert err.value.field == field
