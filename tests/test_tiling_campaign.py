@@ -106,3 +106,32 @@ def test_tiling_campaign_refuses_arguments_of_sample_campaigns(tmp_path, tiling)
     with pytest.raises(SpecError) as err:
         run_campaign(tiling, tmp_path / "x.zarr", temporal=WINDOW, model=TINY, scales=[10])
     assert err.value.field == "scales"
+
+
+def test_grid_quicklook_writes_georeferenced_rgb_per_zone(tmp_path, client, provider, tiling):
+    import rasterio
+
+    from rsembed_dask.quicklook import PCAColours, grid_quicklook
+
+    out = tmp_path / "tiles.zarr"
+    tree = run_campaign(tiling, out, temporal=WINDOW, model=TINY, backend=provider, client=client,
+                        progress=False)
+    files = grid_quicklook(out, 20, tmp_path / "ql", components=(0, 2, 1))
+    tifs = sorted(f for f in files if f.endswith(".tif"))
+    assert [f.rsplit("_", 1)[1] for f in tifs] == ["EPSG32632.tif", "EPSG32633.tif"]
+    assert all(f.replace(".tif", ".png") in files for f in tifs)
+    emb = tree["samples/20m"].to_dataset().embedding.values[:, 0, :]
+    colours = PCAColours.fit(emb, (0, 2, 1))
+    for tif in tifs:
+        zone = tif.rsplit("_", 1)[1][:-4]
+        grid = tree[f"20m/{zone}"].to_dataset()
+        with rasterio.open(tif) as src:
+            assert src.crs.to_epsg() == int(zone[4:]) and src.count == 4
+            assert tuple(src.transform)[:6] == pytest.approx(tuple(grid.embedding.rio.transform())[:6])
+            rgba = src.read()
+        ok = grid.status.values == OK
+        assert ((rgba[3] == 255) == ok).all()
+        np.testing.assert_array_equal(np.moveaxis(rgba[:3], 0, -1)[ok],
+                                      colours.rgb(grid.embedding.values[ok]))
+    with pytest.raises(SpecError):
+        grid_quicklook(out, 10, tmp_path / "ql")
