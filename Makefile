@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS)
-	$(PIP) install -q --disable-pip-version-check -e ".[dev,notebooks]"
+	$(PIP) install -q --disable-pip-version-check -e ".[dev,notebooks]" "dask-jobqueue>=0.8"
 	# rshf's own pins drag in torchaudio/open_clip and pin torch: install it without them.
 	$(PIP) install -q --disable-pip-version-check --no-deps $(RSHF_PIN)
 	touch $(STAMP)

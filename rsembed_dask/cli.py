@@ -6,6 +6,7 @@ Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -132,7 +133,10 @@ def _add_run(sub) -> None:
     p.add_argument("--scales", type=_scales, default=[10.0, 20.0, 40.0], help="pixel sizes in metres (10,20,40)")
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    where.add_argument("--cluster", default=None, metavar="FILE",
+                       help="start the cluster a recipe describes (cluster/local.yaml, slurm.yaml, kubernetes.yaml)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
     p.add_argument("--grid", action="store_true", help="also store token grids")
     p.add_argument("--pooling", choices=("mean", "max"), default="mean")
@@ -173,15 +177,22 @@ def _cmd_run(args) -> int:
     from .pipeline import run_campaign
     from .specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
 
+    cluster = None
+    if args.cluster:  # validated before anything else runs; started around the campaign
+        from .cluster_config import load_cluster_config, start_cluster
+
+        cluster = load_cluster_config(args.cluster)
     gdf = _read_samples(args.samples)
     model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size)
-    ds = run_campaign(
-        gdf, args.out, scales=args.scales, temporal=TemporalSpec.range(args.start, args.end),
-        model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
-        backend=args.backend, client=args.scheduler, chunk_size=args.chunk_size,
-        id_column=args.id_column, on_invalid="skip" if args.skip_invalid else "raise",
-        gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
-        fetch_threads=env_defaults()["fetch_workers"])
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(start_cluster(cluster)) if cluster is not None else args.scheduler
+        ds = run_campaign(
+            gdf, args.out, scales=args.scales, temporal=TemporalSpec.range(args.start, args.end),
+            model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+            backend=args.backend, client=client, chunk_size=args.chunk_size,
+            id_column=args.id_column, on_invalid="skip" if args.skip_invalid else "raise",
+            gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
+            fetch_threads=env_defaults()["fetch_workers"])
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
     return 0 if int(ds.status.isin([0, 3]).sum()) == 0 else 1
 
