@@ -248,11 +248,12 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
     ds = _dataset(cube)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SpecError("k", k, "an integer >= 1")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise SpecError("block_size", block_size, "an integer >= 1")
     si = _scale_index(ds, scale)
     scale_m = float(ds["scale"].values[si])
     qpos = _query_position(ds, query)
-    qid = ds.indexes["sample"][qpos]
-    qid = qid.item() if isinstance(qid, np.generic) else qid
+    qid = np.asarray(ds.indexes["sample"][qpos]).item()
     status = np.asarray(ds["status"].isel(scale=si).values)
     if status[qpos] != OK:
         raise SpecError("query", query, f"a sample with an ok embedding at {scale_m:g} m "
@@ -269,9 +270,8 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
         norms = np.linalg.norm(block, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             sims[start:stop] = block @ qvec / (norms * qnorm)
-    candidate = (status == OK) & np.isfinite(sims)
-    candidate[qpos] = False
-    rows = np.flatnonzero(candidate)
+    sims[qpos] = np.nan  # the query itself is never a result
+    rows = np.flatnonzero((status == OK) & np.isfinite(sims))
     rows = rows[np.argsort(-sims[rows], kind="stable")[:k]]
     out = _frame(ds, si, rows, with_embedding=False)
     out.insert(0, "similarity", sims[rows])

@@ -196,6 +196,9 @@ def test_similar_refuses_bad_queries(cube):
         with pytest.raises(SpecError) as info:
             similar(cube, "site-01", k=k, scale=10)
         assert info.value.field == "k"
+    with pytest.raises(SpecError) as info:
+        similar(cube, "site-01", scale=10, block_size=0)
+    assert info.value.field == "block_size"
     with pytest.raises(SpecError, match="lat in"):
         similar(cube, (3.0, 95.0), scale=10)
     # A query sample that is not ok at that scale (as a failed or no_data sample would be),
