@@ -1,4 +1,4 @@
-"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect``.
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan``.
 
 Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -238,6 +239,84 @@ def _cmd_inspect(args) -> int:
     return rc
 
 
+def _add_plan(sub) -> None:
+    from .planning import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
+
+    p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
+                                    "campaign, before anything runs")
+    p.add_argument("aoi", metavar="AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
+    # A bbox with a negative first longitude ("-10,35,40,70") would read as an option:
+    # let this parser take number lists for positionals, as it does single negative numbers.
+    if hasattr(p, "_negative_number_matcher"):
+        import re
+
+        p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,\s*-?\d*\.?\d+)*$")
+    p.add_argument("--scales", nargs="+", type=_scales, default=[[10.0, 20.0, 40.0]],
+                   help="pixel sizes in metres: 10 20 40 or 10,20,40 (default 10 20 40)")
+    p.add_argument("--image-size", type=int, default=None, help="tile side in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
+    p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
+    p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small (for D)")
+    p.add_argument("--embed-dim", type=int, default=None,
+                   help="embedding width D, overriding the model's (default: the model's; 1024 for ViT-L)")
+    p.add_argument("--grid", action="store_true", help="token grids are stored too")
+    p.add_argument("--ee-concurrency", type=int, default=EE_CONCURRENCY,
+                   help=f"concurrent Earth Engine requests (quota; default {EE_CONCURRENCY})")
+    p.add_argument("--requests-per-s", type=float, default=EE_REQUESTS_PER_S,
+                   help=f"Earth Engine requests per second (quota; default {EE_REQUESTS_PER_S})")
+    lat = p.add_mutually_exclusive_group()
+    lat.add_argument("--latency-s", type=float, default=None,
+                     help="mean seconds per request, for both modes (default: assumed "
+                          f"{ASSUMED_LATENCY_BASE_S:g} s + {ASSUMED_LATENCY_S_PER_MIB:g} s per MiB)")
+    lat.add_argument("--measure-latency", action="store_true",
+                     help="time a few real single and coalesced requests on --backend and use the medians")
+    p.add_argument("--latency-samples", type=int, default=3, help="units sampled by --measure-latency (default 3)")
+    p.add_argument("--backend", default="gee", help="gee | emulator, for --measure-latency")
+    p.add_argument("--start", default="2023-01-01", help="composite window for --measure-latency (2023-01-01)")
+    p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
+    p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
+    p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
+    p.add_argument("--credentials", default=None, help="service-account key file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args) -> int:
+    import time
+
+    from .planning import measure_latency, plan_campaign, read_aoi, resolve_embed_dim
+    from .specs import ModelSpec, TemporalSpec
+    from .tiling import tile_aoi
+
+    t0 = time.perf_counter()
+    aoi = read_aoi(args.aoi)
+    scales = [s for group in args.scales for s in group]
+    model = ModelSpec.from_env(model_id=args.model, **({"image_size": args.image_size} if args.image_size else {}))
+    dim, patch, source = resolve_embed_dim(model.model_id, model.image_size)
+    if args.embed_dim is not None:
+        dim, source = args.embed_dim, "given by --embed-dim"
+    tiling = tile_aoi(aoi, scales, model.image_size)
+    latency = args.latency_s
+    if args.measure_latency:
+        from .backends import open_backend
+
+        if args.backend not in ("gee", "emulator"):
+            from .errors import SpecError
+
+            raise SpecError("--backend", args.backend, "'gee' or 'emulator' for --measure-latency")
+        with open_backend(args.backend, gee_options=_gee_options(args)) as provider:
+            latency = measure_latency(provider, tiling.tables[0], n_bands=args.bands,
+                                      temporal=TemporalSpec.range(args.start, args.end),
+                                      chunk_size=args.chunk_size, samples=args.latency_samples)
+    grid_shape = (model.image_size // patch,) * 2 if args.grid else None
+    plan = plan_campaign(tiling, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
+                         embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape, latency=latency,
+                         concurrency=args.ee_concurrency, requests_per_s=args.requests_per_s, aoi_label=args.aoi)
+    plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.format())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsembed-dask", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -247,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_run(sub)
     _add_inspect(sub)
+    _add_plan(sub)
     return parser
 
 
