@@ -9,8 +9,11 @@ them is one Earth Engine request.
 A tile belongs to the zone (and hemisphere) of its centre, so the zones'
 tilings meet at the seams without gaps or double coverage farther than one
 footprint from the seam. Tiles are kept when they intersect the AOI; they are
-grouped in blocks of ``block x block`` tiles (row-major inside, blocks serpentine),
-which is the order of the sample table: one default work unit is one block.
+grouped in blocks of ``block x block`` tiles (row-major inside, blocks serpentine
+per zone), which is the order of the sample table: the complete blocks of every
+zone first, then the incomplete ones at the AOI's edges and the seams. With the
+default chunk size (``block**2``) every complete block is exactly one work unit,
+served by one request.
 
 The table holds three integers per tile; ids, geometries and the per-sample
 columns the pipeline needs are generated per chunk (:meth:`TileTable.slice`,
@@ -341,7 +344,15 @@ def _tile_scale(geom, scale_m: float, image_size: int, block: int) -> TileTable:
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return TileTable(scale_m, image_size, block, np.zeros(0), np.zeros(0), np.zeros(0))
-    return TileTable(scale_m, image_size, block, *(np.concatenate(a) for a in zip(*parts)))
+    epsg, row, col = (np.concatenate(a) for a in zip(*parts))
+    # Complete blocks first (every zone's), then the incomplete ones at the AOI's edges and
+    # zone seams: with chunks of block**2 rows, each complete block is exactly one unit.
+    starts = np.r_[0, np.flatnonzero((np.diff(epsg) != 0) | (np.diff(row // block) != 0)
+                                     | (np.diff(col // block) != 0)) + 1]
+    sizes = np.diff(np.r_[starts, len(epsg)])
+    full = np.repeat(sizes == block * block, sizes)
+    order = np.r_[np.flatnonzero(full), np.flatnonzero(~full)]
+    return TileTable(scale_m, image_size, block, epsg[order], row[order], col[order])
 
 
 def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: int):

@@ -108,3 +108,17 @@ def test_bad_tiling_input_names_the_field(aoi, kwargs, field):
     with pytest.raises(SpecError) as err:
         tile_aoi(aoi, **kwargs)
     assert err.value.field == field
+
+
+def test_complete_blocks_come_first_so_each_is_exactly_one_default_work_unit():
+    from rsembed_dask.sampling import work_units
+
+    table = tile_aoi((10.0, 45.0, 10.9, 45.5), scales=[10]).tables[0]
+    blocks = list(table.blocks())
+    sizes = [stop - start for *_, start, stop in blocks]
+    n_full = sum(s == DEFAULT_BLOCK ** 2 for s in sizes)
+    assert 0 < n_full < len(blocks)  # a box AOI has complete blocks and incomplete edges
+    assert all(s == DEFAULT_BLOCK ** 2 for s in sizes[:n_full])  # complete ones first
+    units = work_units(len(table), [10], DEFAULT_BLOCK ** 2)
+    for unit, (_, _, _, start, stop) in zip(units[:n_full], blocks[:n_full]):
+        assert (unit.start, unit.stop) == (start, stop)

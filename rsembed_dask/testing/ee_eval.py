@@ -120,13 +120,24 @@ class _Image:
     def render(self, grid: Grid, names) -> np.ndarray:
         """``(len(names), H, W)`` uint16; masked pixels are 0."""
         src = [self.bands[self.names.index(n)] for n in names]
-        lon, lat = self.world.pixel_centers_lonlat(grid.crs, grid.transform, grid.width, grid.height)
-        out = self.world.composite(list(self.scenes), lon, lat, src, self.how)
-        if self.clip is not None:
-            g = self.clip
-            outside = (lon < g.minlon) | (lon > g.maxlon) | (lat < g.minlat) | (lat > g.maxlat)
-            out[:, outside] = 0
+        out = np.empty((len(src), grid.height, grid.width), np.uint16)
+        a, b, c, d, e, f = grid.transform
+        # Strips of rows keep the per-scene temporaries small for large requests; pixels
+        # do not depend on the request around them, so strips change nothing.
+        for r0 in range(0, grid.height, _STRIP_ROWS):
+            h = min(_STRIP_ROWS, grid.height - r0)
+            strip = (a, b, c + b * r0, d, e, f + e * r0)
+            lon, lat = self.world.pixel_centers_lonlat(grid.crs, strip, grid.width, h)
+            part = self.world.composite(list(self.scenes), lon, lat, src, self.how)
+            if self.clip is not None:
+                g = self.clip
+                part[:, (lon < g.minlon) | (lon > g.maxlon) | (lat < g.minlat) | (lat > g.maxlat)] = 0
+            out[:, r0:r0 + h] = part
         return out
+
+
+# Rows rendered at a time (a 1792-px-wide strip of 256 rows x 12 scenes x 3 bands is 66 MB).
+_STRIP_ROWS = 256
 
 
 def _date_ms(value) -> float:
