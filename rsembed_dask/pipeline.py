@@ -242,8 +242,9 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         for k, v in job.cube.status_counts().items():
             counts[k] = counts.get(k, 0) + v
     report.finish(counts)
-    for job, _ in jobs:
-        job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())
+    if todo:  # a run with nothing to do keeps the account of the run that did the work
+        for job, _ in jobs:
+            job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())
     if progress:
         print(report.summary())
     return open_cube(path)
