@@ -31,8 +31,8 @@ import zarr
 
 from .cube_schema import (
     CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES,
-    array_defs, check_inputs, check_unit_arrays, coord_defs, default_versions,
-    normalise_identity, spec_differences,
+    array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
+    normalise_identity, sample_chunks, spec_differences, check_same_ids,
 )
 from .cube_store import check_writable, nearest_sample, open_cube, probe_store
 from .errors import CubeError, SpecError, SpecMismatchError
@@ -176,24 +176,8 @@ class Cube:
         if not isinstance(spec, CampaignSpec):
             raise SpecError("spec", type(spec).__name__, "a CampaignSpec")
         path = os.path.abspath(os.fspath(path))
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1:
-            raise SpecError("embed_dim", embed_dim, "a positive integer")
-        if spec.output.mode == "grid":
-            if grid_shape is None or len(grid_shape) != 2 or min(int(g) for g in grid_shape) < 1:
-                raise SpecError("grid_shape", grid_shape,
-                                "(gy, gx) positive integers when output.mode is 'grid'")
-            grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
-        else:
-            grid_shape = None
-        if chunks is None:
-            whole = check_inputs(ids, lon, lat, geohash, wkb)
-            n_samples = whole["sample"].shape[0]
-            source: Callable[[], Iterator[dict[str, Any]]] = lambda: iter([whole])  # noqa: E731
-        else:
-            if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-                raise SpecError("n_samples", n_samples, "the number of rows chunks() yields (>= 1)")
-            source = lambda: (check_inputs(c["ids"], c["lon"], c["lat"], c["geohash"], c["wkb"])  # noqa: E731
-                              for c in chunks())
+        grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
+        n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
         check_writable(path)
         meta = probe_store(path)
         if meta is None:
@@ -227,11 +211,9 @@ class Cube:
     def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
         """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
         n, s = self.n_samples, self.n_scales
-        logger.info("creating cube %s: %d samples x %d scales, D=%d%s", self.path, n, s,
-                    self.embed_dim, f", grid {self.grid_shape}" if self.grid_shape else "")
+        logger.info("creating cube %s: %d samples x %d scales, D=%d", self.path, n, s, self.embed_dim)
         try:
-            group = None
-            start = 0
+            group, start = None, 0
             for inputs in source():
                 if group is None:
                     group = zarr.open_group(self.path, mode="w", zarr_format=3)
@@ -244,7 +226,7 @@ class Cube:
                     group["scale"][...] = np.asarray(self.scales, dtype="float64")
                     group["feature"][...] = np.arange(self.embed_dim, dtype="int64")
                 stop = start + inputs["sample"].shape[0]
-                if stop > n:
+                if stop > n:  # zarr would silently drop the excess
                     raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
                 for name in ("sample", "lon", "lat", "geohash", "geometry"):
                     group[name][start:stop] = inputs[name]
@@ -276,20 +258,7 @@ class Cube:
         if not os.access(self.path, os.W_OK):
             raise CubeError(f"cube path {self.path!r} is not writable")
         group = self._zgroup()
-        n_stored = group["sample"].shape[0]
-        if n_stored != n_given:
-            raise CubeError(f"cube {self.path!r} holds other sample ids than given "
-                            f"(stored {n_stored} samples, given {n_given})")
-        start = 0
-        for inputs in source():
-            given = inputs["sample"].tolist()
-            stored_ids = group["sample"][start:start + len(given)].tolist()
-            if stored_ids != given:
-                i = next(i for i, (a, b) in enumerate(zip(stored_ids, given)) if a != b)
-                raise CubeError(f"cube {self.path!r} holds other sample ids than given (first "
-                                f"difference at position {start + i}: stored {stored_ids[i]!r}, "
-                                f"given {given[i]!r})")
-            start += len(given)
+        check_same_ids(group["sample"], source, n_given, self.path)
         emb = group["embedding"]
         if emb.shape[2] != self.embed_dim:
             raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,9 @@ __all__ = [
     "array_defs",
     "coord_defs",
     "check_inputs",
+    "check_shapes",
+    "sample_chunks",
+    "check_same_ids",
     "spec_differences",
 ]
 
@@ -249,6 +252,57 @@ def check_inputs(ids: Any, lon: Any, lat: Any, geohash: Any, wkb: Any) -> dict[s
         raise SpecError("wkb", f"{geom.shape[0]} values", f"one value per sample ({n})")
     out["geometry"] = geom
     return out
+
+
+def check_shapes(mode: str, embed_dim: Any, grid_shape: Any) -> tuple[int, int] | None:
+    """Validate ``embed_dim`` and ``grid_shape`` for an output ``mode``; the grid shape to use.
+
+    Raises
+    ------
+    SpecError
+        ``embed_dim`` not a positive integer, or a bad ``grid_shape`` in grid mode.
+    """
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1:
+        raise SpecError("embed_dim", embed_dim, "a positive integer")
+    if mode != "grid":
+        return None
+    if grid_shape is None or len(grid_shape) != 2 or min(int(g) for g in grid_shape) < 1:
+        raise SpecError("grid_shape", grid_shape, "(gy, gx) positive integers when output.mode is 'grid'")
+    return int(grid_shape[0]), int(grid_shape[1])
+
+
+def sample_chunks(ids: Any, lon: Any, lat: Any, geohash: Any, wkb: Any, *,
+                  chunks: Callable[[], Iterable[Mapping[str, Any]]] | None,
+                  n_samples: Any) -> tuple[int, Callable[[], Iterator[dict[str, Any]]]]:
+    """The number of samples and a factory of checked per-chunk inputs (see :func:`check_inputs`).
+
+    Either whole arrays (``ids`` ... ``wkb``) or ``chunks()`` yielding dicts with those
+    keys, ``n_samples`` rows in all (ids are then checked unique within each chunk only).
+    """
+    if chunks is None:
+        whole = check_inputs(ids, lon, lat, geohash, wkb)
+        return whole["sample"].shape[0], lambda: iter([whole])
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise SpecError("n_samples", n_samples, "the number of rows chunks() yields (>= 1)")
+    return int(n_samples), lambda: (check_inputs(c["ids"], c["lon"], c["lat"], c["geohash"], c["wkb"])
+                                    for c in chunks())
+
+
+def check_same_ids(stored: Any, source: Callable[[], Iterator[dict[str, Any]]], n_given: int,
+                   path: str) -> None:
+    """Raise CubeError unless the stored ``sample`` array holds the ids ``source()`` yields."""
+    if stored.shape[0] != n_given:
+        raise CubeError(f"cube {path!r} holds other sample ids than given "
+                        f"(stored {stored.shape[0]} samples, given {n_given})")
+    start = 0
+    for inputs in source():
+        given = inputs["sample"].tolist()
+        have = stored[start:start + len(given)].tolist()
+        if have != given:
+            i = next(i for i, (a, b) in enumerate(zip(have, given)) if a != b)
+            raise CubeError(f"cube {path!r} holds other sample ids than given (first difference "
+                            f"at position {start + i}: stored {have[i]!r}, given {given[i]!r})")
+        start += len(given)
 
 
 # --------------------------------------------------------------------------- specs
