@@ -26,45 +26,11 @@ import xarray as xr
 from .cube_schema import OK, STATUS_NAMES
 from .cube_store import nearest_sample, open_cube
 from .errors import SpecError
+from .quicklook import PCAColours, _check_components
 
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info"]
 
 log = logging.getLogger(__name__)
-
-#: Percentiles of each component's scores mapped to 0 and 255.
-STRETCH_PERCENTILES = (2.0, 98.0)
-#: Above this many finite rows per feature, the principal axes come from the
-#: ``(D, D)`` scatter matrix instead of the ``(N, D)`` data (same axes, bounded memory).
-_SCATTER_ROWS_PER_FEATURE = 4
-
-
-def _principal_axes(xc: np.ndarray) -> np.ndarray:
-    """Principal axes (rows, by decreasing variance) of centred rows ``xc``.
-
-    Signs fixed so that each axis's largest loading is positive (scikit-learn's
-    ``svd_flip`` on the axes): colours do not depend on LAPACK or row order."""
-    n, d = xc.shape
-    if n > _SCATTER_ROWS_PER_FEATURE * d:
-        _, _, vt = np.linalg.svd(xc.T @ xc, hermitian=True)
-    else:
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    if vt.shape[0] < d:  # fewer rows than features: pad with zero axes (zero scores)
-        vt = np.vstack([vt, np.zeros((d - vt.shape[0], d))])
-    biggest = np.argmax(np.abs(vt), axis=1)
-    signs = np.sign(vt[np.arange(vt.shape[0]), biggest])
-    signs[signs == 0] = 1.0
-    return vt * signs[:, None]
-
-
-def _check_components(components: Sequence[int], n_features: int) -> tuple[int, int, int]:
-    comps = tuple(components) if isinstance(components, (tuple, list)) else None
-    if (comps is None or len(comps) != 3
-            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in comps)
-            or not all(0 <= c < n_features for c in comps)):
-        raise SpecError("components", components,
-                        f"three principal component indices in [0, {n_features - 1}] (R, G, B)")
-    return tuple(int(c) for c in comps)  # type: ignore[return-value]
-
 
 def pca_rgb(vectors, components: Sequence[int] = (0, 1, 2)) -> np.ndarray:
     """Map embedding vectors to RGB colours through PCA.
@@ -107,22 +73,11 @@ def pca_rgb(vectors, components: Sequence[int] = (0, 1, 2)) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] == 0:
         raise SpecError("vectors", f"array of shape {x.shape}", "a 2-D array (samples, features)")
-    comps = _check_components(components, x.shape[1])
-    out = np.zeros((x.shape[0], 3), dtype=np.uint8)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.any():
+    if not np.isfinite(x).all(axis=1).any():
+        _check_components(components, x.shape[1])
         log.warning("pca_rgb: no finite rows among %d; every colour is black", x.shape[0])
-        return out
-    xf = x[finite]
-    xc = xf - xf.mean(axis=0)
-    scores = xc @ _principal_axes(xc)[list(comps)].T
-    lo, hi = np.percentile(scores, STRETCH_PERCENTILES, axis=0)
-    # No spread beyond rounding noise of the centring: a flat channel.
-    flat = hi - lo <= 1e-9 * max(1.0, float(np.abs(xf).max()))
-    scaled = (scores - lo) / np.where(flat, 1.0, hi - lo)
-    scaled = np.where(flat, 0.5, np.clip(scaled, 0.0, 1.0))
-    out[finite] = np.rint(scaled * 255.0).astype(np.uint8)
-    return out
+        return np.zeros((x.shape[0], 3), dtype=np.uint8)
+    return PCAColours.fit(x, components).rgb(x)
 
 
 # --------------------------------------------------------------------------- cube access

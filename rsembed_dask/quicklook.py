@@ -36,6 +36,9 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 #: Vectors used to fit the axes of a grid quicklook: principal axes and percentiles
 #: are stable long before this (the fit costs O(n D^2)).
 MAX_FIT_VECTORS = 20_000
+#: Above this many finite rows per feature, the principal axes come from the
+#: ``(D, D)`` scatter matrix instead of the ``(N, D)`` data (same axes, bounded memory).
+_SCATTER_ROWS_PER_FEATURE = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,19 +49,29 @@ class PCAColours:
     ----------
     mean : numpy.ndarray ``(D,)``
     axes : numpy.ndarray ``(3, D)``
-        The chosen principal axes, each signed so that its largest loading is positive.
+        The chosen principal axes, each signed so that its largest loading is positive
+        (scikit-learn's ``svd_flip``): colours depend neither on LAPACK nor on row order.
     lo, hi : numpy.ndarray ``(3,)``
-        Scores mapped to 0 and 255 (a channel with ``hi == lo`` is mid-grey).
+        Scores mapped to 0 and 255 (:data:`STRETCH_PERCENTILES` of the fitted rows).
+    flat : numpy.ndarray ``(3,)`` of bool
+        Channels without spread (e.g. every row equal): mid-grey (128).
     """
 
     mean: np.ndarray
     axes: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    flat: np.ndarray
 
     @classmethod
     def fit(cls, vectors, components: Sequence[int] = (0, 1, 2)) -> PCAColours:
-        """Fit on the finite rows of ``vectors`` ``(N, D)``; ``components`` pick the axes."""
+        """Fit on the finite rows of ``vectors`` ``(N, D)``; ``components`` pick the axes (R, G, B).
+
+        Raises
+        ------
+        SpecError
+            ``vectors`` not 2-D or without a finite row; ``components`` not three indices in ``[0, D)``.
+        """
         x = np.asarray(vectors, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] == 0:
             raise SpecError("vectors", f"array of shape {x.shape}", "a 2-D array (samples, features)")
@@ -68,15 +81,11 @@ class PCAColours:
             raise SpecError("vectors", f"{x.shape[0]} rows, none finite", "at least one finite row")
         mean = xf.mean(axis=0)
         xc = xf - mean
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-        axes = np.zeros((x.shape[1], x.shape[1]))
-        axes[:len(vt)] = vt
-        big = np.argmax(np.abs(axes), axis=1)
-        axes *= np.where(axes[np.arange(len(axes)), big] < 0, -1.0, 1.0)[:, None]
-        chosen = axes[list(comps)]
-        scores = xc @ chosen.T
-        lo, hi = np.percentile(scores, STRETCH_PERCENTILES, axis=0)
-        return cls(mean, chosen, lo, hi)
+        axes = _principal_axes(xc)[list(comps)]
+        lo, hi = np.percentile(xc @ axes.T, STRETCH_PERCENTILES, axis=0)
+        # No spread beyond rounding noise of the centring: a flat channel.
+        flat = hi - lo <= 1e-9 * max(1.0, float(np.abs(xf).max()))
+        return cls(mean, axes, lo, hi, flat)
 
     def rgb(self, vectors) -> np.ndarray:
         """``(N, 3)`` uint8 colours; rows holding a NaN or inf are black (0, 0, 0)."""
@@ -85,17 +94,34 @@ class PCAColours:
         finite = np.isfinite(x).all(axis=1)
         if finite.any():
             scores = (x[finite] - self.mean) @ self.axes.T
-            flat = self.hi - self.lo <= 1e-9 * max(1.0, float(np.abs(self.mean).max(initial=0.0)))
-            scaled = np.where(flat, 0.5, np.clip((scores - self.lo) / np.where(flat, 1.0, self.hi - self.lo),
-                                                 0.0, 1.0))
+            scaled = (scores - self.lo) / np.where(self.flat, 1.0, self.hi - self.lo)
+            scaled = np.where(self.flat, 0.5, np.clip(scaled, 0.0, 1.0))
             out[finite] = np.rint(scaled * 255.0).astype(np.uint8)
         return out
 
 
+def _principal_axes(xc: np.ndarray) -> np.ndarray:
+    """Principal axes (rows, by decreasing variance) of centred rows ``xc``, sign-fixed."""
+    n, d = xc.shape
+    if n > _SCATTER_ROWS_PER_FEATURE * d:
+        _, _, vt = np.linalg.svd(xc.T @ xc, hermitian=True)
+    else:
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    if vt.shape[0] < d:  # fewer rows than features: pad with zero axes (zero scores)
+        vt = np.vstack([vt, np.zeros((d - vt.shape[0], d))])
+    biggest = np.argmax(np.abs(vt), axis=1)
+    signs = np.sign(vt[np.arange(vt.shape[0]), biggest])
+    signs[signs == 0] = 1.0
+    return vt * signs[:, None]
+
+
 def _check_components(components: Sequence[int], n_features: int) -> tuple[int, int, int]:
-    comps = tuple(components)
-    if len(comps) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c < n_features for c in comps):
-        raise SpecError("components", components, f"three component indices in [0, {n_features})")
+    comps = tuple(components) if isinstance(components, (tuple, list)) else None
+    if (comps is None or len(comps) != 3
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in comps)
+            or not all(0 <= c < n_features for c in comps)):
+        raise SpecError("components", components,
+                        f"three principal component indices in [0, {n_features - 1}] (R, G, B)")
     return tuple(int(c) for c in comps)  # type: ignore[return-value]
 
 
