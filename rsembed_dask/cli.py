@@ -240,7 +240,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _add_plan(sub) -> None:
-    from .planning import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
+    from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
 
     p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
                                     "campaign, before anything runs")
@@ -284,7 +284,9 @@ def _add_plan(sub) -> None:
 def _cmd_plan(args) -> int:
     import time
 
-    from .planning import measure_latency, plan_campaign, read_aoi, resolve_embed_dim
+    from .aoi import read_aoi
+    from .latency import measure_latency
+    from .planning import estimate_campaign, resolve_embed_dim
     from .specs import ModelSpec, TemporalSpec
     from .tiling import tile_aoi
 
@@ -309,9 +311,10 @@ def _cmd_plan(args) -> int:
                                       temporal=TemporalSpec.range(args.start, args.end),
                                       chunk_size=args.chunk_size, samples=args.latency_samples)
     grid_shape = (model.image_size // patch,) * 2 if args.grid else None
-    plan = plan_campaign(tiling, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
-                         embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape, latency=latency,
-                         concurrency=args.ee_concurrency, requests_per_s=args.requests_per_s, aoi_label=args.aoi)
+    plan = estimate_campaign(tiling, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
+                             embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape,
+                             latency=latency, concurrency=args.ee_concurrency,
+                             requests_per_s=args.requests_per_s, aoi_label=args.aoi)
     plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.format())
     return 0

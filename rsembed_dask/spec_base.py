@@ -59,6 +59,14 @@ def _int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
     return iv
 
 
+def _strict_int(name: str, value: Any, *, lo: int = 1) -> int:
+    """Return ``value`` as int when it is an integer (``numbers.Integral``: not a bool, not a
+    float, not a string) >= ``lo``, or raise SpecError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise SpecError(name, value, f"an integer >= {lo}")
+    return int(value)
+
+
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SpecError(name, value, "one of " + ", ".join(repr(c) for c in choices))

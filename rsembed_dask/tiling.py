@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .aoi import aoi_geometry  # re-exported: AOI input handling lives in rsembed_dask.aoi
 from .errors import SpecError
 from .grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, xy_to_lonlat
 from .sampling import SampleTable
@@ -249,46 +250,6 @@ class Tiling:
         raise SpecError("scale_m", scale_m, f"one of the tiling's scales {list(self.scales)}")
 
 
-def aoi_geometry(aoi):
-    """The AOI as one shapely (multi)polygon in EPSG:4326.
-
-    Accepts a GeoDataFrame or GeoSeries (any CRS; rows are unioned), a shapely
-    geometry (taken as EPSG:4326), or ``(minlon, minlat, maxlon, maxlat)``.
-    """
-    import geopandas as gpd
-    import shapely
-
-    if isinstance(aoi, (tuple, list)) and len(aoi) == 4 and all(isinstance(v, (int, float)) for v in aoi):
-        minlon, minlat, maxlon, maxlat = map(float, aoi)
-        if not (minlon < maxlon and minlat < maxlat):
-            raise SpecError("aoi", aoi, "a box (minlon, minlat, maxlon, maxlat) with min < max")
-        geom = shapely.box(minlon, minlat, maxlon, maxlat)
-    elif isinstance(aoi, (gpd.GeoDataFrame, gpd.GeoSeries)):
-        if aoi.crs is None:
-            raise SpecError("aoi.crs", None, "an AOI with a CRS (use aoi.set_crs(...))")
-        if len(aoi) == 0:
-            raise SpecError("aoi", "an empty GeoDataFrame", "at least one polygon")
-        geom = shapely.union_all(np.asarray(aoi.to_crs("EPSG:4326").geometry.array, dtype=object))
-    elif isinstance(aoi, shapely.Geometry):
-        geom = aoi
-    else:
-        raise SpecError("aoi", type(aoi).__name__,
-                        "a GeoDataFrame, GeoSeries, shapely geometry or (minlon, minlat, maxlon, maxlat)")
-    if geom.is_empty or shapely.get_type_id(geom) not in (3, 6):
-        raise SpecError("aoi", geom.geom_type if not geom.is_empty else "an empty geometry",
-                        "a Polygon or MultiPolygon area")
-    if not geom.is_valid:
-        raise SpecError("aoi", f"invalid geometry: {shapely.is_valid_reason(geom)}",
-                        "a valid polygon (try make_valid())")
-    minlon, minlat, maxlon, maxlat = geom.bounds
-    if minlat < UTM_MIN_LAT or maxlat > UTM_MAX_LAT:
-        raise SpecError("aoi", f"latitudes {minlat:g}..{maxlat:g}",
-                        f"latitudes in [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}] (UTM coverage)")
-    if minlon < -180 or maxlon > 180:
-        raise SpecError("aoi", f"longitudes {minlon:g}..{maxlon:g}", "longitudes in [-180, 180]")
-    return geom
-
-
 def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224, *,
              block: int = DEFAULT_BLOCK) -> Tiling:
     """Cover ``aoi`` with non-overlapping ``image_size``-pixel tiles at each scale.
@@ -296,7 +257,7 @@ def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224,
     Parameters
     ----------
     aoi : GeoDataFrame, GeoSeries, shapely geometry or bbox tuple
-        The area (see :func:`aoi_geometry`).
+        The area (see :func:`~rsembed_dask.aoi.aoi_geometry`).
     scales : sequence of float
         Pixel sizes in metres; each gets its own tiling.
     image_size : int

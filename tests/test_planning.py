@@ -1,5 +1,6 @@
-"""Planning a tiling campaign: counts, the coalescing shortcut against plan_requests, bytes, cube size,
-the time formula, the CLI, and latency measured on the emulator."""
+"""Estimating a tiling campaign (planning, request_count, store_size, latency, aoi): counts, the
+coalescing shortcut against plan_requests, bytes, cube size, the time formula, the CLI, and latency
+measured on the emulator."""
 
 import doctest
 import json
@@ -11,12 +12,15 @@ import pytest
 import shapely
 import zarr
 
-from rsembed_dask import planning
+from rsembed_dask import aoi, latency, planning, request_count, store_size
+from rsembed_dask.aoi import read_aoi
 from rsembed_dask.cli import main
 from rsembed_dask.errors import ModelError, SpecError
-from rsembed_dask.planning import (
+from rsembed_dask.latency import (
     ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, Latency, assumed_latency, fetch_time,
-    measure_latency, plan_campaign, plan_scale, read_aoi, resolve_embed_dim, unit_requests)
+    measure_latency)
+from rsembed_dask.planning import estimate_campaign, plan_scale, resolve_embed_dim
+from rsembed_dask.request_count import unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
 from rsembed_dask.providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
 from rsembed_dask.sampling import work_units
@@ -43,9 +47,10 @@ def _reference(table, chunk, n_bands=3, **limits):
     return np.array(out, np.int64).reshape(-1, 3)
 
 
-def test_module_doctests():
-    result = doctest.testmod(planning)
-    assert result.attempted >= 5 and result.failed == 0
+@pytest.mark.parametrize("module", [planning, latency, request_count, store_size, aoi])
+def test_module_doctests(module):
+    result = doctest.testmod(module)
+    assert result.attempted >= 2 and result.failed == 0
 
 
 def test_tile_grids_are_the_footprints_fetch_unit_computes():
@@ -58,7 +63,7 @@ def test_tile_grids_are_the_footprints_fetch_unit_computes():
 
 def test_counts_equal_tile_aoi_per_scale():
     tiling = tile_aoi(SEAM, scales=[10, 20, 40])
-    plan = plan_campaign(tiling, embed_dim=64)
+    plan = estimate_campaign(tiling, embed_dim=64)
     assert len(plan.scales) == 3 and plan.footprints == len(tiling)
     for sp, table in zip(plan.scales, tiling.tables):
         assert sp.scale_m == table.scale_m and sp.footprints == len(table) == sp.requests_single
@@ -67,7 +72,7 @@ def test_counts_equal_tile_aoi_per_scale():
         assert sp.blocks == len(list(table.blocks()))
         assert sp.requests_coalesced == _reference(table, 64)[:, 0].sum() < sp.requests_single
     # the same AOI as a bbox tuple, a shapely geometry or a Tiling plans the same
-    again = plan_campaign(SEAM, scales=[10, 20, 40], embed_dim=64)
+    again = estimate_campaign(SEAM, scales=[10, 20, 40], embed_dim=64)
     assert [s.as_dict() for s in again.scales] == [s.as_dict() for s in plan.scales]
 
 
@@ -107,7 +112,7 @@ def test_the_shortcut_is_checked_on_thousands_of_units():
 def test_bytes_are_consistent():
     tiling = tile_aoi(SEAM, scales=[10, 40])
     for bands in (3, 12):
-        for sp in plan_campaign(tiling, n_bands=bands, embed_dim=64).scales:
+        for sp in estimate_campaign(tiling, n_bands=bands, embed_dim=64).scales:
             tile_px = 224 * 224
             assert sp.pixels_single == sp.footprints * tile_px
             assert sp.bytes_single == sp.pixels_single * bands * BYTES_PER_SAMPLE
@@ -127,7 +132,7 @@ def test_cube_size_bounds_the_real_tiling_store(tmp_path):
                         chunk_size=64, buffer_m=None)
     create_or_open_tiling(tmp_path / "t.zarr", tiling, spec, embed_dim=D)
     root = zarr.open_group(tmp_path / "t.zarr", mode="r")
-    for sp, table in zip(plan_campaign(tiling, embed_dim=D).scales, tiling.tables):
+    for sp, table in zip(estimate_campaign(tiling, embed_dim=D).scales, tiling.tables):
         n = len(table)
         samples = root[f"samples/{scale_name(sp.scale_m)}"]
         fixed = sum(samples[k].nbytes for k in ("embedding", "status", "input_res_m", "valid_fraction",
@@ -170,14 +175,14 @@ def test_fetch_time_formula_latency_and_quota_bound():
 
 def test_campaign_times_use_the_latency_per_mode():
     tiling = tile_aoi(SEAM, scales=[10, 40])
-    given = plan_campaign(tiling, embed_dim=64, latency=2.0)
+    given = estimate_campaign(tiling, embed_dim=64, latency=2.0)
     assert given.latency.source == "given"
     for coalesced in (False, True):
         req = given.requests_coalesced if coalesced else given.requests_single
         assert given.fetch_time(coalesced).seconds == pytest.approx(max(req * 2.0 / 40, req / 100, 2.0))
-    measured = plan_campaign(tiling, embed_dim=64, latency=Latency(0.5, 3.0, "measured", "test"))
+    measured = estimate_campaign(tiling, embed_dim=64, latency=Latency(0.5, 3.0, "measured", "test"))
     assert measured.fetch_time(True).latency_s == 3.0 and measured.fetch_time(False).latency_s == 0.5
-    assumed = plan_campaign(tiling, embed_dim=64)
+    assumed = estimate_campaign(tiling, embed_dim=64)
     assert assumed.latency.source == "assumed"
     sp = assumed.scales[0]
     assert assumed.latency_for(True, sp) == pytest.approx(assumed_latency(sp.bytes_coalesced / sp.requests_coalesced))
@@ -191,7 +196,7 @@ def test_campaign_times_use_the_latency_per_mode():
         total = assumed.fetch_time(coalesced)
         assert total.seconds == pytest.approx(max(work / 40, sum(req) / 100, work / sum(req)))
     # latency-bound and over one round trip per scale: the total is the sum of the scales
-    big = plan_campaign((11.0, 45.0, 13.0, 46.0), scales=[10, 40], embed_dim=64)
+    big = estimate_campaign((11.0, 45.0, 13.0, 46.0), scales=[10, 40], embed_dim=64)
     assert big.fetch_time(False).seconds == pytest.approx(sum(big.fetch_time(False, s).seconds for s in big.scales))
     text = assumed.format()
     assert "assumed" in text and "fetch time, coalesced" in text
@@ -206,7 +211,7 @@ def test_cli_plan_text_and_json(capsys):
     assert main(["plan", BBOX, "--scales", "20,40", "--model", "test-small", "--json", "--latency-s", "1.5",
                  "--bands", "4", "--chunk-size", "32", "--ee-concurrency", "10", "--requests-per-s", "5"]) == 0
     info = json.loads(capsys.readouterr().out)
-    ref = plan_campaign((11.9, 45.0, 12.1, 45.1), scales=[20, 40], chunk_size=32, n_bands=4, embed_dim=384,
+    ref = estimate_campaign((11.9, 45.0, 12.1, 45.1), scales=[20, 40], chunk_size=32, n_bands=4, embed_dim=384,
                         latency=1.5, concurrency=10, requests_per_s=5)
     assert info["model"] == {"id": "test-small", "embed_dim": 384, "embed_dim_source": "test config"}
     assert info["quota"] == {"concurrency": 10, "requests_per_s": 5.0}
@@ -300,6 +305,6 @@ def test_planned_requests_are_what_fetch_unit_sends(provider, emu):
         emu.stats.reset()
         px = fetch_unit(provider, table.slice(unit.start, unit.stop), unit, spec, threads=2)
         assert emu.stats.as_dict()["compute_pixels"] == n_req == px.requests["sent"]
-    single = plan_campaign(tiling, chunk_size=chunk, embed_dim=8).scales[0]
+    single = estimate_campaign(tiling, chunk_size=chunk, embed_dim=8).scales[0]
     assert single.requests_coalesced == planned.requests.sum() and single.requests_single == len(table)
     assert math.isclose(single.bytes_coalesced, planned.pixels.sum() * 3 * BYTES_PER_SAMPLE)
