@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .cli_args import add_ee_options, add_scales, allow_bbox_positional, gee_options, scales_given
 from .errors import RsEmbedError
 
 log = logging.getLogger(__name__)
@@ -45,27 +46,10 @@ def _add_embed(sub) -> None:
     p.add_argument("--pooling", choices=("mean", "max"), default="mean")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
-    p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
-    p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
-    p.add_argument("--credentials", default=None, help="service-account key file")
+    add_ee_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_embed)
-
-
-def _gee_options(args) -> dict:
-    opts = {}
-    if getattr(args, "ee_url", None):
-        opts["api_url"] = args.ee_url
-    if getattr(args, "ee_project", None):
-        opts["project"] = args.ee_project
-    if getattr(args, "credentials", None):
-        opts["credentials"] = args.credentials
-    if getattr(args, "max_retries", None) is not None:
-        from .providers.retry import RetryPolicy
-
-        opts["retry"] = RetryPolicy(max_retries=args.max_retries)
-    return opts
 
 
 def _cmd_embed(args) -> int:
@@ -84,7 +68,7 @@ def _cmd_embed(args) -> int:
         output=output,
         backend=args.backend,
         model=model,
-        gee_options=_gee_options(args),
+        gee_options=gee_options(args),
     )
     data = np.asarray(emb.data)
     summary = {
@@ -120,18 +104,19 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _scales(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: expected comma-separated metres, e.g. 10,20,40") from None
-
-
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="embed a sample file into a Zarr cube on Dask")
-    p.add_argument("samples", help="GeoPackage, GeoJSON or GeoParquet of sample geometries")
+    p = sub.add_parser("run", help="embed a sample file, or tiles over an AOI (--tile), into a Zarr cube on Dask")
+    p.add_argument("samples", metavar="SAMPLES|AOI",
+                   help="GeoPackage, GeoJSON or GeoParquet of sample geometries; with --tile the AOI: "
+                        "minlon,minlat,maxlon,maxlat or a vector file")
+    allow_bbox_positional(p)
+    p.add_argument("--tile", action="store_true",
+                   help="tile the AOI at each scale (non-overlapping model-size tiles on UTM lattices) and write "
+                        "a tiling store: per-scale sample cubes plus georeferenced per-zone grids")
     p.add_argument("--out", required=True, help="the cube (.zarr); an existing one with the same spec resumes")
-    p.add_argument("--scales", type=_scales, default=[10.0, 20.0, 40.0], help="pixel sizes in metres (10,20,40)")
+    add_scales(p)
+    p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
+                                                                   "in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
     where = p.add_mutually_exclusive_group()
@@ -141,19 +126,27 @@ def _add_run(sub) -> None:
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
     p.add_argument("--grid", action="store_true", help="also store token grids")
     p.add_argument("--pooling", choices=("mean", "max"), default="mean")
-    p.add_argument("--id-column", default=None, help="column holding sample ids (default: the index)")
-    p.add_argument("--skip-invalid", action="store_true", help="skip (and record) invalid rows instead of refusing")
-    p.add_argument("--chunk-size", type=int, default=64, help="samples per work unit and cube chunk")
+    p.add_argument("--id-column", default=None, help="column holding sample ids (default: the index; not with --tile)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip (and record) invalid rows instead of refusing (not with --tile)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
-    p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
-    p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
-    p.add_argument("--credentials", default=None, help="service-account key file")
+    add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
                    help="re-sends of one Earth Engine request on 429/5xx/malformed answers (default 6)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args))
+
+
+def _check_run(p: argparse.ArgumentParser, args) -> None:
+    """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
+    if args.tile:
+        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid)):
+            if given:
+                p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
 
 
 def _read_samples(path: str):
@@ -183,33 +176,63 @@ def _cmd_run(args) -> int:
         from .cluster_config import load_cluster_config, start_cluster
 
         cluster = load_cluster_config(args.cluster)
-    gdf = _read_samples(args.samples)
-    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size)
+    scales = scales_given(args)
+    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size, image_size=args.image_size)
+    if args.tile:
+        from .aoi import read_aoi
+        from .tiling import tile_aoi
+
+        source = tile_aoi(read_aoi(args.samples), scales, image_size=model.image_size)
+        options = {}  # a tiling brings its own scales, ids and footprints
+    else:
+        source = _read_samples(args.samples)
+        options = {"scales": scales, "id_column": args.id_column,
+                   "on_invalid": "skip" if args.skip_invalid else "raise"}
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(start_cluster(cluster)) if cluster is not None else args.scheduler
-        ds = run_campaign(
-            gdf, args.out, scales=args.scales, temporal=TemporalSpec.range(args.start, args.end),
+        result = run_campaign(
+            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            id_column=args.id_column, on_invalid="skip" if args.skip_invalid else "raise",
-            gee_options=_gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
-            fetch_threads=env_defaults()["fetch_workers"])
+            gee_options=gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
+            fetch_threads=env_defaults()["fetch_workers"], **options)
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
-    return 0 if int(ds.status.isin([0, 3]).sum()) == 0 else 1
+    if args.tile:
+        names = ", ".join(f"{s:g}m" for s in source.scales)
+        print(f"  an xarray.DataTree: tree['samples/<scale>'] holds the tiles, tree['<scale>/EPSG<zone>'] the "
+              f"georeferenced grids (scales {names}); details: rsembed-dask inspect {args.out}")
+    return 0 if _unfinished_cells(result) == 0 else 1
+
+
+def _unfinished_cells(result) -> int:
+    """Pending or failed cells of a campaign's result: one cube, or every ``samples/<scale>`` of a tiling."""
+    import xarray as xr
+
+    from .cube import FAILED, PENDING
+
+    if isinstance(result, xr.DataTree):
+        cubes = [node.to_dataset() for node in result["samples"].children.values()]
+    else:
+        cubes = [result]
+    return sum(int(ds.status.isin([PENDING, FAILED]).sum()) for ds in cubes)
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="schema, status counts and spec of a cube")
-    p.add_argument("cube", help="path of the .zarr cube")
+    p = sub.add_parser("inspect", help="schema, status counts and spec of a cube or tiling store")
+    p.add_argument("cube", help="path of the .zarr cube or tiling store")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--verify", action="store_true",
-                   help="check every ok cell is finite and every other cell empty (exit 1 if not)")
+                   help="check every ok cell is finite and every other cell empty, and a tiling store's "
+                        "grid cells against their samples (exit 1 if not)")
     p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args) -> int:
     from .cube import Cube, open_cube
+    from .cube_store import is_tiling_store
 
+    if is_tiling_store(args.cube):
+        return _inspect_tiling(args)
     cube = Cube.open(args.cube)
     ds = open_cube(args.cube)
     info = {"path": str(args.cube), "samples": cube.n_samples, "scales": list(cube.scales),
@@ -239,20 +262,28 @@ def _cmd_inspect(args) -> int:
     return rc
 
 
+def _inspect_tiling(args) -> int:
+    from .tile_inspect import format_tiling_info, tiling_info
+
+    info = tiling_info(args.cube)
+    rc = 0
+    if args.verify:
+        from .cube_verify import verify_tiling_store
+
+        info["problems"] = verify_tiling_store(args.cube)
+        rc = 1 if info["problems"] else 0
+    print(json.dumps(info, indent=2, default=str) if args.json else format_tiling_info(info))
+    return rc
+
+
 def _add_plan(sub) -> None:
     from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
 
     p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
                                     "campaign, before anything runs")
     p.add_argument("aoi", metavar="AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
-    # A bbox with a negative first longitude ("-10,35,40,70") would read as an option:
-    # let this parser take number lists for positionals, as it does single negative numbers.
-    if hasattr(p, "_negative_number_matcher"):
-        import re
-
-        p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,\s*-?\d*\.?\d+)*$")
-    p.add_argument("--scales", nargs="+", type=_scales, default=[[10.0, 20.0, 40.0]],
-                   help="pixel sizes in metres: 10 20 40 or 10,20,40 (default 10 20 40)")
+    allow_bbox_positional(p)  # "-10,35,40,70" is a bbox, not an option
+    add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help="tile side in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
     p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
     p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
@@ -274,9 +305,7 @@ def _add_plan(sub) -> None:
     p.add_argument("--backend", default="gee", help="gee | emulator, for --measure-latency")
     p.add_argument("--start", default="2023-01-01", help="composite window for --measure-latency (2023-01-01)")
     p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
-    p.add_argument("--ee-url", default=None, help="Earth Engine API URL (default: Google's)")
-    p.add_argument("--ee-project", default=None, help="Earth Engine cloud project")
-    p.add_argument("--credentials", default=None, help="service-account key file")
+    add_ee_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_plan)
 
@@ -292,7 +321,7 @@ def _cmd_plan(args) -> int:
 
     t0 = time.perf_counter()
     aoi = read_aoi(args.aoi)
-    scales = [s for group in args.scales for s in group]
+    scales = scales_given(args)
     model = ModelSpec.from_env(model_id=args.model, **({"image_size": args.image_size} if args.image_size else {}))
     dim, patch, source = resolve_embed_dim(model.model_id, model.image_size)
     if args.embed_dim is not None:
@@ -306,7 +335,7 @@ def _cmd_plan(args) -> int:
             from .errors import SpecError
 
             raise SpecError("--backend", args.backend, "'gee' or 'emulator' for --measure-latency")
-        with open_backend(args.backend, gee_options=_gee_options(args)) as provider:
+        with open_backend(args.backend, gee_options=gee_options(args)) as provider:
             latency = measure_latency(provider, tiling.tables[0], n_bands=args.bands,
                                       temporal=TemporalSpec.range(args.start, args.end),
                                       chunk_size=args.chunk_size, samples=args.latency_samples)
@@ -336,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:  # option combinations argparse cannot express
+        args.check(args)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
