@@ -1,4 +1,6 @@
-"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan``.
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook``.
+
+``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli_store`.
 
 Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 """
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from .cli_args import add_ee_options, add_scales, allow_bbox_positional, gee_options, scales_given
+from .cli_store import add_inspect, add_quicklook
 from .errors import RsEmbedError
 
 log = logging.getLogger(__name__)
@@ -217,65 +220,6 @@ def _unfinished_cells(result) -> int:
     return sum(int(ds.status.isin([PENDING, FAILED]).sum()) for ds in cubes)
 
 
-def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="schema, status counts and spec of a cube or tiling store")
-    p.add_argument("cube", help="path of the .zarr cube or tiling store")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--verify", action="store_true",
-                   help="check every ok cell is finite and every other cell empty, and a tiling store's "
-                        "grid cells against their samples (exit 1 if not)")
-    p.set_defaults(func=_cmd_inspect)
-
-
-def _cmd_inspect(args) -> int:
-    from .cube import Cube, open_cube
-    from .cube_store import is_tiling_store
-
-    if is_tiling_store(args.cube):
-        return _inspect_tiling(args)
-    cube = Cube.open(args.cube)
-    ds = open_cube(args.cube)
-    info = {"path": str(args.cube), "samples": cube.n_samples, "scales": list(cube.scales),
-            "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
-            "status": cube.status_counts(), "spec": json.loads(cube.spec.to_json()),
-            "spec_hash": cube.attrs.get("spec_hash"), "versions": cube.attrs.get("versions"),
-            "request_account": cube.attrs.get("request_account"),
-            "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
-                          for k, v in ds.variables.items()}}
-    rc = 0
-    if args.verify:
-        from .cube_verify import verify_cube
-
-        info["problems"] = verify_cube(args.cube)
-        rc = 1 if info["problems"] else 0
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return rc
-    print(ds)
-    print("\nstatus:", ", ".join(f"{k} {v}" for k, v in info["status"].items()))
-    print("spec hash:", info["spec_hash"])
-    print("spec:", cube.spec.to_json())
-    print("versions:", info["versions"])
-    print("request account:", info["request_account"])
-    if args.verify:
-        print("verify:", "consistent" if not info["problems"] else "\n  ".join(["PROBLEMS"] + info["problems"]))
-    return rc
-
-
-def _inspect_tiling(args) -> int:
-    from .tile_inspect import format_tiling_info, tiling_info
-
-    info = tiling_info(args.cube)
-    rc = 0
-    if args.verify:
-        from .cube_verify import verify_tiling_store
-
-        info["problems"] = verify_tiling_store(args.cube)
-        rc = 1 if info["problems"] else 0
-    print(json.dumps(info, indent=2, default=str) if args.json else format_tiling_info(info))
-    return rc
-
-
 def _add_plan(sub) -> None:
     from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
 
@@ -357,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_demo(sub)
     _add_run(sub)
-    _add_inspect(sub)
+    add_inspect(sub)
     _add_plan(sub)
+    add_quicklook(sub)
     return parser
 
 

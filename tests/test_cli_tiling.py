@@ -48,6 +48,15 @@ def test_run_tile_then_inspect_and_verify(tmp_path, capsys):
     account = info["request_account"]
     assert account["sent"] == account["planned"] > 0
 
+    # quicklooks: a GeoTIFF and a PNG per zone of the scale, printed
+    assert main(["quicklook", str(out), "--scale", "20", "--out", str(tmp_path / "ql")]) == 0
+    printed = capsys.readouterr().out.split()
+    zones20 = tiling.table(20).zones()
+    assert sorted(p.rsplit("/", 1)[1] for p in printed) == sorted(
+        f"quicklook_20m_EPSG{z}.{ext}" for z in zones20 for ext in ("png", "tif"))
+    assert all((tmp_path / "ql" / p.rsplit("/", 1)[1]).is_file() for p in printed)
+    assert main(["quicklook", str(out), "--scale", "10", "--out", str(tmp_path / "ql")]) == 2
+
     # the text form
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
