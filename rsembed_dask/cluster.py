@@ -94,9 +94,10 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     for i in range(n_fetch_workers):
         workers[f"fetch-{i}"] = {"cls": cls, "options": dict(base, nthreads=fetch_threads,
                                                               name=f"fetch-{i}")}
-    sched_opts: dict[str, Any] = {"host": host, "dashboard": dashboard_address is not None}
-    if dashboard_address is not None:
-        sched_opts["dashboard_address"] = dashboard_address
+    # Without a dashboard the scheduler still serves health/metrics over HTTP: on a free
+    # port, not on 8787 (where it would collide with another cluster's dashboard).
+    sched_opts: dict[str, Any] = {"host": host, "dashboard": dashboard_address is not None,
+                                  "dashboard_address": dashboard_address or f"{host}:0"}
     scheduler = {"cls": Scheduler, "options": sched_opts}
     log.info("starting local cluster: %d embed worker(s) (%s), %d fetch worker(s)",
              len(workers) - n_fetch_workers, "GPU" if found else "CPU", n_fetch_workers)
