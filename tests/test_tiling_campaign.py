@@ -135,3 +135,32 @@ def test_grid_quicklook_writes_georeferenced_rgb_per_zone(tmp_path, client, prov
                                       colours.rgb(grid.embedding.values[ok]))
     with pytest.raises(SpecError):
         grid_quicklook(out, 10, tmp_path / "ql")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_tiling_campaign_resumes_and_syncs_its_grids(tmp_path, client, provider, tiling):
+    from rsembed_dask.cube_store import is_tiling_store
+    from rsembed_dask.tile_campaign import grids_synced
+
+    out = tmp_path / "tiles.zarr"
+
+    def stop(summary):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_campaign(tiling, out, temporal=WINDOW, model=TINY, backend=provider, client=client,
+                     progress=False, on_unit=stop, max_in_flight=1)
+    assert is_tiling_store(out) and not grids_synced(str(out))
+    done = []
+    tree = run_campaign(tiling, out, temporal=WINDOW, model=TINY, backend=provider, client=client,
+                        progress=False, on_unit=lambda s: done.append(s.unit))
+    assert grids_synced(str(out))
+    n_units = sum(-(-len(t) // 64) for t in tiling.tables)
+    assert 0 < len(done) < n_units  # the unit finished before the interruption is not redone
+    for scale, table in zip(tiling.scales, tiling.tables):
+        for epsg in table.zones():
+            grid = tree[f"{scale_name(scale)}/EPSG{epsg}"].to_dataset()
+            assert int((grid.status.values == OK).sum()) == int((table.epsg == epsg).sum())
