@@ -4,7 +4,8 @@
 one itself when 01's is not there) and saves the PCA quicklook to
 docs/img/explore_pca.png (shown in the README); 03 submits a campaign
 to `dask scheduler` / `dask worker` processes whose address is injected into its
-`parameters` cell. The committed notebooks must carry no outputs.
+`parameters` cell; 04 tiles an AOI, plans, runs a tiling campaign and saves the grid
+quicklooks to docs/img/tiling_quicklook.png. The committed notebooks must carry no outputs.
 """
 
 import json
@@ -31,8 +32,10 @@ from .conftest import dask_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_explore_cube.ipynb", "03_cluster_submission.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_explore_cube.ipynb", "03_cluster_submission.ipynb",
+             "04_tiling.ipynb"]
 PCA_PNG = REPO / "docs" / "img" / "explore_pca.png"
+TILING_PNG = REPO / "docs" / "img" / "tiling_quicklook.png"
 CELL_TIMEOUT_S = 240
 
 
@@ -159,6 +162,31 @@ def test_03_cluster_submission(tmp_path, kernel_path, emulator):
     run = cube.attrs["last_run"]
     assert run["actors_started"] == 1 and run["units_done"] == 4
     assert run["workers_used"] == gpu_workers and len(gpu_workers) == 1
+
+
+@pytest.mark.timeout(300)
+def test_04_tiling(tmp_path, kernel_path, emulator):
+    from rsembed_dask.tile_campaign import grids_synced
+    from rsembed_dask.tiling import tile_aoi
+
+    aoi = (3.0, 31.0, 3.5, 31.3)
+    before = TILING_PNG.stat().st_mtime_ns if TILING_PNG.exists() else None
+    nb, elapsed = execute("04_tiling.ipynb", tmp_path, aoi=aoi, scales=[20, 40], ee_url=emulator.url,
+                          quicklook_png=str(TILING_PNG))
+    print(f"04_tiling: {elapsed:.1f}s")
+    check_kernel_python(nb)
+    tiling = tile_aoi(aoi, scales=[20, 40])
+    store = tmp_path / "tiles.zarr"
+    assert grids_synced(str(store))
+    tree = open_cube(store)
+    for s, table in zip(tiling.scales, tiling.tables):
+        assert (tree[f"samples/{s:g}m"].to_dataset().status.values == OK).all()
+        assert (tmp_path / "quicklooks" / f"quicklook_{s:g}m_EPSG32631.tif").is_file()
+    text = text_of(nb)
+    assert str(tiling) in text and "requests, coalesced" in text
+    n20 = len(tiling.tables[0])
+    assert f"tiles ok: {n20} of {n20}" in text and "CRS: EPSG:32631" in text
+    assert TILING_PNG.exists() and TILING_PNG.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
