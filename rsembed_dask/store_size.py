@@ -12,7 +12,7 @@ Examples
 >>> len(table), count_blocks(table)
 (287, 6)
 >>> sample_cube_bytes(table, embed_dim=64), grids_bytes(table, embed_dim=64)
-(257098, 102592)
+(146890, 102592)
 """
 
 from __future__ import annotations

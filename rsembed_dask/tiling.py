@@ -171,8 +171,8 @@ class TileTable:
             crs = f"EPSG:{int(code)}"
             lon[rows], lat[rows] = xy_to_lonlat(x[rows], y[rows], crs)
             boxes = shapely.box(x[rows] - t / 2, y[rows] - t / 2, x[rows] + t / 2, y[rows] + t / 2)
-            geo = shapely.transform(shapely.segmentize(boxes, t / 4),
-                                    lambda c, crs=crs: np.column_stack(xy_to_lonlat(c[:, 0], c[:, 1], crs)))
+            # Corners only: a UTM tile edge of a few km bends by millimetres in lon/lat.
+            geo = shapely.transform(boxes, lambda c, crs=crs: np.column_stack(xy_to_lonlat(c[:, 0], c[:, 1], crs)))
             wkb[rows] = list(shapely.to_wkb(geo))
         half = np.full(n, t / 2)
         return SampleTable({"ids": self.ids(start, stop), "lon": lon, "lat": lat,
