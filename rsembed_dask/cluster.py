@@ -136,13 +136,23 @@ def connect(client: Any = None, **local_options) -> Iterator[Any]:
     raise SpecError("client", client, "None, a distributed.Client or a scheduler address string")
 
 
+def _workers(client) -> dict[str, Any]:
+    """Per-worker information, asked of the scheduler now.
+
+    Not ``client.scheduler_info()``: it returns the client's cached identity, which the
+    client's own periodic refresh (without per-worker details) may overwrite between the
+    fetch and the return, so a live worker would look gone.
+    """
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def fetch_workers(client) -> list[str]:
     """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted(addr for addr, w in info.items() if not w.get("resources", {}).get(GPU_RESOURCE, 0))
+    return sorted(addr for addr, w in _workers(client).items()
+                  if not w.get("resources", {}).get(GPU_RESOURCE, 0))
 
 
 def embed_workers(client) -> list[str]:
     """Addresses of the workers that declare the ``GPU`` resource, sorted."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted(addr for addr, w in info.items() if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
+    return sorted(addr for addr, w in _workers(client).items()
+                  if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)

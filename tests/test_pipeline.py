@@ -140,3 +140,19 @@ def test_multiprocess_cluster_and_actor_worker_killed(tmp_path, process_cluster,
     np.testing.assert_allclose(ds.embedding.values, clean.embedding.values, rtol=1e-5, atol=1e-6)
     last = Cube.open(tmp_path / "killed.zarr").attrs["last_run"]
     assert last["actors_lost"] == 1 and last["units_done"] == 12
+
+
+def test_worker_lists_do_not_trust_the_clients_cached_identity(client, monkeypatch):
+    """The client's periodic refresh caches an identity without per-worker details and may
+    overwrite a fresh one between fetch and return: live workers then looked gone, and a
+    campaign re-ran the units of a healthy actor. Model that race: the refresh wins."""
+    from distributed import Client
+
+    from rsembed_dask.cluster import embed_workers, fetch_workers
+
+    async def refresh_without_workers(self, n_workers=0):
+        self._scheduler_identity = {**self._scheduler_identity, "workers": {}}
+
+    monkeypatch.setattr(Client, "_update_scheduler_info", refresh_without_workers)
+    assert client.scheduler_info()["workers"] == {}  # what the cache says
+    assert len(embed_workers(client)) == 1 and len(fetch_workers(client)) == 1
