@@ -8,7 +8,6 @@ Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -191,14 +190,14 @@ def _cmd_run(args) -> int:
         source = _read_samples(args.samples)
         options = {"scales": scales, "id_column": args.id_column,
                    "on_invalid": "skip" if args.skip_invalid else "raise"}
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(start_cluster(cluster)) if cluster is not None else args.scheduler
-        result = run_campaign(
-            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
-            model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
-            backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
-            fetch_threads=env_defaults()["fetch_workers"], **options)
+    # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
+    client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
+    result = run_campaign(
+        source, args.out, temporal=TemporalSpec.range(args.start, args.end),
+        model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+        backend=args.backend, client=client, chunk_size=args.chunk_size,
+        gee_options=gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
+        fetch_threads=env_defaults()["fetch_workers"], **options)
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
     if args.tile:
         names = ", ".join(f"{s:g}m" for s in source.scales)

@@ -114,10 +114,16 @@ def connect(client: Any = None, **local_options) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for ``client``.
 
     ``None`` starts (and afterwards stops) :func:`local_cluster`; a string is a
-    scheduler address (``"tcp://host:8786"``); a ``Client`` is used as is.
+    scheduler address (``"tcp://host:8786"``); a ``Client`` is used as is; a
+    callable is called (only now) for a context manager yielding a Client, e.g.
+    ``lambda: start_cluster(recipe)``.
     """
     from distributed import Client
 
+    if callable(client) and not isinstance(client, Client):
+        with client() as c:
+            yield c
+        return
     if client is None:
         cluster = local_cluster(**local_options)
         try:
@@ -133,7 +139,8 @@ def connect(client: Any = None, **local_options) -> Iterator[Any]:
         with Client(client) as c:
             yield c
         return
-    raise SpecError("client", client, "None, a distributed.Client or a scheduler address string")
+    raise SpecError("client", client, "None, a distributed.Client, a scheduler address string or a "
+                                      "callable returning a context manager that yields a Client")
 
 
 def _workers(client) -> dict[str, Any]:

@@ -166,9 +166,11 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     backend : str or Provider
         ``"gee"``, ``"emulator"`` (served from this process over loopback),
         ``"local:PATH"`` or a provider.
-    client : None, distributed.Client or str
+    client : None, distributed.Client, str or callable
         None starts a local cluster (one embed worker per GPU, or one on CPU);
-        a scheduler address makes this a cluster submission.
+        a scheduler address makes this a cluster submission; a callable returning a
+        context manager that yields a Client (e.g. ``lambda: start_cluster(recipe)``)
+        is called only when there is work to do.
     batch_size : int, optional
         Images per forward pass (default 8 on CPU, 32 on CUDA).
     max_in_flight : int, optional

@@ -136,7 +136,7 @@ def test_local_sh_refuses_bad_flags(tmp_path):
 
 # ----------------------------------------------------------------------------- run --cluster local
 @pytest.mark.timeout(180)
-def test_run_cluster_local_recipe(tmp_path, samples):
+def test_run_cluster_local_recipe(tmp_path, samples, monkeypatch):
     recipe = yaml.safe_load((RECIPES / "local.yaml").read_text())
     recipe["rsembed_dask_cluster"].update(embed_workers=1, fetch_workers=1, dashboard_address="127.0.0.1:0")
     path = tmp_path / "local.yaml"
@@ -144,6 +144,14 @@ def test_run_cluster_local_recipe(tmp_path, samples):
     out = tmp_path / "cube.zarr"
     assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
     _complete(out)
+    # The cube is complete: running again starts no cluster (no jobs queued for nothing).
+    import rsembed_dask.cluster_config as cc
+
+    started = []
+    real = cc.start_cluster
+    monkeypatch.setattr(cc, "start_cluster", lambda cfg: started.append(cfg) or real(cfg))
+    assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
+    assert started == []
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -221,6 +229,14 @@ def test_run_cluster_slurm_submits_gpu_and_fetch_jobs(tmp_path, samples, monkeyp
     out = tmp_path / "cube.zarr"
     assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
     _complete(out)
+    # The cube is complete: running again starts no cluster (no jobs queued for nothing).
+    import rsembed_dask.cluster_config as cc
+
+    started = []
+    real = cc.start_cluster
+    monkeypatch.setattr(cc, "start_cluster", lambda cfg: started.append(cfg) or real(cfg))
+    assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
+    assert started == []
     pids = [int(p.read_text()) for p in jobs.glob("job-*.pid")]
     assert len(pids) == 4 and len((jobs / "cancelled").read_text().split()) == 4
     psutil.wait_procs([psutil.Process(p) for p in pids if not _gone(p)], timeout=20)
