@@ -94,23 +94,40 @@ def _resolve_model(model, device: str):
 
 
 def _fetch_all(provider, footprints: list[Footprint], sensor: SensorSpec, temporal: TemporalSpec,
-               workers: int) -> list[Patch]:
-    if len(footprints) == 1:
-        return [provider.fetch(footprints[0].grid, sensor, temporal)]
-    with ThreadPoolExecutor(max_workers=min(workers, len(footprints)),
-                            thread_name_prefix="rsembed-fetch") as pool:
-        return list(pool.map(lambda fp: provider.fetch(fp.grid, sensor, temporal), footprints))
+               workers: int, coalesce: bool = True) -> list[Patch]:
+    """One patch per footprint; with ``coalesce``, neighbours share one request, cropped."""
+    from .providers.coalesce import CoalescedRequest, plan_requests
+
+    grids = [fp.grid for fp in footprints]
+    plan = (plan_requests(grids, len(sensor.bands)) if coalesce
+            else [CoalescedRequest(g, (i,)) for i, g in enumerate(grids)])
+
+    def one(request: CoalescedRequest) -> list[tuple[int, Patch]]:
+        patch = provider.fetch(request.grid, sensor, temporal)
+        return [(i, patch if grids[i] == patch.grid else patch.crop_to(grids[i])) for i in request.members]
+
+    if len(plan) == 1:
+        pairs = [one(plan[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(plan)), thread_name_prefix="rsembed-fetch") as pool:
+            pairs = list(pool.map(one, plan))
+    out: list[Patch] = [None] * len(grids)  # type: ignore[list-item]
+    for i, patch in (pair for group in pairs for pair in group):
+        out[i] = patch
+    return out
 
 
 def get_embeddings_batch(model_name: str = "scalemae_rgb", *, spatials: Sequence[PointBuffer | BBox],
                          temporal: TemporalSpec, sensor: SensorSpec | None = None,
                          output: OutputSpec | None = None, backend: Any = "gee", device: str = "auto",
                          model: Any = None, gee_options: Mapping[str, Any] | None = None,
-                         fetch_workers: int | None = None) -> list[Embedding]:
+                         fetch_workers: int | None = None, coalesce: bool = True) -> list[Embedding]:
     """Embed many ROIs: fetched concurrently, inferred in batches.
 
     Parameters are those of :func:`get_embedding`, with ``spatials`` a list;
-    ``fetch_workers`` defaults to ``RS_EMBED_SCALEMAE_FETCH_WORKERS`` (8).
+    ``fetch_workers`` defaults to ``RS_EMBED_SCALEMAE_FETCH_WORKERS`` (8). With
+    ``coalesce`` (default), neighbouring ROIs on one UTM lattice share one request
+    and are cropped from it: the same pixels in fewer requests.
     """
     if model_name not in MODEL_NAMES:
         raise SpecError("model", model_name, f"one of {MODEL_NAMES}")
@@ -126,7 +143,7 @@ def get_embeddings_batch(model_name: str = "scalemae_rgb", *, spatials: Sequence
     table = _sample_table(spatials)
     fps = _footprints(spatials, table, sensor.scale_m, embedder.spec.image_size)
     with open_backend(backend, gee_options=dict(gee_options or {})) as provider:
-        patches = _fetch_all(provider, fps, sensor, temporal, workers)
+        patches = _fetch_all(provider, fps, sensor, temporal, workers, coalesce)
     return _embed_patches(embedder, patches, fps, sensor, temporal, output)
 
 

@@ -120,3 +120,18 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys):
                "--backend", "emulator", "--model", "test-tiny"])
     assert rc == 2
     assert "lat" in capsys.readouterr().err
+
+
+def test_batch_of_neighbouring_rois_shares_requests_with_identical_embeddings(emu, provider, tiny):
+    # 12 points 1.5 km apart (footprints of 2.24 km overlap) and one far away.
+    spatials = [PointBuffer(3.0 + 0.016 * (i % 4), 31.2 + 0.0135 * (i // 4), 1120) for i in range(12)]
+    spatials.append(PointBuffer(3.6, 31.6, 1120))
+    coalesced = get_embeddings_batch(spatials=spatials, temporal=WINDOW, backend=provider, model=tiny)
+    sent_coalesced = emu.stats.as_dict()["compute_pixels"]
+    emu.stats.reset()
+    single = get_embeddings_batch(spatials=spatials, temporal=WINDOW, backend=provider, model=tiny,
+                                  coalesce=False)
+    assert emu.stats.as_dict()["compute_pixels"] == len(spatials) > sent_coalesced >= 2
+    for a, b in zip(coalesced, single):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert a.meta["fetch_grid"] == b.meta["fetch_grid"] and a.meta["valid_fraction"] == b.meta["valid_fraction"]
