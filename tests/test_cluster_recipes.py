@@ -134,6 +134,17 @@ def test_local_sh_refuses_bad_flags(tmp_path):
     assert not (tmp_path / "pids").exists()
 
 
+def _rerun_starts_no_cluster(samples, out, recipe, monkeypatch):
+    """A complete cube: running again starts no cluster (no jobs queued for nothing)."""
+    import rsembed_dask.cluster_config as cc
+
+    started = []
+    real = cc.start_cluster
+    monkeypatch.setattr(cc, "start_cluster", lambda cfg: started.append(cfg) or real(cfg))
+    assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(recipe)]) == 0
+    assert started == []
+
+
 # ----------------------------------------------------------------------------- run --cluster local
 @pytest.mark.timeout(180)
 def test_run_cluster_local_recipe(tmp_path, samples, monkeypatch):
@@ -144,14 +155,7 @@ def test_run_cluster_local_recipe(tmp_path, samples, monkeypatch):
     out = tmp_path / "cube.zarr"
     assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
     _complete(out)
-    # The cube is complete: running again starts no cluster (no jobs queued for nothing).
-    import rsembed_dask.cluster_config as cc
-
-    started = []
-    real = cc.start_cluster
-    monkeypatch.setattr(cc, "start_cluster", lambda cfg: started.append(cfg) or real(cfg))
-    assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
-    assert started == []
+    _rerun_starts_no_cluster(samples, out, path, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -229,14 +233,7 @@ def test_run_cluster_slurm_submits_gpu_and_fetch_jobs(tmp_path, samples, monkeyp
     out = tmp_path / "cube.zarr"
     assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
     _complete(out)
-    # The cube is complete: running again starts no cluster (no jobs queued for nothing).
-    import rsembed_dask.cluster_config as cc
-
-    started = []
-    real = cc.start_cluster
-    monkeypatch.setattr(cc, "start_cluster", lambda cfg: started.append(cfg) or real(cfg))
-    assert main(["run", str(samples), "--out", str(out), *RUN_ARGS, "--cluster", str(path)]) == 0
-    assert started == []
+    _rerun_starts_no_cluster(samples, out, path, monkeypatch)
     pids = [int(p.read_text()) for p in jobs.glob("job-*.pid")]
     assert len(pids) == 4 and len((jobs / "cancelled").read_text().split()) == 4
     psutil.wait_procs([psutil.Process(p) for p in pids if not _gone(p)], timeout=20)
