@@ -12,14 +12,17 @@ import contextlib
 import logging
 import shutil
 import subprocess
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import SpecError
+from .errors import RsEmbedError, SpecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "embed_workers", "fetch_workers"]
+__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "embed_workers", "fetch_workers",
+           "ClusterSemaphore"]
 
 GPU_RESOURCE = "GPU"
 
@@ -163,3 +166,96 @@ def embed_workers(client) -> list[str]:
     """Addresses of the workers that declare the ``GPU`` resource, sorted."""
     return sorted(addr for addr, w in _workers(client).items()
                   if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
+
+
+# --------------------------------------------------------------------------- cluster-wide bound
+
+#: One ``distributed.Semaphore`` per (worker or client, name, bound), shared by its task threads.
+_SEMAPHORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SEMAPHORES_LOCK = threading.Lock()
+
+
+class ClusterSemaphore:
+    """A cluster-wide bound (``distributed.Semaphore``) whose leases stay alive on every worker.
+
+    A ``distributed.Semaphore`` keeps a lease by refreshing it from a periodic
+    callback that its constructor starts on a known event loop. Unpickled inside a
+    task it has no loop yet, so the callback never starts: the scheduler takes the
+    lease back after ``distributed.scheduler.locks.lease-timeout`` (30 s by default)
+    although the request is still running, and another request gets in (the bound
+    no longer holds for long requests such as large coalesced composites).
+
+    This wrapper pickles to its name and bound only. :meth:`register`, called on the
+    task's thread, builds (once per worker, shared by the worker's threads) a
+    ``Semaphore`` bound to that worker's scheduler connection and event loop, which
+    starts the refresh there; threads the task starts (a fetch pool) then use it.
+
+    Parameters
+    ----------
+    name : str
+        Name of the semaphore on the scheduler.
+    max_leases : int
+        Holders at once, across the whole cluster.
+
+    Examples
+    --------
+    >>> limiter = ClusterSemaphore("rsembed-ee-my-project-40", 40)  # doctest: +SKIP
+    >>> with limiter:  # in a task: at most 40 of these blocks run at once, cluster-wide
+    ...     send_request()  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, max_leases: int):
+        if not (isinstance(max_leases, int) and max_leases >= 1):
+            raise SpecError("ClusterSemaphore.max_leases", max_leases, "an integer >= 1")
+        self.name, self.max_leases = str(name), max_leases
+        self._held = threading.local()
+        self._bound = None
+
+    def __reduce__(self):
+        return (ClusterSemaphore, (self.name, self.max_leases))
+
+    def __repr__(self) -> str:
+        return f"ClusterSemaphore({self.name!r}, max_leases={self.max_leases})"
+
+    def semaphore(self):
+        """The ``distributed.Semaphore`` of this thread's worker (or client), registered."""
+        from distributed import Semaphore, get_client, get_worker
+
+        try:
+            owner = get_worker()
+        except ValueError:
+            try:
+                owner = get_client()
+            except ValueError:
+                raise RsEmbedError(f"{self!r} is used outside a Dask worker or client: expected a "
+                                   f"task on a cluster, or a connected distributed.Client") from None
+        with _SEMAPHORES_LOCK:
+            per_owner = _SEMAPHORES.setdefault(owner, {})
+            sem = per_owner.get((self.name, self.max_leases))
+            if sem is None:
+                # Given a loop, the constructor starts the lease refresh on it.
+                sem = Semaphore(max_leases=self.max_leases, name=self.name,
+                                scheduler_rpc=owner.scheduler, loop=owner.loop)
+                per_owner[self.name, self.max_leases] = sem
+        sem.register()  # once per instance (idempotent on the scheduler)
+        return sem
+
+    def register(self) -> None:
+        """Bind to this thread's worker and register on the scheduler.
+
+        Call it on the task's thread: threads without a worker context (e.g. a
+        ``ThreadPoolExecutor`` started by the task) then use the bound semaphore.
+        """
+        self._bound = self.semaphore()
+
+    def __enter__(self) -> ClusterSemaphore:
+        sem = self._bound if self._bound is not None else self.semaphore()
+        sem.acquire()
+        stack = getattr(self._held, "stack", None)
+        if stack is None:
+            stack = self._held.stack = []
+        stack.append(sem)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.stack.pop().release()

@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import logging
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "Cube",
            "open_cube", "nearest_sample"]
+
+#: Cell states that a later write never changes (a computed embedding, or a final "no imagery").
+FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR})
@@ -324,6 +328,17 @@ class Cube:
         grid : array ``[n, D, gy, gx]``, optional
             Token grids (grid-mode cubes only).
 
+        Notes
+        -----
+        A decided cell is never overwritten: a cell stored :data:`OK` or :data:`NO_DATA`
+        keeps its status and data (embedding, grid, ``input_res_m``, ``valid_fraction``,
+        ``error``), whatever this write says, and a cell written :data:`PENDING` ("not
+        touched by this write") keeps whatever is stored. So a unit re-run with
+        ``retry_failed`` (or marked failed after losing its worker) never loses an
+        embedding. The kept cells are written back with the values read, so the data
+        written before ``status`` never contradicts a status already stored: a crash
+        between the two leaves no ``ok`` cell over NaN.
+
         Raises
         ------
         CubeError
@@ -339,6 +354,13 @@ class Cube:
                                  status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
                                  error=error, grid=grid)
         try:
+            keep = self._kept_cells(start, stop, si, data["status"])
+            if keep.all():
+                logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
+                             start, stop, si)
+                return
+            if keep.any():
+                self._merge_kept(start, stop, si, data, keep)
             self._array("embedding")[start:stop, si, :] = data["embedding"]
             if "grid" in data:
                 self._array("grid")[start:stop, si] = data["grid"]
@@ -350,6 +372,24 @@ class Cube:
             raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
                             f"to {self.path!r}: {exc}") from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
+
+    def _kept_cells(self, start: int, stop: int, si: int, status: np.ndarray) -> np.ndarray:
+        """Cells of a unit write that keep what is stored: decided ones, and those written pending."""
+        stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
+        return np.isin(stored, FINAL_STATUSES) | ((status == PENDING) & (stored != PENDING))
+
+    def _merge_kept(self, start: int, stop: int, si: int, data: dict[str, np.ndarray],
+                    keep: np.ndarray) -> None:
+        """Replace, in ``data`` (copied, not the caller's arrays), the ``keep`` cells by what is stored."""
+        names = ["status", "embedding", "input_res_m", "valid_fraction", "error"]
+        if "grid" in data:
+            names.append("grid")
+        for name in names:
+            stored = np.asarray(self._array(name)[start:stop, si])
+            merged = np.array(data[name], copy=True)
+            merged[keep] = stored[keep]
+            data[name] = merged
+        logger.debug("unit %d:%d scale %d: kept %d decided cells", start, stop, si, int(keep.sum()))
 
     def unit_status(self, start: int, scale_index: int) -> np.ndarray:
         """Status codes (int8) of the unit starting at ``start`` at ``scale_index``."""
@@ -381,6 +421,20 @@ class Cube:
         """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``."""
         counts = np.bincount(self.status_array().ravel().astype("int64"), minlength=len(STATUS_NAMES))
         return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
+
+    def failure_reasons(self) -> collections.Counter:
+        """How many ``failed`` cells give each ``error`` reason (reads only chunks holding failures)."""
+        status = self.status_array()
+        reasons: collections.Counter = collections.Counter()
+        for si in range(self.n_scales):
+            rows = np.flatnonzero(status[:, si] == FAILED)
+            for chunk in np.unique(rows // self.chunk_size):
+                start = int(chunk) * self.chunk_size
+                stop = self.unit_stop(start)
+                errors = np.asarray(self._array("error")[start:stop, si])
+                mask = status[start:stop, si] == FAILED
+                reasons.update(str(e) or "(no reason recorded)" for e in errors[mask])
+        return reasons
 
     def set_attrs(self, **kv: Any) -> None:
         """Store JSON-serialisable group attributes (e.g. a request account).

@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +26,7 @@ from .cluster import connect
 from .cube import Cube, open_cube
 from .errors import SpecError
 from .progress import CampaignReport
-from .runner import Job, Runner
+from .runner import GPU_WAIT_S, Job, Runner
 from .sampling import SampleTable, build_sample_table, work_units
 from .specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
 from .tiling import Tiling
@@ -40,22 +41,23 @@ EE_CONCURRENT_REQUESTS = 40
 
 
 def _with_cluster_limit(provider, client, max_requests: int):
-    """Share one ``distributed.Semaphore`` of ``max_requests`` leases among all fetches.
+    """Share one cluster-wide semaphore of ``max_requests`` leases among all fetches.
 
     Only for Earth Engine (its quota is per project, whatever the number of workers).
+    A :class:`~rsembed_dask.cluster.ClusterSemaphore`, not a bare ``distributed.Semaphore``:
+    unpickled in a task, the latter never refreshes its leases, so a request longer than
+    the scheduler's lease timeout lost its lease and the bound did not hold.
     """
     import dataclasses
 
-    from distributed import Semaphore
-
+    from .cluster import ClusterSemaphore
     from .providers.gee import GEEProvider
 
     if not isinstance(provider, GEEProvider):
         return provider
     # One pool per project and bound (the scheduler refuses one name with two bounds).
     name = f"rsembed-ee-{provider.project or 'default'}-{max_requests}"
-    sem = Semaphore(max_leases=max_requests, name=name, scheduler_rpc=client.scheduler, loop=client.loop)
-    return dataclasses.replace(provider, limiter=sem)
+    return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests))
 
 
 def _versions() -> dict[str, str]:
@@ -147,7 +149,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
-                 on_unit: Callable[[UnitSummary], None] | None = None):
+                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -189,6 +191,10 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         Show a progress bar (terminal or notebook) and print the dashboard link.
     on_unit : callable, optional
         Called with each finished unit's :class:`~rsembed_dask.units.UnitSummary`.
+    gpu_wait_s : float
+        When no worker declares ``GPU=1`` (at start, or after the only one died), wait this
+        long for one (a nanny or the cluster manager bringing it back) before giving up;
+        units not run stay pending (default 300 s).
 
     Returns
     -------
@@ -236,14 +242,16 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                     provider = _with_cluster_limit(provider, c, ee_concurrency)
                     Runner(c, provider, [job for job, _ in jobs], report, max_in_flight=max_in_flight,
                            fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
-                           on_unit=on_unit, coalesce=coalesce).run(todo)
+                           on_unit=on_unit, coalesce=coalesce, gpu_wait_s=gpu_wait_s).run(todo)
             if sync:
                 sync_grids(c, path, tiling, progress=progress)
     counts: dict[str, int] = {}
+    failures: collections.Counter = collections.Counter()
     for job, _ in jobs:
         for k, v in job.cube.status_counts().items():
             counts[k] = counts.get(k, 0) + v
-    report.finish(counts)
+        failures.update(job.cube.failure_reasons())
+    report.finish(counts, failures)
     if todo:  # a run with nothing to do keeps the account of the run that did the work
         for job, _ in jobs:
             job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())

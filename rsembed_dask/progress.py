@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["CampaignReport", "ProgressBar"]
+
+#: Failure reasons named in the summary (most common first).
+TOP_REASONS = 3
+#: Characters of one reason shown in the summary.
+REASON_CHARS = 100
+
+
+def _shorten(reason: str, limit: int = REASON_CHARS) -> str:
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
 class ProgressBar:
@@ -50,6 +61,8 @@ class CampaignReport:
     requests: dict[str, int] = field(default_factory=lambda: collections.Counter())
     cells: dict[str, int] = field(default_factory=dict)
     workers_used: set = field(default_factory=set)
+    gpu_wait_s: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
 
     def add(self, summary: Any) -> None:
         """Account a finished :class:`~rsembed_dask.units.UnitSummary`."""
@@ -68,8 +81,24 @@ class CampaignReport:
         return {"emb": self.samples_embedded, "ee_req": self.requests.get("sent", 0),
                 "retried": self.requests.get("retried", 0)}
 
-    def finish(self, cells: dict[str, int]) -> None:
+    def finish(self, cells: dict[str, int], failures: Mapping[str, int] | None = None) -> None:
+        """Record the cube's cell counts and its failed cells' reasons (``{reason: cells}``)."""
         self.cells = dict(cells)
+        self.failures = dict(collections.Counter(failures or {}).most_common())
+
+    def failure_line(self, top: int = TOP_REASONS) -> str:
+        """``failed N: a x reason; b x reason; ...`` with a hint how to re-run them ('' when none failed)."""
+        n = self.cells.get("failed", 0)
+        if not n:
+            return ""
+        common = list(self.failures.items())[:top]
+        parts = [f"{k} x {_shorten(reason)}" for reason, k in common]
+        rest = sum(self.failures.values()) - sum(k for _, k in common)
+        if rest:
+            parts.append(f"{rest} x {len(self.failures) - len(common)} other reason(s)")
+        reasons = "; ".join(parts) if parts else "reasons not recorded"
+        return (f"failed {n}: {reasons} (re-run them with --retry-failed, or "
+                f"run_campaign(..., retry_failed=True); the cube's `error` array has every reason)")
 
     def as_dict(self) -> dict[str, Any]:
         return {"units_total": self.units_total, "units_run": self.units_todo,
@@ -80,6 +109,8 @@ class CampaignReport:
                 "fetch_task_s": round(self.fetch_s, 3), "embed_task_s": round(self.embed_s, 3),
                 "embeddings_per_s": round(self.embeddings_per_s, 3),
                 "requests": dict(self.requests), "cells": self.cells,
+                "failure_reasons": dict(list(self.failures.items())[:TOP_REASONS]),
+                "gpu_wait_s": round(self.gpu_wait_s, 3),
                 "workers_used": sorted(self.workers_used)}
 
     def summary(self) -> str:
@@ -90,4 +121,5 @@ class CampaignReport:
                 f"pending {c.get('pending', 0)}; Earth Engine requests sent {r.get('sent', 0)} "
                 f"(retried {r.get('retried', 0)}, failed {r.get('failed', 0)}); "
                 f"{self.samples_embedded} embeddings in {self.elapsed_s:.1f}s "
-                f"({self.embeddings_per_s:.1f}/s, after {self.startup_s:.1f}s loading the model)")
+                f"({self.embeddings_per_s:.1f}/s, after {self.startup_s:.1f}s loading the model)"
+                + (f"\n{self.failure_line()}" if self.cells.get("failed", 0) else ""))

@@ -3,7 +3,11 @@
 Each unit is a fetch task (any worker, preferring fetch-only ones) and an
 embed+write task pinned to an actor's worker with ``resources={"GPU": 1}``.
 When an actor's worker dies the actor is recreated on a live GPU worker and
-its units re-run; a unit that lost its worker too often is marked failed.
+its units re-run; a unit that lost its worker too often is marked failed. When
+no GPU worker is left (the only one was preempted or ran out of memory), the
+runner waits ``gpu_wait_s`` for its nanny or the cluster manager to bring one
+back. A unit that already holds decided cells (a ``retry_failed`` run, a re-run
+after a lost summary) fetches only its pending and failed cells.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
+
 from .actors import start_actor
 from .cluster import embed_workers, fetch_workers
-from .cube import Cube
+from .cube import FAILED, PENDING, Cube
 from .errors import ProviderError, RsEmbedError
 from .progress import CampaignReport, ProgressBar
 from .sampling import SampleTable, WorkUnit
@@ -35,6 +41,10 @@ HEALTH_CHECK_S = 1.0
 MAX_UNIT_ATTEMPTS = 4
 #: Seconds to read a finished unit's small summary before taking its worker for lost.
 RESULT_TIMEOUT_S = 10.0
+#: Seconds to wait for a GPU worker when there is none (at start, or after losing the last one).
+GPU_WAIT_S = 300.0
+#: Seconds between looks for a GPU worker while waiting for one.
+GPU_POLL_S = 0.5
 
 
 class Job:
@@ -56,11 +66,16 @@ class Runner:
         Their model specs must agree (one model per campaign).
     report : CampaignReport
         Updated with every finished unit.
+    gpu_wait_s : float
+        How long to wait for a worker declaring ``GPU=1`` when there is none, at start or
+        after the last one died, before giving up (the units not run stay pending).
     """
 
     def __init__(self, client, provider, jobs: list[Job], report: CampaignReport, *, max_in_flight,
-                 fetch_threads, unit_retries, progress, on_unit, coalesce: bool = True):
+                 fetch_threads, unit_retries, progress, on_unit, coalesce: bool = True,
+                 gpu_wait_s: float = GPU_WAIT_S):
         self.c, self.provider, self.jobs, self.report = client, provider, jobs, report
+        self.gpu_wait_s = float(gpu_wait_s)
         self.model = jobs[0].spec.model
         self.fetch_threads, self.unit_retries, self.coalesce = fetch_threads, unit_retries, coalesce
         self.on_unit = on_unit
@@ -96,11 +111,35 @@ class Runner:
                 self.actors[addr] = start_actor(self.c, self.model, addr)
                 self.report.actors_started += 1
         if not self.actors:
-            self.c.wait_for_workers(1, timeout=300)  # raises TimeoutError with no GPU worker at all
-            if not embed_workers(self.c):
-                raise RsEmbedError("no worker declares the GPU resource: start workers with "
-                                   "`dask worker --resources GPU=1` (one per GPU)")
+            self._wait_for_gpu_worker()
             self._ensure_actors()
+
+    def _wait_for_gpu_worker(self) -> None:
+        """Block until some worker declares ``GPU=1``, at most ``gpu_wait_s`` seconds.
+
+        Fetches already submitted keep running meanwhile. Raises RsEmbedError when none
+        comes; units not run stay pending in the cube (a rerun resumes them).
+        """
+        if embed_workers(self.c):
+            return
+        msg = (f"no worker declares the GPU resource: waiting up to {self.gpu_wait_s:g} s for a GPU "
+               f"worker (`dask worker --resources GPU=1`)...")
+        if self.progress_on:  # beside the progress bar, where the user looks
+            print(msg, flush=True)
+        else:
+            log.warning(msg)
+        t0 = time.monotonic()
+        deadline = t0 + self.gpu_wait_s
+        while not embed_workers(self.c):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RsEmbedError(
+                    f"no worker declares the GPU resource after waiting {self.gpu_wait_s:g} s "
+                    f"(gpu_wait_s): start workers with `dask worker --resources GPU=1` (one per GPU), "
+                    f"then run the same campaign again: the units not run stay pending and resume")
+            time.sleep(min(GPU_POLL_S, left))
+        self.report.gpu_wait_s += time.monotonic() - t0
+        log.info("a GPU worker is back after %.1f s", time.monotonic() - t0)
 
     def _requeue(self, j: int, unit: WorkUnit, fetch=None) -> None:
         self.attempts[j, unit] += 1
@@ -113,16 +152,29 @@ class Runner:
         self.pending.appendleft((j, unit, fetch if fetch is not None and fetch.status != "error" else None))
 
     # ------------------------------------------------------------------ submit
+    def _cells_to_fetch(self, job: Job, unit: WorkUnit) -> list[int] | None:
+        """Indices (in the unit) of its pending and failed cells; None when that is all of them."""
+        status = job.cube.unit_status(unit.start, unit.scale_index)
+        todo = np.flatnonzero(np.isin(status, (PENDING, FAILED)))
+        return None if len(todo) == len(status) else todo.tolist()
+
     def _submit(self, j: int, unit: WorkUnit, fetch) -> None:
         job = self.jobs[j]
-        addr = min(self.actors, key=lambda a: sum(1 for v in self.inflight.values() if v[2] == a))
         tag = f"{self.run_token}-j{j}-{unit.chunk}-{unit.scale_index}-a{self.attempts[j, unit]}"
         if fetch is None:
+            only = self._cells_to_fetch(job, unit)
+            if only is not None and not only:
+                # Every cell is decided already (e.g. a re-run whose first write did land).
+                log.debug("unit %s: nothing left to fetch", unit.key)
+                self.report.units_done += 1
+                self.bar.update(1, self.report.postfix())
+                return
             where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
             fetch = self.c.submit(fetch_unit, self.provider,
                                   job.table.slice(unit.start, unit.stop), unit, job.spec,
-                                  self.fetch_threads, coalesce=self.coalesce, key=f"fetch-{tag}",
+                                  self.fetch_threads, coalesce=self.coalesce, only=only, key=f"fetch-{tag}",
                                   retries=self.unit_retries, pure=False, **where)
+        addr = min(self.actors, key=lambda a: sum(1 for v in self.inflight.values() if v[2] == a))
         fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, job.cube, job.spec,
                             key=f"embed-{tag}-{addr.rsplit(':', 1)[-1]}",
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)

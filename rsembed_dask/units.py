@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cube import FAILED, NO_DATA, OK, Cube
-from .errors import NoImageryError, PermanentProviderError
+from .cube import FAILED, NO_DATA, OK, PENDING, Cube
+from .errors import NoImageryError, PermanentProviderError, SpecError
 from .providers.base import Provider, RequestStats
 from .providers.coalesce import CoalescedRequest, plan_requests
 from .sampling import SampleTable, WorkUnit
@@ -56,7 +57,8 @@ class UnitSummary:
 
 
 def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: CampaignSpec,
-               threads: int = 8, *, coalesce: bool = True) -> UnitPixels:
+               threads: int = 8, *, coalesce: bool = True,
+               only: Sequence[int] | None = None) -> UnitPixels:
     """Fetch every sample of ``unit`` (``table`` holds exactly the unit's samples).
 
     With ``coalesce`` (default), neighbouring footprints on one UTM lattice are
@@ -68,16 +70,24 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     No imagery and permanent errors are recorded per sample (for a coalesced
     request, on every sample it serves); a transient error that survived the
     provider's retries fails the task, so Dask re-runs it.
+
+    ``only`` (indices into the unit) fetches just those samples, e.g. the cells a
+    ``retry_failed`` run re-does; the others are returned :data:`PENDING` ("not
+    touched"), which :meth:`Cube.write_unit` leaves as stored.
     """
     t0 = time.perf_counter()
     n = len(table)
     image_size = spec.model.image_size
     fps = [table.footprint(i, unit.scale_m, image_size, spec.buffer_m) for i in range(n)]
     sensor = spec.sensor_at(unit.scale_m)
+    wanted = list(range(n)) if only is None else sorted({int(i) for i in only})
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < n:
+        raise SpecError("only", only, f"indices into the unit's {n} samples")
     if coalesce:
-        plan = plan_requests([fp.grid for fp in fps], len(sensor.bands))
+        plan = [CoalescedRequest(r.grid, tuple(wanted[k] for k in r.members))
+                for r in plan_requests([fps[i].grid for i in wanted], len(sensor.bands))]
     else:
-        plan = [CoalescedRequest(fp.grid, (i,)) for i, fp in enumerate(fps)]
+        plan = [CoalescedRequest(fps[i].grid, (i,)) for i in wanted]
     limiter = getattr(provider, "limiter", None)
     if limiter is not None:
         # A distributed.Semaphore binds to the worker of the thread that first uses it:
@@ -100,7 +110,8 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     workers = max(1, min(threads, len(plan)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         results = list(pool.map(one, plan))
-    status = np.full(n, OK, np.int8)
+    status = np.full(n, PENDING, np.int8)
+    status[wanted] = OK
     errors = [""] * n
     images: list[np.ndarray | None] = [None] * n
     valid = np.zeros(n, np.float32)
@@ -115,13 +126,13 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
                 status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
             else:
                 images[i], valid[i] = patch.data, patch.valid_fraction
-    reused = n - len(plan)
+    reused = len(wanted) - len(plan)
     if reused and isinstance(stats, RequestStats):
         stats.add(reused=reused)
     after = stats.as_dict() if isinstance(stats, RequestStats) else {}
     requests = {k: after[k] - before.get(k, 0) for k in after}
     if reused:
-        log.debug("%s: %d samples in %d requests", unit.key, n, len(plan))
+        log.debug("%s: %d samples in %d requests", unit.key, len(wanted), len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
                       time.perf_counter() - t0)
 
@@ -129,7 +140,9 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
 def embed_unit(pixels: UnitPixels, actor_key: str, cube: Cube, spec: CampaignSpec) -> UnitSummary:
     """Embed the fetched chips with the local actor's model and write the unit's chunk.
 
-    Data first, status last: a crash in between leaves the unit pending.
+    Data first, status last: a crash in between leaves the unit as it was. Cells the
+    fetch did not touch (:data:`PENDING`) and cells already decided in the cube keep
+    what is stored (:meth:`Cube.write_unit`).
     """
     from distributed import get_worker
 
@@ -158,13 +171,18 @@ def embed_unit(pixels: UnitPixels, actor_key: str, cube: Cube, spec: CampaignSpe
                     input_res_m=input_res, valid_fraction=pixels.valid_fraction, error=pixels.errors,
                     grid=grid)
     counts = {"ok": int((pixels.status == OK).sum()), "no_data": int((pixels.status == NO_DATA).sum()),
-              "failed": int((pixels.status == FAILED).sum())}
+              "failed": int((pixels.status == FAILED).sum()),
+              "untouched": int((pixels.status == PENDING).sum())}
     return UnitSummary(unit, counts, pixels.requests, pixels.fetch_s, time.perf_counter() - t0,
                        get_worker().address, [e for e in pixels.errors if e][:3])
 
 
 def mark_unit_failed(cube: Cube, unit: WorkUnit, reason: str) -> None:
-    """Record a unit whose tasks failed for good: every sample ``failed`` with ``reason``."""
+    """Record a unit whose tasks failed for good: its samples ``failed`` with ``reason``.
+
+    Cells already ``ok`` (or ``no_data``) keep their data and status: :meth:`Cube.write_unit`
+    never overwrites a decided cell.
+    """
     n = unit.stop - unit.start
     D = cube.embed_dim
     grid = None if cube.grid_shape is None else np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)

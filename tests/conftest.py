@@ -52,27 +52,38 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def dask_worker(addr: str, name: str, *, gpu: bool, nthreads: int | None = None, env: dict | None = None):
+    """Start one `dask worker` process (no nanny) on loopback: ``GPU=1`` or fetch-only."""
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    args = [dask, "worker", addr, "--host", "127.0.0.1", "--no-nanny", "--no-dashboard",
+            "--nthreads", str(nthreads or (2 if gpu else 4)), "--name", name]
+    if gpu:
+        args += ["--resources", "GPU=1"]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=None if env is None else {**os.environ, **env})
+
+
 @contextlib.contextmanager
-def dask_processes(n_gpu: int = 2, n_fetch: int = 0):
+def dask_processes(n_gpu: int = 2, n_fetch: int = 0, *, env: dict | None = None, fetch_threads: int = 4):
     """A `dask scheduler` and `dask worker` processes on loopback: GPU=1 ones and fetch-only ones.
 
-    Yields the scheduler address and ``{"gpu": [Popen...], "fetch": [Popen...]}``.
+    ``env`` is added to every process's environment (e.g. ``DASK_DISTRIBUTED__...`` config).
+    Yields the scheduler address and ``{"gpu": [Popen...], "fetch": [Popen...]}``; processes
+    appended to those lists by the test are stopped too.
     """
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    sched = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet)
+    sched = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                             env=None if env is None else {**os.environ, **env}, **quiet)
     procs = {"gpu": [], "fetch": []}
-    common = ["--host", "127.0.0.1", "--no-nanny", "--no-dashboard"]
     try:
         with Client(addr, timeout=60) as c:
             for i in range(n_gpu):
-                procs["gpu"].append(subprocess.Popen(
-                    [dask, "worker", addr, *common, "--nthreads", "2", "--resources", "GPU=1", "--name", f"gpu-{i}"], **quiet))
+                procs["gpu"].append(dask_worker(addr, f"gpu-{i}", gpu=True, env=env))
             for i in range(n_fetch):
-                procs["fetch"].append(subprocess.Popen(
-                    [dask, "worker", addr, *common, "--nthreads", "4", "--name", f"fetch-{i}"], **quiet))
+                procs["fetch"].append(dask_worker(addr, f"fetch-{i}", gpu=False, nthreads=fetch_threads, env=env))
             c.wait_for_workers(n_gpu + n_fetch, timeout=120)
         yield addr, procs
     finally:

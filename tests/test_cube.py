@@ -356,3 +356,130 @@ def test_distributed_workers_write_units(tmp_path):
     np.testing.assert_array_equal(ds.embedding.isel(sample=slice(8, 10), scale=1).values,
                                   exp["embedding"])
     assert cube.status_counts() == {"pending": 0, "ok": 14, "no_data": 0, "failed": 6}
+
+
+# --------------------------------------------------------------------------- decided cells are kept
+
+
+def _failed_unit(n: int, d: int = D, reason: str = "lost its worker 4 times", grid_shape=None) -> dict:
+    """What ``mark_unit_failed`` writes: every cell failed, no data."""
+    out = dict(embedding=np.full((n, d), np.nan, "float32"), status=np.full(n, FAILED, "int8"),
+               input_res_m=np.full(n, np.nan, "float32"), valid_fraction=np.zeros(n, "float32"),
+               error=[reason] * n)
+    if grid_shape is not None:
+        out["grid"] = np.full((n, d, *grid_shape), np.nan, "float32")
+    return out
+
+
+def test_a_decided_cell_is_never_overwritten(tmp_path):
+    cube = create(tmp_path / "c.zarr", spec=make_spec(output=OutputSpec.grid()), grid_shape=(2, 3))
+    first = unit_data(0, 4, 0, grid_shape=(2, 3))  # ok, ok, ok, failed
+    first["status"][1] = NO_DATA
+    first["embedding"][1] = np.nan
+    first["error"][1] = "no scene matches"
+    cube.write_unit(0, 4, 0, **first)
+    before = open_cube(cube.path).isel(scale=0, sample=slice(0, 4)).load()
+
+    # A re-run that failed for good: the ok and no_data cells keep everything.
+    cube.write_unit(0, 4, 0, **_failed_unit(4, grid_shape=(2, 3)))
+    after = open_cube(cube.path).isel(scale=0, sample=slice(0, 4)).load()
+    np.testing.assert_array_equal(after.status.values, [OK, NO_DATA, OK, FAILED])
+    for name in ("embedding", "grid", "input_res_m", "valid_fraction"):
+        np.testing.assert_array_equal(after[name].values[:3], before[name].values[:3], err_msg=name)
+    assert after.error.values.tolist() == ["", "no scene matches", "", "lost its worker 4 times"]
+    assert np.isfinite(after.embedding.values[[0, 2]]).all()
+
+    # The failed cell is replaced; a cell written pending ("not touched") keeps what is stored.
+    fix = unit_data(0, 4, 0, grid_shape=(2, 3))
+    fix["embedding"] += 1000
+    fix["status"][:] = [PENDING, PENDING, PENDING, OK]
+    fix["error"][3] = ""
+    cube.write_unit(0, 4, 0, **fix)
+    done = open_cube(cube.path).isel(scale=0, sample=slice(0, 4)).load()
+    np.testing.assert_array_equal(done.status.values, [OK, NO_DATA, OK, OK])
+    np.testing.assert_array_equal(done.embedding.values[:3], before.embedding.values[:3])
+    np.testing.assert_array_equal(done.embedding.values[3], fix["embedding"][3])
+    np.testing.assert_array_equal(done.grid.values[3], fix["grid"][3])
+    assert done.error.values.tolist() == ["", "no scene matches", "", ""]
+
+
+def test_pending_cells_are_written_and_a_fully_decided_unit_is_not_touched(tmp_path):
+    cube = create(tmp_path / "c.zarr")
+    data = unit_data(4, 8, 1)
+    data["status"][:] = OK
+    cube.write_unit(4, 8, 1, **data)
+    mtime = os.stat(os.path.join(cube.path, "embedding", "c", "1", "1", "0")).st_mtime_ns
+    cube.write_unit(4, 8, 1, **_failed_unit(4))  # nothing to change: nothing written
+    assert os.stat(os.path.join(cube.path, "embedding", "c", "1", "1", "0")).st_mtime_ns == mtime
+    assert (cube.unit_status(4, 1) == OK).all()
+    cube.write_unit(0, 4, 1, **_failed_unit(4))  # pending cells take the failure
+    assert (cube.unit_status(0, 1) == FAILED).all()
+
+
+def test_failure_reasons_counts_failed_cells_only(tmp_path):
+    cube = create(tmp_path / "c.zarr")
+    assert cube.failure_reasons() == {}
+    cube.write_unit(0, 4, 0, **unit_data(0, 4, 0))  # one failed cell with a long reason
+    cube.write_unit(4, 8, 1, **_failed_unit(4, reason="HTTP 503"))
+    d = unit_data(8, 10, 0)
+    d["status"][:] = NO_DATA
+    d["error"] = ["no scene matches"] * 2
+    cube.write_unit(8, 10, 0, **d)
+    reasons = cube.failure_reasons()
+    assert reasons["HTTP 503"] == 4 and sum(reasons.values()) == 5 == cube.status_counts()["failed"]
+    assert "no scene matches" not in reasons
+
+
+_KILL_BEFORE_STATUS = """
+import os, signal, sys
+
+import numpy as np
+from zarr.storage import LocalStore
+
+from rsembed_dask.cube import FAILED, Cube
+
+_set = LocalStore.set
+
+
+async def set_or_die(self, key, value):
+    # The real interruption point: the data arrays are written, the status chunk is next.
+    if key.startswith("status/c/"):
+        print("killed before writing", key, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    await _set(self, key, value)
+
+
+LocalStore.set = set_or_die
+cube = Cube.open(sys.argv[1])
+n = 4
+cube.write_unit(0, n, 0, embedding=np.full((n, cube.embed_dim), np.nan, "float32"),
+                status=np.full(n, FAILED, "int8"), input_res_m=np.full(n, np.nan, "float32"),
+                valid_fraction=np.zeros(n, "float32"), error=["lost its worker 4 times"] * n)
+print("not killed", flush=True)
+"""
+
+
+def test_killed_between_data_and_status_leaves_no_ok_cell_without_data(tmp_path):
+    """A process killed after writing a unit's data and before its status: the ok cells still
+    hold their embeddings (the old write put NaN under them), and a rerun finishes the unit."""
+    import subprocess
+    import sys
+
+    cube = create(tmp_path / "c.zarr")
+    cube.write_unit(0, 4, 0, **unit_data(0, 4, 0))  # ok, ok, ok, failed
+    before = open_cube(cube.path).embedding.values[:4, 0]
+    proc = subprocess.run([sys.executable, "-c", _KILL_BEFORE_STATUS, cube.path], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -9 and "killed before writing status/c/0/0" in proc.stdout, proc.stderr
+    ds = open_cube(cube.path)
+    status, emb = ds.status.values, ds.embedding.values
+    assert not np.isnan(emb[status == OK]).any()
+    np.testing.assert_array_equal(status[:4, 0], [OK, OK, OK, FAILED])
+    np.testing.assert_array_equal(emb[:3, 0], before[:3])
+    rerun = unit_data(0, 4, 0)
+    rerun["status"][:] = OK
+    rerun["embedding"][3] = 7.0
+    cube.write_unit(0, 4, 0, **rerun)
+    ds = open_cube(cube.path)
+    assert (ds.status.values[:4, 0] == OK).all() and np.isfinite(ds.embedding.values[:4, 0]).all()
+    np.testing.assert_array_equal(ds.embedding.values[:3, 0], before[:3])

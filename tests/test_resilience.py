@@ -1,4 +1,4 @@
-"""Real processes killed mid-campaign: a fetch-only worker, the submitting client."""
+"""Real processes killed mid-campaign: a fetch-only worker, the submitting client, the only GPU worker."""
 
 import signal
 import subprocess
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from rsembed_dask.cube import OK, Cube, open_cube
-from rsembed_dask.errors import CubeError
+from rsembed_dask.errors import CubeError, RsEmbedError
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.testing import GEEEmulator
 
-from .conftest import dask_processes
+from .conftest import dask_processes, dask_worker
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
@@ -92,3 +92,57 @@ def test_client_killed_then_same_command_resumes(tmp_path):
     ds, clean = open_cube(out), open_cube(tmp_path / "clean.zarr")
     assert (ds.status.values == OK).all()
     np.testing.assert_array_equal(ds.embedding.values, clean.embedding.values)
+
+
+# --------------------------------------------------------------------------- the only GPU worker
+
+
+def _kill_gpu_after_first_unit(procs, restart_after_s=None, addr=None):
+    """An ``on_unit`` callback: SIGKILL the only GPU worker once; optionally start a new one later."""
+    import threading
+
+    killed = []
+
+    def on_unit(summary):
+        if killed:
+            return
+        procs["gpu"][0].send_signal(signal.SIGKILL)
+        killed.append(time.monotonic())
+        if restart_after_s is not None:
+            threading.Timer(restart_after_s, lambda: procs["gpu"].append(
+                dask_worker(addr, "gpu-again", gpu=True))).start()
+
+    return on_unit, killed
+
+
+@pytest.mark.timeout(300)
+def test_campaign_waits_for_its_only_gpu_worker_to_come_back(tmp_path, caplog):
+    with GEEEmulator(seed=0, latency_s=0.05) as emu, dask_processes(n_gpu=1, n_fetch=1) as (addr, procs):
+        opts = {"api_url": emu.url, "credentials": "anonymous", "project": "p"}
+        on_unit, killed = _kill_gpu_after_first_unit(procs, restart_after_s=4, addr=addr)
+        with caplog.at_level("WARNING", logger="rsembed_dask.runner"):
+            ds = run_campaign(_gdf(32), tmp_path / "g.zarr", scales=[10], temporal=WINDOW, model=TINY,
+                              backend="gee", gee_options=opts, client=addr, chunk_size=4, progress=False,
+                              id_column="site", on_unit=on_unit, gpu_wait_s=60)
+        assert killed and procs["gpu"][0].poll() is not None and len(procs["gpu"]) == 2
+    assert (ds.status.values == OK).all() and np.isfinite(ds.embedding.values).all()
+    assert "waiting up to 60 s for a GPU worker" in caplog.text
+    last = Cube.open(tmp_path / "g.zarr").attrs["last_run"]
+    assert last["actors_lost"] == 1 and last["actors_started"] == 2 and last["units_done"] == 8
+    assert 2 < last["gpu_wait_s"] < 60
+    assert len(last["workers_used"]) == 2  # the first GPU worker, then its replacement
+
+
+@pytest.mark.timeout(300)
+def test_no_gpu_worker_comes_back_clear_error_units_stay_pending(tmp_path):
+    with GEEEmulator(seed=0, latency_s=0.05) as emu, dask_processes(n_gpu=1, n_fetch=1) as (addr, procs):
+        opts = {"api_url": emu.url, "credentials": "anonymous", "project": "p"}
+        on_unit, killed = _kill_gpu_after_first_unit(procs)
+        t0 = time.monotonic()
+        with pytest.raises(RsEmbedError, match=r"no worker declares the GPU resource after waiting 3 s"):
+            run_campaign(_gdf(32), tmp_path / "t.zarr", scales=[10], temporal=WINDOW, model=TINY,
+                         backend="gee", gee_options=opts, client=addr, chunk_size=4, progress=False,
+                         id_column="site", on_unit=on_unit, gpu_wait_s=3, max_in_flight=2)
+        assert 3 <= time.monotonic() - t0 < 60
+    counts = Cube.open(tmp_path / "t.zarr").status_counts()
+    assert counts["failed"] == 0 and counts["pending"] > 0 and counts["ok"] >= 4
