@@ -194,7 +194,9 @@ def get_embedding(model_name: str = "scalemae_rgb", *, spatial: PointBuffer | BB
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``...; overrides the model spec's device.
     input_chw : array, optional
-        Raw S2 SR ``(3, H, W)`` in (B4, B3, B2) order, 0..10000: skips fetching.
+        Raw S2 SR ``(3, H, W)`` in (B4, B3, B2) order, 0..10000: skips fetching. The chip
+        is embedded whole (``spatial`` is not used to crop it); ``input_res_m`` comes from
+        its own ``H, W`` at ``sensor.scale_m``; ``meta["fetch_grid"]`` is ``None``.
     model : ModelSpec, str or ScaleMAEEmbedder, optional
         Weights; default from ``RS_EMBED_SCALEMAE_*``. Pass a loaded
         ``ScaleMAEEmbedder`` to reuse it across calls.
@@ -213,20 +215,22 @@ def get_embedding(model_name: str = "scalemae_rgb", *, spatial: PointBuffer | BB
 
     if model_name not in MODEL_NAMES:
         raise SpecError("model", model_name, f"one of {MODEL_NAMES}")
+    if not isinstance(spatial, (PointBuffer, BBox)):
+        raise SpecError("spatial", spatial,
+                        "a PointBuffer(lon, lat, buffer_m) or BBox(minlon, minlat, maxlon, maxlat)")
+    if not isinstance(temporal, TemporalSpec):
+        raise SpecError("temporal", temporal, "a TemporalSpec (TemporalSpec.range(start, end) or .year(y))")
     sensor = sensor or SensorSpec()
     output = output or OutputSpec.pooled()
     check_chw(input_chw, field="input_chw")
     chw = input_chw.detach().cpu().numpy() if hasattr(input_chw, "detach") else np.asarray(input_chw)
     embedder = _resolve_model(model, device)
-    fp = _footprints([spatial], _sample_table([spatial]), sensor.scale_m, embedder.spec.image_size)[0]
+    # The caller's chip is embedded whole (as rs-embed 0.3.1 does): no footprint, no ROI crop;
+    # input_res_m follows from the chip's own H, W at sensor.scale_m.
+    res = embedder.embed([chw], sensor.scale_m, output=output, roi=None)
     valid = ~np.isnan(np.asarray(chw, dtype=np.float32)).any(axis=0)
-    patch = _PatchLike(np.asarray(chw), float(valid.mean()))
-    return _embed_patches(embedder, [patch], [fp], sensor, temporal, output)[0]
-
-
-@dataclass(frozen=True)
-class _PatchLike:
-    """A caller-supplied chip: data and valid fraction, no georeference."""
-
-    data: np.ndarray
-    valid_fraction: float
+    meta = res.meta(0)
+    meta.update(temporal=temporal.to_dict(), sensor=sensor.to_dict(), fetch_grid=None,
+                input_chw_shape=[int(v) for v in chw.shape], roi=[0.0, 0.0, 1.0, 1.0],
+                valid_fraction=float(valid.mean()))
+    return Embedding(_grid_array(res.grids[0], meta) if res.grids is not None else res.vectors[0], meta)

@@ -3,13 +3,50 @@
 Every error derives from :class:`RsEmbedError`; the spec and input errors also
 derive from :class:`ValueError` so generic callers can catch them as such.
 Messages say which field was wrong, the value given and what is allowed.
+
+Every error survives pickling (a Dask worker sends it to the client) with its class,
+message and attributes, whatever its constructor's signature.
+
+Examples
+--------
+>>> import pickle
+>>> err = pickle.loads(pickle.dumps(SpecError("PointBuffer.lat", 95, "a number in [-90, 90]")))
+>>> type(err).__name__, err.field, err.value
+('SpecError', 'PointBuffer.lat', 95)
+>>> str(err)
+'PointBuffer.lat=95 is invalid: expected a number in [-90, 90]'
 """
 
 from __future__ import annotations
 
+import pickle
+from typing import Any
+
+
+def _rebuild(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
+    """Unpickle an :class:`RsEmbedError` without calling its ``__init__``."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+def _picklable(value: object) -> object:
+    """``value`` if it pickles, else its ``repr`` (so the error carrying it still pickles)."""
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        return repr(value)
+    return value
+
 
 class RsEmbedError(Exception):
     """Base class of every error raised by rsembed_dask."""
+
+    def __reduce__(self):
+        # Exception's default calls ``cls(*self.args)``: wrong for any subclass whose
+        # ``__init__`` does not take the message alone (SpecError, QuotaError).
+        return (_rebuild, (type(self), self.args, {k: _picklable(v) for k, v in self.__dict__.items()}))
 
 
 class SpecError(RsEmbedError, ValueError):

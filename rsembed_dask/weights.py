@@ -3,7 +3,8 @@
 rshf 0.2.2's ``ScaleMAE.from_pretrained`` fails with transformers 5.x, so weights are
 loaded robustly: read ``config.json``, build ``ScaleMAE(config=dict)`` and load the
 state dict strictly. Importing rshf sets ``ssl._create_default_https_context`` to the
-unverified context for the whole process; :func:`import_rshf_scalemae` undoes that.
+unverified context for the whole process; :func:`import_rshf_scalemae` undoes that, also
+when rshf was imported before us.
 
 rshf's ``ScaleMAE`` always builds a ViT-L/16. Architecture keys in ``config.json``
 (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``mlp_ratio``; absent in the
@@ -69,8 +70,26 @@ class ModelInfo:
 # --------------------------------------------------------------------------- rshf import
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_tls_restored() -> None:
+    log.warning("ssl._create_default_https_context was the unverified context (rshf was imported "
+                "before rsembed_dask loaded it); restored ssl.create_default_context so that TLS "
+                "certificates are verified again")
+
+
+def _restore_tls_verification() -> None:
+    """Re-enable TLS verification if the process default is rshf's unverified context (warn once)."""
+    if ssl._create_default_https_context is ssl._create_unverified_context:
+        ssl._create_default_https_context = ssl.create_default_context
+        _warn_tls_restored()
+
+
 def import_rshf_scalemae():
-    """Import and return rshf's ``ScaleMAE`` class, leaving TLS verification untouched.
+    """Import and return rshf's ``ScaleMAE`` class, leaving TLS verification on.
+
+    The default HTTPS context is restored to what it was before the import; if that
+    was already the unverified context (rshf imported earlier by someone else), it is
+    set back to ``ssl.create_default_context`` and a warning is logged once.
 
     Returns
     -------
@@ -90,6 +109,7 @@ def import_rshf_scalemae():
                          f"({exc})") from exc
     finally:
         ssl._create_default_https_context = saved
+        _restore_tls_verification()
     return ScaleMAE
 
 

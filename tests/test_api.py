@@ -75,6 +75,26 @@ def test_input_chw_skips_fetching(provider, emu, tiny):
     np.testing.assert_allclose(emb.data, tiny.embed([chw], 10.0).vectors[0], rtol=1e-5, atol=1e-6)
 
 
+def test_input_chw_with_a_non_square_bbox_embeds_the_whole_chip(tiny):
+    """As rs-embed 0.3.1: the caller's chip is embedded whole, not cropped to our own footprint's ROI."""
+    wide = BBox(3.0, 31.2, 3.04, 31.21)  # ~3.8 km x 1.1 km: its own footprint would crop rows
+    rng = np.random.default_rng(5)
+    chw = rng.integers(0, 10000, size=(3, 100, 300), dtype=np.uint16)
+    grid = get_embedding(spatial=wide, temporal=WINDOW, input_chw=chw, model=tiny, output=OutputSpec.grid(),
+                         sensor=SensorSpec(scale_m=20))
+    pooled = get_embedding(spatial=wide, temporal=WINDOW, input_chw=chw, model=tiny,
+                           sensor=SensorSpec(scale_m=20))
+    direct = tiny.embed([chw], 20.0, output=OutputSpec.grid())
+    assert grid.data.shape == (64, 14, 14)  # the full token grid
+    np.testing.assert_array_equal(grid.data.values, direct.grids[0])
+    np.testing.assert_array_equal(pooled.data, direct.vectors[0])
+    np.testing.assert_allclose(pooled.data, direct.grids[0].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    for emb in (grid, pooled):
+        assert emb.meta["input_res_m"] == pytest.approx(20.0 * 100 / 224)  # from the chip's own H, W
+        assert emb.meta["roi"] == [0.0, 0.0, 1.0, 1.0] and emb.meta["fetch_grid"] is None
+        assert emb.meta["input_chw_shape"] == [3, 100, 300] and emb.meta["valid_fraction"] == 1.0
+
+
 @pytest.mark.parametrize("bad, what", [
     (np.zeros((224, 224, 3), np.uint16), "HWC instead of CHW"),
     (np.zeros((4, 64, 64), np.uint16), "four bands"),

@@ -180,10 +180,7 @@ def test_preprocess_matches_pil_per_image(h):
     std = np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
     ref = np.stack([pil_reference(r, 224) for r in raw])
     diff = np.abs(out * std + mean - ref) * 255  # in uint8 steps
-    # Measured: max 2 steps, > 99.99 % within 1 step, > 99 % exact.
-    assert diff.max() <= 2.0 + 1e-3
-    assert (diff <= 1.0 + 1e-3).mean() > 0.999
-    assert (diff <= 1e-3).mean() > 0.99
+    assert diff.max() < 1e-3  # PIL's resize bit for bit (float rounding of the normalisation only)
 
 
 def test_preprocess_truncates_and_clips():

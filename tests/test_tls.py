@@ -64,3 +64,30 @@ def test_tls_context_restored_when_import_fails(tmp_path):
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+def test_tls_verification_restored_when_rshf_was_imported_first():
+    """A user imported rshf before us: our import is a no-op, yet verification comes back (warned once)."""
+    out = run("""
+        import logging, ssl
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record)
+        logging.getLogger("rsembed_dask.weights").addHandler(Keep())
+        import rshf
+        assert ssl._create_default_https_context is ssl._create_unverified_context
+        from rsembed_dask.specs import ModelSpec
+        from rsembed_dask.weights import import_rshf_scalemae, load_scalemae
+        import_rshf_scalemae()
+        assert ssl._create_default_https_context is ssl.create_default_context, "after import_rshf_scalemae"
+        ssl._create_default_https_context = ssl._create_unverified_context  # rshf.senclip does it again
+        load_scalemae(ModelSpec("test-tiny"))
+        assert ssl._create_default_https_context is ssl.create_default_context, "after load_scalemae"
+        ctx = ssl._create_default_https_context()
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        warnings = [r for r in records if r.levelno == logging.WARNING and "unverified" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in records]
+        print("ok")
+    """)
+    assert out.strip() == "ok"
