@@ -14,8 +14,11 @@ In the order a run meets them:
    it visibly pending. A plain run finds only units marked done whose chunks are
    missing (:meth:`Cube.units_missing_chunks`: the store listing, no data read); a
    repair reads everything (:func:`~rsembed_dask.cube_verify.check_cube`). In a
-   tiling store the sample cubes' coordinates come from the tile tables, and damaged
-   grids are marked unsynced so the run fills them again.
+   tiling store damaged grids are marked unsynced so the run fills them again.
+
+For a tiling store, step 1 is :func:`repair_tiling_layout` (from ``run_campaign``,
+before the store is opened): the layout comes from each sample cube's stored spec,
+the coordinates from the tile tables. A grid's metadata is not repaired.
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from zarr.core.sync import sync
 
 from .cube import PENDING, Cube
 from .cube_schema import ArrayDef, array_defs, check_inputs, coord_defs, normalise_identity, spec_differences
-from .cube_store import DECODE_ERRORS, array_meta_problem, chunk_keys, is_tiling_store
+from .cube_store import DECODE_ERRORS, array_meta_problem, chunk_keys, is_tiling_store, probe_store
 from .cube_verify import check_cube, check_grids
 from .errors import CubeDamagedError, CubeError
 from .specs import CampaignSpec
 
-__all__ = ["repair_layout", "reset_units", "reset_damaged_units"]
+__all__ = ["repair_layout", "repair_tiling_layout", "reset_units", "reset_damaged_units"]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,6 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     """
     if not os.path.isfile(os.path.join(path, "zarr.json")):
         return []
-    from .cube_store import probe_store
-
     meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
     stored = json.loads(meta["attributes"]["spec_identity"])
     if spec_differences(stored, normalise_identity(spec.identity())):
@@ -96,6 +97,57 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     done = [f"metadata of {name!r} restored" for name in _restore_metadata(path, defs)]
     done += repair_coordinates(path, spec, source)
     done += _reset_undecodable_status(path)
+    return done
+
+
+def repair_tiling_layout(path: str, tiling) -> list[str]:
+    """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
+
+    Each cube's layout comes from its stored campaign spec (chunk size, output mode,
+    model) and the tiling's number of tiles at its scale; damaged coordinates are
+    rewritten from the tile tables. Nothing is written when the store holds another
+    tiling (opening it says how it differs).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The tiling store (nothing happens when it is none).
+    tiling : Tiling
+        The run's tiling.
+
+    Returns
+    -------
+    list of str
+        What was repaired.
+    """
+    from .tile_cube import scale_name
+    from .weights import model_info
+
+    path = os.path.abspath(os.fspath(path))
+    if not is_tiling_store(path):
+        return []
+    root = zarr.open_group(path, mode="r", zarr_format=3)
+    stored_scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
+    if [float(s) for s in stored_scales] != [float(s) for s in tiling.scales]:
+        return []
+    done = []
+    for s, table in zip(tiling.scales, tiling.tables):
+        cube_path = os.path.join(path, "samples", scale_name(s))
+        meta = probe_store(cube_path, arrays=False)
+        if meta is None:
+            continue
+        spec = CampaignSpec.from_json(meta["attributes"]["campaign_spec"])
+        info = model_info(spec.model)
+        grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
+        n = len(table)
+        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape)
+        if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
+               for d in defs):
+            continue  # another layout: opening the store says so
+        done += [f"samples/{scale_name(s)}: metadata of {name!r} restored"
+                 for name in _restore_metadata(cube_path, defs)]
+        done += [f"samples/{scale_name(s)}: {line}"
+                 for line in repair_coordinates(cube_path, spec, _table_source(table))]
     return done
 
 
@@ -285,8 +337,8 @@ def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *,
         As planned by ``run_campaign``: each job's cube and its units.
     repair : bool
         False: units marked done whose chunks are missing (store listing, cheap).
-        True: every unit a full check finds damaged; in a tiling store also the sample
-        cubes' coordinates (from the tile tables) and the grids (unsynced when damaged).
+        True: every unit a full check finds damaged; in a tiling store also the grids
+        (marked unsynced when damaged, so the run fills them again).
 
     Returns
     -------
@@ -304,8 +356,6 @@ def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *,
     for job, units in jobs:
         cube = job.cube
         if repair:
-            if tiling:
-                repair_coordinates(cube.path, cube.spec, _table_source(job.table))
             health = check_cube(cube.path)
             if not health.openable or health.damaged_coords:
                 raise CubeDamagedError(f"cube {cube.path!r} is still damaged: " + "; ".join(health.problems))
@@ -332,7 +382,9 @@ def _repair_grids(path: str, cubes: Sequence[Cube]) -> None:
     problems = []
     for cube in cubes:
         base = os.path.join(path, scale_name(cube.scales[0]))
-        for zone in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        zones = sorted(z for z in os.listdir(base) if os.path.isdir(os.path.join(base, z))) \
+            if os.path.isdir(base) else []
+        for zone in zones:
             for a in ("status", "sample_index", "embedding"):
                 meta, why = array_meta_problem(base, f"{zone}/{a}")
                 if meta is None:

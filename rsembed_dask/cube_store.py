@@ -19,7 +19,8 @@ from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER
 from .errors import CubeDamagedError, CubeError
 
 __all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
-           "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks", "damage_hint", "DECODE_ERRORS"]
+           "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
+           "damage_hint", "DECODE_ERRORS"]
 
 #: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
 #: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).

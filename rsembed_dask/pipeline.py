@@ -23,7 +23,7 @@ from typing import Any
 from .backends import open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
-from .cube_repair import reset_damaged_units
+from .cube_repair import repair_tiling_layout, reset_damaged_units
 from .errors import SpecError
 from .progress import CampaignReport
 from .runner import Job, Runner
@@ -219,6 +219,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
+        if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
+            repair_tiling_layout(out, gdf)
         spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
                                        model=_model_spec(model, batch_size), output=output,
                                        chunk_size=chunk_size, versions=_versions())

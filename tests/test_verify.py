@@ -198,3 +198,40 @@ def test_check_cube_reads_every_array(cube):
     assert len(h.problems) == len(expected)
     assert h.damaged_units == {(0, 0), (0, 1)}
     assert h.status_counts == {"pending": 0, "ok": 10, "no_data": 0, "failed": 1, "unreadable": 0}
+
+
+@pytest.mark.timeout(180)
+def test_a_damaged_tiling_store_is_named_rerun_and_repaired(tmp_path, client, capsys):
+    out = tmp_path / "tiles.zarr"
+    args = ["run", "-3.05,31.0,-3.0,31.05", "--tile", "--out", str(out), "--scales", "20", "40",
+            "--start", "2022-01-01", "--end", "2022-02-01", "--model", "test-tiny", "--backend", "emulator",
+            "--no-progress", "--scheduler", client.scheduler.address]
+    assert main(args) == 0
+    zone = next(z for z in os.listdir(out / "40m") if z.startswith("EPSG"))
+
+    # a lost chunk of a sample cube: named by verify, run again by a plain run, grids filled again
+    os.remove(out / "samples" / "20m" / "embedding" / "c" / "0" / "0" / "0")
+    rc, problems, err = verify(out, capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert len(problems) == 1 and problems[0].startswith("samples/20m: embedding at 20 m: ")
+    assert "ok cells whose chunk is missing: ids '" in problems[0]
+    assert main(args) == 0
+    assert last_run(out / "samples" / "20m")["units_run"] == 1
+    assert verify(out, capsys)[:2] == (0, [])
+
+    # a corrupt grid chunk, truncated array metadata, a lost coordinate chunk
+    corrupt(out / "40m" / zone / "embedding" / "c" / "0" / "0" / "0")
+    meta = out / "samples" / "40m" / "input_res_m" / "zarr.json"
+    meta.write_text(meta.read_text()[:50])
+    os.remove(out / "samples" / "40m" / "geohash" / "c" / "0")
+    rc, problems, err = verify(out, capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert any(p.startswith(f"40m/{zone}/embedding: ") and "cannot be decoded" in p for p in problems)
+    assert any(p.startswith("samples/40m: input_res_m: the metadata of array 'input_res_m'") for p in problems)
+    assert any(p.startswith("samples/40m: geohash: ") and "chunk is missing" in p for p in problems)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "--repair" in err and "Traceback" not in err
+    assert main(args + ["--repair"]) == 0
+    assert verify(out, capsys)[:2] == (0, [])
