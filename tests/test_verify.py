@@ -235,3 +235,30 @@ def test_a_damaged_tiling_store_is_named_rerun_and_repaired(tmp_path, client, ca
     assert "damaged" in err and "--repair" in err and "Traceback" not in err
     assert main(args + ["--repair"]) == 0
     assert verify(out, capsys)[:2] == (0, [])
+
+
+def test_units_missing_chunks_reads_the_listing_and_trusts_absent_fill_chunks(tmp_path):
+    """A unit of no_data cells stores no embedding chunk (all NaN): not damage. An ok unit without one is."""
+    from collections import namedtuple
+
+    from rsembed_dask.cube import FAILED, NO_DATA
+    from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
+
+    Unit = namedtuple("Unit", "start scale_index")
+    spec = CampaignSpec(temporal=TemporalSpec.year(2022), model=ModelSpec("test-tiny", image_size=32),
+                        scales=(10.0,), chunk_size=2)
+    cube = Cube.create_or_open(tmp_path / "c.zarr", spec=spec, ids=["a", "b", "c", "d", "e", "f"],
+                               lon=[3.0] * 6, lat=[31.0] * 6, geohash=["x"] * 6, wkb=["00"] * 6, embed_dim=4)
+    nan = np.full((2, 4), np.nan, "float32")
+    cube.write_unit(0, 2, 0, embedding=np.ones((2, 4)), status=[OK, OK], input_res_m=[10, 10],
+                    valid_fraction=[1, 1], error=["", ""])
+    cube.write_unit(2, 4, 0, embedding=nan, status=[NO_DATA, FAILED], input_res_m=[np.nan] * 2,
+                    valid_fraction=[0, 0], error=["no scene", "boom"])
+    units = [Unit(0, 0), Unit(2, 0), Unit(4, 0)]  # the last one is pending: nothing vouched
+    assert not (tmp_path / "c.zarr" / "embedding" / "c" / "1" / "0" / "0").exists()
+    assert cube.units_missing_chunks(units) == [] and check_cube(cube.path).problems == []
+    os.remove(tmp_path / "c.zarr" / "input_res_m" / "c" / "0" / "0")
+    os.remove(tmp_path / "c.zarr" / "error" / "c" / "1" / "0")
+    assert cube.units_missing_chunks(units) == [Unit(0, 0), Unit(2, 0)]
+    assert sorted(p.split(":")[0] + ":" + p.split(":")[1] for p in check_cube(cube.path).problems) == [
+        "error at 10 m: 1 failed cells whose chunk is missing", "input_res_m at 10 m: 2 ok cells whose chunk is missing"]
