@@ -16,9 +16,12 @@ from collections.abc import Sequence
 
 from .cli_args import add_ee_options, add_scales, allow_bbox_positional, gee_options, scales_given
 from .cli_store import add_inspect, add_quicklook
-from .errors import RsEmbedError
+from .errors import RsEmbedError, StoreLockedError
 
 log = logging.getLogger(__name__)
+
+#: Exit status when another run holds the store's lock (2: any other error; 1: unfinished cells).
+EXIT_LOCKED = 3
 
 
 def _add_emulator(sub) -> None:
@@ -135,6 +138,10 @@ def _add_run(sub) -> None:
                    help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
+    p.add_argument("--repair", action="store_true",
+                   help="read the whole cube first and run again every unit found damaged (missing or undecodable "
+                        "chunks, data that contradicts its status); restore unreadable array metadata and damaged "
+                        "coordinates from the samples (a plain run re-runs only units that lost chunks)")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
@@ -196,7 +203,8 @@ def _cmd_run(args) -> int:
         source, args.out, temporal=TemporalSpec.range(args.start, args.end),
         model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
         backend=args.backend, client=client, chunk_size=args.chunk_size,
-        gee_options=gee_options(args), retry_failed=args.retry_failed, progress=not args.no_progress,
+        gee_options=gee_options(args), retry_failed=args.retry_failed, repair=args.repair,
+        progress=not args.no_progress,
         fetch_threads=env_defaults()["fetch_workers"], **options)
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
     if args.tile:
@@ -315,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except StoreLockedError as exc:  # another run writes the store: wait, do not fix anything
+        print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except RsEmbedError as exc:
         print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -12,32 +12,69 @@ def add_inspect(sub) -> None:
     p.add_argument("cube", help="path of the .zarr cube or tiling store")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--verify", action="store_true",
-                   help="check every ok cell is finite and every other cell empty, and a tiling store's "
-                        "grid cells against their samples (exit 1 if not)")
+                   help="read every chunk of every array: report missing or undecodable chunks, unreadable "
+                        "array metadata, empty ids, and cells whose data contradicts their status, naming sample "
+                        "ids and scale (exit 1 if anything is found; `run --repair` repairs it)")
     p.set_defaults(func=_cmd_inspect)
+
+
+def _writer(path: str) -> str | None:
+    """Who is writing the store now (its lock), if anyone; inspect itself never takes the lock."""
+    from .store_lock import read_lock
+
+    holder = read_lock(path)
+    return None if holder is None else holder.describe()
+
+
+def _print_problems(problems: list[str]) -> None:
+    print("verify:", "consistent" if not problems else "\n  ".join(["PROBLEMS"] + problems))
+
+
+def _problems_only(args, problems: list[str]) -> int:
+    """Report a store too damaged to summarise: only what verify found (exit 1)."""
+    if args.json:
+        print(json.dumps({"path": str(args.cube), "problems": problems, "writer": _writer(args.cube)}, indent=2))
+    else:
+        print(f"{args.cube}: damaged too much to summarise")
+        _print_problems(problems)
+    return 1
 
 
 def _cmd_inspect(args) -> int:
     from .cube import Cube, open_cube
     from .cube_store import is_tiling_store
+    from .errors import CubeDamagedError
 
     if is_tiling_store(args.cube):
         return _inspect_tiling(args)
-    cube = Cube.open(args.cube)
-    ds = open_cube(args.cube)
+    health = None
+    if args.verify:
+        from .cube_verify import check_cube
+
+        health = check_cube(args.cube)
+        if not health.openable:  # the summary below needs every array's metadata
+            return _problems_only(args, health.problems)
+    try:
+        cube = Cube.open(args.cube)
+        ds = open_cube(args.cube)
+        # CubeDamagedError when a status chunk does not decode
+        counts = cube.status_counts() if health is None else health.status_counts
+    except CubeDamagedError:
+        if health is None:
+            raise
+        return _problems_only(args, health.problems)
+    counts = {k: v for k, v in counts.items() if k != "unreadable" or v}
     info = {"path": str(args.cube), "samples": cube.n_samples, "scales": list(cube.scales),
             "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
-            "status": cube.status_counts(), "spec": json.loads(cube.spec.to_json()),
+            "status": counts, "spec": json.loads(cube.spec.to_json()),
             "spec_hash": cube.attrs.get("spec_hash"), "versions": cube.attrs.get("versions"),
-            "request_account": cube.attrs.get("request_account"),
+            "request_account": cube.attrs.get("request_account"), "writer": _writer(args.cube),
             "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
                           for k, v in ds.variables.items()}}
     rc = 0
-    if args.verify:
-        from .cube_verify import verify_cube
-
-        info["problems"] = verify_cube(args.cube)
-        rc = 1 if info["problems"] else 0
+    if health is not None:
+        info["problems"] = health.problems
+        rc = 1 if health.problems else 0
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return rc
@@ -47,21 +84,33 @@ def _cmd_inspect(args) -> int:
     print("spec:", cube.spec.to_json())
     print("versions:", info["versions"])
     print("request account:", info["request_account"])
-    if args.verify:
-        print("verify:", "consistent" if not info["problems"] else "\n  ".join(["PROBLEMS"] + info["problems"]))
+    if info["writer"]:
+        print("being written by:", info["writer"])
+    if health is not None:
+        _print_problems(health.problems)
     return rc
 
 
 def _inspect_tiling(args) -> int:
+    from .errors import CubeDamagedError
     from .tile_inspect import format_tiling_info, tiling_info
 
-    info = tiling_info(args.cube)
-    rc = 0
+    problems = None
     if args.verify:
         from .cube_verify import verify_tiling_store
 
-        info["problems"] = verify_tiling_store(args.cube)
-        rc = 1 if info["problems"] else 0
+        problems = verify_tiling_store(args.cube)
+    try:
+        info = tiling_info(args.cube)
+    except CubeDamagedError:
+        if problems is None:
+            raise
+        return _problems_only(args, problems)
+    info["writer"] = _writer(args.cube)
+    rc = 0
+    if problems is not None:
+        info["problems"] = problems
+        rc = 1 if problems else 0
     print(json.dumps(info, indent=2, default=str) if args.json else format_tiling_info(info))
     return rc
 

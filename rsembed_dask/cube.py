@@ -35,20 +35,43 @@ from .cube_schema import (
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, sample_chunks, spec_differences, check_same_ids,
 )
-from .cube_store import check_writable, nearest_sample, open_cube, probe_store
-from .errors import CubeError, SpecError, SpecMismatchError
+from .cube_store import (
+    DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+)
+from .errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from .specs import CampaignSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "Cube",
-           "open_cube", "nearest_sample"]
+           "open_cube", "nearest_sample", "vouched_arrays"]
 
 #: Cell states that a later write never changes (a computed embedding, or a final "no imagery").
 FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR})
+
+
+
+
+def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
+    """Data arrays whose chunk a unit must have, given its status codes ``cells``.
+
+    Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
+    only where the status vouches for data: ``ok`` cells hold an embedding, an input
+    resolution (and a token grid), every finished cell a valid fraction, ``failed``
+    cells a reason.
+    """
+    cells = np.asarray(cells)
+    out: list[str] = []
+    if (cells == OK).any():
+        out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
+    if (cells != PENDING).any():
+        out.append("valid_fraction")
+    if (cells == FAILED).any():
+        out.append("error")
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- cube
@@ -134,7 +157,7 @@ class Cube:
                        grid_shape: tuple[int, int] | None = None,
                        versions: Mapping[str, str] | None = None,
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
-                       n_samples: int | None = None) -> Cube:
+                       n_samples: int | None = None, repair: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
         Parameters
@@ -162,6 +185,9 @@ class Cube:
             Instead of ``ids ... wkb``, for tables too large to hold at once: ``chunks()``
             yields consecutive dicts with those five keys, ``n_samples`` rows in all. Ids
             must be unique across chunks (checked within each chunk only).
+        repair : bool
+            Resuming a damaged cube: restore unreadable array metadata and rewrite damaged
+            coordinate chunks from the given samples first (:func:`rsembed_dask.cube_repair.repair_layout`).
 
         Returns
         -------
@@ -183,6 +209,11 @@ class Cube:
         grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
         check_writable(path)
+        if repair:  # metadata and coordinates from the given samples, before anything reads them
+            from .cube_repair import repair_layout
+
+            repair_layout(path, spec=spec, n_samples=int(n_samples), embed_dim=int(embed_dim),
+                          grid_shape=grid_shape, source=source)
         meta = probe_store(path)
         if meta is None:
             cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
@@ -398,8 +429,18 @@ class Cube:
                           dtype="int8")
 
     def status_array(self) -> np.ndarray:
-        """All status codes, ``[n_samples, n_scales]`` int8."""
-        return np.asarray(self._array("status")[...], dtype="int8")
+        """All status codes, ``[n_samples, n_scales]`` int8.
+
+        Raises
+        ------
+        CubeDamagedError
+            A status chunk cannot be decoded.
+        """
+        try:
+            return np.asarray(self._array("status")[...], dtype="int8")
+        except DECODE_ERRORS as exc:
+            raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
+                                   f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
 
     def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False) -> list[Any]:
         """The units (objects with ``.start`` and ``.scale_index``) still to run.
@@ -414,6 +455,33 @@ class Cube:
             stop = self.unit_stop(u.start)
             cells = status[int(u.start):stop, self._scale_index(u.scale_index)]
             if np.isin(cells, todo).any():
+                out.append(u)
+        return out
+
+    def units_missing_chunks(self, units: Iterable[Any]) -> list[Any]:
+        """The units marked done whose data chunks are not in the store.
+
+        A cheap check for resuming: the status array and the store listing
+        (:func:`~rsembed_dask.cube_store.chunk_keys`), no data read. A unit is listed
+        when its status vouches for an array (:func:`vouched_arrays`) whose chunk is
+        missing: Zarr would read it as NaN or ``""`` without a word. Undecodable
+        chunks are found by a full verify (:func:`rsembed_dask.cube_verify.check_cube`).
+
+        Raises
+        ------
+        CubeDamagedError
+            The status cannot be decoded.
+        """
+        status = self.status_array()
+        names = ("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+        stored = {name: {key[:2] for key in chunk_keys(self.path, name)} for name in names}
+        out = []
+        for u in units:
+            stop = self.unit_stop(u.start)
+            si = self._scale_index(u.scale_index)
+            key = (int(u.start) // self.chunk_size, si)
+            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None)
+            if any(key not in stored[name] for name in vouched):
                 out.append(u)
         return out
 

@@ -110,3 +110,15 @@ class CubeError(RsEmbedError):
 
 class SpecMismatchError(CubeError):
     """An existing cube was written with a different campaign spec."""
+
+
+class CubeDamagedError(CubeError):
+    """A cube's metadata or chunks are damaged (unreadable, missing or undecodable).
+
+    The message names what is damaged and how to find the rest
+    (``rsembed-dask inspect --verify``) and to repair it (``run --repair``).
+    """
+
+
+class StoreLockedError(CubeError):
+    """Another run holds the store's writer lock (see :mod:`rsembed_dask.store_lock`)."""

@@ -24,11 +24,13 @@ from typing import Any
 from .backends import open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
+from .cube_repair import repair_tiling_layout, reset_damaged_units
 from .errors import SpecError
 from .progress import CampaignReport
 from .runner import GPU_WAIT_S, Job, Runner
 from .sampling import SampleTable, build_sample_table, work_units
 from .specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from .store_lock import one_writer
 from .tiling import Tiling
 from .units import UnitSummary
 
@@ -88,10 +90,11 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None,
                   output: OutputSpec | None = None, chunk_size: int = 64,
                   buffer_m: float | None = None, batch_size: int | None = None,
-                  id_column: str | None = None, on_invalid: str = "raise"):
+                  id_column: str | None = None, on_invalid: str = "raise", repair: bool = False):
     """Validate everything and create (or reopen) the cube; nothing is fetched.
 
-    Returns ``(spec, table, cube, units)``.
+    ``repair`` restores a damaged cube's metadata and coordinates from the samples
+    (see :mod:`rsembed_dask.cube_repair`). Returns ``(spec, table, cube, units)``.
     """
     from .weights import model_info
 
@@ -107,7 +110,7 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
-                               grid_shape=grid_shape, versions=_versions())
+                               grid_shape=grid_shape, versions=_versions(), repair=repair)
     if len(table.skipped):
         cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
     return spec, table, cube, work_units(len(table), spec.scales, spec.chunk_size)
@@ -140,6 +143,7 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
     return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
 
 
+@one_writer("out")  # one run writes a store at a time (rsembed_dask.store_lock)
 def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  sensor: SensorSpec | None = None, model: Any = None,
                  output: OutputSpec | None = None, backend: Any = "gee", client: Any = None,
@@ -149,7 +153,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
-                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S):
+                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
+                 repair: bool = False):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -195,11 +200,23 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         When no worker declares ``GPU=1`` (at start, or after the only one died), wait this
         long for one (a nanny or the cluster manager bringing it back) before giving up;
         units not run stay pending (default 300 s).
+    repair : bool
+        Read the whole cube first and run again every unit found damaged (a plain run
+        re-runs only units marked done whose chunks are missing); restore unreadable
+        array metadata and damaged coordinates from the samples
+        (:mod:`rsembed_dask.cube_repair`).
 
     Returns
     -------
     xarray.Dataset or xarray.DataTree
         The cube, opened with :func:`rsembed_dask.cube.open_cube` (a DataTree for a tiling).
+
+    Raises
+    ------
+    StoreLockedError
+        Another run is writing ``out`` (its lock names the holder).
+    CubeDamagedError
+        The cube is damaged in a way a plain run does not repair (``repair=True`` does).
     """
     if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
         raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
@@ -209,6 +226,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
+        if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
+            repair_tiling_layout(out, gdf)
         spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
                                        model=_model_spec(model, batch_size), output=output,
                                        chunk_size=chunk_size, versions=_versions())
@@ -216,8 +235,10 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         spec, table, cube, units = plan_campaign(
             gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
             sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
-            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid)
+            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
+            repair=repair)
         jobs, path = [(Job(table, cube, spec), units)], cube.path
+    reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
     todo = [(j, u) for j, (job, units) in enumerate(jobs)
             for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
     n_units = sum(len(units) for _, units in jobs)

@@ -48,6 +48,8 @@ def tiling_info(path) -> dict[str, Any]:
 
     Raises
     ------
+    CubeDamagedError
+        A sample cube's metadata or status cannot be read (``inspect --verify`` says where).
     CubeError
         A sample cube of the store is missing or is not a cube.
     """
@@ -65,7 +67,7 @@ def tiling_info(path) -> dict[str, Any]:
         cube = Cube.open(os.path.join(path, "samples", name))
         cube_attrs = cube.attrs
         first_attrs = cube_attrs if first_attrs is None else first_attrs
-        counts = cube.status_counts()
+        counts = cube.status_counts()  # CubeDamagedError when a status chunk does not decode
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
         group = root[name]
@@ -122,6 +124,8 @@ def format_tiling_info(info: dict[str, Any]) -> str:
     lines.append("spec: " + json.dumps(info["spec"], sort_keys=True))
     lines.append(f"versions: {info['versions']}")
     lines.append(f"request account: {info['request_account']}")
+    if info.get("writer"):
+        lines.append(f"being written by: {info['writer']}")
     if "problems" in info:
         lines.append("verify: " + ("consistent" if not info["problems"] else
                                    "\n  ".join(["PROBLEMS"] + info["problems"])))
