@@ -135,6 +135,10 @@ def _add_run(sub) -> None:
                    help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
+    p.add_argument("--update", action="store_true",
+                   help="re-embed samples of an existing cube whose geometry changed (same id, moved)")
+    p.add_argument("--append", action="store_true",
+                   help="add sample ids an existing cube does not hold, as new chunks")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
@@ -146,7 +150,8 @@ def _add_run(sub) -> None:
 def _check_run(p: argparse.ArgumentParser, args) -> None:
     """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
     if args.tile:
-        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid)):
+        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
+                            ("--update", args.update), ("--append", args.append)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
 
@@ -189,7 +194,8 @@ def _cmd_run(args) -> int:
     else:
         source = _read_samples(args.samples)
         options = {"scales": scales, "id_column": args.id_column,
-                   "on_invalid": "skip" if args.skip_invalid else "raise"}
+                   "on_invalid": "skip" if args.skip_invalid else "raise", "update": args.update,
+                   "append": args.append}
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
     result = run_campaign(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER
+from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments, segment_rows
 from .errors import CubeError
 
 __all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store"]
@@ -97,7 +97,8 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     Returns
     -------
     xarray.Dataset
-        Indexed by ``sample`` (the ids) and ``scale`` (metres), so
+        Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
+        are not shown) and ``scale`` (metres), so
         ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
         is the spec as a JSON string.
 
@@ -112,7 +113,11 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
         return xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
     if probe_store(path) is None:
         raise CubeError(f"no cube at {path!r}")
-    return xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+    segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
+    if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
+        ds = ds.isel(sample=segment_rows(segments))
+    return ds
 
 
 def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 from .backends import open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
+from .cube_samples import table_in_cube_rows
 from .errors import SpecError
 from .progress import CampaignReport
 from .runner import GPU_WAIT_S, Job, Runner
@@ -88,10 +89,16 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None,
                   output: OutputSpec | None = None, chunk_size: int = 64,
                   buffer_m: float | None = None, batch_size: int | None = None,
-                  id_column: str | None = None, on_invalid: str = "raise"):
+                  id_column: str | None = None, on_invalid: str = "raise",
+                  update: bool = False, append: bool = False):
     """Validate everything and create (or reopen) the cube; nothing is fetched.
 
-    Returns ``(spec, table, cube, units)``.
+    A reopened cube is matched id by id (:mod:`rsembed_dask.cube_samples`): moved
+    samples need ``update``, new ids ``append``; stored ids not given are kept and no
+    unit made only of them is run.
+
+    Returns ``(spec, table, cube, units)``: ``table`` row ``r`` is the sample at cube
+    row ``r`` (:func:`~rsembed_dask.cube_samples.table_in_cube_rows`).
     """
     from .weights import model_info
 
@@ -107,10 +114,13 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
-                               grid_shape=grid_shape, versions=_versions())
+                               grid_shape=grid_shape, versions=_versions(), update=update, append=append)
     if len(table.skipped):
         cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
-    return spec, table, cube, work_units(len(table), spec.scales, spec.chunk_size)
+    table, given = table_in_cube_rows(table, cube)
+    units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
+             if given[u.start:u.stop].any()]
+    return spec, table, cube, units
 
 
 def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
@@ -149,7 +159,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
-                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S):
+                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
+                 update: bool = False, append: bool = False):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -181,6 +192,14 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         Samples per work unit and cube chunk (default 64; a tiling's block of tiles).
     retry_failed : bool
         Also re-run units holding ``failed`` samples.
+    update : bool
+        Re-embed samples of an existing cube whose geometry changed (same id): their
+        coordinates are rewritten and their cells reset to pending, then embedded.
+        Without it such samples are refused, naming their ids.
+    append : bool
+        Add ids an existing cube does not hold, as new chunks (existing chunks are not
+        touched). Without it new ids are refused, naming them. Ids the cube holds but
+        not given are always kept (a warning names them) and their units not run.
     ee_concurrency : int
         Earth Engine requests in flight across the whole cluster (default 40,
         Earth Engine's per-project quota), enforced with a ``distributed.Semaphore``.
@@ -209,6 +228,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
+        if update or append:  # tiles derive from the AOI: a tiling store never changes samples
+            raise SpecError("update" if update else "append", True, "False for a tiling campaign")
         spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
                                        model=_model_spec(model, batch_size), output=output,
                                        chunk_size=chunk_size, versions=_versions())
@@ -216,7 +237,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         spec, table, cube, units = plan_campaign(
             gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
             sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
-            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid)
+            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
+            update=update, append=append)
         jobs, path = [(Job(table, cube, spec), units)], cube.path
     todo = [(j, u) for j, (job, units) in enumerate(jobs)
             for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
