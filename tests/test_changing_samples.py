@@ -22,7 +22,7 @@ from rsembed_dask.pipeline import plan_campaign, run_campaign
 from rsembed_dask.sampling import hilbert_order, work_units
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 
-from .test_cube import CHUNK, D, N, SCALES, create, samples, unit_data
+from .test_cube import N, create, samples, unit_data
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
@@ -348,3 +348,12 @@ def test_cli_update_append_and_removed(tmp_path, capsys, caplog):
     rc, err = run(grown[grown["plot"] != "plot-4"])  # removed from the file: kept, reported, nothing to run
     assert rc == 0 and "not among those given (['plot-4'])" in caplog.text
     assert "plot-4" in open_cube(out).sample.values.tolist()
+
+
+@pytest.mark.parametrize("flag", ["--update", "--append"])
+def test_tiling_runs_refuse_update_and_append(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "3,31,3.1,31.1", "--tile", "--out", str(tmp_path / "t.zarr"), "--start", "2022-01-01",
+              "--end", "2022-02-01", "--backend", "emulator", flag])
+    assert info.value.code == 2 and f"{flag} is for sample files, not --tile" in capsys.readouterr().err
+    assert not (tmp_path / "t.zarr").exists()
