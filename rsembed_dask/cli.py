@@ -142,6 +142,10 @@ def _add_run(sub) -> None:
                    help="read the whole cube first and run again every unit found damaged (missing or undecodable "
                         "chunks, data that contradicts its status); restore unreadable array metadata and damaged "
                         "coordinates from the samples (a plain run re-runs only units that lost chunks)")
+    p.add_argument("--update", action="store_true",
+                   help="re-embed samples of an existing cube whose geometry changed (same id, moved)")
+    p.add_argument("--append", action="store_true",
+                   help="add sample ids an existing cube does not hold, as new chunks")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
@@ -153,7 +157,8 @@ def _add_run(sub) -> None:
 def _check_run(p: argparse.ArgumentParser, args) -> None:
     """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
     if args.tile:
-        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid)):
+        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
+                            ("--update", args.update), ("--append", args.append)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
 
@@ -196,7 +201,8 @@ def _cmd_run(args) -> int:
     else:
         source = _read_samples(args.samples)
         options = {"scales": scales, "id_column": args.id_column,
-                   "on_invalid": "skip" if args.skip_invalid else "raise"}
+                   "on_invalid": "skip" if args.skip_invalid else "raise", "update": args.update,
+                   "append": args.append}
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
     result = run_campaign(

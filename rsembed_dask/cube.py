@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .cube_samples import SampleChanges, compare_samples, describe_ids
 from .cube_schema import (
-    CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES,
+    CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR, STATUS_NAMES,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
-    normalise_identity, sample_chunks, spec_differences, check_same_ids,
+    normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
 from .cube_store import (
     DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
@@ -50,7 +51,10 @@ __all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "
 FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
-RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR})
+RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR,
+                            SEGMENTS_ATTR})
+#: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
+_SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
 
 
@@ -60,8 +64,10 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
 
     Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
     only where the status vouches for data: ``ok`` cells hold an embedding, an input
-    resolution (and a token grid), every finished cell a valid fraction, ``failed``
-    cells a reason.
+    resolution (and a token grid), every finished cell a valid fraction. A ``failed``
+    cell's reason is not vouched for: a retry interrupted between its data and status
+    writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
+    all-empty ``error`` is not stored), and such a cell is re-run anyway.
     """
     cells = np.asarray(cells)
     out: list[str] = []
@@ -69,8 +75,6 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
         out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
     if (cells != PENDING).any():
         out.append("valid_fraction")
-    if (cells == FAILED).any():
-        out.append("error")
     return tuple(out)
 
 
@@ -91,31 +95,41 @@ class Cube:
         Absolute path of the cube directory.
     spec : CampaignSpec
         The campaign spec (as given to :meth:`create_or_open`, else as stored).
-    n_samples, embed_dim : int
-        Extent along ``sample`` and ``feature``.
+    n_rows, embed_dim : int
+        Extent of the Zarr arrays along ``sample`` and ``feature``.
+    segments : tuple of (int, int)
+        ``[start, stop)`` rows holding samples (one segment unless samples were appended;
+        the rows between a segment's end and the next chunk boundary are padding).
     grid_shape : tuple of int or None
         ``(gy, gx)`` in grid mode, else None.
+    last_changes : SampleChanges or None
+        How the samples given to :meth:`create_or_open` compared with the stored ones
+        (given sample ``i`` is at row ``last_changes.rows[i]``); None from :meth:`open`.
     """
 
-    def __init__(self, path: str, spec: CampaignSpec, n_samples: int, embed_dim: int,
-                 grid_shape: tuple[int, int] | None):
+    def __init__(self, path: str, spec: CampaignSpec, n_rows: int, embed_dim: int,
+                 grid_shape: tuple[int, int] | None,
+                 segments: Sequence[tuple[int, int]] | None = None):
         self.path = path
         self.spec = spec
-        self.n_samples = int(n_samples)
+        self.n_rows = int(n_rows)
+        self.segments: tuple[tuple[int, int], ...] = (
+            ((0, self.n_rows),) if segments is None else tuple((int(a), int(b)) for a, b in segments))
         self.embed_dim = int(embed_dim)
         self.grid_shape = None if grid_shape is None else (int(grid_shape[0]), int(grid_shape[1]))
+        self.last_changes: SampleChanges | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
 
     # ------------------------------------------------------------------ pickling
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "spec": self.spec.to_json(), "n_samples": self.n_samples,
-                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape}
+        return {"path": self.path, "spec": self.spec.to_json(), "n_rows": self.n_rows,
+                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], CampaignSpec.from_json(state["spec"]), state["n_samples"],
-                      state["embed_dim"], state["grid_shape"])
+        self.__init__(state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
+                      state["embed_dim"], state["grid_shape"], state["segments"])
 
     def __repr__(self) -> str:
         grid = f", grid={self.grid_shape}" if self.grid_shape else ""
@@ -139,9 +153,18 @@ class Cube:
         return self.spec.chunk_size
 
     @property
+    def n_samples(self) -> int:
+        """Number of samples (rows holding one; padding rows left by appends not counted)."""
+        return sum(b - a for a, b in self.segments)
+
+    @property
     def n_units(self) -> int:
         """Number of units: sample chunks times scales."""
-        return -(-self.n_samples // self.chunk_size) * self.n_scales
+        return sum(-(-(b - a) // self.chunk_size) for a, b in self.segments) * self.n_scales
+
+    def sample_rows(self) -> np.ndarray:
+        """Rows (int64, sorted) of the Zarr arrays that hold samples."""
+        return segment_rows(self.segments)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -157,8 +180,14 @@ class Cube:
                        grid_shape: tuple[int, int] | None = None,
                        versions: Mapping[str, str] | None = None,
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
-                       n_samples: int | None = None, repair: bool = False) -> Cube:
+                       n_samples: int | None = None, repair: bool = False, update: bool = False,
+                       append: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
+
+        An existing cube given whole arrays (``ids`` ... ``wkb``) is matched id by id
+        (:mod:`rsembed_dask.cube_samples`): ids stored with another geometry are refused
+        unless ``update``, ids not stored are refused unless ``append``, stored ids not
+        given are kept and reported (a warning). ``last_changes`` tells what matched.
 
         Parameters
         ----------
@@ -184,10 +213,16 @@ class Cube:
         chunks, n_samples : optional
             Instead of ``ids ... wkb``, for tables too large to hold at once: ``chunks()``
             yields consecutive dicts with those five keys, ``n_samples`` rows in all. Ids
-            must be unique across chunks (checked within each chunk only).
+            must be unique across chunks (checked within each chunk only). A cube reopened
+            this way must hold exactly those ids in that order (tiling stores).
         repair : bool
             Resuming a damaged cube: restore unreadable array metadata and rewrite damaged
             coordinate chunks from the given samples first (:func:`rsembed_dask.cube_repair.repair_layout`).
+        update : bool
+            Re-embed samples whose geometry moved: their coordinates are rewritten and
+            their cells reset to pending (:meth:`reset_samples`); the next run embeds them.
+        append : bool
+            Add ids the cube does not hold as new chunks (:meth:`append_samples`).
 
         Returns
         -------
@@ -196,8 +231,9 @@ class Cube:
         Raises
         ------
         CubeError
-            ``path`` is a file, not a cube, not writable, or the cube holds other samples
-            or another embedding/grid shape.
+            ``path`` is a file, not a cube, not writable, or the cube holds other
+            embedding/grid shapes; moved samples without ``update``, new ids without
+            ``append`` (the message names the ids and the flag), ids of another kind.
         SpecMismatchError
             The stored spec identity differs; the message names each differing field.
         SpecError
@@ -207,6 +243,9 @@ class Cube:
             raise SpecError("spec", type(spec).__name__, "a CampaignSpec")
         path = os.path.abspath(os.fspath(path))
         grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
+        if chunks is not None and (update or append):
+            raise SpecError("update/append", {"update": update, "append": append},
+                            "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
         check_writable(path)
         if repair:  # metadata and coordinates from the given samples, before anything reads them
@@ -218,9 +257,11 @@ class Cube:
         if meta is None:
             cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
             cube._create(source, default_versions(versions))
+            cube.last_changes = SampleChanges.identity(int(n_samples))
             return cube
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
-        cube._check_resume(meta["attributes"], source, int(n_samples))
+        cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
+                           update=bool(update), append=bool(append))
         return cube
 
     @classmethod
@@ -241,7 +282,8 @@ class Cube:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         emb = group["embedding"]
         grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
-        return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape)  # type: ignore[arg-type]
+        segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
+        return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
 
     def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
         """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
@@ -275,14 +317,15 @@ class Cube:
                 "spec_hash": self.spec.spec_hash(),
                 "versions": versions,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                SEGMENTS_ATTR: [[0, n]],
                 MARKER_ATTR: CUBE_VERSION,
             })
         except OSError as exc:
             raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
 
     def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
-                      n_given: int) -> None:
-        """Refuse to resume a cube of another campaign, other samples or other shapes."""
+                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
+        """Refuse to resume a cube of another campaign or other shapes; match the samples."""
         stored = json.loads(attrs["spec_identity"])
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
@@ -293,16 +336,179 @@ class Cube:
         if not os.access(self.path, os.W_OK):
             raise CubeError(f"cube path {self.path!r} is not writable")
         group = self._zgroup()
-        check_same_ids(group["sample"], source, n_given, self.path)
         emb = group["embedding"]
         if emb.shape[2] != self.embed_dim:
             raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
         stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
         if stored_grid != self.grid_shape:
             raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
-        self.n_samples = emb.shape[0]
+        self.n_rows = emb.shape[0]
+        self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
+        if whole:
+            self._sync_samples(next(iter(source())), update=update, append=append)
+        else:
+            check_same_ids(group["sample"], source, n_given, self.path)
+            self.last_changes = SampleChanges.identity(self.n_rows)
         logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
                     self.status_counts())
+
+    # ------------------------------------------------------------------ changing samples
+
+    def _sync_samples(self, given: dict[str, Any], *, update: bool, append: bool) -> None:
+        """Match given samples (checked inputs) with the stored ones; update and append if allowed.
+
+        Nothing is written unless every change is allowed.
+        """
+        rows = self.sample_rows()
+        group = self._zgroup()
+        stored_ids = np.asarray(group["sample"][...])[rows]
+        stored_geom = np.asarray(group["geometry"][...]).astype(object)[rows]
+        changes = compare_samples(stored_ids, stored_geom, rows, given, self.path)
+        ids = given["sample"]
+        problems = []
+        if len(changes.moved) and not update:
+            problems.append(
+                f"{len(changes.moved)} sample(s) have another geometry than stored "
+                f"({describe_ids(ids[changes.moved])}): run again with --update (update=True) to "
+                f"re-embed them at their new geometry, or give them new ids")
+        if len(changes.new) and not append:
+            problems.append(
+                f"{len(changes.new)} given sample id(s) are not in the cube "
+                f"({describe_ids(ids[changes.new])}): run again with --append (append=True) to add "
+                f"them as new chunks, or write them to a new cube")
+        if problems:
+            raise CubeError(f"cube {self.path!r}: " + "; ".join(problems))
+        if len(changes.missing_rows):
+            missing_ids = np.asarray(group["sample"][...])[changes.missing_rows]
+            logger.warning("cube %s holds %d sample(s) not among those given (%s): kept, not deleted; "
+                           "units made only of them are not run", self.path, len(changes.missing_rows),
+                           describe_ids(missing_ids))
+        if len(changes.moved):
+            moved_rows = changes.rows[changes.moved]
+            self.reset_samples(moved_rows)
+            order = np.argsort(moved_rows)
+            self._write_coords(moved_rows[order], {k: given[k][changes.moved[order]] for k in _SAMPLE_COORDS})
+            logger.warning("cube %s: %d moved sample(s) reset to pending at every scale, to be re-embedded: %s",
+                           self.path, len(changes.moved), describe_ids(ids[changes.moved]))
+        if len(changes.new):
+            from .spatial_index import hilbert_order
+
+            new = changes.new[hilbert_order(given["lon"][changes.new], given["lat"][changes.new])]
+            start = self.append_samples({k: given[k] for k in ("sample", "id_dtype", *_SAMPLE_COORDS)}, new)
+            changes.rows[new] = np.arange(start, start + len(new), dtype=np.int64)
+        self.last_changes = changes
+
+    def reset_samples(self, rows: Any) -> None:
+        """Invalidate every cell of the samples at ``rows`` (cube rows), at every scale.
+
+        Status is set to :data:`PENDING` first (it stops vouching for the data), then the
+        embedding (and grid), ``input_res_m`` and ``valid_fraction`` become NaN and
+        ``error`` empty. The next run embeds those cells again. Unlike :meth:`write_unit`,
+        this does overwrite ``ok`` and ``no_data`` cells: it is for samples whose
+        geometry changed. Run it from one process, while no campaign writes to the cube.
+
+        Raises
+        ------
+        CubeError
+            A row that holds no sample.
+        """
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not len(rows):
+            return
+        bad = rows[~np.isin(rows, self.sample_rows())]
+        if len(bad):
+            raise CubeError(f"reset_samples: rows {bad[:5].tolist()} hold no sample in {self.path!r}")
+        try:
+            self._array("status").set_orthogonal_selection((rows, slice(None)), PENDING)
+            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), np.nan)
+            if self.grid_shape is not None:
+                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, np.nan)
+            for name, value in (("input_res_m", np.nan), ("valid_fraction", np.nan), ("error", "")):
+                self._array(name).set_orthogonal_selection((rows, slice(None)), value)
+        except OSError as exc:
+            raise CubeError(f"cannot reset samples in {self.path!r}: {exc}") from exc
+        logger.info("cube %s: reset %d sample(s) to pending at every scale", self.path, len(rows))
+
+    def _write_coords(self, rows: np.ndarray, coords: Mapping[str, np.ndarray]) -> None:
+        """Rewrite ``lon``, ``lat``, ``geohash``, ``geometry`` at sorted ``rows``."""
+        for name in _SAMPLE_COORDS:
+            self._array(name).set_orthogonal_selection((rows,), coords[name])
+
+    def append_samples(self, given: Mapping[str, Any], order: Any) -> int:
+        """Append samples as new chunks after the last segment; returns their first row.
+
+        Parameters
+        ----------
+        given : mapping
+            Checked inputs (``sample``, ``id_dtype``, ``lon``, ``lat``, ``geohash``,
+            ``geometry``; see :func:`~rsembed_dask.cube_schema.check_inputs`), ids not in the cube.
+        order : int array
+            Which of them to append, in the order to store them (their own Hilbert order).
+
+        Notes
+        -----
+        The new segment starts at the first chunk boundary at or after the last sample,
+        so no existing chunk is rewritten and every unit stays one chunk; rows left between
+        are padding (see :mod:`rsembed_dask.cube_schema`). The arrays are resized and the
+        coordinates written before the ``sample_segments`` attribute names the new rows:
+        an interrupted append leaves rows that hold no sample, reused by the next append.
+
+        Raises
+        ------
+        CubeError
+            The cube's chunks are not ``chunk_size`` samples (a cube created, before
+            appends existed, with fewer samples than ``chunk_size``), or ids of another kind.
+        """
+        order = np.asarray(order, dtype=np.int64)
+        group = self._zgroup()
+        cs = self.chunk_size
+        stored_chunk = group["status"].chunks[0]
+        if stored_chunk != cs:
+            raise CubeError(f"cube {self.path!r} holds its samples in chunks of {stored_chunk}, not "
+                            f"chunk_size={cs} (it was created with fewer samples than chunk_size by an "
+                            "older rsembed_dask): it cannot take new samples; write them to a new cube")
+        if (group["sample"].dtype.kind in "iu") != (given["id_dtype"] != str):
+            raise CubeError(f"cube {self.path!r}: appended ids must be of the stored kind "
+                            f"({group['sample'].dtype}), given {given['sample'][0]!r}")
+        start = -(-self.segments[-1][1] // cs) * cs
+        stop = start + len(order)
+        segments = [list(s) for s in self.segments]
+        try:
+            # An old cube gets its segments written before its arrays grow, so that rows
+            # added by an interrupted append are never taken for samples.
+            group.attrs[SEGMENTS_ATTR] = segments
+            for _, arr in group.arrays():
+                names = arr.metadata.dimension_names or ()
+                if names and names[0] == "sample":
+                    arr.resize((stop,) + arr.shape[1:])
+            self._arrays.clear()
+            for name in ("sample", *_SAMPLE_COORDS):
+                self._array(name)[start:stop] = given[name][order]
+            group.attrs[SEGMENTS_ATTR] = segments + [[start, stop]]  # the commit
+        except OSError as exc:
+            raise CubeError(f"cannot append samples to {self.path!r}: {exc}") from exc
+        self.n_rows = stop
+        self.segments = self.segments + ((start, stop),)
+        logger.warning("cube %s: appended %d new sample(s) at rows %d:%d (%d new chunks): %s", self.path,
+                       len(order), start, stop, -(-len(order) // cs), describe_ids(given["sample"][order]))
+        return start
+
+    def stored_table(self, rows: Any):
+        """The samples at cube ``rows`` as a :class:`~rsembed_dask.sampling.SampleTable`, in ``rows`` order,
+        rebuilt from their stored ids and geometry."""
+        import geopandas as gpd
+        import pandas as pd
+        import shapely
+
+        from .sampling import build_sample_table
+
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = np.asarray(self._array("sample")[...])[rows]
+        ids = [v.item() if isinstance(v, np.generic) else str(v) for v in ids]
+        geoms = shapely.from_wkb(np.asarray(self._array("geometry")[...]).astype(object)[rows])
+        table = build_sample_table(gpd.GeoDataFrame(index=pd.Index(ids, dtype=object), geometry=geoms, crs="EPSG:4326"))
+        where = {v: i for i, v in enumerate(table.ids.tolist())}
+        return table.take(np.array([where[v] for v in ids], dtype=np.int64))
 
     # ------------------------------------------------------------------ zarr access
 
@@ -324,12 +530,17 @@ class Cube:
     # ------------------------------------------------------------------ units
 
     def unit_stop(self, start: int) -> int:
-        """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start."""
+        """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start.
+
+        A unit ends at the next chunk boundary or at the end of its segment (see ``segments``).
+        """
         start = int(start)
-        if start < 0 or start >= self.n_samples or start % self.chunk_size:
-            raise CubeError(f"unit start {start} is not a chunk start (multiples of "
-                            f"{self.chunk_size} below {self.n_samples})")
-        return min(start + self.chunk_size, self.n_samples)
+        if start % self.chunk_size == 0:
+            for a, b in self.segments:
+                if a <= start < b:
+                    return min(start + self.chunk_size, b)
+        raise CubeError(f"unit start {start} is not a chunk start (multiples of {self.chunk_size} "
+                        f"within the sample rows {[list(s) for s in self.segments]})")
 
     def _scale_index(self, scale_index: int) -> int:
         si = int(scale_index)
@@ -429,7 +640,8 @@ class Cube:
                           dtype="int8")
 
     def status_array(self) -> np.ndarray:
-        """All status codes, ``[n_samples, n_scales]`` int8.
+        """All status codes, ``[n_rows, n_scales]`` int8, by row of the Zarr arrays (padding
+        rows left by appends included, as pending: see :meth:`sample_rows`).
 
         Raises
         ------
@@ -487,7 +699,10 @@ class Cube:
 
     def status_counts(self) -> dict[str, int]:
         """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``."""
-        counts = np.bincount(self.status_array().ravel().astype("int64"), minlength=len(STATUS_NAMES))
+        status = self.status_array()
+        if self.n_samples != self.n_rows:
+            status = status[self.sample_rows()]
+        counts = np.bincount(status.ravel().astype("int64"), minlength=len(STATUS_NAMES))
         return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
 
     def failure_reasons(self) -> collections.Counter:

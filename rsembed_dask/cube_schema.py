@@ -15,6 +15,14 @@ Layout (see ``DESIGN.md``, section "Cube")::
     error          (sample, scale)                   str, short reason ("" when none)
     coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
 
+Every data array is chunked ``chunk_size`` along ``sample`` (one chunk = one work unit).
+A cube that grew (``Cube.append_samples``) holds its samples in *segments*: the group
+attribute ``sample_segments`` lists the ``[start, stop)`` rows of the Zarr arrays that hold
+samples, each segment starting on a chunk boundary. Rows between a segment's end and the
+next chunk boundary are padding: never written (id fill value, empty ``geometry``, NaN
+``lon``/``lat``, status pending) and hidden by ``open_cube``. Without the attribute (cubes
+written before appends existed) every row is a sample.
+
 Strings (sample ids, geohashes, geometries as WKB hex, error reasons) use
 Zarr v3's variable-length UTF-8 data type, which xarray reads back as
 ``numpy.dtypes.StringDType`` whose elements are ``str``.
@@ -51,6 +59,9 @@ __all__ = [
     "sample_chunks",
     "check_same_ids",
     "spec_differences",
+    "SEGMENTS_ATTR",
+    "read_segments",
+    "segment_rows",
 ]
 
 PENDING = 0
@@ -71,6 +82,8 @@ CUBE_VERSION = 1
 MARKER_ATTR = "rsembed_dask_cube_version"
 #: Root attribute marking a finished tiling store (per-scale cubes and grids; see tile_cube).
 TILING_MARKER = "rsembed_dask_tiling_version"
+#: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
+SEGMENTS_ATTR = "sample_segments"
 #: Error reasons longer than this are truncated when written.
 MAX_ERROR_LEN = 200
 #: Non-dimension coordinates on ``sample``, listed in each data variable's CF
@@ -130,7 +143,9 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
     -------
     list of ArrayDef
     """
-    cs = min(chunk_size, n_samples)
+    # Always chunk_size (also when the cube holds fewer samples): a cube that grows keeps
+    # "one chunk = one unit" for the new chunks (Zarr cannot change a chunk shape).
+    cs = int(chunk_size)
     ss = ("sample", "scale")
     coords = {"coordinates": " ".join(SAMPLE_COORDS)}
     defs = [
@@ -303,6 +318,31 @@ def check_same_ids(stored: Any, source: Callable[[], Iterator[dict[str, Any]]], 
             raise CubeError(f"cube {path!r} holds other sample ids than given (first difference "
                             f"at position {start + i}: stored {have[i]!r}, given {given[i]!r})")
         start += len(given)
+
+
+def read_segments(attrs: Mapping[str, Any], n_rows: int, chunk_size: int) -> tuple[tuple[int, int], ...]:
+    """The ``[start, stop)`` row segments holding samples, from the group attributes.
+
+    Absent attribute: one segment of every row. Raises CubeError on segments that are
+    not sorted, overlap, leave the arrays or do not start on a chunk boundary.
+    """
+    raw = attrs.get(SEGMENTS_ATTR)
+    if raw is None:
+        return ((0, int(n_rows)),)
+    segs = tuple((int(a), int(b)) for a, b in raw)
+    prev = 0
+    for a, b in segs:
+        if a < prev or b <= a or b > n_rows or a % chunk_size:
+            raise CubeError(f"cube attribute {SEGMENTS_ATTR}={raw!r} is inconsistent: expected sorted "
+                            f"[start, stop) row ranges within {n_rows} rows, each starting at a "
+                            f"multiple of chunk_size={chunk_size}")
+        prev = b
+    return segs
+
+
+def segment_rows(segments: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Rows (int64, sorted) of the arrays that hold samples."""
+    return np.concatenate([np.arange(a, b, dtype="int64") for a, b in segments])
 
 
 # --------------------------------------------------------------------------- specs

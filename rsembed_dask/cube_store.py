@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER
+from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments, segment_rows
 from .errors import CubeDamagedError, CubeError
 
 __all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
@@ -86,7 +87,9 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
             if meta_a is None:
                 found.append(why)
             elif name in COORD_NAMES:
-                lost = missing_coordinate_chunks(path, name, meta_a)
+                segments = (read_segments(attrs, int(meta_a["shape"][0]), 1)
+                            if name not in ("scale", "feature") else None)
+                lost = missing_coordinate_chunks(path, name, meta_a, segments)
                 if lost:
                     lo, hi = lost[0]
                     more = f" (and {len(lost) - 1} more chunks)" if len(lost) > 1 else ""
@@ -96,19 +99,27 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     return meta
 
 
-def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any]) -> list[tuple[int, int]]:
+def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
+                              segments: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` of the chunks of 1-D coordinate ``name`` that the store lacks.
 
-    Every coordinate chunk holds values other than the fill value, so a missing one
-    is damage; except where the fill value may be legitimate: a chunk of one integer
-    id (``0``), or ``feature`` of length 1.
+    Every coordinate chunk holding samples has values other than the fill value, so a
+    missing one is damage; except where the fill value may be legitimate: a chunk of
+    one integer id (``0``), or ``feature`` of length 1. With ``segments`` (the rows
+    holding samples, see ``sample_segments``), chunks made only of padding rows left
+    by an append are never written and not reported.
     """
     n = int(meta["shape"][0])
     c = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
     int_ids = name == "sample" and meta.get("data_type") == "int64"
     stored = chunk_keys(path, name, meta)
+
+    def holds_samples(lo: int, hi: int) -> bool:
+        return segments is None or any(a < hi and lo < b for a, b in segments)
+
     return [(lo, min(lo + c, n)) for lo in range(0, n, c)
-            if (lo // c,) not in stored and not ((int_ids or name == "feature") and min(lo + c, n) - lo == 1)]
+            if (lo // c,) not in stored and holds_samples(lo, min(lo + c, n))
+            and not ((int_ids or name == "feature") and min(lo + c, n) - lo == 1)]
 
 
 def damage_hint(path: str) -> str:
@@ -244,7 +255,8 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     Returns
     -------
     xarray.Dataset
-        Indexed by ``sample`` (the ids) and ``scale`` (metres), so
+        Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
+        are not shown) and ``scale`` (metres), so
         ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
         is the spec as a JSON string.
 
@@ -260,10 +272,14 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     if probe_store(path) is None:
         raise CubeError(f"no cube at {path!r}")
     try:  # the index coordinates (sample, scale) are read now
-        return xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
     except DECODE_ERRORS as exc:
         raise CubeDamagedError(f"cube {path!r} cannot be opened ({type(exc).__name__}: {exc}): a chunk of its "
                                "coordinates is probably damaged; " + damage_hint(path)) from exc
+    segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
+    if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
+        ds = ds.isel(sample=segment_rows(segments))
+    return ds
 
 
 def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:

@@ -38,6 +38,7 @@ from .cube_store import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
     probe_store,
 )
+from .cube_schema import read_segments, segment_rows
 from .errors import CubeError, SpecError
 from .specs import CampaignSpec
 
@@ -91,11 +92,14 @@ class CubeHealth:
 class _Tally:
     """Problems grouped by (array, scale, what): a count, the first few positions, one detail."""
 
-    def __init__(self) -> None:
+    def __init__(self, is_row: np.ndarray | None = None) -> None:
         self.groups: dict[tuple[str, int | None, str], list[Any]] = {}
+        self.is_row = is_row  # sample rows holding samples (False: padding left by an append)
 
     def add(self, array: str, si: int | None, what: str, positions: np.ndarray, detail: str = "") -> None:
         positions = np.asarray(positions).ravel()
+        if self.is_row is not None:
+            positions = positions[self.is_row[positions]]
         if not positions.size:
             return
         g = self.groups.setdefault((array, si, what), [0, [], detail])
@@ -222,8 +226,15 @@ def check_cube(path, *, units: bool = True) -> CubeHealth:
     if layout is None:
         return h
     n, embed_dim = layout
-    tally = _Tally()
-    _check_coords(path, arrays, spec, n, embed_dim, tally, h)
+    try:  # rows that hold samples: a cube grown by appends has never-written padding rows
+        segments = read_segments(attrs, n, spec.chunk_size)
+    except CubeError as exc:
+        h.problems.append(f"{exc}; every row is checked as a sample")
+        segments = ((0, n),)
+    is_row = np.zeros(n, bool)
+    is_row[segment_rows(segments)] = True
+    tally = _Tally(is_row)
+    _check_coords(path, arrays, spec, n, embed_dim, tally, h, segments)
     if units:
         _check_units(path, arrays, n, n_scales, spec.chunk_size, tally, h)
     ids = _Ids(arrays.get("sample"), h.damaged_coords.get("sample", []))
@@ -288,14 +299,14 @@ def _bad_ids(v: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, n: int, embed_dim: int,
-                  tally: _Tally, h: CubeHealth) -> None:
-    """Per-sample coordinates chunk by chunk, then ``scale`` and ``feature`` whole."""
+                  tally: _Tally, h: CubeHealth, segments: tuple[tuple[int, int], ...]) -> None:
+    """Per-sample coordinates chunk by chunk (padding rows left out), then ``scale`` and ``feature`` whole."""
     for name in ("sample", "lon", "lat", "geohash", "geometry"):
         arr = arrays.get(name)
         if arr is None:
             continue
         meta, _ = array_meta_problem(path, name)
-        lost = missing_coordinate_chunks(path, name, meta)
+        lost = missing_coordinate_chunks(path, name, meta, segments)
         c = arr.chunks[0]
         for lo in range(0, n, c):
             hi = min(lo + c, n)
@@ -316,6 +327,7 @@ def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, 
                 checks = [(what, test(v))]
             bad = False
             for what, mask in checks:
+                mask = mask & tally.is_row[lo:hi]
                 tally.add(name, None, what, pos[mask])
                 bad |= bool(mask.any())
             if bad:

@@ -25,6 +25,7 @@ from .backends import open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
 from .cube_repair import repair_tiling_layout, reset_damaged_units
+from .cube_samples import table_in_cube_rows
 from .errors import SpecError
 from .progress import CampaignReport
 from .runner import GPU_WAIT_S, Job, Runner
@@ -90,11 +91,17 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None,
                   output: OutputSpec | None = None, chunk_size: int = 64,
                   buffer_m: float | None = None, batch_size: int | None = None,
-                  id_column: str | None = None, on_invalid: str = "raise", repair: bool = False):
+                  id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
+                  update: bool = False, append: bool = False):
     """Validate everything and create (or reopen) the cube; nothing is fetched.
 
     ``repair`` restores a damaged cube's metadata and coordinates from the samples
-    (see :mod:`rsembed_dask.cube_repair`). Returns ``(spec, table, cube, units)``.
+    (see :mod:`rsembed_dask.cube_repair`). A reopened cube is matched id by id
+    (:mod:`rsembed_dask.cube_samples`): moved samples need ``update``, new ids
+    ``append``; stored ids not given are kept and no unit made only of them is run.
+
+    Returns ``(spec, table, cube, units)``: ``table`` row ``r`` is the sample at cube
+    row ``r`` (:func:`~rsembed_dask.cube_samples.table_in_cube_rows`).
     """
     from .weights import model_info
 
@@ -110,10 +117,14 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
-                               grid_shape=grid_shape, versions=_versions(), repair=repair)
+                               grid_shape=grid_shape, versions=_versions(), repair=repair,
+                               update=update, append=append)
     if len(table.skipped):
         cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
-    return spec, table, cube, work_units(len(table), spec.scales, spec.chunk_size)
+    table, given = table_in_cube_rows(table, cube)
+    units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
+             if given[u.start:u.stop].any()]
+    return spec, table, cube, units
 
 
 def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
@@ -154,7 +165,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
                  on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
-                 repair: bool = False):
+                 repair: bool = False, update: bool = False, append: bool = False):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -186,6 +197,14 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         Samples per work unit and cube chunk (default 64; a tiling's block of tiles).
     retry_failed : bool
         Also re-run units holding ``failed`` samples.
+    update : bool
+        Re-embed samples of an existing cube whose geometry changed (same id): their
+        coordinates are rewritten and their cells reset to pending, then embedded.
+        Without it such samples are refused, naming their ids.
+    append : bool
+        Add ids an existing cube does not hold, as new chunks (existing chunks are not
+        touched). Without it new ids are refused, naming them. Ids the cube holds but
+        not given are always kept (a warning names them) and their units not run.
     ee_concurrency : int
         Earth Engine requests in flight across the whole cluster (default 40,
         Earth Engine's per-project quota), enforced with a ``distributed.Semaphore``.
@@ -226,6 +245,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
+        if update or append:  # tiles derive from the AOI: a tiling store never changes samples
+            raise SpecError("update" if update else "append", True, "False for a tiling campaign")
         if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
             repair_tiling_layout(out, gdf)
         spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
@@ -236,7 +257,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
             gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
             sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
             buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
-            repair=repair)
+            repair=repair, update=update, append=append)
         jobs, path = [(Job(table, cube, spec), units)], cube.path
     reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
     todo = [(j, u) for j, (job, units) in enumerate(jobs)

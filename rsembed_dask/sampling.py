@@ -90,6 +90,11 @@ class SampleTable:
         return SampleTable({k: getattr(self, k) for k in _COLUMNS},
                            pd.concat([self.skipped, more], ignore_index=True), self.id_name)
 
+    def extend(self, other: SampleTable) -> SampleTable:
+        """This table's rows followed by ``other``'s (keeps this table's ``skipped`` and ``id_name``)."""
+        return SampleTable({k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in _COLUMNS},
+                           self.skipped, self.id_name)
+
     def slice(self, start: int, stop: int) -> SampleTable:
         """Rows ``start:stop``, e.g. the samples of one :class:`WorkUnit`."""
         return self.take(slice(start, stop))
@@ -346,9 +351,15 @@ class WorkUnit:
         return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m))
 
 
-def work_units(n_samples: int, scales, chunk_size: int) -> list[WorkUnit]:
+def work_units(n_samples: int, scales, chunk_size: int, *,
+               segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None) -> list[WorkUnit]:
     """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
-    chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ..."""
+    chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...
+
+    ``segments`` (``[start, stop)`` row ranges, each starting on a chunk boundary; default
+    all rows) restricts the units to those rows: a cube that grew by appends holds its
+    samples in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
+    """
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 0:
         raise SpecError("n_samples", n_samples, "an integer >= 0")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
@@ -356,8 +367,17 @@ def work_units(n_samples: int, scales, chunk_size: int) -> list[WorkUnit]:
     scales = [float(s) for s in (scales if isinstance(scales, (list, tuple, np.ndarray)) else [scales])]
     if not scales or not all(s > 0 for s in scales):
         raise SpecError("scales", scales, "a non-empty list of positive pixel sizes in metres")
+    cs = int(chunk_size)
+    if segments is None:
+        spans = [(0, int(n_samples))] if n_samples else []
+    else:
+        spans = [(int(a), int(b)) for a, b in segments]
+    if any(a % cs or not 0 <= a < b <= n_samples for a, b in spans):
+        raise SpecError("segments", segments, f"[start, stop) row ranges within {n_samples} rows, "
+                                              f"each starting at a multiple of chunk_size={cs}")
     units = []
-    for chunk, start in enumerate(range(0, int(n_samples), int(chunk_size))):
-        stop = min(start + int(chunk_size), int(n_samples))
-        units.extend(WorkUnit(chunk, start, stop, i, s) for i, s in enumerate(scales))
+    for a, b in spans:
+        for start in range(a, b, cs):
+            stop = min(start + cs, b)
+            units.extend(WorkUnit(start // cs, start, stop, i, s) for i, s in enumerate(scales))
     return units

@@ -237,7 +237,7 @@ def test_bad_inputs(tmp_path):
         create(tmp_path / "c.zarr", **s)
 
 
-def test_spec_mismatch_names_fields(tmp_path):
+def test_spec_mismatch_names_fields(tmp_path, caplog):
     path = tmp_path / "c.zarr"
     create(path)
     other = make_spec(model=ModelSpec(model_id="test-small", image_size=64),
@@ -254,13 +254,18 @@ def test_spec_mismatch_names_fields(tmp_path):
     # runtime-only fields do not matter
     rt = make_spec(model=ModelSpec(model_id="test-tiny", image_size=32, batch_size=3, device="cpu"))
     assert create(path, spec=rt).spec.model.batch_size == 3
-    # other sample ids are refused
+    # ids the cube does not hold are refused (naming them and the flag), unless appended
+    # (tests/test_changing_samples.py); ids of another kind are refused outright
     s = samples()
     s["ids"] = [f"id-{i}" for i in range(N - 1)] + ["zzz"]
-    with pytest.raises(CubeError, match="sample ids"):
+    with pytest.raises(CubeError, match=r"not in the cube \(\['zzz'\]\).*--append"):
         create(path, **s)
-    with pytest.raises(CubeError, match="sample ids"):
-        create(path, **samples(N - 1))
+    with pytest.raises(CubeError, match="sample ids that are strings, given integers"):
+        create(path, **samples(int_ids=True))
+    # stored ids not given are kept and reported, not deleted
+    with caplog.at_level("WARNING", logger="rsembed_dask.cube"):
+        assert create(path, **{k: v[:N - 1] for k, v in samples().items()}).n_samples == N
+    assert "1 sample(s) not among those given (['id-9'])" in caplog.text
     with pytest.raises(CubeError, match="embed_dim"):
         create(path, embed_dim=D + 1)
 

@@ -259,6 +259,10 @@ def test_units_missing_chunks_reads_the_listing_and_trusts_absent_fill_chunks(tm
     assert cube.units_missing_chunks(units) == [] and check_cube(cube.path).problems == []
     os.remove(tmp_path / "c.zarr" / "input_res_m" / "c" / "0" / "0")
     os.remove(tmp_path / "c.zarr" / "error" / "c" / "1" / "0")
-    assert cube.units_missing_chunks(units) == [Unit(0, 0), Unit(2, 0)]
-    assert sorted(p.split(":")[0] + ":" + p.split(":")[1] for p in check_cube(cube.path).problems) == [
-        "error at 10 m: 1 failed cells whose chunk is missing", "input_res_m at 10 m: 2 ok cells whose chunk is missing"]
+    # A failed cell's lost reason is not lost data (a retry interrupted before its status write
+    # leaves the same): the unit is not re-run for it, and verify names it without calling it missing.
+    assert cube.units_missing_chunks(units) == [Unit(0, 0)]
+    problems = check_cube(cube.path).problems
+    assert [p.split(":")[0] + ":" + p.split(":")[1] for p in problems if p.startswith("input_res_m")] == [
+        "input_res_m at 10 m: 2 ok cells whose chunk is missing"]
+    assert not any("error" in p and "chunk is missing" in p for p in problems)
