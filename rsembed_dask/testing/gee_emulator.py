@@ -8,7 +8,8 @@ arrive as JSON expression graphs, evaluated by :mod:`.ee_eval` over the
 synthetic world of :mod:`.synthetic_s2`.
 
 Faults (latency, 429, 5xx, malformed bodies) are injected on the compute
-endpoints only, from a seeded RNG, or forced with :meth:`GEEEmulator.fail_next`.
+endpoints only (``computePixels`` and ``value:compute``), from a seeded RNG, or
+forced with :meth:`GEEEmulator.fail_next` (``computePixels`` by default).
 Earth Engine's other answers come from the configuration, deterministically:
 
 - places without imagery (``no_coverage`` boxes): a composite there has no bands,
@@ -190,15 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path.endswith("/image:computePixels"):
             emu.stats.add(compute_pixels=1)
-            handler = self._compute_pixels
+            handler, endpoint = self._compute_pixels, "computePixels"
         elif path.endswith("/value:compute"):
             emu.stats.add(value_compute=1)
-            handler = self._value_compute
+            handler, endpoint = self._value_compute, "value:compute"
         else:
             self._error(404, f"Unknown path {path}")
             return
         with emu._in_flight():
-            if self._refuse_auth(path) or self._inject_fault():
+            if self._refuse_auth(path) or self._inject_fault(endpoint):
                 return
             try:
                 handler(body)
@@ -217,9 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(int(emu.auth), AUTH_ERRORS[emu.auth].format(project=project))
         return True
 
-    def _inject_fault(self) -> bool:
+    def _inject_fault(self, endpoint: str) -> bool:
         emu = self.server.emu
-        kind, delay = emu._draw_fault()
+        kind, delay = emu._draw_fault(endpoint)
         if delay:
             time.sleep(delay)
         if kind == "429":
@@ -338,7 +339,7 @@ class GEEEmulator:
         self.stats = EmulatorStats()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._forced: collections.deque[str] = collections.deque()
+        self._forced: collections.deque[tuple[str, str]] = collections.deque()  # (kind, endpoint)
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -379,18 +380,27 @@ class GEEEmulator:
         """An evaluator of one request's expression over this emulator's world."""
         return Evaluator(self.world, on_bounds=lambda geom: self.bounds_log.append(geom.boxes))
 
-    def fail_next(self, n: int, kind: str = "429") -> None:
-        """Answer the next ``n`` compute requests with ``kind`` (``"429"``, ``"5xx"``, ``"malformed"``, ``"400"``)."""
+    def fail_next(self, n: int, kind: str = "429", endpoint: str = "computePixels") -> None:
+        """Answer the next ``n`` requests to ``endpoint`` with ``kind``.
+
+        ``kind``: ``"429"``, ``"5xx"``, ``"malformed"`` or ``"400"``; ``endpoint``:
+        ``"computePixels"`` (default: a campaign's configuration check, a
+        ``value:compute``, does not use them up), ``"value:compute"`` or ``"any"``.
+        """
         if kind not in ("429", "5xx", "malformed", "400"):
             raise ValueError(f"kind={kind!r}: expected '429', '5xx', 'malformed' or '400'")
+        if endpoint not in ("computePixels", "value:compute", "any"):
+            raise ValueError(f"endpoint={endpoint!r}: expected 'computePixels', 'value:compute' or 'any'")
         with self._lock:
-            self._forced.extend([kind] * n)
+            self._forced.extend([(kind, endpoint)] * n)
 
-    def _draw_fault(self) -> tuple[str | None, float]:
+    def _draw_fault(self, endpoint: str) -> tuple[str | None, float]:
         f = self.faults
         with self._lock:
-            if self._forced:
-                return self._forced.popleft(), f.latency_s
+            for k, (kind, target) in enumerate(self._forced):
+                if target in ("any", endpoint):
+                    del self._forced[k]
+                    return kind, f.latency_s
             u = self._rng.random()
             spike = f.spike_s if self._rng.random() < f.p_spike else 0.0
         delay = f.latency_s + spike
