@@ -1,9 +1,23 @@
 """Faults benchmark: a campaign under injected Earth Engine faults and killed workers vs a clean run.
 
 Real processes: a `dask scheduler`, two `dask worker --resources GPU=1` (CPU here) and one
-fetch-only worker; the emulator runs in this process. The faulty run gets 20 % HTTP 429,
-5 % HTTP 503, 2 % malformed answers and 5 % latency spikes, and loses one embed (actor)
-worker and the fetch worker mid-campaign. Prints one ``name: value`` line per figure.
+fetch-only worker; the emulator runs in this process. 96 samples in clusters of four
+neighbours (their requests are coalesced), 8 of them in a place without imagery (the
+emulator's ``no_coverage``: no_data in every run, not a failure).
+
+1. Configuration errors stop a campaign before any work: a band typo (``B04``) and
+   refused credentials (HTTP 401) raise ``ConfigurationError`` from the preflight, with no
+   ``computePixels`` request sent and no cluster used.
+2. The faulty run gets 20 % HTTP 429, 5 % HTTP 503, 2 % malformed answers, 3 % HTTP 400
+   (failed cells), 5 % latency spikes, ``Computation timed out.`` on every request over
+   100 000 px (coalesced requests are split), and loses one embed (actor) worker and the
+   fetch worker mid-campaign.
+3. A ``retry_failed=True`` rerun under the same faults: ``ok cells lost on retry`` counts
+   cells ok before and not ok after (an ok cell must never be downgraded).
+4. A last ``retry_failed=True`` rerun without faults finishes the cube: ``units lost`` and
+   ``cells differing`` (from the clean run) must be 0.
+
+Prints one ``name: value`` line per figure.
 """
 
 from __future__ import annotations
@@ -20,9 +34,14 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-N_SAMPLES = 96
+N_CLUSTERS = 24
+N_SAMPLES = 4 * N_CLUSTERS
 CHUNK = 8
 WINDOW = ("2022-01-01", "2022-02-01")
+#: Where no scene exists (the last two clusters).
+NO_COVERAGE = [(9.9, 34.9, 10.2, 35.2)]
+#: Earth Engine "gives up" on requests over this many pixels (one 224 x 224 chip is 50 176).
+WORK_LIMIT_PX = 100_000
 
 
 def _free_port() -> int:
@@ -47,17 +66,43 @@ def _start_cluster():
     return addr, procs
 
 
+def _samples():
+    """96 samples: 24 clusters of 2 x 2 neighbours 1.5 km apart; 2 clusters where no scene exists."""
+    rng = np.random.default_rng(0)
+    centres = [(3 + rng.uniform(0, .4), 31 + rng.uniform(0, .4)) for _ in range(N_CLUSTERS - 2)]
+    centres += [(10.0, 35.0), (10.05, 35.05)]  # inside NO_COVERAGE
+    lon = [x + 0.016 * (k % 2) for x, _ in centres for k in range(4)]
+    lat = [y + 0.0135 * (k // 2) for _, y in centres for k in range(4)]
+    return gpd.GeoDataFrame(geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
+
+
+def _config_error_s(gdf, kw, addr, tmp, **emulator) -> tuple[str, float, int]:
+    """Run a campaign that must stop on a ConfigurationError before any work."""
+    from rsembed_dask.errors import ConfigurationError
+    from rsembed_dask.pipeline import run_campaign
+    from rsembed_dask.testing import GEEEmulator
+
+    sensor = emulator.pop("sensor", None)
+    with GEEEmulator(seed=0, no_coverage=NO_COVERAGE, **emulator) as emu:
+        opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+        t0 = time.perf_counter()
+        try:
+            run_campaign(gdf, Path(tmp) / f"config-{len(os.listdir(tmp))}.zarr", client=addr, gee_options=opts,
+                         sensor=sensor, **kw)
+        except ConfigurationError as e:
+            return type(e).__name__, time.perf_counter() - t0, emu.stats.as_dict()["compute_pixels"]
+    return "no error", time.perf_counter() - t0, -1
+
+
 def main() -> None:
     from distributed import Client
 
-    from rsembed_dask.cube import OK
+    from rsembed_dask.cube import FAILED, NO_DATA, OK, PENDING, Cube
     from rsembed_dask.pipeline import run_campaign
-    from rsembed_dask.specs import ModelSpec, TemporalSpec
+    from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
     from rsembed_dask.testing import Faults, GEEEmulator
 
-    rng = np.random.default_rng(0)
-    gdf = gpd.GeoDataFrame(geometry=gpd.points_from_xy(3 + rng.uniform(0, .4, N_SAMPLES),
-                                                       31 + rng.uniform(0, .4, N_SAMPLES)), crs="EPSG:4326")
+    gdf = _samples()
     kw = dict(scales=[10], temporal=TemporalSpec.range(*WINDOW), model=ModelSpec("test-tiny"), backend="gee",
               chunk_size=CHUNK, progress=False)
     addr, procs = _start_cluster()
@@ -65,15 +110,21 @@ def main() -> None:
         with Client(addr, timeout=60) as c:
             c.wait_for_workers(3, timeout=120)
         with tempfile.TemporaryDirectory() as tmp:
-            with GEEEmulator(seed=0, latency_s=0.05) as emu:
+            with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
                 opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
                 # Warm-up: the workers import torch once; neither timed run should pay for it.
                 run_campaign(gdf.iloc[:CHUNK], Path(tmp) / "warm.zarr", client=addr, gee_options=opts, **kw)
                 t0 = time.perf_counter()
                 clean = run_campaign(gdf, Path(tmp) / "clean.zarr", client=addr, gee_options=opts, **kw)
                 clean_s = time.perf_counter() - t0
-            faults = Faults(latency_s=0.05, p_429=0.2, p_5xx=0.05, p_malformed=0.02, p_spike=0.05, spike_s=0.5)
+
+            typo = _config_error_s(gdf, kw, addr, tmp, sensor=SensorSpec(bands=("B04", "B3", "B2")))
+            refused = _config_error_s(gdf, kw, addr, tmp, auth="401")
+
+            faults = Faults(latency_s=0.05, p_429=0.2, p_5xx=0.05, p_malformed=0.02, p_400=0.03,
+                            p_spike=0.05, spike_s=0.5)
             killed: list[str] = []
+            killed_at: list = []
 
             def kill(summary):
                 done = len(killed_at)
@@ -85,31 +136,50 @@ def main() -> None:
                     procs["fetch"].send_signal(signal.SIGKILL)
                     killed.append("fetch worker")
 
-            killed_at: list = []
-            with GEEEmulator(seed=0, faults=faults) as emu:
+            out = Path(tmp) / "faulty.zarr"
+            with GEEEmulator(seed=0, faults=faults, no_coverage=NO_COVERAGE, work_limit_px=WORK_LIMIT_PX) as emu:
                 opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
                 t0 = time.perf_counter()
-                faulty = run_campaign(gdf, Path(tmp) / "faulty.zarr", client=addr, gee_options=opts,
-                                      on_unit=kill, **kw)
+                faulty = run_campaign(gdf, out, client=addr, gee_options=opts, on_unit=kill, **kw)
                 faulty_s = time.perf_counter() - t0
                 injected = emu.stats.as_dict()
-            from rsembed_dask.cube import Cube
+            last = Cube.open(out).attrs["last_run"]
+            account = Cube.open(out).attrs["request_account"]
+            before = faulty.status.values.copy()
 
-            last = Cube.open(Path(tmp) / "faulty.zarr").attrs["last_run"]
-            account = Cube.open(Path(tmp) / "faulty.zarr").attrs["request_account"]
-            status = faulty.status.values
-            differing = int((~np.isclose(faulty.embedding.values, clean.embedding.values, rtol=0, atol=0,
+            with GEEEmulator(seed=0, faults=faults, no_coverage=NO_COVERAGE, work_limit_px=WORK_LIMIT_PX) as emu:
+                opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+                retried = run_campaign(gdf, out, client=addr, gee_options=opts, retry_failed=True, **kw)
+            after = retried.status.values
+            with GEEEmulator(seed=0, no_coverage=NO_COVERAGE) as emu:
+                opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+                final = run_campaign(gdf, out, client=addr, gee_options=opts, retry_failed=True, **kw)
+
+            status = final.status.values
+            differing = int((~np.isclose(final.embedding.values, clean.embedding.values, rtol=0, atol=0,
                                          equal_nan=True)).any(axis=-1).sum())
+            differing += int((status != clean.status.values).sum())
+            lost = int(sum(np.isin(status[s:s + CHUNK], (PENDING, FAILED)).any()
+                           for s in range(0, N_SAMPLES, CHUNK)))
+            print(f"band typo: {typo[0]} after {typo[1]:.1f} s, computePixels sent {typo[2]}")
+            print(f"refused credentials (401): {refused[0]} after {refused[1]:.1f} s, computePixels sent {refused[2]}")
             print(f"units run: {last['units_done']}")
             print(f"faults 429: {injected['injected_429']}")
             print(f"faults 5xx: {injected['injected_5xx']}")
             print(f"faults malformed: {injected['injected_malformed']}")
+            print(f"faults 400: {injected['injected_400']}")
+            print(f"computation timed out: {injected['too_much_work']} (requests split: {account.get('split', 0)})")
             print(f"workers killed: {len(killed)} ({', '.join(killed)})")
-            # Counted by the fetch tasks that survived; those lost with the killed worker took
-            # their counts with them, so this is a lower bound.
+            # Every fetch attempt reports its requests as a Dask event, also attempts that raised;
+            # those running on the killed fetch worker when it died cannot: a lower bound.
+            print(f"requests sent (account / emulator): {account['sent']} / {injected['compute_pixels']}")
             print(f"retries (accounted): {account['retried']}")
             print(f"units re-run after worker loss: {last['units_rerun']}")
-            print(f"units lost: {int(sum((status[s:s + CHUNK] != OK).any() for s in range(0, N_SAMPLES, CHUNK)))}")
+            print(f"no_data cells (no imagery; clean run): {int((status == NO_DATA).sum())} "
+                  f"({int((clean.status.values == NO_DATA).sum())})")
+            print(f"failed cells after the faulty run: {int((before == FAILED).sum())}")
+            print(f"ok cells lost on retry: {int(((before == OK) & (after != OK)).sum())}")
+            print(f"units lost: {lost}")
             print(f"cells differing from clean run: {differing}")
             print(f"clean run s: {clean_s:.1f}")
             print(f"faulty run s: {faulty_s:.1f}")

@@ -1,6 +1,7 @@
 """rsembed_dask: ScaleMAE embedding campaigns on Dask, from GeoDataFrames to Zarr datacubes."""
 
 from .errors import (
+    ConfigurationError,
     CubeError,
     ModelError,
     NoImageryError,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BBox",
     "CampaignSpec",
+    "ConfigurationError",
     "Embedding",
     "get_embedding",
     "get_embeddings_batch",

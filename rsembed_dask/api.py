@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,26 +94,27 @@ def _resolve_model(model, device: str):
 
 def _fetch_all(provider, footprints: list[Footprint], sensor: SensorSpec, temporal: TemporalSpec,
                workers: int, coalesce: bool = True) -> list[Patch]:
-    """One patch per footprint; with ``coalesce``, neighbours share one request, cropped."""
-    from .providers.coalesce import CoalescedRequest, plan_requests
+    """One patch per footprint; with ``coalesce``, neighbours share one request, cropped.
 
+    A provider with a ``preflight`` (Earth Engine) first checks its configuration
+    (once per process): a bad project, URL, collection or band raises the same
+    :class:`~rsembed_dask.errors.ConfigurationError` as a campaign's preflight.
+    A footprint without imagery raises its :class:`~rsembed_dask.errors.NoImageryError`.
+    """
+    from .providers.coalesce import CoalescedRequest, plan_requests
+    from .providers.fetching import fetch_coalesced
+
+    preflight = getattr(provider, "preflight", None)
+    if callable(preflight):
+        preflight(sensor, temporal)
     grids = [fp.grid for fp in footprints]
     plan = (plan_requests(grids, len(sensor.bands)) if coalesce
             else [CoalescedRequest(g, (i,)) for i, g in enumerate(grids)])
-
-    def one(request: CoalescedRequest) -> list[tuple[int, Patch]]:
-        patch = provider.fetch(request.grid, sensor, temporal)
-        return [(i, patch if grids[i] == patch.grid else patch.crop_to(grids[i])) for i in request.members]
-
-    if len(plan) == 1:
-        pairs = [one(plan[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(plan)), thread_name_prefix="rsembed-fetch") as pool:
-            pairs = list(pool.map(one, plan))
-    out: list[Patch] = [None] * len(grids)  # type: ignore[list-item]
-    for i, patch in (pair for group in pairs for pair in group):
-        out[i] = patch
-    return out
+    results = fetch_coalesced(provider, grids, plan, sensor, temporal, workers, thread_name="rsembed-fetch")
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 def get_embeddings_batch(model_name: str = "scalemae_rgb", *, spatials: Sequence[PointBuffer | BBox],

@@ -2,9 +2,14 @@
 
 Accepted forms:
 
-- ``"gee"``: Google Earth Engine through earthengine-api (the default).
+- ``"gee"``: Google Earth Engine through earthengine-api (the default). Fetching
+  initialises earthengine-api's process-wide client for the provider's URL,
+  project and credentials with our HTTP transport and ``ee.data.setMaxRetries(0)``
+  (see :mod:`rsembed_dask.providers.ee_session`).
 - ``"emulator"``: a loopback Earth Engine emulator started in this process, for
-  offline demos; the real earthengine-api client talks to it.
+  offline demos; the real earthengine-api client talks to it. On exit, ``ee``'s
+  configuration in this process (URL, credentials, transport, max retries, or
+  "not initialised") is given back as it was found.
 - ``"local:PATH"``: GeoTIFF/COG/VRT files (a file, a directory or a glob).
 - a provider instance (anything with ``fetch(grid, sensor, temporal)``).
 """
@@ -72,10 +77,11 @@ def open_backend(backend: Any = "gee", *, gee_options: dict[str, Any] | None = N
         if backend == "emulator":
             # Offline demo path: the emulator lives in the testing package and is
             # only imported when explicitly asked for.
+            from .providers.ee_session import preserved_ee_configuration
             from .providers.gee import GEEProvider
             from .testing.gee_emulator import GEEEmulator
 
-            with GEEEmulator(**(emulator_options or {})) as emu:
+            with preserved_ee_configuration(), GEEEmulator(**(emulator_options or {})) as emu:
                 log.info("Earth Engine emulator serving at %s", emu.url)
                 gee_options.update(api_url=emu.url, credentials="anonymous",
                                    project=gee_options.get("project") or "emulator-project")

@@ -12,11 +12,12 @@ import dataclasses
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .cli_args import add_ee_options, add_scales, allow_bbox_positional, gee_options, scales_given
 from .cli_store import add_inspect, add_quicklook
-from .errors import RsEmbedError, StoreLockedError
+from .errors import NoImageryWarning, RsEmbedError, StoreLockedError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,9 @@ def _add_run(sub) -> None:
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
                    help="re-sends of one Earth Engine request on 429/5xx/malformed answers (default 6)")
+    p.add_argument("--ee-startup-timeout", type=float, default=None, metavar="S",
+                   help="seconds to connect to Earth Engine and for each start-up answer before the "
+                        "configuration check gives up (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args))
 
@@ -161,6 +165,10 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
                             ("--update", args.update), ("--append", args.append)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
+    if args.ee_startup_timeout is not None and not args.ee_startup_timeout > 0:
+        p.error(f"--ee-startup-timeout {args.ee_startup_timeout:g}: expected a positive number of seconds")
+    if args.max_retries is not None and args.max_retries < 0:
+        p.error(f"--max-retries {args.max_retries}: expected an integer >= 0")
 
 
 def _read_samples(path: str):
@@ -205,19 +213,37 @@ def _cmd_run(args) -> int:
                    "append": args.append}
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
-    result = run_campaign(
-        source, args.out, temporal=TemporalSpec.range(args.start, args.end),
-        model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
-        backend=args.backend, client=client, chunk_size=args.chunk_size,
-        gee_options=gee_options(args), retry_failed=args.retry_failed, repair=args.repair,
-        progress=not args.no_progress,
-        fetch_threads=env_defaults()["fetch_workers"], **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoImageryWarning)
+        result = run_campaign(
+            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
+            model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+            backend=args.backend, client=client, chunk_size=args.chunk_size,
+            gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair,
+            progress=not args.no_progress,
+            fetch_threads=env_defaults()["fetch_workers"], **options)
+    no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
+    for w in caught:
+        if w not in no_imagery:  # give back what was not ours to catch
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"open it with: rsembed_dask.cube.open_cube({str(args.out)!r})")
     if args.tile:
         names = ", ".join(f"{s:g}m" for s in source.scales)
         print(f"  an xarray.DataTree: tree['samples/<scale>'] holds the tiles, tree['<scale>/EPSG<zone>'] the "
               f"georeferenced grids (scales {names}); details: rsembed-dask inspect {args.out}")
+    for w in no_imagery:
+        print(f"rsembed-dask run: warning: {w.message}", file=sys.stderr)
+    if no_imagery:
+        return 1
     return 0 if _unfinished_cells(result) == 0 else 1
+
+
+def _run_gee_options(args) -> dict:
+    """``gee_options`` of ``run``: the shared Earth Engine flags plus the start-up timeout."""
+    opts = gee_options(args)
+    if args.ee_startup_timeout is not None:
+        opts.update(connect_timeout_s=args.ee_startup_timeout, startup_timeout_s=args.ee_startup_timeout)
+    return opts
 
 
 def _unfinished_cells(result) -> int:

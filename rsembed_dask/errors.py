@@ -122,3 +122,25 @@ class CubeDamagedError(CubeError):
 
 class StoreLockedError(CubeError):
     """Another run holds the store's writer lock (see :mod:`rsembed_dask.store_lock`)."""
+
+
+class ConfigurationError(RsEmbedError):
+    """The Earth Engine configuration cannot work: credentials, project, URL, collection or bands.
+
+    Not a :class:`ProviderError` on purpose: a campaign stops at once on it
+    (nothing is recorded sample by sample) and :func:`rsembed_dask.get_embedding`
+    raises it. The message says what is wrong, the value given and how to fix it.
+    """
+
+
+class ComputationTooLargeError(PermanentProviderError):
+    """Earth Engine gave up on a request's work (``Computation timed out.``,
+    ``User memory limit exceeded.``): a coalesced request is split and its parts retried."""
+
+
+class RsEmbedWarning(UserWarning):
+    """Base class of the warnings rsembed_dask emits."""
+
+
+class NoImageryWarning(RsEmbedWarning):
+    """A campaign ended without a single sample that found imagery."""

@@ -17,7 +17,10 @@ Examples
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +29,7 @@ from .cluster import connect
 from .cube import Cube, open_cube
 from .cube_repair import repair_tiling_layout, reset_damaged_units
 from .cube_samples import table_in_cube_rows
-from .errors import SpecError
+from .errors import NoImageryWarning, SpecError
 from .progress import CampaignReport
 from .runner import GPU_WAIT_S, Job, Runner
 from .sampling import SampleTable, build_sample_table, work_units
@@ -274,17 +277,28 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     else:
         sync = False
     if todo or sync:
-        with connect(client, **dict(cluster_options or {})) as c:
+        with contextlib.ExitStack() as stack:
+            provider = None
+            if todo:
+                # The provider exists, and its configuration is checked, before any cluster
+                # starts or any model loads: a bad project, URL, collection or band stops here.
+                provider = stack.enter_context(open_backend(backend, gee_options=dict(gee_options or {})))
+                checked = _preflight(provider, jobs[0][0].spec)
+            c = stack.enter_context(connect(client, **dict(cluster_options or {})))
             if todo:
                 if tiling is not None:
                     from .tile_cube import set_synced
 
                     set_synced(path, False)  # the grids lag the samples until synced again
-                with open_backend(backend, gee_options=dict(gee_options or {})) as provider:
-                    provider = _with_cluster_limit(provider, c, ee_concurrency)
-                    Runner(c, provider, [job for job, _ in jobs], report, max_in_flight=max_in_flight,
-                           fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
-                           on_unit=on_unit, coalesce=coalesce, gpu_wait_s=gpu_wait_s).run(todo)
+                provider = _with_cluster_limit(provider, c, ee_concurrency)
+                runner = Runner(c, provider, [job for job, _ in jobs], report, max_in_flight=max_in_flight,
+                                fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
+                                on_unit=on_unit, coalesce=coalesce, gpu_wait_s=gpu_wait_s)
+                with _RequestAccount(c, runner.run_token) as account:
+                    runner.run(todo)
+                report.requests = collections.Counter(account.totals)
+                if checked:
+                    report.requests["preflight"] += 1
             if sync:
                 sync_grids(c, path, tiling, progress=progress)
     counts: dict[str, int] = {}
@@ -299,4 +313,79 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
             job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())
     if progress:
         print(report.summary())
+    _warn_if_no_imagery(counts, jobs[0][0].spec)
     return open_cube(path)
+
+
+def _preflight(provider, spec: CampaignSpec) -> bool:
+    """Check the provider's configuration once before the campaign (Earth Engine only).
+
+    Returns whether a check ran. Raises :class:`~rsembed_dask.errors.ConfigurationError`.
+    """
+    check = getattr(provider, "preflight", None)
+    if not callable(check):
+        return False
+    before = provider.stats.as_dict().get("preflight", 0) if hasattr(provider, "stats") else 0
+    check(spec.sensor, spec.temporal)
+    after = provider.stats.as_dict().get("preflight", 0) if hasattr(provider, "stats") else 0
+    return after > before
+
+
+class _RequestAccount:
+    """Sum the request counts every fetch attempt of one run publishes (:data:`~.units.REQUESTS_TOPIC`).
+
+    Each attempt, also one that raised and that Dask re-ran or that ended its unit
+    failed, logs its counts as a Dask event keyed by its task; events of this run's
+    tasks (their keys hold the runner's token) are summed as they arrive. On exit a
+    marker event is logged and awaited, so every attempt's event has been received.
+    Attempts lost with a killed worker cannot report: the account is then a lower bound.
+    """
+
+    def __init__(self, client, run_token: str):
+        self.c, self.token = client, run_token
+        self.totals: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._marker = f"end-{run_token}"
+
+    def _on_event(self, event) -> None:
+        _, msg = event
+        if not isinstance(msg, dict):
+            return
+        if msg.get("marker") == self._marker:
+            self._done.set()
+        elif self.token in str(msg.get("key", "")):
+            with self._lock:
+                self.totals.update(msg.get("requests", {}))
+
+    def __enter__(self) -> _RequestAccount:
+        from .units import REQUESTS_TOPIC
+
+        self.c.subscribe_topic(REQUESTS_TOPIC, self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from .units import REQUESTS_TOPIC
+
+        try:
+            self.c.log_event(REQUESTS_TOPIC, {"marker": self._marker})
+            if not self._done.wait(ACCOUNT_WAIT_S):
+                log.warning("the request account may be incomplete: its closing event did not arrive "
+                            "within %g s", ACCOUNT_WAIT_S)
+        finally:
+            self.c.unsubscribe_topic(REQUESTS_TOPIC)
+
+
+#: Seconds to wait for the request account's closing event.
+ACCOUNT_WAIT_S = 10.0
+
+
+def _warn_if_no_imagery(counts: dict[str, int], spec: CampaignSpec) -> None:
+    """Warn when no sample of the cube found imagery (every finished cell is no_data)."""
+    if counts.get("ok", 0) or not counts.get("no_data", 0):
+        return
+    s, t = spec.sensor, spec.temporal
+    warnings.warn(NoImageryWarning(
+        f"no sample found imagery: all {counts['no_data']} finished cells are no_data for {s.collection} in "
+        f"[{t.start}, {t.end}) with {s.cloud_property} <= {s.cloudy_pct:g}: check the temporal window "
+        f"(scenes exist in it?), the cloud filter and the collection"), stacklevel=3)

@@ -12,19 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .cube import FAILED, NO_DATA, OK, PENDING, Cube
-from .errors import NoImageryError, PermanentProviderError, SpecError
+from .errors import NoImageryError, SpecError
 from .providers.base import Provider, RequestStats
 from .providers.coalesce import CoalescedRequest, plan_requests
+from .providers.fetching import fetch_coalesced
 from .sampling import SampleTable, WorkUnit
 from .specs import CampaignSpec
 
-__all__ = ["UnitPixels", "UnitSummary", "fetch_unit", "embed_unit"]
+__all__ = ["UnitPixels", "UnitSummary", "fetch_unit", "embed_unit", "REQUESTS_TOPIC"]
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,22 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     served by one request for their union grid (:func:`~.providers.coalesce.plan_requests`)
     and cropped per sample: the same pixels as one request per sample, in fewer
     requests. ``requests["reused"]`` counts the samples a request served beyond its
-    first (so ``planned + reused`` is the number of samples answered).
+    first; a request Earth Engine gives up on (``Computation timed out.``) is split
+    and its halves fetched (:func:`~.providers.fetching.fetch_coalesced`), so
+    ``planned - split + reused`` is the number of samples.
 
     No imagery and permanent errors are recorded per sample (for a coalesced
     request, on every sample it serves); a transient error that survived the
-    provider's retries fails the task, so Dask re-runs it.
+    provider's retries fails the task, so Dask re-runs it; a
+    :class:`~.errors.ConfigurationError` fails it too, and stops the campaign.
 
     ``only`` (indices into the unit) fetches just those samples, e.g. the cells a
     ``retry_failed`` run re-does; the others are returned :data:`PENDING` ("not
     touched"), which :meth:`Cube.write_unit` leaves as stored.
+
+    On a Dask worker, the requests this attempt made (also when it raises) are
+    published as an event on :data:`REQUESTS_TOPIC`, with the task's key, so the
+    campaign's account counts every attempt, including those Dask re-ran.
     """
     t0 = time.perf_counter()
     n = len(table)
@@ -83,11 +90,11 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
     wanted = list(range(n)) if only is None else sorted({int(i) for i in only})
     if wanted and not 0 <= wanted[0] <= wanted[-1] < n:
         raise SpecError("only", only, f"indices into the unit's {n} samples")
+    grids = [fps[i].grid for i in wanted]  # plan indices refer to this list
     if coalesce:
-        plan = [CoalescedRequest(r.grid, tuple(wanted[k] for k in r.members))
-                for r in plan_requests([fps[i].grid for i in wanted], len(sensor.bands))]
+        plan = plan_requests(grids, len(sensor.bands))
     else:
-        plan = [CoalescedRequest(fps[i].grid, (i,)) for i in wanted]
+        plan = [CoalescedRequest(g, (k,)) for k, g in enumerate(grids)]
     limiter = getattr(provider, "limiter", None)
     if limiter is not None:
         # A distributed.Semaphore binds to the worker of the thread that first uses it:
@@ -95,46 +102,47 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
         limiter.register()
     stats = getattr(provider, "stats", None)
     before = stats.as_dict() if isinstance(stats, RequestStats) else {}
-
-    def one(request: CoalescedRequest):
-        """Member patches of one request (cropped here, so the large answer is freed early)."""
-        try:
-            patch = provider.fetch(request.grid, sensor, spec.temporal)
-        except NoImageryError as e:
-            return None, ("no_data", str(e))
-        except PermanentProviderError as e:
-            return None, ("failed", str(e))
-        return [patch if fps[i].grid == patch.grid else patch.crop_to(fps[i].grid)
-                for i in request.members], None
-
-    workers = max(1, min(threads, len(plan)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        results = list(pool.map(one, plan))
+    try:
+        results = fetch_coalesced(provider, grids, plan, sensor, spec.temporal, threads)
+    finally:
+        after = stats.as_dict() if isinstance(stats, RequestStats) else {}
+        requests = {k: after[k] - before.get(k, 0) for k in after}
+        _publish_requests(requests)
     status = np.full(n, PENDING, np.int8)
-    status[wanted] = OK
     errors = [""] * n
     images: list[np.ndarray | None] = [None] * n
     valid = np.zeros(n, np.float32)
-    for request, (patches, problem) in zip(plan, results):
-        if problem is not None:
-            status[list(request.members)] = NO_DATA if problem[0] == "no_data" else FAILED
-            for i in request.members:
-                errors[i] = problem[1][:200]
-            continue
-        for i, patch in zip(request.members, patches):
-            if patch.valid_fraction == 0:
-                status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
-            else:
-                images[i], valid[i] = patch.data, patch.valid_fraction
-    reused = len(wanted) - len(plan)
-    if reused and isinstance(stats, RequestStats):
-        stats.add(reused=reused)
-    after = stats.as_dict() if isinstance(stats, RequestStats) else {}
-    requests = {k: after[k] - before.get(k, 0) for k in after}
-    if reused:
-        log.debug("%s: %d samples in %d requests", unit.key, len(wanted), len(plan))
+    for i, result in zip(wanted, results):
+        if isinstance(result, Exception):
+            status[i] = NO_DATA if isinstance(result, NoImageryError) else FAILED
+            errors[i] = str(result)[:200]
+        elif result.valid_fraction == 0:
+            status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
+        else:
+            status[i] = OK
+            images[i], valid[i] = result.data, result.valid_fraction
+    if len(plan) < len(wanted):
+        log.debug("%s: %d samples in %d planned requests", unit.key, len(wanted), len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
                       time.perf_counter() - t0)
+
+
+#: Dask event topic of the per-attempt request counts of fetch tasks.
+REQUESTS_TOPIC = "rsembed-requests"
+
+
+def _publish_requests(requests: dict[str, int]) -> None:
+    """Log this fetch attempt's request counts as a Dask event (only on a worker, only if any)."""
+    if not any(requests.values()):
+        return
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not running in a Dask task
+        return
+    key = worker.get_current_task()
+    worker.log_event(REQUESTS_TOPIC, {"key": str(key), "requests": requests})
 
 
 def embed_unit(pixels: UnitPixels, actor_key: str, cube: Cube, spec: CampaignSpec) -> UnitSummary:

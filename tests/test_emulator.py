@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 
 from rsembed_dask.grid import point_grid
 from rsembed_dask.providers.gee import GEEProvider
@@ -97,3 +98,17 @@ def test_a_crop_of_a_larger_request_is_bit_identical_to_the_crop_requested_alone
             sub = big.crop(r, c, 100, 120)
             alone = provider.fetch(sub, sensor, temporal)
             assert np.array_equal(alone.data, whole.crop_to(sub).data), (lon, lat, scale, r, c)
+
+
+def test_forced_faults_target_one_endpoint(emu, provider):
+    from rsembed_dask.errors import TransientProviderError
+
+    emu.fail_next(2, "5xx")  # computePixels by default: a configuration check does not use them up
+    provider.preflight(SensorSpec(bands=("B4", "B3")))
+    provider.fetch(point_grid(3.0, 31.2, 320, 10), SensorSpec(), WINDOW)
+    assert emu.stats.as_dict()["injected_5xx"] == 2 and provider.stats.as_dict()["retried"] == 2
+    emu.fail_next(FAST_RETRY.max_retries + 1, "5xx", endpoint="value:compute")
+    with pytest.raises(TransientProviderError, match="HTTP 503.*gave up after 7 attempts"):
+        provider.preflight(SensorSpec(bands=("B8",)))
+    with pytest.raises(ValueError, match="endpoint"):
+        emu.fail_next(1, "5xx", endpoint="algorithms")

@@ -8,7 +8,7 @@ from rsembed_dask.cube import FAILED, OK, Cube, open_cube
 from rsembed_dask.cube_verify import verify_cube
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.providers import GEEProvider
-from rsembed_dask.specs import ModelSpec, TemporalSpec
+from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
 from rsembed_dask.testing import Faults, GEEEmulator
 
 from .conftest import FAST_RETRY, dask_processes
@@ -100,7 +100,10 @@ def test_malformed_answers_fail_the_unit_then_retry_failed_from_the_cli(tmp_path
     args = ["run", str(samples), "--out", str(out), "--scales", "10", "--start", WINDOW.start, "--end", WINDOW.end,
             "--model", "test-tiny", "--chunk-size", "4", "--no-progress", "--backend", "gee",
             "--ee-project", "p", "--credentials", "anonymous", "--max-retries", "1"]
-    with dask_processes(n_gpu=1) as (addr, _), GEEEmulator(seed=0, faults=Faults(p_malformed=1.0)) as bad:
+    with dask_processes(n_gpu=1) as (addr, _), GEEEmulator(seed=0) as bad:
+        # The configuration check passes (and is remembered in this process); then every answer is garbled.
+        GEEProvider(api_url=bad.url, credentials="anonymous", project="p").preflight(SensorSpec())
+        bad.faults = Faults(p_malformed=1.0)
         assert main(args + ["--scheduler", addr, "--ee-url", bad.url]) == 1  # failed samples: exit 1
         cube = Cube.open(out)
         assert (cube.status_array() == FAILED).all()
@@ -117,3 +120,52 @@ def test_malformed_answers_fail_the_unit_then_retry_failed_from_the_cli(tmp_path
     capsys.readouterr()
     assert main(["inspect", str(out), "--verify"]) == 0
     assert "verify: consistent" in capsys.readouterr().out
+
+
+def _account_run(emu, out, client, forced, **kw):
+    provider = GEEProvider(api_url=emu.url, credentials="anonymous", project="faults", retry=FAST_RETRY)
+    emu.fail_next(forced, "5xx")  # computePixels only: the configuration check is not under test here
+    ds = run_campaign(_gdf(8), out, scales=[10], temporal=WINDOW, model=TINY, backend=provider, client=client,
+                      chunk_size=4, progress=False, max_in_flight=1, fetch_threads=1, **kw)
+    return ds, Cube.open(out).attrs
+
+
+@pytest.mark.parametrize("forced, unit_fails", [(FAST_RETRY.max_retries + 1, False),
+                                                (3 * (FAST_RETRY.max_retries + 1), True)])
+def test_the_account_counts_every_attempt_even_those_dask_re_ran(tmp_path, client, forced, unit_fails):
+    """5xx past the provider's retries fail a fetch attempt; Dask re-runs it (twice at most). Every
+    attempt's requests are in the account, also those of attempts that raised and of a unit that failed."""
+    with GEEEmulator(seed=0) as emu:
+        ds, attrs = _account_run(emu, tmp_path / "a.zarr", client, forced)
+        injected = emu.stats.as_dict()
+    account = attrs["request_account"]
+    assert injected["injected_5xx"] == forced
+    assert account["sent"] == injected["compute_pixels"] > 8
+    assert account["retried"] + account["failed"] == forced
+    assert account["failed"] >= 1 and account["no_imagery"] == 0
+    failed_cells = int((ds.status.values == FAILED).sum())
+    if unit_fails:
+        assert failed_cells >= 4 and attrs["last_run"]["units_failed"] >= 1
+    else:
+        assert failed_cells == 0
+
+
+def test_requests_earth_engine_gives_up_on_are_split_and_the_cube_is_unchanged(tmp_path, client):
+    # 12 neighbours 1.5 km apart (2.24 km footprints): one unit, one coalesced request when allowed.
+    pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy([3.0 + 0.016 * (i % 4) for i in range(12)],
+                                                       [31.2 + 0.0135 * (i // 4) for i in range(12)]),
+                           crs="EPSG:4326")
+    kw = dict(scales=[10], temporal=WINDOW, model=TINY, client=client, chunk_size=12, progress=False)
+    with GEEEmulator(seed=0) as emu:
+        clean = run_campaign(pts, tmp_path / "clean.zarr", backend=GEEProvider(
+            api_url=emu.url, credentials="anonymous", project="p", retry=FAST_RETRY), **kw)
+    with GEEEmulator(seed=0, work_limit_px=100_000) as emu:  # a single 224 x 224 chip is 50 176 px
+        split = run_campaign(pts, tmp_path / "split.zarr", backend=GEEProvider(
+            api_url=emu.url, credentials="anonymous", project="p", retry=FAST_RETRY), **kw)
+        injected = emu.stats.as_dict()
+    account = Cube.open(tmp_path / "split.zarr").attrs["request_account"]
+    assert injected["too_much_work"] >= 1 and account["split"] == injected["too_much_work"]
+    assert account["sent"] == injected["compute_pixels"] and account["retried"] == account["failed"] == 0
+    assert account["planned"] - account["split"] + account["reused"] == 12
+    assert (split.status.values == OK).all()
+    np.testing.assert_array_equal(split.embedding.values, clean.embedding.values)

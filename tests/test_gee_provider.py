@@ -6,8 +6,8 @@ import pytest
 
 import ee
 
-from rsembed_dask.errors import (NoImageryError, PermanentProviderError, RequestTooLargeError,
-                                 TransientProviderError)
+from rsembed_dask.errors import (ConfigurationError, NoImageryError, PermanentProviderError,
+                                 RequestTooLargeError, TransientProviderError)
 from rsembed_dask.grid import PixelGrid, point_grid, xy_to_lonlat
 from rsembed_dask.providers.gee import REQUEST_BYTE_LIMIT, check_request_size, rest_grid
 from rsembed_dask.specs import SensorSpec, TemporalSpec
@@ -93,18 +93,25 @@ def test_composite_filters_by_date_and_cloud(provider, emu):
 
 def test_no_imagery_is_its_own_error_from_one_request(provider, emu):
     grid = point_grid(3.0, 31.2, 320, 10)
-    with pytest.raises(NoImageryError, match="no scene matches"):
+    with pytest.raises(NoImageryError, match="no scene matches.*Band pattern 'B4' was applied to an Image "
+                                             "with no bands"):
         provider.fetch(grid, SensorSpec(), TemporalSpec.range("2015-01-01", "2015-02-01"))
     with pytest.raises(NoImageryError):  # every scene is cloudier than 0%
         provider.fetch(grid, SensorSpec(cloudy_pct=0), TemporalSpec.range("2022-06-20", "2022-06-29"))
     assert emu.stats.as_dict()["compute_pixels"] == 2
     assert emu.stats.as_dict()["value_compute"] == 0
+    # Counted as no imagery, not as failed requests.
+    stats = provider.stats.as_dict()
+    assert stats["no_imagery"] == 2 and stats["failed"] == 0 and stats["sent"] == 2
 
 
-def test_unknown_band_is_permanent_not_no_imagery(provider):
-    with pytest.raises(PermanentProviderError, match="Pattern 'XX'") as info:
-        provider.fetch(point_grid(3.0, 31.2, 320, 10), SensorSpec(bands=("B4", "XX")), WINDOW)
-    assert not isinstance(info.value, NoImageryError)
+@pytest.mark.parametrize("bands", [("B4", "XX"), ("B04", "B3", "B2")])
+def test_unknown_band_is_a_configuration_error_not_no_imagery(provider, bands):
+    # A typo in the first band too: Earth Engine's wording tells it from an empty composite.
+    with pytest.raises(ConfigurationError, match=rf"bands=.*Pattern '{bands[-1] if bands[0] == 'B4' else 'B04'}' "
+                                                 r"did not match any bands.*fix SensorSpec.bands"):
+        provider.fetch(point_grid(3.0, 31.2, 320, 10), SensorSpec(bands=bands), WINDOW)
+    assert provider.stats.as_dict()["no_imagery"] == 0
 
 
 @pytest.mark.parametrize("kind", ["429", "5xx", "malformed"])
@@ -126,7 +133,16 @@ def test_retries_give_up_with_the_reason(provider, emu):
 
 
 def test_permanent_400_is_not_retried_and_says_why(provider, emu):
-    with pytest.raises(PermanentProviderError, match="HTTP 400.*not found"):
+    emu.fail_next(1, "400")
+    with pytest.raises(PermanentProviderError, match="HTTP 400.*Injected permanent failure"):
+        provider.fetch(point_grid(3.0, 31.2, 320, 10), SensorSpec(), WINDOW)
+    assert provider.stats.as_dict()["sent"] == 1 and provider.stats.as_dict()["retried"] == 0
+    assert provider.stats.as_dict()["failed"] == 1
+
+
+def test_unknown_collection_is_a_configuration_error(provider, emu):
+    with pytest.raises(ConfigurationError, match="collection='NO/SUCH'.*HTTP 400.*ImageCollection asset "
+                                                 "'NO/SUCH' not found.*fix SensorSpec.collection"):
         provider.fetch(point_grid(3.0, 31.2, 320, 10), SensorSpec(collection="NO/SUCH"), WINDOW)
     assert provider.stats.as_dict()["sent"] == 1 and provider.stats.as_dict()["retried"] == 0
 

@@ -10,7 +10,7 @@ import shapely
 
 from rsembed_dask.api import get_embeddings_batch
 from rsembed_dask.cube import NO_DATA, OK, Cube
-from rsembed_dask.errors import SpecMismatchError
+from rsembed_dask.errors import NoImageryWarning, SpecMismatchError
 from rsembed_dask.model import ScaleMAEEmbedder
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.specs import BBox, ModelSpec, PointBuffer, TemporalSpec
@@ -67,8 +67,10 @@ def test_polygons_in_a_projected_crs(tmp_path, client, provider):
 
 
 def test_no_imagery_is_recorded_not_fatal(tmp_path, client, provider):
-    ds = run_campaign(_points(5), tmp_path / "n.zarr", scales=[10], temporal=TemporalSpec.range("2015-01-01", "2015-02-01"),
-                      model=TINY, backend=provider, client=client, progress=False)
+    with pytest.warns(NoImageryWarning, match="no sample found imagery"):
+        ds = run_campaign(_points(5), tmp_path / "n.zarr", scales=[10],
+                          temporal=TemporalSpec.range("2015-01-01", "2015-02-01"),
+                          model=TINY, backend=provider, client=client, progress=False)
     assert (ds.status.values == NO_DATA).all()
     assert np.isnan(ds.embedding.values).all()
     assert "no scene matches" in str(ds.error.values[0, 0])

@@ -13,7 +13,7 @@ from distributed import Client
 
 from rsembed_dask.cluster import local_cluster
 from rsembed_dask.cube import FAILED, OK, Cube
-from rsembed_dask.errors import PermanentProviderError
+from rsembed_dask.errors import ConfigurationError
 from rsembed_dask.grid import point_grid
 from rsembed_dask.pipeline import run_campaign
 from rsembed_dask.providers import GEEProvider
@@ -82,6 +82,6 @@ def test_unreadable_key_file_error_names_the_file_not_its_content(tmp_path):
     bad.write_text('{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\nSECRETSECRET\\n"}')
     with GEEEmulator() as emu:
         p = GEEProvider(api_url=emu.url, project="x", credentials=str(bad), retry=FAST_RETRY)
-        with pytest.raises(PermanentProviderError) as info:
+        with pytest.raises(ConfigurationError) as info:  # a bad key file stops a campaign at once
             p.fetch(point_grid(3, 31, 320, 10), SensorSpec(), WINDOW)
     assert "broken.json" in str(info.value) and "SECRETSECRET" not in str(info.value)

@@ -96,15 +96,23 @@ class Provider(Protocol):
 class RequestStats(Counters):
     """Counters for requests to a provider (thread-safe increments).
 
-    ``planned``: requests the plan needs; ``sent``: HTTP requests made (retries
-    included); ``retried``: re-sends after a retryable failure; ``failed``:
-    requests given up on; ``reused``: embeddings served by a request already made
-    (coalescing); ``bytes``: payload bytes received.
+    ``planned``: requests the plan needs; ``sent``: ``computePixels`` requests made
+    (retries included); ``retried``: re-sends after a retryable failure; ``failed``:
+    requests given up on; ``no_imagery``: requests answered "no scene matches"
+    (an empty composite: not a failure); ``split``: coalesced requests Earth Engine
+    gave up on (``Computation timed out.`` / ``User memory limit exceeded.``) that
+    were split in two and asked again (not counted failed); ``reused``:
+    embeddings served by a request already made (coalescing); ``bytes``: payload
+    bytes received; ``preflight``: configuration checks (one ``value:compute`` each,
+    not in ``sent``).
     """
 
     planned: int = 0
     sent: int = 0
     retried: int = 0
     failed: int = 0
+    no_imagery: int = 0
+    split: int = 0
     reused: int = 0
     bytes: int = 0
+    preflight: int = 0

@@ -36,7 +36,7 @@ from ..errors import SpecError
 from ..grid import PixelGrid
 from .gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 
-__all__ = ["CoalescedRequest", "plan_requests", "MAX_WASTE"]
+__all__ = ["CoalescedRequest", "plan_requests", "split_request", "MAX_WASTE"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,34 @@ def plan_requests(grids: Sequence[PixelGrid], n_bands: int, *, byte_limit: int =
     if log.isEnabledFor(logging.DEBUG):
         log.debug("plan_requests: %d footprints in %d requests", len(grids), len(out))
     return out
+
+
+def split_request(request: CoalescedRequest, grids: Sequence[PixelGrid]) -> tuple[CoalescedRequest, CoalescedRequest]:
+    """Two requests serving the members of ``request``: halves cut across its longer axis.
+
+    Used when Earth Engine gives up on a request's work (``Computation timed out.``):
+    each half covers its own members' union grid (so less ground and fewer pixels).
+
+    Parameters
+    ----------
+    request : CoalescedRequest
+        At least two members.
+    grids : sequence of PixelGrid
+        The planned footprints ``request.members`` index into.
+
+    Examples
+    --------
+    >>> tiles = [PixelGrid("EPSG:32631", 500000.0 + 2240 * c, 3450000.0, 10.0, 224, 224) for c in range(4)]
+    >>> whole = plan_requests(tiles, n_bands=3)[0]
+    >>> [(r.members, r.grid.shape) for r in split_request(whole, tiles)]
+    [((0, 1), (224, 448)), ((2, 3), (224, 448))]
+    """
+    if not isinstance(request, CoalescedRequest) or len(request.members) < 2:
+        raise SpecError("request", request, "a CoalescedRequest with at least two members")
+    grids = list(grids)
+    low, high = _split(request.grid, list(request.members), grids, at_gap=False)
+    return tuple(CoalescedRequest(PixelGrid.union(grids[i] for i in part) if len(part) > 1 else grids[part[0]],
+                                  tuple(sorted(part))) for part in (low, high))  # type: ignore[return-value]
 
 
 def _check_int(name: str, value) -> None:

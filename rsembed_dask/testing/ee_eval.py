@@ -5,11 +5,20 @@ The earthengine-api client serialises computations as ``{"result": id,
 ``constantValue`` / ``valueReference`` nodes. This module evaluates
 ``ImageCollection.load``, ``Collection.filter`` (date range, bounds, property
 comparisons, ``not``/``and``), ``reduce.median``, ``ImageCollection.mosaic``,
-``Image.select``, ``Image.clip``, ``Image.reproject``, ``Image.toUint16`` and
-``Collection.size`` over a :class:`~.synthetic_s2.SyntheticS2World`.
+``Image.select``, ``Image.clip``, ``Image.reproject``, ``Image.toUint16``,
+``Collection.size``, ``Collection.first`` and ``Image.bandNames`` over a
+:class:`~.synthetic_s2.SyntheticS2World`.
+
+Geometries are kept as lon/lat boxes: a rectangle or polygon given in a
+projected CRS (``ee.Geometry.Rectangle(coords, proj="EPSG:32660", geodesic=False)``)
+is projected to lon/lat along its densified edges, and one that crosses the
+antimeridian becomes two boxes, one on each side (not one box 360 degrees wide).
 
 Errors are raised as :class:`EvalError` with the message Earth Engine would give
-(answered as HTTP 400 by the emulator).
+(answered as HTTP 400 by the emulator), e.g. a select on the band-less composite
+of an empty collection: ``Image.select: Band pattern 'B4' was applied to an Image
+with no bands.``; a band the image lacks: ``Image.select: Pattern 'B04' did not
+match any bands.``
 """
 
 from __future__ import annotations
@@ -64,15 +73,52 @@ def parse_grid(grid: Any) -> Grid:
 # ---------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class _Geometry:
-    minlon: float
-    minlat: float
-    maxlon: float
-    maxlat: float
+    """A geometry as lon/lat boxes ``(minlon, minlat, maxlon, maxlat)``: one, or two across the antimeridian."""
+
+    boxes: tuple[tuple[float, float, float, float], ...]
 
     @classmethod
-    def from_coords(cls, coords) -> _Geometry:
-        pts = np.asarray(_flatten_points(coords), float)
-        return cls(pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
+    def from_coords(cls, coords, crs: str | None = None, rectangle: bool = False) -> _Geometry:
+        if rectangle:  # [x0, y0, x1, y1] or [[x0, y0], [x1, y1]]: the four corners
+            flat = np.asarray(coords, float).ravel()
+            if flat.size != 4:
+                raise EvalError(f"GeometryConstructors.Rectangle: expected two corners, got {coords!r}.")
+            x0, y0, x1, y1 = flat
+            pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+        else:
+            pts = np.asarray(_flatten_points(coords), float)
+        if crs is None or crs.upper() in ("EPSG:4326", "WGS84"):
+            lon, lat = pts[:, 0], pts[:, 1]
+            return cls(((lon.min(), lat.min(), lon.max(), lat.max()),))
+        # Planar edges in a projected CRS: densify, project to lon/lat.
+        ring = np.concatenate([pts[k] + np.linspace(0, 1, 16, endpoint=False)[:, None] * (pts[k + 1] - pts[k])
+                               for k in range(len(pts) - 1)] + [pts[-1:]])
+        lon, lat = _lonlat(crs, ring[:, 0], ring[:, 1])
+        if lon.max() - lon.min() <= 180:
+            return cls(((lon.min(), lat.min(), lon.max(), lat.max()),))
+        east = np.where(lon < 0, lon + 360, lon)  # across the antimeridian: unwrap, then split at 180
+        return cls(((east.min(), lat.min(), 180.0, lat.max()),
+                    (-180.0, lat.min(), east.max() - 360, lat.max())))
+
+    def contains_lonlat(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.shape(lon), bool)
+        for x0, y0, x1, y1 in self.boxes:
+            out |= (lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1)
+        return out
+
+    def to_json(self):
+        return {"type": "Boxes", "boxes": [list(b) for b in self.boxes]}
+
+
+def _lonlat(crs: str, x, y):
+    import pyproj
+
+    try:
+        t = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    except pyproj.exceptions.CRSError as e:
+        raise EvalError(f"Projection: unknown crs {crs!r} ({e}).") from None
+    lon, lat = t.transform(x, y)
+    return np.asarray(lon, float), np.asarray(lat, float)
 
 
 def _flatten_points(coords) -> list:
@@ -104,10 +150,11 @@ class _Image:
     def select_bands(self, selectors, new_names=None) -> _Image:
         picked: list[int] = []
         for sel in selectors:
+            if not self.names:  # the composite of an empty collection
+                raise EvalError(f"Image.select: Band pattern '{sel}' was applied to an Image with no bands.")
             hits = [i for i, n in enumerate(self.names) if re.fullmatch(str(sel), n)]
             if not hits:
-                raise EvalError(f"Image.select: Pattern '{sel}' did not match any bands. "
-                                f"Available bands: [{', '.join(self.names)}]")
+                raise EvalError(f"Image.select: Pattern '{sel}' did not match any bands.")
             picked += hits
         names = [self.names[i] for i in picked]
         if new_names is not None:
@@ -130,8 +177,7 @@ class _Image:
             lon, lat = self.world.pixel_centers_lonlat(grid.crs, strip, grid.width, h)
             part = self.world.composite(list(self.scenes), lon, lat, src, self.how)
             if self.clip is not None:
-                g = self.clip
-                part[:, (lon < g.minlon) | (lon > g.maxlon) | (lat < g.minlat) | (lat > g.maxlat)] = 0
+                part[:, ~self.clip.contains_lonlat(lon, lat)] = 0
             out[:, r0:r0 + h] = part
         return out
 
@@ -170,8 +216,9 @@ def _compare(op: Callable[[Any, Any], bool]):
 class Evaluator:
     """Evaluates one serialised expression graph against ``world``."""
 
-    def __init__(self, world: SyntheticS2World):
+    def __init__(self, world: SyntheticS2World, on_bounds: Callable[[_Geometry], None] | None = None):
         self.world = world
+        self._on_bounds = on_bounds
         self._values: dict = {}
         self._memo: dict = {}
         self._functions: dict[str, Callable[[dict], Any]] = {
@@ -179,8 +226,10 @@ class Evaluator:
             "Collection.filter": lambda a: _Collection(tuple(s for s in a["collection"].scenes
                                                              if a["filter"](s))),
             "Collection.size": lambda a: len(a["collection"].scenes),
+            "Collection.first": lambda a: self._first(a["collection"]),
+            "Image.bandNames": self._band_names,
             "Filter.dateRangeContains": self._date_filter,
-            "Filter.intersects": lambda a: (lambda s: True),  # every synthetic scene is global
+            "Filter.intersects": self._intersects,
             "Filter.not": lambda a: (lambda s, f=a["filter"]: not f(s)),
             "Filter.and": lambda a: (lambda s, fs=a["filters"]: all(f(s) for f in fs)),
             "Filter.or": lambda a: (lambda s, fs=a["filters"]: any(f(s) for f in fs)),
@@ -191,9 +240,10 @@ class Evaluator:
             "Filter.equals": _compare(lambda v, r: v == r),
             "Date": lambda a: _date_ms(a["value"]),
             "DateRange": lambda a: (_date_ms(a["start"]), _date_ms(a["end"])),
-            "GeometryConstructors.Polygon": lambda a: _Geometry.from_coords(a["coordinates"]),
-            "GeometryConstructors.Rectangle": lambda a: _Geometry.from_coords(a["coordinates"]),
-            "GeometryConstructors.Point": lambda a: _Geometry.from_coords(a["coordinates"]),
+            "GeometryConstructors.Polygon": lambda a: _Geometry.from_coords(a["coordinates"], a.get("crs")),
+            "GeometryConstructors.Rectangle": lambda a: _Geometry.from_coords(a["coordinates"], a.get("crs"),
+                                                                              rectangle=True),
+            "GeometryConstructors.Point": lambda a: _Geometry.from_coords(a["coordinates"], a.get("crs")),
             "Feature": lambda a: a["geometry"],
             "Projection": lambda a: a["crs"],
             "reduce.median": lambda a: self._composite(a["collection"], "median"),
@@ -252,6 +302,28 @@ class Evaluator:
             raise EvalError(f"ImageCollection.load: ImageCollection asset '{cid}' not found "
                             "(does not exist or caller does not have access).")
         return _Collection(tuple(self.world.scenes_between("2017-03-28", "2031-01-01")))
+
+    def _intersects(self, a):
+        geom = a["rightValue"]
+        if not isinstance(geom, _Geometry):
+            raise EvalError("Filter.intersects: the emulator supports geometry right values only.")
+        if self._on_bounds is not None:
+            self._on_bounds(geom)
+        # Every synthetic scene is global, except where the world has no coverage.
+        covered = self.world.covers(geom.boxes)
+        return lambda s: covered
+
+    def _first(self, collection: _Collection):
+        if not collection.scenes:
+            return None  # Earth Engine: the first element of an empty collection is null
+        return _Image(self.world, collection.scenes[:1], "mosaic", BANDS)
+
+    @staticmethod
+    def _band_names(a):
+        image = a.get("image")
+        if image is None:
+            raise EvalError("Image.bandNames: Parameter 'image' is required.")
+        return list(image.band_names())
 
     @staticmethod
     def _date_filter(a):

@@ -8,7 +8,23 @@ arrive as JSON expression graphs, evaluated by :mod:`.ee_eval` over the
 synthetic world of :mod:`.synthetic_s2`.
 
 Faults (latency, 429, 5xx, malformed bodies) are injected on the compute
-endpoints only, from a seeded RNG, or forced with :meth:`GEEEmulator.fail_next`.
+endpoints only (``computePixels`` and ``value:compute``), from a seeded RNG, or
+forced with :meth:`GEEEmulator.fail_next` (``computePixels`` by default).
+Earth Engine's other answers come from the configuration, deterministically:
+
+- places without imagery (``no_coverage`` boxes): a composite there has no bands,
+  so ``select`` answers 400 ``Image.select: Band pattern 'B4' was applied to an
+  Image with no bands.`` (so does a date window without scenes);
+- a band the collection lacks: 400 ``Image.select: Pattern 'B04' did not match any bands.``;
+- an unknown collection: 400 ``ImageCollection.load: ImageCollection asset 'X' not
+  found (does not exist or caller does not have access).``;
+- ``auth="401"`` / ``"403"``: every API call (algorithm list, ``value:compute``,
+  ``computePixels``) is refused as Earth Engine refuses bad credentials / a project
+  not registered for Earth Engine; the discovery document is still served;
+- ``work_limit_px``: a ``computePixels`` request over that many pixels answers
+  ``work_limit_status`` (400) ``Computation timed out.`` (or, with
+  ``work_limit_error="memory"``, ``User memory limit exceeded.``);
+- over 48 MiB: 400 ``Total request size (N bytes) must be less than or equal to 50331648 bytes.``
 
 Examples
 --------
@@ -45,6 +61,17 @@ log = logging.getLogger(__name__)
 REQUEST_BYTE_LIMIT = 48 * 2**20
 #: Earth Engine's limit on either grid dimension of one request.
 MAX_DIMENSION = 32768
+#: Earth Engine's words when it gives up on the work of a request.
+WORK_LIMIT_ERRORS = {"timeout": "Computation timed out.", "memory": "User memory limit exceeded."}
+#: Google's answers to refused credentials (401) and to a project not registered for Earth Engine (403).
+AUTH_ERRORS = {
+    "401": "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+           "other valid authentication credential. See "
+           "https://developers.google.com/identity/sign-in/web/devconsole-project.",
+    "403": "Project {project} is not registered to use Earth Engine. Visit "
+           "https://code.earthengine.google.com/register?project={project} to register your project. "
+           "See https://developers.google.com/earth-engine/guides/access for more details.",
+}
 
 
 @dataclass
@@ -87,6 +114,8 @@ class EmulatorStats(Counters):
     injected_malformed: int = 0
     injected_400: int = 0
     too_large: int = 0
+    too_much_work: int = 0
+    auth_refused: int = 0
     token_requests: int = 0
     bad_request: int = 0
     concurrent_peak: int = 0
@@ -122,7 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json; charset=UTF-8", headers)
 
     def _error(self, status: int, message: str, headers: dict | None = None) -> None:
-        reason = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+        reason = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
                   503: "UNAVAILABLE"}.get(status, "UNKNOWN")
         self._json(status, {"error": {"code": status, "message": message, "status": reason}}, headers)
 
@@ -138,7 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/$discovery/rest"):
             self._json(200, emu.discovery)
         elif path.endswith("/algorithms"):
-            self._json(200, emu.algorithms)
+            if not self._refuse_auth(path):
+                self._json(200, emu.algorithms)
         else:
             self._error(404, f"Unknown path {path}")
 
@@ -160,15 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path.endswith("/image:computePixels"):
             emu.stats.add(compute_pixels=1)
-            handler = self._compute_pixels
+            handler, endpoint = self._compute_pixels, "computePixels"
         elif path.endswith("/value:compute"):
             emu.stats.add(value_compute=1)
-            handler = self._value_compute
+            handler, endpoint = self._value_compute, "value:compute"
         else:
             self._error(404, f"Unknown path {path}")
             return
         with emu._in_flight():
-            if self._inject_fault():
+            if self._refuse_auth(path) or self._inject_fault(endpoint):
                 return
             try:
                 handler(body)
@@ -176,9 +207,20 @@ class _Handler(BaseHTTPRequestHandler):
                 emu.stats.add(bad_request=1)
                 self._error(400, str(e))
 
-    def _inject_fault(self) -> bool:
+    def _refuse_auth(self, path: str) -> bool:
+        """Answer 401/403 as Earth Engine does when the emulator was built with ``auth=``."""
         emu = self.server.emu
-        kind, delay = emu._draw_fault()
+        if emu.auth is None:
+            return False
+        emu.stats.add(auth_refused=1)
+        parts = path.split("/")
+        project = parts[parts.index("projects") + 1] if "projects" in parts[:-1] else "unknown"
+        self._error(int(emu.auth), AUTH_ERRORS[emu.auth].format(project=project))
+        return True
+
+    def _inject_fault(self, endpoint: str) -> bool:
+        emu = self.server.emu
+        kind, delay = emu._draw_fault(endpoint)
         if delay:
             time.sleep(delay)
         if kind == "429":
@@ -202,7 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
         grid = parse_grid(body.get("grid"))
         if body.get("fileFormat") not in ("NPY", "NUMPY_NDARRAY"):
             raise EvalError(f"fileFormat {body.get('fileFormat')!r} is not supported by the emulator; use NPY")
-        image = Evaluator(emu.world).evaluate(body.get("expression"))
+        image = emu.evaluator().evaluate(body.get("expression"))
         bands = image.band_names()
         if body.get("bandIds"):
             bands = image.select_bands(body["bandIds"]).band_names()
@@ -214,6 +256,10 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.add(too_large=1)
             raise EvalError(f"Total request size ({nbytes} bytes) must be less than or equal to "
                             f"{REQUEST_BYTE_LIMIT} bytes.")
+        if emu.work_limit_px is not None and grid.width * grid.height > emu.work_limit_px:
+            emu.stats.add(too_much_work=1)
+            self._error(emu.work_limit_status, WORK_LIMIT_ERRORS[emu.work_limit_error])
+            return
         pixels = image.render(grid, bands)  # (C, H, W) uint16
         out = np.empty((grid.height, grid.width), dtype=[(b, "<u2") for b in bands])
         for i, b in enumerate(bands):
@@ -223,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, buf.getvalue(), "application/octet-stream")
 
     def _value_compute(self, body: dict) -> None:
-        value = Evaluator(self.server.emu.world).evaluate(body.get("expression"))
+        value = self.server.emu.evaluator().evaluate(body.get("expression"))
         self._json(200, {"result": value.to_json() if hasattr(value, "to_json") else value})
 
 
@@ -252,16 +298,48 @@ class GEEEmulator:
         Seed of the synthetic world (same seed, same pixels) and of the fault RNG.
     faults : Faults, optional
         Injected latency and errors; ``latency_s`` is a shortcut for ``Faults(latency_s=...)``.
+    no_coverage : sequence of (minlon, minlat, maxlon, maxlat)
+        Places no scene covers: a request there finds an empty collection.
+    auth : {None, "401", "403"}
+        Refuse every API call (algorithm list, ``value:compute``, ``computePixels``)
+        as Earth Engine refuses bad credentials ("401") or a project not registered
+        for Earth Engine ("403"). May be changed on a running emulator.
+    work_limit_px : int, optional
+        ``computePixels`` requests over this many pixels answer ``work_limit_status``
+        with Earth Engine's ``Computation timed out.`` (``work_limit_error="timeout"``)
+        or ``User memory limit exceeded.`` (``"memory"``).
+    work_limit_status : int
+        400 (what Earth Engine usually answers) or a 5xx.
+
+    Attributes
+    ----------
+    bounds_log : collections.deque
+        The ``filterBounds`` regions of the last 1000 requests, as lon/lat box tuples.
     """
 
     def __init__(self, port: int = 0, *, seed: int = 0, latency_s: float = 0.0,
-                 faults: Faults | None = None):
-        self.world = SyntheticS2World(seed)
+                 faults: Faults | None = None, no_coverage=(), auth: str | None = None,
+                 work_limit_px: int | None = None, work_limit_error: str = "timeout",
+                 work_limit_status: int = 400):
+        if auth not in (None, "401", "403"):
+            raise ValueError(f"auth={auth!r}: expected None, '401' or '403'")
+        if work_limit_error not in WORK_LIMIT_ERRORS:
+            raise ValueError(f"work_limit_error={work_limit_error!r}: expected one of {sorted(WORK_LIMIT_ERRORS)}")
+        if work_limit_px is not None and not (isinstance(work_limit_px, int) and work_limit_px >= 1):
+            raise ValueError(f"work_limit_px={work_limit_px!r}: expected None or an integer >= 1")
+        if work_limit_status not in (400, 500, 503):
+            raise ValueError(f"work_limit_status={work_limit_status!r}: expected 400, 500 or 503")
+        self.world = SyntheticS2World(seed, no_coverage=no_coverage)
         self.faults = faults or Faults(latency_s=latency_s)
+        self.auth = auth
+        self.work_limit_px = work_limit_px
+        self.work_limit_error = work_limit_error
+        self.work_limit_status = work_limit_status
+        self.bounds_log: collections.deque[tuple] = collections.deque(maxlen=1000)
         self.stats = EmulatorStats()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._forced: collections.deque[str] = collections.deque()
+        self._forced: collections.deque[tuple[str, str]] = collections.deque()  # (kind, endpoint)
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -298,18 +376,31 @@ class GEEEmulator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def fail_next(self, n: int, kind: str = "429") -> None:
-        """Answer the next ``n`` compute requests with ``kind`` (``"429"``, ``"5xx"``, ``"malformed"``, ``"400"``)."""
+    def evaluator(self) -> Evaluator:
+        """An evaluator of one request's expression over this emulator's world."""
+        return Evaluator(self.world, on_bounds=lambda geom: self.bounds_log.append(geom.boxes))
+
+    def fail_next(self, n: int, kind: str = "429", endpoint: str = "computePixels") -> None:
+        """Answer the next ``n`` requests to ``endpoint`` with ``kind``.
+
+        ``kind``: ``"429"``, ``"5xx"``, ``"malformed"`` or ``"400"``; ``endpoint``:
+        ``"computePixels"`` (default: a campaign's configuration check, a
+        ``value:compute``, does not use them up), ``"value:compute"`` or ``"any"``.
+        """
         if kind not in ("429", "5xx", "malformed", "400"):
             raise ValueError(f"kind={kind!r}: expected '429', '5xx', 'malformed' or '400'")
+        if endpoint not in ("computePixels", "value:compute", "any"):
+            raise ValueError(f"endpoint={endpoint!r}: expected 'computePixels', 'value:compute' or 'any'")
         with self._lock:
-            self._forced.extend([kind] * n)
+            self._forced.extend([(kind, endpoint)] * n)
 
-    def _draw_fault(self) -> tuple[str | None, float]:
+    def _draw_fault(self, endpoint: str) -> tuple[str | None, float]:
         f = self.faults
         with self._lock:
-            if self._forced:
-                return self._forced.popleft(), f.latency_s
+            for k, (kind, target) in enumerate(self._forced):
+                if target in ("any", endpoint):
+                    del self._forced[k]
+                    return kind, f.latency_s
             u = self._rng.random()
             spike = f.spike_s if self._rng.random() < f.p_spike else 0.0
         delay = f.latency_s + spike

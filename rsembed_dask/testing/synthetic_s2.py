@@ -9,7 +9,9 @@ coalescing relies on).
 
 A scene is one global acquisition every :data:`REVISIT_DAYS` days with its own
 ``CLOUDY_PIXEL_PERCENTAGE``; clouds are bright blobs covering roughly that
-fraction of the ground.
+fraction of the ground. ``no_coverage`` boxes are places no scene covers (open
+ocean, say): a request there finds no scene, and their pixels are masked (0) in
+a composite made for a larger region.
 
 Examples
 --------
@@ -74,10 +76,13 @@ class SyntheticS2World:
     ----------
     seed : int
         Selects the texture phases and the cloud cover of every scene.
+    no_coverage : sequence of (minlon, minlat, maxlon, maxlat)
+        Boxes that no scene covers.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, no_coverage=()):
         self.seed = int(seed)
+        self.no_coverage = tuple(_box(b) for b in no_coverage)
         rng = np.random.default_rng(self.seed)
         n = len(_WAVELENGTHS_M)
         self._theta = rng.uniform(0, np.pi, (len(BANDS), n))
@@ -109,6 +114,17 @@ class SyntheticS2World:
         start = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc).date()
         end = dt.datetime.fromtimestamp(end_ms / 1000, dt.timezone.utc).date() + dt.timedelta(days=1)
         return [s for s in self.scenes_between(start, end) if start_ms <= s.time_start_ms < end_ms]
+
+    def covers(self, boxes) -> bool:
+        """Whether any part of the lon/lat ``boxes`` lies outside every :attr:`no_coverage` box."""
+        return any(not any(_inside(b, hole) for hole in self.no_coverage) for b in boxes)
+
+    def uncovered(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Where no scene covers the ground (inside a :attr:`no_coverage` box)."""
+        out = np.zeros(np.shape(lon), bool)
+        for x0, y0, x1, y1 in self.no_coverage:
+            out |= (lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1)
+        return out
 
     # ------------------------------------------------------------------ pixels
     @staticmethod
@@ -197,6 +213,8 @@ class SyntheticS2World:
             raise ValueError(f"composite how={how!r}: expected 'median' or 'mosaic'")
         out = np.clip(np.rint(vals), 1, 10000).astype(np.uint16)
         out[:, (np.asarray(lat) > 84) | (np.asarray(lat) < -80)] = 0
+        if self.no_coverage:
+            out[:, self.uncovered(np.asarray(lon), np.asarray(lat))] = 0
         return out
 
 
@@ -272,6 +290,18 @@ def _anchor_phase(index: np.ndarray, k: float, phase: float) -> np.ndarray:
 def _metres(lon, lat):
     """Local east/north metres (a continuous function of lon/lat)."""
     return lon * (_M_PER_DEG * np.cos(np.radians(lat))), lat * _M_PER_DEG
+
+
+def _box(b) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in b)
+    if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
+        raise ValueError(f"no_coverage box {b!r}: expected (minlon, minlat, maxlon, maxlat) with "
+                         "-180 <= minlon <= maxlon <= 180 and -90 <= minlat <= maxlat <= 90")
+    return x0, y0, x1, y1
+
+
+def _inside(b, hole) -> bool:
+    return hole[0] <= b[0] and b[2] <= hole[2] and hole[1] <= b[1] and b[3] <= hole[3]
 
 
 def _as_date(value) -> dt.date:
