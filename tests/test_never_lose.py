@@ -96,7 +96,9 @@ def test_retry_keeps_ok_cells_fetches_only_the_rest_and_survives_a_crash(tmp_pat
 
     # 2. Retried while Earth Engine answers 503 past every retry: the unit is marked failed,
     #    but only its 3 failed cells were fetched and its 61 ok cells keep everything.
-    with GEEEmulator(seed=0, faults=Faults(p_5xx=1.0)) as emu:
+    with GEEEmulator(seed=0) as emu:
+        # 503 on every computePixels (the preflight's value:compute is answered): 3 cells x 2 attempts.
+        emu.fail_next(3 * 2, "5xx", endpoint="computePixels")
         capsys.readouterr()
         second = _run(emu, out, client, retry=RetryPolicy(max_retries=1, base_s=0.001, cap_s=0.01),
                       coalesce=False, retry_failed=True, unit_retries=0, progress=True)
