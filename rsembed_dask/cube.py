@@ -83,6 +83,8 @@ class Cube:
         self.grid_shape = None if grid_shape is None else (int(grid_shape[0]), int(grid_shape[1]))
         self._arrays: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
+        #: False for a cube resumed on storage this process cannot write (see require_writable).
+        self.writable = True
 
     # ------------------------------------------------------------------ pickling
 
@@ -182,9 +184,9 @@ class Cube:
         path = os.path.abspath(os.fspath(path))
         grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
-        check_writable(path)
         meta = probe_store(path)
         if meta is None:
+            check_writable(path)
             cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
             cube._create(source, default_versions(versions))
             return cube
@@ -210,7 +212,9 @@ class Cube:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         emb = group["embedding"]
         grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
-        return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape)  # type: ignore[arg-type]
+        cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape)  # type: ignore[arg-type]
+        cube.writable = os.access(path, os.W_OK)
+        return cube
 
     def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
         """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
@@ -253,14 +257,15 @@ class Cube:
                       n_given: int) -> None:
         """Refuse to resume a cube of another campaign, other samples or other shapes."""
         stored = json.loads(attrs["spec_identity"])
+        self._adopt_scale_order(stored.get("scales"))
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
             raise SpecMismatchError(
                 f"cube {self.path!r} was written with a different campaign spec "
                 f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
                 + "\n  ".join(diffs))
-        if not os.access(self.path, os.W_OK):
-            raise CubeError(f"cube path {self.path!r} is not writable")
+        # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
+        self.writable = os.access(self.path, os.W_OK)
         group = self._zgroup()
         check_same_ids(group["sample"], source, n_given, self.path)
         emb = group["embedding"]
@@ -272,6 +277,27 @@ class Cube:
         self.n_samples = emb.shape[0]
         logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
                     self.status_counts())
+
+    def _adopt_scale_order(self, stored_scales: Any) -> None:
+        """Given the stored scales in another order, resume in the cube's order (its ``scale`` axis)."""
+        given = list(self.spec.scales)
+        if (isinstance(stored_scales, list) and stored_scales != given
+                and sorted(map(float, stored_scales)) == sorted(given)):
+            logger.info("cube %s: scales %s given in another order; the cube's order %s is kept",
+                        self.path, given, stored_scales)
+            self.spec = self.spec.replace(scales=tuple(float(s) for s in stored_scales))
+
+    def require_writable(self, todo: int) -> None:
+        """Refuse to run ``todo`` units into a cube on storage this process cannot write.
+
+        Raises
+        ------
+        CubeError
+            Naming the path and the units left to do.
+        """
+        if todo and not self.writable:
+            raise CubeError(f"cube path {self.path!r} is not writable, and {todo} unit(s) are left to do: "
+                            f"run on writable storage (a finished cube on read-only storage needs no write)")
 
     # ------------------------------------------------------------------ zarr access
 
@@ -451,4 +477,9 @@ class Cube:
             json.dumps(kv, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise CubeError(f"set_attrs: values must be JSON-serialisable ({exc})") from exc
-        self._zgroup().attrs.update(kv)
+        stored = self.attrs
+        changed = {k: v for k, v in kv.items() if k not in stored or normalise_identity({"v": v})["v"] != stored[k]}
+        if changed:  # values already stored are not written again (a read-only finished cube reruns)
+            if not self.writable:
+                raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
+            self._zgroup().attrs.update(changed)

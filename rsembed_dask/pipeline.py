@@ -109,7 +109,8 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
                                grid_shape=grid_shape, versions=_versions())
     if len(table.skipped):
-        cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
+        cube.set_attrs(skipped_rows=table.skipped_records())
+    spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
     return spec, table, cube, work_units(len(table), spec.scales, spec.chunk_size)
 
 
@@ -220,6 +221,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         jobs, path = [(Job(table, cube, spec), units)], cube.path
     todo = [(j, u) for j, (job, units) in enumerate(jobs)
             for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
+    for j, (job, _) in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
+        job.cube.require_writable(sum(1 for k, _ in todo if k == j))
     n_units = sum(len(units) for _, units in jobs)
     log.info("campaign %s: %d samples, %d units, %d to run", path,
              sum(len(job.table) for job, _ in jobs), n_units, len(todo))
