@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from .cli_args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
                        positive_seconds, scales_given)
 from .cli_store import add_inspect, add_quicklook
+from .cluster import SCHEDULER_TIMEOUT_S
 from .errors import RsEmbedError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _add_run(sub) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--scheduler-timeout", type=positive_seconds, default=None, metavar="S",
-                   help="seconds for --scheduler to answer before giving up (default 10)")
+                   help=f"seconds for --scheduler to answer before giving up (default {SCHEDULER_TIMEOUT_S:g})")
     where.add_argument("--cluster", default=None, metavar="FILE",
                        help="start the cluster a recipe describes (cluster/local.yaml, slurm.yaml, kubernetes.yaml)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
@@ -164,7 +165,7 @@ def _preflight_run(args) -> None:
     the address and how to start one, within ``--scheduler-timeout`` seconds).
     """
     from .backends import check_backend
-    from .cluster import SCHEDULER_TIMEOUT_S, check_scheduler
+    from .cluster import check_scheduler
 
     check_backend(args.backend)
     if args.scheduler is not None:

@@ -76,6 +76,9 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
         Worker processes (``Nanny``) or in-process threads (tests).
     dashboard_address : str or None
         Where the scheduler serves its dashboard (``None`` disables it).
+    silence_logs : int
+        Level of the Dask stack's own logs, here and in the worker processes (default
+        WARNING: no INFO chatter while workers start and close).
     host : str
         Interface the scheduler and workers listen on (loopback by default).
 
@@ -114,10 +117,11 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
 
     prefix = "distributed.nanny.pre-spawn-environ."
     environ = dict(WORKER_MALLOC_ENV)
-    if silence_logs:
+    if silence_logs and not isinstance(silence_logs, bool):
         # Worker processes configure their logging at import, from the environment: the same
         # level as this process's distributed loggers (no INFO chatter of workers closing).
-        environ["DASK_LOGGING__DISTRIBUTED"] = logging.getLevelName(silence_logs).lower()
+        name = logging.getLevelName(silence_logs) if isinstance(silence_logs, int) else str(silence_logs)
+        environ["DASK_LOGGING__DISTRIBUTED"] = name.lower()
     with dask.config.set({prefix + k: v for k, v in environ.items()}), _children_ignore_sigint(processes):
         return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs,
                            name="rsembed-dask")

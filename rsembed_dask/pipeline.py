@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .backends import open_backend
+from .backends import check_backend, open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
 from .errors import SpecError
@@ -204,6 +204,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     """
     if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
         raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
+    check_backend(backend)  # before any cube or cluster exists
     if isinstance(gdf, Tiling):
         from .tile_campaign import plan_tiling
 

@@ -145,3 +145,11 @@ def test_window_without_imagery_is_no_data(provider):
     with pytest.raises(NoImageryError, match="no scene matches"):
         get_embedding(spatial=PointBuffer(3, 31, 320), temporal=TemporalSpec.range("2016-01-01", "2016-02-01"),
                       backend=provider, model=TINY)
+
+
+@pytest.mark.parametrize("backend", ["foo", "local:/no/such/rasters", 42])
+def test_a_bad_backend_is_refused_before_the_cube_or_a_cluster(tmp_path, backend):
+    with pytest.raises(SpecError, match="backend"):
+        run_campaign(_pts([3], [31]), tmp_path / "c.zarr", scales=[10], temporal=WINDOW, model=TINY,
+                     backend=backend, client="tcp://127.0.0.1:1", progress=False)
+    assert not (tmp_path / "c.zarr").exists()
