@@ -222,9 +222,9 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> str:
         try:
             sock = socket.create_connection(host_port, timeout=timeout)
         except OSError as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
-            raise ClusterError(f"no Dask scheduler answers at {full} ({why} within {timeout:g} s): "
-                               f"{START_SCHEDULER_HINT}") from None
+            why = (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError)
+                   else (exc.strerror or type(exc).__name__).lower())
+            raise ClusterError(f"no Dask scheduler answers at {full} ({why}): {START_SCHEDULER_HINT}") from None
         if scheme == "tcp":
             # A Dask server speaks first: its handshake, framed by an 8-byte length. Anything
             # else (silence, an HTTP server, a proxy's garbage) is not a Dask scheduler.
