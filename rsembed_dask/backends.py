@@ -28,7 +28,7 @@ from .providers.base import Provider
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_backend", "BACKEND_FORMS"]
+__all__ = ["open_backend", "check_backend", "BACKEND_FORMS"]
 
 BACKEND_FORMS = "'gee', 'emulator', 'local:PATH' or a Provider instance"
 
@@ -45,6 +45,27 @@ def _local_paths(spec: str) -> list[Path]:
         raise SpecError("backend", f"local:{spec}", "'local:PATH' naming an existing raster, "
                                                      "a directory of .tif/.vrt files or a glob")
     return paths
+
+
+def check_backend(backend: Any) -> None:
+    """Refuse a ``backend`` that :func:`open_backend` would refuse, without opening anything.
+
+    Cheap enough to run before a cube is created or a cluster started.
+
+    Raises
+    ------
+    SpecError
+        Not one of :data:`BACKEND_FORMS`, or ``local:PATH`` naming no raster.
+    """
+    if isinstance(backend, str):
+        if backend in ("gee", "emulator"):
+            return
+        if backend.startswith("local:"):
+            _local_paths(backend[len("local:"):])
+            return
+        raise SpecError("backend", backend, BACKEND_FORMS)
+    if not callable(getattr(backend, "fetch", None)):
+        raise SpecError("backend", backend, BACKEND_FORMS)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
-from .cli_args import add_ee_options, add_scales, allow_bbox_positional, gee_options, scales_given
+from .cli_args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
+                       positive_seconds, scales_given)
 from .cli_store import add_inspect, add_quicklook
+from .cluster import SCHEDULER_TIMEOUT_S
 from .errors import NoImageryWarning, RsEmbedError, StoreLockedError
 
 log = logging.getLogger(__name__)
@@ -99,7 +104,7 @@ def _cmd_embed(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the emulator")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--samples", type=int, default=200, help="campaign samples (default 200)")
+    p.add_argument("--samples", type=positive_int, default=200, help="campaign samples (default 200)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -127,6 +132,8 @@ def _add_run(sub) -> None:
     p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--scheduler-timeout", type=positive_seconds, default=None, metavar="S",
+                   help=f"seconds for --scheduler to answer before giving up (default {SCHEDULER_TIMEOUT_S:g})")
     where.add_argument("--cluster", default=None, metavar="FILE",
                        help="start the cluster a recipe describes (cluster/local.yaml, slurm.yaml, kubernetes.yaml)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
@@ -155,7 +162,7 @@ def _add_run(sub) -> None:
                    help="seconds to connect to Earth Engine and for each start-up answer before the "
                         "configuration check gives up (default 20)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args))
+    p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args), preflight=_preflight_run)
 
 
 def _check_run(p: argparse.ArgumentParser, args) -> None:
@@ -169,6 +176,25 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--ee-startup-timeout {args.ee_startup_timeout:g}: expected a positive number of seconds")
     if args.max_retries is not None and args.max_retries < 0:
         p.error(f"--max-retries {args.max_retries}: expected an integer >= 0")
+
+
+def _preflight_run(args) -> None:
+    """Checks of ``run`` that need more than argparse, before any cube or cluster exists.
+
+    The backend's form, and that a scheduler answers at ``--scheduler`` (one line naming
+    the address and how to start one, within ``--scheduler-timeout`` seconds).
+    """
+    from .backends import check_backend
+    from .cluster import check_scheduler
+
+    check_backend(args.backend)
+    if args.scheduler is not None:
+        timeout = args.scheduler_timeout or SCHEDULER_TIMEOUT_S
+        args.scheduler = check_scheduler(args.scheduler, timeout=timeout)
+    elif args.scheduler_timeout is not None:
+        from .errors import SpecError
+
+        raise SpecError("--scheduler-timeout", args.scheduler_timeout, "no value without --scheduler")
 
 
 def _read_samples(path: str):
@@ -346,24 +372,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Loggers of the Dask stack whose INFO records (workers closing, comms closed during a normal
+#: shutdown, with tracebacks) are shown only from ``-vv`` on.
+_CHATTY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
+#: Exit codes of a run ended by a signal (the shell's 128 + signal number).
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _QuietDask(logging.Filter):
+    """Let through records of the Dask stack only from WARNING on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(_CHATTY_LOGGERS)
+
+
+def _configure_logging(verbose: int) -> None:
+    """WARNING by default, ``-v`` INFO, ``-vv`` DEBUG and the Dask stack's INFO too."""
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose >= 2:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietDask) for f in handler.filters):
+            handler.addFilter(_QuietDask())
+    for name in _CHATTY_LOGGERS:  # already imported with handlers of their own
+        logger = logging.getLogger(name)
+        if logger.handlers and logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+class _Signals:
+    """SIGTERM handled like Ctrl-C while a command runs: KeyboardInterrupt in the main thread."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = None
+
+    def _on_term(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _interrupted(args, argv: Sequence[str], signum: int) -> str:
+    """The one line printed when a signal ends a command."""
+    name = signal.Signals(signum).name
+    line = f"rsembed-dask {args.command}: interrupted ({name})"
+    if args.command == "run":
+        line += (f": finished units are kept in {args.out} and the others stay pending; "
+                 f"run the same command again to resume: {shlex.join(['rsembed-dask', *argv])}")
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "check", None) is not None:  # option combinations argparse cannot express
         args.check(args)
-    level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except StoreLockedError as exc:  # another run writes the store: wait, do not fix anything
-        print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except RsEmbedError as exc:
-        print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"rsembed-dask {args.command}: interrupted", file=sys.stderr)
-        return 130
+    _configure_logging(args.verbose)
+    with _Signals() as signals:
+        try:
+            if getattr(args, "preflight", None) is not None:  # before any cube or cluster exists
+                args.preflight(args)
+            return args.func(args)
+        except StoreLockedError as exc:  # another run writes the store: wait, do not fix anything
+            print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+        except RsEmbedError as exc:
+            print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            signum = signals.received or signal.SIGINT
+            print(_interrupted(args, argv, signum), file=sys.stderr)
+            return _SIGNAL_EXIT[signum]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import re
 
-__all__ = ["add_scales", "scales_given", "allow_bbox_positional", "add_ee_options", "gee_options"]
+__all__ = ["add_scales", "scales_given", "allow_bbox_positional", "add_ee_options", "gee_options",
+           "positive_int", "positive_seconds"]
 
 _DEFAULT_SCALES = [10.0, 20.0, 40.0]
 # A number, or comma-separated numbers: "-10", "-10,35,40,70".
@@ -20,6 +21,28 @@ def _scales(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--scales {text!r}: expected comma-separated metres, e.g. 10,20,40") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--samples 0`` is refused before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0")
+    return value
 
 
 def add_scales(p: argparse.ArgumentParser) -> None:

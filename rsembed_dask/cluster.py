@@ -17,14 +17,20 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import RsEmbedError, SpecError
+from .errors import ClusterError, RsEmbedError, SpecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "embed_workers", "fetch_workers",
-           "ClusterSemaphore"]
+__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
+           "fetch_workers", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
 
 GPU_RESOURCE = "GPU"
+
+#: Seconds to wait for a scheduler to answer at a given address before giving up.
+SCHEDULER_TIMEOUT_S = 10.0
+#: How to get a scheduler, for the message when none answers.
+START_SCHEDULER_HINT = ("start one with `dask scheduler` (and workers: `dask worker ADDRESS --resources GPU=1`), "
+                        "or `cluster/local.sh start`; or leave out the address to run on a local cluster")
 
 #: Set in worker processes before they start (glibc reads them once). Dask's nanny sets
 #: MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap threshold:
@@ -70,6 +76,9 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
         Worker processes (``Nanny``) or in-process threads (tests).
     dashboard_address : str or None
         Where the scheduler serves its dashboard (``None`` disables it).
+    silence_logs : int
+        Level of the Dask stack's own logs, here and in the worker processes (default
+        WARNING: no INFO chatter while workers start and close).
     host : str
         Interface the scheduler and workers listen on (loopback by default).
 
@@ -107,17 +116,155 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     import dask
 
     prefix = "distributed.nanny.pre-spawn-environ."
-    with dask.config.set({prefix + k: v for k, v in WORKER_MALLOC_ENV.items()}):
+    environ = dict(WORKER_MALLOC_ENV)
+    if silence_logs and not isinstance(silence_logs, bool):
+        # Worker processes configure their logging at import, from the environment: the same
+        # level as this process's distributed loggers (no INFO chatter of workers closing).
+        name = logging.getLevelName(silence_logs) if isinstance(silence_logs, int) else str(silence_logs)
+        environ["DASK_LOGGING__DISTRIBUTED"] = name.lower()
+    with dask.config.set({prefix + k: v for k, v in environ.items()}), _children_ignore_sigint(processes):
         return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs,
                            name="rsembed-dask")
 
 
 @contextlib.contextmanager
-def connect(client: Any = None, **local_options) -> Iterator[Any]:
+def _children_ignore_sigint(processes: bool) -> Iterator[None]:
+    """Worker processes started meanwhile ignore Ctrl-C.
+
+    Ctrl-C in a terminal reaches the whole process group: worker processes would die
+    on it mid-task, with tracebacks, while the client is still ending the campaign in
+    order (letting writes finish, then closing the cluster). A signal ignored at exec
+    stays ignored, and Python then installs no KeyboardInterrupt handler. Only from the
+    main thread (where signal handlers live); this process's handler is restored after.
+    """
+    import signal
+
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _scheduler_location(address: Any) -> tuple[str, str, tuple[str, int] | None]:
+    """``(scheme, location, (host, port) or None)`` of a scheduler address; SpecError on a bad form."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    allowed = "a Dask scheduler address such as tcp://10.0.0.5:8786 (or host:port)"
+    if not isinstance(address, str) or not address.strip():
+        raise SpecError("scheduler", address, allowed)
+    scheme, loc = parse_address(address.strip())
+    if scheme not in ("tcp", "tls", "ws", "wss", "ucx", "inproc"):
+        raise SpecError("scheduler", address, allowed + f" (unknown protocol {scheme!r})")
+    if scheme == "inproc":
+        return scheme, loc, None
+    try:
+        host, port = parse_host_port(loc)
+    except ValueError as exc:
+        raise SpecError("scheduler", address, f"{allowed} ({exc})") from None
+    if not host or not 0 < port < 65536:
+        raise SpecError("scheduler", address, allowed)
+    return scheme, loc, (host, port)
+
+
+def _check_dask_framing(sock, address: str, timeout: float) -> None:
+    """Read the 8-byte frame length that a Dask server sends first on a new connection."""
+    import struct
+
+    head = b""
+    try:
+        while len(head) < 8:
+            more = sock.recv(8 - len(head))
+            if not more:
+                break
+            head += more
+    except OSError:  # a timeout, or a reset
+        pass
+    if len(head) < 8:
+        sock.close()
+        raise ClusterError(f"no Dask scheduler answers at {address}: something listens there but sent no Dask "
+                           f"handshake within {timeout:g} s: {START_SCHEDULER_HINT}")
+    (size,) = struct.unpack("<Q", head)
+    if size > 2**20:
+        sock.close()
+        raise ClusterError(f"{address} answers but does not speak Dask's protocol (not a Dask scheduler): "
+                           f"give the address `dask scheduler` prints")
+
+
+def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> str:
+    """Make sure a Dask scheduler answers at ``address``; return the address with its protocol.
+
+    Opens one connection and asks the server who it is, so nothing (no cube, no
+    cluster) is started for an address where no scheduler runs. A refused
+    connection fails at once; a silent host after ``timeout`` seconds.
+
+    Raises
+    ------
+    SpecError
+        ``address`` is not a scheduler address.
+    ClusterError
+        Nothing answers (one line naming the address and how to start a scheduler),
+        or what answers is not a scheduler.
+    """
+    import asyncio
+    import concurrent.futures
+    import socket
+
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise SpecError("scheduler_timeout", timeout, "a number of seconds > 0")
+    scheme, loc, host_port = _scheduler_location(address)
+    full = f"{scheme}://{loc}"
+    if host_port is not None and scheme in ("tcp", "tls"):
+        # A plain TCP connect first: a refused port fails now, not after the timeout.
+        try:
+            sock = socket.create_connection(host_port, timeout=timeout)
+        except OSError as exc:
+            why = (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError)
+                   else (exc.strerror or type(exc).__name__).lower())
+            raise ClusterError(f"no Dask scheduler answers at {full} ({why}): {START_SCHEDULER_HINT}") from None
+        if scheme == "tcp":
+            # A Dask server speaks first: its handshake, framed by an 8-byte length. Anything
+            # else (silence, an HTTP server, a proxy's garbage) is not a Dask scheduler.
+            _check_dask_framing(sock, full, timeout)
+        sock.close()
+    if scheme != "tcp":
+        return full  # tls/ws/ucx need the cluster's security settings to say more
+
+    async def identity():
+        from distributed.comm import connect as comm_connect
+
+        comm = await comm_connect(full, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            await comm.close()
+
+    # On a thread of its own: callers may be inside a running event loop (Jupyter).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            info = pool.submit(asyncio.run, identity()).result()
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ClusterError(f"no Dask scheduler answers at {full} within {timeout:g} s "
+                               f"({type(exc).__name__}): {START_SCHEDULER_HINT}") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind != "Scheduler":
+        raise ClusterError(f"{full} answers but is not a Dask scheduler (it says {kind or info!r}): give the "
+                           f"scheduler's address (`dask scheduler` prints it), not a worker's or another server's")
+    return full
+
+
+@contextlib.contextmanager
+def connect(client: Any = None, *, scheduler_timeout: float = SCHEDULER_TIMEOUT_S,
+            **local_options) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for ``client``.
 
     ``None`` starts (and afterwards stops) :func:`local_cluster`; a string is a
-    scheduler address (``"tcp://host:8786"``); a ``Client`` is used as is; a
+    scheduler address (``"tcp://host:8786"``), given ``scheduler_timeout`` seconds
+    to answer (else ClusterError, one line); a ``Client`` is used as is; a
     callable is called (only now) for a context manager yielding a Client, e.g.
     ``lambda: start_cluster(recipe)``.
     """
@@ -139,7 +286,13 @@ def connect(client: Any = None, **local_options) -> Iterator[Any]:
         yield client
         return
     if isinstance(client, str):
-        with Client(client) as c:
+        scheme, loc, _ = _scheduler_location(client)
+        try:
+            c = Client(client, timeout=scheduler_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"no Dask scheduler answers at {scheme}://{loc} within {scheduler_timeout:g} s "
+                               f"({type(exc).__name__}): {START_SCHEDULER_HINT}") from None
+        with c:
             yield c
         return
     raise SpecError("client", client, "None, a distributed.Client, a scheduler address string or a "

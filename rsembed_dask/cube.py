@@ -120,6 +120,8 @@ class Cube:
         self.last_changes: SampleChanges | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
+        #: False for a cube resumed on storage this process cannot write (see require_writable).
+        self.writable = True
 
     # ------------------------------------------------------------------ pickling
 
@@ -247,14 +249,15 @@ class Cube:
             raise SpecError("update/append", {"update": update, "append": append},
                             "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
-        check_writable(path)
         if repair:  # metadata and coordinates from the given samples, before anything reads them
             from .cube_repair import repair_layout
 
+            check_writable(path)
             repair_layout(path, spec=spec, n_samples=int(n_samples), embed_dim=int(embed_dim),
                           grid_shape=grid_shape, source=source)
         meta = probe_store(path)
         if meta is None:
+            check_writable(path)
             cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
             cube._create(source, default_versions(versions))
             cube.last_changes = SampleChanges.identity(int(n_samples))
@@ -283,7 +286,9 @@ class Cube:
         emb = group["embedding"]
         grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
         segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
-        return cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
+        cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
+        cube.writable = os.access(path, os.W_OK)
+        return cube
 
     def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
         """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
@@ -327,14 +332,15 @@ class Cube:
                       n_given: int, *, whole: bool, update: bool, append: bool) -> None:
         """Refuse to resume a cube of another campaign or other shapes; match the samples."""
         stored = json.loads(attrs["spec_identity"])
+        self._adopt_scale_order(stored.get("scales"))
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
             raise SpecMismatchError(
                 f"cube {self.path!r} was written with a different campaign spec "
                 f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
                 + "\n  ".join(diffs))
-        if not os.access(self.path, os.W_OK):
-            raise CubeError(f"cube path {self.path!r} is not writable")
+        # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
+        self.writable = os.access(self.path, os.W_OK)
         group = self._zgroup()
         emb = group["embedding"]
         if emb.shape[2] != self.embed_dim:
@@ -509,6 +515,27 @@ class Cube:
         table = build_sample_table(gpd.GeoDataFrame(index=pd.Index(ids, dtype=object), geometry=geoms, crs="EPSG:4326"))
         where = {v: i for i, v in enumerate(table.ids.tolist())}
         return table.take(np.array([where[v] for v in ids], dtype=np.int64))
+
+    def _adopt_scale_order(self, stored_scales: Any) -> None:
+        """Given the stored scales in another order, resume in the cube's order (its ``scale`` axis)."""
+        given = list(self.spec.scales)
+        if (isinstance(stored_scales, list) and stored_scales != given
+                and sorted(map(float, stored_scales)) == sorted(given)):
+            logger.info("cube %s: scales %s given in another order; the cube's order %s is kept",
+                        self.path, given, stored_scales)
+            self.spec = self.spec.replace(scales=tuple(float(s) for s in stored_scales))
+
+    def require_writable(self, todo: int) -> None:
+        """Refuse to run ``todo`` units into a cube on storage this process cannot write.
+
+        Raises
+        ------
+        CubeError
+            Naming the path and the units left to do.
+        """
+        if todo and not self.writable:
+            raise CubeError(f"cube path {self.path!r} is not writable, and {todo} unit(s) are left to do: "
+                            f"run on writable storage (a finished cube on read-only storage needs no write)")
 
     # ------------------------------------------------------------------ zarr access
 
@@ -734,4 +761,9 @@ class Cube:
             json.dumps(kv, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise CubeError(f"set_attrs: values must be JSON-serialisable ({exc})") from exc
-        self._zgroup().attrs.update(kv)
+        stored = self.attrs
+        changed = {k: v for k, v in kv.items() if k not in stored or normalise_identity({"v": v})["v"] != stored[k]}
+        if changed:  # values already stored are not written again (a read-only finished cube reruns)
+            if not self.writable:
+                raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
+            self._zgroup().attrs.update(changed)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SpecError
 from .grid import point_grid
 from .providers.base import Patch
 from .specs import ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
@@ -51,11 +52,18 @@ def write_quicklook(patch: Patch, path: Path, max_reflectance: float = 3000.0) -
 
 
 def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
-    """Run the demo into ``out``; returns the paths and figures it printed."""
+    """Run the demo into ``out``; returns the paths and figures it printed.
+
+    Raises
+    ------
+    SpecError
+        Before anything runs: ``n_samples`` not an integer >= 1, ``out`` a file, or
+        ``out`` holding a demo cube of another number of samples.
+    """
     from .api import get_embedding
     from .backends import open_backend
 
-    out = Path(out)
+    out = _check_demo_args(out, n_samples)
     out.mkdir(parents=True, exist_ok=True)
     sensor = SensorSpec()
     grid = point_grid(DEMO_POINT.lon, DEMO_POINT.lat, DEMO_POINT.buffer_m, sensor.scale_m)
@@ -76,6 +84,26 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
     result = {"geotiff": str(tif), "quicklook": str(png), "embedding_dim": int(vec.shape[0])}
     result.update(_demo_campaign(out, n_samples))
     return result
+
+
+def _check_demo_args(out: str | Path, n_samples: int) -> Path:
+    """Refuse the demo's arguments up front (nothing fetched, nothing written)."""
+    import numbers
+
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise SpecError("n_samples", n_samples, "an integer >= 1 (campaign samples)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpecError("out", str(out), "a directory (or a path to create), not a file")
+    cube = out / "campaign.zarr"
+    if cube.exists():
+        from .cube import Cube
+
+        held = Cube.open(cube).n_samples
+        if held != n_samples:
+            raise SpecError("n_samples", n_samples, f"{held}, the samples of the demo cube already in {cube} "
+                                                    f"(or another --out, or remove that cube)")
+    return out
 
 
 def _demo_campaign(out: Path, n_samples: int) -> dict:

@@ -104,6 +104,10 @@ class ModelError(RsEmbedError):
     """The model could not be loaded or run."""
 
 
+class ClusterError(RsEmbedError):
+    """No Dask scheduler answers at the address given, or the cluster cannot be used."""
+
+
 class CubeError(RsEmbedError):
     """The Zarr datacube is missing, unreadable or inconsistent."""
 

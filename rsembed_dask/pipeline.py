@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .backends import open_backend
+from .backends import check_backend, open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
 from .cube_repair import repair_tiling_layout, reset_damaged_units
@@ -123,7 +123,8 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                                grid_shape=grid_shape, versions=_versions(), repair=repair,
                                update=update, append=append)
     if len(table.skipped):
-        cube.set_attrs(skipped_rows=table.skipped.astype(str).to_dict(orient="records"))
+        cube.set_attrs(skipped_rows=table.skipped_records())
+    spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
     table, given = table_in_cube_rows(table, cube)
     units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
              if given[u.start:u.stop].any()]
@@ -242,6 +243,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     """
     if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
         raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
+    check_backend(backend)  # before any cube or cluster exists
     if isinstance(gdf, Tiling):
         from .tile_campaign import plan_tiling
 
@@ -265,6 +267,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
     todo = [(j, u) for j, (job, units) in enumerate(jobs)
             for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
+    for j, (job, _) in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
+        job.cube.require_writable(sum(1 for k, _ in todo if k == j))
     n_units = sum(len(units) for _, units in jobs)
     log.info("campaign %s: %d samples, %d units, %d to run", path,
              sum(len(job.table) for job, _ in jobs), n_units, len(todo))

@@ -32,7 +32,8 @@ def format_plan(plan: CampaignPlan) -> str:
     cols = [f"{s.scale_m:g} m" for s in plan.scales] + ["total"]
     first = plan.scales[0] if plan.scales else None
     lines = [
-        f"AOI {plan.aoi_label}  (lon {plan.aoi_bounds[0]:g}..{plan.aoi_bounds[2]:g}, "
+        f"AOI {plan.aoi_label}  (lon {plan.aoi_bounds[0]:g}..{plan.aoi_bounds[2]:g}"
+        f"{' across the antimeridian' if plan.aoi_bounds[0] > plan.aoi_bounds[2] else ''}, "
         f"lat {plan.aoi_bounds[1]:g}..{plan.aoi_bounds[3]:g})",
     ]
     if first is not None:

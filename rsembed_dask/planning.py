@@ -308,7 +308,9 @@ def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size
                   for t in tiling.tables)
     import shapely
 
-    bounds = tuple(float(v) for v in shapely.from_wkb(tiling.aoi_wkb).bounds)
+    from .aoi import aoi_bounds
+
+    bounds = aoi_bounds(shapely.from_wkb(tiling.aoi_wkb))  # west > east across the antimeridian
     notes = []
     fallback = sum(p.fallback_groups for p in plans)
     if fallback:

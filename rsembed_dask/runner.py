@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import time
 import uuid
 from typing import Any
@@ -45,6 +46,9 @@ RESULT_TIMEOUT_S = 10.0
 GPU_WAIT_S = 300.0
 #: Seconds between looks for a GPU worker while waiting for one.
 GPU_POLL_S = 0.5
+#: On an interrupt (Ctrl-C, SIGTERM), seconds to let units already embedding finish their
+#: write; the others are cancelled and stay pending. Within a SLURM or Kubernetes grace period.
+DRAIN_S = 20.0
 
 
 class Job:
@@ -209,11 +213,55 @@ class Runner:
                 if time.monotonic() - self._last_check >= HEALTH_CHECK_S:
                     self._last_check = time.monotonic()
                     self._ensure_actors()
+        except KeyboardInterrupt:
+            self._drain()
+            raise
         finally:
             for fut in self.inflight:
                 fut.cancel()
             self.bar.close()
             self.report.elapsed_s = time.perf_counter() - t_start - self.report.startup_s
+
+    def _drain(self, grace_s: float = DRAIN_S) -> None:
+        """After an interrupt: submit nothing more, let units that may be writing finish.
+
+        A unit whose fetch is done may be embedding and writing: it gets ``grace_s``
+        seconds, so no unit is cut between its data and the status vouching for it.
+        Everything else is cancelled (its cells stay pending; a rerun resumes them). A
+        second interrupt stops the wait.
+        """
+        from distributed import wait
+
+        self.pending.clear()
+        writing = []
+        for fut, (_, _, _, fetch) in list(self.inflight.items()):
+            if fetch.status == "finished" and not fut.done():
+                writing.append(fut)
+            elif not fut.done():
+                fut.cancel()
+                fetch.cancel()
+        deadline = time.monotonic() + grace_s
+        if writing:
+            msg = (f"interrupted: letting {len(writing)} unit(s) being embedded finish their writes "
+                   f"(at most {grace_s:g} s; interrupt again to stop now)")
+            print(msg, file=sys.stderr, flush=True)
+            try:
+                wait(writing, timeout=grace_s)
+            except TimeoutError:
+                log.warning("interrupted: units still embedding after %g s are cancelled and stay pending",
+                            grace_s)
+        # Cancelled tasks already running go on in their worker threads (Dask cannot stop a
+        # thread): a fetch holding an Earth Engine lease, say. Wait for them too, so that
+        # the cluster is not closed under them (lease releases that fail, killed workers).
+        while time.monotonic() < deadline and self._tasks_running():
+            time.sleep(0.2)
+        for fut in [f for f in self.inflight if f.status == "finished"]:
+            self._finish(fut)  # counted in the report; the rest is cancelled by run()
+
+    def _tasks_running(self) -> int:
+        """Tasks of this run still running in worker threads (cancelled ones included)."""
+        counts = self.c.run(_running_tasks, token=self.run_token, on_error="ignore")
+        return sum(n for n in counts.values() if isinstance(n, int))
 
     def _finish(self, fut) -> None:
         from distributed import KilledWorker
@@ -255,3 +303,9 @@ class Runner:
             self._requeue(j, unit, None if isinstance(exc, KilledWorker) else fetch)
         else:
             raise exc
+
+
+def _running_tasks(token: str, dask_worker=None) -> int:
+    """On a worker (``client.run``): its running tasks whose key holds ``token``."""
+    state = dask_worker.state
+    return sum(1 for ts in (*state.executing, *state.long_running) if token in str(ts.key))

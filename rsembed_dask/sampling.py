@@ -14,7 +14,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -95,6 +95,15 @@ class SampleTable:
         return SampleTable({k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in _COLUMNS},
                            self.skipped, self.id_name)
 
+    def skipped_records(self) -> list[dict[str, Any]]:
+        """:attr:`skipped` as JSON-safe records ``{"id", "reason"}`` (for the cube's attributes).
+
+        Ids stay str or int; a missing id (None, NaN, NA) becomes None, and its reason
+        names the input row; any other value becomes its text.
+        """
+        return [{"id": _json_id(i), "reason": str(r)}
+                for i, r in zip(self.skipped["id"].tolist(), self.skipped["reason"].tolist())]
+
     def slice(self, start: int, stop: int) -> SampleTable:
         """Rows ``start:stop``, e.g. the samples of one :class:`WorkUnit`."""
         return self.take(slice(start, stop))
@@ -170,6 +179,20 @@ def _py(v):  # numpy scalars -> Python scalars, so ids pickle and print plainly
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _json_id(v: Any) -> str | int | None:
+    """An id as JSON can hold it: str and int as they are, a missing id None, others as text."""
+    v = _py(v)
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if pd.api.types.is_scalar(v) and pd.isna(v):  # pd.NA, NaT, None-likes
+        return None
+    return str(v)
+
+
 def build_sample_table(gdf, *, id_column: str | None = None,
                        on_invalid: Literal["raise", "skip"] = "raise") -> SampleTable:
     """Validate a GeoDataFrame and turn it into a :class:`SampleTable` in Hilbert order.
@@ -222,7 +245,8 @@ def build_sample_table(gdf, *, id_column: str | None = None,
         why[mask], field[mask], allowed[mask] = reasons[mask], fld, ok
 
     is_null = pd.isna(pd.Series(ids, dtype=object)).to_numpy()
-    mark(is_null, "id", "missing id", "non-null ids")
+    mark(is_null, "id", [f"missing id (input row {i})" for i in range(n)] if is_null.any() else "missing id",
+         "non-null ids")
     ok_type = np.array([isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool) for v in ids])
     mark(~ok_type, "id", [f"unsupported id type {type(v).__name__}" for v in ids], "str or int ids")
     dup = pd.Series(ids, dtype=object).duplicated(keep="first").to_numpy() & ~is_null

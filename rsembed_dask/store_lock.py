@@ -22,6 +22,7 @@ the directory, which would remove a lock inside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import datetime as _dt
 import functools
 import inspect
@@ -163,6 +164,7 @@ class StoreLock:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._readonly = False  # read-only storage: no lock file could be (or needs to be) made
 
     def _content(self) -> bytes:
         pid = os.getpid()
@@ -194,7 +196,20 @@ class StoreLock:
             Another live run holds it; the message names the holder.
         """
         for _ in range(3):
-            if self._create():
+            try:
+                created = self._create()
+            except (PermissionError, OSError) as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                if os.path.isdir(self.store) and not os.access(self.store, os.W_OK):
+                    # Read-only storage: nothing can be written, so there is no writer to exclude
+                    # (a finished cube opens; a run with work left is refused by the cube itself).
+                    log.info("%s: read-only storage, no writer lock taken (%s)", self.store, exc)
+                    self._readonly = True
+                    return
+                raise StoreLockedError(f"{self.store}: cannot create the writer lock {self.path} ({exc}): "
+                                       "the folder holding the store must be writable") from None
+            if created:
                 break
             holder = read_lock(self.store)
             if holder is None:
@@ -247,6 +262,8 @@ class StoreLock:
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours."""
+        if self._readonly:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -33,8 +33,8 @@ def plan_tiling(tiling: Tiling, out, *, scales, temporal: TemporalSpec, sensor: 
 
     if not isinstance(temporal, TemporalSpec):
         raise SpecError("temporal", temporal, "a TemporalSpec (TemporalSpec.range(start, end) or .year(y))")
-    if scales is not None and tuple(float(s) for s in
-                                    ([scales] if isinstance(scales, (int, float)) else scales)) != tiling.scales:
+    if scales is not None and sorted(float(s) for s in  # order does not matter (the tiling's are sorted)
+                                     ([scales] if isinstance(scales, (int, float)) else scales)) != sorted(tiling.scales):
         raise SpecError("scales", scales, f"None or the tiling's own scales {list(tiling.scales)}")
     if model.image_size != tiling.image_size:
         raise SpecError("model.image_size", model.image_size,

@@ -171,8 +171,11 @@ class TileTable:
             crs = f"EPSG:{int(code)}"
             lon[rows], lat[rows] = xy_to_lonlat(x[rows], y[rows], crs)
             boxes = shapely.box(x[rows] - t / 2, y[rows] - t / 2, x[rows] + t / 2, y[rows] + t / 2)
-            # Corners only: a UTM tile edge of a few km bends by millimetres in lon/lat.
-            geo = shapely.transform(boxes, lambda c, crs=crs: np.column_stack(xy_to_lonlat(c[:, 0], c[:, 1], crs)))
+            # Corners only: a UTM tile edge of a few km bends by millimetres in lon/lat. Corners
+            # are kept on the side of their tile's centre: a tile across 180° runs to 180.01°,
+            # it does not wrap to -179.99° (a polygon around the world).
+            ref = np.repeat(lon[rows], 5)  # five coordinates per box, in order
+            geo = shapely.transform(boxes, lambda c, crs=crs, ref=ref: _corners_lonlat(c, crs, ref))
             wkb[rows] = list(shapely.to_wkb(geo))
         half = np.full(n, t / 2)
         return SampleTable({"ids": self.ids(start, stop), "lon": lon, "lat": lat,
@@ -207,6 +210,13 @@ class TileTable:
         return (int(self.row[m].min()), int(self.row[m].max()), int(self.col[m].min()), int(self.col[m].max()))
 
 
+def _corners_lonlat(xy: np.ndarray, crs: str, ref_lon: np.ndarray) -> np.ndarray:
+    """Tile corners in lon/lat, each within 180° of its tile centre's longitude ``ref_lon``."""
+    lon, lat = xy_to_lonlat(xy[:, 0], xy[:, 1], crs)
+    lon = ref_lon + (np.asarray(lon) - ref_lon + 180.0) % 360.0 - 180.0
+    return np.column_stack([lon, lat])
+
+
 @dataclass(frozen=True, eq=False)
 class Tiling:
     """Tilings of one AOI at several scales (one :class:`TileTable` per scale).
@@ -216,7 +226,7 @@ class Tiling:
     scales : tuple of float
     image_size, block : int
     tables : tuple of TileTable
-        In ``scales`` order.
+        In ``scales`` order (ascending).
     aoi_wkb : bytes
         The AOI (EPSG:4326) as WKB.
     """
@@ -259,7 +269,8 @@ def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224,
     aoi : GeoDataFrame, GeoSeries, shapely geometry or bbox tuple
         The area (see :func:`~rsembed_dask.aoi.aoi_geometry`).
     scales : sequence of float
-        Pixel sizes in metres; each gets its own tiling.
+        Pixel sizes in metres; each gets its own tiling. Their order does not matter:
+        the tiling holds them sorted (so ``20, 10`` and ``10, 20`` are the same tiling).
     image_size : int
         Tile side in pixels (the model's input size: no resampling at fetch).
     block : int
@@ -272,6 +283,8 @@ def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224,
     if isinstance(scales, (int, float)):
         scales = [scales]
     scales_t = tuple(float(s) for s in scales)
+    if all(math.isfinite(s) for s in scales_t):
+        scales_t = tuple(sorted(scales_t))
     if not scales_t or not all(math.isfinite(s) and s > 0 for s in scales_t) or len(set(scales_t)) != len(scales_t):
         raise SpecError("scales", list(scales), "distinct positive pixel sizes in metres")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:

@@ -54,6 +54,30 @@ def test_bad_rows_can_be_skipped_and_are_recorded(tmp_path):
     assert skipped[0]["id"] == "c" and "lon" in skipped[0]["reason"]
 
 
+@pytest.mark.parametrize("missing", [np.nan, None])
+def test_skipped_rows_with_a_missing_id_are_recorded_json_safe_and_the_cube_resumes(tmp_path, missing):
+    gdf = _pts([3, 3.1, 3.2, 300], [31, 31, 31, 31], site=["a", missing, "c", "d"])
+    for _ in range(2):  # created, then resumed (it was refused on every rerun before)
+        spec, table, cube, units = _plan(gdf, tmp_path, id_column="site", on_invalid="skip")
+        assert sorted(table.ids.tolist()) == ["a", "c"]
+        skipped = cube.attrs["skipped_rows"]
+        assert skipped[0] == {"id": None, "reason": "missing id (input row 1)"}
+        assert skipped[1]["id"] == "d" and "longitude" in skipped[1]["reason"]
+
+
+def test_scales_in_another_order_resume_in_the_cube_order(tmp_path):
+    _plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[10, 20])
+    spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[20, 10])
+    assert spec.scales == cube.spec.scales == (10.0, 20.0) and cube.spec.spec_hash() == cube.attrs["spec_hash"]
+    assert [u.scale_m for u in units] == [10.0, 20.0]
+    # A cube made before with unsorted scales resumes too, in its own order.
+    spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path / "old", scales=[40, 10])
+    spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path / "old", scales=[10, 40])
+    assert spec.scales == (40.0, 10.0) and [u.scale_m for u in units] == [40.0, 10.0]
+    with pytest.raises(SpecMismatchError, match="scales"):  # other scales are still another campaign
+        _plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[10, 40])
+
+
 def test_polygon_too_large_for_one_request(tmp_path):
     huge = gpd.GeoDataFrame(geometry=[shapely.box(3, 31, 3.01, 31.01), shapely.box(0, 40, 1.5, 41)], crs="EPSG:4326")
     with pytest.raises(SpecError, match="48 MiB"):
@@ -121,3 +145,11 @@ def test_window_without_imagery_is_no_data(provider):
     with pytest.raises(NoImageryError, match="no scene matches"):
         get_embedding(spatial=PointBuffer(3, 31, 320), temporal=TemporalSpec.range("2016-01-01", "2016-02-01"),
                       backend=provider, model=TINY)
+
+
+@pytest.mark.parametrize("backend", ["foo", "local:/no/such/rasters", 42])
+def test_a_bad_backend_is_refused_before_the_cube_or_a_cluster(tmp_path, backend):
+    with pytest.raises(SpecError, match="backend"):
+        run_campaign(_pts([3], [31]), tmp_path / "c.zarr", scales=[10], temporal=WINDOW, model=TINY,
+                     backend=backend, client="tcp://127.0.0.1:1", progress=False)
+    assert not (tmp_path / "c.zarr").exists()

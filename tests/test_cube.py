@@ -339,8 +339,12 @@ def test_not_writable_simulated(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False)
     with pytest.raises(CubeError, match="not writable"):
         create(tmp_path / "new.zarr")
+    # An existing cube opens read-only (a finished one has nothing to do); work is refused.
+    cube = create(path)
+    assert cube.writable is False
+    cube.require_writable(0)
     with pytest.raises(CubeError, match="not writable"):
-        create(path)
+        cube.require_writable(3)
 
 
 def test_distributed_workers_write_units(tmp_path):

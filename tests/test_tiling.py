@@ -122,3 +122,40 @@ def test_complete_blocks_come_first_so_each_is_exactly_one_default_work_unit():
     units = work_units(len(table), [10], DEFAULT_BLOCK ** 2)
     for unit, (_, _, _, start, stop) in zip(units[:n_full], blocks[:n_full]):
         assert (unit.start, unit.stop) == (start, stop)
+
+
+# The AOI a user drew across the antimeridian: 2° x 1° from 179°E to 179°W.
+RING = shapely.Polygon([(179, 0), (-179, 0), (-179, 1), (179, 1)])
+SPLIT = shapely.MultiPolygon([shapely.box(179, 0, 180, 1), shapely.box(-180, 0, -179, 1)])
+
+
+@pytest.mark.parametrize("aoi", [RING, gpd.GeoDataFrame(geometry=[RING], crs="EPSG:4326"), (179.0, 0.0, -179.0, 1.0),
+                                 shapely.box(179, 0, 181, 1)],
+                         ids=["ring", "geodataframe", "bbox-west-gt-east", "lon-beyond-180"])
+def test_an_aoi_across_the_antimeridian_is_split_there_not_a_band_around_the_world(aoi, caplog):
+    tiling = tile_aoi(aoi, scales=[10, 40])
+    reference = tile_aoi(SPLIT, scales=[10, 40])  # split by hand: what the user meant
+    for table, ref in zip(tiling.tables, reference.tables):
+        assert set(table.zones()) == {32660, 32601}  # UTM zones 60 and 1, not 60 zones
+        assert len(table) == len(ref) and 300 < len(table) < 6000
+        assert (table.ids() == ref.ids()).all()
+        bounds = table.to_geodataframe().geometry.bounds
+        assert ((bounds.maxx - bounds.minx) < 1).all()  # no tile footprint wraps around the world
+    if aoi is RING:
+        assert "antimeridian" in caplog.text  # the user is told how the AOI was read
+
+
+def test_a_band_across_most_of_the_world_is_not_taken_for_an_antimeridian_crossing():
+    from rsembed_dask.aoi import aoi_bounds, aoi_geometry
+
+    wide = shapely.segmentize(shapely.box(-170, 0, 170, 0.01), 90)  # no edge longer than 180°: as drawn
+    assert aoi_geometry(wide).equals(wide)
+    assert aoi_geometry((-170.0, 0.0, 170.0, 0.01)).equals(wide)  # a bbox means what it says
+    assert aoi_bounds(aoi_geometry(RING)) == (179.0, 0.0, -179.0, 1.0)  # west > east, as GeoJSON bboxes
+    with pytest.raises(SpecError, match="min < max"):
+        tile_aoi((1.0, 0.0, 0.0, 1.0))  # swapped, not 359° the other way round
+
+
+def test_the_order_of_scales_does_not_matter():
+    a, b = tile_aoi(SPLIT, scales=[40, 10]), tile_aoi(SPLIT, scales=[10, 40])
+    assert a.scales == b.scales == (10.0, 40.0) and a.token() == b.token()
