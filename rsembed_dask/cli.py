@@ -22,6 +22,7 @@ from .cli_args import (add_ee_options, add_scales, allow_bbox_positional, gee_op
                        positive_seconds, scales_given)
 from .cli_store import add_inspect, add_quicklook
 from .cluster import SCHEDULER_TIMEOUT_S
+from .runner import GPU_WAIT_S
 from .errors import NoImageryWarning, RsEmbedError, StoreLockedError
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ def _add_run(sub) -> None:
     p.add_argument("--ee-startup-timeout", type=float, default=None, metavar="S",
                    help="seconds to connect to Earth Engine and for each start-up answer before the "
                         "configuration check gives up (default 20)")
+    p.add_argument("--gpu-wait", type=float, default=GPU_WAIT_S, metavar="S",
+                   help="seconds to wait for a GPU worker (--resources GPU=1) when there is none, at start or "
+                        f"after the only one died, before giving up (default {GPU_WAIT_S:g})")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args), preflight=_preflight_run)
 
@@ -176,6 +180,8 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--ee-startup-timeout {args.ee_startup_timeout:g}: expected a positive number of seconds")
     if args.max_retries is not None and args.max_retries < 0:
         p.error(f"--max-retries {args.max_retries}: expected an integer >= 0")
+    if not args.gpu_wait >= 0:
+        p.error(f"--gpu-wait {args.gpu_wait:g}: expected a number of seconds >= 0")
 
 
 def _preflight_run(args) -> None:
@@ -245,7 +251,7 @@ def _cmd_run(args) -> int:
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair,
+            gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair, gpu_wait_s=args.gpu_wait,
             progress=not args.no_progress,
             fetch_threads=env_defaults()["fetch_workers"], **options)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
