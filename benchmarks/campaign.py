@@ -58,9 +58,9 @@ def _last_run(ds) -> dict:
 
 def _fetch_chips(provider, n: int, tmp: str) -> list[np.ndarray]:
     """Fetch ``n`` chips exactly as the campaign would (same footprints, sensor, window)."""
-    from rsembed_dask.pipeline import plan_campaign
+    from rsembed_dask.campaign.run import plan_campaign
     from rsembed_dask.specs import ModelSpec, TemporalSpec
-    from rsembed_dask.units import fetch_unit
+    from rsembed_dask.campaign.tasks import fetch_unit
 
     spec, table, _cube, units = plan_campaign(
         _points(n, seed=1), os.path.join(tmp, "chips.zarr"), scales=[SCALE],
@@ -80,7 +80,7 @@ def bare_rate(chips: list[np.ndarray], n_batches: int, threads: int | None = Non
     """
     import torch
 
-    from rsembed_dask.model import ScaleMAEEmbedder
+    from rsembed_dask.embed.model import ScaleMAEEmbedder
     from rsembed_dask.specs import ModelSpec
 
     before = torch.get_num_threads()
@@ -109,7 +109,7 @@ def campaign(provider, n: int, out: str, *, worker_omp_threads: int | None = Non
     """
     import dask
 
-    from rsembed_dask.pipeline import run_campaign
+    from rsembed_dask.campaign.run import run_campaign
     from rsembed_dask.specs import ModelSpec, TemporalSpec
 
     opts = {"dashboard_address": None}
@@ -156,7 +156,7 @@ def client_memory_child(n: int) -> None:
     import socket
     import urllib.request
 
-    from rsembed_dask.pipeline import run_campaign
+    from rsembed_dask.campaign.run import run_campaign
     from rsembed_dask.providers import GEEProvider
     from rsembed_dask.specs import ModelSpec, TemporalSpec
 
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
         return
 
     from rsembed_dask.providers import GEEProvider
-    from rsembed_dask.testing import GEEEmulator
+    from rsembed_dask.emulator import GEEEmulator
 
     t_all = time.perf_counter()
     # This machine may be shared: a busy neighbour shows up here and skews every figure.

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from rsembed_dask.model import ScaleMAEEmbedder
-from rsembed_dask.preprocess import preprocess
+from rsembed_dask.embed.model import ScaleMAEEmbedder
+from rsembed_dask.embed.preprocess import preprocess
 from rsembed_dask.specs import ModelSpec, OutputSpec
 
 BATCH = 32

@@ -79,8 +79,8 @@ def _samples():
 def _config_error_s(gdf, kw, addr, tmp, **emulator) -> tuple[str, float, int]:
     """Run a campaign that must stop on a ConfigurationError before any work."""
     from rsembed_dask.errors import ConfigurationError
-    from rsembed_dask.pipeline import run_campaign
-    from rsembed_dask.testing import GEEEmulator
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.emulator import GEEEmulator
 
     sensor = emulator.pop("sensor", None)
     with GEEEmulator(seed=0, no_coverage=NO_COVERAGE, **emulator) as emu:
@@ -97,10 +97,10 @@ def _config_error_s(gdf, kw, addr, tmp, **emulator) -> tuple[str, float, int]:
 def main() -> None:
     from distributed import Client
 
-    from rsembed_dask.cube import FAILED, NO_DATA, OK, PENDING, Cube
-    from rsembed_dask.pipeline import run_campaign
+    from rsembed_dask.store.cube import FAILED, NO_DATA, OK, PENDING, Cube
+    from rsembed_dask.campaign.run import run_campaign
     from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
-    from rsembed_dask.testing import Faults, GEEEmulator
+    from rsembed_dask.emulator import Faults, GEEEmulator
 
     gdf = _samples()
     kw = dict(scales=[10], temporal=TemporalSpec.range(*WINDOW), model=ModelSpec("test-tiny"), backend="gee",

@@ -64,7 +64,7 @@ def _vm_hwm_mib() -> float:
 
 
 def _run(tiling, out: str, provider, client, coalesce: bool) -> dict:
-    from rsembed_dask.pipeline import run_campaign
+    from rsembed_dask.campaign.run import run_campaign
     from rsembed_dask.specs import ModelSpec, TemporalSpec
 
     t0 = time.perf_counter()
@@ -86,9 +86,9 @@ def main() -> None:
 
     from distributed import Client
 
-    from rsembed_dask.cluster import local_cluster
+    from rsembed_dask.cluster.local import local_cluster
     from rsembed_dask.providers import GEEProvider
-    from rsembed_dask.tiling import tile_aoi
+    from rsembed_dask.sampling.tiling import tile_aoi
 
     tiling = tile_aoi(AOI, scales=SCALES)
     n = len(tiling)

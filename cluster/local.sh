@@ -26,7 +26,7 @@
 # The `dask` command is $DASK_BIN, else `dask` on PATH, else the repository's .venv/bin/dask.
 set -euo pipefail
 
-# Worker settings kept equal to rsembed_dask/cluster.py (local_cluster, WORKER_MALLOC_ENV).
+# Worker settings kept equal to rsembed_dask/cluster/local.py (local_cluster, WORKER_MALLOC_ENV).
 EMBED_THREADS=2
 MALLOC_TRIM=1073741824   # 2**30
 MALLOC_MMAP=33554432     # 2**25

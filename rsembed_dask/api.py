@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .backends import open_backend
+from .providers.backends import open_backend
 from .errors import SpecError
 from .providers.base import Patch
-from .sampling import Footprint, SampleTable, build_sample_table
+from .sampling.samples import Footprint, SampleTable, build_sample_table
 from .specs import (BBox, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec,
                     env_defaults)
 
@@ -77,7 +77,7 @@ def _footprints(spatials, table: SampleTable, scale_m: float, image_size: int) -
 
 
 def _resolve_model(model, device: str):
-    from .model import ScaleMAEEmbedder
+    from .embed.model import ScaleMAEEmbedder
 
     if isinstance(model, ScaleMAEEmbedder):
         return model
@@ -211,7 +211,7 @@ def get_embedding(model_name: str = "scalemae_rgb", *, spatial: PointBuffer | BB
         return get_embeddings_batch(model_name, spatials=[spatial], temporal=temporal, sensor=sensor,
                                     output=output, backend=backend, device=device, model=model,
                                     gee_options=gee_options)[0]
-    from .preprocess import check_chw
+    from .embed.preprocess import check_chw
 
     if model_name not in MODEL_NAMES:
         raise SpecError("model", model_name, f"one of {MODEL_NAMES}")

@@ -125,7 +125,7 @@ class CubeDamagedError(CubeError):
 
 
 class StoreLockedError(CubeError):
-    """Another run holds the store's writer lock (see :mod:`rsembed_dask.store_lock`)."""
+    """Another run holds the store's writer lock (see :mod:`rsembed_dask.store.lock`)."""
 
 
 class ConfigurationError(RsEmbedError):

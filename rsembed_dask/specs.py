@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from .errors import SpecError
-from .spec_base import _choice, _date, _int, _number, _set, _Spec
+from ._validate import _choice, _date, _int, _number, _set, _Spec
 
 __all__ = [
     "PointBuffer",

@@ -9,7 +9,7 @@ from distributed import Client
 
 from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.providers.retry import RetryPolicy
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 FAST_RETRY = RetryPolicy(max_retries=6, base_s=0.005, cap_s=0.05)
 
@@ -32,7 +32,7 @@ def emu(emulator):
 @pytest.fixture(scope="module")
 def client():
     """An in-process local cluster (threads): one CPU embed worker and one fetch worker."""
-    from rsembed_dask.cluster import local_cluster
+    from rsembed_dask.cluster.local import local_cluster
 
     cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
     with Client(cluster) as c:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from rsembed_dask.api import get_embedding, get_embeddings_batch
-from rsembed_dask.cli import main
+from rsembed_dask.cli.commands import main
 from rsembed_dask.errors import SpecError
-from rsembed_dask.grid import point_grid
-from rsembed_dask.model import ScaleMAEEmbedder
+from rsembed_dask.geo.grid import point_grid
+from rsembed_dask.embed.model import ScaleMAEEmbedder
 from rsembed_dask.specs import BBox, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")

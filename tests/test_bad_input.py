@@ -7,9 +7,9 @@ import shapely
 from distributed import Client
 
 from rsembed_dask.api import get_embedding
-from rsembed_dask.cluster import local_cluster
+from rsembed_dask.cluster.local import local_cluster
 from rsembed_dask.errors import CubeError, ModelError, SpecError, SpecMismatchError
-from rsembed_dask.pipeline import plan_campaign, run_campaign
+from rsembed_dask.campaign.run import plan_campaign, run_campaign
 from rsembed_dask.specs import ModelSpec, PointBuffer, TemporalSpec
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
@@ -105,7 +105,7 @@ def test_unknown_model_id(tmp_path):
 
 
 def test_unreadable_local_weights(tmp_path, provider):
-    from rsembed_dask.weights import load_scalemae
+    from rsembed_dask.embed.weights import load_scalemae
 
     wrapper, _ = load_scalemae(TINY)
     wrapper.save_pretrained(tmp_path / "w")

@@ -13,13 +13,13 @@ import pytest
 import shapely
 import zarr
 
-from rsembed_dask.cli import main
-from rsembed_dask.cube import OK, PENDING, Cube, open_cube
-from rsembed_dask.cube_samples import GEOMETRY_TOLERANCE_DEG, same_geometry
-from rsembed_dask.cube_schema import SEGMENTS_ATTR
+from rsembed_dask.cli.commands import main
+from rsembed_dask.store.cube import OK, PENDING, Cube, open_cube
+from rsembed_dask.store.samples import GEOMETRY_TOLERANCE_DEG, same_geometry
+from rsembed_dask.store.layout import SEGMENTS_ATTR
 from rsembed_dask.errors import CubeError, SpecError
-from rsembed_dask.pipeline import plan_campaign, run_campaign
-from rsembed_dask.sampling import hilbert_order, work_units
+from rsembed_dask.campaign.run import plan_campaign, run_campaign
+from rsembed_dask.sampling.samples import hilbert_order, work_units
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 
 from .test_cube import N, create, samples, unit_data
@@ -203,7 +203,7 @@ def test_interrupted_append_and_old_cubes(tmp_path):
 
 
 def test_a_cube_chunked_by_an_older_version_cannot_grow(tmp_path, monkeypatch):
-    import rsembed_dask.cube as cube_mod
+    import rsembed_dask.store.cube as cube_mod
 
     real = cube_mod.array_defs
 
@@ -235,7 +235,7 @@ def test_removed_ids_are_kept_and_their_units_not_run(tmp_path, caplog):
     _, table, _, units = plan_campaign(gdf, tmp_path / "c.zarr", **args)
     assert [u.start for u in units] == [0, 4, 8]
     gone = [table.ids[1], table.ids[8], table.ids[9]]  # one of chunk 0, all of chunk 2
-    with caplog.at_level("WARNING", logger="rsembed_dask.cube"):
+    with caplog.at_level("WARNING", logger="rsembed_dask.store.cube"):
         _, kept, cube, units = plan_campaign(gdf[~gdf.site.isin(gone)], tmp_path / "c.zarr", **args)
     assert f"3 sample(s) not among those given ({gone})" in caplog.text and "kept, not deleted" in caplog.text
     assert [u.start for u in units] == [0, 4]  # chunk 2 holds only removed samples

@@ -19,9 +19,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cube import OK, PENDING, Cube, open_cube
+from rsembed_dask.store.cube import OK, PENDING, Cube, open_cube
 from rsembed_dask.errors import ClusterError, CubeError
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 CLI = [sys.executable, "-m", "rsembed_dask.cli"]
 WINDOW = ["--start", "2022-01-01", "--end", "2022-02-01"]
@@ -87,7 +87,7 @@ def test_silent_scheduler_times_out_after_the_given_seconds(tmp_path, samples):
 
 
 def test_connect_to_a_dead_address_is_a_cluster_error():
-    from rsembed_dask.cluster import check_scheduler, connect
+    from rsembed_dask.cluster.local import check_scheduler, connect
 
     addr = f"tcp://127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()

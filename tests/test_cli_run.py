@@ -6,8 +6,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cli import main
-from rsembed_dask.cube import OK, open_cube
+from rsembed_dask.cli.commands import main
+from rsembed_dask.store.cube import OK, open_cube
 
 
 @pytest.mark.timeout(300)

@@ -5,11 +5,11 @@ import json
 import pytest
 import zarr
 
-from rsembed_dask.cli import _unfinished_cells, main
-from rsembed_dask.cube import FAILED, OK, open_cube
+from rsembed_dask.cli.commands import _unfinished_cells, main
+from rsembed_dask.store.cube import FAILED, OK, open_cube
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
-from rsembed_dask.tile_cube import create_or_open_tiling
-from rsembed_dask.tiling import tile_aoi
+from rsembed_dask.store.tiling import create_or_open_tiling
+from rsembed_dask.sampling.tiling import tile_aoi
 
 # ~0.05 x 0.05 degrees with a negative first longitude: the bbox must not read as an option.
 BBOX = "-3.05,31.0,-3.0,31.05"

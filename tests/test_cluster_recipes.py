@@ -16,10 +16,10 @@ import pytest
 import yaml
 from distributed import Client
 
-from rsembed_dask.cli import main
-from rsembed_dask.cluster import WORKER_MALLOC_ENV
-from rsembed_dask.cluster_config import ClusterDependencyError, load_cluster_config, start_cluster
-from rsembed_dask.cube import OK, open_cube
+from rsembed_dask.cli.commands import main
+from rsembed_dask.cluster.local import WORKER_MALLOC_ENV
+from rsembed_dask.cluster.recipes import ClusterDependencyError, load_cluster_config, start_cluster
+from rsembed_dask.store.cube import OK, open_cube
 from rsembed_dask.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_local_sh_refuses_bad_flags(tmp_path):
 
 def _rerun_starts_no_cluster(samples, out, recipe, monkeypatch):
     """A complete cube: running again starts no cluster (no jobs queued for nothing)."""
-    import rsembed_dask.cluster_config as cc
+    import rsembed_dask.cluster.recipes as cc
 
     started = []
     real = cc.start_cluster
@@ -186,7 +186,7 @@ def test_slurm_recipe_declares_gpu_and_fetch_job_types():
 
 def test_slurm_job_scripts():
     pytest.importorskip("dask_jobqueue")
-    from rsembed_dask.cluster_config import slurm_job_scripts
+    from rsembed_dask.cluster.recipes import slurm_job_scripts
 
     scripts = slurm_job_scripts(load_cluster_config(RECIPES / "slurm.yaml"), "tcp://10.0.0.1:8786")
     embed, fetch = scripts["embed"], scripts["fetch"]

@@ -13,7 +13,7 @@ import pytest
 import shapely
 import xarray as xr
 
-from rsembed_dask.cube import (
+from rsembed_dask.store.cube import (
     FAILED,
     NO_DATA,
     OK,
@@ -263,7 +263,7 @@ def test_spec_mismatch_names_fields(tmp_path, caplog):
     with pytest.raises(CubeError, match="sample ids that are strings, given integers"):
         create(path, **samples(int_ids=True))
     # stored ids not given are kept and reported, not deleted
-    with caplog.at_level("WARNING", logger="rsembed_dask.cube"):
+    with caplog.at_level("WARNING", logger="rsembed_dask.store.cube"):
         assert create(path, **{k: v[:N - 1] for k, v in samples().items()}).n_samples == N
     assert "1 sample(s) not among those given (['id-9'])" in caplog.text
     with pytest.raises(CubeError, match="embed_dim"):
@@ -445,7 +445,7 @@ import os, signal, sys
 import numpy as np
 from zarr.storage import LocalStore
 
-from rsembed_dask.cube import FAILED, Cube
+from rsembed_dask.store.cube import FAILED, Cube
 
 _set = LocalStore.set
 

@@ -11,13 +11,13 @@ import ee
 
 from rsembed_dask.errors import (ComputationTooLargeError, ConfigurationError, NoImageryError,
                                  PermanentProviderError)
-from rsembed_dask.grid import PixelGrid, point_grid
+from rsembed_dask.geo.grid import PixelGrid, point_grid
 from rsembed_dask.providers.coalesce import plan_requests, split_request
 from rsembed_dask.providers.ee_session import ensure_initialized
 from rsembed_dask.providers.fetching import fetch_coalesced
 from rsembed_dask.providers.gee import GEEProvider, rest_grid
 from rsembed_dask.specs import SensorSpec, TemporalSpec
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 from .conftest import FAST_RETRY
 
@@ -260,7 +260,7 @@ def _ee_config():
 
 @pytest.mark.parametrize("initialised", [False, True])
 def test_the_emulator_backend_gives_ee_back_as_it_found_it(emulator, initialised):
-    from rsembed_dask.backends import open_backend
+    from rsembed_dask.providers.backends import open_backend
 
     ee.Reset()
     if initialised:  # a user's own session, say against another Earth Engine
@@ -283,7 +283,7 @@ def test_the_emulator_backend_gives_ee_back_as_it_found_it(emulator, initialised
 
 def test_a_garbled_answer_to_the_preflight_is_retried_then_transient():
     from rsembed_dask.errors import TransientProviderError
-    from rsembed_dask.testing import Faults
+    from rsembed_dask.emulator import Faults
 
     with GEEEmulator(faults=Faults(p_malformed=1.0)) as emu:
         with pytest.raises(TransientProviderError, match="malformed answer.*not JSON.*gave up after 7 attempts"):

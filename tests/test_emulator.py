@@ -10,11 +10,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rsembed_dask.grid import point_grid
+from rsembed_dask.geo.grid import point_grid
 from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.specs import SensorSpec, TemporalSpec
-from rsembed_dask.testing import Faults, GEEEmulator
-from rsembed_dask.testing.synthetic_s2 import SyntheticS2World
+from rsembed_dask.emulator import Faults, GEEEmulator
+from rsembed_dask.emulator.synthetic_s2 import SyntheticS2World
 
 from .conftest import FAST_RETRY
 
@@ -82,7 +82,7 @@ def test_command_line_serves_the_emulator():
 
 def test_a_crop_of_a_larger_request_is_bit_identical_to_the_crop_requested_alone(provider):
     """What request coalescing relies on: a pixel's value does not depend on the request around it."""
-    from rsembed_dask.grid import PixelGrid
+    from rsembed_dask.geo.grid import PixelGrid
 
     rng = np.random.default_rng(3)
     temporal = TemporalSpec.range("2022-01-01", "2022-04-01")

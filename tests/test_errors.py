@@ -9,9 +9,9 @@ import pytest
 from distributed import Client
 
 from rsembed_dask import errors
-from rsembed_dask.actors import start_actor
+from rsembed_dask.campaign.actors import start_actor
 from rsembed_dask.errors import QuotaError, RsEmbedError, SpecError
-from rsembed_dask.preprocess import check_chw
+from rsembed_dask.embed.preprocess import check_chw
 from rsembed_dask.specs import ModelSpec, OutputSpec
 
 #: Constructor arguments per class; classes not listed are built from a message alone.

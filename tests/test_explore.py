@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import shapely
 
-from rsembed_dask.cube import NO_DATA, OK, open_cube
+from rsembed_dask.store.cube import NO_DATA, OK, open_cube
 from rsembed_dask.errors import SpecError
-from rsembed_dask.explore import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.explore.notebook import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 
@@ -78,7 +78,7 @@ def test_pca_rgb_scatter_path_matches_direct_svd():
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(400, 8)) * np.arange(8, 0, -1)).astype(np.float32)
     assert x.shape[0] > 4 * x.shape[1]
-    from rsembed_dask import quicklook
+    from rsembed_dask.explore import geotiff as quicklook
 
     direct = pca_rgb(x)
     old = quicklook._SCATTER_ROWS_PER_FEATURE

@@ -4,12 +4,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cube import FAILED, OK, Cube, open_cube
-from rsembed_dask.cube_verify import verify_cube
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.store.cube import FAILED, OK, Cube, open_cube
+from rsembed_dask.store.verify import verify_cube
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers import GEEProvider
 from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
-from rsembed_dask.testing import Faults, GEEEmulator
+from rsembed_dask.emulator import Faults, GEEEmulator
 
 from .conftest import FAST_RETRY, dask_processes
 
@@ -92,7 +92,7 @@ def test_cluster_wide_request_bound(tmp_path, client):
 
 @pytest.mark.timeout(300)
 def test_malformed_answers_fail_the_unit_then_retry_failed_from_the_cli(tmp_path, capsys):
-    from rsembed_dask.cli import main
+    from rsembed_dask.cli.commands import main
 
     samples = tmp_path / "s.geojson"
     _gdf(8).to_file(samples)

@@ -8,7 +8,7 @@ import ee
 
 from rsembed_dask.errors import (ConfigurationError, NoImageryError, PermanentProviderError,
                                  RequestTooLargeError, TransientProviderError)
-from rsembed_dask.grid import PixelGrid, point_grid, xy_to_lonlat
+from rsembed_dask.geo.grid import PixelGrid, point_grid, xy_to_lonlat
 from rsembed_dask.providers.gee import REQUEST_BYTE_LIMIT, check_request_size, rest_grid
 from rsembed_dask.specs import SensorSpec, TemporalSpec
 

@@ -29,16 +29,16 @@ import zarr
 # Every rsembed_dask name the golden tests use, in one block. After the move (LAYOUT.md), the
 # three copies of the zone rule (grid, sampling, tiling) become geo.grid's one vectorised rule:
 # point all three aliases at it.
-from rsembed_dask.cube import Cube, open_cube
-from rsembed_dask.cube_schema import CUBE_VERSION, FAILED, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES
-from rsembed_dask.grid import utm_epsg as zone_rule_grid  # copy 1: scalar, range-checked
-from rsembed_dask.pipeline import run_campaign
-from rsembed_dask.sampling import _utm_epsg as zone_rule_sampling  # copy 2: vectorised
-from rsembed_dask.sampling import build_sample_table, work_units
-from rsembed_dask.spatial_index import GEOHASH_PRECISION, HILBERT_BITS, geohash_encode, hilbert_order
+from rsembed_dask.store.cube import Cube, open_cube
+from rsembed_dask.store.layout import CUBE_VERSION, FAILED, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES
+from rsembed_dask.geo.grid import utm_epsg as zone_rule_grid  # copy 1: scalar, range-checked
+from rsembed_dask.campaign.run import run_campaign
+from rsembed_dask.sampling.samples import _utm_epsg as zone_rule_sampling  # copy 2: vectorised
+from rsembed_dask.sampling.samples import build_sample_table, work_units
+from rsembed_dask.geo.keys import GEOHASH_PRECISION, HILBERT_BITS, geohash_encode, hilbert_order
 from rsembed_dask.specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
-from rsembed_dask.tiling import _zone_crs as zone_rule_tiling  # copy 3: zones touched by a geometry
-from rsembed_dask.tiling import tile_aoi  # copy 4 (tile ownership, inside _tile_zone) is checked through it
+from rsembed_dask.sampling.tiling import _zone_crs as zone_rule_tiling  # copy 3: zones touched by a geometry
+from rsembed_dask.sampling.tiling import tile_aoi  # copy 4 (tile ownership, inside _tile_zone) is checked through it
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden"
 CUBE_DIR = GOLDEN / "cube_v1"

@@ -5,7 +5,7 @@ import pytest
 from pyproj import Geod
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.grid import PixelGrid, bbox_grid, point_grid, utm_epsg, xy_to_lonlat
+from rsembed_dask.geo.grid import PixelGrid, bbox_grid, point_grid, utm_epsg, xy_to_lonlat
 
 
 @pytest.mark.parametrize("lon, lat, epsg", [(3.0, 31.2, 32631), (5.99, 50, 32631), (6.01, 50, 32632),

@@ -11,7 +11,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from rsembed_dask.errors import NoImageryError, PermanentProviderError, ProviderError, SpecError
-from rsembed_dask.grid import lonlat_to_xy, point_grid, xy_to_lonlat
+from rsembed_dask.geo.grid import lonlat_to_xy, point_grid, xy_to_lonlat
 from rsembed_dask.providers.base import Patch, Provider
 from rsembed_dask.providers.local import LocalRasterProvider
 from rsembed_dask.specs import SensorSpec, TemporalSpec

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from rsembed_dask.errors import ModelError, SpecError
-from rsembed_dask.model import ScaleMAEEmbedder, roi_token_slice
-from rsembed_dask.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_chw, effective_gsd_m, preprocess
+from rsembed_dask.embed.model import ScaleMAEEmbedder, roi_token_slice
+from rsembed_dask.embed.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_chw, effective_gsd_m, preprocess
 from rsembed_dask.specs import ModelSpec, OutputSpec
-from rsembed_dask.weights import import_rshf_scalemae, load_scalemae, model_info
+from rsembed_dask.embed.weights import import_rshf_scalemae, load_scalemae, model_info
 
 S = 64  # image size for most tests: a 4 x 4 token grid with patch 16
 G = S // 16
@@ -56,7 +56,7 @@ def test_weights_are_deterministic_across_processes_and_leave_global_rng_alone()
     before = torch.random.get_rng_state()
     wrapper, _ = load_scalemae(ModelSpec("test-tiny"))
     assert torch.equal(before, torch.random.get_rng_state())
-    code = ("import hashlib; from rsembed_dask.specs import ModelSpec; from rsembed_dask.weights import load_scalemae\n"
+    code = ("import hashlib; from rsembed_dask.specs import ModelSpec; from rsembed_dask.embed.weights import load_scalemae\n"
             "w, _ = load_scalemae(ModelSpec('test-tiny')); h = hashlib.sha256()\n"
             "for k, v in sorted(w.state_dict().items()):\n"
             "    h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())\n"

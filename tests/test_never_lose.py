@@ -16,13 +16,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cube import FAILED, OK, Cube, open_cube
-from rsembed_dask.pipeline import run_campaign
-from rsembed_dask.progress import CampaignReport
+from rsembed_dask.store.cube import FAILED, OK, Cube, open_cube
+from rsembed_dask.campaign.run import run_campaign
+from rsembed_dask.campaign.progress import CampaignReport
 from rsembed_dask.providers import GEEProvider
 from rsembed_dask.providers.retry import RetryPolicy
 from rsembed_dask.specs import ModelSpec, TemporalSpec
-from rsembed_dask.testing import Faults, GEEEmulator
+from rsembed_dask.emulator import Faults, GEEEmulator
 
 from .conftest import FAST_RETRY
 
@@ -51,7 +51,7 @@ import os, signal, sys
 from distributed import Client
 from zarr.storage import LocalStore
 
-from rsembed_dask.cluster import local_cluster
+from rsembed_dask.cluster.local import local_cluster
 from tests.test_never_lose import _run
 
 
@@ -153,10 +153,10 @@ def test_summary_names_the_most_common_failure_reasons():
 
 
 def test_fetch_only_some_cells_plans_requests_for_those_only(provider, emu):
-    from rsembed_dask.cube import PENDING
+    from rsembed_dask.store.cube import PENDING
     from rsembed_dask.errors import SpecError
     from rsembed_dask.providers.coalesce import plan_requests
-    from rsembed_dask.units import fetch_unit
+    from rsembed_dask.campaign.tasks import fetch_unit
 
     from .test_coalesce import SPEC, _unit
 

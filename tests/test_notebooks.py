@@ -25,8 +25,8 @@ pytest.importorskip("matplotlib")
 
 from distributed import Client  # noqa: E402
 
-from rsembed_dask.cluster import embed_workers  # noqa: E402
-from rsembed_dask.cube import OK, open_cube  # noqa: E402
+from rsembed_dask.cluster.local import embed_workers  # noqa: E402
+from rsembed_dask.store.cube import OK, open_cube  # noqa: E402
 
 from .conftest import dask_processes  # noqa: E402
 
@@ -166,8 +166,8 @@ def test_03_cluster_submission(tmp_path, kernel_path, emulator):
 
 @pytest.mark.timeout(300)
 def test_04_tiling(tmp_path, kernel_path, emulator):
-    from rsembed_dask.tile_campaign import grids_synced
-    from rsembed_dask.tiling import tile_aoi
+    from rsembed_dask.campaign.jobs import grids_synced
+    from rsembed_dask.sampling.tiling import tile_aoi
 
     aoi = (3.0, 31.0, 3.5, 31.3)
     before = TILING_PNG.stat().st_mtime_ns if TILING_PNG.exists() else None

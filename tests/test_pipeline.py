@@ -9,10 +9,10 @@ import pytest
 import shapely
 
 from rsembed_dask.api import get_embeddings_batch
-from rsembed_dask.cube import NO_DATA, OK, Cube
+from rsembed_dask.store.cube import NO_DATA, OK, Cube
 from rsembed_dask.errors import NoImageryWarning, SpecMismatchError
-from rsembed_dask.model import ScaleMAEEmbedder
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.embed.model import ScaleMAEEmbedder
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.specs import BBox, ModelSpec, PointBuffer, TemporalSpec
 
 from .conftest import dask_processes
@@ -150,7 +150,7 @@ def test_worker_lists_do_not_trust_the_clients_cached_identity(client, monkeypat
     campaign re-ran the units of a healthy actor. Model that race: the refresh wins."""
     from distributed import Client
 
-    from rsembed_dask.cluster import embed_workers, fetch_workers
+    from rsembed_dask.cluster.local import embed_workers, fetch_workers
 
     async def refresh_without_workers(self, n_workers=0):
         self._scheduler_identity = {**self._scheduler_identity, "workers": {}}

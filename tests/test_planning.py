@@ -12,22 +12,23 @@ import pytest
 import shapely
 import zarr
 
-from rsembed_dask import aoi, latency, planning, request_count, store_size
-from rsembed_dask.aoi import read_aoi
-from rsembed_dask.cli import main
+from rsembed_dask.geo import aoi
+from rsembed_dask.plan import estimate as planning, latency, requests as request_count, store_size
+from rsembed_dask.geo.aoi import read_aoi
+from rsembed_dask.cli.commands import main
 from rsembed_dask.errors import ModelError, SpecError
-from rsembed_dask.latency import (
+from rsembed_dask.plan.latency import (
     ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, Latency, assumed_latency, fetch_time,
     measure_latency)
-from rsembed_dask.planning import estimate_campaign, plan_scale, resolve_embed_dim
-from rsembed_dask.request_count import unit_requests
+from rsembed_dask.plan.estimate import estimate_campaign, plan_scale, resolve_embed_dim
+from rsembed_dask.plan.requests import unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
 from rsembed_dask.providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
-from rsembed_dask.sampling import work_units
+from rsembed_dask.sampling.samples import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
-from rsembed_dask.tile_cube import create_or_open_tiling, scale_name
-from rsembed_dask.tiling import tile_aoi
-from rsembed_dask.units import fetch_unit
+from rsembed_dask.store.tiling import create_or_open_tiling, scale_name
+from rsembed_dask.sampling.tiling import tile_aoi
+from rsembed_dask.campaign.tasks import fetch_unit
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 # A small AOI astride the 12E seam between UTM zones 32 and 33.
@@ -251,7 +252,7 @@ def test_unreadable_aoi_file_is_a_spec_error(tmp_path):
 
 
 def test_embed_dim_needs_no_download_for_the_default_model(monkeypatch):
-    import rsembed_dask.weights as weights
+    import rsembed_dask.embed.weights as weights
 
     def offline(model_id, patterns):
         raise ModelError(f"{model_id}: offline")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from rsembed_dask.api import get_embedding
-from rsembed_dask.cli import main
-from rsembed_dask.cube import NO_DATA, PENDING, Cube
+from rsembed_dask.cli.commands import main
+from rsembed_dask.store.cube import NO_DATA, PENDING, Cube
 from rsembed_dask.errors import ConfigurationError, NoImageryWarning
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.specs import ModelSpec, PointBuffer, SensorSpec, TemporalSpec
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 from .conftest import FAST_RETRY
 
@@ -111,7 +111,7 @@ def test_cli_run_names_a_missing_flag_in_seconds_without_loading_the_model(tmp_p
     env = dict(os.environ, HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="true",
                PYTHONPATH=os.getcwd())
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
-    script = ("import sys; from rsembed_dask.cli import main; rc = main(sys.argv[1:]); "
+    script = ("import sys; from rsembed_dask.cli.commands import main; rc = main(sys.argv[1:]); "
               "print('loaded:', 'torch' in sys.modules, 'rshf' in sys.modules); sys.exit(rc)")
     with GEEEmulator() as emu:
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import _geometry
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.preprocess import normalise, preprocess, resize_uint8_exact, to_uint8
+from rsembed_dask.embed.preprocess import normalise, preprocess, resize_uint8_exact, to_uint8
 
 
 def pil_rgb(u8: np.ndarray, size: int) -> np.ndarray:

@@ -10,10 +10,10 @@ import dask
 import geopandas as gpd
 import pytest
 
-from rsembed_dask.cube import OK, Cube
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.store.cube import OK, Cube
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.specs import ModelSpec, TemporalSpec
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 from .conftest import dask_processes
 
@@ -41,7 +41,7 @@ def _refresh_running(limiter) -> bool:
 def test_the_limiter_pickles_to_its_name_and_refreshes_on_the_worker(client):
     import pickle
 
-    from rsembed_dask.cluster import ClusterSemaphore
+    from rsembed_dask.cluster.local import ClusterSemaphore
     from rsembed_dask.errors import SpecError
 
     limiter = ClusterSemaphore("rsembed-test-refresh", 2)

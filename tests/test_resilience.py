@@ -9,11 +9,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cube import OK, Cube, open_cube
+from rsembed_dask.store.cube import OK, Cube, open_cube
 from rsembed_dask.errors import CubeError, RsEmbedError
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.specs import ModelSpec, TemporalSpec
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 from .conftest import dask_processes, dask_worker
 
@@ -120,7 +120,7 @@ def test_campaign_waits_for_its_only_gpu_worker_to_come_back(tmp_path, caplog):
     with GEEEmulator(seed=0, latency_s=0.05) as emu, dask_processes(n_gpu=1, n_fetch=1) as (addr, procs):
         opts = {"api_url": emu.url, "credentials": "anonymous", "project": "p"}
         on_unit, killed = _kill_gpu_after_first_unit(procs, restart_after_s=4, addr=addr)
-        with caplog.at_level("WARNING", logger="rsembed_dask.runner"):
+        with caplog.at_level("WARNING", logger="rsembed_dask.campaign.runner"):
             ds = run_campaign(_gdf(32), tmp_path / "g.zarr", scales=[10], temporal=WINDOW, model=TINY,
                               backend="gee", gee_options=opts, client=addr, chunk_size=4, progress=False,
                               id_column="site", on_unit=on_unit, gpu_wait_s=60)

@@ -1,4 +1,4 @@
-"""Tests of rsembed_dask.sampling: sample tables, footprints, Hilbert order, work units."""
+"""Tests of rsembed_dask.sampling.samples: sample tables, footprints, Hilbert order, work units."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.grid import lonlat_to_xy
-from rsembed_dask.sampling import (
+from rsembed_dask.geo.grid import lonlat_to_xy
+from rsembed_dask.sampling.samples import (
     Footprint,
     SampleTable,
     WorkUnit,
@@ -190,7 +190,7 @@ def test_bad_row_raise_and_skip(name, caplog):
         build_sample_table(gdf)
     assert ei.value.field == field
     assert name in str(ei.value) and reason in str(ei.value)
-    with caplog.at_level(logging.WARNING, logger="rsembed_dask.sampling"):
+    with caplog.at_level(logging.WARNING, logger="rsembed_dask.sampling.samples"):
         t = build_sample_table(gdf, on_invalid="skip")
     assert t.ids.tolist() == ["good"]
     assert t.skipped["id"].tolist() == [name]

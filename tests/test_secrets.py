@@ -11,14 +11,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from distributed import Client
 
-from rsembed_dask.cluster import local_cluster
-from rsembed_dask.cube import FAILED, OK, Cube
+from rsembed_dask.cluster.local import local_cluster
+from rsembed_dask.store.cube import FAILED, OK, Cube
 from rsembed_dask.errors import ConfigurationError
-from rsembed_dask.grid import point_grid
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.geo.grid import point_grid
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers import GEEProvider
 from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.emulator import GEEEmulator
 
 from .conftest import FAST_RETRY
 

@@ -13,12 +13,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cli import EXIT_LOCKED, main
-from rsembed_dask.cube import OK, Cube, open_cube
+from rsembed_dask.cli.commands import EXIT_LOCKED, main
+from rsembed_dask.store.cube import OK, Cube, open_cube
 from rsembed_dask.errors import StoreLockedError
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
-from rsembed_dask.store_lock import STALE_S, lock_path, read_lock, store_lock
-from rsembed_dask.testing import GEEEmulator
+from rsembed_dask.store.lock import STALE_S, lock_path, read_lock, store_lock
+from rsembed_dask.emulator import GEEEmulator
 
 WINDOW = ["--start", "2022-01-01", "--end", "2022-02-01"]
 
@@ -95,10 +95,10 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, c
     out = tmp_path / "cube.zarr"
     pid = dead_pid()
     write_lock(out, pid=pid)
-    with caplog.at_level(logging.WARNING, logger="rsembed_dask.store_lock"):
+    with caplog.at_level(logging.WARNING, logger="rsembed_dask.store.lock"):
         rc = main(run_args(samples, out, emu.url, "--scheduler", client.scheduler.address))
     assert rc == 0
-    warned = [r.getMessage() for r in caplog.records if r.name == "rsembed_dask.store_lock"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "rsembed_dask.store.lock"]
     assert len(warned) == 1 and f"stale lock of pid {pid}" in warned[0] and "is gone" in warned[0]
     assert not os.path.exists(lock_path(out))
     assert (open_cube(out).status.values == OK).all()
@@ -125,7 +125,7 @@ def test_other_hosts_are_judged_by_their_heartbeat(tmp_path, caplog):
             pass
     old = time.time() - STALE_S - 60
     os.utime(lock_path(store), (old, old))
-    with caplog.at_level(logging.WARNING, logger="rsembed_dask.store_lock"):
+    with caplog.at_level(logging.WARNING, logger="rsembed_dask.store.lock"):
         with store_lock(store):
             assert read_lock(store).pid == os.getpid()
     assert "heartbeat is" in caplog.text and "node-17.cluster" in caplog.text

@@ -6,8 +6,8 @@ import pytest
 import shapely
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.grid import lonlat_to_xy
-from rsembed_dask.tiling import DEFAULT_BLOCK, tile_aoi
+from rsembed_dask.geo.grid import lonlat_to_xy
+from rsembed_dask.sampling.tiling import DEFAULT_BLOCK, tile_aoi
 
 
 def _coverage(tables_by_zone, tile_m, lon, lat):
@@ -111,7 +111,7 @@ def test_bad_tiling_input_names_the_field(aoi, kwargs, field):
 
 
 def test_complete_blocks_come_first_so_each_is_exactly_one_default_work_unit():
-    from rsembed_dask.sampling import work_units
+    from rsembed_dask.sampling.samples import work_units
 
     table = tile_aoi((10.0, 45.0, 10.9, 45.5), scales=[10]).tables[0]
     blocks = list(table.blocks())
@@ -146,7 +146,7 @@ def test_an_aoi_across_the_antimeridian_is_split_there_not_a_band_around_the_wor
 
 
 def test_a_band_across_most_of_the_world_is_not_taken_for_an_antimeridian_crossing():
-    from rsembed_dask.aoi import aoi_bounds, aoi_geometry
+    from rsembed_dask.geo.aoi import aoi_bounds, aoi_geometry
 
     wide = shapely.segmentize(shapely.box(-170, 0, 170, 0.01), 90)  # no edge longer than 180°: as drawn
     assert aoi_geometry(wide).equals(wide)

@@ -6,13 +6,13 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import shapely
 import xarray as xr
 
-from rsembed_dask.cube import OK, open_cube
+from rsembed_dask.store.cube import OK, open_cube
 from rsembed_dask.errors import SpecError, SpecMismatchError
-from rsembed_dask.pipeline import run_campaign
+from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers.coalesce import plan_requests
 from rsembed_dask.specs import ModelSpec, TemporalSpec
-from rsembed_dask.tile_cube import NO_TILE, scale_name
-from rsembed_dask.tiling import tile_aoi
+from rsembed_dask.store.tiling import NO_TILE, scale_name
+from rsembed_dask.sampling.tiling import tile_aoi
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
@@ -111,7 +111,7 @@ def test_tiling_campaign_refuses_arguments_of_sample_campaigns(tmp_path, tiling)
 def test_grid_quicklook_writes_georeferenced_rgb_per_zone(tmp_path, client, provider, tiling):
     import rasterio
 
-    from rsembed_dask.quicklook import PCAColours, grid_quicklook
+    from rsembed_dask.explore.geotiff import PCAColours, grid_quicklook
 
     out = tmp_path / "tiles.zarr"
     tree = run_campaign(tiling, out, temporal=WINDOW, model=TINY, backend=provider, client=client,
@@ -142,8 +142,8 @@ class _Stop(Exception):
 
 
 def test_an_interrupted_tiling_campaign_resumes_and_syncs_its_grids(tmp_path, client, provider, tiling):
-    from rsembed_dask.cube_store import is_tiling_store
-    from rsembed_dask.tile_campaign import grids_synced
+    from rsembed_dask.store.open import is_tiling_store
+    from rsembed_dask.campaign.jobs import grids_synced
 
     out = tmp_path / "tiles.zarr"
 

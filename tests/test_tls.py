@@ -18,7 +18,7 @@ def test_tls_context_unchanged_after_import_and_load():
         default = ssl._create_default_https_context
         assert default is ssl.create_default_context
         from rsembed_dask.specs import ModelSpec
-        from rsembed_dask.weights import import_rshf_scalemae, load_scalemae
+        from rsembed_dask.embed.weights import import_rshf_scalemae, load_scalemae
         import_rshf_scalemae()
         assert ssl._create_default_https_context is default, "after import_rshf_scalemae"
         load_scalemae(ModelSpec("test-tiny"))
@@ -53,7 +53,7 @@ def test_tls_context_restored_when_import_fails(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         default = ssl._create_default_https_context
         from rsembed_dask.errors import ModelError
-        from rsembed_dask.weights import import_rshf_scalemae
+        from rsembed_dask.embed.weights import import_rshf_scalemae
         try:
             import_rshf_scalemae()
         except ModelError as exc:
@@ -74,11 +74,11 @@ def test_tls_verification_restored_when_rshf_was_imported_first():
         class Keep(logging.Handler):
             def emit(self, record):
                 records.append(record)
-        logging.getLogger("rsembed_dask.weights").addHandler(Keep())
+        logging.getLogger("rsembed_dask.embed.weights").addHandler(Keep())
         import rshf
         assert ssl._create_default_https_context is ssl._create_unverified_context
         from rsembed_dask.specs import ModelSpec
-        from rsembed_dask.weights import import_rshf_scalemae, load_scalemae
+        from rsembed_dask.embed.weights import import_rshf_scalemae, load_scalemae
         import_rshf_scalemae()
         assert ssl._create_default_https_context is ssl.create_default_context, "after import_rshf_scalemae"
         ssl._create_default_https_context = ssl._create_unverified_context  # rshf.senclip does it again

@@ -13,9 +13,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from rsembed_dask.cli import main
-from rsembed_dask.cube import OK, Cube, open_cube
-from rsembed_dask.cube_verify import check_cube
+from rsembed_dask.cli.commands import main
+from rsembed_dask.store.cube import OK, Cube, open_cube
+from rsembed_dask.store.verify import check_cube
 
 IDS = [f"plot-{i}" for i in range(6)]  # chunks of 4: units [0, 4) and [4, 6) at 10 m and 40 m
 
@@ -241,7 +241,7 @@ def test_units_missing_chunks_reads_the_listing_and_trusts_absent_fill_chunks(tm
     """A unit of no_data cells stores no embedding chunk (all NaN): not damage. An ok unit without one is."""
     from collections import namedtuple
 
-    from rsembed_dask.cube import FAILED, NO_DATA
+    from rsembed_dask.store.cube import FAILED, NO_DATA
     from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 
     Unit = namedtuple("Unit", "start scale_index")

@@ -7,9 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..counters import Counters
+from .._counters import Counters
 from ..errors import SpecError
-from ..grid import PixelGrid
+from ..geo.grid import PixelGrid
 from ..specs import SensorSpec, TemporalSpec
 
 __all__ = ["Patch", "Provider", "RequestStats"]

@@ -15,7 +15,7 @@ empty space.
 
 Examples
 --------
->>> from rsembed_dask.grid import PixelGrid
+>>> from rsembed_dask.geo.grid import PixelGrid
 >>> a = PixelGrid("EPSG:32631", 500000.0, 3450000.0, 10.0, 224, 224)
 >>> b = PixelGrid("EPSG:32631", 502240.0, 3450000.0, 10.0, 224, 224)   # a's east neighbour
 >>> far = PixelGrid("EPSG:32631", 600000.0, 3450000.0, 10.0, 224, 224)
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SpecError
-from ..grid import PixelGrid
+from ..geo.grid import PixelGrid
 from .gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 
 __all__ = ["CoalescedRequest", "plan_requests", "split_request", "MAX_WASTE"]

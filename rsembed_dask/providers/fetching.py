@@ -1,7 +1,7 @@
 """Serve planned (coalesced) requests: one patch, or one reason, per footprint.
 
 The single place where a plan of :class:`~.coalesce.CoalescedRequest` becomes
-pixels, shared by campaign units (:func:`rsembed_dask.units.fetch_unit`) and the
+pixels, shared by campaign units (:func:`rsembed_dask.campaign.tasks.fetch_unit`) and the
 single-ROI API (:func:`rsembed_dask.api.get_embeddings_batch`). When Earth Engine
 gives up on a coalesced request's work (``Computation timed out.``, ``User memory
 limit exceeded.``) the request is split in two halves of its members
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ComputationTooLargeError, NoImageryError, PermanentProviderError, SpecError
-from ..grid import PixelGrid
+from ..geo.grid import PixelGrid
 from ..specs import SensorSpec, TemporalSpec
 from .base import Patch, Provider, RequestStats
 from .coalesce import CoalescedRequest, split_request

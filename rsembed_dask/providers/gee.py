@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import (ComputationTooLargeError, ConfigurationError, NoImageryError,
                       PermanentProviderError, QuotaError, RequestTooLargeError, SpecError,
                       TransientProviderError)
-from ..grid import PixelGrid
+from ..geo.grid import PixelGrid
 from ..specs import SensorSpec, TemporalSpec
 from .base import Patch, RequestStats
 from .ee_session import (CREDENTIALS_HINT, DEFAULT_URL, HIGH_VOLUME_URL, PROJECT_HINT, URL_HINT,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NoImageryError, PermanentProviderError, ProviderError, SpecError
-from ..grid import PixelGrid
+from ..geo.grid import PixelGrid
 from ..specs import SensorSpec, TemporalSpec
 from .base import Patch, RequestStats
 

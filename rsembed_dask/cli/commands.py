@@ -1,0 +1,467 @@
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook``.
+
+``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli.store`.
+
+Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+
+from .args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
+                       positive_seconds, scales_given)
+from .store import add_inspect, add_quicklook
+from ..cluster.local import SCHEDULER_TIMEOUT_S
+from ..campaign.runner import GPU_WAIT_S
+from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
+
+log = logging.getLogger(__name__)
+
+#: Exit status when another run holds the store's lock (2: any other error; 1: unfinished cells).
+EXIT_LOCKED = 3
+
+
+def _add_emulator(sub) -> None:
+    p = sub.add_parser("emulator", help="serve the loopback Earth Engine emulator")
+    p.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (default 8765)")
+    p.add_argument("--latency-s", type=float, default=0.0, help="added latency per request")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
+    p.set_defaults(func=_cmd_emulator)
+
+
+def _cmd_emulator(args) -> int:
+    from ..emulator.server import serve
+
+    serve(port=args.port, latency_s=args.latency_s, seed=args.seed)
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embed one point footprint (rs-embed style)")
+    p.add_argument("--lon", type=float, required=True)
+    p.add_argument("--lat", type=float, required=True)
+    p.add_argument("--buffer-m", type=float, default=1120.0, help="half-side in metres (default 1120)")
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
+    p.add_argument("--scale-m", type=float, default=10.0, help="pixel size in metres (default 10)")
+    p.add_argument("--grid", action="store_true", help="token grid instead of a pooled vector")
+    p.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
+    p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
+    add_ee_options(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_embed)
+
+
+def _cmd_embed(args) -> int:
+    import numpy as np
+
+    from ..api import get_embedding
+    from ..specs import ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+
+    model = ModelSpec.from_env(model_id=args.model, device=args.device)
+    output = OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling)
+    emb = get_embedding(
+        "scalemae_rgb",
+        spatial=PointBuffer(args.lon, args.lat, args.buffer_m),
+        temporal=TemporalSpec.range(args.start, args.end),
+        sensor=SensorSpec(scale_m=args.scale_m),
+        output=output,
+        backend=args.backend,
+        model=model,
+        gee_options=gee_options(args),
+    )
+    data = np.asarray(emb.data)
+    summary = {
+        "shape": list(data.shape),
+        "mean": float(np.nanmean(data)),
+        "std": float(np.nanstd(data)),
+        "min": float(np.nanmin(data)),
+        "max": float(np.nanmax(data)),
+        "head": [round(float(v), 6) for v in data.reshape(-1)[:8]],
+    }
+    if args.json:
+        print(json.dumps({"embedding": summary, "meta": emb.meta}, indent=2, default=str))
+    else:
+        print(f"embedding {tuple(data.shape)} mean={summary['mean']:.4f} std={summary['std']:.4f} "
+              f"min={summary['min']:.4f} max={summary['max']:.4f}")
+        print("first values:", " ".join(f"{v:.4f}" for v in summary["head"]))
+        for k, v in emb.meta.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline end-to-end demo on the emulator")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--samples", type=positive_int, default=200, help="campaign samples (default 200)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, n_samples=args.samples)
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="embed a sample file, or tiles over an AOI (--tile), into a Zarr cube on Dask")
+    p.add_argument("samples", metavar="SAMPLES|AOI",
+                   help="GeoPackage, GeoJSON or GeoParquet of sample geometries; with --tile the AOI: "
+                        "minlon,minlat,maxlon,maxlat or a vector file")
+    allow_bbox_positional(p)
+    p.add_argument("--tile", action="store_true",
+                   help="tile the AOI at each scale (non-overlapping model-size tiles on UTM lattices) and write "
+                        "a tiling store: per-scale sample cubes plus georeferenced per-zone grids")
+    p.add_argument("--out", required=True, help="the cube (.zarr); an existing one with the same spec resumes")
+    add_scales(p)
+    p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
+                                                                   "in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--scheduler-timeout", type=positive_seconds, default=None, metavar="S",
+                   help=f"seconds for --scheduler to answer before giving up (default {SCHEDULER_TIMEOUT_S:g})")
+    where.add_argument("--cluster", default=None, metavar="FILE",
+                       help="start the cluster a recipe describes (cluster/local.yaml, slurm.yaml, kubernetes.yaml)")
+    p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
+    p.add_argument("--grid", action="store_true", help="also store token grids")
+    p.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    p.add_argument("--id-column", default=None, help="column holding sample ids (default: the index; not with --tile)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip (and record) invalid rows instead of refusing (not with --tile)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
+    p.add_argument("--repair", action="store_true",
+                   help="read the whole cube first and run again every unit found damaged (missing or undecodable "
+                        "chunks, data that contradicts its status); restore unreadable array metadata and damaged "
+                        "coordinates from the samples (a plain run re-runs only units that lost chunks)")
+    p.add_argument("--update", action="store_true",
+                   help="re-embed samples of an existing cube whose geometry changed (same id, moved)")
+    p.add_argument("--append", action="store_true",
+                   help="add sample ids an existing cube does not hold, as new chunks")
+    p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
+    add_ee_options(p)
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="re-sends of one Earth Engine request on 429/5xx/malformed answers (default 6)")
+    p.add_argument("--ee-startup-timeout", type=float, default=None, metavar="S",
+                   help="seconds to connect to Earth Engine and for each start-up answer before the "
+                        "configuration check gives up (default 20)")
+    p.add_argument("--gpu-wait", type=float, default=GPU_WAIT_S, metavar="S",
+                   help="seconds to wait for a GPU worker (--resources GPU=1) when there is none, at start or "
+                        f"after the only one died, before giving up (default {GPU_WAIT_S:g})")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args), preflight=_preflight_run)
+
+
+def _check_run(p: argparse.ArgumentParser, args) -> None:
+    """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
+    if args.tile:
+        for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
+                            ("--update", args.update), ("--append", args.append)):
+            if given:
+                p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
+    if args.ee_startup_timeout is not None and not args.ee_startup_timeout > 0:
+        p.error(f"--ee-startup-timeout {args.ee_startup_timeout:g}: expected a positive number of seconds")
+    if args.max_retries is not None and args.max_retries < 0:
+        p.error(f"--max-retries {args.max_retries}: expected an integer >= 0")
+    if not args.gpu_wait >= 0:
+        p.error(f"--gpu-wait {args.gpu_wait:g}: expected a number of seconds >= 0")
+
+
+def _preflight_run(args) -> None:
+    """Checks of ``run`` that need more than argparse, before any cube or cluster exists.
+
+    The backend's form, and that a scheduler answers at ``--scheduler`` (one line naming
+    the address and how to start one, within ``--scheduler-timeout`` seconds).
+    """
+    from ..providers.backends import check_backend
+    from ..cluster.local import check_scheduler
+
+    check_backend(args.backend)
+    if args.scheduler is not None:
+        timeout = args.scheduler_timeout or SCHEDULER_TIMEOUT_S
+        args.scheduler = check_scheduler(args.scheduler, timeout=timeout)
+    elif args.scheduler_timeout is not None:
+        from ..errors import SpecError
+
+        raise SpecError("--scheduler-timeout", args.scheduler_timeout, "no value without --scheduler")
+
+
+def _read_samples(path: str):
+    from pathlib import Path
+
+    import geopandas as gpd
+    from pyogrio.errors import DataSourceError
+
+    from ..errors import SpecError
+
+    if not Path(path).is_file():
+        raise SpecError("samples", path, "an existing .gpkg, .geojson or .parquet file")
+    try:
+        if path.endswith(".parquet"):
+            return gpd.read_parquet(path)
+        return gpd.read_file(path)
+    except (OSError, ValueError, DataSourceError) as e:
+        raise SpecError("samples", path, f"a readable .gpkg, .geojson or .parquet file ({e})") from None
+
+
+def _cmd_run(args) -> int:
+    from ..campaign.run import run_campaign
+    from ..specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
+
+    cluster = None
+    if args.cluster:  # validated before anything else runs; started around the campaign
+        from ..cluster.recipes import load_cluster_config, start_cluster
+
+        cluster = load_cluster_config(args.cluster)
+    scales = scales_given(args)
+    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size, image_size=args.image_size)
+    if args.tile:
+        from ..geo.aoi import read_aoi
+        from ..sampling.tiling import tile_aoi
+
+        source = tile_aoi(read_aoi(args.samples), scales, image_size=model.image_size)
+        options = {}  # a tiling brings its own scales, ids and footprints
+    else:
+        source = _read_samples(args.samples)
+        options = {"scales": scales, "id_column": args.id_column,
+                   "on_invalid": "skip" if args.skip_invalid else "raise", "update": args.update,
+                   "append": args.append}
+    # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
+    client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoImageryWarning)
+        result = run_campaign(
+            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
+            model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+            backend=args.backend, client=client, chunk_size=args.chunk_size,
+            gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair, gpu_wait_s=args.gpu_wait,
+            progress=not args.no_progress,
+            fetch_threads=env_defaults()["fetch_workers"], **options)
+    no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
+    for w in caught:
+        if w not in no_imagery:  # give back what was not ours to catch
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(f"open it with: rsembed_dask.store.cube.open_cube({str(args.out)!r})")
+    if args.tile:
+        names = ", ".join(f"{s:g}m" for s in source.scales)
+        print(f"  an xarray.DataTree: tree['samples/<scale>'] holds the tiles, tree['<scale>/EPSG<zone>'] the "
+              f"georeferenced grids (scales {names}); details: rsembed-dask inspect {args.out}")
+    for w in no_imagery:
+        print(f"rsembed-dask run: warning: {w.message}", file=sys.stderr)
+    if no_imagery:
+        return 1
+    return 0 if _unfinished_cells(result) == 0 else 1
+
+
+def _run_gee_options(args) -> dict:
+    """``gee_options`` of ``run``: the shared Earth Engine flags plus the start-up timeout."""
+    opts = gee_options(args)
+    if args.ee_startup_timeout is not None:
+        opts.update(connect_timeout_s=args.ee_startup_timeout, startup_timeout_s=args.ee_startup_timeout)
+    return opts
+
+
+def _unfinished_cells(result) -> int:
+    """Pending or failed cells of a campaign's result: one cube, or every ``samples/<scale>`` of a tiling."""
+    import xarray as xr
+
+    from ..store.cube import FAILED, PENDING
+
+    if isinstance(result, xr.DataTree):
+        cubes = [node.to_dataset() for node in result["samples"].children.values()]
+    else:
+        cubes = [result]
+    return sum(int(ds.status.isin([PENDING, FAILED]).sum()) for ds in cubes)
+
+
+def _add_plan(sub) -> None:
+    from ..plan.latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
+
+    p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
+                                    "campaign, before anything runs")
+    p.add_argument("aoi", metavar="AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
+    allow_bbox_positional(p)  # "-10,35,40,70" is a bbox, not an option
+    add_scales(p)
+    p.add_argument("--image-size", type=int, default=None, help="tile side in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
+    p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
+    p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small (for D)")
+    p.add_argument("--embed-dim", type=int, default=None,
+                   help="embedding width D, overriding the model's (default: the model's; 1024 for ViT-L)")
+    p.add_argument("--grid", action="store_true", help="token grids are stored too")
+    p.add_argument("--ee-concurrency", type=int, default=EE_CONCURRENCY,
+                   help=f"concurrent Earth Engine requests (quota; default {EE_CONCURRENCY})")
+    p.add_argument("--requests-per-s", type=float, default=EE_REQUESTS_PER_S,
+                   help=f"Earth Engine requests per second (quota; default {EE_REQUESTS_PER_S})")
+    lat = p.add_mutually_exclusive_group()
+    lat.add_argument("--latency-s", type=float, default=None,
+                     help="mean seconds per request, for both modes (default: assumed "
+                          f"{ASSUMED_LATENCY_BASE_S:g} s + {ASSUMED_LATENCY_S_PER_MIB:g} s per MiB)")
+    lat.add_argument("--measure-latency", action="store_true",
+                     help="time a few real single and coalesced requests on --backend and use the medians")
+    p.add_argument("--latency-samples", type=int, default=3, help="units sampled by --measure-latency (default 3)")
+    p.add_argument("--backend", default="gee", help="gee | emulator, for --measure-latency")
+    p.add_argument("--start", default="2023-01-01", help="composite window for --measure-latency (2023-01-01)")
+    p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
+    add_ee_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args) -> int:
+    import time
+
+    from ..geo.aoi import read_aoi
+    from ..plan.latency import measure_latency
+    from ..plan.estimate import estimate_campaign, resolve_embed_dim
+    from ..specs import ModelSpec, TemporalSpec
+    from ..sampling.tiling import tile_aoi
+
+    t0 = time.perf_counter()
+    aoi = read_aoi(args.aoi)
+    scales = scales_given(args)
+    model = ModelSpec.from_env(model_id=args.model, **({"image_size": args.image_size} if args.image_size else {}))
+    dim, patch, source = resolve_embed_dim(model.model_id, model.image_size)
+    if args.embed_dim is not None:
+        dim, source = args.embed_dim, "given by --embed-dim"
+    tiling = tile_aoi(aoi, scales, model.image_size)
+    latency = args.latency_s
+    if args.measure_latency:
+        from ..providers.backends import open_backend
+
+        if args.backend not in ("gee", "emulator"):
+            from ..errors import SpecError
+
+            raise SpecError("--backend", args.backend, "'gee' or 'emulator' for --measure-latency")
+        with open_backend(args.backend, gee_options=gee_options(args)) as provider:
+            latency = measure_latency(provider, tiling.tables[0], n_bands=args.bands,
+                                      temporal=TemporalSpec.range(args.start, args.end),
+                                      chunk_size=args.chunk_size, samples=args.latency_samples)
+    grid_shape = (model.image_size // patch,) * 2 if args.grid else None
+    plan = estimate_campaign(tiling, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
+                             embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape,
+                             latency=latency, concurrency=args.ee_concurrency,
+                             requests_per_s=args.requests_per_s, aoi_label=args.aoi)
+    plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.format())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsembed-dask", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_emulator(sub)
+    _add_embed(sub)
+    _add_demo(sub)
+    _add_run(sub)
+    add_inspect(sub)
+    _add_plan(sub)
+    add_quicklook(sub)
+    return parser
+
+
+#: Loggers of the Dask stack whose INFO records (workers closing, comms closed during a normal
+#: shutdown, with tracebacks) are shown only from ``-vv`` on.
+_CHATTY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
+#: Exit codes of a run ended by a signal (the shell's 128 + signal number).
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _QuietDask(logging.Filter):
+    """Let through records of the Dask stack only from WARNING on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(_CHATTY_LOGGERS)
+
+
+def _configure_logging(verbose: int) -> None:
+    """WARNING by default, ``-v`` INFO, ``-vv`` DEBUG and the Dask stack's INFO too."""
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose >= 2:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietDask) for f in handler.filters):
+            handler.addFilter(_QuietDask())
+    for name in _CHATTY_LOGGERS:  # already imported with handlers of their own
+        logger = logging.getLogger(name)
+        if logger.handlers and logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+class _Signals:
+    """SIGTERM handled like Ctrl-C while a command runs: KeyboardInterrupt in the main thread."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = None
+
+    def _on_term(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _interrupted(args, argv: Sequence[str], signum: int) -> str:
+    """The one line printed when a signal ends a command."""
+    name = signal.Signals(signum).name
+    line = f"rsembed-dask {args.command}: interrupted ({name})"
+    if args.command == "run":
+        line += (f": finished units are kept in {args.out} and the others stay pending; "
+                 f"run the same command again to resume: {shlex.join(['rsembed-dask', *argv])}")
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:  # option combinations argparse cannot express
+        args.check(args)
+    _configure_logging(args.verbose)
+    with _Signals() as signals:
+        try:
+            if getattr(args, "preflight", None) is not None:  # before any cube or cluster exists
+                args.preflight(args)
+            return args.func(args)
+        except StoreLockedError as exc:  # another run writes the store: wait, do not fix anything
+            print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+        except RsEmbedError as exc:
+            print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            signum = signals.received or signal.SIGINT
+            print(_interrupted(args, argv, signum), file=sys.stderr)
+            return _SIGNAL_EXIT[signum]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

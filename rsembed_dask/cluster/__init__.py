@@ -1,0 +1,1 @@
+"""Where a campaign runs: local clusters, cluster recipes and their checks."""

@@ -1,0 +1,414 @@
+"""Where the campaign runs: a local cluster by default, or an existing scheduler.
+
+Embed workers declare the resource ``GPU=1`` (one GPU per worker process, pinned
+with ``CUDA_VISIBLE_DEVICES``); a machine without GPUs gets one CPU embed worker
+that declares the same resource, so the same graph runs everywhere. Fetch-only
+workers carry no resource and take the I/O-bound fetch tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ClusterError, RsEmbedError, SpecError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
+           "fetch_workers", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
+
+GPU_RESOURCE = "GPU"
+
+#: Seconds to wait for a scheduler to answer at a given address before giving up.
+SCHEDULER_TIMEOUT_S = 10.0
+#: How to get a scheduler, for the message when none answers.
+START_SCHEDULER_HINT = ("start one with `dask scheduler` (and workers: `dask worker ADDRESS --resources GPU=1`), "
+                        "or `cluster/local.sh start`; or leave out the address to run on a local cluster")
+
+#: Set in worker processes before they start (glibc reads them once). Dask's nanny sets
+#: MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap threshold:
+#: every activation buffer of a forward pass is then mmapped, page-faulted and unmapped
+#: again, which cost 20 % of CPU inference speed here (test-small, batch 32: 2.13 s vs
+#: 1.76 s). Keep buffers up to 32 MiB (glibc's largest mmap threshold) on the heap and
+#: trim only large free tops (1.66 s).
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**25}
+
+
+def count_gpus() -> int:
+    """Number of NVIDIA GPUs visible to this machine (0 without ``nvidia-smi``).
+
+    Uses ``nvidia-smi -L`` so the client need not import torch or initialise CUDA.
+    """
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        log.warning("nvidia-smi failed (%s); assuming no GPUs", exc)
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_threads: int = 4,
+                  processes: bool = True, dashboard_address: str | None = ":8787",
+                  memory_limit: str | int = "auto", silence_logs: int = logging.WARNING,
+                  host: str = "127.0.0.1"):
+    """A local Dask cluster laid out for embedding campaigns.
+
+    Parameters
+    ----------
+    n_gpus : int, optional
+        Embed workers to start, one per GPU (default: the GPUs found, or one CPU
+        embed worker when there are none).
+    n_fetch_workers : int
+        Workers without the GPU resource, for fetch tasks.
+    fetch_threads : int
+        Threads per fetch worker.
+    processes : bool
+        Worker processes (``Nanny``) or in-process threads (tests).
+    dashboard_address : str or None
+        Where the scheduler serves its dashboard (``None`` disables it).
+    silence_logs : int
+        Level of the Dask stack's own logs, here and in the worker processes (default
+        WARNING: no INFO chatter while workers start and close).
+    host : str
+        Interface the scheduler and workers listen on (loopback by default).
+
+    Returns
+    -------
+    distributed.SpecCluster
+    """
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    found = count_gpus() if n_gpus is None else n_gpus
+    if found < 0:
+        raise SpecError("n_gpus", n_gpus, "a number of GPUs >= 0")
+    if n_fetch_workers < 0:
+        raise SpecError("n_fetch_workers", n_fetch_workers, "a number of workers >= 0")
+    cls = Nanny if processes else Worker
+    workers: dict[str, dict[str, Any]] = {}
+    base: dict[str, Any] = {"host": host}
+    if processes:
+        base["memory_limit"] = memory_limit
+    for i in range(max(found, 1)):
+        opts = dict(base, nthreads=2, resources={GPU_RESOURCE: 1}, name=f"embed-{i}")
+        if processes and found:
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+        workers[f"embed-{i}"] = {"cls": cls, "options": opts}
+    for i in range(n_fetch_workers):
+        workers[f"fetch-{i}"] = {"cls": cls, "options": dict(base, nthreads=fetch_threads,
+                                                              name=f"fetch-{i}")}
+    # Without a dashboard the scheduler still serves health/metrics over HTTP: on a free
+    # port, not on 8787 (where it would collide with another cluster's dashboard).
+    sched_opts: dict[str, Any] = {"host": host, "dashboard": dashboard_address is not None,
+                                  "dashboard_address": dashboard_address or f"{host}:0"}
+    scheduler = {"cls": Scheduler, "options": sched_opts}
+    log.info("starting local cluster: %d embed worker(s) (%s), %d fetch worker(s)",
+             len(workers) - n_fetch_workers, "GPU" if found else "CPU", n_fetch_workers)
+    import dask
+
+    prefix = "distributed.nanny.pre-spawn-environ."
+    environ = dict(WORKER_MALLOC_ENV)
+    if silence_logs and not isinstance(silence_logs, bool):
+        # Worker processes configure their logging at import, from the environment: the same
+        # level as this process's distributed loggers (no INFO chatter of workers closing).
+        name = logging.getLevelName(silence_logs) if isinstance(silence_logs, int) else str(silence_logs)
+        environ["DASK_LOGGING__DISTRIBUTED"] = name.lower()
+    with dask.config.set({prefix + k: v for k, v in environ.items()}), _children_ignore_sigint(processes):
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=silence_logs,
+                           name="rsembed-dask")
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint(processes: bool) -> Iterator[None]:
+    """Worker processes started meanwhile ignore Ctrl-C.
+
+    Ctrl-C in a terminal reaches the whole process group: worker processes would die
+    on it mid-task, with tracebacks, while the client is still ending the campaign in
+    order (letting writes finish, then closing the cluster). A signal ignored at exec
+    stays ignored, and Python then installs no KeyboardInterrupt handler. Only from the
+    main thread (where signal handlers live); this process's handler is restored after.
+    """
+    import signal
+
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _scheduler_location(address: Any) -> tuple[str, str, tuple[str, int] | None]:
+    """``(scheme, location, (host, port) or None)`` of a scheduler address; SpecError on a bad form."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    allowed = "a Dask scheduler address such as tcp://10.0.0.5:8786 (or host:port)"
+    if not isinstance(address, str) or not address.strip():
+        raise SpecError("scheduler", address, allowed)
+    scheme, loc = parse_address(address.strip())
+    if scheme not in ("tcp", "tls", "ws", "wss", "ucx", "inproc"):
+        raise SpecError("scheduler", address, allowed + f" (unknown protocol {scheme!r})")
+    if scheme == "inproc":
+        return scheme, loc, None
+    try:
+        host, port = parse_host_port(loc)
+    except ValueError as exc:
+        raise SpecError("scheduler", address, f"{allowed} ({exc})") from None
+    if not host or not 0 < port < 65536:
+        raise SpecError("scheduler", address, allowed)
+    return scheme, loc, (host, port)
+
+
+def _check_dask_framing(sock, address: str, timeout: float) -> None:
+    """Read the 8-byte frame length that a Dask server sends first on a new connection."""
+    import struct
+
+    head = b""
+    try:
+        while len(head) < 8:
+            more = sock.recv(8 - len(head))
+            if not more:
+                break
+            head += more
+    except OSError:  # a timeout, or a reset
+        pass
+    if len(head) < 8:
+        sock.close()
+        raise ClusterError(f"no Dask scheduler answers at {address}: something listens there but sent no Dask "
+                           f"handshake within {timeout:g} s: {START_SCHEDULER_HINT}")
+    (size,) = struct.unpack("<Q", head)
+    if size > 2**20:
+        sock.close()
+        raise ClusterError(f"{address} answers but does not speak Dask's protocol (not a Dask scheduler): "
+                           f"give the address `dask scheduler` prints")
+
+
+def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> str:
+    """Make sure a Dask scheduler answers at ``address``; return the address with its protocol.
+
+    Opens one connection and asks the server who it is, so nothing (no cube, no
+    cluster) is started for an address where no scheduler runs. A refused
+    connection fails at once; a silent host after ``timeout`` seconds.
+
+    Raises
+    ------
+    SpecError
+        ``address`` is not a scheduler address.
+    ClusterError
+        Nothing answers (one line naming the address and how to start a scheduler),
+        or what answers is not a scheduler.
+    """
+    import asyncio
+    import concurrent.futures
+    import socket
+
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise SpecError("scheduler_timeout", timeout, "a number of seconds > 0")
+    scheme, loc, host_port = _scheduler_location(address)
+    full = f"{scheme}://{loc}"
+    if host_port is not None and scheme in ("tcp", "tls"):
+        # A plain TCP connect first: a refused port fails now, not after the timeout.
+        try:
+            sock = socket.create_connection(host_port, timeout=timeout)
+        except OSError as exc:
+            why = (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError)
+                   else (exc.strerror or type(exc).__name__).lower())
+            raise ClusterError(f"no Dask scheduler answers at {full} ({why}): {START_SCHEDULER_HINT}") from None
+        if scheme == "tcp":
+            # A Dask server speaks first: its handshake, framed by an 8-byte length. Anything
+            # else (silence, an HTTP server, a proxy's garbage) is not a Dask scheduler.
+            _check_dask_framing(sock, full, timeout)
+        sock.close()
+    if scheme != "tcp":
+        return full  # tls/ws/ucx need the cluster's security settings to say more
+
+    async def identity():
+        from distributed.comm import connect as comm_connect
+
+        comm = await comm_connect(full, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            await comm.close()
+
+    # On a thread of its own: callers may be inside a running event loop (Jupyter).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            info = pool.submit(asyncio.run, identity()).result()
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ClusterError(f"no Dask scheduler answers at {full} within {timeout:g} s "
+                               f"({type(exc).__name__}): {START_SCHEDULER_HINT}") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind != "Scheduler":
+        raise ClusterError(f"{full} answers but is not a Dask scheduler (it says {kind or info!r}): give the "
+                           f"scheduler's address (`dask scheduler` prints it), not a worker's or another server's")
+    return full
+
+
+@contextlib.contextmanager
+def connect(client: Any = None, *, scheduler_timeout: float = SCHEDULER_TIMEOUT_S,
+            **local_options) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` for ``client``.
+
+    ``None`` starts (and afterwards stops) :func:`local_cluster`; a string is a
+    scheduler address (``"tcp://host:8786"``), given ``scheduler_timeout`` seconds
+    to answer (else ClusterError, one line); a ``Client`` is used as is; a
+    callable is called (only now) for a context manager yielding a Client, e.g.
+    ``lambda: start_cluster(recipe)``.
+    """
+    from distributed import Client
+
+    if callable(client) and not isinstance(client, Client):
+        with client() as c:
+            yield c
+        return
+    if client is None:
+        cluster = local_cluster(**local_options)
+        try:
+            with Client(cluster) as c:
+                yield c
+        finally:
+            cluster.close()
+        return
+    if isinstance(client, Client):
+        yield client
+        return
+    if isinstance(client, str):
+        scheme, loc, _ = _scheduler_location(client)
+        try:
+            c = Client(client, timeout=scheduler_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"no Dask scheduler answers at {scheme}://{loc} within {scheduler_timeout:g} s "
+                               f"({type(exc).__name__}): {START_SCHEDULER_HINT}") from None
+        with c:
+            yield c
+        return
+    raise SpecError("client", client, "None, a distributed.Client, a scheduler address string or a "
+                                      "callable returning a context manager that yields a Client")
+
+
+def _workers(client) -> dict[str, Any]:
+    """Per-worker information, asked of the scheduler now.
+
+    Not ``client.scheduler_info()``: it returns the client's cached identity, which the
+    client's own periodic refresh (without per-worker details) may overwrite between the
+    fetch and the return, so a live worker would look gone.
+    """
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
+def fetch_workers(client) -> list[str]:
+    """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted."""
+    return sorted(addr for addr, w in _workers(client).items()
+                  if not w.get("resources", {}).get(GPU_RESOURCE, 0))
+
+
+def embed_workers(client) -> list[str]:
+    """Addresses of the workers that declare the ``GPU`` resource, sorted."""
+    return sorted(addr for addr, w in _workers(client).items()
+                  if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
+
+
+# --------------------------------------------------------------------------- cluster-wide bound
+
+#: One ``distributed.Semaphore`` per (worker or client, name, bound), shared by its task threads.
+_SEMAPHORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SEMAPHORES_LOCK = threading.Lock()
+
+
+class ClusterSemaphore:
+    """A cluster-wide bound (``distributed.Semaphore``) whose leases stay alive on every worker.
+
+    A ``distributed.Semaphore`` keeps a lease by refreshing it from a periodic
+    callback that its constructor starts on a known event loop. Unpickled inside a
+    task it has no loop yet, so the callback never starts: the scheduler takes the
+    lease back after ``distributed.scheduler.locks.lease-timeout`` (30 s by default)
+    although the request is still running, and another request gets in (the bound
+    no longer holds for long requests such as large coalesced composites).
+
+    This wrapper pickles to its name and bound only. :meth:`register`, called on the
+    task's thread, builds (once per worker, shared by the worker's threads) a
+    ``Semaphore`` bound to that worker's scheduler connection and event loop, which
+    starts the refresh there; threads the task starts (a fetch pool) then use it.
+
+    Parameters
+    ----------
+    name : str
+        Name of the semaphore on the scheduler.
+    max_leases : int
+        Holders at once, across the whole cluster.
+
+    Examples
+    --------
+    >>> limiter = ClusterSemaphore("rsembed-ee-my-project-40", 40)  # doctest: +SKIP
+    >>> with limiter:  # in a task: at most 40 of these blocks run at once, cluster-wide
+    ...     send_request()  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, max_leases: int):
+        if not (isinstance(max_leases, int) and max_leases >= 1):
+            raise SpecError("ClusterSemaphore.max_leases", max_leases, "an integer >= 1")
+        self.name, self.max_leases = str(name), max_leases
+        self._held = threading.local()
+        self._bound = None
+
+    def __reduce__(self):
+        return (ClusterSemaphore, (self.name, self.max_leases))
+
+    def __repr__(self) -> str:
+        return f"ClusterSemaphore({self.name!r}, max_leases={self.max_leases})"
+
+    def semaphore(self):
+        """The ``distributed.Semaphore`` of this thread's worker (or client), registered."""
+        from distributed import Semaphore, get_client, get_worker
+
+        try:
+            owner = get_worker()
+        except ValueError:
+            try:
+                owner = get_client()
+            except ValueError:
+                raise RsEmbedError(f"{self!r} is used outside a Dask worker or client: expected a "
+                                   f"task on a cluster, or a connected distributed.Client") from None
+        with _SEMAPHORES_LOCK:
+            per_owner = _SEMAPHORES.setdefault(owner, {})
+            sem = per_owner.get((self.name, self.max_leases))
+            if sem is None:
+                # Given a loop, the constructor starts the lease refresh on it.
+                sem = Semaphore(max_leases=self.max_leases, name=self.name,
+                                scheduler_rpc=owner.scheduler, loop=owner.loop)
+                per_owner[self.name, self.max_leases] = sem
+        sem.register()  # once per instance (idempotent on the scheduler)
+        return sem
+
+    def register(self) -> None:
+        """Bind to this thread's worker and register on the scheduler.
+
+        Call it on the task's thread: threads without a worker context (e.g. a
+        ``ThreadPoolExecutor`` started by the task) then use the bound semaphore.
+        """
+        self._bound = self.semaphore()
+
+    def __enter__(self) -> ClusterSemaphore:
+        sem = self._bound if self._bound is not None else self.semaphore()
+        sem.acquire()
+        stack = getattr(self._held, "stack", None)
+        if stack is None:
+            stack = self._held.stack = []
+        stack.append(sem)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.stack.pop().release()

@@ -1,0 +1,1 @@
+"""Embedding without Dask: weights, preprocessing, the ScaleMAE embedder."""

@@ -1,0 +1,1 @@
+"""After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers."""

@@ -1,0 +1,192 @@
+"""Pixel grids in local UTM zones, snapped to multiples of the pixel size.
+
+ScaleMAE is conditioned on ground sample distance, so every fetch happens in the
+sample's UTM zone at true ground metres. Grids are snapped so that their edges
+are multiples of ``scale_m``: neighbouring samples share one pixel lattice and
+can be served by one larger request and cropped.
+
+Examples
+--------
+>>> g = point_grid(3.0, 31.2, buffer_m=1120, scale_m=10)
+>>> g.crs, g.width, g.height, g.scale_m
+('EPSG:32631', 224, 224, 10.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from ..errors import SpecError
+
+__all__ = ["PixelGrid", "utm_epsg", "point_grid", "bbox_grid", "lonlat_to_xy", "xy_to_lonlat"]
+
+# UTM is defined from 80S to 84N; beyond that one needs polar stereographic (UPS).
+UTM_MIN_LAT = -80.0
+UTM_MAX_LAT = 84.0
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """A north-up pixel grid: CRS, top-left corner, pixel size and shape.
+
+    Attributes
+    ----------
+    crs : str
+        ``"EPSG:326zz"`` or ``"EPSG:327zz"`` (or any projected CRS in metres).
+    x0, y0 : float
+        Left and top edges in CRS units (metres).
+    scale_m : float
+        Pixel size in metres (square pixels).
+    width, height : int
+        Shape in pixels.
+    """
+
+    crs: str
+    x0: float
+    y0: float
+    scale_m: float
+    width: int
+    height: int
+
+    def __post_init__(self):
+        if self.width < 1 or self.height < 1:
+            raise SpecError("PixelGrid.shape", (self.height, self.width), "at least 1 x 1 pixels")
+        if not self.scale_m > 0:
+            raise SpecError("PixelGrid.scale_m", self.scale_m, "a positive pixel size in metres")
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """GDAL/affine order ``(a, b, c, d, e, f)``: ``x = a*col + b*row + c``."""
+        return (self.scale_m, 0.0, self.x0, 0.0, -self.scale_m, self.y0)
+
+    @property
+    def epsg(self) -> int:
+        return int(self.crs.split(":")[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in CRS units."""
+        return (self.x0, self.y0 - self.height * self.scale_m,
+                self.x0 + self.width * self.scale_m, self.y0)
+
+    @property
+    def center_xy(self) -> tuple[float, float]:
+        left, bottom, right, top = self.bounds
+        return (left + right) / 2, (bottom + top) / 2
+
+    def nbytes(self, bands: int, itemsize: int) -> int:
+        """Bytes of a ``bands x height x width`` array of ``itemsize``-byte values."""
+        return bands * self.height * self.width * itemsize
+
+    def crop(self, row: int, col: int, height: int, width: int) -> PixelGrid:
+        """The sub-grid starting at pixel ``(row, col)``."""
+        if row < 0 or col < 0 or row + height > self.height or col + width > self.width:
+            raise SpecError("PixelGrid.crop", (row, col, height, width),
+                            f"a window inside {self.height} x {self.width} pixels")
+        return PixelGrid(self.crs, self.x0 + col * self.scale_m, self.y0 - row * self.scale_m,
+                         self.scale_m, width, height)
+
+    def offset_of(self, other: PixelGrid) -> tuple[int, int]:
+        """Pixel ``(row, col)`` of ``other``'s top-left corner inside this grid.
+
+        Raises SpecError unless ``other`` lies on the same lattice and inside.
+        """
+        if other.crs != self.crs or other.scale_m != self.scale_m:
+            raise SpecError("PixelGrid", other, f"a grid in {self.crs} at {self.scale_m} m")
+        col = (other.x0 - self.x0) / self.scale_m
+        row = (self.y0 - other.y0) / self.scale_m
+        r, c = round(row), round(col)
+        if abs(row - r) > 1e-6 or abs(col - c) > 1e-6:
+            raise SpecError("PixelGrid", other, "a grid on the same pixel lattice (snapped edges)")
+        if r < 0 or c < 0 or r + other.height > self.height or c + other.width > self.width:
+            raise SpecError("PixelGrid", other, "a grid inside the enclosing grid")
+        return r, c
+
+    @classmethod
+    def union(cls, grids) -> PixelGrid:
+        """The smallest grid on the same lattice that covers all ``grids``."""
+        grids = list(grids)
+        if not grids:
+            raise SpecError("PixelGrid.union", grids, "at least one grid")
+        first = grids[0]
+        for g in grids[1:]:
+            if g.crs != first.crs or g.scale_m != first.scale_m:
+                raise SpecError("PixelGrid.union", g, f"grids in {first.crs} at {first.scale_m} m")
+        s = first.scale_m
+        left = min(g.bounds[0] for g in grids)
+        bottom = min(g.bounds[1] for g in grids)
+        right = max(g.bounds[2] for g in grids)
+        top = max(g.bounds[3] for g in grids)
+        return cls(first.crs, left, top, s, round((right - left) / s), round((top - bottom) / s))
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the standard UTM zone containing ``(lon, lat)``.
+
+    Zones are the regular 6-degree bands (the Norway/Svalbard exceptions are not
+    applied, so zone choice is a pure function of longitude).
+    """
+    if not UTM_MIN_LAT <= lat <= UTM_MAX_LAT:
+        raise SpecError("lat", lat, f"a latitude in [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}] "
+                                    "(UTM coverage; polar areas are not supported)")
+    if not -180 <= lon <= 180:
+        raise SpecError("lon", lon, "a longitude in [-180, 180]")
+    zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+@functools.lru_cache(maxsize=256)
+def _transformer(src: str, dst: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def lonlat_to_xy(lon, lat, crs: str):
+    """Project lon/lat (EPSG:4326) to ``crs``; works on scalars and arrays."""
+    return _transformer("EPSG:4326", crs).transform(lon, lat)
+
+
+def xy_to_lonlat(x, y, crs: str):
+    """Inverse of :func:`lonlat_to_xy`."""
+    return _transformer(crs, "EPSG:4326").transform(x, y)
+
+
+def point_grid(lon: float, lat: float, buffer_m: float, scale_m: float,
+               crs: str | None = None) -> PixelGrid:
+    """A square grid of side ``round(2 * buffer_m / scale_m)`` pixels centred on the point.
+
+    The corner is snapped to the ``scale_m`` lattice of the UTM zone (or ``crs``).
+    """
+    if not buffer_m > 0:
+        raise SpecError("buffer_m", buffer_m, "a positive distance in metres")
+    if not scale_m > 0:
+        raise SpecError("scale_m", scale_m, "a positive pixel size in metres")
+    crs = crs or f"EPSG:{utm_epsg(lon, lat)}"
+    cx, cy = lonlat_to_xy(lon, lat, crs)
+    n = max(1, round(2 * buffer_m / scale_m))
+    half = n * scale_m / 2
+    x0 = round((cx - half) / scale_m) * scale_m
+    y0 = round((cy + half) / scale_m) * scale_m
+    return PixelGrid(crs, float(x0), float(y0), float(scale_m), n, n)
+
+
+def bbox_grid(minlon: float, minlat: float, maxlon: float, maxlat: float, scale_m: float,
+              crs: str | None = None) -> PixelGrid:
+    """The snapped grid covering a lon/lat box, in the UTM zone of its centre (or ``crs``)."""
+    if not scale_m > 0:
+        raise SpecError("scale_m", scale_m, "a positive pixel size in metres")
+    crs = crs or f"EPSG:{utm_epsg((minlon + maxlon) / 2, (minlat + maxlat) / 2)}"
+    left, bottom, right, top = _transformer("EPSG:4326", crs).transform_bounds(
+        minlon, minlat, maxlon, maxlat, densify_pts=21)
+    x0 = math.floor(left / scale_m) * scale_m
+    y0 = math.ceil(top / scale_m) * scale_m
+    width = max(1, math.ceil(right / scale_m) - math.floor(left / scale_m))
+    height = max(1, math.ceil(top / scale_m) - math.floor(bottom / scale_m))
+    return PixelGrid(crs, float(x0), float(y0), float(scale_m), width, height)

@@ -1,0 +1,1 @@
+"""Estimates before running: requests, latency, store size, time, and the report."""

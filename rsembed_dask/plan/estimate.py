@@ -1,0 +1,363 @@
+"""Estimating a tiling campaign before anything runs: tiles, units, requests, bytes, cube size, time.
+
+:func:`estimate_campaign` tiles an AOI exactly as a campaign does
+(:func:`~rsembed_dask.sampling.tiling.tile_aoi`), cuts each scale's tile table into work
+units exactly as the campaign does (:func:`~rsembed_dask.sampling.samples.work_units`)
+and, per scale (:func:`plan_scale`), counts the Earth Engine requests each unit
+sends without coalescing (one ``computePixels`` per footprint) and with it
+(:func:`~rsembed_dask.plan.requests.unit_requests`, exactly what
+:func:`~rsembed_dask.campaign.tasks.fetch_unit` sends), the bytes fetched, the size of the
+tiling store (:mod:`rsembed_dask.plan.store_size`) and the fetch time under Earth
+Engine's quota (:mod:`rsembed_dask.plan.latency`). Nothing is fetched or written.
+:class:`CampaignPlan` holds the result; :mod:`rsembed_dask.plan.report` formats it.
+
+Examples
+--------
+>>> plan = estimate_campaign((10.0, 45.0, 10.5, 45.3), scales=[10, 40], embed_dim=64)
+>>> [(s.scale_m, s.footprints, s.work_units) for s in plan.scales]
+[(10.0, 287, 5), (40.0, 20, 1)]
+>>> plan.scales[0].requests_coalesced < plan.scales[0].requests_single
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from .latency import (
+    ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, FetchTime, Latency, assumed_latency, fetch_time)
+from .report import format_plan
+from ..providers.gee import BYTES_PER_SAMPLE
+from .requests import unit_requests
+from .._validate import _number, _strict_int
+from .store_size import count_blocks, grids_bytes, sample_cube_bytes
+from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, tile_aoi
+
+__all__ = ["ScalePlan", "CampaignPlan", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """What one scale of a tiling campaign will fetch and store.
+
+    Attributes
+    ----------
+    scale_m : float
+    image_size, n_bands, chunk_size : int
+    footprints : int
+        Tiles (one footprint each).
+    zones : int
+        UTM zones with tiles.
+    blocks : int
+        Tile blocks with tiles (one zone-grid chunk each).
+    work_units : int
+    requests_single, requests_coalesced : int
+        Earth Engine requests without and with coalescing.
+    pixels_single, pixels_coalesced : int
+        Pixels fetched (per band) without and with coalescing.
+    bytes_single, bytes_coalesced : int
+        Bytes fetched (``pixels * n_bands * BYTES_PER_SAMPLE``).
+    largest_request_bytes : int
+        The largest coalesced request.
+    fallback_groups : int
+        (unit, zone) groups planned by ``plan_requests`` itself (see :func:`~rsembed_dask.plan.requests.unit_requests`).
+    sample_cube_bytes, grids_bytes : int
+        Uncompressed upper bounds of the scale's sample cube and zone grids (see
+        :mod:`rsembed_dask.plan.store_size`).
+    """
+
+    scale_m: float
+    image_size: int
+    n_bands: int
+    chunk_size: int
+    footprints: int
+    zones: int
+    blocks: int
+    work_units: int
+    requests_single: int
+    requests_coalesced: int
+    pixels_single: int
+    pixels_coalesced: int
+    bytes_single: int
+    bytes_coalesced: int
+    largest_request_bytes: int
+    fallback_groups: int
+    sample_cube_bytes: int
+    grids_bytes: int
+
+    @property
+    def cube_bytes(self) -> int:
+        return self.sample_cube_bytes + self.grids_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cube_bytes": self.cube_bytes}
+
+
+def plan_scale(table: TileTable, *, n_bands: int = 3, chunk_size: int = DEFAULT_BLOCK ** 2,
+               embed_dim: int = 1024, grid_shape: tuple[int, int] | None = None) -> ScalePlan:
+    """Count the footprints, units, requests, bytes and cube size of one scale.
+
+    Requests are :func:`~rsembed_dask.plan.requests.unit_requests`' (exactly what
+    ``fetch_unit`` sends, unit by unit); cube size is the uncompressed upper bound of
+    what the tiling store holds for the scale (:mod:`rsembed_dask.plan.store_size`).
+
+    Parameters
+    ----------
+    table : TileTable
+        One scale's tiles.
+    n_bands : int
+        Bands fetched.
+    chunk_size : int
+        Tiles per work unit.
+    embed_dim : int
+        Embedding width ``D``.
+    grid_shape : tuple of int, optional
+        Token grid ``(gy, gx)`` when token grids are stored too.
+
+    Returns
+    -------
+    ScalePlan
+    """
+    _strict_int("embed_dim", embed_dim)
+    n, size = len(table), table.image_size
+    per = unit_requests(table, chunk_size, n_bands)
+    tile_px = size * size
+    px_coalesced = int(per.pixels.sum())
+    return ScalePlan(
+        scale_m=table.scale_m, image_size=size, n_bands=int(n_bands), chunk_size=int(chunk_size),
+        footprints=n, zones=len(table.zones()) if n else 0, blocks=count_blocks(table), work_units=len(per.requests),
+        requests_single=n, requests_coalesced=int(per.requests.sum()),
+        pixels_single=n * tile_px, pixels_coalesced=px_coalesced,
+        bytes_single=n * tile_px * n_bands * BYTES_PER_SAMPLE,
+        bytes_coalesced=px_coalesced * n_bands * BYTES_PER_SAMPLE,
+        largest_request_bytes=int(per.largest.max(initial=0)) * n_bands * BYTES_PER_SAMPLE,
+        fallback_groups=per.fallback_groups,
+        sample_cube_bytes=sample_cube_bytes(table, embed_dim, grid_shape), grids_bytes=grids_bytes(table, embed_dim))
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """The plan of a tiling campaign over all its scales.
+
+    Attributes
+    ----------
+    aoi_bounds : tuple of float
+        ``(minlon, minlat, maxlon, maxlat)`` of the AOI.
+    aoi_label : str
+        How the AOI was given (for the report).
+    scales : tuple of ScalePlan
+    model_id : str
+    embed_dim : int
+    embed_dim_source : str
+    latency : Latency
+    concurrency : int
+    requests_per_s : float
+    planning_s : float
+        Wall time of the planning itself.
+    """
+
+    aoi_bounds: tuple[float, float, float, float]
+    aoi_label: str
+    scales: tuple[ScalePlan, ...]
+    model_id: str
+    embed_dim: int
+    embed_dim_source: str
+    latency: Latency
+    concurrency: int = EE_CONCURRENCY
+    requests_per_s: float = EE_REQUESTS_PER_S
+    planning_s: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.scales)
+
+    @property
+    def footprints(self) -> int:
+        return self._total("footprints")
+
+    @property
+    def requests_single(self) -> int:
+        return self._total("requests_single")
+
+    @property
+    def requests_coalesced(self) -> int:
+        return self._total("requests_coalesced")
+
+    @property
+    def cube_bytes(self) -> int:
+        return self._total("cube_bytes")
+
+    def latency_for(self, coalesced: bool, sp: ScalePlan | None = None) -> float:
+        """Mean latency of one request of a mode (assumed: from the mean request size)."""
+        if self.latency.source != "assumed":
+            return self.latency.coalesced_s if coalesced else self.latency.single_s
+        group = [sp] if sp is not None else list(self.scales)
+        req = sum(s.requests_coalesced if coalesced else s.requests_single for s in group)
+        nbytes = sum(s.bytes_coalesced if coalesced else s.bytes_single for s in group)
+        return assumed_latency(nbytes / req) if req else ASSUMED_LATENCY_BASE_S
+
+    def fetch_time(self, coalesced: bool, sp: ScalePlan | None = None) -> FetchTime:
+        """Fetch-bound time of one scale (``sp``) or of the whole campaign (all scales
+        share one project's quota, so the total is the time of all requests together)."""
+        group = [sp] if sp is not None else list(self.scales)
+        req = sum(s.requests_coalesced if coalesced else s.requests_single for s in group)
+        lat = self.latency_for(coalesced, sp)
+        if self.latency.source == "assumed" and sp is None:
+            # the request-weighted mean of the scales' latencies: total = sum of the scales
+            lat = (sum(self.latency_for(coalesced, s) * (s.requests_coalesced if coalesced else s.requests_single)
+                       for s in group) / req) if req else lat
+        return fetch_time(req, lat, self.concurrency, self.requests_per_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON types."""
+        def times(sp):
+            return {m: asdict(self.fetch_time(m == "coalesced", sp)) for m in ("single", "coalesced")}
+        return {
+            "aoi": {"label": self.aoi_label, "bounds": list(self.aoi_bounds)},
+            "model": {"id": self.model_id, "embed_dim": self.embed_dim, "embed_dim_source": self.embed_dim_source},
+            "quota": {"concurrency": self.concurrency, "requests_per_s": self.requests_per_s},
+            "latency": asdict(self.latency),
+            "scales": [{**s.as_dict(), "fetch_time": times(s)} for s in self.scales],
+            "total": {"footprints": self.footprints, "work_units": self._total("work_units"),
+                      "requests_single": self.requests_single, "requests_coalesced": self.requests_coalesced,
+                      "pixels_single": self._total("pixels_single"),
+                      "pixels_coalesced": self._total("pixels_coalesced"),
+                      "bytes_single": self._total("bytes_single"),
+                      "bytes_coalesced": self._total("bytes_coalesced"),
+                      "sample_cube_bytes": self._total("sample_cube_bytes"),
+                      "grids_bytes": self._total("grids_bytes"), "cube_bytes": self.cube_bytes,
+                      "fetch_time": times(None)},
+            "planning_s": self.planning_s,
+            "notes": list(self.notes),
+        }
+
+    def format(self) -> str:
+        """A text report: one column per scale and a total (see :func:`~rsembed_dask.plan.report.format_plan`)."""
+        return format_plan(self)
+
+
+def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size: int = 224,
+                      chunk_size: int | None = None, n_bands: int = 3, embed_dim: int = 1024,
+                      embed_dim_source: str = "given", model_id: str = "",
+                      grid_shape: tuple[int, int] | None = None, latency: Latency | float | None = None,
+                      concurrency: int = EE_CONCURRENCY, requests_per_s: float = EE_REQUESTS_PER_S,
+                      block: int = DEFAULT_BLOCK, aoi_label: str | None = None) -> CampaignPlan:
+    """Estimate a tiling campaign over ``aoi`` at ``scales`` without fetching or writing anything.
+
+    Not :func:`rsembed_dask.campaign.run.plan_campaign`, which validates a sample campaign
+    and creates its cube.
+
+    Parameters
+    ----------
+    aoi : Tiling or anything :func:`~rsembed_dask.sampling.tiling.tile_aoi` accepts
+        The area (a ready :class:`~rsembed_dask.sampling.tiling.Tiling` is used as is).
+    scales : sequence of float
+        Pixel sizes in metres (ignored when ``aoi`` is a Tiling).
+    image_size : int
+        Tile side in pixels.
+    chunk_size : int, optional
+        Tiles per work unit (default ``block ** 2``, as the campaign).
+    n_bands : int
+        Bands fetched.
+    embed_dim : int
+        Embedding width ``D`` (see :func:`resolve_embed_dim`).
+    embed_dim_source, model_id : str
+        Provenance, for the report.
+    grid_shape : tuple of int, optional
+        Token grid ``(gy, gx)`` when token grids are stored too.
+    latency : Latency, float or None
+        A :class:`~rsembed_dask.plan.latency.Latency`, one latency in seconds for both modes,
+        or None for the assumed latency (:func:`~rsembed_dask.plan.latency.assumed_latency`
+        of each mode's mean request size).
+    concurrency, requests_per_s
+        Earth Engine quota (defaults: 40 concurrent, 100 per second).
+    block : int
+        Tiles per block side.
+    aoi_label : str, optional
+        How the AOI was given, for the report.
+
+    Returns
+    -------
+    CampaignPlan
+    """
+    t0 = time.perf_counter()
+    _strict_int("n_bands", n_bands)
+    _strict_int("concurrency", concurrency)
+    _number("requests_per_s", requests_per_s, lo=0, lo_open=True)
+    if isinstance(aoi, Tiling):
+        tiling = aoi
+    else:
+        tiling = tile_aoi(aoi, scales, image_size, block=block)
+    chunk = tiling.block ** 2 if chunk_size is None else chunk_size
+    _strict_int("chunk_size", chunk)
+    if latency is None:
+        lat = Latency.assumed()
+    elif isinstance(latency, Latency):
+        lat = latency
+    else:
+        lat = Latency.given(latency)
+    plans = tuple(plan_scale(t, n_bands=n_bands, chunk_size=chunk, embed_dim=embed_dim, grid_shape=grid_shape)
+                  for t in tiling.tables)
+    import shapely
+
+    from ..geo.aoi import aoi_bounds
+
+    bounds = aoi_bounds(shapely.from_wkb(tiling.aoi_wkb))  # west > east across the antimeridian
+    notes = []
+    fallback = sum(p.fallback_groups for p in plans)
+    if fallback:
+        notes.append(f"{fallback} (unit, zone) groups did not fit one request and were planned by plan_requests")
+    if chunk % tiling.block ** 2:
+        notes.append(f"chunk size {chunk} is not a whole number of {tiling.block}x{tiling.block} blocks: "
+                     "units straddle blocks, which costs requests")
+    return CampaignPlan(bounds, aoi_label or "given", plans, model_id, int(embed_dim), embed_dim_source, lat,
+                        int(concurrency), float(requests_per_s), time.perf_counter() - t0, tuple(notes))
+
+
+def resolve_embed_dim(model_id: str, image_size: int = 224) -> tuple[int, int, str]:
+    """``(embed_dim, patch_size, source)`` of a model, without loading weights.
+
+    The default hub checkpoint (``MVRL/scalemae-vitlarge-800``) is the ViT-L that rshf's
+    ``ScaleMAE`` builds (D = 1024, patch 16): known without any download. Test configs
+    and local directories are read by :func:`~rsembed_dask.embed.weights.model_info`; other
+    hub ids fetch their ``config.json`` only, and when that fails (offline) ViT-L is
+    assumed, with a warning (pass ``embed_dim`` explicitly to override).
+
+    Parameters
+    ----------
+    model_id : str
+        Hub id, local directory or test config name.
+    image_size : int
+        Input size in pixels (test configs and local models are built at it).
+
+    Returns
+    -------
+    tuple
+        ``(embed_dim, patch_size, source)``; ``source`` says where ``D`` came from.
+
+    Raises
+    ------
+    ModelError
+        A local directory or test config that cannot be read.
+    """
+    from ..specs import DEFAULT_MODEL_ID, ModelSpec
+    from ..embed.weights import VIT_LARGE, model_info
+
+    if model_id == DEFAULT_MODEL_ID:
+        return VIT_LARGE["embed_dim"], VIT_LARGE["patch_size"], "ViT-L of the published checkpoint"
+    try:
+        info = model_info(ModelSpec(model_id, image_size=image_size))
+    except ModelError as e:
+        if Path(model_id).expanduser().exists() or model_id.startswith("test-"):
+            raise
+        log.warning("cannot read the config of %r (%s); assuming ViT-L (D = 1024)", model_id, e)
+        return VIT_LARGE["embed_dim"], VIT_LARGE["patch_size"], "assumed ViT-L: config.json not reachable"
+    return info.embed_dim, info.patch_size, f"{info.source} config"

@@ -1,0 +1,1 @@
+"""What to embed: sample tables from GeoDataFrames, work units, tilings of areas."""

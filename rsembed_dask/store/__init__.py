@@ -1,0 +1,1 @@
+"""The two Zarr store formats: sample cubes and tiling stores."""

@@ -1,0 +1,769 @@
+"""The Zarr v3 datacube that a campaign writes, unit by unit, and xarray reads.
+
+One chunk along ``sample`` (``spec.chunk_size`` samples) at one scale is one work
+unit: every write owns whole chunks, so writers in different processes need no
+lock. Within a unit the data arrays are written first and ``status`` last, so a
+non-pending status vouches for the data beside it.
+
+The layout (arrays, dims, dtypes, chunks) is :mod:`rsembed_dask.store.layout`'s.
+
+Examples
+--------
+>>> cube = Cube.create_or_open("out.zarr", spec=spec, ids=ids, lon=lon, lat=lat,
+...                            geohash=gh, wkb=wkb, embed_dim=768)  # doctest: +SKIP
+>>> cube.write_unit(0, 64, 0, embedding=e, status=s, input_res_m=r,
+...                 valid_fraction=v, error=errs)  # doctest: +SKIP
+>>> ds = open_cube("out.zarr")  # doctest: +SKIP
+>>> ds.embedding.sel(scale=20.0, sample="id-3").values  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .samples import SampleChanges, compare_samples, describe_ids
+from .layout import (
+    CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR, STATUS_NAMES,
+    array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
+    normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
+)
+from .open import (
+    DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+)
+from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
+from ..specs import CampaignSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "Cube",
+           "open_cube", "nearest_sample", "vouched_arrays"]
+
+#: Cell states that a later write never changes (a computed embedding, or a final "no imagery").
+FINAL_STATUSES = (OK, NO_DATA)
+
+#: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
+RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR,
+                            SEGMENTS_ATTR})
+#: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
+_SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
+
+
+
+
+def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
+    """Data arrays whose chunk a unit must have, given its status codes ``cells``.
+
+    Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
+    only where the status vouches for data: ``ok`` cells hold an embedding, an input
+    resolution (and a token grid), every finished cell a valid fraction. A ``failed``
+    cell's reason is not vouched for: a retry interrupted between its data and status
+    writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
+    all-empty ``error`` is not stored), and such a cell is re-run anyway.
+    """
+    cells = np.asarray(cells)
+    out: list[str] = []
+    if (cells == OK).any():
+        out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
+    if (cells != PENDING).any():
+        out.append("valid_fraction")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- cube
+
+
+class Cube:
+    """Handle on a cube on disk: writes units with Zarr, reports status.
+
+    Create or resume with :meth:`create_or_open`, open an existing cube with
+    :meth:`open`. A ``Cube`` pickles to its path and a little metadata and
+    reopens the Zarr arrays lazily in each process, so it can be sent to Dask
+    workers; distinct units may be written concurrently from any process.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the cube directory.
+    spec : CampaignSpec
+        The campaign spec (as given to :meth:`create_or_open`, else as stored).
+    n_rows, embed_dim : int
+        Extent of the Zarr arrays along ``sample`` and ``feature``.
+    segments : tuple of (int, int)
+        ``[start, stop)`` rows holding samples (one segment unless samples were appended;
+        the rows between a segment's end and the next chunk boundary are padding).
+    grid_shape : tuple of int or None
+        ``(gy, gx)`` in grid mode, else None.
+    last_changes : SampleChanges or None
+        How the samples given to :meth:`create_or_open` compared with the stored ones
+        (given sample ``i`` is at row ``last_changes.rows[i]``); None from :meth:`open`.
+    """
+
+    def __init__(self, path: str, spec: CampaignSpec, n_rows: int, embed_dim: int,
+                 grid_shape: tuple[int, int] | None,
+                 segments: Sequence[tuple[int, int]] | None = None):
+        self.path = path
+        self.spec = spec
+        self.n_rows = int(n_rows)
+        self.segments: tuple[tuple[int, int], ...] = (
+            ((0, self.n_rows),) if segments is None else tuple((int(a), int(b)) for a, b in segments))
+        self.embed_dim = int(embed_dim)
+        self.grid_shape = None if grid_shape is None else (int(grid_shape[0]), int(grid_shape[1]))
+        self.last_changes: SampleChanges | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._group: zarr.Group | None = None
+        #: False for a cube resumed on storage this process cannot write (see require_writable).
+        self.writable = True
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "spec": self.spec.to_json(), "n_rows": self.n_rows,
+                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
+                      state["embed_dim"], state["grid_shape"], state["segments"])
+
+    def __repr__(self) -> str:
+        grid = f", grid={self.grid_shape}" if self.grid_shape else ""
+        return (f"Cube({self.path!r}, samples={self.n_samples}, scales={list(self.scales)}, "
+                f"D={self.embed_dim}{grid}, spec_hash={self.spec.spec_hash()!r})")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """Pixel sizes in metres, in ``scale`` order."""
+        return self.spec.scales
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.spec.scales)
+
+    @property
+    def chunk_size(self) -> int:
+        """Samples per unit (the chunk along ``sample``)."""
+        return self.spec.chunk_size
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (rows holding one; padding rows left by appends not counted)."""
+        return sum(b - a for a, b in self.segments)
+
+    @property
+    def n_units(self) -> int:
+        """Number of units: sample chunks times scales."""
+        return sum(-(-(b - a) // self.chunk_size) for a, b in self.segments) * self.n_scales
+
+    def sample_rows(self) -> np.ndarray:
+        """Rows (int64, sorted) of the Zarr arrays that hold samples."""
+        return segment_rows(self.segments)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The group attributes, read fresh from disk."""
+        return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs.asdict())
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any = None,
+                       lon: Any = None, lat: Any = None, geohash: Sequence[str] | None = None,
+                       wkb: Sequence[Any] | None = None, embed_dim: int,
+                       grid_shape: tuple[int, int] | None = None,
+                       versions: Mapping[str, str] | None = None,
+                       chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+                       n_samples: int | None = None, repair: bool = False, update: bool = False,
+                       append: bool = False) -> Cube:
+        """Create the cube at ``path``, or resume it when it holds the same campaign.
+
+        An existing cube given whole arrays (``ids`` ... ``wkb``) is matched id by id
+        (:mod:`rsembed_dask.store.samples`): ids stored with another geometry are refused
+        unless ``update``, ids not stored are refused unless ``append``, stored ids not
+        given are kept and reported (a warning). ``last_changes`` tells what matched.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Local directory of the Zarr v3 store. It may not exist yet or be empty.
+        spec : CampaignSpec
+            The campaign; its :meth:`~CampaignSpec.identity` must match a stored one.
+        ids : sequence of str or int
+            Unique sample ids, the ``sample`` dimension coordinate.
+        lon, lat : sequence of float
+            EPSG:4326 centroids, one per sample.
+        geohash : sequence of str
+            Location key per sample.
+        wkb : sequence of bytes, hex str or shapely geometry
+            Footprint geometry per sample; stored as WKB hex strings.
+        embed_dim : int
+            Embedding size ``D``.
+        grid_shape : tuple of int, optional
+            ``(gy, gx)`` of token grids; required when ``spec.output.mode == "grid"``,
+            ignored otherwise.
+        versions : mapping, optional
+            Software versions recorded in the ``versions`` attribute (at creation).
+        chunks, n_samples : optional
+            Instead of ``ids ... wkb``, for tables too large to hold at once: ``chunks()``
+            yields consecutive dicts with those five keys, ``n_samples`` rows in all. Ids
+            must be unique across chunks (checked within each chunk only). A cube reopened
+            this way must hold exactly those ids in that order (tiling stores).
+        repair : bool
+            Resuming a damaged cube: restore unreadable array metadata and rewrite damaged
+            coordinate chunks from the given samples first (:func:`rsembed_dask.store.repair.repair_layout`).
+        update : bool
+            Re-embed samples whose geometry moved: their coordinates are rewritten and
+            their cells reset to pending (:meth:`reset_samples`); the next run embeds them.
+        append : bool
+            Add ids the cube does not hold as new chunks (:meth:`append_samples`).
+
+        Returns
+        -------
+        Cube
+
+        Raises
+        ------
+        CubeError
+            ``path`` is a file, not a cube, not writable, or the cube holds other
+            embedding/grid shapes; moved samples without ``update``, new ids without
+            ``append`` (the message names the ids and the flag), ids of another kind.
+        SpecMismatchError
+            The stored spec identity differs; the message names each differing field.
+        SpecError
+            Invalid inputs (duplicate ids, lengths that differ, missing ``grid_shape``).
+        """
+        if not isinstance(spec, CampaignSpec):
+            raise SpecError("spec", type(spec).__name__, "a CampaignSpec")
+        path = os.path.abspath(os.fspath(path))
+        grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
+        if chunks is not None and (update or append):
+            raise SpecError("update/append", {"update": update, "append": append},
+                            "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
+        n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
+        if repair:  # metadata and coordinates from the given samples, before anything reads them
+            from .repair import repair_layout
+
+            check_writable(path)
+            repair_layout(path, spec=spec, n_samples=int(n_samples), embed_dim=int(embed_dim),
+                          grid_shape=grid_shape, source=source)
+        meta = probe_store(path)
+        if meta is None:
+            check_writable(path)
+            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
+            cube._create(source, default_versions(versions))
+            cube.last_changes = SampleChanges.identity(int(n_samples))
+            return cube
+        cube = cls(path, spec, 0, int(embed_dim), grid_shape)
+        cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
+                           update=bool(update), append=bool(append))
+        return cube
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Cube:
+        """Open an existing cube (its spec and shapes are read from disk).
+
+        Raises
+        ------
+        CubeError
+            ``path`` is missing, a file, or not a cube.
+        """
+        path = os.path.abspath(os.fspath(path))
+        meta = probe_store(path)
+        if meta is None:
+            raise CubeError(f"no cube at {path!r}")
+        attrs = meta["attributes"]
+        spec = CampaignSpec.from_json(attrs["campaign_spec"])
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        emb = group["embedding"]
+        grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
+        cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
+        cube.writable = os.access(path, os.W_OK)
+        return cube
+
+    def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
+        """Lay out every array, write the coordinates chunk by chunk, then mark the group a cube."""
+        n, s = self.n_samples, self.n_scales
+        logger.info("creating cube %s: %d samples x %d scales, D=%d", self.path, n, s, self.embed_dim)
+        try:
+            group, start = None, 0
+            for inputs in source():
+                if group is None:
+                    group = zarr.open_group(self.path, mode="w", zarr_format=3)
+                    defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
+                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
+                    for d in defs:
+                        group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
+                                           fill_value=d.fill_value, dimension_names=d.dims,
+                                           attributes=d.attrs)
+                    group["scale"][...] = np.asarray(self.scales, dtype="float64")
+                    group["feature"][...] = np.arange(self.embed_dim, dtype="int64")
+                stop = start + inputs["sample"].shape[0]
+                if stop > n:  # zarr would silently drop the excess
+                    raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
+                for name in ("sample", "lon", "lat", "geohash", "geometry"):
+                    group[name][start:stop] = inputs[name]
+                start = stop
+            if group is None or start != n:
+                raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
+            # The marker goes last: a store interrupted before this is refused, not resumed.
+            group.attrs.update({
+                "campaign_spec": self.spec.to_json(),
+                "spec_identity": json.dumps(self.spec.identity(), sort_keys=True),
+                "spec_hash": self.spec.spec_hash(),
+                "versions": versions,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                SEGMENTS_ATTR: [[0, n]],
+                MARKER_ATTR: CUBE_VERSION,
+            })
+        except OSError as exc:
+            raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
+
+    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
+                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
+        """Refuse to resume a cube of another campaign or other shapes; match the samples."""
+        stored = json.loads(attrs["spec_identity"])
+        self._adopt_scale_order(stored.get("scales"))
+        diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
+        if diffs:
+            raise SpecMismatchError(
+                f"cube {self.path!r} was written with a different campaign spec "
+                f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
+                + "\n  ".join(diffs))
+        # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
+        self.writable = os.access(self.path, os.W_OK)
+        group = self._zgroup()
+        emb = group["embedding"]
+        if emb.shape[2] != self.embed_dim:
+            raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
+        stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        if stored_grid != self.grid_shape:
+            raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
+        self.n_rows = emb.shape[0]
+        self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
+        if whole:
+            self._sync_samples(next(iter(source())), update=update, append=append)
+        else:
+            check_same_ids(group["sample"], source, n_given, self.path)
+            self.last_changes = SampleChanges.identity(self.n_rows)
+        logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
+                    self.status_counts())
+
+    # ------------------------------------------------------------------ changing samples
+
+    def _sync_samples(self, given: dict[str, Any], *, update: bool, append: bool) -> None:
+        """Match given samples (checked inputs) with the stored ones; update and append if allowed.
+
+        Nothing is written unless every change is allowed.
+        """
+        rows = self.sample_rows()
+        group = self._zgroup()
+        stored_ids = np.asarray(group["sample"][...])[rows]
+        stored_geom = np.asarray(group["geometry"][...]).astype(object)[rows]
+        changes = compare_samples(stored_ids, stored_geom, rows, given, self.path)
+        ids = given["sample"]
+        problems = []
+        if len(changes.moved) and not update:
+            problems.append(
+                f"{len(changes.moved)} sample(s) have another geometry than stored "
+                f"({describe_ids(ids[changes.moved])}): run again with --update (update=True) to "
+                f"re-embed them at their new geometry, or give them new ids")
+        if len(changes.new) and not append:
+            problems.append(
+                f"{len(changes.new)} given sample id(s) are not in the cube "
+                f"({describe_ids(ids[changes.new])}): run again with --append (append=True) to add "
+                f"them as new chunks, or write them to a new cube")
+        if problems:
+            raise CubeError(f"cube {self.path!r}: " + "; ".join(problems))
+        if len(changes.missing_rows):
+            missing_ids = np.asarray(group["sample"][...])[changes.missing_rows]
+            logger.warning("cube %s holds %d sample(s) not among those given (%s): kept, not deleted; "
+                           "units made only of them are not run", self.path, len(changes.missing_rows),
+                           describe_ids(missing_ids))
+        if len(changes.moved):
+            moved_rows = changes.rows[changes.moved]
+            self.reset_samples(moved_rows)
+            order = np.argsort(moved_rows)
+            self._write_coords(moved_rows[order], {k: given[k][changes.moved[order]] for k in _SAMPLE_COORDS})
+            logger.warning("cube %s: %d moved sample(s) reset to pending at every scale, to be re-embedded: %s",
+                           self.path, len(changes.moved), describe_ids(ids[changes.moved]))
+        if len(changes.new):
+            from ..geo.keys import hilbert_order
+
+            new = changes.new[hilbert_order(given["lon"][changes.new], given["lat"][changes.new])]
+            start = self.append_samples({k: given[k] for k in ("sample", "id_dtype", *_SAMPLE_COORDS)}, new)
+            changes.rows[new] = np.arange(start, start + len(new), dtype=np.int64)
+        self.last_changes = changes
+
+    def reset_samples(self, rows: Any) -> None:
+        """Invalidate every cell of the samples at ``rows`` (cube rows), at every scale.
+
+        Status is set to :data:`PENDING` first (it stops vouching for the data), then the
+        embedding (and grid), ``input_res_m`` and ``valid_fraction`` become NaN and
+        ``error`` empty. The next run embeds those cells again. Unlike :meth:`write_unit`,
+        this does overwrite ``ok`` and ``no_data`` cells: it is for samples whose
+        geometry changed. Run it from one process, while no campaign writes to the cube.
+
+        Raises
+        ------
+        CubeError
+            A row that holds no sample.
+        """
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not len(rows):
+            return
+        bad = rows[~np.isin(rows, self.sample_rows())]
+        if len(bad):
+            raise CubeError(f"reset_samples: rows {bad[:5].tolist()} hold no sample in {self.path!r}")
+        try:
+            self._array("status").set_orthogonal_selection((rows, slice(None)), PENDING)
+            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), np.nan)
+            if self.grid_shape is not None:
+                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, np.nan)
+            for name, value in (("input_res_m", np.nan), ("valid_fraction", np.nan), ("error", "")):
+                self._array(name).set_orthogonal_selection((rows, slice(None)), value)
+        except OSError as exc:
+            raise CubeError(f"cannot reset samples in {self.path!r}: {exc}") from exc
+        logger.info("cube %s: reset %d sample(s) to pending at every scale", self.path, len(rows))
+
+    def _write_coords(self, rows: np.ndarray, coords: Mapping[str, np.ndarray]) -> None:
+        """Rewrite ``lon``, ``lat``, ``geohash``, ``geometry`` at sorted ``rows``."""
+        for name in _SAMPLE_COORDS:
+            self._array(name).set_orthogonal_selection((rows,), coords[name])
+
+    def append_samples(self, given: Mapping[str, Any], order: Any) -> int:
+        """Append samples as new chunks after the last segment; returns their first row.
+
+        Parameters
+        ----------
+        given : mapping
+            Checked inputs (``sample``, ``id_dtype``, ``lon``, ``lat``, ``geohash``,
+            ``geometry``; see :func:`~rsembed_dask.store.layout.check_inputs`), ids not in the cube.
+        order : int array
+            Which of them to append, in the order to store them (their own Hilbert order).
+
+        Notes
+        -----
+        The new segment starts at the first chunk boundary at or after the last sample,
+        so no existing chunk is rewritten and every unit stays one chunk; rows left between
+        are padding (see :mod:`rsembed_dask.store.layout`). The arrays are resized and the
+        coordinates written before the ``sample_segments`` attribute names the new rows:
+        an interrupted append leaves rows that hold no sample, reused by the next append.
+
+        Raises
+        ------
+        CubeError
+            The cube's chunks are not ``chunk_size`` samples (a cube created, before
+            appends existed, with fewer samples than ``chunk_size``), or ids of another kind.
+        """
+        order = np.asarray(order, dtype=np.int64)
+        group = self._zgroup()
+        cs = self.chunk_size
+        stored_chunk = group["status"].chunks[0]
+        if stored_chunk != cs:
+            raise CubeError(f"cube {self.path!r} holds its samples in chunks of {stored_chunk}, not "
+                            f"chunk_size={cs} (it was created with fewer samples than chunk_size by an "
+                            "older rsembed_dask): it cannot take new samples; write them to a new cube")
+        if (group["sample"].dtype.kind in "iu") != (given["id_dtype"] != str):
+            raise CubeError(f"cube {self.path!r}: appended ids must be of the stored kind "
+                            f"({group['sample'].dtype}), given {given['sample'][0]!r}")
+        start = -(-self.segments[-1][1] // cs) * cs
+        stop = start + len(order)
+        segments = [list(s) for s in self.segments]
+        try:
+            # An old cube gets its segments written before its arrays grow, so that rows
+            # added by an interrupted append are never taken for samples.
+            group.attrs[SEGMENTS_ATTR] = segments
+            for _, arr in group.arrays():
+                names = arr.metadata.dimension_names or ()
+                if names and names[0] == "sample":
+                    arr.resize((stop,) + arr.shape[1:])
+            self._arrays.clear()
+            for name in ("sample", *_SAMPLE_COORDS):
+                self._array(name)[start:stop] = given[name][order]
+            group.attrs[SEGMENTS_ATTR] = segments + [[start, stop]]  # the commit
+        except OSError as exc:
+            raise CubeError(f"cannot append samples to {self.path!r}: {exc}") from exc
+        self.n_rows = stop
+        self.segments = self.segments + ((start, stop),)
+        logger.warning("cube %s: appended %d new sample(s) at rows %d:%d (%d new chunks): %s", self.path,
+                       len(order), start, stop, -(-len(order) // cs), describe_ids(given["sample"][order]))
+        return start
+
+    def stored_table(self, rows: Any):
+        """The samples at cube ``rows`` as a :class:`~rsembed_dask.sampling.samples.SampleTable`, in ``rows`` order,
+        rebuilt from their stored ids and geometry."""
+        import geopandas as gpd
+        import pandas as pd
+        import shapely
+
+        from ..sampling.samples import build_sample_table
+
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = np.asarray(self._array("sample")[...])[rows]
+        ids = [v.item() if isinstance(v, np.generic) else str(v) for v in ids]
+        geoms = shapely.from_wkb(np.asarray(self._array("geometry")[...]).astype(object)[rows])
+        table = build_sample_table(gpd.GeoDataFrame(index=pd.Index(ids, dtype=object), geometry=geoms, crs="EPSG:4326"))
+        where = {v: i for i, v in enumerate(table.ids.tolist())}
+        return table.take(np.array([where[v] for v in ids], dtype=np.int64))
+
+    def _adopt_scale_order(self, stored_scales: Any) -> None:
+        """Given the stored scales in another order, resume in the cube's order (its ``scale`` axis)."""
+        given = list(self.spec.scales)
+        if (isinstance(stored_scales, list) and stored_scales != given
+                and sorted(map(float, stored_scales)) == sorted(given)):
+            logger.info("cube %s: scales %s given in another order; the cube's order %s is kept",
+                        self.path, given, stored_scales)
+            self.spec = self.spec.replace(scales=tuple(float(s) for s in stored_scales))
+
+    def require_writable(self, todo: int) -> None:
+        """Refuse to run ``todo`` units into a cube on storage this process cannot write.
+
+        Raises
+        ------
+        CubeError
+            Naming the path and the units left to do.
+        """
+        if todo and not self.writable:
+            raise CubeError(f"cube path {self.path!r} is not writable, and {todo} unit(s) are left to do: "
+                            f"run on writable storage (a finished cube on read-only storage needs no write)")
+
+    # ------------------------------------------------------------------ zarr access
+
+    def _zgroup(self) -> zarr.Group:
+        if self._group is None:
+            try:
+                self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            except (OSError, ValueError) as exc:
+                raise CubeError(f"cannot open cube {self.path!r}: {exc}") from exc
+        return self._group
+
+    def _array(self, name: str) -> zarr.Array:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._zgroup()[name]
+            self._arrays[name] = arr  # type: ignore[assignment]
+        return arr  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ units
+
+    def unit_stop(self, start: int) -> int:
+        """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start.
+
+        A unit ends at the next chunk boundary or at the end of its segment (see ``segments``).
+        """
+        start = int(start)
+        if start % self.chunk_size == 0:
+            for a, b in self.segments:
+                if a <= start < b:
+                    return min(start + self.chunk_size, b)
+        raise CubeError(f"unit start {start} is not a chunk start (multiples of {self.chunk_size} "
+                        f"within the sample rows {[list(s) for s in self.segments]})")
+
+    def _scale_index(self, scale_index: int) -> int:
+        si = int(scale_index)
+        if not 0 <= si < self.n_scales:
+            raise CubeError(f"scale_index {scale_index} out of range [0, {self.n_scales})")
+        return si
+
+    def write_unit(self, start: int, stop: int, scale_index: int, *, embedding: Any, status: Any,
+                   input_res_m: Any, valid_fraction: Any, error: Sequence[str | None],
+                   grid: Any | None = None) -> None:
+        """Write one unit: samples ``[start, stop)`` at one scale, status last.
+
+        Parameters
+        ----------
+        start, stop : int
+            Exactly one chunk along ``sample``: ``start % chunk_size == 0`` and
+            ``stop == min(start + chunk_size, n_samples)``.
+        scale_index : int
+            Index into ``spec.scales``.
+        embedding : array ``[n, D]``
+            Pooled embeddings (NaN rows for samples without data).
+        status : int array ``[n]``
+            Codes :data:`OK`, :data:`NO_DATA`, :data:`FAILED` (or :data:`PENDING`).
+        input_res_m, valid_fraction : array ``[n]``
+        error : sequence of str ``[n]``
+            Short reasons (``""`` or None when none); truncated to 200 characters.
+        grid : array ``[n, D, gy, gx]``, optional
+            Token grids (grid-mode cubes only).
+
+        Notes
+        -----
+        A decided cell is never overwritten: a cell stored :data:`OK` or :data:`NO_DATA`
+        keeps its status and data (embedding, grid, ``input_res_m``, ``valid_fraction``,
+        ``error``), whatever this write says, and a cell written :data:`PENDING` ("not
+        touched by this write") keeps whatever is stored. So a unit re-run with
+        ``retry_failed`` (or marked failed after losing its worker) never loses an
+        embedding. The kept cells are written back with the values read, so the data
+        written before ``status`` never contradicts a status already stored: a crash
+        between the two leaves no ``ok`` cell over NaN.
+
+        Raises
+        ------
+        CubeError
+            Not exactly one chunk, a bad scale index, or arrays of the wrong shape.
+        """
+        start, stop = int(start), int(stop)
+        expected = self.unit_stop(start)  # CubeError when start is not a chunk start
+        if stop != expected:
+            raise CubeError(f"write_unit({start}, {stop}) is not exactly one chunk of "
+                            f"{self.chunk_size} samples: the unit at {start} ends at {expected}")
+        si = self._scale_index(scale_index)
+        data = check_unit_arrays(stop - start, self.embed_dim, self.grid_shape, embedding=embedding,
+                                 status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
+                                 error=error, grid=grid)
+        try:
+            keep = self._kept_cells(start, stop, si, data["status"])
+            if keep.all():
+                logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
+                             start, stop, si)
+                return
+            if keep.any():
+                self._merge_kept(start, stop, si, data, keep)
+            self._array("embedding")[start:stop, si, :] = data["embedding"]
+            if "grid" in data:
+                self._array("grid")[start:stop, si] = data["grid"]
+            for name in ("input_res_m", "valid_fraction", "error"):
+                self._array(name)[start:stop, si] = data[name]
+            # Status last: it vouches for the data written above.
+            self._array("status")[start:stop, si] = data["status"]
+        except OSError as exc:
+            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
+                            f"to {self.path!r}: {exc}") from exc
+        logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
+
+    def _kept_cells(self, start: int, stop: int, si: int, status: np.ndarray) -> np.ndarray:
+        """Cells of a unit write that keep what is stored: decided ones, and those written pending."""
+        stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
+        return np.isin(stored, FINAL_STATUSES) | ((status == PENDING) & (stored != PENDING))
+
+    def _merge_kept(self, start: int, stop: int, si: int, data: dict[str, np.ndarray],
+                    keep: np.ndarray) -> None:
+        """Replace, in ``data`` (copied, not the caller's arrays), the ``keep`` cells by what is stored."""
+        names = ["status", "embedding", "input_res_m", "valid_fraction", "error"]
+        if "grid" in data:
+            names.append("grid")
+        for name in names:
+            stored = np.asarray(self._array(name)[start:stop, si])
+            merged = np.array(data[name], copy=True)
+            merged[keep] = stored[keep]
+            data[name] = merged
+        logger.debug("unit %d:%d scale %d: kept %d decided cells", start, stop, si, int(keep.sum()))
+
+    def unit_status(self, start: int, scale_index: int) -> np.ndarray:
+        """Status codes (int8) of the unit starting at ``start`` at ``scale_index``."""
+        stop = self.unit_stop(start)
+        return np.asarray(self._array("status")[int(start):stop, self._scale_index(scale_index)],
+                          dtype="int8")
+
+    def status_array(self) -> np.ndarray:
+        """All status codes, ``[n_rows, n_scales]`` int8, by row of the Zarr arrays (padding
+        rows left by appends included, as pending: see :meth:`sample_rows`).
+
+        Raises
+        ------
+        CubeDamagedError
+            A status chunk cannot be decoded.
+        """
+        try:
+            return np.asarray(self._array("status")[...], dtype="int8")
+        except DECODE_ERRORS as exc:
+            raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
+                                   f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
+
+    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False) -> list[Any]:
+        """The units (objects with ``.start`` and ``.scale_index``) still to run.
+
+        A unit is incomplete when any of its cells is :data:`PENDING`, or, with
+        ``retry_failed=True``, :data:`FAILED`.
+        """
+        status = self.status_array()
+        todo = (PENDING, FAILED) if retry_failed else (PENDING,)
+        out = []
+        for u in units:
+            stop = self.unit_stop(u.start)
+            cells = status[int(u.start):stop, self._scale_index(u.scale_index)]
+            if np.isin(cells, todo).any():
+                out.append(u)
+        return out
+
+    def units_missing_chunks(self, units: Iterable[Any]) -> list[Any]:
+        """The units marked done whose data chunks are not in the store.
+
+        A cheap check for resuming: the status array and the store listing
+        (:func:`~rsembed_dask.store.open.chunk_keys`), no data read. A unit is listed
+        when its status vouches for an array (:func:`vouched_arrays`) whose chunk is
+        missing: Zarr would read it as NaN or ``""`` without a word. Undecodable
+        chunks are found by a full verify (:func:`rsembed_dask.store.verify.check_cube`).
+
+        Raises
+        ------
+        CubeDamagedError
+            The status cannot be decoded.
+        """
+        status = self.status_array()
+        names = ("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+        stored = {name: {key[:2] for key in chunk_keys(self.path, name)} for name in names}
+        out = []
+        for u in units:
+            stop = self.unit_stop(u.start)
+            si = self._scale_index(u.scale_index)
+            key = (int(u.start) // self.chunk_size, si)
+            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None)
+            if any(key not in stored[name] for name in vouched):
+                out.append(u)
+        return out
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``."""
+        status = self.status_array()
+        if self.n_samples != self.n_rows:
+            status = status[self.sample_rows()]
+        counts = np.bincount(status.ravel().astype("int64"), minlength=len(STATUS_NAMES))
+        return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
+
+    def failure_reasons(self) -> collections.Counter:
+        """How many ``failed`` cells give each ``error`` reason (reads only chunks holding failures)."""
+        status = self.status_array()
+        reasons: collections.Counter = collections.Counter()
+        for si in range(self.n_scales):
+            rows = np.flatnonzero(status[:, si] == FAILED)
+            for chunk in np.unique(rows // self.chunk_size):
+                start = int(chunk) * self.chunk_size
+                stop = self.unit_stop(start)
+                errors = np.asarray(self._array("error")[start:stop, si])
+                mask = status[start:stop, si] == FAILED
+                reasons.update(str(e) or "(no reason recorded)" for e in errors[mask])
+        return reasons
+
+    def set_attrs(self, **kv: Any) -> None:
+        """Store JSON-serialisable group attributes (e.g. a request account).
+
+        Raises
+        ------
+        CubeError
+            A reserved key (``campaign_spec``, ``spec_hash``...) or a value JSON cannot hold.
+        """
+        reserved = sorted(RESERVED_ATTRS.intersection(kv))
+        if reserved:
+            raise CubeError(f"set_attrs: {reserved} are reserved cube attributes")
+        try:
+            json.dumps(kv, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CubeError(f"set_attrs: values must be JSON-serialisable ({exc})") from exc
+        stored = self.attrs
+        changed = {k: v for k, v in kv.items() if k not in stored or normalise_identity({"v": v})["v"] != stored[k]}
+        if changed:  # values already stored are not written again (a read-only finished cube reruns)
+            if not self.writable:
+                raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
+            self._zgroup().attrs.update(changed)

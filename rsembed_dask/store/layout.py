@@ -1,0 +1,440 @@
+"""Layout of the Zarr v3 datacube: status codes, array definitions, input checks.
+
+This module holds what :mod:`rsembed_dask.store.cube` needs to lay out and check a
+cube without touching the store: the status codes and their CF attributes, the
+names, dimensions, dtypes and chunks of every array, and the comparison of a
+stored campaign spec with a given one.
+
+Layout (see ``DESIGN.md``, section "Cube")::
+
+    embedding      (sample, scale, feature)          float32, NaN where not written
+    grid           (sample, scale, feature, gy, gx)  float32, grid mode only
+    status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
+    input_res_m    (sample, scale)                   float32
+    valid_fraction (sample, scale)                   float32
+    error          (sample, scale)                   str, short reason ("" when none)
+    coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
+
+Every data array is chunked ``chunk_size`` along ``sample`` (one chunk = one work unit).
+A cube that grew (``Cube.append_samples``) holds its samples in *segments*: the group
+attribute ``sample_segments`` lists the ``[start, stop)`` rows of the Zarr arrays that hold
+samples, each segment starting on a chunk boundary. Rows between a segment's end and the
+next chunk boundary are padding: never written (id fill value, empty ``geometry``, NaN
+``lon``/``lat``, status pending) and hidden by ``open_cube``. Without the attribute (cubes
+written before appends existed) every row is a sample.
+
+Strings (sample ids, geohashes, geometries as WKB hex, error reasons) use
+Zarr v3's variable-length UTF-8 data type, which xarray reads back as
+``numpy.dtypes.StringDType`` whose elements are ``str``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import CubeError, SpecError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PENDING",
+    "OK",
+    "NO_DATA",
+    "FAILED",
+    "STATUS_NAMES",
+    "FLAG_ATTRS",
+    "CUBE_VERSION",
+    "MARKER_ATTR",
+    "MAX_ERROR_LEN",
+    "ArrayDef",
+    "array_defs",
+    "coord_defs",
+    "check_inputs",
+    "check_shapes",
+    "sample_chunks",
+    "check_same_ids",
+    "spec_differences",
+    "SEGMENTS_ATTR",
+    "read_segments",
+    "segment_rows",
+]
+
+PENDING = 0
+OK = 1
+NO_DATA = 2
+FAILED = 3
+#: Status names by code, in code order (also the keys of ``Cube.status_counts``).
+STATUS_NAMES: tuple[str, ...] = ("pending", "ok", "no_data", "failed")
+#: CF attributes of the ``status`` array.
+FLAG_ATTRS: dict[str, Any] = {
+    "flag_values": [PENDING, OK, NO_DATA, FAILED],
+    "flag_meanings": " ".join(STATUS_NAMES),
+    "long_name": "embedding status",
+}
+
+CUBE_VERSION = 1
+#: Group attribute whose presence marks a directory as a finished cube.
+MARKER_ATTR = "rsembed_dask_cube_version"
+#: Root attribute marking a finished tiling store (per-scale cubes and grids; see tile_cube).
+TILING_MARKER = "rsembed_dask_tiling_version"
+#: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
+SEGMENTS_ATTR = "sample_segments"
+#: Error reasons longer than this are truncated when written.
+MAX_ERROR_LEN = 200
+#: Non-dimension coordinates on ``sample``, listed in each data variable's CF
+#: ``coordinates`` attribute so that xarray attaches them.
+SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
+# 1-D coordinate arrays are written once; big chunks keep the file count low.
+_COORD_CHUNK = 262_144
+
+
+class ArrayDef:
+    """Name, dimensions, shape, dtype, chunks, fill value and attributes of one array.
+
+    Parameters
+    ----------
+    name : str
+        Array name in the group.
+    dims : tuple of str
+        Dimension names (stored as Zarr v3 ``dimension_names``).
+    shape, chunks : tuple of int
+        Array and chunk shape.
+    dtype : str or type
+        NumPy dtype, or ``str`` for variable-length UTF-8.
+    fill_value : object
+        Value of cells never written.
+    attrs : dict
+        Array attributes.
+    """
+
+    __slots__ = ("name", "dims", "shape", "dtype", "chunks", "fill_value", "attrs")
+
+    def __init__(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any,
+                 chunks: tuple[int, ...], fill_value: Any, attrs: dict[str, Any] | None = None):
+        self.name = name
+        self.dims = dims
+        self.shape = shape
+        self.dtype = dtype
+        self.chunks = chunks
+        self.fill_value = fill_value
+        self.attrs = dict(attrs or {})
+
+    def __repr__(self) -> str:
+        return f"ArrayDef({self.name!r}, dims={self.dims}, shape={self.shape}, dtype={self.dtype!r})"
+
+
+def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
+               grid_shape: tuple[int, int] | None) -> list[ArrayDef]:
+    """The data arrays of a cube (everything but the coordinates).
+
+    Parameters
+    ----------
+    n_samples, n_scales, chunk_size, embed_dim : int
+        Cube extent; one chunk along ``sample`` is one work unit.
+    grid_shape : tuple of int or None
+        ``(gy, gx)`` of token grids, or None for a pooled-only cube.
+
+    Returns
+    -------
+    list of ArrayDef
+    """
+    # Always chunk_size (also when the cube holds fewer samples): a cube that grows keeps
+    # "one chunk = one unit" for the new chunks (Zarr cannot change a chunk shape).
+    cs = int(chunk_size)
+    ss = ("sample", "scale")
+    coords = {"coordinates": " ".join(SAMPLE_COORDS)}
+    defs = [
+        ArrayDef("embedding", ss + ("feature",), (n_samples, n_scales, embed_dim), "float32",
+                 (cs, 1, embed_dim), np.nan, {**coords, "long_name": "pooled embedding"}),
+        ArrayDef("status", ss, (n_samples, n_scales), "int8", (cs, 1), PENDING,
+                 {**coords, **FLAG_ATTRS}),
+        ArrayDef("input_res_m", ss, (n_samples, n_scales), "float32", (cs, 1), np.nan,
+                 {**coords, "long_name": "input resolution given to the model", "units": "m"}),
+        ArrayDef("valid_fraction", ss, (n_samples, n_scales), "float32", (cs, 1), np.nan,
+                 {**coords, "long_name": "fraction of valid (unmasked) pixels"}),
+        ArrayDef("error", ss, (n_samples, n_scales), str, (cs, 1), "",
+                 {**coords, "long_name": "short reason where status is failed or no_data"}),
+    ]
+    if grid_shape is not None:
+        gy, gx = grid_shape
+        defs.append(ArrayDef("grid", ss + ("feature", "gy", "gx"),
+                             (n_samples, n_scales, embed_dim, gy, gx), "float32",
+                             (cs, 1, embed_dim, gy, gx), np.nan,
+                             {**coords, "long_name": "patch-token embedding grid"}))
+    return defs
+
+
+def coord_defs(n_samples: int, n_scales: int, embed_dim: int, id_dtype: Any) -> list[ArrayDef]:
+    """The coordinate arrays of a cube (written once, at creation)."""
+    c = min(n_samples, _COORD_CHUNK)
+    return [
+        ArrayDef("sample", ("sample",), (n_samples,), id_dtype, (c,),
+                 "" if id_dtype is str else 0, {"long_name": "sample id"}),
+        ArrayDef("lon", ("sample",), (n_samples,), "float64", (c,), np.nan,
+                 {"standard_name": "longitude", "units": "degrees_east"}),
+        ArrayDef("lat", ("sample",), (n_samples,), "float64", (c,), np.nan,
+                 {"standard_name": "latitude", "units": "degrees_north"}),
+        ArrayDef("geohash", ("sample",), (n_samples,), str, (c,), "",
+                 {"long_name": "geohash of the centroid"}),
+        ArrayDef("geometry", ("sample",), (n_samples,), str, (c,), "",
+                 {"long_name": "sample footprint", "wkb_encoding": "hex", "crs": "EPSG:4326"}),
+        ArrayDef("scale", ("scale",), (n_scales,), "float64", (n_scales,), np.nan,
+                 {"long_name": "pixel size", "units": "m"}),
+        ArrayDef("feature", ("feature",), (embed_dim,), "int64", (embed_dim,), 0,
+                 {"long_name": "embedding feature index"}),
+    ]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _ids_array(ids: Any) -> tuple[np.ndarray, Any]:
+    """Sample ids as int64 or object-of-str, and the Zarr dtype to store them with."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise SpecError("ids", f"array of shape {arr.shape}", "a 1-D sequence of sample ids")
+    if arr.size == 0:
+        raise SpecError("ids", "[]", "at least one sample id")
+    if arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                     for v in arr.tolist()):
+        arr = arr.astype("int64")  # integer ids from a GeoDataFrame index, held as objects
+    if arr.dtype.kind in "iu":
+        return arr.astype("int64"), "int64"
+    if arr.dtype.kind in "USOT":
+        if not all(isinstance(v, (str, np.str_)) for v in arr.tolist()):
+            bad = next(v for v in arr.tolist() if not isinstance(v, (str, np.str_)))
+            raise SpecError("ids", bad, "sample ids that are all strings or all integers")
+        return np.array([str(v) for v in arr.tolist()], dtype=object), str
+    raise SpecError("ids", f"dtype {arr.dtype}", "sample ids that are all strings or all integers")
+
+
+def _wkb_hex(values: Sequence[Any]) -> np.ndarray:
+    """WKB given as bytes, hex strings or shapely geometries, as hex strings."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            out.append(bytes(v).hex())
+        elif isinstance(v, str):
+            out.append(v)
+        elif hasattr(v, "wkb_hex"):
+            out.append(v.wkb_hex)
+        elif v is None:
+            out.append("")
+        else:
+            raise SpecError(f"wkb[{i}]", type(v).__name__, "WKB bytes, a hex string or a shapely geometry")
+    return np.array(out, dtype=object)
+
+
+def check_inputs(ids: Any, lon: Any, lat: Any, geohash: Any, wkb: Any) -> dict[str, Any]:
+    """Validate per-sample inputs and return them as arrays ready to write.
+
+    Returns
+    -------
+    dict
+        ``sample`` (int64 or object of str), ``id_dtype``, ``lon``, ``lat``
+        (float64), ``geohash`` and ``geometry`` (object of str, WKB as hex).
+
+    Raises
+    ------
+    SpecError
+        On duplicate ids, mismatched lengths or bad coordinates.
+    """
+    sample, id_dtype = _ids_array(ids)
+    n = sample.shape[0]
+    uniq, counts = np.unique(sample, return_counts=True)
+    if uniq.shape[0] != n:
+        raise SpecError("ids", uniq[counts > 1][0], "unique sample ids")
+    out: dict[str, Any] = {"sample": sample, "id_dtype": id_dtype}
+    for name, values, lo, hi in (("lon", lon, -180, 180), ("lat", lat, -90, 90)):
+        a = np.asarray(values, dtype="float64")
+        if a.shape != (n,):
+            raise SpecError(name, f"shape {a.shape}", f"one value per sample ({n})")
+        if not np.all(np.isfinite(a) & (a >= lo) & (a <= hi)):
+            raise SpecError(name, a[~(np.isfinite(a) & (a >= lo) & (a <= hi))][0],
+                            f"finite values in [{lo}, {hi}]")
+        out[name] = a
+    gh = [str(v) for v in geohash]
+    if len(gh) != n:
+        raise SpecError("geohash", f"{len(gh)} values", f"one value per sample ({n})")
+    out["geohash"] = np.array(gh, dtype=object)
+    geom = _wkb_hex(list(wkb))
+    if geom.shape[0] != n:
+        raise SpecError("wkb", f"{geom.shape[0]} values", f"one value per sample ({n})")
+    out["geometry"] = geom
+    return out
+
+
+def check_shapes(mode: str, embed_dim: Any, grid_shape: Any) -> tuple[int, int] | None:
+    """Validate ``embed_dim`` and ``grid_shape`` for an output ``mode``; the grid shape to use.
+
+    Raises
+    ------
+    SpecError
+        ``embed_dim`` not a positive integer, or a bad ``grid_shape`` in grid mode.
+    """
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1:
+        raise SpecError("embed_dim", embed_dim, "a positive integer")
+    if mode != "grid":
+        return None
+    if grid_shape is None or len(grid_shape) != 2 or min(int(g) for g in grid_shape) < 1:
+        raise SpecError("grid_shape", grid_shape, "(gy, gx) positive integers when output.mode is 'grid'")
+    return int(grid_shape[0]), int(grid_shape[1])
+
+
+def sample_chunks(ids: Any, lon: Any, lat: Any, geohash: Any, wkb: Any, *,
+                  chunks: Callable[[], Iterable[Mapping[str, Any]]] | None,
+                  n_samples: Any) -> tuple[int, Callable[[], Iterator[dict[str, Any]]]]:
+    """The number of samples and a factory of checked per-chunk inputs (see :func:`check_inputs`).
+
+    Either whole arrays (``ids`` ... ``wkb``) or ``chunks()`` yielding dicts with those
+    keys, ``n_samples`` rows in all (ids are then checked unique within each chunk only).
+    """
+    if chunks is None:
+        whole = check_inputs(ids, lon, lat, geohash, wkb)
+        return whole["sample"].shape[0], lambda: iter([whole])
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise SpecError("n_samples", n_samples, "the number of rows chunks() yields (>= 1)")
+    return int(n_samples), lambda: (check_inputs(c["ids"], c["lon"], c["lat"], c["geohash"], c["wkb"])
+                                    for c in chunks())
+
+
+def check_same_ids(stored: Any, source: Callable[[], Iterator[dict[str, Any]]], n_given: int,
+                   path: str) -> None:
+    """Raise CubeError unless the stored ``sample`` array holds the ids ``source()`` yields."""
+    if stored.shape[0] != n_given:
+        raise CubeError(f"cube {path!r} holds other sample ids than given "
+                        f"(stored {stored.shape[0]} samples, given {n_given})")
+    start = 0
+    for inputs in source():
+        given = inputs["sample"].tolist()
+        have = stored[start:start + len(given)].tolist()
+        if have != given:
+            i = next(i for i, (a, b) in enumerate(zip(have, given)) if a != b)
+            raise CubeError(f"cube {path!r} holds other sample ids than given (first difference "
+                            f"at position {start + i}: stored {have[i]!r}, given {given[i]!r})")
+        start += len(given)
+
+
+def read_segments(attrs: Mapping[str, Any], n_rows: int, chunk_size: int) -> tuple[tuple[int, int], ...]:
+    """The ``[start, stop)`` row segments holding samples, from the group attributes.
+
+    Absent attribute: one segment of every row. Raises CubeError on segments that are
+    not sorted, overlap, leave the arrays or do not start on a chunk boundary.
+    """
+    raw = attrs.get(SEGMENTS_ATTR)
+    if raw is None:
+        return ((0, int(n_rows)),)
+    segs = tuple((int(a), int(b)) for a, b in raw)
+    prev = 0
+    for a, b in segs:
+        if a < prev or b <= a or b > n_rows or a % chunk_size:
+            raise CubeError(f"cube attribute {SEGMENTS_ATTR}={raw!r} is inconsistent: expected sorted "
+                            f"[start, stop) row ranges within {n_rows} rows, each starting at a "
+                            f"multiple of chunk_size={chunk_size}")
+        prev = b
+    return segs
+
+
+def segment_rows(segments: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Rows (int64, sorted) of the arrays that hold samples."""
+    return np.concatenate([np.arange(a, b, dtype="int64") for a, b in segments])
+
+
+# --------------------------------------------------------------------------- specs
+
+
+_ABSENT = object()
+
+
+def _fmt(v: Any) -> str:
+    return "<absent>" if v is _ABSENT else repr(v)
+
+
+def spec_differences(stored: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Fields that differ between two spec identities, as dotted paths.
+
+    Parameters
+    ----------
+    stored, given : mapping
+        JSON-like spec identities (nested dicts).
+
+    Returns
+    -------
+    list of str
+        One line per differing leaf, e.g.
+        ``"model.model_id: stored 'test-tiny', given 'test-small'"``.
+    """
+    lines: list[str] = []
+    for key in sorted(set(stored) | set(given)):
+        path = f"{prefix}.{key}" if prefix else str(key)
+        a, b = stored.get(key, _ABSENT), given.get(key, _ABSENT)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            lines.extend(spec_differences(a, b, path))
+        elif a != b:
+            lines.append(f"{path}: stored {_fmt(a)}, given {_fmt(b)}")
+    return lines
+
+
+def normalise_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec identity as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+def check_unit_arrays(n: int, embed_dim: int, grid_shape: tuple[int, int] | None, *,
+                      embedding: Any, status: Any, input_res_m: Any, valid_fraction: Any,
+                      error: Sequence[str], grid: Any) -> dict[str, np.ndarray]:
+    """Coerce and shape-check the arrays of one unit write.
+
+    Raises
+    ------
+    CubeError
+        On a wrong shape, an unknown status code, or a grid given to a pooled cube.
+    """
+    def arr(name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        a = np.asarray(value, dtype=dtype)
+        if a.shape != shape:
+            raise CubeError(f"write_unit: {name} has shape {a.shape}, expected {shape}")
+        return a
+
+    out = {
+        "embedding": arr("embedding", embedding, "float32", (n, embed_dim)),
+        "input_res_m": arr("input_res_m", input_res_m, "float32", (n,)),
+        "valid_fraction": arr("valid_fraction", valid_fraction, "float32", (n,)),
+    }
+    st = np.asarray(status)
+    if st.shape != (n,) or st.dtype.kind not in "iu":
+        raise CubeError(f"write_unit: status must be {n} integer codes, got {st.dtype} {st.shape}")
+    if st.size and (st.min() < PENDING or st.max() > FAILED):
+        raise CubeError(f"write_unit: status codes must be in {FLAG_ATTRS['flag_values']}, "
+                        f"got {sorted(set(st.tolist()))}")
+    out["status"] = st.astype("int8")
+    errs = [("" if e is None else str(e))[:MAX_ERROR_LEN] for e in error]
+    if len(errs) != n:
+        raise CubeError(f"write_unit: error has {len(errs)} entries, expected {n}")
+    out["error"] = np.array(errs, dtype=object)
+    if grid is not None:
+        if grid_shape is None:
+            raise CubeError("write_unit: grid given but the cube is pooled-only (output.mode='pooled')")
+        out["grid"] = arr("grid", grid, "float32", (n, embed_dim, *grid_shape))
+    return out
+
+
+def default_versions(versions: Mapping[str, str] | None) -> dict[str, str]:
+    """Version strings for the cube attributes: those given, plus rsembed_dask and zarr."""
+    from zarr import __version__ as zarr_version
+
+    out = {str(k): str(v) for k, v in (versions or {}).items()}
+    if "rsembed_dask" not in out:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out["rsembed_dask"] = version("rsembed_dask")
+        except PackageNotFoundError:
+            out["rsembed_dask"] = "unknown"
+    out.setdefault("zarr", zarr_version)
+    return out

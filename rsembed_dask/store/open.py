@@ -1,0 +1,307 @@
+"""Where cubes live on disk: probing a path, opening a cube with xarray, nearest-sample lookup.
+
+Also the store's own view of a cube, for finding damage without trusting Zarr's
+fill values: every array's metadata (``<array>/zarr.json``) and the chunks an
+array really has on disk (:func:`chunk_keys`; Zarr reads a missing chunk as its
+fill value, silently). Writing and resuming are :class:`rsembed_dask.store.cube.Cube`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .layout import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments, segment_rows
+from ..errors import CubeDamagedError, CubeError
+
+__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
+           "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
+           "damage_hint", "DECODE_ERRORS"]
+
+#: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
+#: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).
+DECODE_ERRORS = (RuntimeError, ValueError, OSError)
+
+#: Coordinate arrays of a cube, then its data arrays (``grid`` only in grid mode).
+COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature")
+DATA_NAMES = ("embedding", "status", "input_res_m", "valid_fraction", "error")
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
+    """Classify ``path``: None when it does not exist or is an empty directory.
+
+    Returns the group metadata (parsed ``zarr.json``) of an existing cube.
+
+    Parameters
+    ----------
+    path : str
+        Absolute path of the cube directory.
+    arrays : bool
+        Also check that every array's metadata (``<array>/zarr.json``) is readable and
+        that every coordinate chunk is stored (a few small files and directory
+        listings), so that a damaged cube is refused with its diagnosis instead of
+        failing later inside Zarr or reading fill values as ids.
+
+    Raises
+    ------
+    CubeDamagedError
+        An array's metadata is missing or unreadable.
+    CubeError
+        When ``path`` is a file, or a directory that is not a finished cube.
+    """
+    if not os.path.exists(path):
+        return None
+    if not os.path.isdir(path):
+        raise CubeError(f"cube path {path!r} exists and is a file, not a Zarr cube directory")
+    meta_path = os.path.join(path, "zarr.json")
+    if not os.path.isfile(meta_path):
+        if not os.listdir(path):
+            return None
+        raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
+                        "(no zarr.json); choose another path or remove it")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
+                               "metadata (which holds the campaign spec) is damaged and no run can repair it: "
+                               "restore it from a copy") from exc
+    attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
+        raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
+                        f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
+    if attrs[MARKER_ATTR] != CUBE_VERSION:
+        raise CubeError(f"cube {path!r} has layout version {attrs[MARKER_ATTR]!r}; "
+                        f"this rsembed_dask reads version {CUBE_VERSION}")
+    if arrays:
+        found = []
+        for name in cube_array_names(attrs):
+            meta_a, why = array_meta_problem(path, name)
+            if meta_a is None:
+                found.append(why)
+            elif name in COORD_NAMES:
+                segments = (read_segments(attrs, int(meta_a["shape"][0]), 1)
+                            if name not in ("scale", "feature") else None)
+                lost = missing_coordinate_chunks(path, name, meta_a, segments)
+                if lost:
+                    lo, hi = lost[0]
+                    more = f" (and {len(lost) - 1} more chunks)" if len(lost) > 1 else ""
+                    found.append(f"the chunk of coordinate {name!r} holding samples {lo}..{hi - 1} is missing{more}")
+        if found:
+            raise CubeDamagedError(f"cube {path!r} is damaged: " + "; ".join(found) + "; " + damage_hint(path))
+    return meta
+
+
+def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
+                              segments: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the chunks of 1-D coordinate ``name`` that the store lacks.
+
+    Every coordinate chunk holding samples has values other than the fill value, so a
+    missing one is damage; except where the fill value may be legitimate: a chunk of
+    one integer id (``0``), or ``feature`` of length 1. With ``segments`` (the rows
+    holding samples, see ``sample_segments``), chunks made only of padding rows left
+    by an append are never written and not reported.
+    """
+    n = int(meta["shape"][0])
+    c = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+    int_ids = name == "sample" and meta.get("data_type") == "int64"
+    stored = chunk_keys(path, name, meta)
+
+    def holds_samples(lo: int, hi: int) -> bool:
+        return segments is None or any(a < hi and lo < b for a, b in segments)
+
+    return [(lo, min(lo + c, n)) for lo in range(0, n, c)
+            if (lo // c,) not in stored and holds_samples(lo, min(lo + c, n))
+            and not ((int_ids or name == "feature") and min(lo + c, n) - lo == 1)]
+
+
+def damage_hint(path: str) -> str:
+    """What to do about a damaged cube: where the damage is listed, how it is repaired."""
+    return (f"`rsembed-dask inspect --verify {path}` lists the damage; running the campaign again with "
+            "--repair (run_campaign(..., repair=True)) repairs it")
+
+
+def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
+    """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode."""
+    try:
+        mode = json.loads(attrs["campaign_spec"])["output"]["mode"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CubeDamagedError(f"the cube's group attributes hold no readable campaign_spec ({exc!r}); "
+                               "it cannot be repaired") from exc
+    return COORD_NAMES + DATA_NAMES + (("grid",) if mode == "grid" else ())
+
+
+def array_meta_problem(path: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta, None)`` with the parsed ``<name>/zarr.json`` of the store at ``path``, or ``(None, why)``."""
+    meta_path = os.path.join(path, name, "zarr.json")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except FileNotFoundError:
+        return None, f"array {name!r} is missing (no {name}/zarr.json)"
+    except (OSError, ValueError) as exc:
+        return None, (f"the metadata of array {name!r} ({name}/zarr.json) cannot be read "
+                      f"({type(exc).__name__}: {exc})")
+    if not isinstance(meta, dict) or meta.get("node_type") != "array" or not isinstance(meta.get("shape"), list):
+        return None, f"{name}/zarr.json is not Zarr array metadata"
+    return meta, None
+
+
+def read_array_meta(path: str, name: str) -> dict[str, Any]:
+    """The parsed ``zarr.json`` of array ``name`` of the cube at ``path``.
+
+    Raises
+    ------
+    CubeDamagedError
+        The file is missing, unreadable, not JSON or not array metadata; the message
+        names the file and what is wrong.
+    """
+    meta, why = array_meta_problem(path, name)
+    if meta is None:
+        raise CubeDamagedError(f"cube {path!r} is damaged: {why}; " + damage_hint(path))
+    return meta
+
+
+def chunk_keys(path: str, name: str, meta: dict[str, Any] | None = None) -> set[tuple[int, ...]]:
+    """Indices of the chunks that array ``name`` really has in the store (the directory listing).
+
+    Zarr reads a chunk that is not stored as the fill value without a word; this
+    listing tells a missing chunk from a stored one. Only Zarr v3's ``default``
+    chunk key encoding (``<array>/c/<i>/<j>/...``, also with ``.`` as separator) is known.
+
+    Parameters
+    ----------
+    path : str
+        The cube (or any Zarr v3 group) directory.
+    name : str
+        Path of the array inside it (e.g. ``"embedding"`` or ``"10m/EPSG32632/status"``).
+    meta : dict, optional
+        The array's parsed ``zarr.json`` (read when not given).
+
+    Returns
+    -------
+    set of tuple of int
+    """
+    meta = read_array_meta(path, name) if meta is None else meta
+    enc = meta.get("chunk_key_encoding") or {}
+    sep = (enc.get("configuration") or {}).get("separator", "/")
+    if enc.get("name") != "default" or sep not in ("/", "."):
+        raise CubeError(f"array {name!r} of {path!r} uses chunk key encoding {enc!r}; "
+                        "only Zarr v3's 'default' encoding is supported")
+    ndim = len(meta["shape"])
+    base = os.path.join(path, name)
+    keys: set[tuple[int, ...]] = set()
+    if ndim == 0:
+        return {()} if os.path.isfile(os.path.join(base, "c")) else set()
+    if sep == ".":
+        names = (f for f in os.listdir(base) if f.startswith("c."))
+        parts_of = (f.split(".")[1:] for f in names)
+    else:
+        root = os.path.join(base, "c")
+        parts_of = (os.path.relpath(os.path.join(d, f), root).split(os.sep)
+                    for d, _, files in os.walk(root) for f in files)
+    for parts in parts_of:
+        if len(parts) == ndim and all(p.isdigit() for p in parts):
+            keys.add(tuple(int(p) for p in parts))
+    return keys
+
+
+def is_tiling_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished tiling store (see :mod:`rsembed_dask.store.tiling`)."""
+    meta_path = os.path.join(os.fspath(path), "zarr.json")
+    if not os.path.isfile(meta_path):
+        return False
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CubeError(f"cube path {os.fspath(path)!r}: cannot read zarr.json ({exc})") from exc
+    return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
+
+
+def check_writable(path: str) -> None:
+    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.access(probe, os.W_OK):
+        raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
+
+
+def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTree:
+    """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
+
+    A tiling store opens as an :class:`xarray.DataTree`: ``tree["samples/10m"]`` is
+    the 10 m sample cube, ``tree["10m/EPSG32632"]`` the 10 m grid of zone 32632
+    with ``embedding(y, x, feature)`` readable by rioxarray (``rio.crs``, ``rio.transform()``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The cube directory.
+    **kwargs
+        Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
+        are not shown) and ``scale`` (metres), so
+        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
+        is the spec as a JSON string.
+
+    Raises
+    ------
+    CubeError
+        ``path`` is missing or not a cube.
+    """
+    path = os.path.abspath(os.fspath(path))
+    kwargs.setdefault("chunks", {})
+    if is_tiling_store(path):
+        return xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+    if probe_store(path) is None:
+        raise CubeError(f"no cube at {path!r}")
+    try:  # the index coordinates (sample, scale) are read now
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+    except DECODE_ERRORS as exc:
+        raise CubeDamagedError(f"cube {path!r} cannot be opened ({type(exc).__name__}: {exc}): a chunk of its "
+                               "coordinates is probably damaged; " + damage_hint(path)) from exc
+    segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
+    if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
+        ds = ds.isel(sample=segment_rows(segments))
+    return ds
+
+
+def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:
+    """The id of the sample whose centroid is nearest to ``(lon, lat)`` (great-circle).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cube from :func:`open_cube` (needs ``lon``/``lat`` coordinates on ``sample``).
+    lon, lat : float
+        Query point in degrees (EPSG:4326).
+
+    Returns
+    -------
+    str or int
+        The sample id, usable as ``ds.sel(sample=...)``.
+    """
+    lons = np.radians(np.asarray(ds["lon"].values, dtype="float64"))
+    lats = np.radians(np.asarray(ds["lat"].values, dtype="float64"))
+    qlon, qlat = np.radians(float(lon)), np.radians(float(lat))
+    a = (np.sin((lats - qlat) / 2) ** 2
+         + np.cos(qlat) * np.cos(lats) * np.sin((lons - qlon) / 2) ** 2)
+    dist = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    found = ds["sample"].values[int(np.argmin(dist))]
+    return found.item() if isinstance(found, np.generic) else found

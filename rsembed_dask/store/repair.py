@@ -1,0 +1,397 @@
+"""Repair a damaged cube: ``rsembed-dask run ... --repair`` and ``run_campaign(..., repair=True)``.
+
+In the order a run meets them:
+
+1. :func:`repair_layout` (from ``Cube.create_or_open(repair=True)``, before the cube is
+   read): array metadata that cannot be read is written again from the cube's layout
+   (the chunks stay and are checked next), and damaged coordinate chunks (ids, lon/lat,
+   geohash, geometry, scale, feature) are rewritten from the given samples, once these
+   are checked to be the cube's: by their ids where the ids are intact, else by their
+   lon/lat or geometry. Where neither can be checked the repair is refused.
+2. :func:`reset_damaged_units` (from ``run_campaign``, before the units to run are
+   computed): every unit found damaged goes back to ``pending`` (status first, then
+   its data chunks are removed), so the run embeds it again and a crash half-way leaves
+   it visibly pending. A plain run finds only units marked done whose chunks are
+   missing (:meth:`Cube.units_missing_chunks`: the store listing, no data read); a
+   repair reads everything (:func:`~rsembed_dask.store.verify.check_cube`). In a
+   tiling store damaged grids are marked unsynced so the run fills them again.
+
+For a tiling store, step 1 is :func:`repair_tiling_layout` (from ``run_campaign``,
+before the store is opened): the layout comes from each sample cube's stored spec,
+the coordinates from the tile tables. A grid's metadata is not repaired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from .cube import PENDING, Cube
+from .layout import ArrayDef, array_defs, check_inputs, coord_defs, normalise_identity, spec_differences
+from .open import DECODE_ERRORS, array_meta_problem, chunk_keys, is_tiling_store, probe_store
+from .verify import check_cube, check_grids
+from ..errors import CubeDamagedError, CubeError
+from ..specs import CampaignSpec
+
+__all__ = ["repair_layout", "repair_tiling_layout", "reset_units", "reset_damaged_units"]
+
+log = logging.getLogger(__name__)
+
+#: Samples per chunk when a table's coordinates are read back for a repair.
+_TABLE_CHUNK = 65_536
+_SAMPLE_COORDS = ("sample", "lon", "lat", "geohash", "geometry")
+
+
+def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: int,
+                  grid_shape: tuple[int, int] | None,
+                  source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
+    """Restore the metadata and coordinates of a damaged cube from the given campaign and samples.
+
+    Nothing is written when ``path`` holds no cube, another campaign or another number
+    of samples (resuming refuses those next, with its own message).
+
+    Parameters
+    ----------
+    path : str
+        The cube directory.
+    spec, n_samples, embed_dim, grid_shape
+        As given to :meth:`Cube.create_or_open`.
+    source : callable
+        Yields the checked per-sample inputs chunk by chunk (see
+        :func:`rsembed_dask.store.layout.sample_chunks`).
+
+    Returns
+    -------
+    list of str
+        What was repaired, one line each.
+
+    Raises
+    ------
+    CubeDamagedError
+        The group metadata is unreadable, or damaged coordinates cannot be checked
+        against the given samples.
+    CubeError
+        The given samples are not the cube's.
+    """
+    if not os.path.isfile(os.path.join(path, "zarr.json")):
+        return []
+    meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
+    stored = json.loads(meta["attributes"]["spec_identity"])
+    if spec_differences(stored, normalise_identity(spec.identity())):
+        return []
+    first = next(iter(source()))
+    defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"])
+    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape)
+    for d in defs:
+        have, _ = array_meta_problem(path, d.name)
+        if have is not None and tuple(have["shape"]) != tuple(d.shape):
+            return []  # another cube's layout: resuming says how it differs
+    done = [f"metadata of {name!r} restored" for name in _restore_metadata(path, defs)]
+    done += repair_coordinates(path, spec, source)
+    done += _reset_undecodable_status(path)
+    return done
+
+
+def repair_tiling_layout(path: str, tiling) -> list[str]:
+    """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
+
+    Each cube's layout comes from its stored campaign spec (chunk size, output mode,
+    model) and the tiling's number of tiles at its scale; damaged coordinates are
+    rewritten from the tile tables. Nothing is written when the store holds another
+    tiling (opening it says how it differs).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The tiling store (nothing happens when it is none).
+    tiling : Tiling
+        The run's tiling.
+
+    Returns
+    -------
+    list of str
+        What was repaired.
+    """
+    from .tiling import scale_name
+    from ..embed.weights import model_info
+
+    path = os.path.abspath(os.fspath(path))
+    if not is_tiling_store(path):
+        return []
+    root = zarr.open_group(path, mode="r", zarr_format=3)
+    stored_scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
+    if [float(s) for s in stored_scales] != [float(s) for s in tiling.scales]:
+        return []
+    done = []
+    for s, table in zip(tiling.scales, tiling.tables):
+        cube_path = os.path.join(path, "samples", scale_name(s))
+        meta = probe_store(cube_path, arrays=False)
+        if meta is None:
+            continue
+        spec = CampaignSpec.from_json(meta["attributes"]["campaign_spec"])
+        info = model_info(spec.model)
+        grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
+        n = len(table)
+        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape)
+        if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
+               for d in defs):
+            continue  # another layout: opening the store says so
+        done += [f"samples/{scale_name(s)}: metadata of {name!r} restored"
+                 for name in _restore_metadata(cube_path, defs)]
+        done += [f"samples/{scale_name(s)}: {line}"
+                 for line in repair_coordinates(cube_path, spec, _table_source(table))]
+    return done
+
+
+def _metadata_bytes(d: ArrayDef) -> bytes:
+    """The ``zarr.json`` that :meth:`Cube._create` writes for ``d`` (created in a scratch store)."""
+    with tempfile.TemporaryDirectory(prefix="rsembed-meta-") as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks, fill_value=d.fill_value,
+                           dimension_names=d.dims, attributes=d.attrs)
+        with open(os.path.join(tmp, d.name, "zarr.json"), "rb") as fh:
+            return fh.read()
+
+
+def _restore_metadata(path: str, defs: Sequence[ArrayDef]) -> list[str]:
+    """Write ``<array>/zarr.json`` again (atomically) for every array whose metadata cannot be read."""
+    restored = []
+    for d in defs:
+        meta, why = array_meta_problem(path, d.name)
+        if meta is not None:
+            continue
+        os.makedirs(os.path.join(path, d.name), exist_ok=True)
+        target = os.path.join(path, d.name, "zarr.json")
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(_metadata_bytes(d))
+        os.replace(tmp, target)
+        log.warning("cube %s: %s; restored it from the cube's layout", path, why)
+        restored.append(d.name)
+    return restored
+
+
+def _in(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a < hi and lo < b for a, b in ranges)
+
+
+def _delete_chunk(arr: zarr.Array, coords: tuple[int, ...]) -> None:
+    sync((arr.store_path / arr.metadata.encode_chunk_key(coords)).delete())
+
+
+def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
+    """Rewrite the damaged coordinate chunks of the cube at ``path`` from the given samples.
+
+    First every damaged range is checked against the given samples using what is
+    intact there: the ids, else lon/lat, else the geometry. Then the damaged chunks
+    are removed and written again.
+
+    Returns
+    -------
+    list of str
+        One line per coordinate rewritten.
+
+    Raises
+    ------
+    CubeDamagedError
+        The ids, lon/lat and geometry of some damaged range are all damaged: nothing
+        tells whether the given samples are the cube's.
+    CubeError
+        An intact coordinate differs from the given samples.
+    """
+    health = check_cube(path, units=False)
+    if health.fatal or health.unreadable:
+        raise CubeDamagedError(f"cube {path!r} is still damaged after its metadata was restored: "
+                               + "; ".join(health.problems))
+    damaged = health.damaged_coords
+    if not damaged:
+        return []
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    done = []
+    for name, values in (("scale", np.asarray(spec.scales, "float64")),
+                         ("feature", np.arange(group["feature"].shape[0], dtype="int64"))):
+        if name in damaged:
+            _delete_chunk(group[name], (0,))
+            group[name][...] = values
+            done.append(f"{name} rewritten")
+    ranges = {name: damaged.get(name, []) for name in _SAMPLE_COORDS}
+    if not any(ranges.values()):
+        return done
+    # 1. check: the given samples must be the cube's wherever something is rewritten
+    start = 0
+    for inputs in source():
+        stop = start + inputs["sample"].shape[0]
+        for lo, hi in sorted({r for rs in ranges.values() for r in rs}):
+            a, b = max(lo, start), min(hi, stop)
+            if a < b:
+                _check_given(path, group, ranges, inputs, start, a, b)
+        start = stop
+    # 2. rewrite: damaged chunks go first, so that partial writes do not read them
+    for name in _SAMPLE_COORDS:
+        arr = group[name]
+        for lo, _ in ranges[name]:
+            _delete_chunk(arr, (lo // arr.chunks[0],))
+    start = 0
+    for inputs in source():
+        stop = start + inputs["sample"].shape[0]
+        for name in _SAMPLE_COORDS:
+            for lo, hi in ranges[name]:
+                a, b = max(lo, start), min(hi, stop)
+                if a < b:
+                    group[name][a:b] = inputs[name][a - start:b - start]
+        start = stop
+    for name in _SAMPLE_COORDS:
+        if ranges[name]:
+            n = sum(hi - lo for lo, hi in ranges[name])
+            log.warning("cube %s: rewrote %d values of %r from the given samples", path, n, name)
+            done.append(f"{n} values of {name!r} rewritten from the given samples")
+    return done
+
+
+def _check_given(path: str, group: zarr.Group, ranges: dict[str, list[tuple[int, int]]],
+                 inputs: dict[str, Any], start: int, a: int, b: int) -> None:
+    """Raise unless samples ``[a, b)`` given (``inputs`` begins at ``start``) are the cube's there."""
+    for names in (("sample",), ("lon", "lat"), ("geometry",)):
+        if any(_in(ranges[name], a, b) for name in names):
+            continue
+        for name in names:
+            stored = np.asarray(group[name][a:b]).tolist()
+            given = np.asarray(inputs[name][a - start:b - start]).tolist()
+            if stored != given:
+                i = next(i for i, (s, g) in enumerate(zip(stored, given)) if s != g)
+                raise CubeError(f"cube {path!r} holds other samples than given (position {a + i}: stored "
+                                f"{name} {stored[i]!r}, given {given[i]!r}); it is not repaired")
+        return
+    raise CubeDamagedError(
+        f"cube {path!r} cannot be repaired: at positions {a}..{b - 1} its sample ids, lon/lat and geometry are "
+        "all damaged, so nothing tells whether the given samples are the cube's; write a new cube (another "
+        "--out) or restore this one from a copy")
+
+
+def reset_units(cube: Cube, units: Sequence[Any]) -> None:
+    """Put ``units`` back to pending: status first (a crash after it leaves them visibly pending),
+    then their data chunks are removed (the re-run writes them whole)."""
+    _reset_chunks(cube.path, [(int(u.start) // cube.chunk_size, int(u.scale_index)) for u in units])
+
+
+def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
+    """:func:`reset_units` by ``(chunk index along sample, scale index)``."""
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    status = group["status"]
+    cs, n = status.chunks[0], status.shape[0]
+    for ci, si in keys:
+        _delete_chunk(status, (ci, si))  # it may not decode: never read it
+        status[ci * cs:min(ci * cs + cs, n), si] = PENDING  # (a no-op store-wise: the fill value)
+    for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid"):
+        if name not in group:
+            continue
+        arr = group[name]
+        stored = chunk_keys(path, name)
+        for ci, si in keys:
+            key = (ci, si) + (0,) * (arr.ndim - 2)
+            if key in stored:
+                _delete_chunk(arr, key)
+
+
+def _reset_undecodable_status(path: str) -> list[str]:
+    """Units whose status chunk does not decode go back to pending (so the cube can be resumed)."""
+    status = zarr.open_array(os.path.join(path, "status"), mode="r", zarr_format=3)
+    cs = status.chunks[0]
+    bad = []
+    for ci, si in sorted(chunk_keys(path, "status")):
+        try:
+            status[ci * cs:ci * cs + cs, si]
+        except DECODE_ERRORS:
+            bad.append((ci, si))
+    if bad:
+        log.warning("cube %s: %d status chunks cannot be decoded; their units go back to pending", path, len(bad))
+        _reset_chunks(path, bad)
+    return [f"status of {len(bad)} units that did not decode reset to pending"] if bad else []
+
+
+def _table_source(table) -> Callable[[], Iterator[dict[str, Any]]]:
+    """Checked per-sample inputs of a sample or tile table, chunk by chunk."""
+    def chunks() -> Iterator[dict[str, Any]]:
+        for start in range(0, len(table), _TABLE_CHUNK):
+            t = table.slice(start, min(start + _TABLE_CHUNK, len(table)))
+            yield check_inputs(t.ids, t.lon, t.lat, t.geohash, t.wkb)
+    return chunks
+
+
+def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *, repair: bool) -> int:
+    """Before a run computes its units: put every damaged unit of its cubes back to pending.
+
+    Parameters
+    ----------
+    path : str
+        The cube, or the tiling store, of the run.
+    jobs : sequence of (Job, units)
+        As planned by ``run_campaign``: each job's cube and its units.
+    repair : bool
+        False: units marked done whose chunks are missing (store listing, cheap).
+        True: every unit a full check finds damaged; in a tiling store also the grids
+        (marked unsynced when damaged, so the run fills them again).
+
+    Returns
+    -------
+    int
+        Units put back to pending.
+
+    Raises
+    ------
+    CubeDamagedError
+        Damage a run cannot repair (a tiling store's grid metadata, or coordinates that
+        cannot be checked).
+    """
+    tiling = is_tiling_store(path)
+    reset = 0
+    for job, units in jobs:
+        cube = job.cube
+        if repair:
+            health = check_cube(cube.path)
+            if not health.openable or health.damaged_coords:
+                raise CubeDamagedError(f"cube {cube.path!r} is still damaged: " + "; ".join(health.problems))
+            damaged = [u for u in units if (int(u.start), int(u.scale_index)) in health.damaged_units]
+            if health.problems:
+                log.warning("cube %s: %s", cube.path, "\n  ".join(["repairing:"] + health.problems))
+        else:
+            damaged = cube.units_missing_chunks(units)
+            if damaged:
+                log.warning("cube %s: %d units marked done have lost chunks (first: %s); running them again",
+                            cube.path, len(damaged), ", ".join(u.key for u in damaged[:3]))
+        if damaged:
+            reset_units(cube, damaged)
+        reset += len(damaged)
+    if repair and tiling:
+        _repair_grids(path, [job.cube for job, _ in jobs])
+    return reset
+
+
+def _repair_grids(path: str, cubes: Sequence[Cube]) -> None:
+    """Mark the grids of a tiling store unsynced when any is damaged (the run fills every block again)."""
+    from .tiling import scale_name, set_synced
+
+    problems = []
+    for cube in cubes:
+        base = os.path.join(path, scale_name(cube.scales[0]))
+        zones = sorted(z for z in os.listdir(base) if os.path.isdir(os.path.join(base, z))) \
+            if os.path.isdir(base) else []
+        for zone in zones:
+            for a in ("status", "sample_index", "embedding"):
+                meta, why = array_meta_problem(base, f"{zone}/{a}")
+                if meta is None:
+                    raise CubeDamagedError(f"tiling store {path!r}: {scale_name(cube.scales[0])}/{zone}: {why}; "
+                                           "a run cannot repair a grid's metadata: write a new store (another "
+                                           "--out) or restore this one from a copy")
+        problems += check_grids(path, cube.scales[0], None)
+    if problems:
+        log.warning("tiling store %s: %s", path, "\n  ".join(["grids to fill again:"] + problems))
+        set_synced(path, False)

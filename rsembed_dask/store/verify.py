@@ -1,0 +1,614 @@
+"""Find the damage in a cube or a tiling store: ``rsembed-dask inspect --verify``.
+
+A cube is read array by array and chunk by chunk (a bounded batch of chunks
+at a time), never trusting what Zarr makes up:
+
+- every array's metadata (``<array>/zarr.json``) must be readable;
+- a chunk the status vouches for (:func:`~rsembed_dask.store.cube.vouched_arrays`) must
+  be in the store listing: Zarr reads a missing chunk as its fill value, silently;
+- every stored chunk must decode;
+- coordinates hold real values: no id that is the fill value (``""``), finite
+  lon/lat in range, a geohash and a geometry per sample, the spec's scales;
+- status vouches for data: ``ok`` cells hold a finite embedding and input
+  resolution (and a token grid), ``no_data``/``failed`` cells hold none, finished
+  cells a valid fraction, ``failed`` cells a reason, and no code is unknown.
+
+``pending`` cells may hold anything (a write that was interrupted before its
+status). Each kind of problem is one line naming the array, the scale, the
+number of cells and the first sample ids. :func:`check_cube` also returns what a
+repair needs (:mod:`rsembed_dask.store.repair`): the damaged units, coordinate
+chunks and arrays. A tiling store (:func:`verify_tiling_store`) is checked scale
+by scale: its sample cubes as above, its zone grids chunk by chunk and, once
+synced, against their samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .cube import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, vouched_arrays
+from .open import (
+    COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
+    probe_store,
+)
+from .layout import read_segments, segment_rows
+from ..errors import CubeError, SpecError
+from ..specs import CampaignSpec
+
+__all__ = ["CubeHealth", "check_cube", "verify_cube", "check_grids", "verify_tiling_store"]
+
+log = logging.getLogger(__name__)
+
+#: Sample ids (or grid cells) named per problem line before "and N more".
+FIRST = 5
+#: Bytes read per batch of chunks: memory stays at a few of these.
+BATCH_BYTES = 64 * 2**20
+#: What a chunk that fails to decode is, in problem lines.
+UNDECODABLE = "cells in a chunk that cannot be decoded"
+
+
+@dataclass
+class CubeHealth:
+    """What :func:`check_cube` found in one cube.
+
+    Attributes
+    ----------
+    path : str
+    problems : list of str
+        One line per kind of problem (empty: the cube is consistent).
+    unreadable : list of str
+        Arrays whose metadata is missing or unreadable (their cells were not checked).
+    damaged_units : set of (int, int)
+        ``(start, scale_index)`` of units with a missing, undecodable or inconsistent chunk.
+    damaged_coords : dict
+        Coordinate name -> ``[(start, stop), ...]`` sample ranges of its damaged chunks.
+    fatal : bool
+        The group metadata is unreadable: nothing else could be checked.
+    status_counts : dict
+        Cells per status name, plus ``"unreadable"`` for cells whose status chunk did not decode.
+    """
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    damaged_units: set[tuple[int, int]] = field(default_factory=set)
+    damaged_coords: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    fatal: bool = False
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def openable(self) -> bool:
+        """Whether xarray and :class:`~rsembed_dask.store.cube.Cube` can open the cube (all metadata readable)."""
+        return not self.fatal and not self.unreadable
+
+
+class _Tally:
+    """Problems grouped by (array, scale, what): a count, the first few positions, one detail."""
+
+    def __init__(self, is_row: np.ndarray | None = None) -> None:
+        self.groups: dict[tuple[str, int | None, str], list[Any]] = {}
+        self.is_row = is_row  # sample rows holding samples (False: padding left by an append)
+
+    def add(self, array: str, si: int | None, what: str, positions: np.ndarray, detail: str = "") -> None:
+        positions = np.asarray(positions).ravel()
+        if self.is_row is not None:
+            positions = positions[self.is_row[positions]]
+        if not positions.size:
+            return
+        g = self.groups.setdefault((array, si, what), [0, [], detail])
+        g[0] += int(positions.size)
+        if len(g[1]) < FIRST:
+            g[1].extend(int(p) for p in positions[:FIRST - len(g[1])])
+
+
+class _Ids:
+    """Sample ids by position, one coordinate chunk decoded at a time; None where unreadable."""
+
+    def __init__(self, arr: zarr.Array | None, damaged: list[tuple[int, int]]):
+        self.arr, self.damaged = arr, damaged
+        self.lo, self.hi, self.values = 0, 0, None
+
+    def name(self, i: int) -> str | None:
+        if self.arr is None or any(lo <= i < hi for lo, hi in self.damaged):
+            return None
+        if not self.lo <= i < self.hi:
+            c = self.arr.chunks[0]
+            self.lo, self.hi = i // c * c, min(i // c * c + c, self.arr.shape[0])
+            self.values = np.asarray(self.arr[self.lo:self.hi])
+        v = self.values[i - self.lo]
+        return repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _names(ids: _Ids, positions: list[int], count: int) -> str:
+    names = [ids.name(i) for i in positions]
+    if all(n is not None for n in names):
+        text = "ids " + ", ".join(names)
+    else:
+        text = "positions " + ", ".join(str(i) for i in positions) + " (ids unreadable)"
+    return text + (f" and {count - len(positions)} more" if count > len(positions) else "")
+
+
+def _read(arr: zarr.Array, sel: tuple) -> np.ndarray | str:
+    """The selection as an array, or why it could not be decoded."""
+    try:
+        return np.asarray(arr[sel])
+    except DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _open(path: str, name: str) -> tuple[zarr.Array | None, dict[str, Any] | None, str | None]:
+    """``(array, meta, None)`` or ``(None, None, why)`` for array ``name`` of the group at ``path``."""
+    meta, why = array_meta_problem(path, name)
+    if meta is None:
+        return None, None, why
+    try:
+        return zarr.open_array(os.path.join(path, name), mode="r", zarr_format=3), meta, None
+    except (ValueError, TypeError, KeyError) as exc:  # JSON that Zarr cannot take for array metadata
+        return None, None, f"{name}/zarr.json is not valid Zarr array metadata ({type(exc).__name__}: {exc})"
+
+
+def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The group attributes of the cube at ``path``, or why they cannot be read.
+
+    Raises
+    ------
+    CubeError
+        ``path`` is not a cube at all (missing, a file, a foreign store).
+    """
+    meta_path = os.path.join(path, "zarr.json")
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path, encoding="utf-8") as fh:
+                json.load(fh)
+        except (OSError, ValueError) as exc:
+            return None, f"the cube's group metadata (zarr.json) cannot be read ({type(exc).__name__}: {exc})"
+    meta = probe_store(path, arrays=False)
+    if meta is None:
+        raise CubeError(f"no cube at {path!r}")
+    return meta["attributes"], None
+
+
+# --------------------------------------------------------------------------- cubes
+
+
+def check_cube(path, *, units: bool = True) -> CubeHealth:
+    """Read every chunk of every array of the cube at ``path`` and report what is damaged.
+
+    Never raises for damage: each problem is a line of :attr:`CubeHealth.problems`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A sample cube.
+    units : bool
+        Also check the data arrays unit by unit (False: metadata and coordinates only).
+
+    Returns
+    -------
+    CubeHealth
+
+    Raises
+    ------
+    CubeError
+        ``path`` is not a cube (missing, a file, another kind of store).
+    """
+    path = os.path.abspath(os.fspath(path))
+    h = CubeHealth(path)
+    attrs, why = _group_attrs(path)
+    if attrs is None:
+        h.fatal = True
+        h.problems.append(f"{why}; nothing else can be checked")
+        return h
+    try:
+        spec = CampaignSpec.from_json(attrs["campaign_spec"])
+        names = cube_array_names(attrs)
+    except (KeyError, SpecError, CubeError) as exc:
+        h.fatal = True
+        h.problems.append(f"the cube's campaign_spec attribute cannot be read ({exc}); nothing else can be checked")
+        return h
+    arrays: dict[str, zarr.Array] = {}
+    for name in names:
+        arr, _, why = _open(path, name)
+        if arr is None:
+            h.unreadable.append(name)
+            h.problems.append(f"{name}: {why}; none of its cells can be checked")
+        else:
+            arrays[name] = arr
+    n_scales = len(spec.scales)
+    layout = _layout(arrays, n_scales, h)
+    if layout is None:
+        return h
+    n, embed_dim = layout
+    try:  # rows that hold samples: a cube grown by appends has never-written padding rows
+        segments = read_segments(attrs, n, spec.chunk_size)
+    except CubeError as exc:
+        h.problems.append(f"{exc}; every row is checked as a sample")
+        segments = ((0, n),)
+    is_row = np.zeros(n, bool)
+    is_row[segment_rows(segments)] = True
+    tally = _Tally(is_row)
+    _check_coords(path, arrays, spec, n, embed_dim, tally, h, segments)
+    if units:
+        _check_units(path, arrays, n, n_scales, spec.chunk_size, tally, h)
+    ids = _Ids(arrays.get("sample"), h.damaged_coords.get("sample", []))
+    for (array, si, what), (count, first, detail) in tally.groups.items():
+        where = array if si is None else f"{array} at {float(spec.scales[si]):g} m"
+        more = f" ({detail})" if detail else ""
+        h.problems.append(f"{where}: {count} {what}{more}: {_names(ids, first, count)}")
+    log.info("checked cube %s: %d problems, %d damaged units", path, len(h.problems), len(h.damaged_units))
+    return h
+
+
+def _layout(arrays: dict[str, zarr.Array], n_scales: int, h: CubeHealth) -> tuple[int, int] | None:
+    """``(n_samples, embed_dim)`` from the readable arrays; arrays of another shape become unreadable."""
+    along = [a for name, a in arrays.items() if name not in ("scale", "feature")]
+    if not along:
+        h.problems.append("no array says how many samples the cube has; nothing else can be checked")
+        return None
+    n = along[0].shape[0]
+    dims = [a.shape[0] for name, a in arrays.items() if name == "feature"]
+    dims += [a.shape[2] for name, a in arrays.items() if name in ("embedding", "grid")]
+    embed_dim = dims[0] if dims else 0
+    for name, a in list(arrays.items()):
+        if name == "scale":
+            expected: tuple[int, ...] = (n_scales,)
+        elif name == "feature":
+            expected = (embed_dim,)
+        elif name in COORD_NAMES:
+            expected = (n,)
+        elif name in ("embedding", "grid"):
+            expected = (n, n_scales, embed_dim) + tuple(a.shape[3:])
+        else:
+            expected = (n, n_scales)
+        if tuple(a.shape) != expected or (name in ("embedding", "grid") and a.chunks[1] != 1):
+            h.unreadable.append(name)
+            h.problems.append(f"{name}: shape {tuple(a.shape)} and chunks {tuple(a.chunks)} do not fit the cube "
+                              f"({n} samples, {n_scales} scales, D={embed_dim}); none of its cells can be checked")
+            del arrays[name]
+    return n, embed_dim
+
+
+_COORD_CHECKS = {
+    "lon": ("longitudes that are not finite numbers in [-180, 180]",
+            lambda v: ~(np.isfinite(v) & (v >= -180) & (v <= 180))),
+    "lat": ("latitudes that are not finite numbers in [-90, 90]",
+            lambda v: ~(np.isfinite(v) & (v >= -90) & (v <= 90))),
+    "geohash": ("empty geohashes (the fill value)", lambda v: np.array([not x for x in v.tolist()], bool)),
+    "geometry": ("empty geometries (the fill value)", lambda v: np.array([not x for x in v.tolist()], bool)),
+}
+
+
+def _bad_ids(v: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    values = v.tolist()
+    out = []
+    if v.dtype.kind not in "iu":
+        out.append(("empty ids (the fill value)", np.array([x == "" for x in values], bool)))
+    _, first, counts = np.unique(np.asarray(values, dtype=object if v.dtype.kind not in "iu" else v.dtype),
+                                 return_index=True, return_counts=True)
+    dup = np.zeros(len(values), bool)
+    dup[first[counts > 1]] = True
+    out.append(("ids that repeat within their chunk", dup))
+    return out
+
+
+def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, n: int, embed_dim: int,
+                  tally: _Tally, h: CubeHealth, segments: tuple[tuple[int, int], ...]) -> None:
+    """Per-sample coordinates chunk by chunk (padding rows left out), then ``scale`` and ``feature`` whole."""
+    for name in ("sample", "lon", "lat", "geohash", "geometry"):
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        meta, _ = array_meta_problem(path, name)
+        lost = missing_coordinate_chunks(path, name, meta, segments)
+        c = arr.chunks[0]
+        for lo in range(0, n, c):
+            hi = min(lo + c, n)
+            pos = np.arange(lo, hi)
+            if (lo, hi) in lost:
+                tally.add(name, None, "values whose chunk is missing (read as the fill value)", pos)
+                h.damaged_coords.setdefault(name, []).append((lo, hi))
+                continue
+            v = _read(arr, (slice(lo, hi),))
+            if isinstance(v, str):
+                tally.add(name, None, "values in a chunk that cannot be decoded", pos, v)
+                h.damaged_coords.setdefault(name, []).append((lo, hi))
+                continue
+            if name == "sample":
+                checks = _bad_ids(v)
+            else:
+                what, test = _COORD_CHECKS[name]
+                checks = [(what, test(v))]
+            bad = False
+            for what, mask in checks:
+                mask = mask & tally.is_row[lo:hi]
+                tally.add(name, None, what, pos[mask])
+                bad |= bool(mask.any())
+            if bad:
+                h.damaged_coords.setdefault(name, []).append((lo, hi))
+    for name, expected in (("scale", np.asarray(spec.scales, "float64")), ("feature", np.arange(embed_dim))):
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        meta, _ = array_meta_problem(path, name)
+        if missing_coordinate_chunks(path, name, meta):
+            h.problems.append(f"{name}: its chunk is missing (read as the fill value)")
+            h.damaged_coords[name] = [(0, len(expected))]
+            continue
+        v = _read(arr, (slice(None),))
+        if isinstance(v, str):
+            h.problems.append(f"{name}: its chunk cannot be decoded ({v})")
+            h.damaged_coords[name] = [(0, len(expected))]
+        elif not np.array_equal(v, expected):
+            h.problems.append(f"{name}: holds {v.tolist()[:8]}, expected {expected.tolist()[:8]}")
+            h.damaged_coords[name] = [(0, len(expected))]
+
+
+#: Status codes a cell may hold.
+_CODES = (PENDING, OK, NO_DATA, FAILED)
+#: Which cells vouch for each data array's chunk, in words and as a mask.
+_VOUCHERS = {
+    "embedding": ("ok", lambda c: c == OK),
+    "input_res_m": ("ok", lambda c: c == OK),
+    "grid": ("ok", lambda c: c == OK),
+    "valid_fraction": ("finished", lambda c: c != PENDING),
+    "error": ("failed", lambda c: c == FAILED),
+}
+
+
+def _content_problems(name: str, cells: np.ndarray, v: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """What a decoded chunk of data array ``name`` says against the status ``cells`` of its unit."""
+    ok = cells == OK
+    empty = np.isin(cells, (NO_DATA, FAILED))
+    if name == "embedding":
+        fin = np.isfinite(v)
+        return [("ok cells with a non-finite embedding", ok & ~fin.all(-1)),
+                ("no_data or failed cells that hold an embedding", empty & fin.any(-1))]
+    if name == "grid":
+        fin = np.isfinite(v).reshape(v.shape[0], -1)
+        return [("ok cells with an empty token grid", ok & ~fin.any(-1)),
+                ("no_data or failed cells that hold a token grid", empty & fin.any(-1))]
+    if name == "input_res_m":
+        return [("ok cells without an input resolution", ok & ~np.isfinite(v))]
+    if name == "valid_fraction":
+        return [("finished cells without a valid fraction", (cells != PENDING) & ~np.isfinite(v))]
+    if name == "error":
+        return [("failed cells without a reason", (cells == FAILED) & np.array([not e for e in v.tolist()], bool))]
+    return []
+
+
+def _check_units(path: str, arrays: dict[str, zarr.Array], n: int, n_scales: int, chunk_size: int,
+                 tally: _Tally, h: CubeHealth) -> None:
+    """Every unit's chunks: stored where the status vouches, decodable, consistent with the status."""
+    names = [k for k in ("embedding", "input_res_m", "valid_fraction", "error", "grid") if k in arrays]
+    status = arrays.get("status")
+    cs = status.chunks[0] if status is not None else (arrays[names[0]].chunks[0] if names else chunk_size)
+    stored = {name: {key[:2] for key in chunk_keys(path, name)} for name in names}
+    unit_bytes = max([cs * int(np.prod(arrays[k].shape[2:], dtype="int64")) * 4 for k in names] + [cs])
+    per_batch = max(1, BATCH_BYTES // unit_bytes)
+    counts = np.zeros(len(STATUS_NAMES), "int64")
+    unreadable_cells = 0
+    for si in range(n_scales):
+        for b0 in range(0, n, cs * per_batch):
+            starts = list(range(b0, min(n, b0 + cs * per_batch), cs))
+            batch = {name: _read_units(arrays[name], si, starts, cs, n) for name in
+                     (["status"] if status is not None else []) + names}
+            for start in starts:
+                stop = min(start + cs, n)
+                pos = np.arange(start, stop)
+                key = (start // cs, si)
+                damaged = False
+                cells = batch["status"][start] if status is not None else None
+                if isinstance(cells, str):
+                    tally.add("status", si, UNDECODABLE, pos, cells)
+                    unreadable_cells += stop - start
+                    damaged, cells = True, None
+                elif cells is not None:
+                    known = np.isin(cells, _CODES)
+                    counts += np.bincount(cells[known].astype("int64"), minlength=len(STATUS_NAMES))
+                    if not known.all():
+                        tally.add("status", si, "cells with an unknown status code", pos[~known])
+                        damaged = True
+                vouched = vouched_arrays(cells, "grid" in arrays) if cells is not None else ()
+                for name in names:
+                    v = batch[name][start]
+                    if isinstance(v, str):
+                        tally.add(name, si, UNDECODABLE, pos, v)
+                        damaged = True
+                        continue
+                    if cells is None:
+                        continue
+                    if name in vouched and key not in stored[name]:
+                        who, mask = _VOUCHERS[name]
+                        tally.add(name, si, f"{who} cells whose chunk is missing", pos[mask(cells)])
+                        damaged = True
+                        continue
+                    for what, mask in _content_problems(name, cells, v):
+                        tally.add(name, si, what, pos[mask])
+                        damaged |= bool(mask.any())
+                if damaged:
+                    h.damaged_units.add((start, si))
+    h.status_counts = {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
+    if status is None:
+        h.status_counts = {}
+    else:
+        h.status_counts["unreadable"] = unreadable_cells
+
+
+def _read_units(arr: zarr.Array, si: int, starts: list[int], cs: int, n: int) -> dict[int, np.ndarray | str]:
+    """Each unit's chunk of ``arr`` at scale ``si``: one read for the batch, unit by unit where that fails."""
+    lo, hi = starts[0], min(starts[-1] + cs, n)
+    whole = _read(arr, (slice(lo, hi), si))
+    if not isinstance(whole, str):
+        return {s: whole[s - lo:min(s + cs, n) - lo] for s in starts}
+    return {s: _read(arr, (slice(s, min(s + cs, n)), si)) for s in starts}
+
+
+def verify_cube(path) -> list[str]:
+    """Problems found in the cube at ``path`` (an empty list when it is consistent).
+
+    See :func:`check_cube`; reads chunk by chunk, memory stays at a few batches of chunks.
+
+    Raises
+    ------
+    CubeError
+        ``path`` is not a cube.
+    """
+    return check_cube(path).problems
+
+
+# --------------------------------------------------------------------------- tiling stores
+
+
+def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[str]:
+    """Problems in the zone grids of one scale of the tiling store at ``path``.
+
+    Every chunk of every grid's ``embedding``, ``status`` and ``sample_index`` must
+    decode; with ``sample_status`` (the scale's sample cube status, given only when
+    the grids are synced) every grid cell naming a tile must exist in the sample cube
+    and hold its status, cells without a tile no status, and ``ok`` cells a finite
+    embedding whose chunk is stored.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The tiling store.
+    scale_m : float
+    sample_status : numpy.ndarray or None
+        ``status[:, 0]`` of ``samples/<scale>m``; None skips the comparisons.
+
+    Returns
+    -------
+    list of str
+        One line per grid and kind of problem, naming the first cells ``(y, x)``.
+    """
+    from .tiling import NO_TILE, scale_name
+
+    path = os.path.abspath(os.fspath(path))
+    name = scale_name(scale_m)
+    problems = []
+    base = os.path.join(path, name)
+    zones = sorted(z for z in os.listdir(base) if os.path.isdir(os.path.join(base, z))) \
+        if os.path.isdir(base) else []
+    if not zones:
+        return [f"{name}: no zone grid in the store"]
+    for zone in zones:
+        where = f"{name}/{zone}"
+        arrs = {}
+        for a in ("status", "sample_index", "embedding"):
+            arr, _, why = _open(base, f"{zone}/{a}")
+            if arr is None:
+                problems.append(f"{where}: {why}; its cells cannot be checked")
+            else:
+                arrs[a] = arr
+        if len(arrs) < 3:
+            continue
+        tally = _Tally()
+        emb_stored = {k[:2] for k in chunk_keys(base, f"{zone}/embedding")}
+        ny, nx = arrs["status"].shape
+        by, bx = arrs["status"].chunks
+        row_bytes = by * nx * arrs["embedding"].shape[2] * 4
+        cols = max(bx, (BATCH_BYTES // max(row_bytes // nx, 1)) // bx * bx)
+        for y0 in range(0, ny, by):
+            for x0 in range(0, nx, cols):
+                for (ya, yb, xa, xb), got in _read_blocks(arrs, y0, min(y0 + by, ny), x0, min(x0 + cols, nx),
+                                                          by, bx):
+                    cellpos = np.stack(np.meshgrid(np.arange(ya, yb), np.arange(xa, xb), indexing="ij"), -1)
+                    cellpos = cellpos.reshape(-1, 2)
+                    bad = [k for k, v in got.items() if isinstance(v, str)]
+                    for k in bad:
+                        _tally_cells(tally, k, UNDECODABLE, cellpos, np.ones(len(cellpos), bool), got[k])
+                    if bad or sample_status is None:
+                        continue
+                    idx, cells, emb = (got[k].reshape(len(cellpos), *got[k].shape[2:])
+                                       for k in ("sample_index", "status", "embedding"))
+                    has = idx >= 0
+                    outside = has & (idx >= len(sample_status))
+                    has &= ~outside
+                    differ = has & (cells != sample_status[np.where(has, idx, 0)])
+                    stray = ~has & ~outside & (cells != NO_TILE)
+                    ok = has & (cells == OK)
+                    stored = np.array([(y // by, x // bx) in emb_stored for y, x in cellpos.tolist()], bool)
+                    for what, mask in (
+                            ("grid cells naming a sample the sample cube does not have", outside),
+                            ("grid cells whose status is not their sample's", differ),
+                            ("grid cells with a status but no sample index", stray),
+                            ("ok grid cells whose embedding chunk is missing", ok & ~stored),
+                            ("ok grid cells with a non-finite embedding", ok & stored & ~np.isfinite(emb).all(-1))):
+                        _tally_cells(tally, "", what, cellpos, mask)
+        for (array, _, what), (count, first, detail) in tally.groups.items():
+            cells = ", ".join(f"(y={y}, x={x})" for y, x in first)
+            more = f" and {count - len(first)} more" if count > len(first) else ""
+            extra = f" ({detail})" if detail else ""
+            problems.append(f"{where}{'/' + array if array else ''}: {count} {what}{extra}: {cells}{more}")
+    return problems
+
+
+def _tally_cells(tally: _Tally, array: str, what: str, cellpos: np.ndarray, mask: np.ndarray,
+                 detail: str = "") -> None:
+    """Like :meth:`_Tally.add` with ``(y, x)`` cells instead of sample positions."""
+    sel = cellpos[mask]
+    if not len(sel):
+        return
+    g = tally.groups.setdefault((array, None, what), [0, [], detail])
+    g[0] += len(sel)
+    g[1].extend((int(y), int(x)) for y, x in sel[:max(0, FIRST - len(g[1]))])
+
+
+def _read_blocks(arrs: dict[str, zarr.Array], ya: int, yb: int, xa: int, xb: int, by: int, bx: int):
+    """``((ya, yb, xa, xb), {array: values or why})`` for the region, chunk by chunk where a read fails."""
+    got = {k: _read(a, (slice(ya, yb), slice(xa, xb))) for k, a in arrs.items()}
+    if not any(isinstance(v, str) for v in got.values()):
+        return [((ya, yb, xa, xb), got)]
+    out = []
+    for x in range(xa, xb, bx):
+        region = (ya, yb, x, min(x + bx, xb))
+        out.append((region, {k: _read(a, (slice(ya, yb), slice(*region[2:]))) for k, a in arrs.items()}))
+    return out
+
+
+def verify_tiling_store(path) -> list[str]:
+    """Problems found in the tiling store at ``path`` (an empty list when it is consistent).
+
+    Every per-scale sample cube goes through :func:`check_cube`, every zone grid
+    through :func:`check_grids`; the grids are compared with their samples only when
+    the root attribute ``raster_synced`` says they reflect them (a run going on or
+    interrupted leaves them unsynced).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A tiling store (see :mod:`rsembed_dask.store.tiling`).
+
+    Returns
+    -------
+    list of str
+        One line per kind of problem, prefixed with the group it was found in.
+    """
+    from .tiling import scale_name
+
+    path = os.path.abspath(os.fspath(path))
+    root = zarr.open_group(path, mode="r", zarr_format=3)
+    scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
+    synced = bool(root.attrs.get("raster_synced", False))
+    problems = []
+    for s in scales:
+        name = scale_name(s)
+        sample_path = os.path.join(path, "samples", name)
+        health = check_cube(sample_path)
+        problems += [f"samples/{name}: {p}" for p in health.problems]
+        sample_status = None
+        if synced and "status" not in health.unreadable and not health.fatal:
+            status = _read(zarr.open_array(os.path.join(sample_path, "status"), mode="r", zarr_format=3),
+                           (slice(None), 0))
+            sample_status = None if isinstance(status, str) else status
+        problems += check_grids(path, s, sample_status)
+    if not synced:
+        log.info("tiling store %s: grids not synced; grid cells not compared with the samples", path)
+    return problems
