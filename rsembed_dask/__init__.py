@@ -1,7 +1,16 @@
-"""rsembed_dask: ScaleMAE embedding campaigns on Dask, from GeoDataFrames to Zarr datacubes."""
+"""rsembed_dask: ScaleMAE embedding campaigns on Dask, from GeoDataFrames to Zarr datacubes.
 
+The headline API; everything else is in the subpackages, in data-flow order: ``geo``,
+``sampling``, ``providers``, ``embed``, ``store``, ``cluster``, ``campaign``, ``plan``,
+``explore``, ``cli`` (and ``emulator``, the loopback Earth Engine, loaded on demand).
+"""
+
+from .api import Embedding, get_embedding, get_embeddings_batch
+from .campaign import run_campaign
+from .cluster import local_cluster
 from .errors import (
     ConfigurationError,
+    CubeDamagedError,
     CubeError,
     ModelError,
     NoImageryError,
@@ -11,34 +20,28 @@ from .errors import (
     RsEmbedError,
     SpecError,
     SpecMismatchError,
+    StoreLockedError,
     TransientProviderError,
 )
-from .api import Embedding, get_embedding, get_embeddings_batch
+from .plan import estimate_campaign
+from .providers import GEEProvider, LocalRasterProvider
+from .sampling import tile_aoi
 from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .store import open_cube
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BBox",
-    "CampaignSpec",
-    "ConfigurationError",
-    "Embedding",
-    "get_embedding",
-    "get_embeddings_batch",
-    "CubeError",
-    "ModelError",
-    "ModelSpec",
-    "NoImageryError",
-    "OutputSpec",
-    "PermanentProviderError",
-    "PointBuffer",
-    "ProviderError",
-    "QuotaError",
-    "RsEmbedError",
-    "SensorSpec",
-    "SpecError",
-    "SpecMismatchError",
-    "TemporalSpec",
-    "TransientProviderError",
+    # specs
+    "BBox", "CampaignSpec", "ModelSpec", "OutputSpec", "PointBuffer", "SensorSpec", "TemporalSpec",
+    # single ROIs
+    "Embedding", "get_embedding", "get_embeddings_batch",
+    # campaigns
+    "tile_aoi", "estimate_campaign", "run_campaign", "open_cube", "local_cluster",
+    "GEEProvider", "LocalRasterProvider",
+    # errors
+    "RsEmbedError", "SpecError", "ConfigurationError", "ProviderError", "NoImageryError",
+    "TransientProviderError", "QuotaError", "PermanentProviderError", "ModelError", "CubeError",
+    "SpecMismatchError", "CubeDamagedError", "StoreLockedError",
     "__version__",
 ]

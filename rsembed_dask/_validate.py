@@ -17,10 +17,12 @@ from typing import Any
 
 from .errors import SpecError
 
+__all__ = ["number", "integer", "strict_int", "choice", "iso_date", "set_field", "SpecBase"]
+
 # --------------------------------------------------------------------------- checks
 
 
-def _number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+def number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, allowed: str | None = None) -> float:
     """Return ``value`` as a finite float within bounds, or raise SpecError."""
     what = allowed or _range_words(lo, hi, lo_open)
@@ -46,7 +48,7 @@ def _range_words(lo: float | None, hi: float | None, lo_open: bool) -> str:
     return "a finite number"
 
 
-def _int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
+def integer(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
     allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
     if isinstance(value, bool):
         raise SpecError(name, value, allowed)
@@ -59,7 +61,7 @@ def _int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
     return iv
 
 
-def _strict_int(name: str, value: Any, *, lo: int = 1) -> int:
+def strict_int(name: str, value: Any, *, lo: int = 1) -> int:
     """Return ``value`` as int when it is an integer (``numbers.Integral``: not a bool, not a
     float, not a string) >= ``lo``, or raise SpecError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
@@ -67,13 +69,13 @@ def _strict_int(name: str, value: Any, *, lo: int = 1) -> int:
     return int(value)
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SpecError(name, value, "one of " + ", ".join(repr(c) for c in choices))
     return value
 
 
-def _date(name: str, value: Any) -> str:
+def iso_date(name: str, value: Any) -> str:
     """Normalise a date-like value to ``YYYY-MM-DD``."""
     allowed = "a date as 'YYYY-MM-DD', datetime.date or datetime.datetime"
     if isinstance(value, _dt.datetime):
@@ -88,24 +90,24 @@ def _date(name: str, value: Any) -> str:
     raise SpecError(name, value, allowed)
 
 
-def _set(obj: Any, name: str, value: Any) -> None:
+def set_field(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
 
 # --------------------------------------------------------------------------- base
 
 
-class _Spec:
+class SpecBase:
     """Mixin: JSON round-trip and a stable Dask token for frozen dataclasses."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if isinstance(v, _Spec):
+            if isinstance(v, SpecBase):
                 v = v.to_dict()
             elif isinstance(v, tuple):
-                v = [x.to_dict() if isinstance(x, _Spec) else x for x in v]
+                v = [x.to_dict() if isinstance(x, SpecBase) else x for x in v]
             out[f.name] = v
         return out
 
@@ -122,7 +124,7 @@ class _Spec:
         kwargs = {}
         for k, v in data.items():
             t = hints.get(k)
-            if isinstance(t, type) and issubclass(t, _Spec) and isinstance(v, Mapping):
+            if isinstance(t, type) and issubclass(t, SpecBase) and isinstance(v, Mapping):
                 v = t.from_dict(v)
             kwargs[k] = v
         return cls(**kwargs)

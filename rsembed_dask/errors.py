@@ -22,6 +22,28 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+__all__ = [
+    "RsEmbedError",
+    "SpecError",
+    "ProviderError",
+    "NoImageryError",
+    "TransientProviderError",
+    "QuotaError",
+    "PermanentProviderError",
+    "RequestTooLargeError",
+    "ComputationTooLargeError",
+    "ModelError",
+    "ClusterError",
+    "ClusterDependencyError",
+    "CubeError",
+    "SpecMismatchError",
+    "CubeDamagedError",
+    "StoreLockedError",
+    "ConfigurationError",
+    "RsEmbedWarning",
+    "NoImageryWarning",
+]
+
 
 def _rebuild(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
     """Unpickle an :class:`RsEmbedError` without calling its ``__init__``."""
@@ -106,6 +128,10 @@ class ModelError(RsEmbedError):
 
 class ClusterError(RsEmbedError):
     """No Dask scheduler answers at the address given, or the cluster cannot be used."""
+
+
+class ClusterDependencyError(RsEmbedError, ImportError):
+    """A cluster kind needs an optional package that is not installed."""
 
 
 class CubeError(RsEmbedError):

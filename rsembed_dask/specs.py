@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from .errors import SpecError
-from ._validate import _choice, _date, _int, _number, _set, _Spec
+from ._validate import choice, iso_date, integer, number, set_field, SpecBase
 
 __all__ = [
     "PointBuffer",
@@ -50,7 +50,7 @@ MAX_SCALE_M = 10_000.0
 
 
 @dataclass(frozen=True)
-class PointBuffer(_Spec):
+class PointBuffer(SpecBase):
     """A square footprint of half-side ``buffer_m`` metres around a lon/lat point.
 
     The square is laid out in the point's local UTM zone, so ``buffer_m`` is
@@ -62,9 +62,9 @@ class PointBuffer(_Spec):
     buffer_m: float
 
     def __post_init__(self):
-        _set(self, "lon", _number("PointBuffer.lon", self.lon, lo=-180, hi=180))
-        _set(self, "lat", _number("PointBuffer.lat", self.lat, lo=-90, hi=90))
-        _set(self, "buffer_m", _number("PointBuffer.buffer_m", self.buffer_m, lo=0, lo_open=True,
+        set_field(self, "lon", number("PointBuffer.lon", self.lon, lo=-180, hi=180))
+        set_field(self, "lat", number("PointBuffer.lat", self.lat, lo=-90, hi=90))
+        set_field(self, "buffer_m", number("PointBuffer.buffer_m", self.buffer_m, lo=0, lo_open=True,
                                        hi=1_000_000))
 
     @property
@@ -73,7 +73,7 @@ class PointBuffer(_Spec):
 
 
 @dataclass(frozen=True)
-class BBox(_Spec):
+class BBox(SpecBase):
     """A lon/lat bounding box (EPSG:4326), ``minlon < maxlon``, ``minlat < maxlat``.
 
     Boxes crossing the antimeridian are not supported: split them in two.
@@ -87,7 +87,7 @@ class BBox(_Spec):
     def __post_init__(self):
         for name, lo, hi in (("minlon", -180, 180), ("minlat", -90, 90),
                              ("maxlon", -180, 180), ("maxlat", -90, 90)):
-            _set(self, name, _number(f"BBox.{name}", getattr(self, name), lo=lo, hi=hi))
+            set_field(self, name, number(f"BBox.{name}", getattr(self, name), lo=lo, hi=hi))
         if not self.maxlon > self.minlon:
             raise SpecError("BBox.maxlon", self.maxlon,
                             f"a longitude greater than minlon={self.minlon!r} "
@@ -104,15 +104,15 @@ class BBox(_Spec):
 
 
 @dataclass(frozen=True)
-class TemporalSpec(_Spec):
+class TemporalSpec(SpecBase):
     """A date window ``[start, end)``; ``end`` is exclusive, as in Earth Engine's filterDate."""
 
     start: str
     end: str
 
     def __post_init__(self):
-        _set(self, "start", _date("TemporalSpec.start", self.start))
-        _set(self, "end", _date("TemporalSpec.end", self.end))
+        set_field(self, "start", iso_date("TemporalSpec.start", self.start))
+        set_field(self, "end", iso_date("TemporalSpec.end", self.end))
         if not self.end > self.start:
             raise SpecError("TemporalSpec.end", self.end,
                             f"a date after start={self.start!r} (the window is [start, end))")
@@ -125,7 +125,7 @@ class TemporalSpec(_Spec):
     @classmethod
     def year(cls, y: int) -> TemporalSpec:
         """The calendar year ``y``."""
-        y = _int("TemporalSpec.year", y, lo=1984, hi=2100)
+        y = integer("TemporalSpec.year", y, lo=1984, hi=2100)
         return cls(f"{y:04d}-01-01", f"{y + 1:04d}-01-01")
 
 
@@ -133,7 +133,7 @@ class TemporalSpec(_Spec):
 
 
 @dataclass(frozen=True)
-class SensorSpec(_Spec):
+class SensorSpec(SpecBase):
     """Which collection, bands, pixel size and compositing to fetch.
 
     Defaults follow rs-embed's ``scalemae_rgb`` card: Sentinel-2 SR harmonized,
@@ -157,11 +157,11 @@ class SensorSpec(_Spec):
             raise SpecError("SensorSpec.bands", bands, "a non-empty sequence of band names")
         if not all(isinstance(b, str) and b for b in bands) or len(set(bands)) != len(bands):
             raise SpecError("SensorSpec.bands", bands, "distinct, non-empty band names")
-        _set(self, "bands", tuple(bands))
-        _set(self, "scale_m", _number("SensorSpec.scale_m", self.scale_m, lo=0, lo_open=True,
+        set_field(self, "bands", tuple(bands))
+        set_field(self, "scale_m", number("SensorSpec.scale_m", self.scale_m, lo=0, lo_open=True,
                                       hi=MAX_SCALE_M))
-        _set(self, "cloudy_pct", _number("SensorSpec.cloudy_pct", self.cloudy_pct, lo=0, hi=100))
-        _choice("SensorSpec.composite", self.composite, self.COMPOSITES)
+        set_field(self, "cloudy_pct", number("SensorSpec.cloudy_pct", self.cloudy_pct, lo=0, hi=100))
+        choice("SensorSpec.composite", self.composite, self.COMPOSITES)
         if not isinstance(self.cloud_property, str) or not self.cloud_property:
             raise SpecError("SensorSpec.cloud_property", self.cloud_property, "a property name")
 
@@ -170,7 +170,7 @@ class SensorSpec(_Spec):
 
 
 @dataclass(frozen=True)
-class OutputSpec(_Spec):
+class OutputSpec(SpecBase):
     """Pooled vectors ``[D]`` or token grids ``[D, h, w]``.
 
     Use the constructors :meth:`pooled` and :meth:`grid`.
@@ -183,8 +183,8 @@ class OutputSpec(_Spec):
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "max")
 
     def __post_init__(self):
-        _choice("OutputSpec.mode", self.mode, self.MODES)
-        _choice("OutputSpec.pooling", self.pooling, self.POOLINGS)
+        choice("OutputSpec.mode", self.mode, self.MODES)
+        choice("OutputSpec.pooling", self.pooling, self.POOLINGS)
 
     @classmethod
     def pooled(cls, pooling: str = "mean") -> OutputSpec:
@@ -201,7 +201,7 @@ class OutputSpec(_Spec):
 
 
 @dataclass(frozen=True)
-class ModelSpec(_Spec):
+class ModelSpec(SpecBase):
     """Which ScaleMAE weights to load and how to run them.
 
     Parameters
@@ -236,15 +236,15 @@ class ModelSpec(_Spec):
         if not isinstance(self.model_id, str) or not self.model_id.strip():
             raise SpecError("ModelSpec.model_id", self.model_id,
                             "a hub id, a local directory or a test config name")
-        _set(self, "image_size", _int("ModelSpec.image_size", self.image_size, lo=16, hi=4096))
+        set_field(self, "image_size", integer("ModelSpec.image_size", self.image_size, lo=16, hi=4096))
         if self.batch_size is not None:
-            _set(self, "batch_size", _int("ModelSpec.batch_size", self.batch_size, lo=1, hi=65536))
+            set_field(self, "batch_size", integer("ModelSpec.batch_size", self.batch_size, lo=1, hi=65536))
         dev = self.device
         if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda", "mps")
                                             or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise SpecError("ModelSpec.device", dev, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        _choice("ModelSpec.dtype", self.dtype, self.DTYPES)
-        _set(self, "res_reference_m", _number("ModelSpec.res_reference_m", self.res_reference_m,
+        choice("ModelSpec.dtype", self.dtype, self.DTYPES)
+        set_field(self, "res_reference_m", number("ModelSpec.res_reference_m", self.res_reference_m,
                                               lo=0, lo_open=True, hi=1e6))
 
     @classmethod
@@ -286,7 +286,7 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             value = int(raw)
         except ValueError:
             raise SpecError(var, raw, f"an integer >= {lo}") from None
-        return _int(var, value, lo=lo)
+        return integer(var, value, lo=lo)
 
     return {
         "model_id": environ.get("RS_EMBED_SCALEMAE_ID") or DEFAULT_MODEL_ID,
@@ -301,7 +301,7 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class CampaignSpec(_Spec):
+class CampaignSpec(SpecBase):
     """Everything that determines a campaign's cube contents.
 
     Parameters
@@ -345,14 +345,14 @@ class CampaignSpec(_Spec):
             scales = (scales,)
         if not isinstance(scales, (list, tuple)) or not scales:
             raise SpecError("CampaignSpec.scales", self.scales, "a non-empty list of pixel sizes in metres")
-        vals = tuple(_number("CampaignSpec.scales", s, lo=0, lo_open=True, hi=MAX_SCALE_M,
+        vals = tuple(number("CampaignSpec.scales", s, lo=0, lo_open=True, hi=MAX_SCALE_M,
                              allowed=f"pixel sizes in (0, {MAX_SCALE_M:g}] metres") for s in scales)
         if len(set(vals)) != len(vals):
             raise SpecError("CampaignSpec.scales", self.scales, "distinct pixel sizes")
-        _set(self, "scales", vals)
-        _set(self, "chunk_size", _int("CampaignSpec.chunk_size", self.chunk_size, lo=1, hi=1_000_000))
+        set_field(self, "scales", vals)
+        set_field(self, "chunk_size", integer("CampaignSpec.chunk_size", self.chunk_size, lo=1, hi=1_000_000))
         if self.buffer_m is not None:
-            _set(self, "buffer_m", _number("CampaignSpec.buffer_m", self.buffer_m, lo=0,
+            set_field(self, "buffer_m", number("CampaignSpec.buffer_m", self.buffer_m, lo=0,
                                            lo_open=True, hi=1_000_000))
 
     def footprint_buffer_m(self, scale_m: float) -> float:

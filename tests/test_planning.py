@@ -21,6 +21,7 @@ from rsembed_dask.plan.latency import (
     ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, Latency, assumed_latency, fetch_time,
     measure_latency)
 from rsembed_dask.plan.estimate import estimate_campaign, plan_scale, resolve_embed_dim
+from rsembed_dask.plan.report import format_plan
 from rsembed_dask.plan.requests import unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
 from rsembed_dask.providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
@@ -199,7 +200,7 @@ def test_campaign_times_use_the_latency_per_mode():
     # latency-bound and over one round trip per scale: the total is the sum of the scales
     big = estimate_campaign((11.0, 45.0, 13.0, 46.0), scales=[10, 40], embed_dim=64)
     assert big.fetch_time(False).seconds == pytest.approx(sum(big.fetch_time(False, s).seconds for s in big.scales))
-    text = assumed.format()
+    text = format_plan(assumed)
     assert "assumed" in text and "fetch time, coalesced" in text
 
 

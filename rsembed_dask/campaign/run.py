@@ -27,7 +27,7 @@ from typing import Any
 from ..providers.backends import check_backend, open_backend
 from ..cluster.local import connect
 from ..store.cube import Cube, open_cube
-from ..store.repair import repair_tiling_layout, reset_damaged_units
+from ..store.repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
 from ..store.samples import table_in_cube_rows
 from ..errors import NoImageryWarning, SpecError
 from .progress import CampaignReport
@@ -118,10 +118,11 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                                  spec, on_invalid)
     info = model_info(spec.model)
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
+    if repair:  # metadata and coordinates from the given samples, before anything reads them
+        repair_sample_cube(out, table, spec=spec, embed_dim=info.embed_dim, grid_shape=grid_shape)
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
-                               grid_shape=grid_shape, versions=_versions(), repair=repair,
-                               update=update, append=append)
+                               grid_shape=grid_shape, versions=_versions(), update=update, append=append)
     if len(table.skipped):
         cube.set_attrs(skipped_rows=table.skipped_records())
     spec = cube.spec  # an existing cube's scale order (the same scales given in another order)

@@ -331,6 +331,7 @@ def _cmd_plan(args) -> int:
     from ..geo.aoi import read_aoi
     from ..plan.latency import measure_latency
     from ..plan.estimate import estimate_campaign, resolve_embed_dim
+    from ..plan.report import format_plan
     from ..specs import ModelSpec, TemporalSpec
     from ..sampling.tiling import tile_aoi
 
@@ -360,7 +361,7 @@ def _cmd_plan(args) -> int:
                              latency=latency, concurrency=args.ee_concurrency,
                              requests_per_s=args.requests_per_s, aoi_label=args.aoi)
     plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
-    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.format())
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else format_plan(plan))
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from .local import GPU_RESOURCE, WORKER_MALLOC_ENV, connect, embed_workers
 from .checks import DASK_K8S_API, SCHEMA_KEY, check_manifest, check_slurm_job, fail
-from ..errors import RsEmbedError, SpecError
+from ..errors import ClusterDependencyError, RsEmbedError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ _REQUIRED = object()
 #: are lower-cased by dask. One dict-valued variable sets them with their case intact.
 PRESPAWN_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 PRESPAWN_ENV_VALUE = "{" + ", ".join(f"'{k}': {v}" for k, v in WORKER_MALLOC_ENV.items()) + "}"
-
-
-class ClusterDependencyError(RsEmbedError, ImportError):
-    """A cluster kind needs an optional package that is not installed."""
 
 
 def _is_int(v, lo):

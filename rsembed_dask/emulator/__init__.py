@@ -1,5 +1,11 @@
-"""Test and demo helpers: the loopback Earth Engine emulator (never imported by production paths)."""
+"""The loopback Earth Engine: an HTTP server answering the real ``earthengine-api`` client
+from a synthetic Sentinel-2 world (for tests, demos and benchmarks).
 
-from .server import EmulatorStats, Faults, GEEEmulator
+Never imported by production paths: ``providers.backends`` (``backend="emulator"``) and the
+CLI (``rsembed-dask emulator``, ``demo``) load it on demand. Importing it starts nothing.
+"""
 
-__all__ = ["GEEEmulator", "Faults", "EmulatorStats"]
+from .server import EmulatorStats, Faults, GEEEmulator, serve
+from .synthetic_s2 import SyntheticS2World
+
+__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve", "SyntheticS2World"]

@@ -9,7 +9,7 @@ sends without coalescing (one ``computePixels`` per footprint) and with it
 :func:`~rsembed_dask.campaign.tasks.fetch_unit` sends), the bytes fetched, the size of the
 tiling store (:mod:`rsembed_dask.plan.store_size`) and the fetch time under Earth
 Engine's quota (:mod:`rsembed_dask.plan.latency`). Nothing is fetched or written.
-:class:`CampaignPlan` holds the result; :mod:`rsembed_dask.plan.report` formats it.
+:class:`CampaignPlan` holds the result; :func:`rsembed_dask.plan.report.format_plan` formats it.
 
 Examples
 --------
@@ -32,10 +32,9 @@ from typing import Any
 from ..errors import ModelError
 from .latency import (
     ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, FetchTime, Latency, assumed_latency, fetch_time)
-from .report import format_plan
 from ..providers.gee import BYTES_PER_SAMPLE
 from .requests import unit_requests
-from .._validate import _number, _strict_int
+from .._validate import number, strict_int
 from .store_size import count_blocks, grids_bytes, sample_cube_bytes
 from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, tile_aoi
 
@@ -126,7 +125,7 @@ def plan_scale(table: TileTable, *, n_bands: int = 3, chunk_size: int = DEFAULT_
     -------
     ScalePlan
     """
-    _strict_int("embed_dim", embed_dim)
+    strict_int("embed_dim", embed_dim)
     n, size = len(table), table.image_size
     per = unit_requests(table, chunk_size, n_bands)
     tile_px = size * size
@@ -239,10 +238,6 @@ class CampaignPlan:
             "notes": list(self.notes),
         }
 
-    def format(self) -> str:
-        """A text report: one column per scale and a total (see :func:`~rsembed_dask.plan.report.format_plan`)."""
-        return format_plan(self)
-
 
 def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size: int = 224,
                       chunk_size: int | None = None, n_bands: int = 3, embed_dim: int = 1024,
@@ -289,15 +284,15 @@ def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size
     CampaignPlan
     """
     t0 = time.perf_counter()
-    _strict_int("n_bands", n_bands)
-    _strict_int("concurrency", concurrency)
-    _number("requests_per_s", requests_per_s, lo=0, lo_open=True)
+    strict_int("n_bands", n_bands)
+    strict_int("concurrency", concurrency)
+    number("requests_per_s", requests_per_s, lo=0, lo_open=True)
     if isinstance(aoi, Tiling):
         tiling = aoi
     else:
         tiling = tile_aoi(aoi, scales, image_size, block=block)
     chunk = tiling.block ** 2 if chunk_size is None else chunk_size
-    _strict_int("chunk_size", chunk)
+    strict_int("chunk_size", chunk)
     if latency is None:
         lat = Latency.assumed()
     elif isinstance(latency, Latency):

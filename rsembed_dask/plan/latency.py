@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import NoImageryError, SpecError
 from ..providers.coalesce import plan_requests
-from .._validate import _number, _strict_int
+from .._validate import number, strict_int
 from ..sampling.tiling import TileTable
 
 __all__ = [
@@ -120,10 +120,10 @@ def fetch_time(requests: int, latency_s: float, concurrency: int = EE_CONCURRENC
     """
     if isinstance(requests, bool) or not isinstance(requests, numbers.Integral) or requests < 0:
         raise SpecError("requests", requests, "an integer >= 0")
-    _number("latency_s", latency_s, lo=0, lo_open=True)
+    number("latency_s", latency_s, lo=0, lo_open=True)
     if isinstance(concurrency, bool) or not isinstance(concurrency, numbers.Integral) or concurrency < 1:
         raise SpecError("concurrency", concurrency, "an integer >= 1 (concurrent requests)")
-    _number("requests_per_s", requests_per_s, lo=0, lo_open=True)
+    number("requests_per_s", requests_per_s, lo=0, lo_open=True)
     by_latency = requests * float(latency_s) / concurrency
     if requests:  # fewer requests than concurrency still take one round trip
         by_latency = max(by_latency, float(latency_s))
@@ -163,7 +163,7 @@ class Latency:
     @classmethod
     def given(cls, latency_s: float) -> Latency:
         """One latency for both modes, as given by the user."""
-        _number("latency_s", latency_s, lo=0, lo_open=True)
+        number("latency_s", latency_s, lo=0, lo_open=True)
         return cls(float(latency_s), float(latency_s), "given",
                    "given; the same for single and coalesced requests (coalesced ones are larger "
                    "and likely slower: --measure-latency tells)")
@@ -211,8 +211,8 @@ def measure_latency(provider, table: TileTable, *, n_bands: int, temporal, chunk
     """
     from ..specs import SensorSpec
 
-    _strict_int("samples", samples)
-    _strict_int("n_bands", n_bands)
+    strict_int("samples", samples)
+    strict_int("n_bands", n_bands)
     if n_bands > len(_S2_BAND_ORDER):
         raise SpecError("n_bands", n_bands, f"at most {len(_S2_BAND_ORDER)} Sentinel-2 bands to measure with")
     if not len(table):

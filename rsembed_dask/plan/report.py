@@ -1,19 +1,15 @@
 """The text report of a campaign plan (``rsembed-dask plan`` without ``--json``).
 
-:meth:`~rsembed_dask.plan.estimate.CampaignPlan.format` calls :func:`format_plan`; the
+:func:`format_plan` reads a :class:`~rsembed_dask.plan.estimate.CampaignPlan`; the
 numbers are all the plan's (:meth:`~rsembed_dask.plan.estimate.CampaignPlan.as_dict`
 holds the same as JSON).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from .estimate import CampaignPlan
 from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB
 from ..providers.gee import BYTES_PER_SAMPLE
-
-if TYPE_CHECKING:
-    from .estimate import CampaignPlan
 
 __all__ = ["format_plan"]
 

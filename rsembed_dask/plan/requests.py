@@ -37,7 +37,7 @@ import numpy as np
 
 from ..providers.coalesce import MAX_WASTE, plan_requests
 from ..providers.gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
-from .._validate import _strict_int
+from .._validate import strict_int
 from ..sampling.tiling import TileTable
 
 __all__ = ["UnitRequests", "unit_requests"]
@@ -96,8 +96,8 @@ def unit_requests(table: TileTable, chunk_size: int, n_bands: int, *, byte_limit
     SpecError
         ``chunk_size`` or ``n_bands`` is not an integer >= 1.
     """
-    _strict_int("chunk_size", chunk_size)
-    _strict_int("n_bands", n_bands)
+    strict_int("chunk_size", chunk_size)
+    strict_int("n_bands", n_bands)
     n = len(table)
     n_units = -(-n // int(chunk_size))
     requests = np.zeros(n_units, np.int64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geo.keys import GEOHASH_PRECISION
-from .._validate import _strict_int
+from .._validate import strict_int
 from ..sampling.tiling import TileTable
 
 __all__ = ["count_blocks", "sample_cube_bytes", "grids_bytes"]
@@ -58,7 +58,7 @@ def sample_cube_bytes(table: TileTable, embed_dim: int, grid_shape: tuple[int, i
     -------
     int
     """
-    _strict_int("embed_dim", embed_dim)
+    strict_int("embed_dim", embed_dim)
     n, D = len(table), int(embed_dim)
     per_sample = D * 4 + 1 + 4 + 4 + _VLEN_PREFIX
     if grid_shape is not None:
@@ -88,13 +88,13 @@ def grids_bytes(table: TileTable, embed_dim: int) -> int:
     -------
     int
     """
-    from ..store.tiling import _grid_extent
+    from ..store.tiling import grid_extent
 
-    _strict_int("embed_dim", embed_dim)
+    strict_int("embed_dim", embed_dim)
     D = int(embed_dim)
     grids = count_blocks(table) * table.block ** 2 * (D * 4 + 1 + 8)
     for code in table.zones():
-        _, ny, _, nx = _grid_extent(table, code)
+        _, ny, _, nx = grid_extent(table, code)
         grids += (ny + nx) * 8 + D * 8
     return int(grids)
 

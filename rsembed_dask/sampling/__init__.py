@@ -1,1 +1,9 @@
 """What to embed: sample tables from GeoDataFrames, work units, tilings of areas."""
+
+from .samples import Footprint, SampleTable, WorkUnit, build_sample_table, work_units
+from .tiling import DEFAULT_BLOCK, TileLattice, TileTable, Tiling, tile_aoi
+
+__all__ = [
+    "Footprint", "SampleTable", "build_sample_table", "WorkUnit", "work_units",
+    "DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi",
+]

@@ -1,1 +1,21 @@
-"""The two Zarr store formats: sample cubes and tiling stores."""
+"""The two Zarr store formats: sample cubes and tiling stores, their layout, checks and repair."""
+
+from .cube import Cube
+from .info import format_tiling_info, tiling_info
+from .layout import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, scale_name
+from .lock import LockInfo, one_writer, read_lock, store_lock
+from .open import is_tiling_store, nearest_sample, open_cube
+from .repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
+from .samples import SampleChanges
+from .tiling import create_or_open_tiling
+from .verify import CubeHealth, check_cube, verify_cube, verify_tiling_store
+
+__all__ = [
+    "Cube", "open_cube", "nearest_sample", "is_tiling_store",
+    "PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "scale_name",
+    "create_or_open_tiling", "SampleChanges",
+    "CubeHealth", "check_cube", "verify_cube", "verify_tiling_store",
+    "repair_sample_cube", "repair_tiling_layout", "reset_damaged_units",
+    "tiling_info", "format_tiling_info",
+    "LockInfo", "read_lock", "store_lock", "one_writer",
+]

@@ -33,6 +33,7 @@ import zarr
 from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
     CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR, STATUS_NAMES,
+    vouched_arrays,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
@@ -57,28 +58,6 @@ RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "crea
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
 
-
-
-def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
-    """Data arrays whose chunk a unit must have, given its status codes ``cells``.
-
-    Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
-    only where the status vouches for data: ``ok`` cells hold an embedding, an input
-    resolution (and a token grid), every finished cell a valid fraction. A ``failed``
-    cell's reason is not vouched for: a retry interrupted between its data and status
-    writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
-    all-empty ``error`` is not stored), and such a cell is re-run anyway.
-    """
-    cells = np.asarray(cells)
-    out: list[str] = []
-    if (cells == OK).any():
-        out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
-    if (cells != PENDING).any():
-        out.append("valid_fraction")
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- cube
 
 
 class Cube:
@@ -182,7 +161,7 @@ class Cube:
                        grid_shape: tuple[int, int] | None = None,
                        versions: Mapping[str, str] | None = None,
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
-                       n_samples: int | None = None, repair: bool = False, update: bool = False,
+                       n_samples: int | None = None, update: bool = False,
                        append: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
@@ -217,9 +196,6 @@ class Cube:
             yields consecutive dicts with those five keys, ``n_samples`` rows in all. Ids
             must be unique across chunks (checked within each chunk only). A cube reopened
             this way must hold exactly those ids in that order (tiling stores).
-        repair : bool
-            Resuming a damaged cube: restore unreadable array metadata and rewrite damaged
-            coordinate chunks from the given samples first (:func:`rsembed_dask.store.repair.repair_layout`).
         update : bool
             Re-embed samples whose geometry moved: their coordinates are rewritten and
             their cells reset to pending (:meth:`reset_samples`); the next run embeds them.
@@ -249,12 +225,6 @@ class Cube:
             raise SpecError("update/append", {"update": update, "append": append},
                             "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
-        if repair:  # metadata and coordinates from the given samples, before anything reads them
-            from .repair import repair_layout
-
-            check_writable(path)
-            repair_layout(path, spec=spec, n_samples=int(n_samples), embed_dim=int(embed_dim),
-                          grid_shape=grid_shape, source=source)
         meta = probe_store(path)
         if meta is None:
             check_writable(path)

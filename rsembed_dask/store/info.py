@@ -17,7 +17,7 @@ from typing import Any
 import zarr
 
 from .cube import Cube
-from .tiling import scale_name
+from .layout import scale_name
 from ..sampling.tiling import TileLattice
 
 __all__ = ["tiling_info", "format_tiling_info"]

@@ -62,6 +62,10 @@ __all__ = [
     "SEGMENTS_ATTR",
     "read_segments",
     "segment_rows",
+    "TILING_MARKER",
+    "NO_TILE",
+    "scale_name",
+    "vouched_arrays",
 ]
 
 PENDING = 0
@@ -84,6 +88,8 @@ MARKER_ATTR = "rsembed_dask_cube_version"
 TILING_MARKER = "rsembed_dask_tiling_version"
 #: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
 SEGMENTS_ATTR = "sample_segments"
+#: Grid status of cells without a tile (outside the AOI or in another zone), in a tiling store.
+NO_TILE = -1
 #: Error reasons longer than this are truncated when written.
 MAX_ERROR_LEN = 200
 #: Non-dimension coordinates on ``sample``, listed in each data variable's CF
@@ -91,6 +97,30 @@ MAX_ERROR_LEN = 200
 SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 # 1-D coordinate arrays are written once; big chunks keep the file count low.
 _COORD_CHUNK = 262_144
+
+
+def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
+    """Data arrays whose chunk a unit must have, given its status codes ``cells``.
+
+    Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
+    only where the status vouches for data: ``ok`` cells hold an embedding, an input
+    resolution (and a token grid), every finished cell a valid fraction. A ``failed``
+    cell's reason is not vouched for: a retry interrupted between its data and status
+    writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
+    all-empty ``error`` is not stored), and such a cell is re-run anyway.
+    """
+    cells = np.asarray(cells)
+    out: list[str] = []
+    if (cells == OK).any():
+        out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
+    if (cells != PENDING).any():
+        out.append("valid_fraction")
+    return tuple(out)
+
+
+def scale_name(scale_m: float) -> str:
+    """Group name of a scale in a tiling store: ``10.0 -> "10m"``, ``2.5 -> "2.5m"``."""
+    return f"{float(scale_m):g}m"
 
 
 class ArrayDef:

@@ -2,12 +2,12 @@
 
 In the order a run meets them:
 
-1. :func:`repair_layout` (from ``Cube.create_or_open(repair=True)``, before the cube is
-   read): array metadata that cannot be read is written again from the cube's layout
-   (the chunks stay and are checked next), and damaged coordinate chunks (ids, lon/lat,
-   geohash, geometry, scale, feature) are rewritten from the given samples, once these
-   are checked to be the cube's: by their ids where the ids are intact, else by their
-   lon/lat or geometry. Where neither can be checked the repair is refused.
+1. :func:`repair_sample_cube` (from ``run_campaign``, before ``Cube.create_or_open`` reads
+   the cube), through :func:`repair_layout`: array metadata that cannot be read is written
+   again from the cube's layout (the chunks stay and are checked next), and damaged
+   coordinate chunks (ids, lon/lat, geohash, geometry, scale, feature) are rewritten from
+   the given samples, once these are checked to be the cube's: by their ids where the ids
+   are intact, else by their lon/lat or geometry. Where neither can be checked the repair is refused.
 2. :func:`reset_damaged_units` (from ``run_campaign``, before the units to run are
    computed): every unit found damaged goes back to ``pending`` (status first, then
    its data chunks are removed), so the run embeds it again and a crash half-way leaves
@@ -34,14 +34,15 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from .cube import PENDING, Cube
-from .layout import ArrayDef, array_defs, check_inputs, coord_defs, normalise_identity, spec_differences
-from .open import DECODE_ERRORS, array_meta_problem, chunk_keys, is_tiling_store, probe_store
+from .cube import Cube
+from .layout import (PENDING, ArrayDef, array_defs, check_inputs, coord_defs, normalise_identity, scale_name,
+                     spec_differences)
+from .open import DECODE_ERRORS, array_meta_problem, check_writable, chunk_keys, is_tiling_store, probe_store
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
 
-__all__ = ["repair_layout", "repair_tiling_layout", "reset_units", "reset_damaged_units"]
+__all__ = ["repair_layout", "repair_sample_cube", "repair_tiling_layout", "reset_units", "reset_damaged_units"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,30 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     return done
 
 
+def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: int,
+                       grid_shape: tuple[int, int] | None) -> list[str]:
+    """:func:`repair_layout` of the cube at ``path`` from a sample table, before the cube is opened.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The cube directory (nothing happens when it holds no cube).
+    table : SampleTable
+        The samples given to the run, in the order given to :meth:`Cube.create_or_open`.
+    spec, embed_dim, grid_shape
+        As given to :meth:`Cube.create_or_open`.
+
+    Returns
+    -------
+    list of str
+        What was repaired.
+    """
+    path = os.path.abspath(os.fspath(path))
+    check_writable(path)
+    return repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
+                         grid_shape=grid_shape, source=_table_source(table))
+
+
 def repair_tiling_layout(path: str, tiling) -> list[str]:
     """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
 
@@ -120,7 +145,6 @@ def repair_tiling_layout(path: str, tiling) -> list[str]:
     list of str
         What was repaired.
     """
-    from .tiling import scale_name
     from ..embed.weights import model_info
 
     path = os.path.abspath(os.fspath(path))
@@ -377,7 +401,7 @@ def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *,
 
 def _repair_grids(path: str, cubes: Sequence[Cube]) -> None:
     """Mark the grids of a tiling store unsynced when any is damaged (the run fills every block again)."""
-    from .tiling import scale_name, set_synced
+    from .tiling import set_synced
 
     problems = []
     for cube in cubes:

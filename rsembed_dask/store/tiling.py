@@ -28,7 +28,7 @@ import zarr
 
 from .cube import Cube, probe_store
 from .open import is_tiling_store
-from .layout import FLAG_ATTRS, STATUS_NAMES, TILING_MARKER
+from .layout import FLAG_ATTRS, NO_TILE, STATUS_NAMES, TILING_MARKER, scale_name
 from ..errors import CubeError, SpecMismatchError
 from ..specs import CampaignSpec
 from ..sampling.tiling import TileTable, Tiling
@@ -39,15 +39,8 @@ __all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "i
 log = logging.getLogger(__name__)
 
 TILING_VERSION = 1
-#: Grid status of cells without a tile (outside the AOI or in another zone).
-NO_TILE = -1
 #: Blocks filled per task when grids are rasterised.
 BLOCKS_PER_TASK = 16
-
-
-def scale_name(scale_m: float) -> str:
-    """Group name of a scale: ``10.0 -> "10m"``, ``2.5 -> "2.5m"``."""
-    return f"{float(scale_m):g}m"
 
 
 def _identity(tiling: Tiling, spec: CampaignSpec) -> dict[str, Any]:
@@ -99,7 +92,7 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
     return cubes
 
 
-def _grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
+def grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
     """Block-aligned ``(row_top, n_rows, col_left, n_cols)`` of a zone's grid."""
     b = table.block
     r_min, r_max, c_min, c_max = table.extent(epsg)
@@ -113,7 +106,7 @@ def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
 
     b, t = table.block, table.tile_m
     for epsg in table.zones():
-        row_top, ny, col_left, nx = _grid_extent(table, epsg)
+        row_top, ny, col_left, nx = grid_extent(table, epsg)
         lattice = table.lattice(epsg)
         a, _, c, _, e, f = lattice.raster_transform(row_top, col_left)
         wkt = CRS.from_epsg(epsg).to_wkt()

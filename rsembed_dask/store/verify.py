@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .cube import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, vouched_arrays
+from .layout import FAILED, NO_DATA, NO_TILE, OK, PENDING, STATUS_NAMES, scale_name, vouched_arrays
 from .open import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
     probe_store,
@@ -488,8 +488,6 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
     list of str
         One line per grid and kind of problem, naming the first cells ``(y, x)``.
     """
-    from .tiling import NO_TILE, scale_name
-
     path = os.path.abspath(os.fspath(path))
     name = scale_name(scale_m)
     problems = []
@@ -591,8 +589,6 @@ def verify_tiling_store(path) -> list[str]:
     list of str
         One line per kind of problem, prefixed with the group it was found in.
     """
-    from .tiling import scale_name
-
     path = os.path.abspath(os.fspath(path))
     root = zarr.open_group(path, mode="r", zarr_format=3)
     scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
