@@ -34,11 +34,15 @@ __all__ = [
     "ModelSpec",
     "CampaignSpec",
     "DEFAULT_MODEL_ID",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_SCALES",
     "env_defaults",
 ]
 
 DEFAULT_MODEL_ID = "MVRL/scalemae-vitlarge-800"
 DEFAULT_IMAGE_SIZE = 224
+#: Pixel sizes in metres of a campaign when none are given.
+DEFAULT_SCALES: tuple[float, ...] = (10.0, 20.0, 40.0)
 DEFAULT_FETCH_WORKERS = 8
 # rs-embed's defaults for RS_EMBED_SCALEMAE_BATCH_SIZE: small on CPU, larger on CUDA.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
@@ -328,7 +332,7 @@ class CampaignSpec(SpecBase):
     sensor: SensorSpec = SensorSpec()
     model: ModelSpec = ModelSpec()
     output: OutputSpec = OutputSpec()
-    scales: tuple[float, ...] = (10.0, 20.0, 40.0)
+    scales: tuple[float, ...] = DEFAULT_SCALES
     chunk_size: int = 64
     buffer_m: float | None = None
 

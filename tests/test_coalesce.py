@@ -12,7 +12,7 @@ from rsembed_dask.geo.grid import PixelGrid
 from rsembed_dask.providers import coalesce
 from rsembed_dask.providers.base import Patch
 from rsembed_dask.providers.coalesce import MAX_WASTE, CoalescedRequest, plan_requests
-from rsembed_dask.providers.gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
+from rsembed_dask.providers.limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 from rsembed_dask.sampling.samples import build_sample_table, work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 from rsembed_dask.campaign.tasks import fetch_unit

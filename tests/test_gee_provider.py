@@ -9,7 +9,8 @@ import ee
 from rsembed_dask.errors import (ConfigurationError, NoImageryError, PermanentProviderError,
                                  RequestTooLargeError, TransientProviderError)
 from rsembed_dask.geo.grid import PixelGrid, point_grid, xy_to_lonlat
-from rsembed_dask.providers.gee import REQUEST_BYTE_LIMIT, check_request_size, rest_grid
+from rsembed_dask.providers.gee import check_request_size, rest_grid
+from rsembed_dask.providers.limits import REQUEST_BYTE_LIMIT
 from rsembed_dask.specs import SensorSpec, TemporalSpec
 
 from .conftest import FAST_RETRY

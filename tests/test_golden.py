@@ -26,19 +26,18 @@ import shapely
 import zarr
 
 # --------------------------------------------------------------------------- the moving parts
-# Every rsembed_dask name the golden tests use, in one block. After the move (LAYOUT.md), the
-# three copies of the zone rule (grid, sampling, tiling) become geo.grid's one vectorised rule:
-# point all three aliases at it.
+# Every rsembed_dask name the golden tests use, in one block. The three copies of the zone
+# rule (grid, sampling, tiling) became geo.grid's one vectorised rule: all three aliases
+# point at it, so the golden codes pin the rule every sample, tile and grid is placed with.
+from rsembed_dask.campaign import run_campaign
+from rsembed_dask.geo.grid import utm_epsg as zone_rule_grid
+from rsembed_dask.geo.grid import utm_epsg as zone_rule_sampling
+from rsembed_dask.geo.grid import utm_epsg as zone_rule_tiling
+from rsembed_dask.geo.keys import GEOHASH_PRECISION, HILBERT_BITS, geohash_encode, hilbert_order
+from rsembed_dask.sampling import build_sample_table, tile_aoi, work_units
+from rsembed_dask.specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
 from rsembed_dask.store.cube import Cube, open_cube
 from rsembed_dask.store.layout import CUBE_VERSION, FAILED, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES
-from rsembed_dask.geo.grid import utm_epsg as zone_rule_grid  # copy 1: scalar, range-checked
-from rsembed_dask.campaign.run import run_campaign
-from rsembed_dask.sampling.samples import _utm_epsg as zone_rule_sampling  # copy 2: vectorised
-from rsembed_dask.sampling.samples import build_sample_table, work_units
-from rsembed_dask.geo.keys import GEOHASH_PRECISION, HILBERT_BITS, geohash_encode, hilbert_order
-from rsembed_dask.specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
-from rsembed_dask.sampling.tiling import _zone_crs as zone_rule_tiling  # copy 3: zones touched by a geometry
-from rsembed_dask.sampling.tiling import tile_aoi  # copy 4 (tile ownership, inside _tile_zone) is checked through it
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden"
 CUBE_DIR = GOLDEN / "cube_v1"
@@ -53,18 +52,14 @@ CUBE_ID_COLUMN = "site"
 
 # --------------------------------------------------------------------------- pinned behaviour
 def zone_rule_copies(lon: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
-    """EPSG codes from every callable copy of the UTM zone rule (int64 each)."""
+    """EPSG codes from every alias of the UTM zone rule (int64 each): scalar calls for the
+    grid's use (one point), array calls for the samples' and the tiles' (with and without
+    the range check)."""
     return {
         "grid.utm_epsg": np.array([zone_rule_grid(x, y) for x, y in zip(lon.tolist(), lat.tolist())], np.int64),
-        "sampling._utm_epsg": np.asarray(zone_rule_sampling(lon, lat), np.int64),
-        "tiling._zone_crs": np.array([_single_zone(zone_rule_tiling(shapely.Point(x, y)))
-                                      for x, y in zip(lon.tolist(), lat.tolist())], np.int64),
+        "sampling._utm_epsg": np.asarray(zone_rule_sampling(lon, lat, check=False), np.int64),
+        "tiling._zone_crs": np.asarray(zone_rule_tiling(lon, lat), np.int64),
     }
-
-
-def _single_zone(zones: list) -> int:
-    assert len(zones) == 1, f"a point touches exactly one zone, got {zones}"
-    return int(zones[0][0])
 
 
 def geohashes(lon: np.ndarray, lat: np.ndarray) -> list[str]:

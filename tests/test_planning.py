@@ -18,13 +18,13 @@ from rsembed_dask.geo.aoi import read_aoi
 from rsembed_dask.cli.commands import main
 from rsembed_dask.errors import ModelError, SpecError
 from rsembed_dask.plan.latency import (
-    ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, Latency, assumed_latency, fetch_time,
+    ASSUMED_LATENCY_BASE_S, Latency, assumed_latency, fetch_time,
     measure_latency)
 from rsembed_dask.plan.estimate import estimate_campaign, plan_scale, resolve_embed_dim
 from rsembed_dask.plan.report import format_plan
 from rsembed_dask.plan.requests import unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
-from rsembed_dask.providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
+from rsembed_dask.providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S, REQUEST_BYTE_LIMIT
 from rsembed_dask.sampling.samples import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 from rsembed_dask.store.tiling import create_or_open_tiling, scale_name

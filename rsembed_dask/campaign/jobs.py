@@ -18,6 +18,7 @@ from .progress import ProgressBar
 from .runner import Job
 from ..sampling.samples import work_units
 from ..specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..store.layout import SYNCED_ATTR
 from ..store.tiling import block_batches, create_or_open_tiling, is_tiling_store, rasterise_blocks, set_synced
 from ..sampling.tiling import Tiling
 
@@ -58,7 +59,7 @@ def grids_synced(path: str) -> bool:
     """Whether the store's grids reflect its sample cubes."""
     if not is_tiling_store(path):
         return False
-    return bool(zarr.open_group(path, mode="r", zarr_format=3).attrs.get("raster_synced", False))
+    return bool(zarr.open_group(path, mode="r", zarr_format=3).attrs.get(SYNCED_ATTR, False))
 
 
 def sync_grids(client, path: str, tiling: Tiling, *, progress: bool = True) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..providers.backends import check_backend, open_backend
+from ..providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, REQUEST_BYTE_LIMIT
 from ..cluster.local import connect
 from ..store.cube import Cube, open_cube
 from ..store.repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
@@ -33,7 +34,8 @@ from ..errors import NoImageryWarning, SpecError
 from .progress import CampaignReport
 from .runner import GPU_WAIT_S, Job, Runner
 from ..sampling.samples import SampleTable, build_sample_table, work_units
-from ..specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, SKIPPED_ATTR
 from ..store.lock import one_writer
 from ..sampling.tiling import Tiling
 from .tasks import UnitSummary
@@ -42,8 +44,6 @@ __all__ = ["run_campaign", "plan_campaign"]
 
 log = logging.getLogger(__name__)
 
-#: Earth Engine's default quota: 40 concurrent requests per project.
-EE_CONCURRENT_REQUESTS = 40
 
 
 def _with_cluster_limit(provider, client, max_requests: int):
@@ -90,7 +90,7 @@ def _model_spec(model: Any, batch_size: int | None) -> ModelSpec:
     return spec.replace(batch_size=batch_size) if batch_size is not None else spec
 
 
-def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
+def plan_campaign(gdf, out, *, scales=DEFAULT_SCALES, temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None,
                   output: OutputSpec | None = None, chunk_size: int = 64,
                   buffer_m: float | None = None, batch_size: int | None = None,
@@ -124,7 +124,7 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
                                grid_shape=grid_shape, versions=_versions(), update=update, append=append)
     if len(table.skipped):
-        cube.set_attrs(skipped_rows=table.skipped_records())
+        cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
     spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
     table, given = table_in_cube_rows(table, cube)
     units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
@@ -136,7 +136,6 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
     """Refuse (or skip) samples whose footprint exceeds one request's 48 MiB at some scale."""
     import numpy as np
 
-    from ..providers.gee import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
 
     bands = len(spec.sensor.bands)
     max_px = int((REQUEST_BYTE_LIMIT / (bands * BYTES_PER_SAMPLE)) ** 0.5)
@@ -168,7 +167,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  on_invalid: str = "raise", gee_options: Mapping[str, Any] | None = None,
                  retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
-                 ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
+                 ee_concurrency: int = EE_CONCURRENCY, coalesce: bool = True,
                  on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
                  repair: bool = False, update: bool = False, append: bool = False):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
@@ -260,7 +259,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                                        chunk_size=chunk_size, versions=_versions())
     else:
         spec, table, cube, units = plan_campaign(
-            gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
+            gdf, out, scales=DEFAULT_SCALES if scales is None else scales, temporal=temporal,
             sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
             buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
             repair=repair, update=update, append=append)
@@ -315,7 +314,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     report.finish(counts, failures)
     if todo:  # a run with nothing to do keeps the account of the run that did the work
         for job, _ in jobs:
-            job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())
+            job.cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(report.requests), LAST_RUN_ATTR: report.as_dict()})
     if progress:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs[0][0].spec)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import re
 
+from ..specs import DEFAULT_SCALES
+
 __all__ = ["add_scales", "scales_given", "allow_bbox_positional", "add_ee_options", "gee_options",
            "positive_int", "positive_seconds"]
 
-_DEFAULT_SCALES = [10.0, 20.0, 40.0]
 # A number, or comma-separated numbers: "-10", "-10,35,40,70".
 _NUMBER_LIST = re.compile(r"^-\d*\.?\d+(,\s*-?\d*\.?\d+)*$")
 
@@ -47,7 +48,7 @@ def positive_seconds(text: str) -> float:
 
 def add_scales(p: argparse.ArgumentParser) -> None:
     """``--scales 10 20 40`` or ``--scales 10,20,40`` (read back with :func:`scales_given`)."""
-    p.add_argument("--scales", nargs="+", type=_scales, default=[_DEFAULT_SCALES],
+    p.add_argument("--scales", nargs="+", type=_scales, default=[list(DEFAULT_SCALES)],
                    help="pixel sizes in metres: 10 20 40 or 10,20,40 (default 10 20 40)")
 
 

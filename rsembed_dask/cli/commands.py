@@ -19,11 +19,12 @@ import warnings
 from collections.abc import Sequence
 
 from .args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
-                       positive_seconds, scales_given)
+                   positive_seconds, scales_given)
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.runner import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
+from ..specs import DEFAULT_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _add_run(sub) -> None:
     p.add_argument("--out", required=True, help="the cube (.zarr); an existing one with the same spec resumes")
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
-                                                                   "in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
+                                                                   f"in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
     where = p.add_mutually_exclusive_group()
@@ -292,14 +293,15 @@ def _unfinished_cells(result) -> int:
 
 
 def _add_plan(sub) -> None:
-    from ..plan.latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB, EE_CONCURRENCY, EE_REQUESTS_PER_S
+    from ..plan.latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB
+    from ..providers.limits import EE_CONCURRENCY, EE_REQUESTS_PER_S
 
     p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
                                     "campaign, before anything runs")
     p.add_argument("aoi", metavar="AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
     allow_bbox_positional(p)  # "-10,35,40,70" is a bbox, not an option
     add_scales(p)
-    p.add_argument("--image-size", type=int, default=None, help="tile side in pixels (default 224 or $RS_EMBED_SCALEMAE_IMG)")
+    p.add_argument("--image-size", type=int, default=None, help=f"tile side in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
     p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
     p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small (for D)")

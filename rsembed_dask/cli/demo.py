@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SpecError
 from ..geo.grid import point_grid
 from ..providers.base import Patch
-from ..specs import ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from ..specs import DEFAULT_SCALES, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __all__ = ["run_demo", "write_geotiff", "write_quicklook"]
 
@@ -120,7 +120,7 @@ def _demo_campaign(out: Path, n_samples: int) -> dict:
     cube_path = out / "campaign.zarr"
     print(f"[3/3] campaign: {n_samples} samples x scales 10/20/40 m on a local Dask cluster "
           f"(emulator, '{DEMO_MODEL}')")
-    ds = run_campaign(gdf, cube_path, scales=[10, 20, 40], temporal=DEMO_WINDOW,
+    ds = run_campaign(gdf, cube_path, scales=DEFAULT_SCALES, temporal=DEMO_WINDOW,
                       model=ModelSpec(DEMO_MODEL), backend="emulator", id_column="site", chunk_size=32)
     print(f"      cube: {cube_path}\n      open it with:\n"
           f"        from rsembed_dask.store.cube import open_cube\n"

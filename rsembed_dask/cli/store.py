@@ -18,100 +18,52 @@ def add_inspect(sub) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
-def _writer(path: str) -> str | None:
-    """Who is writing the store now (its lock), if anyone; inspect itself never takes the lock."""
-    from ..store.lock import read_lock
-
-    holder = read_lock(path)
-    return None if holder is None else holder.describe()
-
-
-def _print_problems(problems: list[str]) -> None:
-    print("verify:", "consistent" if not problems else "\n  ".join(["PROBLEMS"] + problems))
-
-
 def _problems_only(args, problems: list[str]) -> int:
     """Report a store too damaged to summarise: only what verify found (exit 1)."""
+    from ..store.info import format_problems, writer_of
+
     if args.json:
-        print(json.dumps({"path": str(args.cube), "problems": problems, "writer": _writer(args.cube)}, indent=2))
+        print(json.dumps({"path": str(args.cube), "problems": problems, "writer": writer_of(args.cube)},
+                         indent=2))
     else:
         print(f"{args.cube}: damaged too much to summarise")
-        _print_problems(problems)
+        print(format_problems(problems))
     return 1
 
 
 def _cmd_inspect(args) -> int:
-    from ..store.cube import Cube, open_cube
-    from ..store.open import is_tiling_store
     from ..errors import CubeDamagedError
+    from ..store.info import format_store_info, store_info
+    from ..store.open import is_tiling_store, open_cube
+    from ..store.verify import check_cube, verify_tiling_store
 
-    if is_tiling_store(args.cube):
-        return _inspect_tiling(args)
-    health = None
+    tiling = is_tiling_store(args.cube)
+    problems, counts = None, None
     if args.verify:
-        from ..store.verify import check_cube
-
-        health = check_cube(args.cube)
-        if not health.openable:  # the summary below needs every array's metadata
-            return _problems_only(args, health.problems)
+        if tiling:
+            problems = verify_tiling_store(args.cube)
+        else:
+            health = check_cube(args.cube)
+            if not health.openable:  # the summary needs every array's metadata
+                return _problems_only(args, health.problems)
+            problems, counts = health.problems, health.status_counts
     try:
-        cube = Cube.open(args.cube)
-        ds = open_cube(args.cube)
-        # CubeDamagedError when a status chunk does not decode
-        counts = cube.status_counts() if health is None else health.status_counts
-    except CubeDamagedError:
-        if health is None:
-            raise
-        return _problems_only(args, health.problems)
-    counts = {k: v for k, v in counts.items() if k != "unreadable" or v}
-    info = {"path": str(args.cube), "samples": cube.n_samples, "scales": list(cube.scales),
-            "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
-            "status": counts, "spec": json.loads(cube.spec.to_json()),
-            "spec_hash": cube.attrs.get("spec_hash"), "versions": cube.attrs.get("versions"),
-            "request_account": cube.attrs.get("request_account"), "writer": _writer(args.cube),
-            "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
-                          for k, v in ds.variables.items()}}
-    rc = 0
-    if health is not None:
-        info["problems"] = health.problems
-        rc = 1 if health.problems else 0
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return rc
-    print(ds)
-    print("\nstatus:", ", ".join(f"{k} {v}" for k, v in info["status"].items()))
-    print("spec hash:", info["spec_hash"])
-    print("spec:", cube.spec.to_json())
-    print("versions:", info["versions"])
-    print("request account:", info["request_account"])
-    if info["writer"]:
-        print("being written by:", info["writer"])
-    if health is not None:
-        _print_problems(health.problems)
-    return rc
-
-
-def _inspect_tiling(args) -> int:
-    from ..errors import CubeDamagedError
-    from ..store.info import format_tiling_info, tiling_info
-
-    problems = None
-    if args.verify:
-        from ..store.verify import verify_tiling_store
-
-        problems = verify_tiling_store(args.cube)
-    try:
-        info = tiling_info(args.cube)
+        info = store_info(args.cube, status_counts=counts)  # CubeDamagedError: a status chunk does not decode
     except CubeDamagedError:
         if problems is None:
             raise
         return _problems_only(args, problems)
-    info["writer"] = _writer(args.cube)
     rc = 0
     if problems is not None:
         info["problems"] = problems
         rc = 1 if problems else 0
-    print(json.dumps(info, indent=2, default=str) if args.json else format_tiling_info(info))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return rc
+    if not tiling:
+        print(open_cube(args.cube))
+        print()
+    print(format_store_info(info))
     return rc
 
 

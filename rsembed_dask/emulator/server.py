@@ -50,17 +50,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from .._counters import Counters
+from ..providers.limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 from .ee_eval import EvalError, Evaluator, parse_grid
 from .synthetic_s2 import SyntheticS2World
 
-__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve", "REQUEST_BYTE_LIMIT"]
+__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve"]
 
 log = logging.getLogger(__name__)
 
-#: Earth Engine's computePixels limit: 48 MiB of uncompressed pixels per request.
-REQUEST_BYTE_LIMIT = 48 * 2**20
-#: Earth Engine's limit on either grid dimension of one request.
-MAX_DIMENSION = 32768
 #: Earth Engine's words when it gives up on the work of a request.
 WORK_LIMIT_ERRORS = {"timeout": "Computation timed out.", "memory": "User memory limit exceeded."}
 #: Google's answers to refused credentials (401) and to a project not registered for Earth Engine (403).
@@ -251,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         if max(grid.width, grid.height) > MAX_DIMENSION:
             emu.stats.add(too_large=1)
             raise EvalError(f"Grid dimensions ({grid.width}x{grid.height}) exceed {MAX_DIMENSION}.")
-        nbytes = grid.width * grid.height * len(bands) * 2
+        nbytes = grid.width * grid.height * len(bands) * BYTES_PER_SAMPLE
         if nbytes > REQUEST_BYTE_LIMIT:
             emu.stats.add(too_large=1)
             raise EvalError(f"Total request size ({nbytes} bytes) must be less than or equal to "

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CubeError, SpecError
+from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
+from ..store.open import is_tiling_store
 
 __all__ = ["PCAColours", "STRETCH_PERCENTILES", "grid_quicklook"]
 
@@ -133,7 +135,7 @@ def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
     rows, got = [], 0
     for s in np.sort(starts[:need]).tolist():  # a random subset, read in order
         e = np.asarray(samples["embedding"][s:s + chunk, 0, :])
-        ok = np.asarray(samples["status"][s:s + chunk, 0]) == 1
+        ok = np.asarray(samples["status"][s:s + chunk, 0]) == OK
         rows.append(e[ok])
         got += int(ok.sum())
         if got >= max_rows:
@@ -156,17 +158,14 @@ def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] =
     """
     import rasterio
     import zarr
-    from rasterio.transform import Affine
-
-    from ..store.open import is_tiling_store
-    from ..store.tiling import scale_name
+    from affine import Affine
 
     path = os.path.abspath(os.fspath(path))
     if not is_tiling_store(path):
         raise CubeError(f"no tiling store at {path!r} (quicklooks need the georeferenced grids)")
     name = scale_name(scale_m)
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    if not root.attrs.get("raster_synced", False):
+    if not root.attrs.get(SYNCED_ATTR, False):
         log.warning("grids of %s are not synced with the sample cubes (a run was interrupted?)", path)
     if name not in root or f"samples/{name}" not in root:
         scales = [k for k in root.group_keys() if k != "samples"]
@@ -184,11 +183,11 @@ def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] =
             strip = np.asarray(emb[r:r + step]).reshape(-1, emb.shape[2])
             h = min(step, ny - r)
             rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
-        rgba[3] = np.where(status == 1, 255, 0)
-        x0, dx, rx, y0, ry, dy = (float(v) for v in g["spatial_ref"].attrs["GeoTransform"].split())
+        rgba[3] = np.where(status == OK, 255, 0)
+        transform = Affine.from_gdal(*(float(v) for v in g["spatial_ref"].attrs["GeoTransform"].split()))
         base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
         with rasterio.open(base + ".tif", "w", driver="GTiff", width=nx, height=ny, count=4, dtype="uint8",
-                           crs=g.attrs["crs"], transform=Affine(dx, rx, x0, ry, dy, y0),
+                           crs=g.attrs[CRS_ATTR], transform=transform,
                            photometric="RGB", compress="deflate") as dst:
             dst.write(rgba)
             dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,

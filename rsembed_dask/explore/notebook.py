@@ -13,7 +13,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..store.layout import OK, STATUS_NAMES
+from ..store.info import campaign_attributes
+from ..store.layout import OK, STATUS_NAMES, count_statuses
 from ..store.open import nearest_sample, open_cube
 from ..errors import SpecError
 from .geotiff import PCAColours, _check_components
@@ -280,9 +280,7 @@ def status_table(cube: Any):
     import pandas as pd
 
     ds = _dataset(cube)
-    status = np.asarray(ds["status"].values).astype(int)
-    counts = np.stack([(status == code).sum(axis=0) for code in range(len(STATUS_NAMES))], axis=1)
-    return pd.DataFrame(counts, columns=list(STATUS_NAMES),
+    return pd.DataFrame(count_statuses(ds["status"].values), columns=list(STATUS_NAMES),
                         index=pd.Index(np.asarray(ds["scale"].values, float), name="scale"))
 
 
@@ -297,9 +295,4 @@ def cube_info(cube: Any) -> dict[str, Any]:
     --------
     >>> cube_info("campaign.zarr")["request_account"]["sent"]   # doctest: +SKIP
     """
-    attrs = _dataset(cube).attrs
-    out: dict[str, Any] = {}
-    for key in ("campaign_spec", "versions", "request_account", "last_run"):
-        value = attrs.get(key, {})
-        out[key] = json.loads(value) if isinstance(value, str) else dict(value)
-    return out
+    return campaign_attributes(_dataset(cube).attrs)

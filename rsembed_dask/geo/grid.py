@@ -17,6 +17,10 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any, overload
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import SpecError
 
@@ -126,19 +130,69 @@ class PixelGrid:
         return cls(first.crs, left, top, s, round((right - left) / s), round((top - bottom) / s))
 
 
-def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the standard UTM zone containing ``(lon, lat)``.
+@overload
+def utm_epsg(lon: float, lat: float, *, check: bool = True) -> int: ...
+@overload
+def utm_epsg(lon: ArrayLike, lat: ArrayLike, *, check: bool = True) -> np.ndarray: ...
 
-    Zones are the regular 6-degree bands (the Norway/Svalbard exceptions are not
-    applied, so zone choice is a pure function of longitude).
+
+def utm_epsg(lon: Any, lat: Any, *, check: bool = True) -> Any:
+    """EPSG code of the standard UTM zone containing each ``(lon, lat)``: the one zone rule.
+
+    Zones are the regular 6-degree bands, zone 60 ending at 180 degrees inclusive; the
+    equator is north (EPSG:326zz), south of it EPSG:327zz. The Norway/Svalbard exceptions
+    are not applied, so the zone is a pure function of longitude. Every sample, tile and
+    grid is placed with this function: changing it refuses every existing cube (pinned
+    byte for byte by ``tests/test_golden.py``).
+
+    Parameters
+    ----------
+    lon, lat : float or array-like
+        Degrees (EPSG:4326); broadcast against each other.
+    check : bool
+        Refuse coordinates outside UTM's coverage (latitudes beyond [-80, 84]) or
+        longitudes beyond [-180, 180]. False for points that may lie just beyond the
+        coverage (tile centres past an AOI's edge): the rule is then applied as is.
+
+    Returns
+    -------
+    int or numpy.ndarray of int32
+        An int for scalar inputs, else an array of the broadcast shape.
+
+    Raises
+    ------
+    SpecError
+        With ``check``, naming the first coordinate outside the coverage.
+
+    Examples
+    --------
+    >>> utm_epsg(3.0, 31.2)
+    32631
+    >>> utm_epsg(np.array([-180.0, 179.9, 180.0]), np.array([-1.0, 0.0, 84.0]))
+    array([32701, 32660, 32660], dtype=int32)
     """
-    if not UTM_MIN_LAT <= lat <= UTM_MAX_LAT:
-        raise SpecError("lat", lat, f"a latitude in [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}] "
-                                    "(UTM coverage; polar areas are not supported)")
-    if not -180 <= lon <= 180:
-        raise SpecError("lon", lon, "a longitude in [-180, 180]")
-    zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
-    return (32600 if lat >= 0 else 32700) + zone
+    lon_a = np.asarray(lon, dtype=np.float64)
+    lat_a = np.asarray(lat, dtype=np.float64)
+    if check:
+        bad_lat = ~((lat_a >= UTM_MIN_LAT) & (lat_a <= UTM_MAX_LAT))
+        if bad_lat.any():
+            raise SpecError("lat", _first(lat, bad_lat), f"a latitude in [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}] "
+                                                         "(UTM coverage; polar areas are not supported)")
+        bad_lon = ~((lon_a >= -180.0) & (lon_a <= 180.0))
+        if bad_lon.any():
+            raise SpecError("lon", _first(lon, bad_lon), "a longitude in [-180, 180]")
+    zone = np.minimum(np.floor((lon_a + 180.0) / 6.0).astype(np.int64) + 1, 60)
+    code = np.where(lat_a >= 0, 32600, 32700) + zone
+    if code.ndim == 0:
+        return int(code)
+    return code.astype(np.int32)
+
+
+def _first(given: Any, bad: np.ndarray) -> Any:
+    """The first value of ``given`` where ``bad``, as given (a scalar stays itself)."""
+    if np.ndim(given) == 0:
+        return given
+    return np.broadcast_to(np.asarray(given), bad.shape)[bad].ravel()[0].item()
 
 
 @functools.lru_cache(maxsize=256)

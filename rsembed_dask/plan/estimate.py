@@ -31,12 +31,13 @@ from typing import Any
 
 from ..errors import ModelError
 from .latency import (
-    ASSUMED_LATENCY_BASE_S, EE_CONCURRENCY, EE_REQUESTS_PER_S, FetchTime, Latency, assumed_latency, fetch_time)
-from ..providers.gee import BYTES_PER_SAMPLE
+    ASSUMED_LATENCY_BASE_S, FetchTime, Latency, assumed_latency, fetch_time)
+from ..providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S
 from .requests import unit_requests
 from .._validate import number, strict_int
 from .store_size import count_blocks, grids_bytes, sample_cube_bytes
 from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, tile_aoi
+from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec
 
 __all__ = ["ScalePlan", "CampaignPlan", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
 
@@ -239,7 +240,7 @@ class CampaignPlan:
         }
 
 
-def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size: int = 224,
+def estimate_campaign(aoi, scales: Sequence[float] = DEFAULT_SCALES, *, image_size: int = DEFAULT_IMAGE_SIZE,
                       chunk_size: int | None = None, n_bands: int = 3, embed_dim: int = 1024,
                       embed_dim_source: str = "given", model_id: str = "",
                       grid_shape: tuple[int, int] | None = None, latency: Latency | float | None = None,
@@ -317,7 +318,7 @@ def estimate_campaign(aoi, scales: Sequence[float] = (10, 20, 40), *, image_size
                         int(concurrency), float(requests_per_s), time.perf_counter() - t0, tuple(notes))
 
 
-def resolve_embed_dim(model_id: str, image_size: int = 224) -> tuple[int, int, str]:
+def resolve_embed_dim(model_id: str, image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[int, int, str]:
     """``(embed_dim, patch_size, source)`` of a model, without loading weights.
 
     The default hub checkpoint (``MVRL/scalemae-vitlarge-800``) is the ViT-L that rshf's
@@ -343,7 +344,6 @@ def resolve_embed_dim(model_id: str, image_size: int = 224) -> tuple[int, int, s
     ModelError
         A local directory or test config that cannot be read.
     """
-    from ..specs import DEFAULT_MODEL_ID, ModelSpec
     from ..embed.weights import VIT_LARGE, model_info
 
     if model_id == DEFAULT_MODEL_ID:

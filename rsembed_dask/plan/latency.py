@@ -33,20 +33,17 @@ import numpy as np
 
 from ..errors import NoImageryError, SpecError
 from ..providers.coalesce import plan_requests
+from ..providers.limits import EE_CONCURRENCY, EE_REQUESTS_PER_S
 from .._validate import number, strict_int
 from ..sampling.tiling import TileTable
 
 __all__ = [
-    "ASSUMED_LATENCY_BASE_S", "ASSUMED_LATENCY_S_PER_MIB", "EE_CONCURRENCY", "EE_REQUESTS_PER_S",
+    "ASSUMED_LATENCY_BASE_S", "ASSUMED_LATENCY_S_PER_MIB",
     "FetchTime", "Latency", "assumed_latency", "fetch_time", "measure_latency",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Earth Engine's default quota per cloud project: 40 concurrent requests ...
-EE_CONCURRENCY = 40
-#: ... and 100 requests started per second.
-EE_REQUESTS_PER_S = 100
 
 #: Assumed latency of one ``computePixels`` request when none is given or measured:
 #: ``base + per_mib * request MiB``. NOT measured (these machines cannot reach Earth

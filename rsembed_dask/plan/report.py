@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .estimate import CampaignPlan
 from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB
-from ..providers.gee import BYTES_PER_SAMPLE
+from ..providers.limits import BYTES_PER_SAMPLE
 
 __all__ = ["format_plan"]
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..providers.coalesce import MAX_WASTE, plan_requests
-from ..providers.gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
+from ..providers.limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 from .._validate import strict_int
 from ..sampling.tiling import TileTable
 

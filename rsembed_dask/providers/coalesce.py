@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..geo.grid import PixelGrid
-from .gee import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
+from .limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 
 __all__ = ["CoalescedRequest", "plan_requests", "split_request", "MAX_WASTE"]
 

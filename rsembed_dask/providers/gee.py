@@ -48,18 +48,13 @@ from ..specs import SensorSpec, TemporalSpec
 from .base import Patch, RequestStats
 from .ee_session import (CREDENTIALS_HINT, DEFAULT_URL, HIGH_VOLUME_URL, PROJECT_HINT, URL_HINT,
                          EESession, ensure_initialized)
+from .limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 from .retry import RetryPolicy
 
-__all__ = ["GEEProvider", "REQUEST_BYTE_LIMIT", "check_request_size", "rest_grid"]
+__all__ = ["GEEProvider", "check_request_size", "rest_grid"]
 
 log = logging.getLogger(__name__)
 
-#: computePixels refuses requests over 48 MiB of uncompressed pixels.
-REQUEST_BYTE_LIMIT = 48 * 2**20
-#: computePixels also caps either grid dimension.
-MAX_DIMENSION = 32768
-#: Bytes per pixel per band of the answer (the composite is cast to uint16).
-BYTES_PER_SAMPLE = 2
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Earth Engine's words for a select on a band-less image (the composite of an empty
 #: collection); old and new forms: "Pattern 'B4' was applied ..." / "Band pattern 'B4' was applied ...".

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, point_grid, xy_to_lonlat
+from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, point_grid, utm_epsg, xy_to_lonlat
 from ..geo.keys import geohash_encode, hilbert_order
 
 __all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode",
@@ -301,12 +301,6 @@ def build_sample_table(gdf, *, id_column: str | None = None,
     return SampleTable({k: v[order] for k, v in columns.items()}, skipped, id_name)
 
 
-def _utm_epsg(lon, lat) -> np.ndarray:
-    """Vectorised :func:`~rsembed_dask.geo.grid.utm_epsg` for range-checked coordinates."""
-    zone = np.minimum(np.floor((np.asarray(lon) + 180.0) / 6.0).astype(np.int32) + 1, 60)
-    return (np.where(np.asarray(lat) >= 0, 32600, 32700) + zone).astype(np.int32)
-
-
 def _geometry_columns(geoms: np.ndarray) -> dict[str, np.ndarray]:
     """Centroid, UTM zone and UTM bounding box of EPSG:4326 geometries."""
     import shapely
@@ -316,14 +310,16 @@ def _geometry_columns(geoms: np.ndarray) -> dict[str, np.ndarray]:
     # Zone guessed from the lon/lat bounding-box centre; the centroid is computed in that
     # zone, and once more in the centroid's own zone where that differs.
     b = shapely.bounds(geoms)
-    epsg = _utm_epsg((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2)
+    # (coordinates were range-checked by build_sample_table; a centroid projected back may
+    # round a hair past them)
+    epsg = utm_epsg((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, check=False)
     out = {k: np.zeros(n) for k in ("lon", "lat", "x", "y", "half_w", "half_h", "box_x", "box_y")}
     todo = np.ones(n, dtype=bool)
     for _ in range(2):
         for code in np.unique(epsg[todo]):
             rows = np.flatnonzero(todo & (epsg == code))
             _fill_zone(out, rows, geoms[rows], f"EPSG:{code}")
-        new = _utm_epsg(out["lon"], out["lat"])
+        new = utm_epsg(out["lon"], out["lat"], check=False)
         todo = new != epsg
         if not todo.any():
             break

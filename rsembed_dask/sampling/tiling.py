@@ -42,9 +42,10 @@ import numpy as np
 
 from ..geo.aoi import aoi_geometry  # re-exported: AOI input handling lives in rsembed_dask.geo.aoi
 from ..errors import SpecError
-from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, xy_to_lonlat
+from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, utm_epsg, xy_to_lonlat
 from .samples import SampleTable
 from ..geo.keys import geohash_encode
+from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_SCALES
 
 __all__ = ["DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi", "aoi_geometry"]
 
@@ -260,7 +261,7 @@ class Tiling:
         raise SpecError("scale_m", scale_m, f"one of the tiling's scales {list(self.scales)}")
 
 
-def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224, *,
+def tile_aoi(aoi, scales: Sequence[float] = DEFAULT_SCALES, image_size: int = DEFAULT_IMAGE_SIZE, *,
              block: int = DEFAULT_BLOCK) -> Tiling:
     """Cover ``aoi`` with non-overlapping ``image_size``-pixel tiles at each scale.
 
@@ -301,8 +302,8 @@ def tile_aoi(aoi, scales: Sequence[float] = (10, 20, 40), image_size: int = 224,
 def _zone_crs(geom) -> list[tuple[int, tuple[float, float, float, float]]]:
     """UTM EPSG codes touched by ``geom``, with each zone's lon/lat band box."""
     minlon, minlat, maxlon, maxlat = geom.bounds
-    first = min(int(math.floor((minlon + 180) / 6)) + 1, 60)
-    last = min(int(math.floor((maxlon + 180) / 6)) + 1, 60)
+    # Zone numbers (EPSG code % 100) of the western and eastern edges, by the one zone rule.
+    first, last = (int(code) % 100 for code in utm_epsg(np.array([minlon, maxlon]), 0.0, check=False))
     out = []
     for zone in range(first, last + 1):
         lo, hi = -180.0 + 6 * (zone - 1), -180.0 + 6 * zone
@@ -376,6 +377,5 @@ def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: in
     row, col = np.concatenate(rows_out), np.concatenate(cols_out)
     # A tile belongs to the zone and hemisphere of its centre.
     lon, lat = xy_to_lonlat((col + 0.5) * t, (row + 0.5) * t, crs)
-    zone = np.minimum(np.floor((np.asarray(lon) + 180.0) / 6.0).astype(np.int64) + 1, 60)
-    own = (np.where(np.asarray(lat) >= 0, 32600, 32700) + zone) == epsg
+    own = utm_epsg(lon, lat, check=False) == epsg  # centres may lie a little past the coverage
     return np.full(int(own.sum()), epsg, np.int32), row[own], col[own]

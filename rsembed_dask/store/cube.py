@@ -32,8 +32,8 @@ import zarr
 
 from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
-    CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR, STATUS_NAMES,
-    vouched_arrays,
+    CREATED_ATTR, CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
+    SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, vouched_arrays,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
@@ -52,7 +52,7 @@ __all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "
 FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
-RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR,
+RESERVED_ATTRS = frozenset({SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, CREATED_ATTR, MARKER_ATTR,
                             SEGMENTS_ATTR})
 #: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
@@ -251,7 +251,7 @@ class Cube:
         if meta is None:
             raise CubeError(f"no cube at {path!r}")
         attrs = meta["attributes"]
-        spec = CampaignSpec.from_json(attrs["campaign_spec"])
+        spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         group = zarr.open_group(path, mode="r", zarr_format=3)
         emb = group["embedding"]
         grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
@@ -287,11 +287,11 @@ class Cube:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
             # The marker goes last: a store interrupted before this is refused, not resumed.
             group.attrs.update({
-                "campaign_spec": self.spec.to_json(),
-                "spec_identity": json.dumps(self.spec.identity(), sort_keys=True),
-                "spec_hash": self.spec.spec_hash(),
-                "versions": versions,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                SPEC_ATTR: self.spec.to_json(),
+                SPEC_IDENTITY_ATTR: json.dumps(self.spec.identity(), sort_keys=True),
+                SPEC_HASH_ATTR: self.spec.spec_hash(),
+                VERSIONS_ATTR: versions,
+                CREATED_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 SEGMENTS_ATTR: [[0, n]],
                 MARKER_ATTR: CUBE_VERSION,
             })
@@ -301,13 +301,13 @@ class Cube:
     def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
                       n_given: int, *, whole: bool, update: bool, append: bool) -> None:
         """Refuse to resume a cube of another campaign or other shapes; match the samples."""
-        stored = json.loads(attrs["spec_identity"])
+        stored = json.loads(attrs[SPEC_IDENTITY_ATTR])
         self._adopt_scale_order(stored.get("scales"))
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
             raise SpecMismatchError(
                 f"cube {self.path!r} was written with a different campaign spec "
-                f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
+                f"(stored hash {attrs.get(SPEC_HASH_ATTR)!r}, given {self.spec.spec_hash()!r}):\n  "
                 + "\n  ".join(diffs))
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
         self.writable = os.access(self.path, os.W_OK)
@@ -699,7 +699,7 @@ class Cube:
         status = self.status_array()
         if self.n_samples != self.n_rows:
             status = status[self.sample_rows()]
-        counts = np.bincount(status.ravel().astype("int64"), minlength=len(STATUS_NAMES))
+        counts = count_statuses(status).sum(axis=0)
         return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
 
     def failure_reasons(self) -> collections.Counter:

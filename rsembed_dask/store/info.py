@@ -1,10 +1,13 @@
-"""What ``rsembed-dask inspect`` reports about a tiling store (layout: :mod:`rsembed_dask.store.tiling`).
+"""What a store holds: one :func:`store_info` for ``rsembed-dask inspect``, notebooks and scripts.
 
-:func:`tiling_info` reads the store's metadata and status arrays (never an
-embedding): the tiling, the campaign spec, per scale the tiles and their status
-counts, the zone grids with their shape, CRS and transform, whether the grids
-are synced with the sample cubes, and the request account of the last run that
-did work. :func:`format_tiling_info` is its text form.
+:func:`store_info` reads a store's metadata and status arrays (never an embedding).
+For a sample cube: its shape, status counts, campaign spec and attributes, variables,
+and who is writing it. For a tiling store (:func:`tiling_info`): the tiling, the
+campaign spec, per scale the tiles and their status counts, the zone grids with their
+shape, CRS and transform, whether the grids are synced with the sample cubes, and the
+request account of the last run that did work. :func:`format_store_info` is the text
+form of either; :func:`campaign_attributes` parses the campaign attributes a run
+writes (also used by :func:`rsembed_dask.explore.cube_info` on an opened cube).
 """
 
 from __future__ import annotations
@@ -12,15 +15,124 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import zarr
 
 from .cube import Cube
-from .layout import scale_name
+from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR,
+                     ROW_TOP_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
+                     VERSIONS_ATTR, scale_name)
+from .lock import read_lock
+from .open import is_tiling_store, open_cube
 from ..sampling.tiling import TileLattice
 
-__all__ = ["tiling_info", "format_tiling_info"]
+__all__ = ["store_info", "format_store_info", "format_problems", "campaign_attributes", "writer_of",
+           "tiling_info", "format_tiling_info"]
+
+#: The campaign attributes a run writes on a cube (JSON), as :func:`campaign_attributes` returns them.
+CAMPAIGN_ATTRS = (SPEC_ATTR, VERSIONS_ATTR, REQUEST_ACCOUNT_ATTR, LAST_RUN_ATTR)
+
+
+def campaign_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The campaign attributes of a cube's group attributes, parsed.
+
+    Parameters
+    ----------
+    attrs : mapping
+        Group attributes (``Cube.attrs`` or an opened cube's ``ds.attrs``).
+
+    Returns
+    -------
+    dict
+        ``campaign_spec``, ``versions``, ``request_account`` (Earth Engine requests planned,
+        sent, retried, failed, reused, bytes) and ``last_run`` (the last ``run_campaign``
+        report); ``{}`` for those not written yet.
+    """
+    out: dict[str, Any] = {}
+    for key in CAMPAIGN_ATTRS:
+        value = attrs.get(key, {})
+        out[key] = json.loads(value) if isinstance(value, str) else dict(value)
+    return out
+
+
+def writer_of(path: str | os.PathLike) -> str | None:
+    """Who is writing the store now (its lock), if anyone; reading never takes the lock."""
+    holder = read_lock(path)
+    return None if holder is None else holder.describe()
+
+
+def store_info(path: str | os.PathLike, *, status_counts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What the store at ``path`` holds, as plain JSON types.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A sample cube or a tiling store.
+    status_counts : mapping, optional
+        Cells per status to report instead of reading the status array (a verify's
+        counts, when some status chunks do not decode). Sample cubes only.
+
+    Returns
+    -------
+    dict
+        A tiling store: :func:`tiling_info` plus ``writer``. A sample cube: ``kind``
+        (``"cube"``), ``path``, ``samples``, ``scales``, ``embed_dim``, ``grid_shape``,
+        ``status`` (cells per status name), ``spec`` (the campaign spec), ``spec_hash``,
+        ``versions``, ``request_account``, ``last_run``, ``writer`` (the lock holder or
+        None) and ``variables`` (dims, dtype and shape of each).
+
+    Raises
+    ------
+    CubeDamagedError
+        Metadata or a status chunk cannot be read (``inspect --verify`` says where).
+    CubeError
+        No store at ``path``.
+    """
+    path = os.fspath(path)
+    if is_tiling_store(path):
+        info = tiling_info(path)
+    else:
+        cube = Cube.open(path)
+        ds = open_cube(path)
+        counts = cube.status_counts() if status_counts is None else dict(status_counts)
+        attrs = cube.attrs
+        campaign = campaign_attributes(attrs)
+        info = {"path": path, "kind": "cube", "samples": cube.n_samples, "scales": list(cube.scales),
+                "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
+                "status": {k: v for k, v in counts.items() if k != "unreadable" or v},
+                "spec": json.loads(cube.spec.to_json()), "spec_hash": attrs.get(SPEC_HASH_ATTR),
+                "versions": attrs.get(VERSIONS_ATTR), "request_account": attrs.get(REQUEST_ACCOUNT_ATTR),
+                "last_run": campaign[LAST_RUN_ATTR] or None,
+                "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
+                              for k, v in ds.variables.items()}}
+    info["writer"] = writer_of(path)
+    return info
+
+
+def format_store_info(info: Mapping[str, Any]) -> str:
+    """The text form of :func:`store_info` (plus ``problems`` when verified).
+
+    For a sample cube, the lines that follow the dataset's own summary (``print(ds)``).
+    """
+    if info.get("kind") == "tiling":
+        return format_tiling_info(info)
+    lines = ["status: " + ", ".join(f"{k} {v}" for k, v in info["status"].items()),
+             f"spec hash: {info['spec_hash']}",
+             "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":")),
+             f"versions: {info['versions']}",
+             f"request account: {info['request_account']}"]
+    if info.get("writer"):
+        lines.append(f"being written by: {info['writer']}")
+    if "problems" in info:
+        lines.append(format_problems(info["problems"]))
+    return "\n".join(lines)
+
+
+def format_problems(problems: list[str]) -> str:
+    """The verify line of :func:`format_store_info`: ``consistent``, or the problems one per line."""
+    return "verify: " + ("consistent" if not problems else "\n  ".join(["PROBLEMS"] + problems))
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +170,7 @@ def tiling_info(path) -> dict[str, Any]:
     path = os.path.abspath(os.fspath(path))
     root = zarr.open_group(path, mode="r", zarr_format=3)
     attrs = root.attrs.asdict()
-    tiling = json.loads(attrs["tiling_identity"])["tiling"]
+    tiling = json.loads(attrs[TILING_IDENTITY_ATTR])["tiling"]
     per_scale: dict[str, Any] = {}
     totals: dict[str, int] = {}
     first_attrs: dict[str, Any] | None = None
@@ -71,29 +183,29 @@ def tiling_info(path) -> dict[str, Any]:
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
         group = root[name]
-        tile_m = float(group.attrs["tile_m"])
+        tile_m = float(group.attrs[TILE_M_ATTR])
         zones = {}
         for zone, grid in sorted(group.groups()):
             epsg = int(zone.removeprefix("EPSG"))
-            lattice = TileLattice(epsg, float(s), int(group.attrs["image_size"]))
-            zones[zone] = {"crs": grid.attrs["crs"], "shape": list(grid["status"].shape), "cell_m": tile_m,
-                           "transform": list(lattice.raster_transform(int(grid.attrs["row_top"]),
-                                                                      int(grid.attrs["col_left"])))}
+            lattice = TileLattice(epsg, float(s), int(group.attrs[IMAGE_SIZE_ATTR]))
+            zones[zone] = {"crs": grid.attrs[CRS_ATTR], "shape": list(grid["status"].shape), "cell_m": tile_m,
+                           "transform": list(lattice.raster_transform(int(grid.attrs[ROW_TOP_ATTR]),
+                                                                      int(grid.attrs[COL_LEFT_ATTR])))}
         per_scale[name] = {"scale_m": float(s), "tiles": cube.n_samples, "status": counts,
                            "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
-                           "spec_hash": cube_attrs.get("spec_hash"),
-                           "request_account": cube_attrs.get("request_account"), "zones": zones}
+                           "spec_hash": cube_attrs.get(SPEC_HASH_ATTR),
+                           "request_account": cube_attrs.get(REQUEST_ACCOUNT_ATTR), "zones": zones}
     first_attrs = first_attrs or {}
     return {"path": path, "kind": "tiling", "scales": [float(s) for s in tiling["scales"]],
             "tiling": {k: tiling[k] for k in ("image_size", "block", "token")},
-            "aoi_bounds": list(shapely.from_wkb(bytes.fromhex(attrs["aoi_wkb_hex"])).bounds),
-            "raster_synced": bool(attrs.get("raster_synced", False)),
-            "spec": json.loads(attrs["campaign_spec"]), "status": totals,
-            "request_account": first_attrs.get("request_account"), "last_run": first_attrs.get("last_run"),
-            "versions": first_attrs.get("versions"), "per_scale": per_scale}
+            "aoi_bounds": list(shapely.from_wkb(bytes.fromhex(attrs[AOI_ATTR])).bounds),
+            "raster_synced": bool(attrs.get(SYNCED_ATTR, False)),
+            "spec": json.loads(attrs[SPEC_ATTR]), "status": totals,
+            "request_account": first_attrs.get(REQUEST_ACCOUNT_ATTR), "last_run": first_attrs.get(LAST_RUN_ATTR),
+            "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale}
 
 
-def format_tiling_info(info: dict[str, Any]) -> str:
+def format_tiling_info(info: Mapping[str, Any]) -> str:
     """The text form of :func:`tiling_info` (plus ``problems`` when verified).
 
     Parameters
@@ -127,6 +239,5 @@ def format_tiling_info(info: dict[str, Any]) -> str:
     if info.get("writer"):
         lines.append(f"being written by: {info['writer']}")
     if "problems" in info:
-        lines.append("verify: " + ("consistent" if not info["problems"] else
-                                   "\n  ".join(["PROBLEMS"] + info["problems"])))
+        lines.append(format_problems(info["problems"]))
     return "\n".join(lines)

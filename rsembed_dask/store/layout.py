@@ -60,12 +60,29 @@ __all__ = [
     "check_same_ids",
     "spec_differences",
     "SEGMENTS_ATTR",
+    "SPEC_ATTR",
+    "SPEC_IDENTITY_ATTR",
+    "SPEC_HASH_ATTR",
+    "CREATED_ATTR",
+    "VERSIONS_ATTR",
+    "REQUEST_ACCOUNT_ATTR",
+    "LAST_RUN_ATTR",
+    "SKIPPED_ATTR",
+    "TILING_IDENTITY_ATTR",
+    "AOI_ATTR",
+    "SYNCED_ATTR",
+    "TILE_M_ATTR",
+    "IMAGE_SIZE_ATTR",
+    "CRS_ATTR",
+    "ROW_TOP_ATTR",
+    "COL_LEFT_ATTR",
     "read_segments",
     "segment_rows",
     "TILING_MARKER",
     "NO_TILE",
     "scale_name",
     "vouched_arrays",
+    "count_statuses",
 ]
 
 PENDING = 0
@@ -88,6 +105,31 @@ MARKER_ATTR = "rsembed_dask_cube_version"
 TILING_MARKER = "rsembed_dask_tiling_version"
 #: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
 SEGMENTS_ATTR = "sample_segments"
+#: Group attributes of a cube (``SPEC_ATTR`` also of a tiling store's root): the campaign
+#: spec as JSON, its identity (what must match to resume) and hash, the creation time and
+#: the software versions; written once, at creation.
+SPEC_ATTR = "campaign_spec"
+SPEC_IDENTITY_ATTR = "spec_identity"
+SPEC_HASH_ATTR = "spec_hash"
+CREATED_ATTR = "created"
+VERSIONS_ATTR = "versions"
+#: Group attributes a run writes on its cubes: the Earth Engine request account and the
+#: run's report (of the last run that had work), and the rows skipped as invalid.
+REQUEST_ACCOUNT_ATTR = "request_account"
+LAST_RUN_ATTR = "last_run"
+SKIPPED_ATTR = "skipped_rows"
+#: Root attributes of a tiling store: what must match to resume, the AOI (WKB hex), and
+#: whether the zone grids reflect the sample cubes.
+TILING_IDENTITY_ATTR = "tiling_identity"
+AOI_ATTR = "aoi_wkb_hex"
+SYNCED_ATTR = "raster_synced"
+#: Attributes of a tiling store's scale groups (tile side in metres, in pixels) and zone
+#: groups (CRS, and the tile row and column of the grid's top-left cell).
+TILE_M_ATTR = "tile_m"
+IMAGE_SIZE_ATTR = "image_size"
+CRS_ATTR = "crs"
+ROW_TOP_ATTR = "row_top"
+COL_LEFT_ATTR = "col_left"
 #: Grid status of cells without a tile (outside the AOI or in another zone), in a tiling store.
 NO_TILE = -1
 #: Error reasons longer than this are truncated when written.
@@ -116,6 +158,30 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
     if (cells != PENDING).any():
         out.append("valid_fraction")
     return tuple(out)
+
+
+def count_statuses(status: Any) -> np.ndarray:
+    """Cells per status code and scale of a ``(sample, scale)`` status array.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_scales, len(STATUS_NAMES))`` int64: column ``k`` counts code ``k``
+        (:data:`STATUS_NAMES` order). Codes outside them are not counted.
+
+    Examples
+    --------
+    >>> count_statuses(np.array([[OK, PENDING], [OK, FAILED]], dtype="int8")).tolist()
+    [[0, 2, 0, 0], [1, 0, 0, 1]]
+    """
+    st = np.asarray(status).astype(np.int64)
+    st = st.reshape(st.shape[0], -1)
+    n = len(STATUS_NAMES)
+    out = np.zeros((st.shape[1], n), np.int64)
+    for si in range(st.shape[1]):
+        col = st[:, si]
+        out[si] = np.bincount(col[(col >= 0) & (col < n)], minlength=n)
+    return out
 
 
 def scale_name(scale_m: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .layout import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments, segment_rows
+from .layout import CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
 from ..errors import CubeDamagedError, CubeError
 
 __all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
@@ -131,7 +131,7 @@ def damage_hint(path: str) -> str:
 def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
     """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode."""
     try:
-        mode = json.loads(attrs["campaign_spec"])["output"]["mode"]
+        mode = json.loads(attrs[SPEC_ATTR])["output"]["mode"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CubeDamagedError(f"the cube's group attributes hold no readable campaign_spec ({exc!r}); "
                                "it cannot be repaired") from exc
@@ -257,7 +257,7 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     xarray.Dataset
         Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
         are not shown) and ``scale`` (metres), so
-        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
+        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs[SPEC_ATTR]``
         is the spec as a JSON string.
 
     Raises

@@ -35,8 +35,8 @@ import zarr
 from zarr.core.sync import sync
 
 from .cube import Cube
-from .layout import (PENDING, ArrayDef, array_defs, check_inputs, coord_defs, normalise_identity, scale_name,
-                     spec_differences)
+from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
+                     coord_defs, normalise_identity, scale_name, spec_differences)
 from .open import DECODE_ERRORS, array_meta_problem, check_writable, chunk_keys, is_tiling_store, probe_store
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
@@ -85,7 +85,7 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     if not os.path.isfile(os.path.join(path, "zarr.json")):
         return []
     meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
-    stored = json.loads(meta["attributes"]["spec_identity"])
+    stored = json.loads(meta["attributes"][SPEC_IDENTITY_ATTR])
     if spec_differences(stored, normalise_identity(spec.identity())):
         return []
     first = next(iter(source()))
@@ -151,7 +151,7 @@ def repair_tiling_layout(path: str, tiling) -> list[str]:
     if not is_tiling_store(path):
         return []
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    stored_scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
+    stored_scales = json.loads(root.attrs[TILING_IDENTITY_ATTR])["tiling"]["scales"]
     if [float(s) for s in stored_scales] != [float(s) for s in tiling.scales]:
         return []
     done = []
@@ -160,7 +160,7 @@ def repair_tiling_layout(path: str, tiling) -> list[str]:
         meta = probe_store(cube_path, arrays=False)
         if meta is None:
             continue
-        spec = CampaignSpec.from_json(meta["attributes"]["campaign_spec"])
+        spec = CampaignSpec.from_json(meta["attributes"][SPEC_ATTR])
         info = model_info(spec.model)
         grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
         n = len(table)

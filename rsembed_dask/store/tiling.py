@@ -25,15 +25,17 @@ from typing import Any
 
 import numpy as np
 import zarr
+from affine import Affine
 
 from .cube import Cube, probe_store
 from .open import is_tiling_store
-from .layout import FLAG_ATTRS, NO_TILE, STATUS_NAMES, TILING_MARKER, scale_name
+from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, FLAG_ATTRS, IMAGE_SIZE_ATTR, NO_TILE, ROW_TOP_ATTR, SPEC_ATTR,
+                     STATUS_NAMES, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR, TILING_MARKER, scale_name)
 from ..errors import CubeError, SpecMismatchError
 from ..specs import CampaignSpec
 from ..sampling.tiling import TileTable, Tiling
 
-__all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "is_tiling_store",
+__all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "is_tiling_store", "grid_mapping",
            "rasterise_blocks", "block_batches", "set_synced"]
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
     identity = json.loads(json.dumps(_identity(tiling, spec), sort_keys=True))
     if is_tiling_store(path):
         root = zarr.open_group(path, mode="r", zarr_format=3)
-        stored = json.loads(root.attrs["tiling_identity"])
+        stored = json.loads(root.attrs[TILING_IDENTITY_ATTR])
         if stored != identity:
             diffs = [k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k)]
             raise SpecMismatchError(f"tiling store {path!r} was written for another "
@@ -85,10 +87,10 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
                 {"ids": t.ids, "lon": t.lon, "lat": t.lat, "geohash": t.geohash, "wkb": t.wkb}
                 for _, t in table.chunks(max(chunk, 4096))))
         _create_grids(root.create_group(scale_name(s), attributes={
-            "scale_m": s, "tile_m": table.tile_m, "image_size": table.image_size}), table, embed_dim)
-    root.attrs.update({"tiling_identity": json.dumps(identity, sort_keys=True),
-                       "campaign_spec": spec.to_json(), "aoi_wkb_hex": tiling.aoi_wkb.hex(),
-                       "raster_synced": False, TILING_MARKER: TILING_VERSION})
+            "scale_m": s, TILE_M_ATTR: table.tile_m, IMAGE_SIZE_ATTR: table.image_size}), table, embed_dim)
+    root.attrs.update({TILING_IDENTITY_ATTR: json.dumps(identity, sort_keys=True),
+                       SPEC_ATTR: spec.to_json(), AOI_ATTR: tiling.aoi_wkb.hex(),
+                       SYNCED_ATTR: False, TILING_MARKER: TILING_VERSION})
     return cubes
 
 
@@ -101,17 +103,23 @@ def grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
     return row_top, row_top - (r_min // b) * b + 1, col_left, (c_max // b + 1) * b - col_left
 
 
-def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
+def grid_mapping(epsg: int, transform: Affine) -> dict[str, Any]:
+    """Attributes of a zone grid's ``spatial_ref`` variable: the CRS as complete CF
+    grid-mapping attributes (:meth:`pyproj.crs.CRS.to_cf`), its WKT again as ``spatial_ref``,
+    and the GDAL ``GeoTransform`` (what GDAL and rioxarray read)."""
     from pyproj import CRS
 
+    cf = CRS.from_epsg(epsg).to_cf()
+    return {**cf, "spatial_ref": cf["crs_wkt"], "GeoTransform": " ".join(str(v) for v in transform.to_gdal())}
+
+
+def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
     b, t = table.block, table.tile_m
     for epsg in table.zones():
         row_top, ny, col_left, nx = grid_extent(table, epsg)
-        lattice = table.lattice(epsg)
-        a, _, c, _, e, f = lattice.raster_transform(row_top, col_left)
-        wkt = CRS.from_epsg(epsg).to_wkt()
+        transform = Affine(*table.lattice(epsg).raster_transform(row_top, col_left))
         g = group.create_group(f"EPSG{epsg}", attributes={
-            "crs": f"EPSG:{epsg}", "row_top": row_top, "col_left": col_left})
+            CRS_ATTR: f"EPSG:{epsg}", ROW_TOP_ATTR: row_top, COL_LEFT_ATTR: col_left})
         ref = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
         g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="float32", chunks=(b, b, embed_dim),
                        fill_value=np.nan, dimension_names=("y", "x", "feature"),
@@ -124,15 +132,15 @@ def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
         g.create_array("sample_index", shape=(ny, nx), dtype="int64", chunks=(b, b), fill_value=-1,
                        dimension_names=("y", "x"), attributes={
                            **ref, "long_name": f"row of the tile in samples/{scale_name(table.scale_m)}"})
-        for name, n, start, step, std in (("x", nx, c, a, "projection_x_coordinate"),
-                                          ("y", ny, f, e, "projection_y_coordinate")):
+        for name, n, start, step, std in (("x", nx, transform.c, transform.a, "projection_x_coordinate"),
+                                          ("y", ny, transform.f, transform.e, "projection_y_coordinate")):
             arr = g.create_array(name, shape=(n,), dtype="float64", chunks=(n,), fill_value=np.nan,
                                  dimension_names=(name,), attributes={"standard_name": std, "units": "m"})
             arr[...] = start + step * (np.arange(n) + 0.5)
         g.create_array("feature", shape=(embed_dim,), dtype="int64", chunks=(embed_dim,), fill_value=0,
                        dimension_names=("feature",))[...] = np.arange(embed_dim)
-        g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes={
-            "crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": f"{c} {a} 0.0 {f} 0.0 {e}"})
+        g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0,
+                       attributes=grid_mapping(epsg, transform))
         log.debug("grid %s/EPSG%d: %d x %d cells of %g m", group.path, epsg, ny, nx, t)
 
 
@@ -157,7 +165,7 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
     b, base, copied = int(block), blocks[0][3], 0
     for epsg, brow, bcol, start, stop in blocks:
         g = grids[f"EPSG{epsg}"]
-        row_top, col_left = int(g.attrs["row_top"]), int(g.attrs["col_left"])
+        row_top, col_left = int(g.attrs[ROW_TOP_ATTR]), int(g.attrs[COL_LEFT_ATTR])
         emb = np.asarray(samples["embedding"][start:stop, 0, :])
         status = np.asarray(samples["status"][start:stop, 0])
         top = (brow + 1) * b - 1  # tile row of the block's first grid row
@@ -177,4 +185,4 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
 
 def set_synced(path: str, synced: bool) -> None:
     """Record whether the grids reflect the sample cubes (False while a run is going on)."""
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs["raster_synced"] = bool(synced)
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs[SYNCED_ATTR] = bool(synced)

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .layout import FAILED, NO_DATA, NO_TILE, OK, PENDING, STATUS_NAMES, scale_name, vouched_arrays
+from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILING_IDENTITY_ATTR,
+                     scale_name, vouched_arrays)
 from .open import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
     probe_store,
@@ -207,7 +208,7 @@ def check_cube(path, *, units: bool = True) -> CubeHealth:
         h.problems.append(f"{why}; nothing else can be checked")
         return h
     try:
-        spec = CampaignSpec.from_json(attrs["campaign_spec"])
+        spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         names = cube_array_names(attrs)
     except (KeyError, SpecError, CubeError) as exc:
         h.fatal = True
@@ -591,8 +592,8 @@ def verify_tiling_store(path) -> list[str]:
     """
     path = os.path.abspath(os.fspath(path))
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    scales = json.loads(root.attrs["tiling_identity"])["tiling"]["scales"]
-    synced = bool(root.attrs.get("raster_synced", False))
+    scales = json.loads(root.attrs[TILING_IDENTITY_ATTR])["tiling"]["scales"]
+    synced = bool(root.attrs.get(SYNCED_ATTR, False))
     problems = []
     for s in scales:
         name = scale_name(s)

@@ -6,8 +6,9 @@ lazy import is still a dependency) and checked against the layer order of ``LAYO
     errors, specs -> geo -> sampling -> providers -> embed -> store -> cluster -> campaign
     -> plan -> explore -> api, cli
 
-The emulator sits beside ``providers`` (it fetches nothing of ours) and is imported only on
-demand, inside functions, by ``providers.backends`` and the CLI.
+The emulator sits beside ``providers``, in the same layer (it answers what providers ask,
+within the limits of ``providers.limits``), and is imported only on demand, inside
+functions, by ``providers.backends`` and the CLI.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ LAYERS = {
     "errors": 0, "_validate": 0, "_counters": 0, "specs": 0,
     "geo": 1,
     "sampling": 2,
-    "emulator": 3,
+    "emulator": 4,
     "providers": 4,
     "embed": 5,
     "store": 6,
