@@ -1,89 +1,279 @@
-"""Planning a tiling campaign and filling its georeferenced grids (used by ``run_campaign``).
+"""Planning a campaign: one planner per input kind, both returning the same :class:`Jobs`.
 
-A :class:`~rsembed_dask.sampling.tiling.Tiling` becomes one job per scale (its tile
-table, its sample cube, the campaign spec at that scale); after the units ran,
-the per-zone grids are filled from the sample cubes by tasks on the cluster,
-one batch of blocks per task, so no embedding passes through the client.
+- :func:`plan_samples`: a GeoDataFrame of samples becomes one job (its sample table, its
+  cube, the campaign spec, the units of the cube's chunks).
+- :func:`plan_tiling`: a :class:`~rsembed_dask.sampling.tiling.Tiling` becomes one job
+  per scale (its tile table, its sample cube in the tiling store, the spec at that
+  scale); after the units ran, the per-zone grids are filled from the sample cubes by
+  tasks on the cluster (:meth:`Jobs.sync_grids`), one batch of blocks per task, so no
+  embedding passes through the client.
+
+Nothing is fetched while planning: the specs are validated and the store is created or
+reopened (and repaired when asked).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import zarr
 
 from ..errors import SpecError
-from .progress import ProgressBar
-from .runner import Job
-from ..sampling.samples import work_units
-from ..specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
-from ..store.layout import SYNCED_ATTR
+from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
+from ..sampling.samples import SampleTable, WorkUnit, build_sample_table, work_units
+from ..sampling.tiling import TileTable, Tiling
+from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..store.cube import Cube
+from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
+from ..store.repair import repair_sample_cube, repair_tiling_layout
+from ..store.samples import table_in_cube_rows
 from ..store.tiling import block_batches, create_or_open_tiling, is_tiling_store, rasterise_blocks, set_synced
-from ..sampling.tiling import Tiling
+from .progress import ProgressBar
 
-__all__ = ["plan_tiling", "sync_grids", "grids_synced"]
+__all__ = ["Job", "Jobs", "plan_samples", "plan_tiling", "model_spec", "software_versions", "grids_synced"]
 
 log = logging.getLogger(__name__)
 
+#: Samples per work unit (and cube chunk) of a sample campaign when none is given.
+DEFAULT_CHUNK_SIZE = 64
 
-def plan_tiling(tiling: Tiling, out, *, scales, temporal: TemporalSpec, sensor: SensorSpec | None,
-                model: ModelSpec, output: OutputSpec | None, chunk_size: int | None, versions=None):
-    """Validate, create (or reopen) the tiling store; returns ``(spec, [(Job, units)], path)``."""
-    from ..embed.weights import model_info
 
+@dataclass
+class Job:
+    """The units of one cube: its table (row ``r`` is the sample at cube row ``r``), cube, spec and units.
+
+    A sample campaign is one job, a tiling campaign one job per scale.
+    """
+
+    table: SampleTable | TileTable
+    cube: Cube
+    spec: CampaignSpec
+    units: list[WorkUnit] = field(default_factory=list)
+
+
+@dataclass
+class Jobs:
+    """What a campaign runs, whatever its input: one :class:`Job` per cube of the store at ``path``.
+
+    Attributes
+    ----------
+    path : str
+        The cube, or the tiling store.
+    jobs : list of Job
+    tiling : Tiling or None
+        The tiling whose zone grids follow the sample cubes (None for a sample campaign).
+    """
+
+    path: str
+    jobs: list[Job]
+    tiling: Tiling | None = None
+
+    @property
+    def spec(self) -> CampaignSpec:
+        """The campaign spec (of the first cube: a tiling's differ only in their scale)."""
+        return self.jobs[0].spec
+
+    @property
+    def n_units(self) -> int:
+        return sum(len(job.units) for job in self.jobs)
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(job.table) for job in self.jobs)
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self.jobs)
+
+    def todo(self, *, retry_failed: bool = False) -> list[tuple[int, WorkUnit]]:
+        """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``)."""
+        return [(j, u) for j, job in enumerate(self.jobs)
+                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed)]
+
+    def grids_to_sync(self, todo: Sequence[Any]) -> bool:
+        """Whether the zone grids must be filled after this run (a tiling with units to run or unsynced)."""
+        return self.tiling is not None and (bool(todo) or not grids_synced(self.path))
+
+    def mark_grids_unsynced(self) -> None:
+        """Before units run: the grids lag the samples until :meth:`sync_grids` (tilings only)."""
+        if self.tiling is not None:
+            set_synced(self.path, False)
+
+    def sync_grids(self, client: Any, *, progress: bool = True) -> int:
+        """Fill every zone grid from the sample cubes, one task per batch of blocks.
+
+        Returns the number of tiles copied. Idempotent: every block is rewritten whole.
+        """
+        from distributed import as_completed
+
+        if self.tiling is None:
+            return 0
+        futures = []
+        for s, table in zip(self.tiling.scales, self.tiling.tables):
+            for i, batch in enumerate(block_batches(table)):
+                lo, hi = batch[0][3], batch[-1][4]
+                futures.append(client.submit(rasterise_blocks, self.path, s, table.block, batch, table.row[lo:hi],
+                                             table.col[lo:hi], pure=False,
+                                             key=f"rasterise-{s:g}m-{i}-{os.urandom(4).hex()}"))
+        bar = ProgressBar(len(futures), enabled=progress, desc="grids")
+        copied = 0
+        try:
+            for fut in as_completed(futures):
+                copied += fut.result()
+                bar.update(1)
+        finally:
+            bar.close()
+        set_synced(self.path, True)
+        log.info("grids of %s synced: %d tiles", self.path, copied)
+        return copied
+
+
+def grids_synced(path: str) -> bool:
+    """Whether the tiling store at ``path`` has grids that reflect its sample cubes."""
+    if not is_tiling_store(path):
+        return False
+    return bool(zarr.open_group(path, mode="r", zarr_format=3).attrs.get(SYNCED_ATTR, False))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in a new cube's attributes (``"not installed"`` where absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("rsembed_dask", "rshf", "torch", "earthengine-api", "zarr", "dask", "distributed"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def model_spec(model: Any, batch_size: int | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from a spec, a model id or None (the environment's defaults)."""
+    if model is None:
+        spec = ModelSpec.from_env()
+    elif isinstance(model, str):
+        spec = ModelSpec.from_env(model_id=model)
+    elif isinstance(model, ModelSpec):
+        spec = model
+    else:
+        raise SpecError("model", model, "a ModelSpec, a model id or None")
+    return spec.replace(batch_size=batch_size) if batch_size is not None else spec
+
+
+def _check_temporal(temporal: Any) -> None:
     if not isinstance(temporal, TemporalSpec):
         raise SpecError("temporal", temporal, "a TemporalSpec (TemporalSpec.range(start, end) or .year(y))")
+
+
+def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
+    """``(embed_dim, grid_shape)`` of the cube of ``spec``'s model and output."""
+    from ..embed.weights import model_info
+
+    info = model_info(spec.model)
+    return info.embed_dim, (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
+
+
+def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = DEFAULT_SCALES,
+                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
+                 chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
+                 id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
+                 update: bool = False, append: bool = False,
+                 versions: Callable[[], dict[str, str]] = software_versions) -> Jobs:
+    """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
+
+    ``repair`` restores a damaged cube's metadata and coordinates from the samples
+    (see :mod:`rsembed_dask.store.repair`). A reopened cube is matched id by id
+    (:mod:`rsembed_dask.store.samples`): moved samples need ``update``, new ids
+    ``append``; stored ids not given are kept and no unit made only of them is run.
+
+    Returns
+    -------
+    Jobs
+        One job: its table's row ``r`` is the sample at cube row ``r``
+        (:func:`~rsembed_dask.store.samples.table_in_cube_rows`).
+    """
+    _check_temporal(temporal)
+    spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(),
+                        model=model_spec(model, batch_size), output=output or OutputSpec.pooled(),
+                        scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
+                        chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, buffer_m=buffer_m)
+    table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
+                                 spec, on_invalid)
+    embed_dim, grid_shape = _grid_shape(spec)
+    if repair:  # metadata and coordinates from the given samples, before anything reads them
+        repair_sample_cube(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
+    cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
+                               geohash=table.geohash, wkb=table.wkb, embed_dim=embed_dim,
+                               grid_shape=grid_shape, versions=versions(), update=update, append=append)
+    if len(table.skipped):
+        cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
+    spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
+    table, given = table_in_cube_rows(table, cube)
+    units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
+             if given[u.start:u.stop].any()]
+    return Jobs(cube.path, [Job(table, cube, spec, units)])
+
+
+def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
+    """Refuse (or skip) samples whose footprint exceeds one request's 48 MiB at some scale."""
+    bands = len(spec.sensor.bands)
+    max_px = int((REQUEST_BYTE_LIMIT / (bands * BYTES_PER_SAMPLE)) ** 0.5)
+    too_big = np.zeros(len(table), bool)
+    for scale in spec.scales:
+        if spec.buffer_m is not None:
+            side = np.where(table.kind == "point", 2 * spec.buffer_m, 2 * np.maximum(table.half_w, table.half_h))
+        else:
+            side = np.where(table.kind == "point", spec.model.image_size * scale,
+                            2 * np.maximum(table.half_w, table.half_h))
+        too_big |= np.ceil(side / scale) + 1 > max_px
+    if not too_big.any():
+        return table
+    ids = [str(i) for i in table.ids[too_big][:5]]
+    allowed = (f"footprints of at most {max_px} px a side at every scale (48 MiB per Earth Engine "
+               f"request for {bands} uint16 bands): split the polygon or drop the finest scale")
+    if on_invalid != "skip":
+        raise SpecError("geometry", f"ids {ids} ({int(too_big.sum())} samples too large)", allowed)
+    log.warning("skipping %d samples too large for one request: %s", int(too_big.sum()), ids)
+    return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
+
+
+def plan_tiling(tiling: Tiling, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = None,
+                sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
+                chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
+                versions: Callable[[], dict[str, str]] = software_versions) -> Jobs:
+    """Plan a tiling campaign: validate, create (or reopen) the tiling store; nothing is fetched.
+
+    ``scales`` must be None or the tiling's own; the model's image size must be the
+    tiling's tile size. ``repair`` restores unreadable array metadata of the sample
+    cubes before they are opened (:func:`~rsembed_dask.store.repair.repair_tiling_layout`).
+
+    Returns
+    -------
+    Jobs
+        One job per scale, and the tiling (its grids are synced after the run).
+    """
+    _check_temporal(temporal)
     if scales is not None and sorted(float(s) for s in  # order does not matter (the tiling's are sorted)
                                      ([scales] if isinstance(scales, (int, float)) else scales)) != sorted(tiling.scales):
         raise SpecError("scales", scales, f"None or the tiling's own scales {list(tiling.scales)}")
+    model = model_spec(model, batch_size)
     if model.image_size != tiling.image_size:
         raise SpecError("model.image_size", model.image_size,
                         f"the tiling's tile size {tiling.image_size} px (tiles are fetched at model size)")
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(), model=model,
                         output=output or OutputSpec.pooled(), scales=tiling.scales,
                         chunk_size=chunk_size or tiling.block ** 2, buffer_m=None)
-    info = model_info(spec.model)
-    grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     path = os.path.abspath(os.fspath(out))
-    cubes = create_or_open_tiling(path, tiling, spec, embed_dim=info.embed_dim, grid_shape=grid_shape,
-                                  versions=versions)
-    jobs = []
-    for s, table in zip(tiling.scales, tiling.tables):
-        cube = cubes[s]
-        jobs.append((Job(table, cube, cube.spec), work_units(len(table), (s,), spec.chunk_size)))
-    return spec, jobs, path
-
-
-def grids_synced(path: str) -> bool:
-    """Whether the store's grids reflect its sample cubes."""
-    if not is_tiling_store(path):
-        return False
-    return bool(zarr.open_group(path, mode="r", zarr_format=3).attrs.get(SYNCED_ATTR, False))
-
-
-def sync_grids(client, path: str, tiling: Tiling, *, progress: bool = True) -> int:
-    """Fill every zone grid from the sample cubes, one task per batch of blocks.
-
-    Returns the number of tiles copied. Idempotent: every block is rewritten whole.
-    """
-    from distributed import as_completed
-
-    futures = []
-    for s, table in zip(tiling.scales, tiling.tables):
-        for i, batch in enumerate(block_batches(table)):
-            lo, hi = batch[0][3], batch[-1][4]
-            futures.append(client.submit(rasterise_blocks, path, s, table.block, batch, table.row[lo:hi],
-                                         table.col[lo:hi], pure=False,
-                                         key=f"rasterise-{s:g}m-{i}-{os.urandom(4).hex()}"))
-    bar = ProgressBar(len(futures), enabled=progress, desc="grids")
-    copied = 0
-    try:
-        for fut in as_completed(futures):
-            copied += fut.result()
-            bar.update(1)
-    finally:
-        bar.close()
-    set_synced(path, True)
-    log.info("grids of %s synced: %d tiles", path, copied)
-    return copied
+    if repair:  # unreadable array metadata of its sample cubes, before they are opened
+        repair_tiling_layout(path, tiling)
+    embed_dim, grid_shape = _grid_shape(spec)
+    cubes = create_or_open_tiling(path, tiling, spec, embed_dim=embed_dim, grid_shape=grid_shape,
+                                  versions=versions())
+    jobs = [Job(table, cubes[s], cubes[s].spec, work_units(len(table), (s,), spec.chunk_size))
+            for s, table in zip(tiling.scales, tiling.tables)]
+    return Jobs(path, jobs, tiling)

@@ -1,10 +1,12 @@
-"""Campaigns: a GeoDataFrame becomes fetch → embed → write tasks on Dask, into a Zarr cube.
+"""Campaigns: a GeoDataFrame (or a tiling) becomes fetch → embed → write tasks on Dask, into Zarr.
 
-The client plans (sample table, work units, cube) and hands the units to
+The client plans (:mod:`~rsembed_dask.campaign.jobs`: one planner per input kind, both
+returning :class:`~rsembed_dask.campaign.jobs.Jobs`) and hands the units to
 :class:`~rsembed_dask.campaign.runner.Runner`, which keeps a bounded window in flight;
 pixels and embeddings stay on the workers. A :class:`~rsembed_dask.sampling.tiling.Tiling`
-instead of a GeoDataFrame runs a tiling campaign: one sample cube per scale,
-then the per-zone georeferenced grids (:mod:`rsembed_dask.store.tiling`).
+instead of a GeoDataFrame runs a tiling campaign: one sample cube per scale, then the
+per-zone georeferenced grids (:mod:`rsembed_dask.store.tiling`). How a run goes about it
+(window, retries, concurrency, repair...) is a :class:`~rsembed_dask.campaign.options.RunOptions`.
 
 Examples
 --------
@@ -21,29 +23,30 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from ..providers.backends import check_backend, open_backend
-from ..providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, REQUEST_BYTE_LIMIT
-from ..cluster.local import connect
-from ..store.cube import Cube, open_cube
-from ..store.repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
-from ..store.samples import table_in_cube_rows
-from ..errors import NoImageryWarning, SpecError
-from .progress import CampaignReport
-from .runner import GPU_WAIT_S, Job, Runner
-from ..sampling.samples import SampleTable, build_sample_table, work_units
-from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
-from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, SKIPPED_ATTR
-from ..store.lock import one_writer
-from ..sampling.tiling import Tiling
-from .tasks import UnitSummary
+import xarray as xr
 
-__all__ = ["run_campaign", "plan_campaign"]
+from ..cluster.local import connect
+from ..errors import NoImageryWarning, SpecError
+from ..providers.backends import check_backend, open_backend
+from ..sampling.samples import SampleTable
+from ..sampling.tiling import Tiling
+from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..store.cube import Cube, open_cube
+from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
+from ..store.lock import one_writer
+from ..store.repair import reset_damaged_units
+from .jobs import Jobs, plan_samples, plan_tiling
+from .options import RunOptions
+from .progress import CampaignReport
+from .runner import Runner
+from .tasks import REQUESTS_TOPIC
+
+__all__ = ["run_campaign", "plan_campaign", "RunOptions"]
 
 log = logging.getLogger(__name__)
-
 
 
 def _with_cluster_limit(provider, client, max_requests: int):
@@ -66,110 +69,48 @@ def _with_cluster_limit(provider, client, max_requests: int):
     return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests))
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("rsembed_dask", "rshf", "torch", "earthengine-api", "zarr", "dask", "distributed"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def _model_spec(model: Any, batch_size: int | None) -> ModelSpec:
-    if model is None:
-        spec = ModelSpec.from_env()
-    elif isinstance(model, str):
-        spec = ModelSpec.from_env(model_id=model)
-    elif isinstance(model, ModelSpec):
-        spec = model
-    else:
-        raise SpecError("model", model, "a ModelSpec, a model id or None")
-    return spec.replace(batch_size=batch_size) if batch_size is not None else spec
-
-
-def plan_campaign(gdf, out, *, scales=DEFAULT_SCALES, temporal: TemporalSpec,
-                  sensor: SensorSpec | None = None, model: Any = None,
-                  output: OutputSpec | None = None, chunk_size: int = 64,
-                  buffer_m: float | None = None, batch_size: int | None = None,
+def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal: TemporalSpec,
+                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
+                  chunk_size: int = 64, buffer_m: float | None = None, batch_size: int | None = None,
                   id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
-                  update: bool = False, append: bool = False):
-    """Validate everything and create (or reopen) the cube; nothing is fetched.
+                  update: bool = False, append: bool = False) -> tuple[CampaignSpec, SampleTable, Cube, list]:
+    """Validate everything and create (or reopen) the cube of a sample campaign; nothing is fetched.
 
-    ``repair`` restores a damaged cube's metadata and coordinates from the samples
-    (see :mod:`rsembed_dask.store.repair`). A reopened cube is matched id by id
-    (:mod:`rsembed_dask.store.samples`): moved samples need ``update``, new ids
-    ``append``; stored ids not given are kept and no unit made only of them is run.
-
-    Returns ``(spec, table, cube, units)``: ``table`` row ``r`` is the sample at cube
-    row ``r`` (:func:`~rsembed_dask.store.samples.table_in_cube_rows`).
+    :func:`~rsembed_dask.campaign.jobs.plan_samples`, unpacked: returns
+    ``(spec, table, cube, units)``; ``table`` row ``r`` is the sample at cube row ``r``.
     """
-    from ..embed.weights import model_info
-
-    if not isinstance(temporal, TemporalSpec):
-        raise SpecError("temporal", temporal, "a TemporalSpec (TemporalSpec.range(start, end) or .year(y))")
-    spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(),
-                        model=_model_spec(model, batch_size), output=output or OutputSpec.pooled(),
-                        scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
-                        chunk_size=chunk_size, buffer_m=buffer_m)
-    table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
-                                 spec, on_invalid)
-    info = model_info(spec.model)
-    grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
-    if repair:  # metadata and coordinates from the given samples, before anything reads them
-        repair_sample_cube(out, table, spec=spec, embed_dim=info.embed_dim, grid_shape=grid_shape)
-    cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
-                               geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
-                               grid_shape=grid_shape, versions=_versions(), update=update, append=append)
-    if len(table.skipped):
-        cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
-    spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
-    table, given = table_in_cube_rows(table, cube)
-    units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
-             if given[u.start:u.stop].any()]
-    return spec, table, cube, units
+    job = plan_samples(gdf, out, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
+                       chunk_size=chunk_size, buffer_m=buffer_m, batch_size=batch_size, id_column=id_column,
+                       on_invalid=on_invalid, repair=repair, update=update, append=append).jobs[0]
+    return job.spec, job.table, job.cube, job.units  # type: ignore[return-value]
 
 
-def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
-    """Refuse (or skip) samples whose footprint exceeds one request's 48 MiB at some scale."""
-    import numpy as np
-
-
-    bands = len(spec.sensor.bands)
-    max_px = int((REQUEST_BYTE_LIMIT / (bands * BYTES_PER_SAMPLE)) ** 0.5)
-    too_big = np.zeros(len(table), bool)
-    for scale in spec.scales:
-        if spec.buffer_m is not None:
-            side = np.where(table.kind == "point", 2 * spec.buffer_m, 2 * np.maximum(table.half_w, table.half_h))
-        else:
-            side = np.where(table.kind == "point", spec.model.image_size * scale,
-                            2 * np.maximum(table.half_w, table.half_h))
-        too_big |= np.ceil(side / scale) + 1 > max_px
-    if not too_big.any():
-        return table
-    ids = [str(i) for i in table.ids[too_big][:5]]
-    allowed = (f"footprints of at most {max_px} px a side at every scale (48 MiB per Earth Engine "
-               f"request for {bands} uint16 bands): split the polygon or drop the finest scale")
-    if on_invalid != "skip":
-        raise SpecError("geometry", f"ids {ids} ({int(too_big.sum())} samples too large)", allowed)
-    log.warning("skipping %d samples too large for one request: %s", int(too_big.sum()), ids)
-    return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
+def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: TemporalSpec,
+          sensor: SensorSpec | None, model: Any, output: OutputSpec | None, batch_size: int | None,
+          chunk_size: int | None, buffer_m: float | None, id_column: str | None, on_invalid: str) -> Jobs:
+    """The planner of ``source``'s kind: a tiling's, or the samples'."""
+    common = dict(temporal=temporal, sensor=sensor, model=model, output=output, batch_size=batch_size,
+                  chunk_size=chunk_size, repair=options.repair)
+    if isinstance(source, Tiling):
+        for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
+            if value is not None:
+                raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
+        if options.update or options.append:  # tiles derive from the AOI: a tiling store never changes samples
+            raise SpecError("update" if options.update else "append", True, "False for a tiling campaign")
+        return plan_tiling(source, out, scales=scales, **common)
+    return plan_samples(source, out, scales=DEFAULT_SCALES if scales is None else scales, buffer_m=buffer_m,
+                        id_column=id_column, on_invalid=on_invalid, update=options.update,
+                        append=options.append, **common)
 
 
 @one_writer("out")  # one run writes a store at a time (rsembed_dask.store.lock)
-def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
+def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSpec,
                  sensor: SensorSpec | None = None, model: Any = None,
                  output: OutputSpec | None = None, backend: Any = "gee", client: Any = None,
-                 batch_size: int | None = None, max_in_flight: int | None = None,
-                 chunk_size: int | None = None, buffer_m: float | None = None, id_column: str | None = None,
-                 on_invalid: str = "raise", gee_options: Mapping[str, Any] | None = None,
-                 retry_failed: bool = False, progress: bool = True, fetch_threads: int = 8,
-                 unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
-                 ee_concurrency: int = EE_CONCURRENCY, coalesce: bool = True,
-                 on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
-                 repair: bool = False, update: bool = False, append: bool = False):
+                 batch_size: int | None = None, chunk_size: int | None = None, buffer_m: float | None = None,
+                 id_column: str | None = None, on_invalid: str = "raise",
+                 gee_options: Mapping[str, Any] | None = None, cluster_options: Mapping[str, Any] | None = None,
+                 options: RunOptions | None = None, **knobs: Any) -> xr.Dataset | xr.DataTree:
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -195,44 +136,29 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         is called only when there is work to do.
     batch_size : int, optional
         Images per forward pass (default 8 on CPU, 32 on CUDA).
-    max_in_flight : int, optional
-        Units submitted and not finished (default 4 per actor): bounds memory.
     chunk_size : int, optional
         Samples per work unit and cube chunk (default 64; a tiling's block of tiles).
-    retry_failed : bool
-        Also re-run units holding ``failed`` samples.
-    update : bool
-        Re-embed samples of an existing cube whose geometry changed (same id): their
-        coordinates are rewritten and their cells reset to pending, then embedded.
-        Without it such samples are refused, naming their ids.
-    append : bool
-        Add ids an existing cube does not hold, as new chunks (existing chunks are not
-        touched). Without it new ids are refused, naming them. Ids the cube holds but
-        not given are always kept (a warning names them) and their units not run.
-    ee_concurrency : int
-        Earth Engine requests in flight across the whole cluster (default 40,
-        Earth Engine's per-project quota), enforced with a ``distributed.Semaphore``.
-    coalesce : bool
-        Serve neighbouring footprints of a unit with one request, cropped per sample
-        (identical pixels, far fewer requests; see :mod:`rsembed_dask.providers.coalesce`).
-    progress : bool
-        Show a progress bar (terminal or notebook) and print the dashboard link.
-    on_unit : callable, optional
-        Called with each finished unit's :class:`~rsembed_dask.campaign.tasks.UnitSummary`.
-    gpu_wait_s : float
-        When no worker declares ``GPU=1`` (at start, or after the only one died), wait this
-        long for one (a nanny or the cluster manager bringing it back) before giving up;
-        units not run stay pending (default 300 s).
-    repair : bool
-        Read the whole cube first and run again every unit found damaged (a plain run
-        re-runs only units marked done whose chunks are missing); restore unreadable
-        array metadata and damaged coordinates from the samples
-        (:mod:`rsembed_dask.store.repair`).
+    buffer_m, id_column, on_invalid
+        As in :func:`~rsembed_dask.sampling.samples.build_sample_table` (samples only).
+    gee_options : mapping, optional
+        Passed to :class:`~rsembed_dask.providers.gee.GEEProvider` (project, URL, retry...).
+    cluster_options : mapping, optional
+        Passed to :func:`~rsembed_dask.cluster.local.connect` when it starts a cluster.
+    options : RunOptions, optional
+        How the run goes about it: ``max_in_flight``, ``fetch_threads``, ``unit_retries``,
+        ``ee_concurrency`` (Earth Engine requests in flight across the cluster, default 40),
+        ``coalesce``, ``progress``, ``gpu_wait_s``, ``retry_failed``, ``repair`` (read the
+        whole store first, restore what is damaged and re-run damaged units), ``update``
+        (re-embed samples whose geometry changed), ``append`` (add new ids as new chunks),
+        ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
+    **knobs
+        Any :class:`RunOptions` field as a keyword (``retry_failed=True``...), applied over
+        ``options``.
 
     Returns
     -------
     xarray.Dataset or xarray.DataTree
-        The cube, opened with :func:`rsembed_dask.store.cube.open_cube` (a DataTree for a tiling).
+        The cube, opened with :func:`rsembed_dask.store.open.open_cube` (a DataTree for a tiling).
 
     Raises
     ------
@@ -240,85 +166,63 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         Another run is writing ``out`` (its lock names the holder).
     CubeDamagedError
         The cube is damaged in a way a plain run does not repair (``repair=True`` does).
+    TypeError
+        A keyword that is neither a parameter nor a :class:`RunOptions` field.
     """
-    if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
-        raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
+    opts = (options or RunOptions()).replace(**knobs)
     check_backend(backend)  # before any cube or cluster exists
-    if isinstance(gdf, Tiling):
-        from .jobs import plan_tiling
-
-        for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
-            if value is not None:
-                raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
-        if update or append:  # tiles derive from the AOI: a tiling store never changes samples
-            raise SpecError("update" if update else "append", True, "False for a tiling campaign")
-        if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
-            repair_tiling_layout(out, gdf)
-        spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
-                                       model=_model_spec(model, batch_size), output=output,
-                                       chunk_size=chunk_size, versions=_versions())
-    else:
-        spec, table, cube, units = plan_campaign(
-            gdf, out, scales=DEFAULT_SCALES if scales is None else scales, temporal=temporal,
-            sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
-            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
-            repair=repair, update=update, append=append)
-        jobs, path = [(Job(table, cube, spec), units)], cube.path
-    reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
-    todo = [(j, u) for j, (job, units) in enumerate(jobs)
-            for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
-    for j, (job, _) in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
+    jobs = _plan(gdf, out, opts, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
+                 batch_size=batch_size, chunk_size=chunk_size, buffer_m=buffer_m, id_column=id_column,
+                 on_invalid=on_invalid)
+    reset_damaged_units(jobs.path, [(job, job.units) for job in jobs], repair=opts.repair)
+    todo = jobs.todo(retry_failed=opts.retry_failed)
+    for j, job in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
         job.cube.require_writable(sum(1 for k, _ in todo if k == j))
-    n_units = sum(len(units) for _, units in jobs)
-    log.info("campaign %s: %d samples, %d units, %d to run", path,
-             sum(len(job.table) for job, _ in jobs), n_units, len(todo))
-    report = CampaignReport(path=str(path), units_total=n_units, units_todo=len(todo))
-    tiling = gdf if isinstance(gdf, Tiling) else None
-    if tiling is not None:
-        from .jobs import grids_synced, sync_grids
-
-        sync = bool(todo) or not grids_synced(path)
-    else:
-        sync = False
+    log.info("campaign %s: %d samples, %d units, %d to run", jobs.path, jobs.n_samples, jobs.n_units, len(todo))
+    report = CampaignReport(path=str(jobs.path), units_total=jobs.n_units, units_todo=len(todo))
+    sync = jobs.grids_to_sync(todo)
     if todo or sync:
-        with contextlib.ExitStack() as stack:
-            provider = None
-            if todo:
-                # The provider exists, and its configuration is checked, before any cluster
-                # starts or any model loads: a bad project, URL, collection or band stops here.
-                provider = stack.enter_context(open_backend(backend, gee_options=dict(gee_options or {})))
-                checked = _preflight(provider, jobs[0][0].spec)
-            c = stack.enter_context(connect(client, **dict(cluster_options or {})))
-            if todo:
-                if tiling is not None:
-                    from ..store.tiling import set_synced
-
-                    set_synced(path, False)  # the grids lag the samples until synced again
-                provider = _with_cluster_limit(provider, c, ee_concurrency)
-                runner = Runner(c, provider, [job for job, _ in jobs], report, max_in_flight=max_in_flight,
-                                fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
-                                on_unit=on_unit, coalesce=coalesce, gpu_wait_s=gpu_wait_s)
-                with _RequestAccount(c, runner.run_token) as account:
-                    runner.run(todo)
-                report.requests = collections.Counter(account.totals)
-                if checked:
-                    report.requests["preflight"] += 1
-            if sync:
-                sync_grids(c, path, tiling, progress=progress)
+        _run(jobs, todo, sync, report, opts, backend=backend, client=client, gee_options=gee_options,
+             cluster_options=cluster_options)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
-    for job, _ in jobs:
+    for job in jobs:
         for k, v in job.cube.status_counts().items():
             counts[k] = counts.get(k, 0) + v
         failures.update(job.cube.failure_reasons())
     report.finish(counts, failures)
     if todo:  # a run with nothing to do keeps the account of the run that did the work
-        for job, _ in jobs:
+        for job in jobs:
             job.cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(report.requests), LAST_RUN_ATTR: report.as_dict()})
-    if progress:
+    if opts.progress:
         print(report.summary())
-    _warn_if_no_imagery(counts, jobs[0][0].spec)
-    return open_cube(path)
+    _warn_if_no_imagery(counts, jobs.spec)
+    return open_cube(jobs.path)
+
+
+def _run(jobs: Jobs, todo: list, sync: bool, report: CampaignReport, opts: RunOptions, *, backend: Any,
+         client: Any, gee_options: Mapping[str, Any] | None, cluster_options: Mapping[str, Any] | None) -> None:
+    """Run the units ``todo`` on the cluster, then fill the grids when ``sync``."""
+    with contextlib.ExitStack() as stack:
+        provider = None
+        checked = False
+        if todo:
+            # The provider exists, and its configuration is checked, before any cluster
+            # starts or any model loads: a bad project, URL, collection or band stops here.
+            provider = stack.enter_context(open_backend(backend, gee_options=dict(gee_options or {})))
+            checked = _preflight(provider, jobs.spec)
+        c = stack.enter_context(connect(client, **dict(cluster_options or {})))
+        if todo:
+            jobs.mark_grids_unsynced()
+            provider = _with_cluster_limit(provider, c, opts.ee_concurrency)
+            runner = Runner(c, provider, jobs.jobs, report, opts)
+            with _RequestAccount(c, runner.run_token) as account:
+                runner.run(todo)
+            report.requests = collections.Counter(account.totals)
+            if checked:
+                report.requests["preflight"] += 1
+        if sync:
+            jobs.sync_grids(c, progress=opts.progress)
 
 
 def _preflight(provider, spec: CampaignSpec) -> bool:
@@ -336,7 +240,7 @@ def _preflight(provider, spec: CampaignSpec) -> bool:
 
 
 class _RequestAccount:
-    """Sum the request counts every fetch attempt of one run publishes (:data:`~.units.REQUESTS_TOPIC`).
+    """Sum the request counts every fetch attempt of one run publishes (:data:`~rsembed_dask.campaign.tasks.REQUESTS_TOPIC`).
 
     Each attempt, also one that raised and that Dask re-ran or that ended its unit
     failed, logs its counts as a Dask event keyed by its task; events of this run's
@@ -363,14 +267,10 @@ class _RequestAccount:
                 self.totals.update(msg.get("requests", {}))
 
     def __enter__(self) -> _RequestAccount:
-        from .tasks import REQUESTS_TOPIC
-
         self.c.subscribe_topic(REQUESTS_TOPIC, self._on_event)
         return self
 
     def __exit__(self, *exc) -> None:
-        from .tasks import REQUESTS_TOPIC
-
         try:
             self.c.log_event(REQUESTS_TOPIC, {"marker": self._marker})
             if not self._done.wait(ACCOUNT_WAIT_S):

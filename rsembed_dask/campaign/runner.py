@@ -21,16 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from .actors import start_actor
 from ..cluster.local import embed_workers, fetch_workers
-from ..store.cube import FAILED, PENDING, Cube
 from ..errors import ProviderError, RsEmbedError
+from ..sampling.samples import WorkUnit
+from ..store.layout import FAILED, PENDING
+from .actors import start_actor
+from .jobs import Job
+from .options import RunOptions
 from .progress import CampaignReport, ProgressBar
-from ..sampling.samples import SampleTable, WorkUnit
-from ..specs import CampaignSpec
 from .tasks import UnitSummary, embed_unit, fetch_unit, mark_unit_failed
 
-__all__ = ["Runner", "Job"]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,11 @@ HEALTH_CHECK_S = 1.0
 MAX_UNIT_ATTEMPTS = 4
 #: Seconds to read a finished unit's small summary before taking its worker for lost.
 RESULT_TIMEOUT_S = 10.0
-#: Seconds to wait for a GPU worker when there is none (at start, or after losing the last one).
-GPU_WAIT_S = 300.0
 #: Seconds between looks for a GPU worker while waiting for one.
 GPU_POLL_S = 0.5
 #: On an interrupt (Ctrl-C, SIGTERM), seconds to let units already embedding finish their
 #: write; the others are cancelled and stay pending. Within a SLURM or Kubernetes grace period.
 DRAIN_S = 20.0
-
-
-class Job:
-    """Units of one (table, cube, spec): a sample campaign is one job, a tiling one job per scale."""
-
-    def __init__(self, table: SampleTable, cube: Cube, spec: CampaignSpec):
-        self.table, self.cube, self.spec = table, cube, spec
 
 
 class Runner:
@@ -70,22 +62,25 @@ class Runner:
         Their model specs must agree (one model per campaign).
     report : CampaignReport
         Updated with every finished unit.
-    gpu_wait_s : float
-        How long to wait for a worker declaring ``GPU=1`` when there is none, at start or
-        after the last one died, before giving up (the units not run stay pending).
+    options : RunOptions
+        ``max_in_flight``, ``fetch_threads``, ``unit_retries``, ``coalesce``, ``progress``,
+        ``on_unit``, and ``gpu_wait_s``: how long to wait for a worker declaring ``GPU=1``
+        when there is none, at start or after the last one died, before giving up (the
+        units not run stay pending).
     """
 
-    def __init__(self, client, provider, jobs: list[Job], report: CampaignReport, *, max_in_flight,
-                 fetch_threads, unit_retries, progress, on_unit, coalesce: bool = True,
-                 gpu_wait_s: float = GPU_WAIT_S):
+    def __init__(self, client: Any, provider: Any, jobs: list[Job], report: CampaignReport,
+                 options: RunOptions | None = None):
+        options = options or RunOptions()
         self.c, self.provider, self.jobs, self.report = client, provider, jobs, report
-        self.gpu_wait_s = float(gpu_wait_s)
+        self.gpu_wait_s = options.gpu_wait_s
         self.model = jobs[0].spec.model
-        self.fetch_threads, self.unit_retries, self.coalesce = fetch_threads, unit_retries, coalesce
-        self.on_unit = on_unit
-        self.progress_on = progress
+        self.fetch_threads, self.unit_retries, self.coalesce = (options.fetch_threads, options.unit_retries,
+                                                                options.coalesce)
+        self.on_unit = options.on_unit
+        self.progress_on = options.progress
         self.actors: dict[str, Any] = {}
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = options.max_in_flight
         # embed future -> (job index, unit, actor address, fetch future)
         self.inflight: dict[Any, tuple[int, WorkUnit, str, Any]] = {}
         self.attempts: collections.Counter = collections.Counter()

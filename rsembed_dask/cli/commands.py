@@ -22,7 +22,7 @@ from .args import (add_ee_options, add_scales, allow_bbox_positional, gee_option
                    positive_seconds, scales_given)
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
-from ..campaign.runner import GPU_WAIT_S
+from ..campaign.options import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
 from ..specs import DEFAULT_IMAGE_SIZE
 
@@ -223,7 +223,7 @@ def _read_samples(path: str):
 
 
 def _cmd_run(args) -> int:
-    from ..campaign.run import run_campaign
+    from ..campaign import RunOptions, run_campaign
     from ..specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
 
     cluster = None
@@ -238,12 +238,14 @@ def _cmd_run(args) -> int:
         from ..sampling.tiling import tile_aoi
 
         source = tile_aoi(read_aoi(args.samples), scales, image_size=model.image_size)
-        options = {}  # a tiling brings its own scales, ids and footprints
+        samples = {}  # a tiling brings its own scales, ids and footprints
     else:
         source = _read_samples(args.samples)
-        options = {"scales": scales, "id_column": args.id_column,
-                   "on_invalid": "skip" if args.skip_invalid else "raise", "update": args.update,
-                   "append": args.append}
+        samples = {"scales": scales, "id_column": args.id_column,
+                   "on_invalid": "skip" if args.skip_invalid else "raise"}
+    run = RunOptions(retry_failed=args.retry_failed, repair=args.repair, update=args.update, append=args.append,
+                     gpu_wait_s=args.gpu_wait, progress=not args.no_progress,
+                     fetch_threads=env_defaults()["fetch_workers"])
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
     with warnings.catch_warnings(record=True) as caught:
@@ -252,14 +254,12 @@ def _cmd_run(args) -> int:
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair, gpu_wait_s=args.gpu_wait,
-            progress=not args.no_progress,
-            fetch_threads=env_defaults()["fetch_workers"], **options)
+            gee_options=_run_gee_options(args), options=run, **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:
         if w not in no_imagery:  # give back what was not ours to catch
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    print(f"open it with: rsembed_dask.store.cube.open_cube({str(args.out)!r})")
+    print(f"open it with: rsembed_dask.open_cube({str(args.out)!r})")
     if args.tile:
         names = ", ".join(f"{s:g}m" for s in source.scales)
         print(f"  an xarray.DataTree: tree['samples/<scale>'] holds the tiles, tree['<scale>/EPSG<zone>'] the "

@@ -1,0 +1,107 @@
+"""How a campaign runs: the runtime knobs of ``run_campaign``, in one frozen :class:`RunOptions`.
+
+What a campaign embeds (samples or a tiling, scales, window, model, output) makes its cube
+and is checked against it on resume; these knobs do not: they change how a run goes about
+it (window size, retries, concurrency, waiting, what a run may change in an existing cube).
+
+Examples
+--------
+>>> opts = RunOptions(retry_failed=True, ee_concurrency=10)
+>>> opts.replace(progress=False).progress
+False
+>>> RunOptions(fetch_threads=0)
+Traceback (most recent call last):
+...
+rsembed_dask.errors.SpecError: RunOptions.fetch_threads=0 is invalid: expected an integer >= 1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._validate import number, strict_int
+from ..errors import SpecError
+from ..providers.limits import EE_CONCURRENCY
+
+__all__ = ["RunOptions", "GPU_WAIT_S"]
+
+#: Seconds to wait for a GPU worker when there is none (at start, or after losing the last one).
+GPU_WAIT_S = 300.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The runtime knobs of a campaign run (none of them is part of the cube's identity).
+
+    Attributes
+    ----------
+    max_in_flight : int or None
+        Units submitted and not finished; None: 4 per actor. Bounds memory.
+    fetch_threads : int
+        Threads per fetch task (concurrent requests of one unit).
+    unit_retries : int
+        Times Dask re-runs a fetch task that raised before its unit is marked failed.
+    ee_concurrency : int
+        Earth Engine requests in flight across the whole cluster (default 40, Earth
+        Engine's per-project quota), enforced with a cluster-wide semaphore.
+    coalesce : bool
+        Serve neighbouring footprints of a unit with one request, cropped per sample.
+    progress : bool
+        Show a progress bar and print the dashboard link and the summary.
+    gpu_wait_s : float
+        When no worker declares ``GPU=1``, wait this long for one before giving up.
+    retry_failed : bool
+        Also re-run units holding ``failed`` cells.
+    repair : bool
+        Read the whole store first: restore unreadable metadata and damaged coordinates,
+        and run again every unit found damaged (see :mod:`rsembed_dask.store.repair`).
+    update : bool
+        Re-embed samples of an existing cube whose geometry changed (same id).
+    append : bool
+        Add ids an existing cube does not hold, as new chunks.
+    on_unit : callable or None
+        Called with each finished unit's :class:`~rsembed_dask.campaign.tasks.UnitSummary`.
+    """
+
+    max_in_flight: int | None = None
+    fetch_threads: int = 8
+    unit_retries: int = 2
+    ee_concurrency: int = EE_CONCURRENCY
+    coalesce: bool = True
+    progress: bool = True
+    gpu_wait_s: float = GPU_WAIT_S
+    retry_failed: bool = False
+    repair: bool = False
+    update: bool = False
+    append: bool = False
+    on_unit: Callable[[Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight is not None:
+            strict_int("RunOptions.max_in_flight", self.max_in_flight)
+        strict_int("RunOptions.fetch_threads", self.fetch_threads)
+        strict_int("RunOptions.unit_retries", self.unit_retries, lo=0)
+        strict_int("RunOptions.ee_concurrency", self.ee_concurrency)
+        object.__setattr__(self, "gpu_wait_s", number("RunOptions.gpu_wait_s", self.gpu_wait_s, lo=0))
+        for name in ("coalesce", "progress", "retry_failed", "repair", "update", "append"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"RunOptions.{name}", getattr(self, name), "True or False")
+        if self.on_unit is not None and not callable(self.on_unit):
+            raise SpecError("RunOptions.on_unit", self.on_unit, "None or a callable taking a UnitSummary")
+
+    def replace(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` applied (validated again).
+
+        Raises
+        ------
+        TypeError
+            A name that is not a field (the message lists the fields).
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}: the run options are "
+                            + ", ".join(f.name for f in dataclasses.fields(self)))
+        return dataclasses.replace(self, **changes)
