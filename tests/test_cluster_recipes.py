@@ -18,7 +18,8 @@ from distributed import Client
 
 from rsembed_dask.cli.commands import main
 from rsembed_dask.cluster.local import WORKER_MALLOC_ENV
-from rsembed_dask.cluster.recipes import ClusterDependencyError, load_cluster_config, start_cluster
+from rsembed_dask.cluster import load_cluster_config, start_cluster
+from rsembed_dask.errors import ClusterDependencyError
 from rsembed_dask.store.cube import OK, open_cube
 from rsembed_dask.errors import SpecError
 
@@ -270,7 +271,7 @@ def test_kubernetes_manifest_gpu_group_fetch_group_and_secret():
     assert "kubectl create secret generic earthengine-key --from-file=key.json=" in readme
 
     cfg = load_cluster_config(RECIPES / "kubernetes.yaml")
-    assert cfg.kind == "kubernetes" and len(cfg.manifest) == 2
+    assert cfg.kind == "kubernetes" and len(cfg.documents) == 2 and cfg.manifest == "kubernetes.yaml"
 
 
 def test_kubernetes_recipe_pointing_at_the_manifest(tmp_path):
@@ -278,7 +279,7 @@ def test_kubernetes_recipe_pointing_at_the_manifest(tmp_path):
     path.write_text(yaml.safe_dump({"rsembed_dask_cluster": {
         "kind": "kubernetes", "manifest": str(RECIPES / "kubernetes.yaml"), "namespace": "campaigns"}}))
     cfg = load_cluster_config(path)
-    assert cfg.options["namespace"] == "campaigns" and cfg.manifest[0]["kind"] == "DaskCluster"
+    assert cfg.namespace == "campaigns" and cfg.documents[0]["kind"] == "DaskCluster"
     if importlib.util.find_spec("dask_kubernetes") is None:  # the heavy optional package is not installed here
         with pytest.raises(ClusterDependencyError, match=r"pip install 'rsembed_dask\[cluster\]'"):
             with start_cluster(cfg):

@@ -3,7 +3,10 @@
 A recipe file holds one mapping under ``rsembed_dask_cluster:`` whose ``kind`` is
 ``local``, ``slurm`` or ``kubernetes`` (see ``cluster/README.md`` for every key).
 A dask-kubernetes manifest (``DaskCluster`` plus ``DaskWorkerGroup`` documents)
-is also accepted as is. :func:`start_cluster` starts what the file describes and
+is also accepted as is. Each kind is a frozen dataclass (:class:`LocalRecipe`,
+:class:`SlurmRecipe`, :class:`KubernetesRecipe`) whose fields are the recipe's keys,
+checked at construction with the specs' wording (a :class:`~rsembed_dask.errors.SpecError`
+naming the file and the key). :func:`start_cluster` starts what the file describes and
 yields a ``distributed.Client``; leaving the ``with`` block stops it.
 
 Examples
@@ -17,27 +20,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import logging
 import os
 import time
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Union
 
-from .local import GPU_RESOURCE, WORKER_MALLOC_ENV, connect, embed_workers
-from .checks import DASK_K8S_API, SCHEMA_KEY, check_manifest, check_slurm_job, fail
 from ..errors import ClusterDependencyError, RsEmbedError, SpecError
+from .checks import DASK_K8S_API, SCHEMA_KEY, check_manifest, check_slurm_job, fail
+from .local import GPU_RESOURCE, WORKER_MALLOC_ENV, connect, embed_workers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClusterConfig", "ClusterDependencyError", "load_cluster_config", "start_cluster",
-           "slurm_job_scripts", "SCHEMA_KEY", "KINDS"]
+__all__ = ["Recipe", "LocalRecipe", "SlurmRecipe", "KubernetesRecipe", "ClusterConfig", "ClusterDependencyError",
+           "load_cluster_config", "start_cluster", "slurm_job_scripts", "SCHEMA_KEY", "KINDS"]
 
 KINDS = ("local", "slurm", "kubernetes")
-_REQUIRED = object()
 
 #: The nanny overwrites inherited MALLOC_* with its pre-spawn defaults; per-key DASK_... variables
 #: are lower-cased by dask. One dict-valued variable sets them with their case intact.
@@ -45,61 +48,197 @@ PRESPAWN_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 PRESPAWN_ENV_VALUE = "{" + ", ".join(f"'{k}': {v}" for k, v in WORKER_MALLOC_ENV.items()) + "}"
 
 
-def _is_int(v, lo):
+def _is_int(v: Any, lo: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
-def _is_str(v):
+def _is_str(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
 
-_CHECKS = {  # name: (test, what is allowed)
-    "int>=0": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "int>=1": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "int>=1|null": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or null"),
-    "seconds": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "seconds > 0"),
-    "str": (_is_str, "a non-empty string"),
-    "str|null": (lambda v: v is None or _is_str(v), "a non-empty string, or null"),
-    "str|int": (lambda v: _is_str(v) or _is_int(v, 1), "a size such as '16GB', 'auto' or bytes"),
-    "mapping": (lambda v: isinstance(v, Mapping), "a mapping"),
-}
-#: kind -> key -> (default or _REQUIRED, check)
-SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
-    "local": {"embed_workers": (None, "int>=1|null"), "fetch_workers": (1, "int>=0"),
-              "fetch_worker_threads": (4, "int>=1"), "memory_limit": ("auto", "str|int"),
-              "dashboard_address": (":8787", "str|null"), "host": ("127.0.0.1", "str")},
-    "slurm": {"embed_jobs": (_REQUIRED, "int>=1"), "fetch_jobs": (1, "int>=0"),
-              "embed_job": (_REQUIRED, "mapping"), "fetch_job": ({}, "mapping"),
-              "scheduler_options": ({}, "mapping"), "interface": (None, "str|null"),
-              "wait_for_embed_workers": (1, "int>=1"), "wait_timeout_s": (3600, "seconds")},
-    "kubernetes": {"manifest": (_REQUIRED, "str"), "namespace": (None, "str|null"),
-                   "wait_for_embed_workers": (1, "int>=1"), "wait_timeout_s": (1800, "seconds")},
-}
-
-
 @dataclass(frozen=True)
-class ClusterConfig:
-    """A validated cluster recipe.
+class _Allowed:
+    """What a recipe key accepts: a test and its words for the error message."""
 
-    Attributes
-    ----------
-    kind : str
-        ``"local"``, ``"slurm"`` or ``"kubernetes"``.
-    source : str
-        The file it was read from (named in errors).
-    options : Mapping
-        Every key of the kind with defaults filled in (read-only).
-    manifest : tuple of Mapping
-        Kubernetes only: the ``DaskCluster`` and ``DaskWorkerGroup`` documents.
+    test: Callable[[Any], bool]
+    words: str
+
+
+COUNT = _Allowed(lambda v: _is_int(v, 1), "an integer >= 1")
+COUNT_OR_ZERO = _Allowed(lambda v: _is_int(v, 0), "an integer >= 0")
+COUNT_OR_NULL = _Allowed(lambda v: v is None or _is_int(v, 1), "an integer >= 1, or null")
+SECONDS = _Allowed(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "seconds > 0")
+TEXT = _Allowed(_is_str, "a non-empty string")
+TEXT_OR_NULL = _Allowed(lambda v: v is None or _is_str(v), "a non-empty string, or null")
+SIZE = _Allowed(lambda v: _is_str(v) or _is_int(v, 1), "a size such as '16GB', 'auto' or bytes")
+MAPPING = _Allowed(lambda v: isinstance(v, Mapping), "a mapping")
+
+
+def _key(allowed: _Allowed, default: Any = dataclasses.MISSING) -> Any:
+    """A recipe key: its default (none: required) and what it accepts."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: types.MappingProxyType(dict(default)), metadata={"allowed": allowed})
+    return field(default=default, metadata={"allowed": allowed})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """What every recipe kind has: the file it was read from (named in errors).
+
+    Subclasses are frozen dataclasses, one per kind; their fields are the recipe's keys,
+    each checked at construction (:class:`~rsembed_dask.errors.SpecError` naming the file
+    and the key, as the specs do).
     """
 
-    kind: str
     source: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    manifest: tuple[Mapping[str, Any], ...] = ()
+    kind: ClassVar[str] = ""
 
-    def __post_init__(self):
-        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("allowed")
+            value = getattr(self, f.name)
+            if allowed is not None and not allowed.test(value):
+                fail(self.source, f"{SCHEMA_KEY}.{f.name}", value, allowed.words)
+            if isinstance(value, Mapping) and not isinstance(value, types.MappingProxyType):
+                object.__setattr__(self, f.name, types.MappingProxyType(copy.deepcopy(dict(value))))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The keys of this kind (its fields but ``source``)."""
+        return [f.name for f in dataclasses.fields(cls) if "allowed" in f.metadata]
+
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any], source: str, **extra: Any) -> Recipe:
+        """The recipe of the keys ``given`` (without ``kind``), read from ``source``.
+
+        Raises
+        ------
+        SpecError
+            An unknown key (the message lists the kind's keys), a missing required key,
+            or a bad value; naming the file and the key.
+        """
+        keys = cls.keys()
+        for key in given:
+            if key not in keys:
+                fail(source, f"{SCHEMA_KEY}.{key}", given[key], f"a key of kind '{cls.kind}': {', '.join(sorted(keys))}")
+        for f in dataclasses.fields(cls):
+            if f.name in keys and f.name not in given and f.default is dataclasses.MISSING \
+                    and f.default_factory is dataclasses.MISSING:
+                fail(source, f"{SCHEMA_KEY}.{f.name}", None, f"{f.metadata['allowed'].words} (required for kind "
+                                                             f"'{cls.kind}')")
+        return cls(source=source, **{k: copy.deepcopy(v) for k, v in given.items()}, **extra)
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """Every key of the recipe with defaults filled in (read-only)."""
+        return types.MappingProxyType({k: getattr(self, k) for k in self.keys()})
+
+    def start(self) -> contextlib.AbstractContextManager[Any]:
+        """Start the cluster; a context manager yielding a ``distributed.Client`` (see :func:`start_cluster`)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalRecipe(Recipe):
+    """``kind: local``: a local cluster started in this process (:func:`~rsembed_dask.cluster.local.local_cluster`)."""
+
+    kind: ClassVar[str] = "local"
+    embed_workers: int | None = _key(COUNT_OR_NULL, None)
+    fetch_workers: int = _key(COUNT_OR_ZERO, 1)
+    fetch_worker_threads: int = _key(COUNT, 4)
+    memory_limit: str | int = _key(SIZE, "auto")
+    dashboard_address: str | None = _key(TEXT_OR_NULL, ":8787")
+    host: str = _key(TEXT, "127.0.0.1")
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[Any]:
+        with connect(None, n_gpus=self.embed_workers, n_fetch_workers=self.fetch_workers,
+                     fetch_threads=self.fetch_worker_threads, memory_limit=self.memory_limit,
+                     dashboard_address=self.dashboard_address, host=self.host) as client:
+            yield client
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmRecipe(Recipe):
+    """``kind: slurm``: GPU embed jobs and CPU fetch jobs of one ``dask_jobqueue.SLURMCluster``."""
+
+    kind: ClassVar[str] = "slurm"
+    embed_jobs: int = _key(COUNT)
+    embed_job: Mapping[str, Any] = _key(MAPPING)
+    fetch_jobs: int = _key(COUNT_OR_ZERO, 1)
+    fetch_job: Mapping[str, Any] = _key(MAPPING, {})
+    scheduler_options: Mapping[str, Any] = _key(MAPPING, {})
+    interface: str | None = _key(TEXT_OR_NULL, None)
+    wait_for_embed_workers: int = _key(COUNT, 1)
+    wait_timeout_s: float = _key(SECONDS, 3600)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_slurm_job(self.embed_job, "embed_job", self.source, embed=True)
+        if self.fetch_jobs:
+            check_slurm_job(self.fetch_job, "fetch_job", self.source, embed=False)
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[Any]:
+        from distributed import Client
+
+        slurm_cls = _import("slurm", "dask_jobqueue", "SLURMCluster")
+        cluster = slurm_cls(n_workers=0, interface=self.interface, scheduler_options=dict(self.scheduler_options),
+                            **_slurm_kwargs(self.embed_job))
+        try:
+            embed_opts = cluster.new_spec["options"]
+            base = {k: embed_opts[k] for k in ("config_name", "interface", "protocol", "security") if k in embed_opts}
+            for i in range(self.embed_jobs):
+                cluster.worker_spec[f"embed-{i}"] = {"cls": cluster.job_cls, "options": dict(embed_opts)}
+            for i in range(self.fetch_jobs):
+                cluster.worker_spec[f"fetch-{i}"] = {"cls": cluster.job_cls,
+                                                     "options": {**base, **_slurm_kwargs(self.fetch_job)}}
+            cluster.scale(jobs=len(cluster.worker_spec))  # submits every job spec above
+            with Client(cluster) as client:
+                _wait_for_embed_workers(client, self.wait_for_embed_workers, self.wait_timeout_s)
+                yield client
+        finally:
+            cluster.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesRecipe(Recipe):
+    """``kind: kubernetes``: a dask-kubernetes manifest (``DaskCluster`` + ``DaskWorkerGroup`` documents).
+
+    ``manifest`` is the manifest file as given (relative to the recipe's directory);
+    ``documents`` its checked documents.
+    """
+
+    kind: ClassVar[str] = "kubernetes"
+    manifest: str = _key(TEXT)
+    namespace: str | None = _key(TEXT_OR_NULL, None)
+    wait_for_embed_workers: int = _key(COUNT, 1)
+    wait_timeout_s: float = _key(SECONDS, 1800)
+    documents: tuple[Mapping[str, Any], ...] = ()
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[Any]:
+        from distributed import Client
+
+        kube_cls = _import("kubernetes", "dask_kubernetes.operator", "KubeCluster")
+        spec = copy.deepcopy(dict(next(d for d in self.documents if d["kind"] == "DaskCluster")))
+        name = spec["metadata"]["name"]
+        cluster = kube_cls(custom_cluster_spec=spec, namespace=self.namespace or spec["metadata"].get("namespace"))
+        try:
+            for g in self.documents:
+                if g["kind"] == "DaskWorkerGroup":
+                    cluster.add_worker_group(g["metadata"]["name"][len(name) + 1:],
+                                             custom_spec=copy.deepcopy(dict(g["spec"]["worker"])))
+            with Client(cluster) as client:
+                _wait_for_embed_workers(client, self.wait_for_embed_workers, self.wait_timeout_s)
+                yield client
+        finally:
+            cluster.close()
+
+
+#: A validated cluster recipe, of one of the kinds.
+ClusterConfig = Union[LocalRecipe, SlurmRecipe, KubernetesRecipe]
+RECIPES: dict[str, type[Recipe]] = {cls.kind: cls for cls in (LocalRecipe, SlurmRecipe, KubernetesRecipe)}
 
 
 def _read_yaml(path: Path) -> list[Any]:
@@ -113,7 +252,7 @@ def _read_yaml(path: Path) -> list[Any]:
         raise SpecError("cluster", str(path), f"a valid YAML file ({e})") from None
 
 
-def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
+def load_cluster_config(path: str | os.PathLike) -> Recipe:
     """Read and validate a cluster recipe.
 
     Parameters
@@ -124,7 +263,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
 
     Returns
     -------
-    ClusterConfig
+    LocalRecipe, SlurmRecipe or KubernetesRecipe
 
     Raises
     ------
@@ -135,8 +274,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     src = str(path)
     docs = _read_yaml(path)
     if docs and all(isinstance(d, Mapping) and d.get("apiVersion") == DASK_K8S_API for d in docs):
-        return ClusterConfig("kubernetes", src, _options("kubernetes", {"manifest": path.name}, src),
-                             check_manifest(docs, src))
+        return KubernetesRecipe.from_mapping({"manifest": path.name}, src, documents=check_manifest(docs, src))
     if len(docs) != 1 or not isinstance(docs[0], Mapping) or set(docs[0]) != {SCHEMA_KEY}:
         top = sorted(docs[0]) if len(docs) == 1 and isinstance(docs[0], Mapping) else f"{len(docs)} document(s)"
         fail(src, "top level", top, f"one mapping with the single key '{SCHEMA_KEY}', "
@@ -147,35 +285,12 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     kind = raw.get("kind")
     if kind not in KINDS:
         fail(src, f"{SCHEMA_KEY}.kind", kind, " | ".join(KINDS))
-    opts = _options(kind, {k: v for k, v in raw.items() if k != "kind"}, src)
-    if kind == "slurm":
-        check_slurm_job(opts["embed_job"], "embed_job", src, embed=True)
-        if opts["fetch_jobs"]:
-            check_slurm_job(opts["fetch_job"], "fetch_job", src, embed=False)
-        return ClusterConfig(kind, src, opts)
-    if kind == "kubernetes":
-        mpath = (path.parent / opts["manifest"]) if not os.path.isabs(opts["manifest"]) else Path(opts["manifest"])
-        return ClusterConfig(kind, src, opts, check_manifest(_read_yaml(mpath), str(mpath)))
-    return ClusterConfig(kind, src, opts)
-
-
-def _options(kind: str, given: Mapping[str, Any], src: str) -> dict[str, Any]:
-    schema = SCHEMA[kind]
-    for key in given:
-        if key not in schema:
-            fail(src, f"{SCHEMA_KEY}.{key}", given[key], f"a key of kind '{kind}': {', '.join(sorted(schema))}")
-    opts = {}
-    for key, (default, check) in schema.items():
-        test, allowed = _CHECKS[check]
-        if key not in given:
-            if default is _REQUIRED:
-                fail(src, f"{SCHEMA_KEY}.{key}", None, f"{allowed} (required for kind '{kind}')")
-            opts[key] = copy.deepcopy(default)
-        elif not test(given[key]):
-            fail(src, f"{SCHEMA_KEY}.{key}", given[key], allowed)
-        else:
-            opts[key] = copy.deepcopy(given[key])
-    return opts
+    given = {k: v for k, v in raw.items() if k != "kind"}
+    if kind == "kubernetes" and _is_str(given.get("manifest")):
+        m = given["manifest"]
+        mpath = Path(m) if os.path.isabs(m) else path.parent / m
+        return KubernetesRecipe.from_mapping(given, src, documents=check_manifest(_read_yaml(mpath), str(mpath)))
+    return RECIPES[kind].from_mapping(given, src)
 
 
 def _import(kind: str, module: str, attr: str):
@@ -200,12 +315,14 @@ def _slurm_kwargs(job: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def slurm_job_scripts(config: ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> dict[str, str]:
+def slurm_job_scripts(config: SlurmRecipe, scheduler: str = "tcp://SCHEDULER:8786") -> dict[str, str]:
     """The batch scripts a ``slurm`` recipe submits (``{"embed": ..., "fetch": ...}``), for review."""
+    if not isinstance(config, SlurmRecipe):
+        raise SpecError("config", f"a {config.kind} recipe", "a slurm recipe")
     job_cls = _import("slurm", "dask_jobqueue.slurm", "SLURMJob")
-    out = {"embed": job_cls(scheduler, name="embed-0", **_slurm_kwargs(config.options["embed_job"])).job_script()}
-    if config.options["fetch_jobs"]:
-        out["fetch"] = job_cls(scheduler, name="fetch-0", **_slurm_kwargs(config.options["fetch_job"])).job_script()
+    out = {"embed": job_cls(scheduler, name="embed-0", **_slurm_kwargs(config.embed_job)).job_script()}
+    if config.fetch_jobs:
+        out["fetch"] = job_cls(scheduler, name="fetch-0", **_slurm_kwargs(config.fetch_job)).job_script()
     return out
 
 
@@ -221,57 +338,16 @@ def _wait_for_embed_workers(client, n: int, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
-@contextlib.contextmanager
-def start_cluster(config: ClusterConfig) -> Iterator[Any]:
-    """Start the cluster a recipe describes; yield a ``distributed.Client``; stop it on exit.
+def start_cluster(config: Recipe) -> contextlib.AbstractContextManager[Any]:
+    """Start the cluster a recipe describes; a context manager yielding a ``distributed.Client``.
 
-    ``local`` runs :func:`rsembed_dask.cluster.local.local_cluster`. ``slurm`` runs one
+    Leaving the ``with`` block stops it. ``local`` runs
+    :func:`rsembed_dask.cluster.local.local_cluster`. ``slurm`` runs one
     ``dask_jobqueue.SLURMCluster`` whose default job type is the embed (GPU) job, and
     adds the fetch jobs to the same cluster as worker specs of their own options.
     ``kubernetes`` creates the ``DaskCluster`` with ``dask_kubernetes.operator.KubeCluster``
     and adds each ``DaskWorkerGroup`` of the manifest. Both wait (``wait_timeout_s``)
     for ``wait_for_embed_workers`` workers with the ``GPU`` resource.
     """
-    from distributed import Client
-
-    o = config.options
     log.info("starting a %s cluster from %s", config.kind, config.source)
-    if config.kind == "local":
-        with connect(None, n_gpus=o["embed_workers"], n_fetch_workers=o["fetch_workers"],
-                     fetch_threads=o["fetch_worker_threads"], memory_limit=o["memory_limit"],
-                     dashboard_address=o["dashboard_address"], host=o["host"]) as client:
-            yield client
-        return
-    if config.kind == "slurm":
-        slurm_cls = _import("slurm", "dask_jobqueue", "SLURMCluster")
-        cluster = slurm_cls(n_workers=0, interface=o["interface"], scheduler_options=dict(o["scheduler_options"]),
-                            **_slurm_kwargs(o["embed_job"]))
-        try:
-            embed_opts = cluster.new_spec["options"]
-            base = {k: embed_opts[k] for k in ("config_name", "interface", "protocol", "security") if k in embed_opts}
-            for i in range(o["embed_jobs"]):
-                cluster.worker_spec[f"embed-{i}"] = {"cls": cluster.job_cls, "options": dict(embed_opts)}
-            for i in range(o["fetch_jobs"]):
-                cluster.worker_spec[f"fetch-{i}"] = {"cls": cluster.job_cls,
-                                                     "options": {**base, **_slurm_kwargs(o["fetch_job"])}}
-            cluster.scale(jobs=len(cluster.worker_spec))  # submits every job spec above
-            with Client(cluster) as client:
-                _wait_for_embed_workers(client, o["wait_for_embed_workers"], o["wait_timeout_s"])
-                yield client
-        finally:
-            cluster.close()
-        return
-    kube_cls = _import("kubernetes", "dask_kubernetes.operator", "KubeCluster")
-    spec = copy.deepcopy(dict(next(d for d in config.manifest if d["kind"] == "DaskCluster")))
-    name = spec["metadata"]["name"]
-    cluster = kube_cls(custom_cluster_spec=spec, namespace=o["namespace"] or spec["metadata"].get("namespace"))
-    try:
-        for g in config.manifest:
-            if g["kind"] == "DaskWorkerGroup":
-                cluster.add_worker_group(g["metadata"]["name"][len(name) + 1:],
-                                         custom_spec=copy.deepcopy(dict(g["spec"]["worker"])))
-        with Client(cluster) as client:
-            _wait_for_embed_workers(client, o["wait_for_embed_workers"], o["wait_timeout_s"])
-            yield client
-    finally:
-        cluster.close()
+    return config.start()
