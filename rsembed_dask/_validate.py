@@ -19,8 +19,6 @@ from .errors import SpecError
 
 __all__ = ["number", "integer", "strict_int", "choice", "iso_date", "set_field", "SpecBase"]
 
-# --------------------------------------------------------------------------- checks
-
 
 def number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, allowed: str | None = None) -> float:
@@ -92,9 +90,6 @@ def iso_date(name: str, value: Any) -> str:
 
 def set_field(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
-
-
-# --------------------------------------------------------------------------- base
 
 
 class SpecBase:

@@ -50,9 +50,6 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
 MAX_SCALE_M = 10_000.0
 
 
-# --------------------------------------------------------------------------- spatial
-
-
 @dataclass(frozen=True)
 class PointBuffer(SpecBase):
     """A square footprint of half-side ``buffer_m`` metres around a lon/lat point.
@@ -104,9 +101,6 @@ class BBox(SpecBase):
         return (self.minlon + self.maxlon) / 2, (self.minlat + self.maxlat) / 2
 
 
-# --------------------------------------------------------------------------- temporal
-
-
 @dataclass(frozen=True)
 class TemporalSpec(SpecBase):
     """A date window ``[start, end)``; ``end`` is exclusive, as in Earth Engine's filterDate."""
@@ -131,9 +125,6 @@ class TemporalSpec(SpecBase):
         """The calendar year ``y``."""
         y = integer("TemporalSpec.year", y, lo=1984, hi=2100)
         return cls(f"{y:04d}-01-01", f"{y + 1:04d}-01-01")
-
-
-# --------------------------------------------------------------------------- sensor
 
 
 @dataclass(frozen=True)
@@ -170,9 +161,6 @@ class SensorSpec(SpecBase):
             raise SpecError("SensorSpec.cloud_property", self.cloud_property, "a property name")
 
 
-# --------------------------------------------------------------------------- output
-
-
 @dataclass(frozen=True)
 class OutputSpec(SpecBase):
     """Pooled vectors ``[D]`` or token grids ``[D, h, w]``.
@@ -199,9 +187,6 @@ class OutputSpec(SpecBase):
     def grid(cls, pooling: str = "mean") -> OutputSpec:
         """Patch tokens as a ``(D, h, w)`` grid (``pooling`` is used for the pooled companion)."""
         return cls("grid", pooling)
-
-
-# --------------------------------------------------------------------------- model
 
 
 @dataclass(frozen=True)
@@ -298,10 +283,6 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "batch_size": _env_int("RS_EMBED_SCALEMAE_BATCH_SIZE", None, 1),
         "fetch_workers": _env_int("RS_EMBED_SCALEMAE_FETCH_WORKERS", DEFAULT_FETCH_WORKERS, 1),
     }
-
-
-
-# --------------------------------------------------------------------------- campaign
 
 
 @dataclass(frozen=True)

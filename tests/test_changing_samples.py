@@ -58,9 +58,6 @@ def _bits(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).view(np.uint32)
 
 
-# --------------------------------------------------------------------------- geometry
-
-
 def test_same_geometry_tolerance():
     p = shapely.Point(3.123456789, 31.5)
     box = shapely.box(3.0, 31.0, 3.01, 31.01)
@@ -76,9 +73,6 @@ def test_same_geometry_tolerance():
     ]
     got = same_geometry([a.wkb_hex for a, _, _ in cases], [b.wkb_hex for _, b, _ in cases])
     assert got.tolist() == [want for _, _, want in cases]
-
-
-# --------------------------------------------------------------------------- cube level
 
 
 def _complete(cube: Cube) -> None:
@@ -226,9 +220,6 @@ def test_streamed_cubes_take_no_update_or_append(tmp_path):
             ("ids", "lon", "lat", "geohash", "wkb")))
 
 
-# --------------------------------------------------------------------------- planning
-
-
 def test_removed_ids_are_kept_and_their_units_not_run(tmp_path, caplog):
     gdf = _points(10)
     args = dict(scales=[10], temporal=WINDOW, model=TINY, chunk_size=4, id_column="site")
@@ -245,9 +236,6 @@ def test_removed_ids_are_kept_and_their_units_not_run(tmp_path, caplog):
     for col in ("lon", "lat", "epsg", "x", "y", "half_w", "half_h", "box_x", "box_y"):
         np.testing.assert_array_equal(getattr(kept, col)[:8], getattr(table, col)[:8])
     assert kept.footprint(1, 10, 224) == table.footprint(1, 10, 224)
-
-
-# --------------------------------------------------------------------------- campaigns
 
 
 def test_update_re_embeds_only_the_moved_sample(tmp_path, client, provider):

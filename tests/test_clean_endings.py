@@ -49,8 +49,6 @@ def samples(tmp_path_factory):
     return path
 
 
-# ----------------------------------------------------------------------------- refused up front
-
 @pytest.mark.parametrize("extra, words", [
     (["--scheduler", "tcp://127.0.0.1:{port}"], ["tcp://127.0.0.1:{port}", "dask scheduler", "cluster/local.sh"]),
     (["--scheduler", "127.0.0.1"], ["scheduler", "host:port"]),
@@ -125,8 +123,6 @@ def test_plan_of_an_aoi_drawn_across_the_antimeridian(tmp_path):
     assert all(s["zones"] == 2 for s in plan["scales"])  # zones 60 and 1, not 60 zones
     assert "antimeridian" in r.stderr and "Traceback" not in r.stderr
 
-
-# ----------------------------------------------------------------------------- SIGTERM, resume, finished
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(samples, tmp_path_factory):

@@ -57,7 +57,6 @@ def _workers(addr_or_client):
     return {w["name"]: w.get("resources", {}) for w in info}
 
 
-# ----------------------------------------------------------------------------- local.sh
 @pytest.mark.timeout(180)
 def test_local_sh_starts_a_cluster_that_runs_a_campaign_then_stops(tmp_path, samples):
     run_dir = tmp_path / "run"
@@ -146,7 +145,6 @@ def _rerun_starts_no_cluster(samples, out, recipe, monkeypatch):
     assert started == []
 
 
-# ----------------------------------------------------------------------------- run --cluster local
 @pytest.mark.timeout(180)
 def test_run_cluster_local_recipe(tmp_path, samples, monkeypatch):
     recipe = yaml.safe_load((RECIPES / "local.yaml").read_text())
@@ -159,7 +157,6 @@ def test_run_cluster_local_recipe(tmp_path, samples, monkeypatch):
     _rerun_starts_no_cluster(samples, out, path, monkeypatch)
 
 
-# ----------------------------------------------------------------------------- SLURM
 FAKE_SBATCH = """#!/usr/bin/env bash
 # Stand-in for sbatch: run the job script as a local process group, print SLURM's answer.
 set -e
@@ -241,7 +238,6 @@ def test_run_cluster_slurm_submits_gpu_and_fetch_jobs(tmp_path, samples, monkeyp
     assert all(_gone(p) for p in pids)
 
 
-# ----------------------------------------------------------------------------- Kubernetes
 def test_kubernetes_manifest_gpu_group_fetch_group_and_secret():
     docs = list(yaml.safe_load_all((RECIPES / "kubernetes.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["DaskCluster", "DaskWorkerGroup"]
@@ -286,7 +282,6 @@ def test_kubernetes_recipe_pointing_at_the_manifest(tmp_path):
                 pass
 
 
-# ----------------------------------------------------------------------------- bad recipes
 def _k8s(edit):
     docs = list(yaml.safe_load_all((RECIPES / "kubernetes.yaml").read_text()))
     edit(docs)

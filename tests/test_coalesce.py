@@ -48,8 +48,6 @@ def _check_plan(plan: list[CoalescedRequest], grids, n_bands=3, byte_limit=REQUE
             assert r.grid.width * r.grid.height <= max_waste * sum(g.width * g.height for g in members)
 
 
-# --------------------------------------------------------------------------- pure maths
-
 def test_module_doctests():
     result = doctest.testmod(coalesce)
     assert result.attempted >= 3 and result.failed == 0
@@ -183,8 +181,6 @@ def test_non_grids_are_refused():
     with pytest.raises(SpecError, match=r"grids\[1\]"):
         plan_requests([_tile(0, 0), (0, 0, 1, 1)], 3)
 
-
-# --------------------------------------------------------------------------- through the emulator
 
 SPEC = CampaignSpec(temporal=WINDOW, model=ModelSpec("test-tiny", device="cpu"), scales=(10.0,), chunk_size=64)
 

@@ -75,9 +75,6 @@ def all_units(cube: Cube) -> list:
     return [Unit(s, si) for s in range(0, cube.n_samples, cube.chunk_size) for si in range(cube.n_scales)]
 
 
-# --------------------------------------------------------------------------- layout
-
-
 def test_create_write_and_read_back(tmp_path):
     path = tmp_path / "c.zarr"
     cube = create(path)
@@ -171,9 +168,6 @@ def test_grid_mode(tmp_path):
     pooled = create(tmp_path / "p.zarr")
     with pytest.raises(CubeError, match="pooled"):
         pooled.write_unit(0, 4, 0, **unit_data(0, 4, 0, grid_shape=(2, 3)))
-
-
-# --------------------------------------------------------------------------- refusals
 
 
 def test_refuse_non_chunk_writes_and_bad_shapes(tmp_path):
@@ -296,9 +290,6 @@ def test_resume_and_incomplete_units(tmp_path):
         again.set_attrs(bad=object())
 
 
-# --------------------------------------------------------------------------- processes
-
-
 def _write_in_worker(cube: Cube, start: int, si: int) -> int:
     stop = min(start + cube.chunk_size, cube.n_samples)
     cube.write_unit(start, stop, si, **unit_data(start, stop, si))
@@ -365,9 +356,6 @@ def test_distributed_workers_write_units(tmp_path):
     np.testing.assert_array_equal(ds.embedding.isel(sample=slice(8, 10), scale=1).values,
                                   exp["embedding"])
     assert cube.status_counts() == {"pending": 0, "ok": 14, "no_data": 0, "failed": 6}
-
-
-# --------------------------------------------------------------------------- decided cells are kept
 
 
 def _failed_unit(n: int, d: int = D, reason: str = "lost its worker 4 times", grid_shape=None) -> dict:

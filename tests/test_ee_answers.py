@@ -41,7 +41,6 @@ def _raw(provider, grid, sensor, temporal):
     return http.last.status, str(info.value)
 
 
-# --------------------------------------------------------------------------- the emulator's words
 def test_emulator_answers_with_earth_engines_words(emu):
     p = _provider(emu)
     assert _raw(p, GRID, SensorSpec(), EMPTY) == (
@@ -108,7 +107,6 @@ def test_places_without_coverage_have_no_imagery_not_failures():
         assert s["no_imagery"] == 1 and s["failed"] == 0 and s["sent"] == 3
 
 
-# --------------------------------------------------------------------------- antimeridian
 def test_a_footprint_across_the_antimeridian_filters_on_its_own_side_of_the_globe():
     grid = point_grid(179.99, 0.0, 1120, 10)  # 2.24 km: crosses 180 degrees
     assert grid.crs == "EPSG:32660"
@@ -124,7 +122,6 @@ def test_a_footprint_across_the_antimeridian_filters_on_its_own_side_of_the_glob
         assert patch.valid.all() and len(emu.bounds_log[-1]) == 2
 
 
-# --------------------------------------------------------------------------- splitting
 def _tiles(n_side, px=112, scale=10):
     return [PixelGrid("EPSG:32631", 500000.0 + px * scale * c, 3450000.0 - px * scale * r, scale, px, px)
             for r in range(n_side) for c in range(n_side)]
@@ -162,7 +159,6 @@ def test_a_request_earth_engine_gives_up_on_is_split_down_to_single_footprints(l
         assert "Computation timed out" in str(got[0])
 
 
-# --------------------------------------------------------------------------- preflight
 def test_preflight_is_one_cheap_request_and_remembered():
     with GEEEmulator() as emu:
         p = _provider(emu)
@@ -248,7 +244,6 @@ def test_a_port_nobody_listens_on_fails_the_preflight_at_once():
     assert time.perf_counter() - t0 < 5
 
 
-# --------------------------------------------------------------------------- ee's own configuration
 def _ee_config():
     from ee import _state
 

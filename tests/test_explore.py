@@ -15,7 +15,6 @@ from rsembed_dask.specs import ModelSpec, TemporalSpec
 from .conftest import FAST_RETRY
 
 
-# --------------------------------------------------------------------------- pca_rgb
 def _anisotropic(n=200, d=12, seed=0):
     """Rows whose variance is largest along feature 0, then 1, then 2 (known principal axes)."""
     rng = np.random.default_rng(seed)
@@ -104,7 +103,6 @@ def test_pca_rgb_bad_input(vectors, components, field):
     assert info.value.field == field
 
 
-# --------------------------------------------------------------------------- on a real cube
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 
 

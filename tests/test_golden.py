@@ -25,7 +25,6 @@ import pytest
 import shapely
 import zarr
 
-# --------------------------------------------------------------------------- the moving parts
 # Every rsembed_dask name the golden tests use, in one block. The three copies of the zone
 # rule (grid, sampling, tiling) became geo.grid's one vectorised rule: all three aliases
 # point at it, so the golden codes pin the rule every sample, tile and grid is placed with.
@@ -50,7 +49,6 @@ CUBE_MODEL = ModelSpec("test-tiny", device="cpu")
 CUBE_ID_COLUMN = "site"
 
 
-# --------------------------------------------------------------------------- pinned behaviour
 def zone_rule_copies(lon: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
     """EPSG codes from every alias of the UTM zone rule (int64 each): scalar calls for the
     grid's use (one point), array calls for the samples' and the tiles' (with and without
@@ -159,7 +157,6 @@ def _json(name: str):
     return json.loads((GOLDEN / name).read_text())
 
 
-# --------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
 def points() -> tuple[np.ndarray, np.ndarray]:
     p = np.load(GOLDEN / "points.npy")
@@ -239,7 +236,6 @@ def test_spec_hashes():
         assert CampaignSpec.from_json(want[name]["stored"]["campaign_spec"]) == spec, name
 
 
-# --------------------------------------------------------------------------- the fixture cube
 def test_fixture_cube_opens():
     """A cube written by the code of the golden files opens: ids, coordinates, status, values, spec."""
     meta = _json("cube_v1.json")

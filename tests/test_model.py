@@ -37,9 +37,6 @@ def tiny():
     return ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=4))
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def test_test_configs_info_without_weights():
     info = model_info(ModelSpec("test-small"))
     assert (info.embed_dim, info.depth, info.patch_size, info.image_size, info.source) == (384, 12, 16, 224, "test")
@@ -160,9 +157,6 @@ def test_vit_large_config_round_trips_through_save_pretrained(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-# --------------------------------------------------------------------------- preprocessing
-
-
 def pil_reference(raw, size):
     u8 = (np.clip(raw.astype(np.float32) / 10000.0, 0, 1) * 255).astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(u8.transpose(1, 2, 0))).resize((size, size), Image.BICUBIC)
@@ -220,9 +214,6 @@ def test_good_input_chw_passes():
     nan_some[0, 0, 0] = np.nan
     check_chw(nan_some)
     check_chw(torch.zeros(3, 4, 4, dtype=torch.int16))
-
-
-# --------------------------------------------------------------------------- embedding
 
 
 def test_scale_changes_the_embedding(tiny):

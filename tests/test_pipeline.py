@@ -112,7 +112,6 @@ def test_resume_runs_only_missing_units_and_refuses_another_spec(tmp_path, clien
                      backend=provider, client=client, chunk_size=4, progress=False)
 
 
-# --------------------------------------------------------------------------- real processes
 @pytest.fixture
 def process_cluster():
     with dask_processes(n_gpu=2) as (addr, procs):

@@ -94,9 +94,6 @@ def test_client_killed_then_same_command_resumes(tmp_path):
     np.testing.assert_array_equal(ds.embedding.values, clean.embedding.values)
 
 
-# --------------------------------------------------------------------------- the only GPU worker
-
-
 def _kill_gpu_after_first_unit(procs, restart_after_s=None, addr=None):
     """An ``on_unit`` callback: SIGKILL the only GPU worker once; optionally start a new one later."""
     import threading

@@ -36,9 +36,6 @@ def _utm_box_gdf(crs="EPSG:2154"):
     return gdf4326.to_crs(crs), gdf4326
 
 
-# --------------------------------------------------------------------------- building
-
-
 def test_points_epsg4326_columns():
     gdf = _points([(3.0, 45.0), (3.01, 45.01), (-70.0, -33.0)], ids=["a", "b", "c"])
     t = build_sample_table(gdf)
@@ -119,9 +116,6 @@ def test_picklable_take_slice_tokenize():
     assert tokenize(s) != tokenize(t)
 
 
-# --------------------------------------------------------------------------- footprints
-
-
 @pytest.mark.parametrize("scale", [10, 20, 40])
 def test_point_footprint_default_buffer(scale):
     t = build_sample_table(_points([(3.0, 45.0)]))
@@ -167,8 +161,6 @@ def test_tiny_polygon_footprint_is_at_least_one_pixel():
     fp = t.footprint(0, 40, 224)
     assert 1 <= fp.grid.width <= 2
 
-
-# --------------------------------------------------------------------------- bad input
 
 BAD_ROWS = {
     "none": (None, "geometry", "missing geometry"),
@@ -241,9 +233,6 @@ def test_whole_table_problems():
     with pytest.raises(SpecError) as ei:  # nothing left after skipping
         build_sample_table(_points([(3, 95), (3, 96)]), on_invalid="skip")
     assert ei.value.field == "gdf" and "at least one valid row" in str(ei.value)
-
-
-# --------------------------------------------------------------------------- ordering, units
 
 
 def _mean_chunk_bbox_area(lon, lat, chunk):

@@ -90,7 +90,6 @@ class Runner:
         # picks up a stale key of an earlier (interrupted) one.
         self.run_token = uuid.uuid4().hex[:8]
 
-    # ------------------------------------------------------------------ actors
     def _ensure_actors(self) -> None:
         live = embed_workers(self.c)
         for addr in [a for a in self.actors if a not in live]:
@@ -150,7 +149,6 @@ class Runner:
             return
         self.pending.appendleft((j, unit, fetch if fetch is not None and fetch.status != "error" else None))
 
-    # ------------------------------------------------------------------ submit
     def _cells_to_fetch(self, job: Job, unit: WorkUnit) -> list[int] | None:
         """Indices (in the unit) of its pending and failed cells; None when that is all of them."""
         status = job.cube.unit_status(unit.start, unit.scale_index)
@@ -179,7 +177,6 @@ class Runner:
                             workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
         self.inflight[fut] = (j, unit, addr, fetch)
 
-    # ------------------------------------------------------------------ loop
     def run(self, todo: list[tuple[int, WorkUnit]]) -> None:
         """Run ``(job index, unit)`` pairs to completion (or failure recorded in the cube)."""
         from distributed import wait

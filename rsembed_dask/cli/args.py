@@ -10,11 +10,12 @@ import re
 
 from ..specs import DEFAULT_SCALES
 
-__all__ = ["add_scales", "scales_given", "allow_bbox_positional", "add_ee_options", "gee_options",
-           "positive_int", "positive_seconds"]
+__all__ = ["add_scales", "scales_given", "add_aoi_positional", "aoi_arg", "take_negative_bbox", "add_ee_options",
+           "gee_options", "positive_int", "positive_seconds"]
 
-# A number, or comma-separated numbers: "-10", "-10,35,40,70".
-_NUMBER_LIST = re.compile(r"^-\d*\.?\d+(,\s*-?\d*\.?\d+)*$")
+_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
+#: Comma-separated numbers (a bbox, well formed or not): "-10,35,40,70", "1,2".
+_NUMBER_LIST = re.compile(rf"^{_NUMBER}(?:,{_NUMBER})+$")
 
 
 def _scales(text: str) -> list[float]:
@@ -57,14 +58,54 @@ def scales_given(args: argparse.Namespace) -> list[float]:
     return [s for group in args.scales for s in group]
 
 
-def allow_bbox_positional(p: argparse.ArgumentParser) -> None:
-    """Let ``p`` take a bbox with a negative first number (``-10,35,40,70``) as a positional.
+def aoi_arg(text: str) -> str:
+    """argparse type of an AOI: a bbox (comma-separated numbers, spaces dropped) or a file path.
 
-    argparse reads anything starting with ``-`` as an option unless it looks like a
-    negative number; this widens "number" to comma-separated number lists.
+    :func:`~rsembed_dask.geo.aoi.read_aoi` parses it when the command runs (one parser, one
+    message, whether the bbox came as a positional or from a script).
+
+    Examples
+    --------
+    >>> aoi_arg("-10, 35,40,70")
+    '-10,35,40,70'
+    >>> aoi_arg("aoi.geojson")
+    'aoi.geojson'
     """
-    if hasattr(p, "_negative_number_matcher"):
-        p._negative_number_matcher = _NUMBER_LIST
+    if not _NUMBER_LIST.match(text):
+        return text
+    return ",".join(v.strip() for v in text.split(","))
+
+
+def add_aoi_positional(p: argparse.ArgumentParser, dest: str, metavar: str, help: str) -> None:
+    """An AOI positional (:func:`aoi_arg`) that also takes a bbox whose first number is negative.
+
+    argparse reads ``-10,35,40,70`` as an unknown option, not a positional; such a
+    bbox is left among the unknown arguments and :func:`take_negative_bbox` takes it
+    from there. So the positional is optional for argparse and required by that function.
+    """
+    p.add_argument(dest, metavar=metavar, nargs="?", default=None, type=aoi_arg, help=help)
+    p.set_defaults(aoi_positional=(p, dest, metavar))
+
+
+def take_negative_bbox(args: argparse.Namespace, unknown: list[str]) -> list[str]:
+    """Take the AOI of :func:`add_aoi_positional` from ``unknown`` (of ``parse_known_args``) when
+    argparse took it for an option; return the arguments still unknown.
+
+    Exits (argparse's ``error``, status 2) when the AOI is missing.
+    """
+    given = getattr(args, "aoi_positional", None)
+    if given is None:
+        return unknown
+    p, dest, metavar = given
+    rest = []
+    for arg in unknown:
+        if getattr(args, dest) is None and _NUMBER_LIST.match(arg):
+            setattr(args, dest, aoi_arg(arg))
+        else:
+            rest.append(arg)
+    if getattr(args, dest) is None:
+        p.error(f"the following arguments are required: {metavar}")
+    return rest
 
 
 def add_ee_options(p: argparse.ArgumentParser) -> None:

@@ -18,8 +18,8 @@ import threading
 import warnings
 from collections.abc import Sequence
 
-from .args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
-                   positive_seconds, scales_given)
+from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
+                   scales_given, take_negative_bbox)
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
@@ -119,10 +119,9 @@ def _cmd_demo(args) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="embed a sample file, or tiles over an AOI (--tile), into a Zarr cube on Dask")
-    p.add_argument("samples", metavar="SAMPLES|AOI",
-                   help="GeoPackage, GeoJSON or GeoParquet of sample geometries; with --tile the AOI: "
-                        "minlon,minlat,maxlon,maxlat or a vector file")
-    allow_bbox_positional(p)
+    add_aoi_positional(p, "samples", "SAMPLES|AOI",
+                       help="GeoPackage, GeoJSON or GeoParquet of sample geometries; with --tile the AOI: "
+                            "minlon,minlat,maxlon,maxlat or a vector file")
     p.add_argument("--tile", action="store_true",
                    help="tile the AOI at each scale (non-overlapping model-size tiles on UTM lattices) and write "
                         "a tiling store: per-scale sample cubes plus georeferenced per-zone grids")
@@ -298,8 +297,7 @@ def _add_plan(sub) -> None:
 
     p = sub.add_parser("plan", help="tiles, units, requests, bytes, cube size and fetch time of a tiling "
                                     "campaign, before anything runs")
-    p.add_argument("aoi", metavar="AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
-    allow_bbox_positional(p)  # "-10,35,40,70" is a bbox, not an option
+    add_aoi_positional(p, "aoi", "AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help=f"tile side in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
     p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
@@ -445,7 +443,10 @@ def _interrupted(args, argv: Sequence[str], signum: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    unknown = take_negative_bbox(args, unknown)  # "-10,35,40,70" is a bbox, not an option
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "check", None) is not None:  # option combinations argparse cannot express
         args.check(args)
     _configure_logging(args.verbose)

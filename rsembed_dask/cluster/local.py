@@ -321,8 +321,6 @@ def embed_workers(client) -> list[str]:
                   if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
 
 
-# --------------------------------------------------------------------------- cluster-wide bound
-
 #: One ``distributed.Semaphore`` per (worker or client, name, bound), shared by its task threads.
 _SEMAPHORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SEMAPHORES_LOCK = threading.Lock()

@@ -175,8 +175,6 @@ class ScaleMAEEmbedder:
     def __repr__(self) -> str:
         return f"ScaleMAEEmbedder({self.spec.model_id!r}, device={str(self.device)!r}, dtype={self.spec.dtype!r})"
 
-    # ------------------------------------------------------------------ forward
-
     def embed_tensor(self, x, input_res):
         """Bare forward pass: preprocessed ``[B, 3, S, S]`` → tokens ``[B, 1+N, D]`` float32 (CLS first).
 
@@ -194,8 +192,6 @@ class ScaleMAEEmbedder:
                                                     enabled=self._dtype == torch.bfloat16):
             tokens = self.backbone.forward_features(x, input_res=res.contiguous())
         return tokens.float()
-
-    # ------------------------------------------------------------------ embed
 
     def embed(self, images, scale_m, *, output: OutputSpec | None = None, roi=None,
               check: bool = True) -> EmbedResult:

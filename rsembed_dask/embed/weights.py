@@ -67,9 +67,6 @@ class ModelInfo:
         return self.image_size // self.patch_size
 
 
-# --------------------------------------------------------------------------- rshf import
-
-
 @functools.lru_cache(maxsize=1)
 def _warn_tls_restored() -> None:
     log.warning("ssl._create_default_https_context was the unverified context (rshf was imported "
@@ -126,9 +123,6 @@ def rshf_version() -> str:
         return importlib.metadata.version("rshf")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-# --------------------------------------------------------------------------- resolution
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -236,9 +230,6 @@ def model_info(spec: ModelSpec) -> ModelInfo:
     """
     cfg, _, source = _resolve_config(spec, weights=False)
     return _info(spec, cfg, source)
-
-
-# --------------------------------------------------------------------------- building
 
 
 def _build_wrapper(cfg: dict[str, Any], arch: dict[str, Any], *, seed: int | None):

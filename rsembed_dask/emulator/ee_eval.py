@@ -70,7 +70,6 @@ def parse_grid(grid: Any) -> Grid:
     return Grid(crs, transform, width, height)
 
 
-# ---------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class _Geometry:
     """A geometry as lon/lat boxes ``(minlon, minlat, maxlon, maxlat)``: one, or two across the antimeridian."""
@@ -212,7 +211,6 @@ def _compare(op: Callable[[Any, Any], bool]):
     return make
 
 
-# ---------------------------------------------------------------------- evaluator
 class Evaluator:
     """Evaluates one serialised expression graph against ``world``."""
 
@@ -295,7 +293,6 @@ class Evaluator:
                 raise EvalError(f"{name}: required argument {e.args[0]!r} is missing.") from None
         raise EvalError(f"Unsupported expression node kind {kind!r}.")
 
-    # ------------------------------------------------------------------ functions
     def _load(self, a) -> _Collection:
         cid = a["id"]
         if cid not in COLLECTIONS:

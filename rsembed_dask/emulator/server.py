@@ -133,7 +133,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # route http.server's stderr chatter to our logger
         log.debug("emulator: " + fmt, *args)
 
-    # ------------------------------------------------------------------ plumbing
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -157,7 +156,6 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(n) or b"{}")
 
-    # ------------------------------------------------------------------ routes
     def do_GET(self):  # noqa: N802 (http.server naming)
         emu = self.server.emu
         emu.stats.add(requests=1)

@@ -90,7 +90,6 @@ class SyntheticS2World:
         self._amp = rng.uniform(60, 420, (len(BANDS), n))
         self._level = rng.uniform(900, 3200, len(BANDS))
 
-    # ------------------------------------------------------------------ scenes
     def scene(self, index: int) -> Scene:
         """Scene number ``index`` (cached: every request filters the whole collection)."""
         return self._scene(index)
@@ -126,7 +125,6 @@ class SyntheticS2World:
             out |= (lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1)
         return out
 
-    # ------------------------------------------------------------------ pixels
     @staticmethod
     def pixel_centers_lonlat(crs: str, transform: tuple[float, ...], width: int, height: int):
         """Lon/lat of pixel centres of a grid (``transform`` = a, b, c, d, e, f as in Affine).

@@ -80,7 +80,6 @@ def pca_rgb(vectors, components: Sequence[int] = (0, 1, 2)) -> np.ndarray:
     return PCAColours.fit(x, components).rgb(x)
 
 
-# --------------------------------------------------------------------------- cube access
 def _dataset(cube: Any):
     """``cube`` as an xarray.Dataset: one already open, or a path opened with open_cube."""
     if isinstance(cube, xr.Dataset):

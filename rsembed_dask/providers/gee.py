@@ -166,7 +166,6 @@ class GEEProvider:
                          connect_timeout_s=self.connect_timeout_s,
                          startup_timeout_s=self.startup_timeout_s)
 
-    # ------------------------------------------------------------------ public
     def composite(self, grid: PixelGrid, sensor: SensorSpec, temporal: TemporalSpec):
         """The ``ee.Image`` composite for a footprint (client-side; no request).
 
@@ -273,7 +272,6 @@ class GEEProvider:
         valid = (data != 0).all(axis=0)
         return Patch(np.ascontiguousarray(data), valid, grid, tuple(sensor.bands))
 
-    # ------------------------------------------------------------------ retries
     def _call_with_retries(self, what: str, call, http, decode, classify, stats: RequestStats | None = None):
         """``decode(call())``, re-sent on 429/5xx, dropped connections and malformed answers.
 

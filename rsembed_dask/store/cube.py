@@ -58,8 +58,6 @@ RESERVED_ATTRS = frozenset({SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, CREAT
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
 
-
-
 class Cube:
     """Handle on a cube on disk: writes units with Zarr, reports status.
 
@@ -102,8 +100,6 @@ class Cube:
         #: False for a cube resumed on storage this process cannot write (see require_writable).
         self.writable = True
 
-    # ------------------------------------------------------------------ pickling
-
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "spec": self.spec.to_json(), "n_rows": self.n_rows,
                 "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments}
@@ -116,8 +112,6 @@ class Cube:
         grid = f", grid={self.grid_shape}" if self.grid_shape else ""
         return (f"Cube({self.path!r}, samples={self.n_samples}, scales={list(self.scales)}, "
                 f"D={self.embed_dim}{grid}, spec_hash={self.spec.spec_hash()!r})")
-
-    # ------------------------------------------------------------------ properties
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -151,8 +145,6 @@ class Cube:
     def attrs(self) -> dict[str, Any]:
         """The group attributes, read fresh from disk."""
         return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs.asdict())
-
-    # ------------------------------------------------------------------ constructors
 
     @classmethod
     def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any = None,
@@ -327,8 +319,6 @@ class Cube:
             self.last_changes = SampleChanges.identity(self.n_rows)
         logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
                     self.status_counts())
-
-    # ------------------------------------------------------------------ changing samples
 
     def _sync_samples(self, given: dict[str, Any], *, update: bool, append: bool) -> None:
         """Match given samples (checked inputs) with the stored ones; update and append if allowed.
@@ -507,8 +497,6 @@ class Cube:
             raise CubeError(f"cube path {self.path!r} is not writable, and {todo} unit(s) are left to do: "
                             f"run on writable storage (a finished cube on read-only storage needs no write)")
 
-    # ------------------------------------------------------------------ zarr access
-
     def _zgroup(self) -> zarr.Group:
         if self._group is None:
             try:
@@ -523,8 +511,6 @@ class Cube:
             arr = self._zgroup()[name]
             self._arrays[name] = arr  # type: ignore[assignment]
         return arr  # type: ignore[return-value]
-
-    # ------------------------------------------------------------------ units
 
     def unit_stop(self, start: int) -> int:
         """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start.

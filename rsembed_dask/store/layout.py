@@ -286,9 +286,6 @@ def coord_defs(n_samples: int, n_scales: int, embed_dim: int, id_dtype: Any) -> 
     ]
 
 
-# --------------------------------------------------------------------------- inputs
-
-
 def _ids_array(ids: Any) -> tuple[np.ndarray, Any]:
     """Sample ids as int64 or object-of-str, and the Zarr dtype to store them with."""
     arr = np.asarray(ids)
@@ -439,9 +436,6 @@ def read_segments(attrs: Mapping[str, Any], n_rows: int, chunk_size: int) -> tup
 def segment_rows(segments: Sequence[tuple[int, int]]) -> np.ndarray:
     """Rows (int64, sorted) of the arrays that hold samples."""
     return np.concatenate([np.arange(a, b, dtype="int64") for a, b in segments])
-
-
-# --------------------------------------------------------------------------- specs
 
 
 _ABSENT = object()

@@ -176,9 +176,6 @@ def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
     return meta["attributes"], None
 
 
-# --------------------------------------------------------------------------- cubes
-
-
 def check_cube(path, *, units: bool = True) -> CubeHealth:
     """Read every chunk of every array of the cube at ``path`` and report what is damaged.
 
@@ -462,9 +459,6 @@ def verify_cube(path) -> list[str]:
         ``path`` is not a cube.
     """
     return check_cube(path).problems
-
-
-# --------------------------------------------------------------------------- tiling stores
 
 
 def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[str]:

@@ -120,7 +120,6 @@ def make_points() -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     return pts, edges
 
 
-# --------------------------------------------------------------------------- independent references
 def hilbert_key_ref(lon: float, lat: float, bits: int) -> int:
     """Scalar xy2d (Wikipedia) of the lon/lat cell, in Python ints."""
     n = 1 << bits
@@ -155,7 +154,6 @@ def geohash_ref(lon: float, lat: float, precision: int) -> str:
     return "".join(out)
 
 
-# --------------------------------------------------------------------------- inputs
 def sample_table_input():
     import geopandas as gpd
     import shapely
@@ -211,7 +209,6 @@ def to_feature_collection(gdf) -> dict:
     return {"type": "FeatureCollection", "features": feats}
 
 
-# --------------------------------------------------------------------------- writers
 def _write_json(name: str, obj) -> None:
     (GOLDEN / name).write_text(json.dumps(obj, indent=1) + "\n")
 
