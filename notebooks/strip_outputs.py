@@ -9,7 +9,7 @@ Usage::
 
 Removes every code cell's outputs and execution count, and the notebook-level
 widget state that Jupyter and nbclient store (``metadata.widgets``). Cell sources,
-tags and ids are kept. Needs only nbformat. ``tests/test_notebooks.py`` checks that
+tags and ids are kept. Needs only nbformat. ``tests/e2e/test_notebooks.py`` checks that
 the committed notebooks are stripped.
 """
 

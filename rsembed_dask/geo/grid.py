@@ -143,7 +143,7 @@ def utm_epsg(lon: Any, lat: Any, *, check: bool = True) -> Any:
     equator is north (EPSG:326zz), south of it EPSG:327zz. The Norway/Svalbard exceptions
     are not applied, so the zone is a pure function of longitude. Every sample, tile and
     grid is placed with this function: changing it refuses every existing cube (pinned
-    byte for byte by ``tests/test_golden.py``).
+    byte for byte by ``tests/integration/test_golden.py``).
 
     Parameters
     ----------

@@ -23,7 +23,7 @@ Examples
 --------
 >>> provider = GEEProvider(project="my-project")              # doctest: +SKIP
 >>> patch = provider.fetch(point_grid(3, 31.2, 1120, 10), SensorSpec(),
-...                        TemporalSpec.range("2022-01-01", "2022-04-01"))
+...                        TemporalSpec.range("2022-01-01", "2022-04-01"))  # doctest: +SKIP
 """
 
 from __future__ import annotations

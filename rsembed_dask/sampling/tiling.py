@@ -27,7 +27,7 @@ Examples
 >>> [len(t) for t in tiling.tables]
 [287, 20]
 >>> tiling.tables[0].slice(0, 2).ids.tolist()
-['32632_10m_2239_258', '32632_10m_2239_259']
+['32632_10m_2239_264', '32632_10m_2239_265']
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Write the golden files that ``tests/test_golden.py`` compares the code to.
+"""Write the golden files that ``tests/integration/test_golden.py`` compares the code to.
 
 !!! REGENERATING THESE FILES REDEFINES THE ON-DISK FORMAT !!!
 Every cube written before stores its samples in Hilbert order with their geohashes,
@@ -57,7 +57,7 @@ From the repository root, after reading the warning above::
     PYTHONPATH=$PWD .venv/bin/python tests/data/golden/make_golden.py --force
 
 Without ``--force`` nothing is overwritten. ``--cube-only`` / ``--no-cube`` limit the run.
-The pinned behaviour is called through the helpers of ``tests/test_golden.py`` (one import
+The pinned behaviour is called through the helpers of ``tests/integration/test_golden.py`` (one import
 block there), so this script and the test can never call different functions.
 """
 
@@ -314,7 +314,7 @@ def main(argv=None) -> None:
         raise SystemExit("golden files exist; regenerating refuses every existing cube. "
                          "Read make_golden.py's docstring, then pass --force.")
     sys.path.insert(0, str(ROOT))
-    from tests import test_golden as g
+    from tests.integration import test_golden as g
 
     if not args.cube_only:
         write_keys(g)

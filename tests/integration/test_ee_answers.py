@@ -19,7 +19,7 @@ from rsembed_dask.providers.gee import GEEProvider, rest_grid
 from rsembed_dask.specs import SensorSpec, TemporalSpec
 from rsembed_dask.emulator import GEEEmulator
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")
 EMPTY = TemporalSpec.range("2015-01-01", "2015-02-01")  # before the first Sentinel-2 scene

@@ -20,7 +20,7 @@ from rsembed_dask.providers import GEEProvider
 from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
 from rsembed_dask.emulator import GEEEmulator
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 

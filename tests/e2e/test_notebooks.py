@@ -28,9 +28,9 @@ from distributed import Client  # noqa: E402
 from rsembed_dask.cluster.local import embed_workers  # noqa: E402
 from rsembed_dask.store.cube import OK, open_cube  # noqa: E402
 
-from .conftest import dask_processes  # noqa: E402
+from ..conftest import dask_processes  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "notebooks"
 NOTEBOOKS = ["01_quickstart.ipynb", "02_explore_cube.ipynb", "03_cluster_submission.ipynb",
              "04_tiling.ipynb"]
@@ -62,7 +62,7 @@ def inject_parameters(nb, params: dict) -> None:
     for name in params:
         assert f"\n{name} = " in "\n" + cell.source, f"{name} is not a parameter of this notebook"
     lines = [f"{name} = {value!r}" for name, value in params.items()]
-    cell.source = cell.source + "\n\n# injected by tests/test_notebooks.py\n" + "\n".join(lines)
+    cell.source = cell.source + "\n\n# injected by tests/e2e/test_notebooks.py\n" + "\n".join(lines)
 
 
 def execute(name: str, workdir: Path, **params):

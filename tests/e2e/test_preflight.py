@@ -18,7 +18,7 @@ from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.specs import ModelSpec, PointBuffer, SensorSpec, TemporalSpec
 from rsembed_dask.emulator import GEEEmulator
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 FUTURE = TemporalSpec.range("2031-01-01", "2031-02-01")  # no scene yet

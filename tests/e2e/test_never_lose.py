@@ -24,12 +24,12 @@ from rsembed_dask.providers.retry import RetryPolicy
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.emulator import Faults, GEEEmulator
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
 N = 64
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gdf():
@@ -52,7 +52,7 @@ from distributed import Client
 from zarr.storage import LocalStore
 
 from rsembed_dask.cluster.local import local_cluster
-from tests.test_never_lose import _run
+from tests.e2e.test_never_lose import _run
 
 
 class Emu:
@@ -158,7 +158,7 @@ def test_fetch_only_some_cells_plans_requests_for_those_only(provider, emu):
     from rsembed_dask.providers.coalesce import plan_requests
     from rsembed_dask.campaign.tasks import fetch_unit
 
-    from .test_coalesce import SPEC, _unit
+    from ..integration.test_coalesced_fetch import SPEC, _unit
 
     table, unit, grids = _unit(extra_far=True)  # 16 neighbours (one request), a far point, another zone
     full = fetch_unit(provider, table, unit, SPEC, threads=4)

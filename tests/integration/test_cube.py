@@ -249,7 +249,7 @@ def test_spec_mismatch_names_fields(tmp_path, caplog):
     rt = make_spec(model=ModelSpec(model_id="test-tiny", image_size=32, batch_size=3, device="cpu"))
     assert create(path, spec=rt).spec.model.batch_size == 3
     # ids the cube does not hold are refused (naming them and the flag), unless appended
-    # (tests/test_changing_samples.py); ids of another kind are refused outright
+    # (tests/integration/test_changing_samples.py); ids of another kind are refused outright
     s = samples()
     s["ids"] = [f"id-{i}" for i in range(N - 1)] + ["zzz"]
     with pytest.raises(CubeError, match=r"not in the cube \(\['zzz'\]\).*--append"):

@@ -2,9 +2,7 @@
 coalescing shortcut against plan_requests, bytes, cube size, the time formula, the CLI, and latency
 measured on the emulator."""
 
-import doctest
 import json
-import math
 
 import geopandas as gpd
 import numpy as np
@@ -12,14 +10,10 @@ import pytest
 import shapely
 import zarr
 
-from rsembed_dask.geo import aoi
-from rsembed_dask.plan import estimate as planning, latency, requests as request_count, store_size
 from rsembed_dask.geo.aoi import read_aoi
 from rsembed_dask.cli.commands import main
 from rsembed_dask.errors import ModelError, SpecError
-from rsembed_dask.plan.latency import (
-    ASSUMED_LATENCY_BASE_S, Latency, assumed_latency, fetch_time,
-    measure_latency)
+from rsembed_dask.plan.latency import ASSUMED_LATENCY_BASE_S, Latency, assumed_latency, fetch_time
 from rsembed_dask.plan.estimate import estimate_campaign, plan_scale, resolve_embed_dim
 from rsembed_dask.plan.report import format_plan
 from rsembed_dask.plan.requests import unit_requests
@@ -29,7 +23,6 @@ from rsembed_dask.sampling.samples import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 from rsembed_dask.store.tiling import create_or_open_tiling, scale_name
 from rsembed_dask.sampling.tiling import tile_aoi
-from rsembed_dask.campaign.tasks import fetch_unit
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 # A small AOI astride the 12E seam between UTM zones 32 and 33.
@@ -47,12 +40,6 @@ def _reference(table, chunk, n_bands=3, **limits):
         px = [r.grid.width * r.grid.height for r in plan]
         out.append((len(plan), sum(px), max(px)))
     return np.array(out, np.int64).reshape(-1, 3)
-
-
-@pytest.mark.parametrize("module", [planning, latency, request_count, store_size, aoi])
-def test_module_doctests(module):
-    result = doctest.testmod(module)
-    assert result.attempted >= 2 and result.failed == 0
 
 
 def test_tile_grids_are_the_footprints_fetch_unit_computes():
@@ -265,48 +252,3 @@ def test_embed_dim_needs_no_download_for_the_default_model(monkeypatch):
     assert (dim, patch) == (1024, 16) and source.startswith("assumed ViT-L")
     with pytest.raises(ModelError):
         resolve_embed_dim("test-nope")
-
-
-def test_measured_latency_on_the_emulator(provider, emu):
-    table = tile_aoi((12.0, 45.0, 12.1, 45.05), scales=[40]).tables[0]
-    lat = measure_latency(provider, table, n_bands=3, temporal=WINDOW, chunk_size=2, samples=2)
-    assert lat.source == "measured" and lat.single_s > 0 and lat.coalesced_s > 0
-    assert emu.stats.as_dict()["compute_pixels"] == 2 * 2  # one coalesced and one single per sampled unit
-    with pytest.raises(SpecError, match="n_bands"):
-        measure_latency(provider, table, n_bands=13, temporal=WINDOW)
-
-
-@pytest.mark.timeout(120)
-def test_cli_measure_latency_with_the_emulator_backend(capsys):
-    rc = main(["plan", "12.0,45.0,12.1,45.05", "--scales", "40", "--model", "test-tiny", "--measure-latency",
-               "--backend", "emulator", "--start", "2022-01-01", "--end", "2022-02-01",
-               "--latency-samples", "2", "--json"])
-    assert rc == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["latency"]["source"] == "measured"
-    assert info["latency"]["single_s"] > 0 and info["latency"]["coalesced_s"] > 0
-    t = info["total"]["fetch_time"]["coalesced"]
-    assert t["latency_s"] == info["latency"]["coalesced_s"]
-    assert main(["plan", "12.0,45.0,12.1,45.05", "--measure-latency", "--backend", "local:/nope",
-                 "--embed-dim", "8"]) == 2
-    assert "--backend" in capsys.readouterr().err
-
-
-def test_planned_requests_are_what_fetch_unit_sends(provider, emu):
-    """Through the real ee client on the emulator: per unit, computePixels calls == the plan."""
-    tiling = tile_aoi(SEAM, scales=[20])
-    table = tiling.tables[0]
-    chunk = 2  # not a whole block: units straddle blocks, and one the zone seam
-    spec = CampaignSpec(temporal=WINDOW, model=ModelSpec("test-tiny", device="cpu"), scales=(20.0,),
-                        chunk_size=chunk, buffer_m=None)
-    planned = unit_requests(table, chunk, 3)
-    units = work_units(len(table), (20.0,), chunk)
-    assert len(units) == len(planned.requests) >= 3
-    assert any(len(set(table.epsg[u.start:u.stop].tolist())) == 2 for u in units)
-    for unit, n_req in zip(units, planned.requests.tolist()):
-        emu.stats.reset()
-        px = fetch_unit(provider, table.slice(unit.start, unit.stop), unit, spec, threads=2)
-        assert emu.stats.as_dict()["compute_pixels"] == n_req == px.requests["sent"]
-    single = estimate_campaign(tiling, chunk_size=chunk, embed_dim=8).scales[0]
-    assert single.requests_coalesced == planned.requests.sum() and single.requests_single == len(table)
-    assert math.isclose(single.bytes_coalesced, planned.pixels.sum() * 3 * BYTES_PER_SAMPLE)

@@ -38,7 +38,7 @@ from rsembed_dask.specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, 
 from rsembed_dask.store.cube import Cube, open_cube
 from rsembed_dask.store.layout import CUBE_VERSION, FAILED, MARKER_ATTR, NO_DATA, OK, PENDING, STATUS_NAMES
 
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden"
+GOLDEN = pathlib.Path(__file__).parents[1] / "data" / "golden"
 CUBE_DIR = GOLDEN / "cube_v1"
 
 # The fixture cube's campaign (make_golden.write_cube uses exactly these).

@@ -16,7 +16,7 @@ from rsembed_dask.specs import SensorSpec, TemporalSpec
 from rsembed_dask.emulator import Faults, GEEEmulator
 from rsembed_dask.emulator.synthetic_s2 import SyntheticS2World
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")
 

@@ -13,7 +13,7 @@ from rsembed_dask.providers.gee import check_request_size, rest_grid
 from rsembed_dask.providers.limits import REQUEST_BYTE_LIMIT
 from rsembed_dask.specs import SensorSpec, TemporalSpec
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")
 GEOD = pyproj.Geod(ellps="WGS84")

@@ -11,7 +11,7 @@ from rsembed_dask.providers import GEEProvider
 from rsembed_dask.specs import ModelSpec, SensorSpec, TemporalSpec
 from rsembed_dask.emulator import Faults, GEEEmulator
 
-from .conftest import FAST_RETRY, dask_processes
+from ..conftest import FAST_RETRY, dask_processes
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")

@@ -12,7 +12,7 @@ from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers.gee import GEEProvider
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 
-from .conftest import FAST_RETRY
+from ..conftest import FAST_RETRY
 
 
 def _anisotropic(n=200, d=12, seed=0):

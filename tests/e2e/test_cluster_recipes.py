@@ -23,7 +23,7 @@ from rsembed_dask.errors import ClusterDependencyError
 from rsembed_dask.store.cube import OK, open_cube
 from rsembed_dask.errors import SpecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "cluster"
 BIN = Path(sys.executable).parent
 RUN_ARGS = ["--scales", "10", "--start", "2022-01-01", "--end", "2022-02-01", "--model", "test-tiny",

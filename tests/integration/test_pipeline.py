@@ -1,7 +1,5 @@
 """Campaigns end to end: in-process cluster, real multi-process cluster, resume, actor loss."""
 
-import signal
-import time
 
 import geopandas as gpd
 import numpy as np
@@ -15,7 +13,6 @@ from rsembed_dask.embed.model import ScaleMAEEmbedder
 from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.specs import BBox, ModelSpec, PointBuffer, TemporalSpec
 
-from .conftest import dask_processes
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")
@@ -110,37 +107,6 @@ def test_resume_runs_only_missing_units_and_refuses_another_spec(tmp_path, clien
     with pytest.raises(SpecMismatchError, match="model.model_id"):
         run_campaign(gdf, out, scales=[10, 20], temporal=WINDOW, model=ModelSpec("test-small"),
                      backend=provider, client=client, chunk_size=4, progress=False)
-
-
-@pytest.fixture
-def process_cluster():
-    with dask_processes(n_gpu=2) as (addr, procs):
-        yield addr, procs["gpu"]
-
-
-@pytest.mark.timeout(300)
-def test_multiprocess_cluster_and_actor_worker_killed(tmp_path, process_cluster, emulator):
-    addr, workers = process_cluster
-    gdf = _points(48, seed=3)
-    opts = {"api_url": emulator.url, "credentials": "anonymous", "project": "test-project"}
-    clean = run_campaign(gdf, tmp_path / "clean.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
-                         gee_options=opts, client=addr, chunk_size=4, progress=False)
-    assert (clean.status.values == OK).all()
-    assert len(Cube.open(tmp_path / "clean.zarr").attrs["last_run"]["workers_used"]) == 2
-
-    killed = []
-
-    def kill_one(summary):
-        if not killed:
-            workers[0].send_signal(signal.SIGKILL)
-            killed.append(time.time())
-
-    ds = run_campaign(gdf, tmp_path / "killed.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
-                      gee_options=opts, client=addr, chunk_size=4, progress=False, on_unit=kill_one)
-    assert killed and (ds.status.values == OK).all()
-    np.testing.assert_allclose(ds.embedding.values, clean.embedding.values, rtol=1e-5, atol=1e-6)
-    last = Cube.open(tmp_path / "killed.zarr").attrs["last_run"]
-    assert last["actors_lost"] == 1 and last["units_done"] == 12
 
 
 def test_worker_lists_do_not_trust_the_clients_cached_identity(client, monkeypatch):

@@ -15,7 +15,7 @@ from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.emulator import GEEEmulator
 
-from .conftest import dask_processes, dask_worker
+from ..conftest import dask_processes, dask_worker
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 TINY = ModelSpec("test-tiny", device="cpu")

@@ -1,0 +1,44 @@
+"""A campaign on a multi-process Dask cluster whose actor worker is killed mid-run."""
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from rsembed_dask.store.cube import OK, Cube
+from rsembed_dask.campaign.run import run_campaign
+
+from ..conftest import dask_processes
+from ..integration.test_pipeline import TINY, WINDOW, _points
+
+
+@pytest.fixture
+def process_cluster():
+    with dask_processes(n_gpu=2) as (addr, procs):
+        yield addr, procs["gpu"]
+
+
+@pytest.mark.timeout(300)
+def test_multiprocess_cluster_and_actor_worker_killed(tmp_path, process_cluster, emulator):
+    addr, workers = process_cluster
+    gdf = _points(48, seed=3)
+    opts = {"api_url": emulator.url, "credentials": "anonymous", "project": "test-project"}
+    clean = run_campaign(gdf, tmp_path / "clean.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
+                         gee_options=opts, client=addr, chunk_size=4, progress=False)
+    assert (clean.status.values == OK).all()
+    assert len(Cube.open(tmp_path / "clean.zarr").attrs["last_run"]["workers_used"]) == 2
+
+    killed = []
+
+    def kill_one(summary):
+        if not killed:
+            workers[0].send_signal(signal.SIGKILL)
+            killed.append(time.time())
+
+    ds = run_campaign(gdf, tmp_path / "killed.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
+                      gee_options=opts, client=addr, chunk_size=4, progress=False, on_unit=kill_one)
+    assert killed and (ds.status.values == OK).all()
+    np.testing.assert_allclose(ds.embedding.values, clean.embedding.values, rtol=1e-5, atol=1e-6)
+    last = Cube.open(tmp_path / "killed.zarr").attrs["last_run"]
+    assert last["actors_lost"] == 1 and last["units_done"] == 12
