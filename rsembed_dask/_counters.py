@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import fields
+from dataclasses import Field, fields
+from typing import Any
 
 __all__ = ["Counters"]
 
@@ -35,17 +36,20 @@ class Counters:
     def _after_add(self) -> None:
         """Hook run under the lock after each ``add``."""
 
+    def _fields(self) -> tuple[Field[Any], ...]:
+        return fields(self)  # type: ignore[arg-type]  # a mixin: every user is a dataclass
+
     def as_dict(self) -> dict[str, int]:
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            return {f.name: getattr(self, f.name) for f in self._fields() if not f.name.startswith("_")}
 
     def reset(self) -> None:
         with self._lock:
-            for f in fields(self):
+            for f in self._fields():
                 setattr(self, f.name, 0)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, int]:
         return self.as_dict()
 
-    def __setstate__(self, state):
-        self.__init__(**state)
+    def __setstate__(self, state: dict[str, int]) -> None:
+        type(self).__init__(self, **state)

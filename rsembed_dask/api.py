@@ -111,10 +111,12 @@ def _fetch_all(provider, footprints: list[Footprint], sensor: SensorSpec, tempor
     plan = (plan_requests(grids, len(sensor.bands)) if coalesce
             else [CoalescedRequest(g, (i,)) for i, g in enumerate(grids)])
     results = fetch_coalesced(provider, grids, plan, sensor, temporal, workers, thread_name="rsembed-fetch")
+    patches = []
     for result in results:
         if isinstance(result, Exception):
             raise result
-    return results
+        patches.append(result)
+    return patches
 
 
 def get_embeddings_batch(model_name: str = "scalemae_rgb", *, spatials: Sequence[PointBuffer | BBox],

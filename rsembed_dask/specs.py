@@ -17,6 +17,7 @@ TemporalSpec(start='2022-01-01', end='2023-01-01')
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,9 +117,9 @@ class TemporalSpec(SpecBase):
                             f"a date after start={self.start!r} (the window is [start, end))")
 
     @classmethod
-    def range(cls, start, end) -> TemporalSpec:
+    def range(cls, start: str | _dt.date, end: str | _dt.date) -> TemporalSpec:
         """Window from ``start`` (inclusive) to ``end`` (exclusive)."""
-        return cls(start, end)
+        return cls(iso_date("TemporalSpec.start", start), iso_date("TemporalSpec.end", end))
 
     @classmethod
     def year(cls, y: int) -> TemporalSpec:
@@ -179,12 +180,12 @@ class OutputSpec(SpecBase):
         choice("OutputSpec.pooling", self.pooling, self.POOLINGS)
 
     @classmethod
-    def pooled(cls, pooling: str = "mean") -> OutputSpec:
+    def pooled(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
         """One vector per sample: mean (or max) of patch tokens, CLS excluded."""
         return cls("pooled", pooling)
 
     @classmethod
-    def grid(cls, pooling: str = "mean") -> OutputSpec:
+    def grid(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
         """Patch tokens as a ``(D, h, w)`` grid (``pooling`` is used for the pooled companion)."""
         return cls("grid", pooling)
 
@@ -237,7 +238,7 @@ class ModelSpec(SpecBase):
                                               lo=0, lo_open=True, hi=1e6))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ModelSpec:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ModelSpec:
         """Defaults from the rs-embed environment knobs, then ``overrides``.
 
         Reads ``RS_EMBED_SCALEMAE_ID``, ``RS_EMBED_SCALEMAE_IMG`` and

@@ -94,7 +94,11 @@ def local_actor(actor_key: str) -> EmbedActor:
 
     worker = get_worker()
     try:
-        return worker.state.actors[actor_key]
+        actor = worker.state.actors[actor_key]
     except KeyError:
         raise ModelError(f"no actor {actor_key} on worker {worker.address}: embed tasks must run on "
                          f"their actor's worker") from None
+    if not isinstance(actor, EmbedActor):
+        raise ModelError(f"actor {actor_key} on worker {worker.address} is a {type(actor).__name__}, "
+                         f"not an EmbedActor")
+    return actor

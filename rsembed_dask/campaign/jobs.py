@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -181,7 +181,7 @@ def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
 def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = DEFAULT_SCALES,
                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
-                 id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
+                 id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                  update: bool = False, append: bool = False,
                  versions: Callable[[], dict[str, str]] = software_versions) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
@@ -206,7 +206,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, sc
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
     if repair:  # metadata and coordinates from the given samples, before anything reads them
-        repair_sample_cube(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
+        repair_sample_cube(os.fspath(out), table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=embed_dim,
                                grid_shape=grid_shape, versions=versions(), update=update, append=append)

@@ -24,7 +24,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import xarray as xr
 
@@ -72,7 +72,7 @@ def _with_cluster_limit(provider, client, max_requests: int):
 def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                   chunk_size: int = 64, buffer_m: float | None = None, batch_size: int | None = None,
-                  id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
+                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                   update: bool = False, append: bool = False) -> tuple[CampaignSpec, SampleTable, Cube, list]:
     """Validate everything and create (or reopen) the cube of a sample campaign; nothing is fetched.
 
@@ -87,7 +87,7 @@ def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal:
 
 def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: TemporalSpec,
           sensor: SensorSpec | None, model: Any, output: OutputSpec | None, batch_size: int | None,
-          chunk_size: int | None, buffer_m: float | None, id_column: str | None, on_invalid: str) -> Jobs:
+          chunk_size: int | None, buffer_m: float | None, id_column: str | None, on_invalid: Literal["raise", "skip"]) -> Jobs:
     """The planner of ``source``'s kind: a tiling's, or the samples'."""
     common = dict(temporal=temporal, sensor=sensor, model=model, output=output, batch_size=batch_size,
                   chunk_size=chunk_size, repair=options.repair)
@@ -108,7 +108,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                  sensor: SensorSpec | None = None, model: Any = None,
                  output: OutputSpec | None = None, backend: Any = "gee", client: Any = None,
                  batch_size: int | None = None, chunk_size: int | None = None, buffer_m: float | None = None,
-                 id_column: str | None = None, on_invalid: str = "raise",
+                 id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise",
                  gee_options: Mapping[str, Any] | None = None, cluster_options: Mapping[str, Any] | None = None,
                  options: RunOptions | None = None, **knobs: Any) -> xr.Dataset | xr.DataTree:
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.

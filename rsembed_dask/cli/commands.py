@@ -17,6 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
                    scales_given, take_negative_bbox)
@@ -84,7 +85,7 @@ def _cmd_embed(args) -> int:
         gee_options=gee_options(args),
     )
     data = np.asarray(emb.data)
-    summary = {
+    summary: dict[str, Any] = {
         "shape": list(data.shape),
         "mean": float(np.nanmean(data)),
         "std": float(np.nanstd(data)),
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: shutdown, with tracebacks) are shown only from ``-vv`` on.
 _CHATTY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
 #: Exit codes of a run ended by a signal (the shell's 128 + signal number).
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class _QuietDask(logging.Filter):

@@ -62,6 +62,7 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
     """
     from ..api import get_embedding
     from ..providers.backends import open_backend
+    from ..providers.gee import GEEProvider
 
     out = _check_demo_args(out, n_samples)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,10 +70,11 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
     grid = point_grid(DEMO_POINT.lon, DEMO_POINT.lat, DEMO_POINT.buffer_m, sensor.scale_m)
     with open_backend("emulator") as provider:
         patch = provider.fetch(grid, sensor, DEMO_WINDOW)
+        emulator_url = provider.session.url if isinstance(provider, GEEProvider) else "?"
         tif = write_geotiff(patch, out / "s2_rgb.tif")
         png = write_quicklook(patch, out / "s2_rgb.png")
         print(f"[1/3] fetched a {patch.grid.height}x{patch.grid.width} S2 RGB composite in {patch.crs} "
-              f"at {patch.grid.scale_m:g} m through earthengine-api (emulator at {provider.session.url})")
+              f"at {patch.grid.scale_m:g} m through earthengine-api (emulator at {emulator_url})")
         print(f"      GeoTIFF: {tif}\n      quicklook: {png}")
         emb = get_embedding("scalemae_rgb", spatial=DEMO_POINT, temporal=DEMO_WINDOW, sensor=sensor,
                             output=OutputSpec.pooled(), backend=provider,

@@ -15,9 +15,12 @@ import subprocess
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, RsEmbedError, SpecError
+
+if TYPE_CHECKING:
+    from distributed import Client, Semaphore, SpecCluster
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def count_gpus() -> int:
 def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_threads: int = 4,
                   processes: bool = True, dashboard_address: str | None = ":8787",
                   memory_limit: str | int = "auto", silence_logs: int = logging.WARNING,
-                  host: str = "127.0.0.1"):
+                  host: str = "127.0.0.1") -> SpecCluster:
     """A local Dask cluster laid out for embedding campaigns.
 
     Parameters
@@ -116,7 +119,7 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     import dask
 
     prefix = "distributed.nanny.pre-spawn-environ."
-    environ = dict(WORKER_MALLOC_ENV)
+    environ: dict[str, Any] = dict(WORKER_MALLOC_ENV)
     if silence_logs and not isinstance(silence_logs, bool):
         # Worker processes configure their logging at import, from the environment: the same
         # level as this process's distributed loggers (no INFO chatter of workers closing).
@@ -259,7 +262,7 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> str:
 
 @contextlib.contextmanager
 def connect(client: Any = None, *, scheduler_timeout: float = SCHEDULER_TIMEOUT_S,
-            **local_options) -> Iterator[Any]:
+            **local_options: Any) -> Iterator[Client]:
     """Yield a ``distributed.Client`` for ``client``.
 
     ``None`` starts (and afterwards stops) :func:`local_cluster`; a string is a
@@ -309,13 +312,13 @@ def _workers(client) -> dict[str, Any]:
     return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
 
 
-def fetch_workers(client) -> list[str]:
+def fetch_workers(client: Client) -> list[str]:
     """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted."""
     return sorted(addr for addr, w in _workers(client).items()
                   if not w.get("resources", {}).get(GPU_RESOURCE, 0))
 
 
-def embed_workers(client) -> list[str]:
+def embed_workers(client: Client) -> list[str]:
     """Addresses of the workers that declare the ``GPU`` resource, sorted."""
     return sorted(addr for addr, w in _workers(client).items()
                   if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
@@ -360,7 +363,7 @@ class ClusterSemaphore:
             raise SpecError("ClusterSemaphore.max_leases", max_leases, "an integer >= 1")
         self.name, self.max_leases = str(name), max_leases
         self._held = threading.local()
-        self._bound = None
+        self._bound: Semaphore | None = None
 
     def __reduce__(self):
         return (ClusterSemaphore, (self.name, self.max_leases))
@@ -368,10 +371,11 @@ class ClusterSemaphore:
     def __repr__(self) -> str:
         return f"ClusterSemaphore({self.name!r}, max_leases={self.max_leases})"
 
-    def semaphore(self):
+    def semaphore(self) -> Semaphore:
         """The ``distributed.Semaphore`` of this thread's worker (or client), registered."""
         from distributed import Semaphore, get_client, get_worker
 
+        owner: Any
         try:
             owner = get_worker()
         except ValueError:

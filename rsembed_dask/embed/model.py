@@ -23,7 +23,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ..errors import SpecError
 from .preprocess import check_chw, effective_gsd_m, preprocess
 from ..specs import MAX_SCALE_M, ModelSpec, OutputSpec
 from .weights import ModelInfo, load_scalemae
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class EmbedResult:
         }
 
 
-def resolve_device(device: str):
+def resolve_device(device: str) -> torch.device:
     """``"auto"`` → ``cuda`` when available, else ``cpu``; other names as given."""
     import torch
 
@@ -175,7 +178,7 @@ class ScaleMAEEmbedder:
     def __repr__(self) -> str:
         return f"ScaleMAEEmbedder({self.spec.model_id!r}, device={str(self.device)!r}, dtype={self.spec.dtype!r})"
 
-    def embed_tensor(self, x, input_res):
+    def embed_tensor(self, x: torch.Tensor, input_res: Any) -> torch.Tensor:
         """Bare forward pass: preprocessed ``[B, 3, S, S]`` → tokens ``[B, 1+N, D]`` float32 (CLS first).
 
         ``input_res`` is a number or ``[B]`` values passed to ``forward_features`` as is.
@@ -193,7 +196,8 @@ class ScaleMAEEmbedder:
             tokens = self.backbone.forward_features(x, input_res=res.contiguous())
         return tokens.float()
 
-    def embed(self, images, scale_m, *, output: OutputSpec | None = None, roi=None,
+    def embed(self, images: Any, scale_m: float | Sequence[float], *, output: OutputSpec | None = None,
+              roi: Sequence[Any] | None = None,
               check: bool = True) -> EmbedResult:
         """Embed raw chips.
 

@@ -150,7 +150,7 @@ def resize_uint8_exact(u8: Any, image_size: int, *, pin_memory: bool = False):
     dst = out.numpy().reshape(-1, S, S)
 
     def one(i: int) -> None:
-        dst[i] = np.asarray(Image.fromarray(planes[i]).resize((S, S), Image.BICUBIC))
+        dst[i] = np.asarray(Image.fromarray(planes[i]).resize((S, S), Image.Resampling.BICUBIC))
 
     if len(planes) <= 3:
         for i in range(len(planes)):

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ModelInfo", "TEST_CONFIGS", "import_rshf_scalemae", "load_scalemae", "model_info"]
 
 # The published ScaleMAE checkpoints (and what rshf's ScaleMAE always builds).
-VIT_LARGE = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "patch_size": 16, "mlp_ratio": 4.0}
+VIT_LARGE: dict[str, Any] = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "patch_size": 16, "mlp_ratio": 4.0}
 ARCH_KEYS = tuple(VIT_LARGE)
 
 TEST_CONFIGS: dict[str, dict[str, Any]] = {
@@ -290,7 +290,7 @@ def _load_state_dict(directory: Path, model_id: str) -> dict[str, Any]:
                      f"(expected one of {', '.join(WEIGHT_FILES)})")
 
 
-def load_scalemae(spec: ModelSpec):
+def load_scalemae(spec: ModelSpec) -> tuple[Any, ModelInfo]:
     """Load the ScaleMAE wrapper named by ``spec.model_id`` on CPU, in eval mode.
 
     Returns

@@ -59,8 +59,9 @@ def parse_grid(grid: Any) -> Grid:
     try:
         at = grid["affineTransform"]
         dims = grid["dimensions"]
-        transform = tuple(float(at.get(k, 0.0)) for k in
-                          ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"))
+        a, b, c, d, e, f = (float(at.get(k, 0.0)) for k in
+                            ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"))
+        transform = (a, b, c, d, e, f)
         width, height = int(dims["width"]), int(dims["height"])
         crs = str(grid["crsCode"])
     except (KeyError, TypeError, ValueError) as e:

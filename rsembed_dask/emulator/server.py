@@ -346,7 +346,7 @@ class GEEEmulator:
         if self._server is None:
             raise RuntimeError("GEEEmulator is not started: use it as a context manager or call start()")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> GEEEmulator:
         self._server = _Server(("127.0.0.1", self._port), self)

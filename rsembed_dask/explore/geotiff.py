@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import CubeError, SpecError
 from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
-from ..store.open import is_tiling_store
+from ..store.open import array_of, attr_text, group_of, is_tiling_store
 
 __all__ = ["PCAColours", "STRETCH_PERCENTILES", "grid_quicklook"]
 
@@ -66,7 +67,7 @@ class PCAColours:
     flat: np.ndarray
 
     @classmethod
-    def fit(cls, vectors, components: Sequence[int] = (0, 1, 2)) -> PCAColours:
+    def fit(cls, vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> PCAColours:
         """Fit on the finite rows of ``vectors`` ``(N, D)``; ``components`` pick the axes (R, G, B).
 
         Raises
@@ -89,7 +90,7 @@ class PCAColours:
         flat = hi - lo <= 1e-9 * max(1.0, float(np.abs(xf).max()))
         return cls(mean, axes, lo, hi, flat)
 
-    def rgb(self, vectors) -> np.ndarray:
+    def rgb(self, vectors: ArrayLike) -> np.ndarray:
         """``(N, 3)`` uint8 colours; rows holding a NaN or inf are black (0, 0, 0)."""
         x = np.asarray(vectors, dtype=np.float64)
         out = np.zeros((x.shape[0], 3), np.uint8)
@@ -143,7 +144,7 @@ def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
     return np.concatenate(rows)[:max_rows] if rows else np.zeros((0, samples["embedding"].shape[2]))
 
 
-def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] = (0, 1, 2),
+def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.PathLike, *, components: Sequence[int] = (0, 1, 2),
                    png: bool = True, seed: int = 0) -> list[str]:
     """Write RGB quicklooks of one scale of a tiling store: a GeoTIFF (and PNG) per zone.
 
@@ -174,8 +175,8 @@ def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] =
                                          MAX_FIT_VECTORS), components)
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for zone, g in sorted(root[name].groups()):
-        emb, status = g["embedding"], np.asarray(g["status"][...])
+    for zone, g in sorted(group_of(root, name).groups()):
+        emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
         ny, nx, _ = emb.shape
         rgba = np.zeros((4, ny, nx), np.uint8)
         step = emb.chunks[0]
@@ -184,7 +185,8 @@ def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] =
             h = min(step, ny - r)
             rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
         rgba[3] = np.where(status == OK, 255, 0)
-        transform = Affine.from_gdal(*(float(v) for v in g["spatial_ref"].attrs["GeoTransform"].split()))
+        geo = attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform")
+        transform = Affine.from_gdal(*(float(v) for v in geo.split()))
         base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
         with rasterio.open(base + ".tif", "w", driver="GTiff", width=nx, height=ny, count=4, dtype="uint8",
                            crs=g.attrs[CRS_ATTR], transform=transform,

@@ -17,9 +17,10 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 import xarray as xr
 
 from ..store.info import campaign_attributes
@@ -28,11 +29,16 @@ from ..store.open import nearest_sample, open_cube
 from ..errors import SpecError
 from .geotiff import PCAColours, _check_components
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pandas as pd
+    from matplotlib.axes import Axes
+
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info"]
 
 log = logging.getLogger(__name__)
 
-def pca_rgb(vectors, components: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.ndarray:
     """Map embedding vectors to RGB colours through PCA.
 
     The finite rows are centred and their principal axes found with NumPy's SVD;
@@ -124,7 +130,7 @@ def _frame(ds, si: int, rows: np.ndarray | None = None, *, with_embedding: bool 
     return gpd.GeoDataFrame(data, index=index, geometry=shapely.from_wkb(wkb), crs="EPSG:4326")
 
 
-def to_geodataframe(cube: Any, scale: float | None = None):
+def to_geodataframe(cube: Any, scale: float | None = None) -> gpd.GeoDataFrame:
     """One row per sample at one scale, with the sample's geometry.
 
     Returns
@@ -167,7 +173,7 @@ def _query_position(ds, query: Any) -> int:
 
 
 def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
-            block_size: int = 65_536):
+            block_size: int = 65_536) -> pd.DataFrame:
     """The ``k`` samples whose embeddings are most cosine-similar to the query's.
 
     Parameters
@@ -234,7 +240,7 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
 
 
 def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
-              components: Sequence[int] = (0, 1, 2), *, s: float = 30.0):
+              components: Sequence[int] = (0, 1, 2), *, s: float = 30.0) -> Axes:
     """Plot the samples at their centroids, coloured by :func:`pca_rgb` of their embeddings.
 
     ``components`` are the principal components shown as red, green and blue;
@@ -269,7 +275,7 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
     return ax
 
 
-def status_table(cube: Any):
+def status_table(cube: Any) -> pd.DataFrame:
     """Cells per status and scale: a DataFrame indexed by scale (m), one column per status.
 
     Examples

@@ -25,18 +25,23 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import SpecError
 from .grid import UTM_MAX_LAT, UTM_MIN_LAT
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import shapely
+
 __all__ = ["aoi_geometry", "aoi_bounds", "read_aoi"]
 
 log = logging.getLogger(__name__)
 
 
-def aoi_geometry(aoi):
+def aoi_geometry(aoi: Any) -> shapely.Geometry:
     """The AOI as one shapely (multi)polygon in EPSG:4326.
 
     Parameters
@@ -166,7 +171,7 @@ def _across_antimeridian(geom):
     return out
 
 
-def aoi_bounds(geom) -> tuple[float, float, float, float]:
+def aoi_bounds(geom: shapely.Geometry) -> tuple[float, float, float, float]:
     """``(west, south, east, north)`` of an EPSG:4326 AOI; ``west > east`` across the antimeridian.
 
     As a GeoJSON bbox (RFC 7946): the parts of an AOI split at 180° (179..180 and
@@ -189,7 +194,7 @@ def aoi_bounds(geom) -> tuple[float, float, float, float]:
     return lo, minlat, hi - 360.0, maxlat
 
 
-def read_aoi(text: str):
+def read_aoi(text: str) -> tuple[float, float, float, float] | gpd.GeoDataFrame:
     """The AOI named by ``text``: ``"minlon,minlat,maxlon,maxlat"`` or a vector file.
 
     Files are read with geopandas (GeoJSON, GeoPackage, Shapefile ...; ``.parquet``

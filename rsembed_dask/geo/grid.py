@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -113,7 +114,7 @@ class PixelGrid:
         return r, c
 
     @classmethod
-    def union(cls, grids) -> PixelGrid:
+    def union(cls, grids: Iterable[PixelGrid]) -> PixelGrid:
         """The smallest grid on the same lattice that covers all ``grids``."""
         grids = list(grids)
         if not grids:
@@ -202,12 +203,12 @@ def _transformer(src: str, dst: str):
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
-def lonlat_to_xy(lon, lat, crs: str):
+def lonlat_to_xy(lon: ArrayLike, lat: ArrayLike, crs: str) -> tuple[Any, Any]:
     """Project lon/lat (EPSG:4326) to ``crs``; works on scalars and arrays."""
     return _transformer("EPSG:4326", crs).transform(lon, lat)
 
 
-def xy_to_lonlat(x, y, crs: str):
+def xy_to_lonlat(x: ArrayLike, y: ArrayLike, crs: str) -> tuple[Any, Any]:
     """Inverse of :func:`lonlat_to_xy`."""
     return _transformer(crs, "EPSG:4326").transform(x, y)
 

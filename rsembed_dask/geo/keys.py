@@ -11,6 +11,7 @@ Examples
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["geohash_encode", "hilbert_order", "GEOHASH_PRECISION", "HILBERT_BITS"]
 
@@ -19,7 +20,7 @@ HILBERT_BITS = 16
 _BASE32 = np.array(list("0123456789bcdefghjkmnpqrstuvwxyz"))
 
 
-def geohash_encode(lon, lat, precision: int = GEOHASH_PRECISION) -> np.ndarray:
+def geohash_encode(lon: ArrayLike, lat: ArrayLike, precision: int = GEOHASH_PRECISION) -> np.ndarray:
     """Geohashes (object array of str) of degrees ``lon, lat``: vectorised bisection,
     bit-exact with the reference algorithm, ``precision`` characters of 5 bits."""
     val = np.stack(np.broadcast_arrays(*np.atleast_1d(np.asarray(lon, float), np.asarray(lat, float))))
@@ -38,7 +39,7 @@ def geohash_encode(lon, lat, precision: int = GEOHASH_PRECISION) -> np.ndarray:
     return np.array(["".join(row) for row in chars], dtype=object)
 
 
-def hilbert_order(lon, lat, bits: int = HILBERT_BITS) -> np.ndarray:
+def hilbert_order(lon: ArrayLike, lat: ArrayLike, bits: int = HILBERT_BITS) -> np.ndarray:
     """Permutation (int64) sorting ``lon, lat`` along a Hilbert curve over a ``2**bits``
     lon/lat grid (16 bits: cells of about 600 m x 300 m); ties keep input order."""
     n = 1 << bits

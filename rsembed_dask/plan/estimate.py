@@ -240,7 +240,7 @@ class CampaignPlan:
         }
 
 
-def estimate_campaign(aoi, scales: Sequence[float] = DEFAULT_SCALES, *, image_size: int = DEFAULT_IMAGE_SIZE,
+def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, image_size: int = DEFAULT_IMAGE_SIZE,
                       chunk_size: int | None = None, n_bands: int = 3, embed_dim: int = 1024,
                       embed_dim_source: str = "given", model_id: str = "",
                       grid_shape: tuple[int, int] | None = None, latency: Latency | float | None = None,

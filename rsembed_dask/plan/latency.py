@@ -35,7 +35,9 @@ from ..errors import NoImageryError, SpecError
 from ..providers.coalesce import plan_requests
 from ..providers.limits import EE_CONCURRENCY, EE_REQUESTS_PER_S
 from .._validate import number, strict_int
+from ..providers.base import Provider
 from ..sampling.tiling import TileTable
+from ..specs import SensorSpec, TemporalSpec
 
 __all__ = [
     "ASSUMED_LATENCY_BASE_S", "ASSUMED_LATENCY_S_PER_MIB",
@@ -172,7 +174,8 @@ class Latency:
                    "not measured: pass --latency-s or --measure-latency")
 
 
-def measure_latency(provider, table: TileTable, *, n_bands: int, temporal, chunk_size: int | None = None,
+def measure_latency(provider: Provider, table: TileTable, *, n_bands: int, temporal: TemporalSpec,
+                    chunk_size: int | None = None,
                     samples: int = 3) -> Latency:
     """Median latency of real requests: coalesced (each sampled unit's largest request) and single.
 
@@ -206,7 +209,6 @@ def measure_latency(provider, table: TileTable, *, n_bands: int, temporal, chunk
     NoImageryError
         No sampled request found imagery.
     """
-    from ..specs import SensorSpec
 
     strict_int("samples", samples)
     strict_int("n_bands", n_bands)
@@ -218,7 +220,8 @@ def measure_latency(provider, table: TileTable, *, n_bands: int, temporal, chunk
     sensor = SensorSpec(bands=_S2_BAND_ORDER[:n_bands], scale_m=table.scale_m)
     n_units = -(-len(table) // chunk)
     picks = sorted({int(round(v)) for v in np.linspace(0, n_units - 1, min(samples, n_units))})
-    single, coalesced = [], []
+    single: list[float] = []
+    coalesced: list[float] = []
     sizes = []
     for k in picks:
         lo, hi = k * chunk, min((k + 1) * chunk, len(table))

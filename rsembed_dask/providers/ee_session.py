@@ -111,7 +111,7 @@ class RecordingHttp:
             retry_after_s = None
         self._local.last = LastResponse(response.status_code, retry_after_s, len(response.content), what,
                                         _error_message(response) if response.status_code >= 400 else "")
-        hdrs = dict(response.headers)
+        hdrs: dict[str, Any] = dict(response.headers)
         hdrs["status"] = response.status_code
         return httplib2.Response(hdrs), response.content
 

@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .ee_session import (CREDENTIALS_HINT, DEFAULT_URL, HIGH_VOLUME_URL, PROJECT
                          EESession, ensure_initialized)
 from .limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import ee
 
 __all__ = ["GEEProvider", "check_request_size", "rest_grid"]
 
@@ -166,7 +169,7 @@ class GEEProvider:
                          connect_timeout_s=self.connect_timeout_s,
                          startup_timeout_s=self.startup_timeout_s)
 
-    def composite(self, grid: PixelGrid, sensor: SensorSpec, temporal: TemporalSpec):
+    def composite(self, grid: PixelGrid, sensor: SensorSpec, temporal: TemporalSpec) -> ee.Image:
         """The ``ee.Image`` composite for a footprint (client-side; no request).
 
         The ``filterBounds`` region is the footprint itself in its own UTM CRS

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +101,7 @@ class LocalRasterProvider:
     The time window is ignored: local files are already composites.
     """
 
-    def __init__(self, paths, *, band_map: Mapping[str, str | int] | None = None):
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, band_map: Mapping[str, str | int] | None = None):
         self.paths = _expand(paths)
         if band_map is not None and not isinstance(band_map, Mapping):
             raise SpecError("band_map", band_map, "a mapping of sensor band -> file band name or index")
@@ -204,6 +206,7 @@ class LocalRasterProvider:
     def _read(self, path: str, meta: _FileMeta, box, grid: PixelGrid, bands: tuple[str, ...]):
         """Read the window of ``path`` around ``box`` and reproject it; None if empty."""
         import rioxarray
+        import xarray as xr
         from affine import Affine
         from rasterio.enums import Resampling
         from rasterio.errors import RasterioError
@@ -214,7 +217,7 @@ class LocalRasterProvider:
         ratio = min((box[2] - box[0]) / grid.width / xres, (box[3] - box[1]) / grid.height / yres)
         # The coarsest overview whose pixels are still at most half the grid's pixels.
         levels = [k for k, f in enumerate(meta.overviews) if 2 * f <= ratio]
-        open_kw = {}
+        open_kw: dict[str, Any] = {}
         if levels:
             factor = meta.overviews[levels[-1]]
             open_kw["overview_level"] = levels[-1]
@@ -222,7 +225,10 @@ class LocalRasterProvider:
         resampling = Resampling.average if ratio > AVERAGE_ABOVE_RATIO else Resampling.bilinear
         m = MARGIN_PIXELS
         try:
-            da = rioxarray.open_rasterio(path, masked=False, **open_kw)
+            opened = rioxarray.open_rasterio(path, masked=False, **open_kw)
+            if not isinstance(opened, xr.DataArray):  # subdatasets (HDF, NetCDF): not one raster
+                raise ProviderError(f"{path}: holds subdatasets, expected one multi-band raster")
+            da = opened
             try:
                 da = da.isel(band=[i - 1 for i in idx]).rio.clip_box(
                     box[0] - m * xres, box[1] - m * yres, box[2] + m * xres, box[3] + m * yres)

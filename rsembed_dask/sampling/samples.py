@@ -13,8 +13,9 @@ import hashlib
 import logging
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ import pandas as pd
 from ..errors import SpecError
 from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, point_grid, utm_epsg, xy_to_lonlat
 from ..geo.keys import geohash_encode, hilbert_order
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 __all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode",
            "WorkUnit", "work_units"]
@@ -62,6 +66,20 @@ class SampleTable:
     id_name : name of the id (index name or id column).
     """
 
+    ids: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+    geohash: np.ndarray
+    wkb: np.ndarray
+    epsg: np.ndarray
+    kind: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    half_w: np.ndarray
+    half_h: np.ndarray
+    box_x: np.ndarray
+    box_y: np.ndarray
+
     def __init__(self, columns: dict[str, np.ndarray], skipped: pd.DataFrame | None = None,
                  id_name: str = "sample_id"):
         for name in _COLUMNS:
@@ -80,11 +98,11 @@ class SampleTable:
         return (f"SampleTable({len(self)} samples, {int((self.kind == 'point').sum())} points, "
                 f"{zones} UTM zones, {len(self.skipped)} skipped)")
 
-    def take(self, indices) -> SampleTable:
+    def take(self, indices: np.ndarray | slice) -> SampleTable:
         """Rows at ``indices`` (integer array or slice), as a new table."""
         return SampleTable({k: getattr(self, k)[indices] for k in _COLUMNS}, self.skipped, self.id_name)
 
-    def with_skipped(self, ids, reason: str) -> SampleTable:
+    def with_skipped(self, ids: Iterable[Any], reason: str) -> SampleTable:
         """This table with ``ids`` recorded as skipped for ``reason`` (rows already removed)."""
         more = pd.DataFrame({"id": pd.Series(list(ids), dtype=object), "reason": reason})
         return SampleTable({k: getattr(self, k) for k in _COLUMNS},
@@ -141,11 +159,11 @@ class SampleTable:
         y0 = y_bottom + n * s
         grid = PixelGrid(crs, float(x0), float(y0), s, n, n)
         side = n * s
-        roi = tuple(float(np.clip(v, 0.0, 1.0)) for v in (
+        top, left, bottom, right = (float(np.clip(v, 0.0, 1.0)) for v in (
             (y0 - maxy) / side, (minx - x0) / side, (y0 - miny) / side, (maxx - x0) / side))
-        return Footprint(grid, roi)
+        return Footprint(grid, (top, left, bottom, right))
 
-    def to_geodataframe(self):
+    def to_geodataframe(self) -> gpd.GeoDataFrame:
         """The samples as a GeoDataFrame in EPSG:4326, indexed by id, in Hilbert order."""
         import geopandas as gpd
         import shapely
@@ -193,7 +211,7 @@ def _json_id(v: Any) -> str | int | None:
     return str(v)
 
 
-def build_sample_table(gdf, *, id_column: str | None = None,
+def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
                        on_invalid: Literal["raise", "skip"] = "raise") -> SampleTable:
     """Validate a GeoDataFrame and turn it into a :class:`SampleTable` in Hilbert order.
 
@@ -371,7 +389,7 @@ class WorkUnit:
         return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m))
 
 
-def work_units(n_samples: int, scales, chunk_size: int, *,
+def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
                segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None) -> list[WorkUnit]:
     """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
     chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...

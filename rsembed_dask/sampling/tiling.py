@@ -37,6 +37,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from ..geo.grid import UTM_MAX_LAT, UTM_MIN_LAT, PixelGrid, lonlat_to_xy, utm_ep
 from .samples import SampleTable
 from ..geo.keys import geohash_encode
 from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_SCALES
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 __all__ = ["DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi", "aoi_geometry"]
 
@@ -190,7 +194,7 @@ class TileTable:
         for start in range(0, len(self), int(size)):
             yield start, self.slice(start, min(start + int(size), len(self)))
 
-    def to_geodataframe(self, start: int = 0, stop: int | None = None):
+    def to_geodataframe(self, start: int = 0, stop: int | None = None) -> gpd.GeoDataFrame:
         """Rows ``start:stop`` (default all: mind the size) as a GeoDataFrame in EPSG:4326."""
         return self.slice(start, len(self) if stop is None else stop).to_geodataframe()
 
@@ -261,7 +265,7 @@ class Tiling:
         raise SpecError("scale_m", scale_m, f"one of the tiling's scales {list(self.scales)}")
 
 
-def tile_aoi(aoi, scales: Sequence[float] = DEFAULT_SCALES, image_size: int = DEFAULT_IMAGE_SIZE, *,
+def tile_aoi(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, image_size: int = DEFAULT_IMAGE_SIZE, *,
              block: int = DEFAULT_BLOCK) -> Tiling:
     """Cover ``aoi`` with non-overlapping ``image_size``-pixel tiles at each scale.
 
@@ -364,9 +368,9 @@ def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: in
         for bcol, h, full in zip(bcols, hit.tolist(), inside.tolist()):
             if not h:
                 continue
-            rr, cc = np.meshgrid(np.arange((brow + 1) * b - 1, brow * b - 1, -1),
+            r2, c2 = np.meshgrid(np.arange((brow + 1) * b - 1, brow * b - 1, -1),
                                  np.arange(bcol * b, (bcol + 1) * b), indexing="ij")
-            rr, cc = rr.ravel(), cc.ravel()  # row-major from the north-west corner
+            rr, cc = r2.ravel(), c2.ravel()  # row-major from the north-west corner
             if not full:
                 keep = shapely.intersects(region, shapely.box(cc * t, rr * t, (cc + 1) * t, (rr + 1) * t))
                 rr, cc = rr[keep], cc[keep]

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -38,10 +38,13 @@ from .layout import (
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
 from .open import (
-    DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+    DECODE_ERRORS, array_of, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
 )
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from ..specs import CampaignSpec
+
+if TYPE_CHECKING:
+    from ..sampling.samples import SampleTable
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class Cube:
                 "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
+        Cube.__init__(self, state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
                       state["embed_dim"], state["grid_shape"], state["segments"])
 
     def __repr__(self) -> str:
@@ -148,8 +151,8 @@ class Cube:
 
     @classmethod
     def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any = None,
-                       lon: Any = None, lat: Any = None, geohash: Sequence[str] | None = None,
-                       wkb: Sequence[Any] | None = None, embed_dim: int,
+                       lon: Any = None, lat: Any = None, geohash: Any = None,
+                       wkb: Any = None, embed_dim: int,
                        grid_shape: tuple[int, int] | None = None,
                        versions: Mapping[str, str] | None = None,
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
@@ -245,8 +248,8 @@ class Cube:
         attrs = meta["attributes"]
         spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         group = zarr.open_group(path, mode="r", zarr_format=3)
-        emb = group["embedding"]
-        grid_shape = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        emb = array_of(group, "embedding")
+        grid_shape = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
         segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
         cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
         cube.writable = os.access(path, os.W_OK)
@@ -267,13 +270,13 @@ class Cube:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
                                            attributes=d.attrs)
-                    group["scale"][...] = np.asarray(self.scales, dtype="float64")
-                    group["feature"][...] = np.arange(self.embed_dim, dtype="int64")
+                    array_of(group, "scale")[...] = np.asarray(self.scales, dtype="float64")
+                    array_of(group, "feature")[...] = np.arange(self.embed_dim, dtype="int64")
                 stop = start + inputs["sample"].shape[0]
                 if stop > n:  # zarr would silently drop the excess
                     raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
                 for name in ("sample", "lon", "lat", "geohash", "geometry"):
-                    group[name][start:stop] = inputs[name]
+                    array_of(group, name)[start:stop] = inputs[name]
                 start = stop
             if group is None or start != n:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
@@ -304,10 +307,10 @@ class Cube:
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
         self.writable = os.access(self.path, os.W_OK)
         group = self._zgroup()
-        emb = group["embedding"]
+        emb = array_of(group, "embedding")
         if emb.shape[2] != self.embed_dim:
             raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
-        stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        stored_grid = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
         if stored_grid != self.grid_shape:
             raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
         self.n_rows = emb.shape[0]
@@ -315,7 +318,7 @@ class Cube:
         if whole:
             self._sync_samples(next(iter(source())), update=update, append=append)
         else:
-            check_same_ids(group["sample"], source, n_given, self.path)
+            check_same_ids(array_of(group, "sample"), source, n_given, self.path)
             self.last_changes = SampleChanges.identity(self.n_rows)
         logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
                     self.status_counts())
@@ -327,8 +330,8 @@ class Cube:
         """
         rows = self.sample_rows()
         group = self._zgroup()
-        stored_ids = np.asarray(group["sample"][...])[rows]
-        stored_geom = np.asarray(group["geometry"][...]).astype(object)[rows]
+        stored_ids = np.asarray(array_of(group, "sample")[...])[rows]
+        stored_geom = np.asarray(array_of(group, "geometry")[...]).astype(object)[rows]
         changes = compare_samples(stored_ids, stored_geom, rows, given, self.path)
         ids = given["sample"]
         problems = []
@@ -345,7 +348,7 @@ class Cube:
         if problems:
             raise CubeError(f"cube {self.path!r}: " + "; ".join(problems))
         if len(changes.missing_rows):
-            missing_ids = np.asarray(group["sample"][...])[changes.missing_rows]
+            missing_ids = np.asarray(array_of(group, "sample")[...])[changes.missing_rows]
             logger.warning("cube %s holds %d sample(s) not among those given (%s): kept, not deleted; "
                            "units made only of them are not run", self.path, len(changes.missing_rows),
                            describe_ids(missing_ids))
@@ -428,14 +431,14 @@ class Cube:
         order = np.asarray(order, dtype=np.int64)
         group = self._zgroup()
         cs = self.chunk_size
-        stored_chunk = group["status"].chunks[0]
+        stored_chunk = array_of(group, "status").chunks[0]
         if stored_chunk != cs:
             raise CubeError(f"cube {self.path!r} holds its samples in chunks of {stored_chunk}, not "
                             f"chunk_size={cs} (it was created with fewer samples than chunk_size by an "
                             "older rsembed_dask): it cannot take new samples; write them to a new cube")
-        if (group["sample"].dtype.kind in "iu") != (given["id_dtype"] != str):
+        if (array_of(group, "sample").dtype.kind in "iu") != (given["id_dtype"] != str):
             raise CubeError(f"cube {self.path!r}: appended ids must be of the stored kind "
-                            f"({group['sample'].dtype}), given {given['sample'][0]!r}")
+                            f"({array_of(group, 'sample').dtype}), given {given['sample'][0]!r}")
         start = -(-self.segments[-1][1] // cs) * cs
         stop = start + len(order)
         segments = [list(s) for s in self.segments]
@@ -444,7 +447,7 @@ class Cube:
             # added by an interrupted append are never taken for samples.
             group.attrs[SEGMENTS_ATTR] = segments
             for _, arr in group.arrays():
-                names = arr.metadata.dimension_names or ()
+                names = getattr(arr.metadata, "dimension_names", None) or ()  # Zarr v3 metadata
                 if names and names[0] == "sample":
                     arr.resize((stop,) + arr.shape[1:])
             self._arrays.clear()
@@ -459,7 +462,7 @@ class Cube:
                        len(order), start, stop, -(-len(order) // cs), describe_ids(given["sample"][order]))
         return start
 
-    def stored_table(self, rows: Any):
+    def stored_table(self, rows: Any) -> SampleTable:
         """The samples at cube ``rows`` as a :class:`~rsembed_dask.sampling.samples.SampleTable`, in ``rows`` order,
         rebuilt from their stored ids and geometry."""
         import geopandas as gpd
@@ -508,9 +511,9 @@ class Cube:
     def _array(self, name: str) -> zarr.Array:
         arr = self._arrays.get(name)
         if arr is None:
-            arr = self._zgroup()[name]
-            self._arrays[name] = arr  # type: ignore[assignment]
-        return arr  # type: ignore[return-value]
+            arr = array_of(self._zgroup(), name)
+            self._arrays[name] = arr
+        return arr
 
     def unit_stop(self, start: int) -> int:
         """End (exclusive) of the unit starting at ``start``; CubeError if not a chunk start.

@@ -25,7 +25,7 @@ from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RU
                      ROW_TOP_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
                      VERSIONS_ATTR, scale_name)
 from .lock import read_lock
-from .open import is_tiling_store, open_cube
+from .open import array_of, attr_text, group_of, is_tiling_store, open_cube
 from ..sampling.tiling import TileLattice
 
 __all__ = ["store_info", "format_store_info", "format_problems", "campaign_attributes", "writer_of",
@@ -137,7 +137,7 @@ def format_problems(problems: list[str]) -> str:
 log = logging.getLogger(__name__)
 
 
-def tiling_info(path) -> dict[str, Any]:
+def tiling_info(path: str | os.PathLike) -> dict[str, Any]:
     """The contents of the tiling store at ``path``, as plain JSON types.
 
     Parameters
@@ -170,7 +170,7 @@ def tiling_info(path) -> dict[str, Any]:
     path = os.path.abspath(os.fspath(path))
     root = zarr.open_group(path, mode="r", zarr_format=3)
     attrs = root.attrs.asdict()
-    tiling = json.loads(attrs[TILING_IDENTITY_ATTR])["tiling"]
+    tiling = json.loads(attr_text(attrs, TILING_IDENTITY_ATTR))["tiling"]
     per_scale: dict[str, Any] = {}
     totals: dict[str, int] = {}
     first_attrs: dict[str, Any] | None = None
@@ -182,15 +182,16 @@ def tiling_info(path) -> dict[str, Any]:
         counts = cube.status_counts()  # CubeDamagedError when a status chunk does not decode
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
-        group = root[name]
-        tile_m = float(group.attrs[TILE_M_ATTR])
+        group = group_of(root, name)
+        tile_m = float(str(group.attrs[TILE_M_ATTR]))
         zones = {}
         for zone, grid in sorted(group.groups()):
             epsg = int(zone.removeprefix("EPSG"))
-            lattice = TileLattice(epsg, float(s), int(group.attrs[IMAGE_SIZE_ATTR]))
-            zones[zone] = {"crs": grid.attrs[CRS_ATTR], "shape": list(grid["status"].shape), "cell_m": tile_m,
-                           "transform": list(lattice.raster_transform(int(grid.attrs[ROW_TOP_ATTR]),
-                                                                      int(grid.attrs[COL_LEFT_ATTR])))}
+            lattice = TileLattice(epsg, float(s), int(str(group.attrs[IMAGE_SIZE_ATTR])))
+            zones[zone] = {"crs": grid.attrs[CRS_ATTR], "shape": list(array_of(grid, "status").shape),
+                           "cell_m": tile_m,
+                           "transform": list(lattice.raster_transform(int(str(grid.attrs[ROW_TOP_ATTR])),
+                                                                      int(str(grid.attrs[COL_LEFT_ATTR]))))}
         per_scale[name] = {"scale_m": float(s), "tiles": cube.n_samples, "status": counts,
                            "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
                            "spec_hash": cube_attrs.get(SPEC_HASH_ATTR),
@@ -198,9 +199,9 @@ def tiling_info(path) -> dict[str, Any]:
     first_attrs = first_attrs or {}
     return {"path": path, "kind": "tiling", "scales": [float(s) for s in tiling["scales"]],
             "tiling": {k: tiling[k] for k in ("image_size", "block", "token")},
-            "aoi_bounds": list(shapely.from_wkb(bytes.fromhex(attrs[AOI_ATTR])).bounds),
+            "aoi_bounds": list(shapely.from_wkb(bytes.fromhex(attr_text(attrs, AOI_ATTR))).bounds),
             "raster_synced": bool(attrs.get(SYNCED_ATTR, False)),
-            "spec": json.loads(attrs[SPEC_ATTR]), "status": totals,
+            "spec": json.loads(attr_text(attrs, SPEC_ATTR)), "status": totals,
             "request_account": first_attrs.get(REQUEST_ACCOUNT_ATTR), "last_run": first_attrs.get(LAST_RUN_ATTR),
             "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale}
 

@@ -477,7 +477,7 @@ def normalise_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_unit_arrays(n: int, embed_dim: int, grid_shape: tuple[int, int] | None, *,
                       embedding: Any, status: Any, input_res_m: Any, valid_fraction: Any,
-                      error: Sequence[str], grid: Any) -> dict[str, np.ndarray]:
+                      error: Sequence[str | None], grid: Any) -> dict[str, np.ndarray]:
     """Coerce and shape-check the arrays of one unit write.
 
     Raises

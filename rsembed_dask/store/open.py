@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from .layout import CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
 from ..errors import CubeDamagedError, CubeError
 
-__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
+__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store", "array_of", "group_of",
+           "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
            "damage_hint", "DECODE_ERRORS"]
 
@@ -32,6 +34,36 @@ COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature"
 DATA_NAMES = ("embedding", "status", "input_res_m", "valid_fraction", "error")
 
 _EARTH_RADIUS_M = 6_371_008.8
+
+
+def array_of(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``.
+
+    Raises
+    ------
+    CubeDamagedError
+        ``name`` is a group where the layout has an array.
+    """
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise CubeDamagedError(f"{group.store_path}/{name} is a group where the store's layout has an array")
+    return node
+
+
+def group_of(group: zarr.Group, name: str) -> zarr.Group:
+    """The group ``name`` of ``group`` (CubeDamagedError when it is an array)."""
+    node = group[name]
+    if not isinstance(node, zarr.Group):
+        raise CubeDamagedError(f"{group.store_path}/{name} is an array where the store's layout has a group")
+    return node
+
+
+def attr_text(attrs: Mapping[str, Any], name: str) -> str:
+    """The string attribute ``name`` (CubeDamagedError when missing or not a string)."""
+    value = attrs.get(name)
+    if not isinstance(value, str):
+        raise CubeDamagedError(f"store attribute {name!r} is {value!r}, expected a string (JSON or WKB hex)")
+    return value
 
 
 def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
@@ -85,7 +117,7 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         for name in cube_array_names(attrs):
             meta_a, why = array_meta_problem(path, name)
             if meta_a is None:
-                found.append(why)
+                found.append(why or f"array {name!r} is unreadable")
             elif name in COORD_NAMES:
                 segments = (read_segments(attrs, int(meta_a["shape"][0]), 1)
                             if name not in ("scale", "feature") else None)

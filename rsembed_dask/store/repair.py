@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -37,10 +37,14 @@ from zarr.core.sync import sync
 from .cube import Cube
 from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
                      coord_defs, normalise_identity, scale_name, spec_differences)
-from .open import DECODE_ERRORS, array_meta_problem, check_writable, chunk_keys, is_tiling_store, probe_store
+from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
+                   probe_store)
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
+
+if TYPE_CHECKING:
+    from ..sampling.tiling import Tiling
 
 __all__ = ["repair_layout", "repair_sample_cube", "repair_tiling_layout", "reset_units", "reset_damaged_units"]
 
@@ -85,6 +89,8 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     if not os.path.isfile(os.path.join(path, "zarr.json")):
         return []
     meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
+    if meta is None:
+        return []
     stored = json.loads(meta["attributes"][SPEC_IDENTITY_ATTR])
     if spec_differences(stored, normalise_identity(spec.identity())):
         return []
@@ -125,7 +131,7 @@ def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: 
                          grid_shape=grid_shape, source=_table_source(table))
 
 
-def repair_tiling_layout(path: str, tiling) -> list[str]:
+def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
     """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
 
     Each cube's layout comes from its stored campaign spec (chunk size, output mode,
@@ -151,7 +157,7 @@ def repair_tiling_layout(path: str, tiling) -> list[str]:
     if not is_tiling_store(path):
         return []
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    stored_scales = json.loads(root.attrs[TILING_IDENTITY_ATTR])["tiling"]["scales"]
+    stored_scales = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))["tiling"]["scales"]
     if [float(s) for s in stored_scales] != [float(s) for s in tiling.scales]:
         return []
     done = []
@@ -241,10 +247,10 @@ def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Itera
     group = zarr.open_group(path, mode="r+", zarr_format=3)
     done = []
     for name, values in (("scale", np.asarray(spec.scales, "float64")),
-                         ("feature", np.arange(group["feature"].shape[0], dtype="int64"))):
+                         ("feature", np.arange(array_of(group, "feature").shape[0], dtype="int64"))):
         if name in damaged:
-            _delete_chunk(group[name], (0,))
-            group[name][...] = values
+            _delete_chunk(array_of(group, name), (0,))
+            array_of(group, name)[...] = values
             done.append(f"{name} rewritten")
     ranges = {name: damaged.get(name, []) for name in _SAMPLE_COORDS}
     if not any(ranges.values()):
@@ -260,7 +266,7 @@ def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Itera
         start = stop
     # 2. rewrite: damaged chunks go first, so that partial writes do not read them
     for name in _SAMPLE_COORDS:
-        arr = group[name]
+        arr = array_of(group, name)
         for lo, _ in ranges[name]:
             _delete_chunk(arr, (lo // arr.chunks[0],))
     start = 0
@@ -270,7 +276,7 @@ def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Itera
             for lo, hi in ranges[name]:
                 a, b = max(lo, start), min(hi, stop)
                 if a < b:
-                    group[name][a:b] = inputs[name][a - start:b - start]
+                    array_of(group, name)[a:b] = inputs[name][a - start:b - start]
         start = stop
     for name in _SAMPLE_COORDS:
         if ranges[name]:
@@ -287,7 +293,7 @@ def _check_given(path: str, group: zarr.Group, ranges: dict[str, list[tuple[int,
         if any(_in(ranges[name], a, b) for name in names):
             continue
         for name in names:
-            stored = np.asarray(group[name][a:b]).tolist()
+            stored = np.asarray(array_of(group, name)[a:b]).tolist()
             given = np.asarray(inputs[name][a - start:b - start]).tolist()
             if stored != given:
                 i = next(i for i, (s, g) in enumerate(zip(stored, given)) if s != g)
@@ -309,7 +315,7 @@ def reset_units(cube: Cube, units: Sequence[Any]) -> None:
 def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
     """:func:`reset_units` by ``(chunk index along sample, scale index)``."""
     group = zarr.open_group(path, mode="r+", zarr_format=3)
-    status = group["status"]
+    status = array_of(group, "status")
     cs, n = status.chunks[0], status.shape[0]
     for ci, si in keys:
         _delete_chunk(status, (ci, si))  # it may not decode: never read it
@@ -317,7 +323,7 @@ def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
     for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid"):
         if name not in group:
             continue
-        arr = group[name]
+        arr = array_of(group, name)
         stored = chunk_keys(path, name)
         for ci, si in keys:
             key = (ci, si) + (0,) * (arr.ndim - 2)

@@ -78,7 +78,7 @@ def describe_ids(ids: Sequence[Any]) -> str:
     return f"{listed}{more}"
 
 
-def same_geometry(stored_hex: Sequence[str], given_hex: Sequence[str],
+def same_geometry(stored_hex: Sequence[str] | np.ndarray, given_hex: Sequence[str] | np.ndarray,
                   tolerance: float = GEOMETRY_TOLERANCE_DEG) -> np.ndarray:
     """Whether each pair of WKB hex geometries is the same sample geometry (see module doc)."""
     import shapely

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import zarr
 from affine import Affine
 
 from .cube import Cube, probe_store
-from .open import is_tiling_store
+from .open import array_of, attr_text, group_of, is_tiling_store
 from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, FLAG_ATTRS, IMAGE_SIZE_ATTR, NO_TILE, ROW_TOP_ATTR, SPEC_ATTR,
                      STATUS_NAMES, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR, TILING_MARKER, scale_name)
 from ..errors import CubeError, SpecMismatchError
@@ -51,8 +52,9 @@ def _identity(tiling: Tiling, spec: CampaignSpec) -> dict[str, Any]:
             "campaign": spec.identity()}
 
 
-def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim: int,
-                          grid_shape=None, versions=None) -> dict[float, Cube]:
+def create_or_open_tiling(path: str | os.PathLike, tiling: Tiling, spec: CampaignSpec, *, embed_dim: int,
+                          grid_shape: tuple[int, int] | None = None,
+                          versions: Mapping[str, str] | None = None) -> dict[float, Cube]:
     """Create (or resume) the tiling store at ``path``; returns the sample cube per scale.
 
     Raises
@@ -66,7 +68,7 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
     identity = json.loads(json.dumps(_identity(tiling, spec), sort_keys=True))
     if is_tiling_store(path):
         root = zarr.open_group(path, mode="r", zarr_format=3)
-        stored = json.loads(root.attrs[TILING_IDENTITY_ATTR])
+        stored = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))
         if stored != identity:
             diffs = [k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k)]
             raise SpecMismatchError(f"tiling store {path!r} was written for another "
@@ -83,15 +85,21 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
         cubes[s] = Cube.create_or_open(
             os.path.join(path, "samples", scale_name(s)), spec=sub, embed_dim=embed_dim,
             grid_shape=grid_shape, versions=versions, n_samples=len(table),
-            chunks=lambda table=table, chunk=chunk: (
-                {"ids": t.ids, "lon": t.lon, "lat": t.lat, "geohash": t.geohash, "wkb": t.wkb}
-                for _, t in table.chunks(max(chunk, 4096))))
+            chunks=_table_chunks(table, max(chunk, 4096)))
         _create_grids(root.create_group(scale_name(s), attributes={
             "scale_m": s, TILE_M_ATTR: table.tile_m, IMAGE_SIZE_ATTR: table.image_size}), table, embed_dim)
     root.attrs.update({TILING_IDENTITY_ATTR: json.dumps(identity, sort_keys=True),
                        SPEC_ATTR: spec.to_json(), AOI_ATTR: tiling.aoi_wkb.hex(),
                        SYNCED_ATTR: False, TILING_MARKER: TILING_VERSION})
     return cubes
+
+
+def _table_chunks(table: TileTable, rows: int) -> Callable[[], Iterator[dict[str, Any]]]:
+    """A factory of the table's per-sample inputs, ``rows`` tiles at a time (see ``Cube.create_or_open``)."""
+    def chunks() -> Iterator[dict[str, Any]]:
+        for _, t in table.chunks(rows):
+            yield {"ids": t.ids, "lon": t.lon, "lat": t.lat, "geohash": t.geohash, "wkb": t.wkb}
+    return chunks
 
 
 def grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
@@ -164,10 +172,10 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
     grids = zarr.open_group(os.path.join(path, name), mode="r+", zarr_format=3)
     b, base, copied = int(block), blocks[0][3], 0
     for epsg, brow, bcol, start, stop in blocks:
-        g = grids[f"EPSG{epsg}"]
-        row_top, col_left = int(g.attrs[ROW_TOP_ATTR]), int(g.attrs[COL_LEFT_ATTR])
-        emb = np.asarray(samples["embedding"][start:stop, 0, :])
-        status = np.asarray(samples["status"][start:stop, 0])
+        g = group_of(grids, f"EPSG{epsg}")
+        row_top, col_left = int(str(g.attrs[ROW_TOP_ATTR])), int(str(g.attrs[COL_LEFT_ATTR]))
+        emb = np.asarray(array_of(samples, "embedding")[start:stop, 0, :])
+        status = np.asarray(array_of(samples, "status")[start:stop, 0])
         top = (brow + 1) * b - 1  # tile row of the block's first grid row
         r = top - np.asarray(row[start - base:stop - base])
         c = np.asarray(col[start - base:stop - base]) - bcol * b
@@ -176,9 +184,9 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
         out_i = np.full((b, b), -1, np.int64)
         out_e[r, c], out_s[r, c], out_i[r, c] = emb, status, np.arange(start, stop)
         r0, c0 = row_top - top, bcol * b - col_left
-        g["embedding"][r0:r0 + b, c0:c0 + b, :] = out_e
-        g["sample_index"][r0:r0 + b, c0:c0 + b] = out_i
-        g["status"][r0:r0 + b, c0:c0 + b] = out_s  # status last, as in the sample cubes
+        array_of(g, "embedding")[r0:r0 + b, c0:c0 + b, :] = out_e
+        array_of(g, "sample_index")[r0:r0 + b, c0:c0 + b] = out_i
+        array_of(g, "status")[r0:r0 + b, c0:c0 + b] = out_s  # status last, as in the sample cubes
         copied += stop - start
     return copied
 

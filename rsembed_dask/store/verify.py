@@ -37,7 +37,7 @@ from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NA
                      scale_name, vouched_arrays)
 from .open import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
-    probe_store,
+    attr_text, probe_store,
 )
 from .layout import read_segments, segment_rows
 from ..errors import CubeError, SpecError
@@ -114,7 +114,8 @@ class _Ids:
 
     def __init__(self, arr: zarr.Array | None, damaged: list[tuple[int, int]]):
         self.arr, self.damaged = arr, damaged
-        self.lo, self.hi, self.values = 0, 0, None
+        self.lo, self.hi = 0, 0
+        self.values: np.ndarray = np.zeros(0)
 
     def name(self, i: int) -> str | None:
         if self.arr is None or any(lo <= i < hi for lo, hi in self.damaged):
@@ -129,8 +130,9 @@ class _Ids:
 
 def _names(ids: _Ids, positions: list[int], count: int) -> str:
     names = [ids.name(i) for i in positions]
-    if all(n is not None for n in names):
-        text = "ids " + ", ".join(names)
+    known = [n for n in names if n is not None]
+    if len(known) == len(names):
+        text = "ids " + ", ".join(known)
     else:
         text = "positions " + ", ".join(str(i) for i in positions) + " (ids unreadable)"
     return text + (f" and {count - len(positions)} more" if count > len(positions) else "")
@@ -176,7 +178,7 @@ def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
     return meta["attributes"], None
 
 
-def check_cube(path, *, units: bool = True) -> CubeHealth:
+def check_cube(path: str | os.PathLike, *, units: bool = True) -> CubeHealth:
     """Read every chunk of every array of the cube at ``path`` and report what is damaged.
 
     Never raises for damage: each problem is a line of :attr:`CubeHealth.problems`.
@@ -304,7 +306,7 @@ def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, 
         if arr is None:
             continue
         meta, _ = array_meta_problem(path, name)
-        lost = missing_coordinate_chunks(path, name, meta, segments)
+        lost = missing_coordinate_chunks(path, name, meta, segments) if meta is not None else []
         c = arr.chunks[0]
         for lo in range(0, n, c):
             hi = min(lo + c, n)
@@ -325,7 +327,8 @@ def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, 
                 checks = [(what, test(v))]
             bad = False
             for what, mask in checks:
-                mask = mask & tally.is_row[lo:hi]
+                if tally.is_row is not None:
+                    mask = mask & tally.is_row[lo:hi]
                 tally.add(name, None, what, pos[mask])
                 bad |= bool(mask.any())
             if bad:
@@ -335,7 +338,7 @@ def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, 
         if arr is None:
             continue
         meta, _ = array_meta_problem(path, name)
-        if missing_coordinate_chunks(path, name, meta):
+        if meta is not None and missing_coordinate_chunks(path, name, meta):
             h.problems.append(f"{name}: its chunk is missing (read as the fill value)")
             h.damaged_coords[name] = [(0, len(expected))]
             continue
@@ -423,8 +426,8 @@ def _check_units(path: str, arrays: dict[str, zarr.Array], n: int, n_scales: int
                     if cells is None:
                         continue
                     if name in vouched and key not in stored[name]:
-                        who, mask = _VOUCHERS[name]
-                        tally.add(name, si, f"{who} cells whose chunk is missing", pos[mask(cells)])
+                        who, vouches = _VOUCHERS[name]
+                        tally.add(name, si, f"{who} cells whose chunk is missing", pos[vouches(cells)])
                         damaged = True
                         continue
                     for what, mask in _content_problems(name, cells, v):
@@ -448,7 +451,7 @@ def _read_units(arr: zarr.Array, si: int, starts: list[int], cs: int, n: int) ->
     return {s: _read(arr, (slice(s, min(s + cs, n)), si)) for s in starts}
 
 
-def verify_cube(path) -> list[str]:
+def verify_cube(path: str | os.PathLike) -> list[str]:
     """Problems found in the cube at ``path`` (an empty list when it is consistent).
 
     See :func:`check_cube`; reads chunk by chunk, memory stays at a few batches of chunks.
@@ -566,7 +569,7 @@ def _read_blocks(arrs: dict[str, zarr.Array], ya: int, yb: int, xa: int, xb: int
     return out
 
 
-def verify_tiling_store(path) -> list[str]:
+def verify_tiling_store(path: str | os.PathLike) -> list[str]:
     """Problems found in the tiling store at ``path`` (an empty list when it is consistent).
 
     Every per-scale sample cube goes through :func:`check_cube`, every zone grid
@@ -586,7 +589,7 @@ def verify_tiling_store(path) -> list[str]:
     """
     path = os.path.abspath(os.fspath(path))
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    scales = json.loads(root.attrs[TILING_IDENTITY_ATTR])["tiling"]["scales"]
+    scales = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))["tiling"]["scales"]
     synced = bool(root.attrs.get(SYNCED_ATTR, False))
     problems = []
     for s in scales:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +250,35 @@ def test_headline_api_is_exported():
                 "SpecError", "RsEmbedError", "CampaignSpec", "ModelSpec", "TemporalSpec"}
     assert headline <= set(rsembed_dask.__all__)
     assert all(hasattr(rsembed_dask, n) for n in rsembed_dask.__all__)
+
+
+def _unannotated(fn) -> list[str]:
+    sig = inspect.signature(fn)
+    bad = [p.name for p in sig.parameters.values()
+           if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    if sig.return_annotation is inspect.Signature.empty and fn.__name__ != "__init__":
+        bad.append("return")
+    return bad
+
+
+def test_public_api_is_annotated():
+    """Every function, method and property exported by rsembed_dask or a subpackage (the emulator,
+    test infrastructure, aside) annotates its parameters and return (mypy checks them in CI)."""
+    missing = {}
+    for name in ["", "specs", "errors"] + [p for p in SUBPACKAGES if p != "emulator"]:
+        mod = importlib.import_module(f"{ROOT}.{name}" if name else ROOT)
+        for export in mod.__all__:
+            obj = getattr(mod, export)
+            members = [(export, obj)] if inspect.isfunction(obj) else []
+            if inspect.isclass(obj) and not issubclass(obj, BaseException):
+                for k, v in vars(obj).items():
+                    f = v.__func__ if isinstance(v, (classmethod, staticmethod)) else \
+                        v.fget if isinstance(v, property) else v
+                    if (not k.startswith("_") or k == "__init__") and inspect.isfunction(f) \
+                            and f.__module__.startswith(ROOT):
+                        members.append((f"{export}.{k}", f))
+            for qual, fn in members:
+                bad = _unannotated(fn)
+                if bad:
+                    missing[f"{fn.__module__}:{qual}"] = bad
+    assert not missing, "public API without annotations:\n" + "\n".join(f"{k} {v}" for k, v in sorted(missing.items()))
