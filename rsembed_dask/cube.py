@@ -40,6 +40,8 @@ from .cube_store import (
     DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
 )
 from .errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
+from .geoemb import geoemb_attrs
+from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from .specs import CampaignSpec
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
 
 
-def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
+def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -> tuple[str, ...]:
     """Data arrays whose chunk a unit must have, given its status codes ``cells``.
 
     Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
@@ -67,12 +69,15 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
     resolution (and a token grid), every finished cell a valid fraction. A ``failed``
     cell's reason is not vouched for: a retry interrupted between its data and status
     writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
-    all-empty ``error`` is not stored), and such a cell is re-run anyway.
+    all-empty ``error`` is not stored), and such a cell is re-run anyway. An int8 cube
+    (``quantised``) vouches for the scale arrays of ``ok`` cells too.
     """
     cells = np.asarray(cells)
     out: list[str] = []
     if (cells == OK).any():
         out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
+        if quantised:
+            out += [QUANTISED["embedding"]] + ([QUANTISED["grid"]] if has_grid else [])
     if (cells != PENDING).any():
         out.append("valid_fraction")
     return tuple(out)
@@ -144,6 +149,11 @@ class Cube:
     def scales(self) -> tuple[float, ...]:
         """Pixel sizes in metres, in ``scale`` order."""
         return self.spec.scales
+
+    @property
+    def quantised(self) -> bool:
+        """Whether embeddings (and grids) are stored as int8 with a scale per vector."""
+        return is_quantised_dtype(self.spec.output.dtype)
 
     @property
     def n_scales(self) -> int:
@@ -300,7 +310,8 @@ class Cube:
                 if group is None:
                     group = zarr.open_group(self.path, mode="w", zarr_format=3)
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
-                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
+                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape,
+                                       self.spec.output.dtype)
                     for d in defs:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
@@ -317,6 +328,7 @@ class Cube:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
             # The marker goes last: a store interrupted before this is refused, not resumed.
             group.attrs.update({
+                **geoemb_attrs(self.spec, self.embed_dim, versions=versions),
                 "campaign_spec": self.spec.to_json(),
                 "spec_identity": json.dumps(self.spec.identity(), sort_keys=True),
                 "spec_hash": self.spec.spec_hash(),
@@ -426,9 +438,14 @@ class Cube:
             raise CubeError(f"reset_samples: rows {bad[:5].tolist()} hold no sample in {self.path!r}")
         try:
             self._array("status").set_orthogonal_selection((rows, slice(None)), PENDING)
-            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), np.nan)
+            empty = 0 if self.quantised else np.nan  # int8: value 0, scale NaN
+            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), empty)
             if self.grid_shape is not None:
-                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, np.nan)
+                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, empty)
+            if self.quantised:
+                for name in self._scale_arrays():
+                    arr = self._array(name)
+                    arr.set_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1), np.nan)
             for name, value in (("input_res_m", np.nan), ("valid_fraction", np.nan), ("error", "")):
                 self._array(name).set_orthogonal_selection((rows, slice(None)), value)
         except OSError as exc:
@@ -608,6 +625,11 @@ class Cube:
         written before ``status`` never contradicts a status already stored: a crash
         between the two leaves no ``ok`` cell over NaN.
 
+        An int8 cube (``spec.output.dtype == "int8"``) stores ``embedding`` (and ``grid``)
+        quantised per vector, with their scales in ``embedding_scale`` (``grid_scale``),
+        written with the data before ``status``; a vector that is not entirely finite is
+        stored as "no embedding" (value 0, scale NaN). See :mod:`rsembed_dask.quantize`.
+
         Raises
         ------
         CubeError
@@ -622,6 +644,8 @@ class Cube:
         data = check_unit_arrays(stop - start, self.embed_dim, self.grid_shape, embedding=embedding,
                                  status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
                                  error=error, grid=grid)
+        if self.quantised:
+            self._quantise(data)
         try:
             keep = self._kept_cells(start, stop, si, data["status"])
             if keep.all():
@@ -633,6 +657,8 @@ class Cube:
             self._array("embedding")[start:stop, si, :] = data["embedding"]
             if "grid" in data:
                 self._array("grid")[start:stop, si] = data["grid"]
+            for name in self._scale_arrays():
+                self._array(name)[start:stop, si] = data[name]
             for name in ("input_res_m", "valid_fraction", "error"):
                 self._array(name)[start:stop, si] = data[name]
             # Status last: it vouches for the data written above.
@@ -642,6 +668,19 @@ class Cube:
                             f"to {self.path!r}: {exc}") from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
 
+    def _scale_arrays(self) -> tuple[str, ...]:
+        """The scale arrays of an int8 cube (none for float32)."""
+        if not self.quantised:
+            return ()
+        return (QUANTISED["embedding"],) + ((QUANTISED["grid"],) if self.grid_shape is not None else ())
+
+    @staticmethod
+    def _quantise(data: dict[str, np.ndarray]) -> None:
+        """Replace float ``embedding`` (and ``grid``) of a unit write by int8 plus their scale arrays."""
+        for name in ("embedding", "grid"):
+            if name in data:
+                data[name], data[QUANTISED[name]] = quantize_int8(data[name], axis=1)
+
     def _kept_cells(self, start: int, stop: int, si: int, status: np.ndarray) -> np.ndarray:
         """Cells of a unit write that keep what is stored: decided ones, and those written pending."""
         stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
@@ -650,10 +689,7 @@ class Cube:
     def _merge_kept(self, start: int, stop: int, si: int, data: dict[str, np.ndarray],
                     keep: np.ndarray) -> None:
         """Replace, in ``data`` (copied, not the caller's arrays), the ``keep`` cells by what is stored."""
-        names = ["status", "embedding", "input_res_m", "valid_fraction", "error"]
-        if "grid" in data:
-            names.append("grid")
-        for name in names:
+        for name in list(data):
             stored = np.asarray(self._array(name)[start:stop, si])
             merged = np.array(data[name], copy=True)
             merged[keep] = stored[keep]
@@ -712,14 +748,15 @@ class Cube:
             The status cannot be decoded.
         """
         status = self.status_array()
-        names = ("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+        names = (("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+                 + self._scale_arrays())
         stored = {name: {key[:2] for key in chunk_keys(self.path, name)} for name in names}
         out = []
         for u in units:
             stop = self.unit_stop(u.start)
             si = self._scale_index(u.scale_index)
             key = (int(u.start) // self.chunk_size, si)
-            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None)
+            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None, self.quantised)
             if any(key not in stored[name] for name in vouched):
                 out.append(u)
         return out

@@ -89,7 +89,7 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
         return []
     first = next(iter(source()))
     defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"])
-    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape)
+    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
         if have is not None and tuple(have["shape"]) != tuple(d.shape):
@@ -140,7 +140,8 @@ def repair_tiling_layout(path: str, tiling) -> list[str]:
         info = model_info(spec.model)
         grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
         n = len(table)
-        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape)
+        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape,
+                                                                  spec.output.dtype)
         if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
                for d in defs):
             continue  # another layout: opening the store says so
@@ -290,7 +291,7 @@ def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
     for ci, si in keys:
         _delete_chunk(status, (ci, si))  # it may not decode: never read it
         status[ci * cs:min(ci * cs + cs, n), si] = PENDING  # (a no-op store-wise: the fill value)
-    for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid"):
+    for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale", "grid_scale"):
         if name not in group:
             continue
         arr = group[name]

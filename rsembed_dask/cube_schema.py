@@ -9,6 +9,8 @@ Layout (see ``DESIGN.md``, section "Cube")::
 
     embedding      (sample, scale, feature)          float32, NaN where not written
     grid           (sample, scale, feature, gy, gx)  float32, grid mode only
+    (int8 cubes: embedding and grid are int8, with float32 embedding_scale(sample, scale)
+    and grid_scale(sample, scale, gy, gx), NaN where not written; see rsembed_dask.quantize)
     status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
     input_res_m    (sample, scale)                   float32
     valid_fraction (sample, scale)                   float32
@@ -25,7 +27,11 @@ written before appends existed) every row is a sample.
 
 Strings (sample ids, geohashes, geometries as WKB hex, error reasons) use
 Zarr v3's variable-length UTF-8 data type, which xarray reads back as
-``numpy.dtypes.StringDType`` whose elements are ``str``.
+``numpy.dtypes.StringDType`` whose elements are ``str``; ``open_cube`` turns them
+into ``object`` arrays of ``str`` (plain NumPy/pandas types).
+
+The group attributes also carry the ``geoemb:`` convention (:mod:`rsembed_dask.geoemb`);
+they are not part of the spec identity.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CubeError, SpecError
+from .quantize import geoemb_quantization, is_quantised_dtype, scale_name_of
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +136,7 @@ class ArrayDef:
 
 
 def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
-               grid_shape: tuple[int, int] | None) -> list[ArrayDef]:
+               grid_shape: tuple[int, int] | None, dtype: str = "float32") -> list[ArrayDef]:
     """The data arrays of a cube (everything but the coordinates).
 
     Parameters
@@ -138,6 +145,10 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
         Cube extent; one chunk along ``sample`` is one work unit.
     grid_shape : tuple of int or None
         ``(gy, gx)`` of token grids, or None for a pooled-only cube.
+    dtype : str
+        ``OutputSpec.dtype``: ``"float32"``, or ``"int8"`` for quantised ``embedding``
+        (and ``grid``) with float32 ``embedding_scale(sample, scale)`` (and
+        ``grid_scale(sample, scale, gy, gx)``) beside them (see :mod:`rsembed_dask.quantize`).
 
     Returns
     -------
@@ -148,9 +159,27 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
     cs = int(chunk_size)
     ss = ("sample", "scale")
     coords = {"coordinates": " ".join(SAMPLE_COORDS)}
-    defs = [
-        ArrayDef("embedding", ss + ("feature",), (n_samples, n_scales, embed_dim), "float32",
-                 (cs, 1, embed_dim), np.nan, {**coords, "long_name": "pooled embedding"}),
+    int8 = is_quantised_dtype(dtype)
+    if not int8 and dtype != "float32":
+        raise SpecError("dtype", dtype, "'float32' or 'int8'")
+
+    def data(name: str, dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
+             long_name: str) -> list[ArrayDef]:
+        if not int8:
+            return [ArrayDef(name, dims, shape, "float32", chunks, np.nan, {**coords, "long_name": long_name})]
+        scale = scale_name_of(name)
+        keep = tuple(i for i, d in enumerate(dims) if d != "feature")
+        return [ArrayDef(name, dims, shape, "int8", chunks, 0,
+                         {**coords, "long_name": f"{long_name}, int8: multiply by {scale}",
+                          "quantization": geoemb_quantization(scale)}),
+                ArrayDef(scale, tuple(dims[i] for i in keep), tuple(shape[i] for i in keep),
+                         "float32", tuple(chunks[i] for i in keep), np.nan,
+                         {**coords, "long_name": f"dequantisation scale of {name} per vector "
+                                                 f"({name} * {scale}; NaN: no data)"})]
+
+    defs = data("embedding", ss + ("feature",), (n_samples, n_scales, embed_dim), (cs, 1, embed_dim),
+                "pooled embedding")
+    defs += [
         ArrayDef("status", ss, (n_samples, n_scales), "int8", (cs, 1), PENDING,
                  {**coords, **FLAG_ATTRS}),
         ArrayDef("input_res_m", ss, (n_samples, n_scales), "float32", (cs, 1), np.nan,
@@ -162,10 +191,8 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
     ]
     if grid_shape is not None:
         gy, gx = grid_shape
-        defs.append(ArrayDef("grid", ss + ("feature", "gy", "gx"),
-                             (n_samples, n_scales, embed_dim, gy, gx), "float32",
-                             (cs, 1, embed_dim, gy, gx), np.nan,
-                             {**coords, "long_name": "patch-token embedding grid"}))
+        defs += data("grid", ss + ("feature", "gy", "gx"), (n_samples, n_scales, embed_dim, gy, gx),
+                     (cs, 1, embed_dim, gy, gx), "patch-token embedding grid")
     return defs
 
 
@@ -349,10 +376,15 @@ def segment_rows(segments: Sequence[tuple[int, int]]) -> np.ndarray:
 
 
 _ABSENT = object()
+#: Identity fields left out when they hold their default (so older specs keep their hash):
+#: an absent one means this value.
+_OMITTED_DEFAULTS = {"output.dtype": "float32"}
 
 
-def _fmt(v: Any) -> str:
-    return "<absent>" if v is _ABSENT else repr(v)
+def _fmt(v: Any, path: str = "") -> str:
+    if v is _ABSENT:
+        return f"{_OMITTED_DEFAULTS[path]!r} (the default)" if path in _OMITTED_DEFAULTS else "<absent>"
+    return repr(v)
 
 
 def spec_differences(stored: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -376,7 +408,7 @@ def spec_differences(stored: Mapping[str, Any], given: Mapping[str, Any], prefix
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             lines.extend(spec_differences(a, b, path))
         elif a != b:
-            lines.append(f"{path}: stored {_fmt(a)}, given {_fmt(b)}")
+            lines.append(f"{path}: stored {_fmt(a, path)}, given {_fmt(b, path)}")
     return lines
 
 

@@ -18,8 +18,10 @@ import xarray as xr
 
 from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments, segment_rows
 from .errors import CubeDamagedError, CubeError
+from .quantize import QUANTISED, is_quantised_dtype
 
-__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store",
+__all__ = ["probe_store", "check_writable", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
+           "is_tiling_store",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
            "damage_hint", "DECODE_ERRORS"]
 
@@ -129,13 +131,18 @@ def damage_hint(path: str) -> str:
 
 
 def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
-    """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode."""
+    """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode,
+    and the scale arrays of an int8 cube (``embedding_scale``, ``grid_scale``)."""
     try:
-        mode = json.loads(attrs["campaign_spec"])["output"]["mode"]
+        output = json.loads(attrs["campaign_spec"])["output"]
+        mode = output["mode"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CubeDamagedError(f"the cube's group attributes hold no readable campaign_spec ({exc!r}); "
                                "it cannot be repaired") from exc
-    return COORD_NAMES + DATA_NAMES + (("grid",) if mode == "grid" else ())
+    data = DATA_NAMES + (("grid",) if mode == "grid" else ())
+    if is_quantised_dtype(output.get("dtype", "float32")):
+        data += tuple(QUANTISED[name] for name in data if name in QUANTISED)
+    return COORD_NAMES + data
 
 
 def array_meta_problem(path: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -238,7 +245,7 @@ def check_writable(path: str) -> None:
         raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
 
 
-def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTree:
+def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any) -> xr.Dataset | xr.DataTree:
     """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
 
     A tiling store opens as an :class:`xarray.DataTree`: ``tree["samples/10m"]`` is
@@ -249,6 +256,11 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     ----------
     path : str or path-like
         The cube directory.
+    dequantize : bool
+        For an int8 cube (``OutputSpec(dtype="int8")``): True (default) gives float32
+        ``embedding`` (and ``grid``) as ``int8 * scale`` (lazily; NaN where there is
+        none) and drops the scale arrays; False gives the stored int8 arrays with
+        ``embedding_scale`` (and ``grid_scale``) beside them. No effect on float32 cubes.
     **kwargs
         Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
 
@@ -258,7 +270,8 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
         Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
         are not shown) and ``scale`` (metres), so
         ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
-        is the spec as a JSON string.
+        is the spec as a JSON string. Strings (ids, geohashes, geometries, errors) are
+        ``object`` arrays of Python ``str``, so ``ds.sample.values.astype(str)`` works.
 
     Raises
     ------
@@ -268,7 +281,8 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     path = os.path.abspath(os.fspath(path))
     kwargs.setdefault("chunks", {})
     if is_tiling_store(path):
-        return xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+        tree = xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+        return tree.map_over_datasets(lambda ds: _plain(ds, dequantize))
     if probe_store(path) is None:
         raise CubeError(f"no cube at {path!r}")
     try:  # the index coordinates (sample, scale) are read now
@@ -279,7 +293,49 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
     if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
         ds = ds.isel(sample=segment_rows(segments))
-    return ds
+    return _plain(ds, dequantize)
+
+
+def _plain(ds: xr.Dataset, dequantize: bool) -> xr.Dataset:
+    """``ds`` with plain ``object`` strings and, if asked, dequantised int8 arrays."""
+    ds = plain_strings(ds)
+    return dequantize_dataset(ds) if dequantize else ds
+
+
+def plain_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Variables of NumPy's variable-width ``StringDType`` (how xarray reads Zarr v3 strings)
+    as ``object`` arrays of ``str``: ``.astype(str)``, pandas and older code take those.
+    Dask-backed variables stay lazy."""
+    index = {k: np.asarray(ds[k].values).astype(object) for k in ds.indexes if ds[k].dtype.kind == "T"}
+    if index:
+        ds = ds.assign_coords(index)
+    coords = {k: ds[k].astype(object) for k in ds.coords if k not in ds.indexes and ds[k].dtype.kind == "T"}
+    if coords:
+        ds = ds.assign_coords(coords)
+    data = {k: ds[k].astype(object) for k in ds.data_vars if ds[k].dtype.kind == "T"}
+    return ds.assign(data) if data else ds
+
+
+def dequantize_dataset(ds: xr.Dataset) -> xr.Dataset:
+    """int8 ``embedding``/``grid`` of ``ds`` as float32 ``value * scale``, their scale arrays dropped.
+
+    Works on sample cubes and on the zone grids of a tiling store (``embedding(y, x, feature)``
+    with ``embedding_scale(y, x)``); a dataset without int8 arrays is returned as is.
+    """
+    done = []
+    for name, scale in QUANTISED.items():
+        if name not in ds.data_vars or scale not in ds.data_vars or ds[name].dtype.kind not in "iu":
+            continue
+        raw = ds[name]
+        value = (raw.astype("float32") * ds[scale]).transpose(*raw.dims)
+        attrs = {k: v for k, v in raw.attrs.items() if k != "quantization"}
+        if isinstance(attrs.get("long_name"), str):
+            attrs["long_name"] = attrs["long_name"].split(", int8:")[0]
+        value.attrs = attrs
+        value.encoding = {}
+        ds = ds.assign({name: value})
+        done.append(scale)
+    return ds.drop_vars(done) if done else ds
 
 
 def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:

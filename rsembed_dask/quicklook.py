@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CubeError, SpecError
+from .quantize import dequantize_int8
 
 __all__ = ["PCAColours", "STRETCH_PERCENTILES", "grid_quicklook"]
 
@@ -133,6 +134,8 @@ def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
     rows, got = [], 0
     for s in np.sort(starts[:need]).tolist():  # a random subset, read in order
         e = np.asarray(samples["embedding"][s:s + chunk, 0, :])
+        if "embedding_scale" in samples:  # an int8 store
+            e = dequantize_int8(e, samples["embedding_scale"][s:s + chunk, 0], axis=1)
         ok = np.asarray(samples["status"][s:s + chunk, 0]) == 1
         rows.append(e[ok])
         got += int(ok.sum())
@@ -181,7 +184,10 @@ def grid_quicklook(path, scale_m: float, out_dir, *, components: Sequence[int] =
         rgba = np.zeros((4, ny, nx), np.uint8)
         step = emb.chunks[0]
         for r in range(0, ny, step):  # one row of chunks at a time
-            strip = np.asarray(emb[r:r + step]).reshape(-1, emb.shape[2])
+            strip = np.asarray(emb[r:r + step])
+            if "embedding_scale" in g:  # an int8 store
+                strip = dequantize_int8(strip, g["embedding_scale"][r:r + step], axis=-1)
+            strip = strip.reshape(-1, emb.shape[2])
             h = min(step, ny - r)
             rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
         rgba[3] = np.where(status == 1, 255, 0)

@@ -11,7 +11,11 @@ Layout (one Zarr v3 store, opened as an :class:`xarray.DataTree`)::
 Each zone group has one cell per tile on the scale's tile lattice (cell size =
 tile side), ``x``/``y`` cell-centre coordinates in metres and a ``spatial_ref``
 coordinate with the CRS as WKT, so ``rioxarray`` reads ``rio.crs`` and
-``rio.transform()``. The campaign writes the sample cubes unit by unit; the
+``rio.transform()``; its attributes carry the same as ``proj:code`` and
+``spatial:transform``/``shape``/``bbox`` (Zarr conventions). Every group carries the
+``geoemb:`` attributes (:mod:`rsembed_dask.geoemb`; chips on a regular grid). In an
+int8 store (``OutputSpec(dtype="int8")``) the zone grids hold int8 ``embedding``
+with ``embedding_scale(y, x)``, copied from the sample cubes as stored. The campaign writes the sample cubes unit by unit; the
 grids are filled from them block by block (a block of tiles = one grid chunk,
 so block writes never share a chunk) when a run ends.
 """
@@ -28,7 +32,9 @@ import zarr
 
 from .cube import Cube, probe_store
 from .cube_store import is_tiling_store
-from .cube_schema import FLAG_ATTRS, STATUS_NAMES, TILING_MARKER
+from .cube_schema import FLAG_ATTRS, STATUS_NAMES, TILING_MARKER, default_versions
+from .geoemb import geoemb_attrs, merge_conventions, zone_attrs
+from .quantize import QUANTISED, is_quantised_dtype
 from .errors import CubeError, SpecMismatchError
 from .specs import CampaignSpec
 from .tiling import TileTable, Tiling
@@ -79,8 +85,9 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
         return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
     if probe_store(path) is not None:  # CubeError for files and foreign stores
         raise CubeError(f"{path!r} is a sample cube, not a tiling store; choose another path")
+    versions = default_versions(versions)
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    root.create_group("samples")
+    root.create_group("samples", attributes=geoemb_attrs(spec, embed_dim, layout="regular_grid", versions=versions))
     cubes = {}
     for s, table in zip(tiling.scales, tiling.tables):
         sub = spec.replace(scales=(s,))
@@ -91,9 +98,17 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
             chunks=lambda table=table, chunk=chunk: (
                 {"ids": t.ids, "lon": t.lon, "lat": t.lat, "geohash": t.geohash, "wkb": t.wkb}
                 for _, t in table.chunks(max(chunk, 4096))))
+        # Tiles lie side by side: the sample cube's chips are a regular grid (Cube writes "irregular").
+        zarr.open_group(cubes[s].path, mode="r+", zarr_format=3).attrs.update(
+            geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions))
+        scale_geoemb = geoemb_attrs(sub, embed_dim, layout="regular_grid", spatial_layout="utm_zones",
+                                    versions=versions)
         _create_grids(root.create_group(scale_name(s), attributes={
-            "scale_m": s, "tile_m": table.tile_m, "image_size": table.image_size}), table, embed_dim)
-    root.attrs.update({"tiling_identity": json.dumps(identity, sort_keys=True),
+            **scale_geoemb, "scale_m": s, "tile_m": table.tile_m, "image_size": table.image_size}),
+            table, embed_dim, geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions),
+            spec.output.dtype)
+    root.attrs.update({
+        **geoemb_attrs(spec, embed_dim, layout="regular_grid", spatial_layout="utm_zones", versions=versions),"tiling_identity": json.dumps(identity, sort_keys=True),
                        "campaign_spec": spec.to_json(), "aoi_wkb_hex": tiling.aoi_wkb.hex(),
                        "raster_synced": False, TILING_MARKER: TILING_VERSION})
     return cubes
@@ -108,21 +123,37 @@ def _grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
     return row_top, row_top - (r_min // b) * b + 1, col_left, (c_max // b + 1) * b - col_left
 
 
-def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
+def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int, geoemb: dict[str, Any],
+                  dtype: str = "float32") -> None:
+    """One group per zone: ``embedding(y, x, feature)`` (int8 with ``embedding_scale(y, x)`` when
+    ``dtype`` is int8), ``status``, ``sample_index``, coordinates, and the ``geoemb:``
+    (``geoemb``), ``proj:`` and ``spatial:`` attributes."""
+    from affine import Affine
     from pyproj import CRS
 
     b, t = table.block, table.tile_m
+    int8 = is_quantised_dtype(dtype)
     for epsg in table.zones():
         row_top, ny, col_left, nx = _grid_extent(table, epsg)
         lattice = table.lattice(epsg)
-        a, _, c, _, e, f = lattice.raster_transform(row_top, col_left)
+        transform = Affine(*lattice.raster_transform(row_top, col_left))
+        a, _, c, _, e, f = transform[:6]
         wkt = CRS.from_epsg(epsg).to_wkt()
         g = group.create_group(f"EPSG{epsg}", attributes={
+            **merge_conventions(geoemb, zone_attrs(epsg, transform, (ny, nx))),
             "crs": f"EPSG:{epsg}", "row_top": row_top, "col_left": col_left})
         ref = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-        g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="float32", chunks=(b, b, embed_dim),
-                       fill_value=np.nan, dimension_names=("y", "x", "feature"),
-                       attributes={**ref, "long_name": "pooled embedding of the tile"})
+        scale = QUANTISED["embedding"]
+        g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="int8" if int8 else "float32",
+                       chunks=(b, b, embed_dim), fill_value=0 if int8 else np.nan,
+                       dimension_names=("y", "x", "feature"),
+                       attributes={**ref, "long_name": "pooled embedding of the tile"
+                                   + (f", int8: multiply by {scale}" if int8 else "")})
+        if int8:
+            g.create_array(scale, shape=(ny, nx), dtype="float32", chunks=(b, b), fill_value=np.nan,
+                           dimension_names=("y", "x"), attributes={
+                               **ref, "long_name": f"dequantisation scale of embedding per tile "
+                                                   f"(embedding * {scale}; NaN: no data)"})
         g.create_array("status", shape=(ny, nx), dtype="int8", chunks=(b, b), fill_value=NO_TILE,
                        dimension_names=("y", "x"), attributes={
                            **ref, "long_name": "embedding status",
@@ -170,12 +201,18 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
         top = (brow + 1) * b - 1  # tile row of the block's first grid row
         r = top - np.asarray(row[start - base:stop - base])
         c = np.asarray(col[start - base:stop - base]) - bcol * b
-        out_e = np.full((b, b, emb.shape[1]), np.nan, np.float32)
+        int8 = emb.dtype.kind == "i"  # int8 store: values and scales are copied as stored
+        out_e = np.full((b, b, emb.shape[1]), 0 if int8 else np.nan, emb.dtype)
         out_s = np.full((b, b), NO_TILE, np.int8)
         out_i = np.full((b, b), -1, np.int64)
         out_e[r, c], out_s[r, c], out_i[r, c] = emb, status, np.arange(start, stop)
         r0, c0 = row_top - top, bcol * b - col_left
         g["embedding"][r0:r0 + b, c0:c0 + b, :] = out_e
+        if int8:
+            scale = QUANTISED["embedding"]
+            out_q = np.full((b, b), np.nan, np.float32)
+            out_q[r, c] = np.asarray(samples[scale][start:stop, 0])
+            g[scale][r0:r0 + b, c0:c0 + b] = out_q
         g["sample_index"][r0:r0 + b, c0:c0 + b] = out_i
         g["status"][r0:r0 + b, c0:c0 + b] = out_s  # status last, as in the sample cubes
         copied += stop - start
