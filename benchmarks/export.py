@@ -8,9 +8,11 @@ samples as a campaign writes them, ~5 % of cells no_data) is exported with
 ``rows``, ``row groups`` (rows each), ``file MiB``, ``export s``, ``rows/s``, ``RSS before
 MiB`` (after imports), ``peak RSS MiB`` (VmHWM of the export process) and ``peak - before
 MiB``: what the export itself held at most. Memory is bounded by one row group
-(``--row-group-mb``, default 128 MiB uncompressed) plus one read block (32 MiB of
-embeddings), whatever the number of rows: compare ``--dim 64`` (the whole file is smaller
-than one row group) with ``--dim 1024`` (three row groups).
+(``--row-group-mb``, default 128 MiB uncompressed) plus one read block (8 MiB of
+embeddings) and Zarr's decoding buffers, whatever the number of rows: compare ``--dim 64``
+(the whole file is smaller than one row group) with ``--dim 1024`` (four row groups), and
+``--rows 300000``. glibc's per-thread arenas (Zarr decodes chunks on a thread pool) keep
+some freed memory: ``MALLOC_ARENA_MAX=2`` in the environment trims that.
 
 Run: ``.venv/bin/python benchmarks/export.py [--rows 100000] [--dim 64] [--row-group-mb 128]``.
 """

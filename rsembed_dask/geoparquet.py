@@ -70,7 +70,7 @@ GEOPARQUET_VERSION = "1.1.0"
 #: Target uncompressed size of one row group (the GeoParquet best practice: ~128 MB).
 DEFAULT_ROW_GROUP_BYTES = 128 * 2**20
 #: Embedding bytes read from the cube at a time (rounded to whole chunks)...
-READ_BLOCK_BYTES = 32 * 2**20
+READ_BLOCK_BYTES = 8 * 2**20
 #: ... and at most this many rows (ids and geometries are Python objects while a block is converted).
 READ_BLOCK_ROWS = 16_384
 GEOMETRY_MODES = ("footprint", "sample")
@@ -215,7 +215,7 @@ class OkCells:
     dequantize : bool
         int8 embeddings as float32.
     block_rows : int, optional
-        Rows per block (default: whole chunks, about 32 MiB of embeddings).
+        Rows per block (default: whole chunks, about 8 MiB of embeddings).
     embeddings : bool
         Read the embeddings (False: only coordinates and geometry, e.g. for extents).
     """
@@ -386,7 +386,7 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     row_group_bytes : int
         Target uncompressed bytes per row group (default 128 MiB).
     read_block_rows : int, optional
-        Cube rows read at a time (default: whole chunks, about 32 MiB of embeddings).
+        Cube rows read at a time (default: whole chunks, about 8 MiB of embeddings).
 
     Returns
     -------
