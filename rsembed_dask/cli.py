@@ -1,6 +1,7 @@
-"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook``.
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook | export | stac``.
 
-``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli_store`.
+``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli_store`;
+``export`` and ``stac`` (interchange files) in :mod:`rsembed_dask.cli_export`.
 
 Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 """
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 
 from .cli_args import (add_ee_options, add_scales, allow_bbox_positional, gee_options, positive_int,
                        positive_seconds, scales_given)
+from .cli_export import add_export, add_stac
 from .cli_store import add_inspect, add_quicklook
 from .cluster import SCHEDULER_TIMEOUT_S
 from .runner import GPU_WAIT_S
@@ -417,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)
     _add_plan(sub)
     add_quicklook(sub)
+    add_export(sub)
+    add_stac(sub)
     return parser
 
 

@@ -169,7 +169,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
                  on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
-                 repair: bool = False, update: bool = False, append: bool = False):
+                 repair: bool = False, update: bool = False, append: bool = False, stac_dir: Any = None):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -228,6 +228,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         re-runs only units marked done whose chunks are missing); restore unreadable
         array metadata and damaged coordinates from the samples
         (:mod:`rsembed_dask.cube_repair`).
+    stac_dir : str or path, optional
+        At the end, write a STAC catalogue of the cube there (:func:`rsembed_dask.stac.write_stac`).
 
     Returns
     -------
@@ -318,6 +320,10 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     if progress:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs[0][0].spec)
+    if stac_dir is not None:
+        from .stac import write_stac
+
+        write_stac(path, stac_dir)
     return open_cube(path)
 
 
