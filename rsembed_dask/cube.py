@@ -37,7 +37,8 @@ from .cube_schema import (
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
 from .cube_store import (
-    DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+    CREATING_ATTR, DECODE_ERRORS, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+    unfinished_store,
 )
 from .errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from .geoemb import geoemb_attrs
@@ -54,7 +55,7 @@ FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({"campaign_spec", "spec_identity", "spec_hash", "created", MARKER_ATTR,
-                            SEGMENTS_ATTR})
+                            SEGMENTS_ATTR, CREATING_ATTR})
 #: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
@@ -196,6 +197,11 @@ class Cube:
                        append: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
+        A cube in which no unit has finished (every status cell pending) and that holds
+        another campaign (spec, embedding or grid shape) is recreated, with a warning
+        naming what changed; so is a store whose creation was interrupted
+        (:func:`~rsembed_dask.cube_store.unfinished_store`). Nothing computed is lost either way.
+
         An existing cube given whole arrays (``ids`` ... ``wkb``) is matched id by id
         (:mod:`rsembed_dask.cube_samples`): ids stored with another geometry are refused
         unless ``update``, ids not stored are refused unless ``append``, stored ids not
@@ -247,7 +253,8 @@ class Cube:
             embedding/grid shapes; moved samples without ``update``, new ids without
             ``append`` (the message names the ids and the flag), ids of another kind.
         SpecMismatchError
-            The stored spec identity differs; the message names each differing field.
+            The stored spec identity differs and some unit finished; the message names each
+            differing field.
         SpecError
             Invalid inputs (duplicate ids, lengths that differ, missing ``grid_shape``).
         """
@@ -259,6 +266,20 @@ class Cube:
             raise SpecError("update/append", {"update": update, "append": append},
                             "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
+        versions = default_versions(versions)
+
+        def create(why: str | None) -> Cube:
+            check_writable(path)
+            if why is not None:
+                logger.warning("cube %s: %s; it is recreated", path, why)
+            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
+            cube._create(source, versions)
+            cube.last_changes = SampleChanges.identity(int(n_samples))
+            return cube
+
+        unfinished = unfinished_store(path)
+        if unfinished is not None:
+            return create(f"its creation was interrupted ({unfinished})")
         if repair:  # metadata and coordinates from the given samples, before anything reads them
             from .cube_repair import repair_layout
 
@@ -267,12 +288,13 @@ class Cube:
                           grid_shape=grid_shape, source=source)
         meta = probe_store(path)
         if meta is None:
-            check_writable(path)
-            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
-            cube._create(source, default_versions(versions))
-            cube.last_changes = SampleChanges.identity(int(n_samples))
-            return cube
+            return create(None)
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
+        refusal, changed = cube._mismatch(meta["attributes"])
+        if refusal is not None:
+            if cube._any_finished():
+                raise refusal
+            return create(f"no unit has finished in it and it holds another campaign ({changed})")
         cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
                            update=bool(update), append=bool(append))
         return cube
@@ -307,8 +329,9 @@ class Cube:
         try:
             group, start = None, 0
             for inputs in source():
-                if group is None:
-                    group = zarr.open_group(self.path, mode="w", zarr_format=3)
+                if group is None:  # the creating attribute first: an interrupted creation is recognised
+                    group = zarr.open_group(self.path, mode="w", zarr_format=3, attributes={
+                        CREATING_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
                     defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape,
                                        self.spec.output.dtype)
@@ -326,8 +349,9 @@ class Cube:
                 start = stop
             if group is None or start != n:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
-            # The marker goes last: a store interrupted before this is refused, not resumed.
-            group.attrs.update({
+            # The marker goes last, replacing the creating attribute in one write: a store
+            # interrupted before this is recreated by the next run, never resumed.
+            group.attrs.put({
                 **geoemb_attrs(self.spec, self.embed_dim, versions=versions),
                 "campaign_spec": self.spec.to_json(),
                 "spec_identity": json.dumps(self.spec.identity(), sort_keys=True),
@@ -338,28 +362,47 @@ class Cube:
                 MARKER_ATTR: CUBE_VERSION,
             })
         except OSError as exc:
-            raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
+            raise CubeError(f"cannot create cube at {self.path!r}: {exc}; no unit ran in it, so running the "
+                            "campaign again recreates it") from exc
 
-    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
-                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
-        """Refuse to resume a cube of another campaign or other shapes; match the samples."""
+    def _mismatch(self, attrs: Mapping[str, Any]) -> tuple[CubeError | None, str]:
+        """The error refusing to resume a cube of another campaign or other shapes, and what changed
+        in a line; ``(None, "")`` when it holds this campaign (scales in another order are adopted)."""
         stored = json.loads(attrs["spec_identity"])
         self._adopt_scale_order(stored.get("scales"))
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
-            raise SpecMismatchError(
+            return SpecMismatchError(
                 f"cube {self.path!r} was written with a different campaign spec "
                 f"(stored hash {attrs.get('spec_hash')!r}, given {self.spec.spec_hash()!r}):\n  "
-                + "\n  ".join(diffs))
+                + "\n  ".join(diffs)), "; ".join(diffs)
+        group = self._zgroup()
+        stored_dim = group["embedding"].shape[2]
+        if stored_dim != self.embed_dim:
+            why = f"embed_dim: stored {stored_dim}, given {self.embed_dim}"
+            return CubeError(f"cube {self.path!r} has embed_dim {stored_dim}, given {self.embed_dim}"), why
+        stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
+        if stored_grid != self.grid_shape:
+            why = f"grid_shape: stored {stored_grid}, given {self.grid_shape}"
+            return CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}"), why
+        return None, ""
+
+    def _any_finished(self) -> bool:
+        """Whether any status cell of the store is not pending (read straight from its ``status`` array)."""
+        try:
+            status = np.asarray(self._zgroup()["status"][...], dtype="int8")
+        except DECODE_ERRORS as exc:
+            raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
+                                   f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
+        return bool((status != PENDING).any())
+
+    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
+                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
+        """Resume a cube of this campaign (checked by :meth:`_mismatch`): match the samples."""
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
         self.writable = os.access(self.path, os.W_OK)
         group = self._zgroup()
         emb = group["embedding"]
-        if emb.shape[2] != self.embed_dim:
-            raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
-        stored_grid = tuple(group["grid"].shape[3:]) if "grid" in group else None
-        if stored_grid != self.grid_shape:
-            raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
         self.n_rows = emb.shape[0]
         self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
         if whole:

@@ -9,7 +9,10 @@ fill value, silently). Writing and resuming are :class:`rsembed_dask.cube.Cube`'
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +23,8 @@ from .cube_schema import CUBE_VERSION, MARKER_ATTR, TILING_MARKER, read_segments
 from .errors import CubeDamagedError, CubeError
 from .quantize import QUANTISED, is_quantised_dtype
 
-__all__ = ["probe_store", "check_writable", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
+__all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "unfinished_store", "store_bytes",
+           "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
            "is_tiling_store",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
            "damage_hint", "DECODE_ERRORS"]
@@ -34,6 +38,98 @@ COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature"
 DATA_NAMES = ("embedding", "status", "input_res_m", "valid_fraction", "error")
 
 _EARTH_RADIUS_M = 6_371_008.8
+
+#: Group attribute written first when a cube or tiling store is created, and removed when its
+#: marker is written last: a store holding it was being created by rsembed_dask and never finished.
+CREATING_ATTR = "rsembed_dask_creating"
+#: Names a tiling store's root holds: ``samples`` and one group per scale (``10m``, ``2.5m``).
+_TILING_ENTRY = re.compile(r"^(samples|[0-9][0-9.e+]*m)$")
+
+log = logging.getLogger(__name__)
+
+
+def _read_group_meta(path: str) -> dict[str, Any] | None:
+    """The parsed ``zarr.json`` of ``path``, or None when it is unreadable or not JSON."""
+    try:
+        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _has_status_chunk(path: str) -> bool:
+    """Whether any ``status`` array under ``path`` has a stored chunk (some unit finished there)."""
+    for root, dirs, files in os.walk(path):
+        if os.path.basename(root) == "status" and "zarr.json" in files:
+            chunks = os.path.join(root, "c")
+            if (any(f.startswith("c.") for f in files) or os.path.isfile(chunks)
+                    or any(fs for _, _, fs in os.walk(chunks))):
+                return True
+        dirs[:] = [d for d in dirs if d != "c"]  # chunk directories of other arrays: not walked
+    return False
+
+
+def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | None:
+    """Why ``path`` holds a store whose creation by rsembed_dask was interrupted; None if it does not.
+
+    Such a store (a crash or a full disk while the cube was laid out) has a ``zarr.json``
+    without the marker written last, and is recognised as ours: its group holds
+    :data:`CREATING_ATTR` (written first), or, from before that attribute existed or
+    when its ``zarr.json`` could not be written whole, it holds no attributes and only
+    the names a cube (``tiling``: a tiling store) has. It is safe to recreate only
+    because no unit finished in it: a store with a stored ``status`` chunk is never one.
+
+    Parameters
+    ----------
+    path : str or path-like
+    tiling : bool
+        Recognise a tiling store's root instead of a sample cube.
+
+    Returns
+    -------
+    str or None
+        What was found, for a warning.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "zarr.json")):
+        return None
+    entries = set(os.listdir(path)) - {"zarr.json"}
+    kind = "a tiling store" if tiling else "a cube"
+    if not (all(_TILING_ENTRY.match(e) for e in entries) if tiling
+            else entries <= set(COORD_NAMES + DATA_NAMES + ("grid",))):
+        return None  # names that are not ours: a foreign store, refused
+    meta = _read_group_meta(path)
+    marker = TILING_MARKER if tiling else MARKER_ATTR
+    names = ", ".join(sorted(entries)) or "none yet"
+    if meta is None:
+        why = f"its zarr.json is unreadable and it holds only {kind}'s arrays ({names})"
+    else:
+        attrs = meta.get("attributes") or {}
+        if meta.get("node_type") != "group" or not isinstance(attrs, dict) or marker in attrs:
+            return None
+        if CREATING_ATTR in attrs:
+            why = (f"its {CREATING_ATTR!r} attribute, written first (at {attrs[CREATING_ATTR]}), is there; "
+                   f"the {marker!r} marker, written last, is not")
+        elif not attrs:
+            why = f"its group has no attributes and it holds only {kind}'s arrays ({names})"
+        else:
+            return None  # attributes that are not ours
+    if _has_status_chunk(path):
+        return None
+    return why
+
+
+def store_bytes(path: str | os.PathLike) -> int:
+    """Bytes the files under ``path`` occupy on disk (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(os.fspath(path)):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
@@ -72,11 +168,16 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         with open(meta_path, encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, ValueError) as exc:
+        if unfinished_store(path) is not None:
+            raise CubeError(_unfinished_message(path, f"cannot read zarr.json ({exc})")) from exc
         raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
                                "metadata (which holds the campaign spec) is damaged and no run can repair it: "
                                "restore it from a copy") from exc
     attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
     if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
+        why = unfinished_store(path)
+        if why is not None:
+            raise CubeError(_unfinished_message(path, why))
         raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
                         f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
     if attrs[MARKER_ATTR] != CUBE_VERSION:
@@ -99,6 +200,11 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         if found:
             raise CubeDamagedError(f"cube {path!r} is damaged: " + "; ".join(found) + "; " + damage_hint(path))
     return meta
+
+
+def _unfinished_message(path: str, why: str) -> str:
+    return (f"cube path {path!r} holds a cube whose creation was interrupted ({why}; no unit finished): "
+            "running the campaign again recreates it")
 
 
 def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
@@ -233,16 +339,74 @@ def is_tiling_store(path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 
 
-def check_writable(path: str) -> None:
-    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+def _existing_ancestor(path: str) -> str:
+    """``path`` or its nearest ancestor that exists."""
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
+    return probe
+
+
+def check_writable(path: str) -> None:
+    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+    probe = _existing_ancestor(path)
     if not os.access(probe, os.W_OK):
         raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
+
+
+def free_space(path: str) -> int:
+    """Bytes free for this user on the filesystem of the existing ``path`` (``shutil.disk_usage``)."""
+    return int(shutil.disk_usage(path).free)
+
+
+def check_free_space(path: str | os.PathLike, size: Any, *, free: int | None = None,
+                     block_size: int | None = None, reclaim: int = 0) -> None:
+    """Refuse a store that cannot fit in the free space of its filesystem; warn when it may not.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store (it, or its nearest existing ancestor, tells the filesystem).
+    size : rsembed_dask.store_size.StoreSize
+        What the store (or what is left to write in it) takes: a lower estimate and an upper bound.
+    free : int, optional
+        Free bytes (default: :func:`free_space` of the nearest existing ancestor of ``path``).
+    block_size : int, optional
+        The filesystem's block size (default from ``os.statvfs``); each file may waste one.
+    reclaim : int
+        Bytes of an existing store that the new one replaces (freed before it is written).
+
+    Raises
+    ------
+    CubeError
+        Even the lower estimate does not fit: naming both figures, the free space and the path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    probe = _existing_ancestor(path)
+    if free is None:
+        free = free_space(probe)
+    if block_size is None:
+        block_size = min(max(os.statvfs(probe).f_frsize, 512), 65536)
+    available = int(free) + int(reclaim)
+    lower, upper = int(size.lower), size.upper(block_size)
+
+    def fmt(v: int) -> str:
+        from .plan_report import _bytes
+
+        return _bytes(v)
+
+    if lower > available:
+        raise CubeError(f"not enough free space for the store {path!r}: it needs at least {fmt(lower)} (its "
+                        f"embeddings, compressed; up to {fmt(upper)}), and {fmt(available)} are free on "
+                        f"{probe!r}: free some space or write the store elsewhere")
+    if upper > available:
+        log.warning("the store %s may not fit: it needs between %s and %s (uncompressed), and %s are free on %s",
+                    path, fmt(lower), fmt(upper), fmt(available), probe)
+    else:
+        log.debug("store %s needs at most %s; %s free on %s", path, fmt(upper), fmt(available), probe)
 
 
 def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any) -> xr.Dataset | xr.DataTree:

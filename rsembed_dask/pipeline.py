@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from typing import Any
 from .backends import check_backend, open_backend
 from .cluster import connect
 from .cube import Cube, open_cube
+from .cube_store import check_free_space, check_writable, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .cube_repair import repair_tiling_layout, reset_damaged_units
 from .cube_samples import table_in_cube_rows
 from .errors import NoImageryWarning, SpecError
@@ -35,6 +37,7 @@ from .runner import GPU_WAIT_S, Job, Runner
 from .sampling import SampleTable, build_sample_table, work_units
 from .specs import CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
 from .store_lock import one_writer
+from .store_size import StoreSize
 from .tiling import Tiling
 from .units import UnitSummary
 
@@ -95,17 +98,21 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                   output: OutputSpec | None = None, chunk_size: int = 64,
                   buffer_m: float | None = None, batch_size: int | None = None,
                   id_column: str | None = None, on_invalid: str = "raise", repair: bool = False,
-                  update: bool = False, append: bool = False):
+                  update: bool = False, append: bool = False,
+                  preflight: Callable[[str, CampaignSpec, StoreSize], None] | None = None):
     """Validate everything and create (or reopen) the cube; nothing is fetched.
 
     ``repair`` restores a damaged cube's metadata and coordinates from the samples
     (see :mod:`rsembed_dask.cube_repair`). A reopened cube is matched id by id
     (:mod:`rsembed_dask.cube_samples`): moved samples need ``update``, new ids
     ``append``; stored ids not given are kept and no unit made only of them is run.
+    ``preflight(path, spec, size)`` is called once the samples are checked, before the
+    cube is created or opened (``size``: :func:`~rsembed_dask.store_size.sample_store_size`).
 
     Returns ``(spec, table, cube, units)``: ``table`` row ``r`` is the sample at cube
     row ``r`` (:func:`~rsembed_dask.cube_samples.table_in_cube_rows`).
     """
+    from .store_size import sample_store_size
     from .weights import model_info
 
     if not isinstance(temporal, TemporalSpec):
@@ -118,6 +125,10 @@ def plan_campaign(gdf, out, *, scales=(10, 20, 40), temporal: TemporalSpec,
                                  spec, on_invalid)
     info = model_info(spec.model)
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
+    if preflight is not None:
+        preflight(os.path.abspath(os.fspath(out)), spec, sample_store_size(
+            table.ids, table.wkb, n_scales=len(spec.scales), embed_dim=info.embed_dim,
+            chunk_size=spec.chunk_size, grid_shape=grid_shape, dtype=spec.output.dtype))
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=info.embed_dim,
                                grid_shape=grid_shape, versions=_versions(), repair=repair,
@@ -180,7 +191,14 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         a tiling campaign (its own footprints at each of its scales, plus georeferenced grids).
     out : str or path
         The cube. An existing cube with the same spec resumes (only units not
-        done run); a different spec is refused naming the differing fields.
+        done run); a different spec is refused naming the differing fields, unless no
+        unit has finished in the cube: it is then recreated (a warning names what
+        changed), as is a store whose creation was interrupted. Before the cube is
+        created (or resumed with work left) the model's weights are resolved and read,
+        ``out`` is checked writable with room for the store (refused when even its lower
+        estimate does not fit, a warning when only its upper bound does; see
+        :mod:`rsembed_dask.store_size`) and the backend's configuration is checked: a
+        failure leaves no cube behind. A finished cube is left alone: no check, no backend.
     scales : sequence of float, optional
         Pixel sizes in metres (default 10, 20, 40; a tiling's own scales for a tiling).
     temporal, sensor, model, output
@@ -238,6 +256,12 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
 
     Raises
     ------
+    ModelError
+        The model's weights cannot be resolved or read (before any cube exists).
+    ConfigurationError
+        The backend's configuration cannot work (before any cube exists).
+    CubeError
+        ``out`` is not writable, or even the store's lower size estimate exceeds the free space.
     StoreLockedError
         Another run is writing ``out`` (its lock names the holder).
     CubeDamagedError
@@ -246,64 +270,65 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     if not (isinstance(ee_concurrency, int) and ee_concurrency >= 1):
         raise SpecError("ee_concurrency", ee_concurrency, "an integer >= 1")
     check_backend(backend)  # before any cube or cluster exists
-    if isinstance(gdf, Tiling):
-        from .tile_campaign import plan_tiling
-
+    tiling = gdf if isinstance(gdf, Tiling) else None
+    if tiling is not None:
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
         if update or append:  # tiles derive from the AOI: a tiling store never changes samples
             raise SpecError("update" if update else "append", True, "False for a tiling campaign")
-        if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
-            repair_tiling_layout(out, gdf)
-        spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
-                                       model=_model_spec(model, batch_size), output=output,
-                                       chunk_size=chunk_size, versions=_versions())
-    else:
-        spec, table, cube, units = plan_campaign(
-            gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
-            sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
-            buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
-            repair=repair, update=update, append=append)
-        jobs, path = [(Job(table, cube, spec), units)], cube.path
-    reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
-    todo = [(j, u) for j, (job, units) in enumerate(jobs)
-            for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
-    for j, (job, _) in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
-        job.cube.require_writable(sum(1 for k, _ in todo if k == j))
-    n_units = sum(len(units) for _, units in jobs)
-    log.info("campaign %s: %d samples, %d units, %d to run", path,
-             sum(len(job.table) for job, _ in jobs), n_units, len(todo))
-    report = CampaignReport(path=str(path), units_total=n_units, units_todo=len(todo))
-    tiling = gdf if isinstance(gdf, Tiling) else None
-    if tiling is not None:
-        from .tile_campaign import grids_synced, sync_grids
+    with contextlib.ExitStack() as stack:
+        # Weights, free space and backend are checked before the store is created (or, for a
+        # store with nothing left to do, not at all): a bad model or configuration leaves no cube.
+        checks = _Preflight(stack, backend, dict(gee_options or {}), retry_failed=retry_failed,
+                            tiling=tiling is not None, defer=repair)
+        if tiling is not None:
+            from .tile_campaign import plan_tiling
 
-        sync = bool(todo) or not grids_synced(path)
-    else:
-        sync = False
-    if todo or sync:
-        with contextlib.ExitStack() as stack:
-            provider = None
-            if todo:
-                # The provider exists, and its configuration is checked, before any cluster
-                # starts or any model loads: a bad project, URL, collection or band stops here.
-                provider = stack.enter_context(open_backend(backend, gee_options=dict(gee_options or {})))
-                checked = _preflight(provider, jobs[0][0].spec)
+            if repair:  # unreadable array metadata of its sample cubes, before they are opened (cube_repair)
+                repair_tiling_layout(out, gdf)
+            spec, jobs, path = plan_tiling(gdf, out, scales=scales, temporal=temporal, sensor=sensor,
+                                           model=_model_spec(model, batch_size), output=output,
+                                           chunk_size=chunk_size, versions=_versions(), preflight=checks.before_store)
+        else:
+            spec, table, cube, units = plan_campaign(
+                gdf, out, scales=(10, 20, 40) if scales is None else scales, temporal=temporal,
+                sensor=sensor, model=model, output=output, chunk_size=64 if chunk_size is None else chunk_size,
+                buffer_m=buffer_m, batch_size=batch_size, id_column=id_column, on_invalid=on_invalid,
+                repair=repair, update=update, append=append, preflight=checks.before_store)
+            jobs, path = [(Job(table, cube, spec), units)], cube.path
+        reset_damaged_units(path, jobs, repair=repair)  # damaged units back to pending (cube_repair)
+        todo = [(j, u) for j, (job, units) in enumerate(jobs)
+                for u in job.cube.incomplete_units(units, retry_failed=retry_failed)]
+        for j, (job, _) in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
+            job.cube.require_writable(sum(1 for k, _ in todo if k == j))
+        n_units = sum(len(units) for _, units in jobs)
+        if todo:  # work found only now (a cube that looked finished, or --repair): checked before it runs
+            checks.run(path, jobs[0][0].spec, fraction=len(todo) / max(n_units, 1))
+        log.info("campaign %s: %d samples, %d units, %d to run", path,
+                 sum(len(job.table) for job, _ in jobs), n_units, len(todo))
+        report = CampaignReport(path=str(path), units_total=n_units, units_todo=len(todo))
+        if tiling is not None:
+            from .tile_campaign import grids_synced, sync_grids
+
+            sync = bool(todo) or not grids_synced(path)
+        else:
+            sync = False
+        if todo or sync:
             c = stack.enter_context(connect(client, **dict(cluster_options or {})))
             if todo:
                 if tiling is not None:
                     from .tile_cube import set_synced
 
                     set_synced(path, False)  # the grids lag the samples until synced again
-                provider = _with_cluster_limit(provider, c, ee_concurrency)
+                provider = _with_cluster_limit(checks.provider, c, ee_concurrency)
                 runner = Runner(c, provider, [job for job, _ in jobs], report, max_in_flight=max_in_flight,
                                 fetch_threads=fetch_threads, unit_retries=unit_retries, progress=progress,
                                 on_unit=on_unit, coalesce=coalesce, gpu_wait_s=gpu_wait_s)
                 with _RequestAccount(c, runner.run_token) as account:
                     runner.run(todo)
                 report.requests = collections.Counter(account.totals)
-                if checked:
+                if checks.checked:
                     report.requests["preflight"] += 1
             if sync:
                 sync_grids(c, path, tiling, progress=progress)
@@ -325,6 +350,85 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
 
         write_stac(path, stac_dir)
     return open_cube(path)
+
+
+class _Preflight:
+    """The checks before a campaign writes: model weights, output path and free space, backend.
+
+    :meth:`before_store` is the planner's ``preflight`` hook: called with the planned store
+    before it is created or opened, it runs the checks when the store may hold work (it does
+    not exist, its creation was interrupted, or some cell is left to do) and skips them for
+    a finished store, which a rerun leaves alone. :meth:`run` runs them once, also when work
+    turns up only after planning (units found damaged, samples updated or appended). The
+    provider it opens (:func:`~rsembed_dask.backends.open_backend`) stays open in ``stack``.
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, backend: Any, gee_options: dict[str, Any], *,
+                 retry_failed: bool, tiling: bool, defer: bool = False):
+        self.stack, self.backend, self.gee_options = stack, backend, gee_options
+        self.retry_failed, self.tiling, self.defer = retry_failed, tiling, defer
+        self.size: StoreSize | None = None
+        self.provider = None
+        self.checked = False  # an Earth Engine preflight request was sent
+        self.done = False
+
+    def before_store(self, path: str, spec: CampaignSpec, size: StoreSize) -> None:
+        """Check before the store at ``path`` is created or opened, when it may hold work."""
+        self.size = size
+        if self.defer:  # --repair: what is left to do is known once the store is read whole
+            return
+        left = _work_left(path, tiling=self.tiling, retry_failed=self.retry_failed)
+        if left is None:
+            return
+        fraction, reclaim = left
+        self.run(path, spec, fraction=fraction, reclaim=reclaim)
+
+    def run(self, path: str, spec: CampaignSpec, *, fraction: float = 1.0, reclaim: int = 0) -> None:
+        """Check weights, path, free space (for ``fraction`` of the store) and backend; once."""
+        from .weights import check_weights
+
+        if self.done:
+            return
+        check_weights(spec.model)
+        check_writable(path)
+        if self.size is not None:
+            check_free_space(path, self.size.scaled(fraction), reclaim=reclaim)
+        # The provider exists, and its configuration is checked, before any cluster starts or
+        # any model loads: a bad project, URL, collection or band stops here.
+        self.provider = self.stack.enter_context(open_backend(self.backend, gee_options=self.gee_options))
+        self.checked = _preflight(self.provider, spec)
+        self.done = True
+
+
+def _work_left(path: str, *, tiling: bool, retry_failed: bool) -> tuple[float, int] | None:
+    """What is left to do in the store at ``path``, read without writing: None when it is a finished
+    store (or one the planner refuses), else ``(share of cells left, bytes of a store to be replaced)``.
+
+    A store that does not exist, or whose creation was interrupted, is all work; a cube
+    the planner recreates (nothing finished, another campaign) is all pending, so all work.
+    """
+    if tiling:
+        why = unfinished_store(path, tiling=True)
+        if why is not None:
+            return 1.0, store_bytes(path)
+        if not is_tiling_store(path):
+            return (1.0, 0) if probe_store(path, arrays=False) is None else None  # else refused when planned
+        samples = os.path.join(path, "samples")
+        cubes = [Cube.open(os.path.join(samples, name)) for name in sorted(os.listdir(samples))
+                 if os.path.isdir(os.path.join(samples, name))]
+    else:
+        why = unfinished_store(path)
+        if why is not None:
+            return 1.0, store_bytes(path)
+        if probe_store(path) is None:
+            return 1.0, 0
+        cubes = [Cube.open(path)]
+    left = total = 0
+    for cube in cubes:
+        counts = cube.status_counts()
+        left += counts["pending"] + (counts["failed"] if retry_failed else 0)
+        total += sum(counts.values())
+    return (left / total, 0) if left else None
 
 
 def _preflight(provider, spec: CampaignSpec) -> bool:

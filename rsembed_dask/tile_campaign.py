@@ -27,8 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def plan_tiling(tiling: Tiling, out, *, scales, temporal: TemporalSpec, sensor: SensorSpec | None,
-                model: ModelSpec, output: OutputSpec | None, chunk_size: int | None, versions=None):
-    """Validate, create (or reopen) the tiling store; returns ``(spec, [(Job, units)], path)``."""
+                model: ModelSpec, output: OutputSpec | None, chunk_size: int | None, versions=None,
+                preflight=None):
+    """Validate, create (or reopen) the tiling store; returns ``(spec, [(Job, units)], path)``.
+
+    ``preflight(path, spec, size)``, if given, is called before the store is created or
+    opened (``size``: :func:`~rsembed_dask.store_size.tiling_store_size`).
+    """
+    from .store_size import tiling_store_size
     from .weights import model_info
 
     if not isinstance(temporal, TemporalSpec):
@@ -45,6 +51,10 @@ def plan_tiling(tiling: Tiling, out, *, scales, temporal: TemporalSpec, sensor: 
     info = model_info(spec.model)
     grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
     path = os.path.abspath(os.fspath(out))
+    if preflight is not None:
+        preflight(path, spec, tiling_store_size(tiling.tables, embed_dim=info.embed_dim,
+                                                chunk_size=spec.chunk_size, grid_shape=grid_shape,
+                                                dtype=spec.output.dtype))
     cubes = create_or_open_tiling(path, tiling, spec, embed_dim=info.embed_dim, grid_shape=grid_shape,
                                   versions=versions)
     jobs = []

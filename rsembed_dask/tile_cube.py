@@ -22,6 +22,7 @@ so block writes never share a chunk) when a run ends.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import numpy as np
 import zarr
 
 from .cube import Cube, probe_store
-from .cube_store import is_tiling_store
+from .cube_store import CREATING_ATTR, check_writable, is_tiling_store, unfinished_store
 from .cube_schema import FLAG_ATTRS, STATUS_NAMES, TILING_MARKER, default_versions
 from .geoemb import geoemb_attrs, merge_conventions, zone_attrs
 from .quantize import QUANTISED, is_quantised_dtype
@@ -66,27 +67,50 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
                           grid_shape=None, versions=None) -> dict[float, Cube]:
     """Create (or resume) the tiling store at ``path``; returns the sample cube per scale.
 
+    A store whose creation was interrupted (:func:`~rsembed_dask.cube_store.unfinished_store`),
+    or in which no unit has finished and that holds another AOI, tiling or spec, is
+    recreated with a warning.
+
     Raises
     ------
     SpecMismatchError
-        The store holds another AOI, tiling or campaign spec.
+        The store holds another AOI, tiling or campaign spec, and some unit finished in it.
     CubeError
         ``path`` is a file, or a directory that is not a tiling store.
     """
     path = os.path.abspath(os.fspath(path))
     identity = json.loads(json.dumps(_identity(tiling, spec), sort_keys=True))
-    if is_tiling_store(path):
+    why = unfinished_store(path, tiling=True)
+    if why is not None:
+        why = f"its creation was interrupted ({why})"
+    elif is_tiling_store(path):
         root = zarr.open_group(path, mode="r", zarr_format=3)
         stored = json.loads(root.attrs["tiling_identity"])
-        if stored != identity:
-            diffs = [k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k)]
-            raise SpecMismatchError(f"tiling store {path!r} was written for another "
-                                    f"{' and '.join(diffs)} (stored {stored}, given {identity})")
-        return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
-    if probe_store(path) is not None:  # CubeError for files and foreign stores
+        if stored == identity:
+            return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
+        diffs = " and ".join(k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k))
+        if _any_finished(path):
+            raise SpecMismatchError(f"tiling store {path!r} was written for another {diffs} "
+                                    f"(stored {stored}, given {identity})")
+        why = f"no unit has finished in it and it was written for another {diffs}"
+    elif probe_store(path) is not None:  # CubeError for files and foreign stores
         raise CubeError(f"{path!r} is a sample cube, not a tiling store; choose another path")
+    check_writable(path)
+    if why is not None:
+        log.warning("tiling store %s: %s; it is recreated", path, why)
+    try:
+        return _create_tiling(path, tiling, spec, identity, embed_dim, grid_shape, versions)
+    except OSError as exc:
+        raise CubeError(f"cannot create tiling store at {path!r}: {exc}; no unit ran in it, so running the "
+                        "campaign again recreates it") from exc
+
+
+def _create_tiling(path: str, tiling: Tiling, spec: CampaignSpec, identity: dict[str, Any], embed_dim: int,
+                   grid_shape, versions) -> dict[float, Cube]:
+    """Lay out the tiling store: the creating attribute first, the marker last (replacing it)."""
     versions = default_versions(versions)
-    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root = zarr.open_group(path, mode="w", zarr_format=3, attributes={
+        CREATING_ATTR: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     root.create_group("samples", attributes=geoemb_attrs(spec, embed_dim, layout="regular_grid", versions=versions))
     cubes = {}
     for s, table in zip(tiling.scales, tiling.tables):
@@ -107,11 +131,19 @@ def create_or_open_tiling(path, tiling: Tiling, spec: CampaignSpec, *, embed_dim
             **scale_geoemb, "scale_m": s, "tile_m": table.tile_m, "image_size": table.image_size}),
             table, embed_dim, geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions),
             spec.output.dtype)
-    root.attrs.update({
-        **geoemb_attrs(spec, embed_dim, layout="regular_grid", spatial_layout="utm_zones", versions=versions),"tiling_identity": json.dumps(identity, sort_keys=True),
-                       "campaign_spec": spec.to_json(), "aoi_wkb_hex": tiling.aoi_wkb.hex(),
-                       "raster_synced": False, TILING_MARKER: TILING_VERSION})
+    root.attrs.put({
+        **geoemb_attrs(spec, embed_dim, layout="regular_grid", spatial_layout="utm_zones", versions=versions),
+        "tiling_identity": json.dumps(identity, sort_keys=True),
+        "campaign_spec": spec.to_json(), "aoi_wkb_hex": tiling.aoi_wkb.hex(),
+        "raster_synced": False, TILING_MARKER: TILING_VERSION})
     return cubes
+
+
+def _any_finished(path: str) -> bool:
+    """Whether any cell of the store's sample cubes is not pending."""
+    samples = os.path.join(path, "samples")
+    return any(Cube.open(os.path.join(samples, name))._any_finished() for name in sorted(os.listdir(samples))
+               if os.path.isdir(os.path.join(samples, name)))
 
 
 def _grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
