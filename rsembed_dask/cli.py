@@ -296,7 +296,7 @@ def _cmd_run(args) -> int:
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
             gee_options=_run_gee_options(args), retry_failed=args.retry_failed, repair=args.repair, gpu_wait_s=args.gpu_wait,
-            progress=not args.no_progress,
+            progress=not args.no_progress, summary=True,
             fetch_threads=env_defaults()["fetch_workers"], **options)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:

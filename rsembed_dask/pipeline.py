@@ -180,7 +180,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
                  unit_retries: int = 2, cluster_options: Mapping[str, Any] | None = None,
                  ee_concurrency: int = EE_CONCURRENT_REQUESTS, coalesce: bool = True,
                  on_unit: Callable[[UnitSummary], None] | None = None, gpu_wait_s: float = GPU_WAIT_S,
-                 repair: bool = False, update: bool = False, append: bool = False, stac_dir: Any = None):
+                 repair: bool = False, update: bool = False, append: bool = False, stac_dir: Any = None,
+                 summary: bool | None = None):
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -235,6 +236,8 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
         (identical pixels, far fewer requests; see :mod:`rsembed_dask.providers.coalesce`).
     progress : bool
         Show a progress bar (terminal or notebook) and print the dashboard link.
+    summary : bool, optional
+        Print the final summary (default: as ``progress``; the CLI always prints it).
     on_unit : callable, optional
         Called with each finished unit's :class:`~rsembed_dask.units.UnitSummary`.
     gpu_wait_s : float
@@ -342,7 +345,7 @@ def run_campaign(gdf, out, *, scales=None, temporal: TemporalSpec,
     if todo:  # a run with nothing to do keeps the account of the run that did the work
         for job, _ in jobs:
             job.cube.set_attrs(request_account=dict(report.requests), last_run=report.as_dict())
-    if progress:
+    if progress if summary is None else summary:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs[0][0].spec)
     if stac_dir is not None:
