@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DEMO_MODEL = "test-small"
 DEMO_WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")
-DEMO_POINT = PointBuffer(3.0, 31.2, 1120.0)  # 224 px at 10 m
+DEMO_POINT = PointBuffer(3.5, 30.45, 1120.0)  # 224 px at 10 m: a lake shore, a town, fields, bare soil
 #: Step 4's area (minlon, minlat, maxlon, maxlat): 143 tiles of 4.48 km at 20 m over a lake,
 #: forest, cropland and bare soil, with towns (emulator seed 0).
 DEMO_AOI = (3.5, 30.25, 4.05, 30.67)
@@ -150,8 +150,9 @@ def _demo_campaign(out: Path, n_samples: int) -> dict:
                                                zip(*np.unique(ds.status.values, return_counts=True))}}
 
 
-def _demo_tiles(out: Path) -> dict:
-    """Step 4: a tiling campaign over :data:`DEMO_AOI`, its picture and its kNN class agreement."""
+def _demo_tiles(out: Path, aoi=DEMO_AOI, client=None) -> dict:
+    """Step 4: a tiling campaign over ``aoi``, its picture and its kNN class agreement
+    (``client``: a Dask client, or None for a local cluster of its own)."""
     from .cube import OK
     from .pipeline import run_campaign
     from .quicklook import grid_quicklook
@@ -160,12 +161,13 @@ def _demo_tiles(out: Path) -> dict:
     from .tile_cube import scale_name
     from .tiling import tile_aoi
 
-    tiling = tile_aoi(DEMO_AOI, scales=[DEMO_TILE_SCALE])
+    tiling = tile_aoi(aoi, scales=[DEMO_TILE_SCALE])
     table = tiling.tables[0]
     store = out / "tiles.zarr"
     print(f"[4/4] tiling: {len(table)} tiles of {table.tile_m / 1000:g} km at {DEMO_TILE_SCALE:g} m over "
-          f"{DEMO_AOI} (emulator, '{DEMO_MODEL}')")
-    tree = run_campaign(tiling, store, temporal=DEMO_WINDOW, model=ModelSpec(DEMO_MODEL), backend="emulator")
+          f"{tuple(aoi)} (emulator, '{DEMO_MODEL}')")
+    tree = run_campaign(tiling, store, temporal=DEMO_WINDOW, model=ModelSpec(DEMO_MODEL), backend="emulator",
+                        client=client)
     samples = tree[f"samples/{scale_name(DEMO_TILE_SCALE)}"].to_dataset()
     world = SyntheticS2World(seed=0)  # the world of backend="emulator" (its default seed)
     grids = [table.lattice(int(e)).tile_grid(int(r), int(c)) for e, r, c in zip(table.epsg, table.row, table.col)]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import SpecError
 from .land_cover import CLASS_NAMES, N_CLASSES
 
 __all__ = ["KnnScore", "chance_agreement", "knn_agreement", "knn_score", "majority_classes"]
@@ -75,9 +76,10 @@ def _neighbours(vectors, k: int) -> np.ndarray:
     """Indices ``(N, k)`` of each row's ``k`` most cosine-similar other rows, nearest first."""
     x = np.asarray(vectors, np.float64)
     if x.ndim != 2 or len(x) <= k:
-        raise ValueError(f"vectors of shape {x.shape}: expected (N, D) with N > k = {k}")
+        raise SpecError("vectors", f"an array of shape {x.shape}", f"(N, D) with N > k = {k}")
     if not np.isfinite(x).all():
-        raise ValueError("vectors: expected finite rows only (leave failed samples out first)")
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        raise SpecError("vectors", f"{bad} rows with NaN or inf", "finite rows only (leave failed samples out first)")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
