@@ -40,8 +40,9 @@ DEMO_AOI = (3.5, 30.25, 4.05, 30.67)
 DEMO_TILE_SCALE = 20.0
 #: Neighbours in the kNN vote of step 4.
 DEMO_K = 5
-# Figure pixels per tile side in the step 4 picture.
+# Figure pixels per tile side in the step 4 picture (at least), and the least panel width.
 _FIGURE_PX_PER_TILE = 32
+_FIGURE_MIN_PANEL_PX = 320
 
 
 def write_geotiff(patch: Patch, path: Path) -> Path:
@@ -185,7 +186,7 @@ def _demo_tiles(out: Path, aoi=DEMO_AOI, client=None) -> dict:
 
 
 def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
-                            px_per_tile: int = _FIGURE_PX_PER_TILE) -> Path:
+                            px_per_tile: int | None = None) -> Path:
     """One PNG: the emulator's S2 composite, the world's true land cover, and the PCA
     quicklook of a tiling (one cell per tile), side by side over the tiles' extent.
 
@@ -195,6 +196,10 @@ def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
         A zone's GeoTIFF from :func:`~rsembed_dask.quicklook.grid_quicklook`.
     world : SyntheticS2World
         The emulator's world (for the composite and the class map).
+    caption : str
+        A line under the panels.
+    px_per_tile : int, optional
+        Figure pixels per tile side (default: 32, more for a narrow area).
     """
     import rasterio
     from PIL import Image, ImageDraw, ImageFont
@@ -208,6 +213,8 @@ def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
     rows, cols = np.nonzero(rgba[3])
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cells = rgba[:, r0:r1, c0:c1]
+    if px_per_tile is None:
+        px_per_tile = max(_FIGURE_PX_PER_TILE, -(-_FIGURE_MIN_PANEL_PX // int(c1 - c0)))
     tile_m = t.a
     cell_m = tile_m / px_per_tile
     grid = PixelGrid(crs, t.c + c0 * tile_m, t.f - r0 * tile_m, cell_m,
@@ -220,8 +227,8 @@ def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
     classes = CLASS_COLOURS[world.land_cover(lon, lat)]
     pca = np.repeat(np.repeat(cells.transpose(1, 2, 0), px_per_tile, 0), px_per_tile, 1)
     pca = np.where(pca[..., 3:] > 0, pca[..., :3], 255).astype(np.uint8)
-    panels = [("Sentinel-2 composite (emulator)", rgb), ("true land cover", classes),
-              ("embeddings: PCA as RGB, one cell per tile", pca)]
+    panels = [("S2 composite (emulator)", rgb), ("true land cover", classes),
+              ("embeddings, PCA as RGB", pca)]
     font = ImageFont.load_default(size=15)
     h, w = grid.height, grid.width
     gap, top, bottom = 16, 30, 62
