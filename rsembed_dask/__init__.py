@@ -27,7 +27,7 @@ from .plan import estimate_campaign
 from .providers import GEEProvider, LocalRasterProvider
 from .sampling import tile_aoi
 from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from .store import open_cube
+from .store import export_geoparquet, open_cube, write_stac
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,8 @@ __all__ = [
     # campaigns
     "tile_aoi", "estimate_campaign", "run_campaign", "open_cube", "local_cluster",
     "GEEProvider", "LocalRasterProvider",
+    # interchange formats
+    "export_geoparquet", "write_stac",
     # errors
     "RsEmbedError", "SpecError", "ConfigurationError", "ProviderError", "NoImageryError",
     "TransientProviderError", "QuotaError", "PermanentProviderError", "ModelError", "CubeError",

@@ -164,30 +164,55 @@ class SensorSpec(SpecBase):
 
 @dataclass(frozen=True)
 class OutputSpec(SpecBase):
-    """Pooled vectors ``[D]`` or token grids ``[D, h, w]``.
+    """Pooled vectors ``[D]`` or token grids ``[D, h, w]``, stored as float32 or int8.
 
     Use the constructors :meth:`pooled` and :meth:`grid`.
+
+    Parameters
+    ----------
+    mode : str
+        ``"pooled"`` or ``"grid"`` (token grids with pooled vectors alongside).
+    pooling : str
+        ``"mean"`` or ``"max"`` of the patch tokens.
+    dtype : str
+        Storage of embeddings in the cube: ``"float32"`` (default) or ``"int8"``
+        (symmetric per-vector quantisation with a float32 scale per vector, see
+        :mod:`rsembed_dask.quantize`; ``open_cube`` dequantises). The default is left
+        out of :meth:`to_dict`, so specs (and spec hashes) of float32 cubes are those
+        of cubes written before this field existed.
     """
 
     mode: Literal["pooled", "grid"] = "pooled"
     pooling: Literal["mean", "max"] = "mean"
+    dtype: Literal["float32", "int8"] = "float32"
 
     MODES: ClassVar[tuple[str, ...]] = ("pooled", "grid")
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "max")
+    DTYPES: ClassVar[tuple[str, ...]] = ("float32", "int8")
+    DEFAULT_DTYPE: ClassVar[str] = "float32"
 
     def __post_init__(self):
         choice("OutputSpec.mode", self.mode, self.MODES)
         choice("OutputSpec.pooling", self.pooling, self.POOLINGS)
+        choice("OutputSpec.dtype", self.dtype, self.DTYPES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields as a dict; ``dtype`` only when it is not the default (old specs stay equal)."""
+        d = super().to_dict()
+        if d["dtype"] == self.DEFAULT_DTYPE:
+            del d["dtype"]
+        return d
 
     @classmethod
-    def pooled(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
+    def pooled(cls, pooling: Literal["mean", "max"] = "mean",
+               dtype: Literal["float32", "int8"] = "float32") -> OutputSpec:
         """One vector per sample: mean (or max) of patch tokens, CLS excluded."""
-        return cls("pooled", pooling)
+        return cls("pooled", pooling, dtype)
 
     @classmethod
-    def grid(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
+    def grid(cls, pooling: Literal["mean", "max"] = "mean", dtype: Literal["float32", "int8"] = "float32") -> OutputSpec:
         """Patch tokens as a ``(D, h, w)`` grid (``pooling`` is used for the pooled companion)."""
-        return cls("grid", pooling)
+        return cls("grid", pooling, dtype)
 
 
 @dataclass(frozen=True)

@@ -25,22 +25,29 @@ import zarr
 
 from ..errors import SpecError
 from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
-from ..sampling.samples import SampleTable, WorkUnit, build_sample_table, work_units
+from ..sampling.samples import SampleTable, build_sample_table
+from ..sampling.units import WorkUnit, work_units
 from ..sampling.tiling import TileTable, Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
 from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
 from ..store.repair import repair_sample_cube, repair_tiling_layout
 from ..store.samples import table_in_cube_rows
+from ..store.size import StoreSize, sample_store_size, tiling_store_size
 from ..store.tiling import block_batches, create_or_open_tiling, is_tiling_store, rasterise_blocks, set_synced
 from .progress import ProgressBar
 
-__all__ = ["Job", "Jobs", "plan_samples", "plan_tiling", "model_spec", "software_versions", "grids_synced"]
+__all__ = ["Job", "Jobs", "Preflight", "plan_samples", "plan_tiling", "model_spec", "software_versions",
+           "grids_synced"]
 
 log = logging.getLogger(__name__)
 
 #: Samples per work unit (and cube chunk) of a sample campaign when none is given.
 DEFAULT_CHUNK_SIZE = 64
+
+#: Called by a planner with the store's path, the campaign spec and the store's size estimate,
+#: once the inputs are checked and before the store is created or opened.
+Preflight = Callable[[str, CampaignSpec, StoreSize], None]
 
 
 @dataclass
@@ -183,13 +190,16 @@ def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, sc
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                  update: bool = False, append: bool = False,
-                 versions: Callable[[], dict[str, str]] = software_versions) -> Jobs:
+                 versions: Callable[[], dict[str, str]] = software_versions,
+                 preflight: Preflight | None = None) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
 
     ``repair`` restores a damaged cube's metadata and coordinates from the samples
     (see :mod:`rsembed_dask.store.repair`). A reopened cube is matched id by id
     (:mod:`rsembed_dask.store.samples`): moved samples need ``update``, new ids
     ``append``; stored ids not given are kept and no unit made only of them is run.
+    ``preflight(path, spec, size)`` is called once the samples are checked, before the
+    cube is created or opened (``size``: :func:`~rsembed_dask.store.size.sample_store_size`).
 
     Returns
     -------
@@ -205,6 +215,10 @@ def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, sc
     table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
+    if preflight is not None:
+        preflight(os.path.abspath(os.fspath(out)), spec, sample_store_size(
+            table.ids, table.wkb, n_scales=len(spec.scales), embed_dim=embed_dim,
+            chunk_size=spec.chunk_size, grid_shape=grid_shape, dtype=spec.output.dtype))
     if repair:  # metadata and coordinates from the given samples, before anything reads them
         repair_sample_cube(os.fspath(out), table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
@@ -245,12 +259,15 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
 def plan_tiling(tiling: Tiling, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = None,
                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
-                versions: Callable[[], dict[str, str]] = software_versions) -> Jobs:
+                versions: Callable[[], dict[str, str]] = software_versions,
+                preflight: Preflight | None = None) -> Jobs:
     """Plan a tiling campaign: validate, create (or reopen) the tiling store; nothing is fetched.
 
     ``scales`` must be None or the tiling's own; the model's image size must be the
     tiling's tile size. ``repair`` restores unreadable array metadata of the sample
     cubes before they are opened (:func:`~rsembed_dask.store.repair.repair_tiling_layout`).
+    ``preflight(path, spec, size)`` is called before the store is created or opened
+    (``size``: :func:`~rsembed_dask.store.size.tiling_store_size`).
 
     Returns
     -------
@@ -272,6 +289,9 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike, *, temporal: TemporalSpe
     if repair:  # unreadable array metadata of its sample cubes, before they are opened
         repair_tiling_layout(path, tiling)
     embed_dim, grid_shape = _grid_shape(spec)
+    if preflight is not None:
+        preflight(path, spec, tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
+                                                grid_shape=grid_shape, dtype=spec.output.dtype))
     cubes = create_or_open_tiling(path, tiling, spec, embed_dim=embed_dim, grid_shape=grid_shape,
                                   versions=versions())
     jobs = [Job(table, cubes[s], cubes[s].spec, work_units(len(table), (s,), spec.chunk_size))

@@ -50,7 +50,9 @@ class RunOptions:
     coalesce : bool
         Serve neighbouring footprints of a unit with one request, cropped per sample.
     progress : bool
-        Show a progress bar and print the dashboard link and the summary.
+        Show a progress bar and print the dashboard link.
+    summary : bool or None
+        Print the final summary (None: as ``progress``; the CLI always prints it).
     gpu_wait_s : float
         When no worker declares ``GPU=1``, wait this long for one before giving up.
     retry_failed : bool
@@ -72,6 +74,7 @@ class RunOptions:
     ee_concurrency: int = EE_CONCURRENCY
     coalesce: bool = True
     progress: bool = True
+    summary: bool | None = None
     gpu_wait_s: float = GPU_WAIT_S
     retry_failed: bool = False
     repair: bool = False
@@ -89,6 +92,8 @@ class RunOptions:
         for name in ("coalesce", "progress", "retry_failed", "repair", "update", "append"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"RunOptions.{name}", getattr(self, name), "True or False")
+        if self.summary is not None and not isinstance(self.summary, bool):
+            raise SpecError("RunOptions.summary", self.summary, "None, True or False")
         if self.on_unit is not None and not callable(self.on_unit):
             raise SpecError("RunOptions.on_unit", self.on_unit, "None or a callable taking a UnitSummary")
 

@@ -119,7 +119,8 @@ class CampaignReport:
                 f"({self.units_total} in all, {self.units_rerun} re-run, {self.units_failed} failed); "
                 f"cells ok {c.get('ok', 0)}, no_data {c.get('no_data', 0)}, failed {c.get('failed', 0)}, "
                 f"pending {c.get('pending', 0)}; Earth Engine requests sent {r.get('sent', 0)} "
-                f"(retried {r.get('retried', 0)}, failed {r.get('failed', 0)}); "
+                f"(retried {r.get('retried', 0)}, failed {r.get('failed', 0)}, split {r.get('split', 0)}, "
+                f"no imagery {r.get('no_imagery', 0)}); "
                 f"{self.samples_embedded} embeddings in {self.elapsed_s:.1f}s "
                 f"({self.embeddings_per_s:.1f}/s, after {self.startup_s:.1f}s loading the model)"
                 + (f"\n{self.failure_line()}" if self.cells.get("failed", 0) else ""))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Mapping
@@ -29,16 +30,20 @@ from typing import Any, Literal
 import xarray as xr
 
 from ..cluster.local import connect
+from ..embed.weights import check_weights
 from ..errors import NoImageryWarning, SpecError
 from ..providers.backends import check_backend, open_backend
 from ..sampling.samples import SampleTable
 from ..sampling.tiling import Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
-from ..store.cube import Cube, open_cube
+from ..store.cube import Cube
+from ..store.open import (check_free_space, check_writable, is_tiling_store, open_cube, probe_store, store_bytes,
+                          unfinished_store)
 from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
 from ..store.lock import one_writer
 from ..store.repair import reset_damaged_units
-from .jobs import Jobs, plan_samples, plan_tiling
+from ..store.size import StoreSize
+from .jobs import Jobs, Preflight, plan_samples, plan_tiling
 from .options import RunOptions
 from .progress import CampaignReport
 from .runner import Runner
@@ -87,10 +92,11 @@ def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal:
 
 def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: TemporalSpec,
           sensor: SensorSpec | None, model: Any, output: OutputSpec | None, batch_size: int | None,
-          chunk_size: int | None, buffer_m: float | None, id_column: str | None, on_invalid: Literal["raise", "skip"]) -> Jobs:
+          chunk_size: int | None, buffer_m: float | None, id_column: str | None,
+          on_invalid: Literal["raise", "skip"], preflight: Preflight | None = None) -> Jobs:
     """The planner of ``source``'s kind: a tiling's, or the samples'."""
     common = dict(temporal=temporal, sensor=sensor, model=model, output=output, batch_size=batch_size,
-                  chunk_size=chunk_size, repair=options.repair)
+                  chunk_size=chunk_size, repair=options.repair, preflight=preflight)
     if isinstance(source, Tiling):
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
@@ -110,7 +116,8 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                  batch_size: int | None = None, chunk_size: int | None = None, buffer_m: float | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise",
                  gee_options: Mapping[str, Any] | None = None, cluster_options: Mapping[str, Any] | None = None,
-                 options: RunOptions | None = None, **knobs: Any) -> xr.Dataset | xr.DataTree:
+                 stac_dir: str | os.PathLike | None = None, options: RunOptions | None = None,
+                 **knobs: Any) -> xr.Dataset | xr.DataTree:
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -121,7 +128,14 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         a tiling campaign (its own footprints at each of its scales, plus georeferenced grids).
     out : str or path
         The cube. An existing cube with the same spec resumes (only units not
-        done run); a different spec is refused naming the differing fields.
+        done run); a different spec is refused naming the differing fields, unless no
+        unit has finished in the cube: it is then recreated (a warning names what
+        changed), as is a store whose creation was interrupted. Before the cube is
+        created (or resumed with work left) the model's weights are resolved and read,
+        ``out`` is checked writable with room for the store (refused when even its lower
+        estimate does not fit, a warning when only its upper bound does; see
+        :mod:`rsembed_dask.store.size`) and the backend's configuration is checked: a
+        failure leaves no cube behind. A finished cube is left alone: no check, no backend.
     scales : sequence of float, optional
         Pixel sizes in metres (default 10, 20, 40; a tiling's own scales for a tiling).
     temporal, sensor, model, output
@@ -144,10 +158,13 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         Passed to :class:`~rsembed_dask.providers.gee.GEEProvider` (project, URL, retry...).
     cluster_options : mapping, optional
         Passed to :func:`~rsembed_dask.cluster.local.connect` when it starts a cluster.
+    stac_dir : str or path, optional
+        At the end, write a STAC catalogue of the cube there (:func:`rsembed_dask.store.stac.write_stac`).
     options : RunOptions, optional
         How the run goes about it: ``max_in_flight``, ``fetch_threads``, ``unit_retries``,
         ``ee_concurrency`` (Earth Engine requests in flight across the cluster, default 40),
-        ``coalesce``, ``progress``, ``gpu_wait_s``, ``retry_failed``, ``repair`` (read the
+        ``coalesce``, ``progress``, ``summary`` (print the final summary; default as
+        ``progress``), ``gpu_wait_s``, ``retry_failed``, ``repair`` (read the
         whole store first, restore what is damaged and re-run damaged units), ``update``
         (re-embed samples whose geometry changed), ``append`` (add new ids as new chunks),
         ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
@@ -162,6 +179,12 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
 
     Raises
     ------
+    ModelError
+        The model's weights cannot be resolved or read (before any cube exists).
+    ConfigurationError
+        The backend's configuration cannot work (before any cube exists).
+    CubeError
+        ``out`` is not writable, or even the store's lower size estimate exceeds the free space.
     StoreLockedError
         Another run is writing ``out`` (its lock names the holder).
     CubeDamagedError
@@ -171,19 +194,37 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     """
     opts = (options or RunOptions()).replace(**knobs)
     check_backend(backend)  # before any cube or cluster exists
-    jobs = _plan(gdf, out, opts, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
-                 batch_size=batch_size, chunk_size=chunk_size, buffer_m=buffer_m, id_column=id_column,
-                 on_invalid=on_invalid)
-    reset_damaged_units(jobs.path, [(job, job.units) for job in jobs], repair=opts.repair)
-    todo = jobs.todo(retry_failed=opts.retry_failed)
-    for j, job in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
-        job.cube.require_writable(sum(1 for k, _ in todo if k == j))
-    log.info("campaign %s: %d samples, %d units, %d to run", jobs.path, jobs.n_samples, jobs.n_units, len(todo))
-    report = CampaignReport(path=str(jobs.path), units_total=jobs.n_units, units_todo=len(todo))
-    sync = jobs.grids_to_sync(todo)
-    if todo or sync:
-        _run(jobs, todo, sync, report, opts, backend=backend, client=client, gee_options=gee_options,
-             cluster_options=cluster_options)
+    with contextlib.ExitStack() as stack:
+        # Weights, free space and backend are checked before the store is created (or, for a
+        # store with nothing left to do, not at all): a bad model or configuration leaves no cube.
+        checks = _Preflight(stack, backend, dict(gee_options or {}), retry_failed=opts.retry_failed,
+                            tiling=isinstance(gdf, Tiling), defer=opts.repair)
+        jobs = _plan(gdf, out, opts, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
+                     batch_size=batch_size, chunk_size=chunk_size, buffer_m=buffer_m, id_column=id_column,
+                     on_invalid=on_invalid, preflight=checks.before_store)
+        reset_damaged_units(jobs.path, [(job, job.units) for job in jobs], repair=opts.repair)
+        todo = jobs.todo(retry_failed=opts.retry_failed)
+        for j, job in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
+            job.cube.require_writable(sum(1 for k, _ in todo if k == j))
+        if todo:  # work found only now (a cube that looked finished, or --repair): checked before it runs
+            checks.run(jobs.path, jobs.spec, fraction=len(todo) / max(jobs.n_units, 1))
+        log.info("campaign %s: %d samples, %d units, %d to run", jobs.path, jobs.n_samples, jobs.n_units,
+                 len(todo))
+        report = CampaignReport(path=str(jobs.path), units_total=jobs.n_units, units_todo=len(todo))
+        sync = jobs.grids_to_sync(todo)
+        if todo or sync:
+            c = stack.enter_context(connect(client, **dict(cluster_options or {})))
+            if todo:
+                jobs.mark_grids_unsynced()
+                provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency)
+                runner = Runner(c, provider, jobs.jobs, report, opts)
+                with _RequestAccount(c, runner.run_token) as account:
+                    runner.run(todo)
+                report.requests = collections.Counter(account.totals)
+                if checks.checked:
+                    report.requests["preflight"] += 1
+            if sync:
+                jobs.sync_grids(c, progress=opts.progress)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
     for job in jobs:
@@ -194,35 +235,91 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     if todo:  # a run with nothing to do keeps the account of the run that did the work
         for job in jobs:
             job.cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(report.requests), LAST_RUN_ATTR: report.as_dict()})
-    if opts.progress:
+    if opts.progress if opts.summary is None else opts.summary:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs.spec)
+    if stac_dir is not None:
+        from ..store.stac import write_stac
+
+        write_stac(jobs.path, stac_dir)
     return open_cube(jobs.path)
 
 
-def _run(jobs: Jobs, todo: list, sync: bool, report: CampaignReport, opts: RunOptions, *, backend: Any,
-         client: Any, gee_options: Mapping[str, Any] | None, cluster_options: Mapping[str, Any] | None) -> None:
-    """Run the units ``todo`` on the cluster, then fill the grids when ``sync``."""
-    with contextlib.ExitStack() as stack:
-        provider = None
-        checked = False
-        if todo:
-            # The provider exists, and its configuration is checked, before any cluster
-            # starts or any model loads: a bad project, URL, collection or band stops here.
-            provider = stack.enter_context(open_backend(backend, gee_options=dict(gee_options or {})))
-            checked = _preflight(provider, jobs.spec)
-        c = stack.enter_context(connect(client, **dict(cluster_options or {})))
-        if todo:
-            jobs.mark_grids_unsynced()
-            provider = _with_cluster_limit(provider, c, opts.ee_concurrency)
-            runner = Runner(c, provider, jobs.jobs, report, opts)
-            with _RequestAccount(c, runner.run_token) as account:
-                runner.run(todo)
-            report.requests = collections.Counter(account.totals)
-            if checked:
-                report.requests["preflight"] += 1
-        if sync:
-            jobs.sync_grids(c, progress=opts.progress)
+class _Preflight:
+    """The checks before a campaign writes: model weights, output path and free space, backend.
+
+    :meth:`before_store` is the planner's ``preflight`` hook: called with the planned store
+    before it is created or opened, it runs the checks when the store may hold work (it does
+    not exist, its creation was interrupted, or some cell is left to do) and skips them for
+    a finished store, which a rerun leaves alone. :meth:`run` runs them once, also when work
+    turns up only after planning (units found damaged, samples updated or appended). The
+    provider it opens (:func:`~rsembed_dask.providers.backends.open_backend`) stays open in ``stack``.
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, backend: Any, gee_options: dict[str, Any], *,
+                 retry_failed: bool, tiling: bool, defer: bool = False):
+        self.stack, self.backend, self.gee_options = stack, backend, gee_options
+        self.retry_failed, self.tiling, self.defer = retry_failed, tiling, defer
+        self.size: StoreSize | None = None
+        self.provider: Any = None
+        self.checked = False  # an Earth Engine preflight request was sent
+        self.done = False
+
+    def before_store(self, path: str, spec: CampaignSpec, size: StoreSize) -> None:
+        """Check before the store at ``path`` is created or opened, when it may hold work."""
+        self.size = size
+        if self.defer:  # --repair: what is left to do is known once the store is read whole
+            return
+        left = _work_left(path, tiling=self.tiling, retry_failed=self.retry_failed)
+        if left is None:
+            return
+        fraction, reclaim = left
+        self.run(path, spec, fraction=fraction, reclaim=reclaim)
+
+    def run(self, path: str, spec: CampaignSpec, *, fraction: float = 1.0, reclaim: int = 0) -> None:
+        """Check weights, path, free space (for ``fraction`` of the store) and backend; once."""
+        if self.done:
+            return
+        check_weights(spec.model)
+        check_writable(path)
+        if self.size is not None:
+            check_free_space(path, self.size.scaled(fraction), reclaim=reclaim)
+        # The provider exists, and its configuration is checked, before any cluster starts or
+        # any model loads: a bad project, URL, collection or band stops here.
+        self.provider = self.stack.enter_context(open_backend(self.backend, gee_options=self.gee_options))
+        self.checked = _preflight(self.provider, spec)
+        self.done = True
+
+
+def _work_left(path: str, *, tiling: bool, retry_failed: bool) -> tuple[float, int] | None:
+    """What is left to do in the store at ``path``, read without writing: None when it is a finished
+    store (or one the planner refuses), else ``(share of cells left, bytes of a store to be replaced)``.
+
+    A store that does not exist, or whose creation was interrupted, is all work; a cube
+    the planner recreates (nothing finished, another campaign) is all pending, so all work.
+    """
+    if tiling:
+        why = unfinished_store(path, tiling=True)
+        if why is not None:
+            return 1.0, store_bytes(path)
+        if not is_tiling_store(path):
+            return (1.0, 0) if probe_store(path, arrays=False) is None else None  # else refused when planned
+        samples = os.path.join(path, "samples")
+        cubes = [Cube.open(os.path.join(samples, name)) for name in sorted(os.listdir(samples))
+                 if os.path.isdir(os.path.join(samples, name))]
+    else:
+        why = unfinished_store(path)
+        if why is not None:
+            return 1.0, store_bytes(path)
+        if probe_store(path) is None:
+            return 1.0, 0
+        cubes = [Cube.open(path)]
+    left = total = 0
+    for cube in cubes:
+        counts = cube.status_counts()
+        left += counts["pending"] + (counts["failed"] if retry_failed else 0)
+        total += sum(counts.values())
+    return (left / total, 0) if left else None
 
 
 def _preflight(provider, spec: CampaignSpec) -> bool:

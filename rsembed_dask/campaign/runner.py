@@ -23,7 +23,7 @@ import numpy as np
 
 from ..cluster.local import embed_workers, fetch_workers
 from ..errors import ProviderError, RsEmbedError
-from ..sampling.samples import WorkUnit
+from ..sampling.units import WorkUnit
 from ..store.layout import FAILED, PENDING
 from .actors import start_actor
 from .jobs import Job

@@ -21,7 +21,8 @@ from ..errors import NoImageryError, SpecError
 from ..providers.base import Provider, RequestStats
 from ..providers.coalesce import CoalescedRequest, plan_requests
 from ..providers.fetching import fetch_coalesced
-from ..sampling.samples import SampleTable, WorkUnit
+from ..sampling.samples import SampleTable
+from ..sampling.units import WorkUnit
 from ..specs import CampaignSpec
 
 __all__ = ["UnitPixels", "UnitSummary", "fetch_unit", "embed_unit", "REQUESTS_TOPIC"]

@@ -1,6 +1,7 @@
-"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook``.
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook | export | stac``.
 
-``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli.store`.
+``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli.store`;
+``export`` and ``stac`` (interchange files) in :mod:`rsembed_dask.cli.export`.
 
 Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
                    scales_given, take_negative_bbox)
+from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
@@ -62,7 +64,11 @@ def _add_embed(sub) -> None:
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: the embedding itself (NaN as null), its shape and provenance")
+    p.add_argument("--out", default=None, metavar="FILE.npy",
+                   help="save the embedding (float32, (D,) or (D, H, W)) to this .npy file; the output then "
+                        "names the file instead of listing the values (for large grids)")
     p.set_defaults(func=_cmd_embed)
 
 
@@ -72,6 +78,10 @@ def _cmd_embed(args) -> int:
     from ..api import get_embedding
     from ..specs import ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
+    if args.out is not None and not args.out.endswith(".npy"):  # before any fetch
+        from ..errors import SpecError
+
+        raise SpecError("--out", args.out, "a file name ending in .npy")
     model = ModelSpec.from_env(model_id=args.model, device=args.device)
     output = OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling)
     emb = get_embedding(
@@ -84,7 +94,7 @@ def _cmd_embed(args) -> int:
         model=model,
         gee_options=gee_options(args),
     )
-    data = np.asarray(emb.data)
+    data = np.asarray(emb.data, dtype=np.float32)
     summary: dict[str, Any] = {
         "shape": list(data.shape),
         "mean": float(np.nanmean(data)),
@@ -93,15 +103,46 @@ def _cmd_embed(args) -> int:
         "max": float(np.nanmax(data)),
         "head": [round(float(v), 6) for v in data.reshape(-1)[:8]],
     }
+    if args.out is not None:
+        _save_npy(args.out, data)
     if args.json:
-        print(json.dumps({"embedding": summary, "meta": emb.meta}, indent=2, default=str))
+        out: dict[str, Any] = {"shape": list(data.shape), "dtype": str(data.dtype)}
+        if args.out is None:
+            out["embedding"] = _json_values(data)
+        else:
+            out["embedding_file"] = args.out
+        out.update(summary=summary, meta=emb.meta)
+        print(json.dumps(out, default=str))
     else:
         print(f"embedding {tuple(data.shape)} mean={summary['mean']:.4f} std={summary['std']:.4f} "
               f"min={summary['min']:.4f} max={summary['max']:.4f}")
         print("first values:", " ".join(f"{v:.4f}" for v in summary["head"]))
+        if args.out is not None:
+            print(f"saved to {args.out} (numpy.load)")
         for k, v in emb.meta.items():
             print(f"  {k}: {v}")
     return 0
+
+
+def _json_values(data):
+    """Nested lists of Python floats (the exact float32 values), NaN as ``None``."""
+    import numpy as np
+
+    values = data.astype(object)
+    values[np.isnan(data)] = None
+    return values.tolist()
+
+
+def _save_npy(path: str, data) -> None:
+    """Save ``data`` to ``path`` (ending in ``.npy``: checked by the caller), or SpecError naming it."""
+    import numpy as np
+
+    from ..errors import SpecError
+
+    try:
+        np.save(path, data, allow_pickle=False)
+    except OSError as exc:
+        raise SpecError("--out", path, f"a writable .npy path ({exc.strerror or exc})") from None
 
 
 def _add_demo(sub) -> None:
@@ -141,6 +182,9 @@ def _add_run(sub) -> None:
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small")
     p.add_argument("--grid", action="store_true", help="also store token grids")
     p.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="storage of embeddings (and grids): float32 (default) or int8 with a float32 scale per "
+                        "vector (about 4x smaller; open_cube dequantises; part of the cube's spec)")
     p.add_argument("--id-column", default=None, help="column holding sample ids (default: the index; not with --tile)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip (and record) invalid rows instead of refusing (not with --tile)")
@@ -244,7 +288,7 @@ def _cmd_run(args) -> int:
         samples = {"scales": scales, "id_column": args.id_column,
                    "on_invalid": "skip" if args.skip_invalid else "raise"}
     run = RunOptions(retry_failed=args.retry_failed, repair=args.repair, update=args.update, append=args.append,
-                     gpu_wait_s=args.gpu_wait, progress=not args.no_progress,
+                     gpu_wait_s=args.gpu_wait, progress=not args.no_progress, summary=True,
                      fetch_threads=env_defaults()["fetch_workers"])
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
@@ -252,7 +296,7 @@ def _cmd_run(args) -> int:
         warnings.simplefilter("always", NoImageryWarning)
         result = run_campaign(
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
-            model=model, output=OutputSpec.grid(args.pooling) if args.grid else OutputSpec.pooled(args.pooling),
+            model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
             gee_options=_run_gee_options(args), options=run, **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
@@ -377,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)
     _add_plan(sub)
     add_quicklook(sub)
+    add_export(sub)
+    add_stac(sub)
     return parser
 
 

@@ -4,7 +4,15 @@
    and write it as a GeoTIFF plus a PNG quicklook;
 2. embed it with the ``test-small`` ScaleMAE (random weights: a smoke test of
    the path, not meaningful features);
-3. run a small campaign on a local Dask cluster into a Zarr cube.
+3. run a small campaign on a local Dask cluster into a Zarr cube;
+4. tile an area holding several land covers, embed every tile, and draw the
+   emulator's composite, its true land-cover map and the embeddings' PCA side by
+   side; a k-nearest-neighbour vote on the embeddings recovers each tile's majority
+   class far above chance (printed as ``kNN class agreement: 0.xx (chance 0.yy)``).
+
+The emulator's world is synthetic but structured (water, forest, cropland, urban,
+bare soil, snow): its class map is known, so step 4 checks that pixels,
+footprints and embeddings line up, even with random weights.
 """
 
 from __future__ import annotations
@@ -19,13 +27,22 @@ from ..geo.grid import point_grid
 from ..providers.base import Patch
 from ..specs import DEFAULT_SCALES, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
-__all__ = ["run_demo", "write_geotiff", "write_quicklook"]
+__all__ = ["run_demo", "write_geotiff", "write_quicklook", "write_land_cover_figure"]
 
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "test-small"
 DEMO_WINDOW = TemporalSpec.range("2022-01-01", "2022-04-01")
-DEMO_POINT = PointBuffer(3.0, 31.2, 1120.0)  # 224 px at 10 m
+DEMO_POINT = PointBuffer(3.5, 30.45, 1120.0)  # 224 px at 10 m: a lake shore, a town, fields, bare soil
+#: Step 4's area (minlon, minlat, maxlon, maxlat): 143 tiles of 4.48 km at 20 m over a lake,
+#: forest, cropland and bare soil, with towns (emulator seed 0).
+DEMO_AOI = (3.5, 30.25, 4.05, 30.67)
+DEMO_TILE_SCALE = 20.0
+#: Neighbours in the kNN vote of step 4.
+DEMO_K = 5
+# Figure pixels per tile side in the step 4 picture (at least), and the least panel width.
+_FIGURE_PX_PER_TILE = 32
+_FIGURE_MIN_PANEL_PX = 320
 
 
 def write_geotiff(patch: Patch, path: Path) -> Path:
@@ -73,18 +90,22 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
         emulator_url = provider.session.url if isinstance(provider, GEEProvider) else "?"
         tif = write_geotiff(patch, out / "s2_rgb.tif")
         png = write_quicklook(patch, out / "s2_rgb.png")
-        print(f"[1/3] fetched a {patch.grid.height}x{patch.grid.width} S2 RGB composite in {patch.crs} "
+        print(f"[1/4] fetched a {patch.grid.height}x{patch.grid.width} S2 RGB composite in {patch.crs} "
               f"at {patch.grid.scale_m:g} m through earthengine-api (emulator at {emulator_url})")
         print(f"      GeoTIFF: {tif}\n      quicklook: {png}")
         emb = get_embedding("scalemae_rgb", spatial=DEMO_POINT, temporal=DEMO_WINDOW, sensor=sensor,
                             output=OutputSpec.pooled(), backend=provider,
                             model=ModelSpec(DEMO_MODEL, device="cpu"), input_chw=patch.data)
     vec = np.asarray(emb.data)
-    print(f"[2/3] embedded it with ScaleMAE '{DEMO_MODEL}' (random weights: checks the path, "
+    print(f"[2/4] embedded it with ScaleMAE '{DEMO_MODEL}' (random weights: checks the path, "
           f"not the features): {vec.shape[0]}-d vector, mean {vec.mean():.4f}, std {vec.std():.4f}, "
           f"input_res {emb.meta['input_res_m']:g} m")
     result = {"geotiff": str(tif), "quicklook": str(png), "embedding_dim": int(vec.shape[0])}
     result.update(_demo_campaign(out, n_samples))
+    result.update(_demo_tiles(out))
+    print(f"pictures: {png} (the fetched chip), {result['figure']} (composite | true land cover | "
+          f"embeddings PCA)")
+    print(result["knn_line"])
     return result
 
 
@@ -120,7 +141,7 @@ def _demo_campaign(out: Path, n_samples: int) -> dict:
         geometry=gpd.points_from_xy(rng.uniform(2.5, 3.5, n_samples), rng.uniform(30.8, 31.6, n_samples)),
         crs="EPSG:4326")
     cube_path = out / "campaign.zarr"
-    print(f"[3/3] campaign: {n_samples} samples x scales 10/20/40 m on a local Dask cluster "
+    print(f"[3/4] campaign: {n_samples} samples x scales 10/20/40 m on a local Dask cluster "
           f"(emulator, '{DEMO_MODEL}')")
     ds = run_campaign(gdf, cube_path, scales=DEFAULT_SCALES, temporal=DEMO_WINDOW,
                       model=ModelSpec(DEMO_MODEL), backend="emulator", id_column="site", chunk_size=32)
@@ -130,3 +151,102 @@ def _demo_campaign(out: Path, n_samples: int) -> dict:
           f"      or: rsembed-dask inspect {cube_path}")
     return {"cube": str(cube_path), "cells": {k: int(v) for k, v in
                                                zip(*np.unique(ds.status.values, return_counts=True))}}
+
+
+def _demo_tiles(out: Path, aoi=DEMO_AOI, client=None) -> dict:
+    """Step 4: a tiling campaign over ``aoi``, its picture and its kNN class agreement
+    (``client``: a Dask client, or None for a local cluster of its own)."""
+    from ..store.cube import OK
+    from ..campaign.run import run_campaign
+    from ..explore.geotiff import grid_quicklook
+    from ..emulator.semantic import knn_score, majority_classes
+    from ..emulator.synthetic_s2 import SyntheticS2World
+    from ..store.tiling import scale_name
+    from ..sampling.tiling import tile_aoi
+
+    tiling = tile_aoi(aoi, scales=[DEMO_TILE_SCALE])
+    table = tiling.tables[0]
+    store = out / "tiles.zarr"
+    print(f"[4/4] tiling: {len(table)} tiles of {table.tile_m / 1000:g} km at {DEMO_TILE_SCALE:g} m over "
+          f"{tuple(aoi)} (emulator, '{DEMO_MODEL}')")
+    tree = run_campaign(tiling, store, temporal=DEMO_WINDOW, model=ModelSpec(DEMO_MODEL), backend="emulator",
+                        client=client)
+    samples = tree[f"samples/{scale_name(DEMO_TILE_SCALE)}"].to_dataset()
+    world = SyntheticS2World(seed=0)  # the world of backend="emulator" (its default seed)
+    grids = [table.lattice(int(e)).tile_grid(int(r), int(c)) for e, r, c in zip(table.epsg, table.row, table.col)]
+    labels, _ = majority_classes(world, grids)
+    ok = samples.status.values[:, 0] == OK
+    score = knn_score(samples.embedding.values[ok, 0, :], labels[ok], DEMO_K)
+    tifs = [p for p in grid_quicklook(store, DEMO_TILE_SCALE, out / "quicklooks") if p.endswith(".tif")]
+    figure = write_land_cover_figure(tifs[0], world, out / "land_cover_vs_embeddings.png",
+                                     caption=f"{score.line()}, {score.n} tiles, k={DEMO_K}, "
+                                             f"'{DEMO_MODEL}' (random weights)")
+    print(f"      store: {store}\n      quicklook GeoTIFF: {tifs[0]}\n      figure: {figure}\n"
+          f"      tiles by majority class: {score.classes()}")
+    return {"tiles": str(store), "figure": str(figure), "knn_agreement": score.agreement,
+            "knn_chance": score.chance, "knn_line": score.line()}
+
+
+def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
+                            px_per_tile: int | None = None) -> Path:
+    """One PNG: the emulator's S2 composite, the world's true land cover, and the PCA
+    quicklook of a tiling (one cell per tile), side by side over the tiles' extent.
+
+    Parameters
+    ----------
+    quicklook_tif : path
+        A zone's GeoTIFF from :func:`~rsembed_dask.quicklook.grid_quicklook`.
+    world : SyntheticS2World
+        The emulator's world (for the composite and the class map).
+    caption : str
+        A line under the panels.
+    px_per_tile : int, optional
+        Figure pixels per tile side (default: 32, more for a narrow area).
+    """
+    import rasterio
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ..geo.grid import PixelGrid
+    from ..emulator.land_cover import CLASS_COLOURS, CLASS_NAMES
+
+    with rasterio.open(quicklook_tif) as src:
+        rgba = src.read()
+        t, crs = src.transform, src.crs.to_string()
+    rows, cols = np.nonzero(rgba[3])
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    cells = rgba[:, r0:r1, c0:c1]
+    if px_per_tile is None:
+        px_per_tile = max(_FIGURE_PX_PER_TILE, -(-_FIGURE_MIN_PANEL_PX // int(c1 - c0)))
+    tile_m = t.a
+    cell_m = tile_m / px_per_tile
+    grid = PixelGrid(crs, t.c + c0 * tile_m, t.f - r0 * tile_m, cell_m,
+                     (c1 - c0) * px_per_tile, (r1 - r0) * px_per_tile)
+    lon, lat = world.pixel_centers_lonlat(grid.crs, grid.transform, grid.width, grid.height)
+    max_cloud = SensorSpec().cloudy_pct
+    scenes = [s for s in world.scenes_between(DEMO_WINDOW.start, DEMO_WINDOW.end) if s.cloudy_pct <= max_cloud]
+    composite = world.composite(scenes, lon, lat, ("B4", "B3", "B2"), "median")
+    rgb = (np.clip(composite.astype(np.float32) / 3000.0, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    classes = CLASS_COLOURS[world.land_cover(lon, lat)]
+    pca = np.repeat(np.repeat(cells.transpose(1, 2, 0), px_per_tile, 0), px_per_tile, 1)
+    pca = np.where(pca[..., 3:] > 0, pca[..., :3], 255).astype(np.uint8)
+    panels = [("S2 composite (emulator)", rgb), ("true land cover", classes),
+              ("embeddings, PCA as RGB", pca)]
+    font = ImageFont.load_default(size=15)
+    h, w = grid.height, grid.width
+    gap, top, bottom = 16, 30, 62
+    fig = Image.new("RGB", (3 * w + 4 * gap, h + top + bottom), "white")
+    draw = ImageDraw.Draw(fig)
+    for i, (title, img) in enumerate(panels):
+        x = gap + i * (w + gap)
+        fig.paste(Image.fromarray(img), (x, top))
+        draw.text((x, 8), title, fill="black", font=font)
+    present = np.unique(world.land_cover(lon, lat))
+    x, y = gap, top + h + 10
+    for c in present:
+        draw.rectangle((x, y + 2, x + 14, y + 16), fill=tuple(int(v) for v in CLASS_COLOURS[c]), outline="black")
+        draw.text((x + 20, y), CLASS_NAMES[c], fill="black", font=font)
+        x += 30 + int(draw.textlength(CLASS_NAMES[c], font=font))
+    if caption:
+        draw.text((gap, top + h + 36), caption, fill="black", font=font)
+    fig.save(path)
+    return Path(path)

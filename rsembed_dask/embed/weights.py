@@ -24,7 +24,10 @@ import functools
 import importlib.metadata
 import json
 import logging
+import math
+import os
 import ssl
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from ..specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelInfo", "TEST_CONFIGS", "import_rshf_scalemae", "load_scalemae", "model_info"]
+__all__ = ["ModelInfo", "TEST_CONFIGS", "import_rshf_scalemae", "load_scalemae", "model_info", "check_weights"]
 
 # The published ScaleMAE checkpoints (and what rshf's ScaleMAE always builds).
 VIT_LARGE: dict[str, Any] = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "patch_size": 16, "mlp_ratio": 4.0}
@@ -230,6 +233,152 @@ def model_info(spec: ModelSpec) -> ModelInfo:
     """
     cfg, _, source = _resolve_config(spec, weights=False)
     return _info(spec, cfg, source)
+
+
+#: Bytes per element of the safetensors dtypes (others are not size-checked).
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+#: A safetensors header longer than this is refused (the format's own limit is 100 MB).
+_ST_MAX_HEADER = 100_000_000
+
+
+def _check_safetensors(path: Path, model_id: str) -> int:
+    """Parse the header of a ``.safetensors`` file and check it against the file's size.
+
+    Reads the 8-byte header length and the JSON header only. Returns the number of tensors.
+
+    Raises
+    ------
+    ModelError
+        Unreadable file, a header that does not parse, or tensors that do not fit the file
+        (a truncated download, say).
+    """
+    def bad(why: str) -> ModelError:
+        return ModelError(f"ModelSpec.model_id={model_id!r}: unreadable weights {path}: {why}; expected a "
+                          "safetensors file as written by save_pretrained")
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                raise bad(f"{size} bytes, too short for a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, _ST_MAX_HEADER):
+                raise bad(f"the header claims {n} bytes, the file has {size}")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise bad(str(exc)) from exc
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data = size - 8 - n
+    end, tensors = 0, 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            lo, hi = (int(v) for v in t["data_offsets"])
+            shape = [int(v) for v in t["shape"]]
+            dtype = str(t["dtype"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"tensor {name!r} has no valid dtype, shape and data_offsets ({exc!r})") from exc
+        item = _ST_ITEMSIZE.get(dtype)
+        if not 0 <= lo <= hi or (item is not None and hi - lo != math.prod(shape) * item):
+            raise bad(f"tensor {name!r} ({dtype} {shape}) has data_offsets [{lo}, {hi}] that do not fit its shape")
+        end, tensors = max(end, hi), tensors + 1
+    if end != data:
+        raise bad(f"its tensors need {end} bytes of data, the file holds {data} (truncated or padded?)")
+    if not tensors:
+        raise bad("it holds no tensors")
+    return tensors
+
+
+def _check_torch_bin(path: Path, model_id: str) -> None:
+    """Check that a ``pytorch_model.bin`` is a readable ``torch.save`` archive (central directory only)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                    raise ModelError(f"ModelSpec.model_id={model_id!r}: unreadable weights {path}: a zip "
+                                     "archive without data.pkl, not a torch.save file")
+            return
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"ModelSpec.model_id={model_id!r}: unreadable weights {path}: {exc}") from exc
+    if not magic.startswith(b"\x80"):  # a legacy torch.save pickle starts with the protocol opcode
+        raise ModelError(f"ModelSpec.model_id={model_id!r}: unreadable weights {path}: neither a torch.save "
+                         "archive nor a pickle")
+
+
+def _check_weight_file(directory: Path, model_id: str) -> Path:
+    """Check the weight file :func:`_load_state_dict` would load from ``directory``; return its path."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            if name.endswith(".safetensors"):
+                _check_safetensors(path, model_id)
+            else:
+                _check_torch_bin(path, model_id)
+            return path
+    raise ModelError(f"ModelSpec.model_id={model_id!r}: {directory} holds no weights "
+                     f"(expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def _check_hub_weights(model_id: str) -> None:
+    """Weights of hub repo ``model_id``: checked in the local cache, else listed on the hub (not downloaded)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        cached = Path(huggingface_hub.snapshot_download(model_id, allow_patterns=HUB_PATTERNS,
+                                                        local_files_only=True))
+    except LocalEntryNotFoundError:
+        cached = None
+    if cached is not None and any((cached / name).is_file() for name in WEIGHT_FILES):
+        _check_weight_file(cached, model_id)
+        return
+    try:
+        files = huggingface_hub.list_repo_files(model_id)
+    except _hub_errors() as exc:
+        raise ModelError(f"ModelSpec.model_id={model_id!r}: its weights are not in the local Hugging Face "
+                         f"cache and the hub cannot list them ({type(exc).__name__}: {exc}); expected "
+                         f"{_allowed()}") from exc
+    if not any(name in files for name in WEIGHT_FILES):
+        raise ModelError(f"ModelSpec.model_id={model_id!r}: the hub repository holds no weights "
+                         f"(expected one of {', '.join(WEIGHT_FILES)}; it has {sorted(files)[:10]})")
+
+
+def check_weights(spec: ModelSpec) -> ModelInfo:
+    """Resolve ``spec``'s model and check that its weights can be read, without loading them.
+
+    For a local directory: ``config.json`` parses and the weight file's header parses and
+    fits the file (``model.safetensors``; a ``pytorch_model.bin`` is checked as an archive).
+    For a hub id: the same in the local Hugging Face cache, else the hub lists a weight
+    file. A named test config has no weights to check. Neither torch nor the model is loaded.
+
+    Returns
+    -------
+    ModelInfo
+
+    Raises
+    ------
+    ModelError
+        Unknown model id, unreadable config or weights, weights missing, hub unreachable.
+    SpecError
+        ``spec.image_size`` is not a multiple of the patch size.
+    """
+    cfg, directory, source = _resolve_config(spec, weights=False)
+    info = _info(spec, cfg, source)
+    if source == "local":
+        _check_weight_file(directory, spec.model_id)  # type: ignore[arg-type]
+    elif source == "hub":
+        _check_hub_weights(spec.model_id)
+    return info
 
 
 def _build_wrapper(cfg: dict[str, Any], arch: dict[str, Any], *, seed: int | None):

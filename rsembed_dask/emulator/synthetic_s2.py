@@ -1,5 +1,12 @@
 """A deterministic synthetic Sentinel-2 SR world for the Earth Engine emulator.
 
+The ground is a seeded land-cover map (:mod:`.land_cover`: water, forest,
+cropland, urban, bare soil, snow, in patches from a few hundred metres to tens of
+kilometres), each class with its own S2 spectrum, textured by a fine grain, a few
+sinusoids per band and the ground's condition; crops green up and are harvested
+with the seasons, snow comes in winter at high latitudes. Tests and the demo read
+the true class map with :meth:`SyntheticS2World.land_cover`.
+
 Pixel values are a function of ground position (lon, lat), band and scene date
 only, so the same place fetched at two scales or in two CRSs agrees, and two
 worlds built with the same seed serve the same pixels. On a snapped grid a
@@ -27,9 +34,13 @@ import datetime as dt
 import functools
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyproj
+
+from . import land_cover as lc
+from .land_cover import LandCover, ground_metres
 
 __all__ = ["SyntheticS2World", "Scene", "BANDS", "REVISIT_DAYS", "FIRST_DAY"]
 
@@ -40,12 +51,14 @@ REVISIT_DAYS = 5
 #: First scene of COPERNICUS/S2_SR_HARMONIZED.
 FIRST_DAY = dt.date(2017, 3, 28)
 LAST_DAY = dt.date(2030, 12, 31)
-# Metres per degree of latitude (mean); longitude scales by cos(lat).
-_M_PER_DEG = 111_195.0
 # S2 SR reflectance of a cloud top, roughly.
 _CLOUD_VALUE = 7200.0
 # Wavelengths (m) of the texture: from a few pixels at 10 m to tens of km.
 _WAVELENGTHS_M = (90.0, 260.0, 730.0, 2100.0, 6000.0, 17000.0)
+# Each band's own texture (colour) uses these wavelengths, with this weight; the rest
+# of the texture is the land cover's fine grain, shared by every band (brightness).
+_BAND_WAVES = (2, 3, 4)
+_BAND_TEXTURE = 0.25
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,8 @@ class SyntheticS2World:
         self._theta = rng.uniform(0, np.pi, (len(BANDS), n))
         self._phase = rng.uniform(0, 2 * np.pi, (len(BANDS), n))
         self._amp = rng.uniform(60, 420, (len(BANDS), n))
-        self._level = rng.uniform(900, 3200, len(BANDS))
+        self._tex_w = self._amp / self._amp.sum(axis=1, keepdims=True)
+        self.cover = LandCover(self.seed)
 
     def scene(self, index: int) -> Scene:
         """Scene number ``index`` (cached: every request filters the whole collection)."""
@@ -146,19 +160,94 @@ class SyntheticS2World:
         return (_bilinear(np.asarray(lon_c), rows, cols, height, width),
                 _bilinear(np.asarray(lat_c), rows, cols, height, width))
 
+    def land_cover(self, lon, lat, date=None) -> np.ndarray:
+        """The true land-cover class (uint8, :data:`.land_cover.CLASS_NAMES`) at each position.
+
+        For tests and the demo only. With ``date`` (ISO date or ``datetime.date``), seasonal
+        snow of that day is included (the snow a scene of that day shows).
+        """
+        lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        fields = self.cover.fields(lon, lat)
+        classes = self.cover.classify(lon, lat, fields)
+        if date is not None:
+            doy = _as_date(date).timetuple().tm_yday
+            score = self.cover.snow_score(fields["relief"], lat)
+            thr = np.where(lat < 0, self.cover.snow_threshold(doy, True), self.cover.snow_threshold(doy))
+            classes[(score > thr) & (classes != lc.WATER)] = lc.SNOW
+        return classes
+
+    def land_cover_grid(self, crs: str, transform: tuple[float, ...], width: int, height: int,
+                        date=None) -> np.ndarray:
+        """:meth:`land_cover` at the pixel centres of a grid ``(height, width)`` (as rendered)."""
+        lon, lat = self.pixel_centers_lonlat(crs, transform, width, height)
+        return self.land_cover(lon, lat, date)
+
     def base(self, lon: np.ndarray, lat: np.ndarray, bands, frame=None) -> np.ndarray:
-        """Cloud-free reflectance ``(len(bands), H, W)`` float32 at the given positions."""
-        frame = frame or _frame(lon, lat)
-        out = np.empty((len(bands),) + np.shape(lon), np.float32)
+        """Cloud-free, snow-free reflectance ``(len(bands), H, W)`` float32 with every crop
+        out of season (the static part of every scene)."""
+        return self._surface(lon, lat, bands, frame).static
+
+    def _texture(self, frame, k: int, waves=range(len(_WAVELENGTHS_M))) -> np.ndarray:
+        """Sinusoids ``waves`` of band ``k``, weighted to [-1, 1] (float32)."""
+        w = self._tex_w[k, list(waves)]
+        w = w / w.sum()
+        acc: Any = None  # the first wave's term, then the sum
+        for wj, j in zip(w, waves):
+            kx = np.cos(self._theta[k, j]) * 2 * np.pi / _WAVELENGTHS_M[j]
+            ky = np.sin(self._theta[k, j]) * 2 * np.pi / _WAVELENGTHS_M[j]
+            term = _sin32(frame, kx, ky, self._phase[k, j])
+            term *= np.float32(wj)
+            if acc is None:
+                acc = term
+            else:
+                acc += term
+        return acc
+
+    def _surface(self, lon, lat, bands, frame=None, metres=None) -> _Surface:
+        """Everything of a place that does not change from scene to scene."""
+        lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        metres = metres if metres is not None else ground_metres(lon, lat)
+        frame = frame or _frame(lon, lat, metres)
+        fields = self.cover.fields(lon, lat, metres)
+        cls = self.cover.classify(lon, lat, fields)
+        # Brightness of the ground within a class (soil moisture, canopy density...).
+        cond = (fields["settlement"] - 0.5).astype(np.float32)
+        cond *= lc.CONDITION[cls]
+        cond += np.float32(1.0)
+        crop = cls == lc.CROPLAND
+        urban = cls == lc.URBAN
+        season = None
+        if crop.any():
+            brightness, amp = self.cover.crop_fields(metres[0][crop], metres[1][crop])
+            cond[crop] *= brightness.astype(np.float32)
+            season = np.zeros(cls.shape, np.float32)
+            season[crop] = amp
+        if urban.any():
+            cond[urban] *= self.cover.urban_blocks(metres[0][urban], metres[1][urban]).astype(np.float32)
+        texture = lc.TEXTURE[cls]
+        # Mostly brightness (one fine texture for every band), a little colour (the band's own).
+        shared = ((fields["grain"] - 0.5) * (4.0 * (1 - _BAND_TEXTURE))).astype(np.float32)
+        shape = (len(bands),) + cls.shape
+        static = np.empty(shape, np.float32)
+        delta = np.empty(shape, np.float32) if season is not None else None
         for i, name in enumerate(bands):
             k = BANDS.index(name)
-            acc = np.full(np.shape(lon), self._level[k], np.float32)
-            for j, wl in enumerate(_WAVELENGTHS_M):
-                kx = np.cos(self._theta[k, j]) * 2 * np.pi / wl
-                ky = np.sin(self._theta[k, j]) * 2 * np.pi / wl
-                acc += np.float32(self._amp[k, j]) * _sin32(frame, kx, ky, self._phase[k, j])
-            out[i] = acc
-        return out
+            t = self._texture(frame, k, _BAND_WAVES)
+            t *= np.float32(_BAND_TEXTURE)
+            t += shared
+            t *= texture
+            t += np.float32(1.0)
+            t *= cond
+            np.multiply(lc.SPECTRA[cls, k], t, out=static[i])
+            if delta is not None:
+                t *= season
+                np.multiply(t, lc.CROP_GREEN[k] - lc.SPECTRA[lc.CROPLAND, k], out=delta[i])
+        snow = None
+        land = cls != lc.WATER
+        score = self.cover.snow_score(fields["relief"], lat)
+        if (score[land] > lc.SNOW_ABOVE - lc.SNOW_WINTER).any():
+            snow = np.where(land, score, -np.inf)
+        return _Surface(static, delta, snow, lat < 0)
 
     def cloud_mask(self, scene: Scene, lon: np.ndarray, lat: np.ndarray, frame=None) -> np.ndarray:
         """Where ``scene`` is cloudy: blobs covering about ``cloudy_pct`` % of the ground."""
@@ -180,12 +269,31 @@ class SyntheticS2World:
         doy = scene.date.timetuple().tm_yday
         return 1.0 + 0.12 * np.sin(2 * np.pi * (doy - 80) / 365.25)
 
-    def scene_values(self, scene: Scene, lon, lat, bands, base=None, frame=None) -> np.ndarray:
-        """Reflectance of one scene ``(len(bands), H, W)`` float32 (clouds included)."""
+    @staticmethod
+    def greenness(scene: Scene, southern: bool = False) -> float:
+        """How far into its season a crop is in ``scene``: 0 (a bare field) .. 1 (the peak,
+        mid-May in the north, mid-November in the south)."""
+        doy = scene.date.timetuple().tm_yday
+        peak = 311 if southern else 130
+        return 0.5 + 0.5 * float(np.cos(2 * np.pi * (doy - peak) / 365.25))
+
+    def scene_values(self, scene: Scene, lon, lat, bands, surface=None, frame=None, out=None) -> np.ndarray:
+        """Reflectance of one scene ``(len(bands), H, W)`` float32 (crops in season, snow, clouds)."""
         frame = frame or _frame(lon, lat)
-        if base is None:
-            base = self.base(lon, lat, bands, frame)
-        vals = base * np.float32(self.gain(scene))
+        if surface is None:
+            surface = self._surface(lon, lat, bands, frame)
+        gain = np.float32(self.gain(scene))
+        vals = np.multiply(surface.static, gain, out=out)
+        if surface.crop_delta is not None:
+            vals += surface.crop_delta * _by_hemisphere(surface.south, self.greenness(scene),
+                                                        self.greenness(scene, True), gain)
+        if surface.snow_score is not None:
+            doy = scene.date.timetuple().tm_yday
+            thr = _by_hemisphere(surface.south, self.cover.snow_threshold(doy),
+                                 self.cover.snow_threshold(doy, True))
+            snow = surface.snow_score > thr
+            if snow.any():
+                vals[:, snow] = (lc.SPECTRA[lc.SNOW, [BANDS.index(b) for b in bands]] * gain)[:, None]
         cloud = self.cloud_mask(scene, lon, lat, frame)
         if cloud.any():
             vals[:, cloud] = _CLOUD_VALUE
@@ -200,13 +308,16 @@ class SyntheticS2World:
         shape = (len(bands),) + np.shape(lon)
         if not scenes or not bands:
             return np.zeros(shape, np.uint16)
-        frame = _frame(lon, lat)
-        base = self.base(lon, lat, bands, frame)
+        metres = ground_metres(lon, lat)
+        frame = _frame(lon, lat, metres)
+        surface = self._surface(lon, lat, bands, frame, metres)
         if how == "mosaic":
-            vals = self.scene_values(scenes[-1], lon, lat, bands, base, frame)
+            vals = self.scene_values(scenes[-1], lon, lat, bands, surface, frame)
         elif how == "median":
-            stack = np.stack([self.scene_values(s, lon, lat, bands, base, frame) for s in scenes])
-            vals = np.median(stack, axis=0)
+            stack = np.empty((len(scenes),) + shape, np.float32)
+            for i, s in enumerate(scenes):
+                self.scene_values(s, lon, lat, bands, surface, frame, out=stack[i])
+            vals = np.median(stack, axis=0, overwrite_input=True)
         else:
             raise ValueError(f"composite how={how!r}: expected 'median' or 'mosaic'")
         out = np.clip(np.rint(vals), 1, 10000).astype(np.uint16)
@@ -214,6 +325,27 @@ class SyntheticS2World:
         if self.no_coverage:
             out[:, self.uncovered(np.asarray(lon), np.asarray(lat))] = 0
         return out
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """The scene-independent part of a place: static reflectance ``(C, H, W)``, the change of
+    crops at the peak of their season (or None), the snow score of land (or None) and
+    where the ground is south of the equator."""
+
+    static: np.ndarray
+    crop_delta: np.ndarray | None
+    snow_score: np.ndarray | None
+    south: np.ndarray
+
+
+def _by_hemisphere(south: np.ndarray, north_value: float, south_value: float, factor: float | np.floating = 1.0):
+    """A scalar when every pixel is on one side of the equator, else a per-pixel array."""
+    if not south.any():
+        return np.float32(north_value * factor)
+    if south.all():
+        return np.float32(south_value * factor)
+    return np.where(south, np.float32(south_value * factor), np.float32(north_value * factor))
 
 
 # Pixel step of the exactly projected lattice in pixel_centers_lonlat.
@@ -251,13 +383,14 @@ def _bilinear(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, height: in
     return top * (1 - wr) + bottom * wr
 
 
-def _frame(lon, lat):
+def _frame(lon, lat, metres=None):
     """Positions as float32 metres within :data:`_ANCHOR_M` cells, and the cells' indices.
 
     Each pixel is measured from the corner of its own cell (a function of its
     position only), so its value does not depend on the other pixels requested.
+    ``metres``: :func:`.land_cover.ground_metres` of the positions, if known.
     """
-    east, north = _metres(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
+    east, north = metres if metres is not None else _metres(lon, lat)
     ie, in_ = np.floor(east / _ANCHOR_M), np.floor(north / _ANCHOR_M)
     de = (east - ie * _ANCHOR_M).astype(np.float32)
     dn = (north - in_ * _ANCHOR_M).astype(np.float32)
@@ -287,7 +420,7 @@ def _anchor_phase(index: np.ndarray, k: float, phase: float) -> np.ndarray:
 
 def _metres(lon, lat):
     """Local east/north metres (a continuous function of lon/lat)."""
-    return lon * (_M_PER_DEG * np.cos(np.radians(lat))), lat * _M_PER_DEG
+    return ground_metres(lon, lat)
 
 
 def _box(b) -> tuple[float, float, float, float]:

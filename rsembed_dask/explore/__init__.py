@@ -1,6 +1,7 @@
 """After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers."""
 
-from .geotiff import PCAColours, grid_quicklook
+from .geotiff import grid_quicklook
+from .pca import PCAColours
 from .notebook import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
 
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info",

@@ -27,7 +27,7 @@ from ..store.info import campaign_attributes
 from ..store.layout import OK, STATUS_NAMES, count_statuses
 from ..store.open import nearest_sample, open_cube
 from ..errors import SpecError
-from .geotiff import PCAColours, _check_components
+from .pca import PCAColours, check_components
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -80,7 +80,7 @@ def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.nda
     if x.ndim != 2 or x.shape[1] == 0:
         raise SpecError("vectors", f"array of shape {x.shape}", "a 2-D array (samples, features)")
     if not np.isfinite(x).all(axis=1).any():
-        _check_components(components, x.shape[1])
+        check_components(components, x.shape[1])
         log.warning("pca_rgb: no finite rows among %d; every colour is black", x.shape[0])
         return np.zeros((x.shape[0], 3), dtype=np.uint8)
     return PCAColours.fit(x, components).rgb(x)

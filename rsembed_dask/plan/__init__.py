@@ -4,10 +4,9 @@ from .estimate import CampaignPlan, ScalePlan, estimate_campaign, plan_scale, re
 from .latency import Latency, assumed_latency, fetch_time, measure_latency
 from .report import format_plan
 from .requests import UnitRequests, unit_requests
-from .store_size import grids_bytes, sample_cube_bytes
 
 __all__ = [
     "estimate_campaign", "CampaignPlan", "ScalePlan", "plan_scale", "resolve_embed_dim", "format_plan",
     "Latency", "assumed_latency", "fetch_time", "measure_latency",
-    "UnitRequests", "unit_requests", "sample_cube_bytes", "grids_bytes",
+    "UnitRequests", "unit_requests",
 ]

@@ -2,12 +2,12 @@
 
 :func:`estimate_campaign` tiles an AOI exactly as a campaign does
 (:func:`~rsembed_dask.sampling.tiling.tile_aoi`), cuts each scale's tile table into work
-units exactly as the campaign does (:func:`~rsembed_dask.sampling.samples.work_units`)
+units exactly as the campaign does (:func:`~rsembed_dask.sampling.units.work_units`)
 and, per scale (:func:`plan_scale`), counts the Earth Engine requests each unit
 sends without coalescing (one ``computePixels`` per footprint) and with it
 (:func:`~rsembed_dask.plan.requests.unit_requests`, exactly what
 :func:`~rsembed_dask.campaign.tasks.fetch_unit` sends), the bytes fetched, the size of the
-tiling store (:mod:`rsembed_dask.plan.store_size`) and the fetch time under Earth
+tiling store (:mod:`rsembed_dask.store.size`) and the fetch time under Earth
 Engine's quota (:mod:`rsembed_dask.plan.latency`). Nothing is fetched or written.
 :class:`CampaignPlan` holds the result; :func:`rsembed_dask.plan.report.format_plan` formats it.
 
@@ -35,7 +35,7 @@ from .latency import (
 from ..providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S
 from .requests import unit_requests
 from .._validate import number, strict_int
-from .store_size import count_blocks, grids_bytes, sample_cube_bytes
+from ..store.size import count_blocks, grids_bytes, sample_cube_bytes
 from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, tile_aoi
 from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec
 
@@ -71,7 +71,7 @@ class ScalePlan:
         (unit, zone) groups planned by ``plan_requests`` itself (see :func:`~rsembed_dask.plan.requests.unit_requests`).
     sample_cube_bytes, grids_bytes : int
         Uncompressed upper bounds of the scale's sample cube and zone grids (see
-        :mod:`rsembed_dask.plan.store_size`).
+        :mod:`rsembed_dask.store.size`).
     """
 
     scale_m: float
@@ -107,7 +107,7 @@ def plan_scale(table: TileTable, *, n_bands: int = 3, chunk_size: int = DEFAULT_
 
     Requests are :func:`~rsembed_dask.plan.requests.unit_requests`' (exactly what
     ``fetch_unit`` sends, unit by unit); cube size is the uncompressed upper bound of
-    what the tiling store holds for the scale (:mod:`rsembed_dask.plan.store_size`).
+    what the tiling store holds for the scale (:mod:`rsembed_dask.store.size`).
 
     Parameters
     ----------

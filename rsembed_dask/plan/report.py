@@ -7,6 +7,8 @@ holds the same as JSON).
 
 from __future__ import annotations
 
+from dask.utils import format_bytes
+
 from .estimate import CampaignPlan
 from .latency import ASSUMED_LATENCY_BASE_S, ASSUMED_LATENCY_S_PER_MIB
 from ..providers.limits import BYTES_PER_SAMPLE
@@ -97,10 +99,7 @@ def _count(v: float) -> str:
 
 
 def _bytes(v: float) -> str:
-    for unit, div in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if v >= div:
-            return f"{v / div:.1f} {unit}"
-    return f"{int(v)} B"
+    return format_bytes(int(v))
 
 
 def _duration(s: float) -> str:

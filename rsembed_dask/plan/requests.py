@@ -71,7 +71,7 @@ def unit_requests(table: TileTable, chunk_size: int, n_bands: int, *, byte_limit
                   max_side: int = MAX_DIMENSION, max_waste: float = MAX_WASTE) -> UnitRequests:
     """Coalesced requests of every work unit of ``table``, exactly as ``plan_requests`` plans them.
 
-    Units are rows ``[k * chunk_size, (k + 1) * chunk_size)`` (as :func:`~rsembed_dask.sampling.samples.work_units`).
+    Units are rows ``[k * chunk_size, (k + 1) * chunk_size)`` (as :func:`~rsembed_dask.sampling.units.work_units`).
     A (unit, zone) group whose tile-index bounding box passes ``plan_requests``' tests is
     one request of that box; any other group is planned by ``plan_requests`` on its tiles'
     grids. Both give the same plan (see the module docstring).

@@ -1,6 +1,7 @@
 """What to embed: sample tables from GeoDataFrames, work units, tilings of areas."""
 
-from .samples import Footprint, SampleTable, WorkUnit, build_sample_table, work_units
+from .samples import Footprint, SampleTable, build_sample_table
+from .units import WorkUnit, work_units
 from .tiling import DEFAULT_BLOCK, TileLattice, TileTable, Tiling, tile_aoi
 
 __all__ = [

@@ -4,7 +4,7 @@ Every sample is placed in the UTM zone of its centroid. Point footprints are
 squares of ``2 * buffer_m`` around the point; polygon footprints are the
 bounding square of the polygon's UTM bounding box. Rows are sorted along a
 Hilbert curve so that consecutive chunks (work units) are spatially compact:
-``table.slice(u.start, u.stop)`` for each ``u`` in ``work_units(len(table), scales, chunk)``.
+``table.slice(u.start, u.stop)`` for each ``u`` in ``work_units(len(table), scales, chunk)`` (:mod:`~rsembed_dask.sampling.units`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 import logging
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,8 +27,7 @@ from ..geo.keys import geohash_encode, hilbert_order
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode",
-           "WorkUnit", "work_units"]
+__all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class SampleTable:
                 for i, r in zip(self.skipped["id"].tolist(), self.skipped["reason"].tolist())]
 
     def slice(self, start: int, stop: int) -> SampleTable:
-        """Rows ``start:stop``, e.g. the samples of one :class:`WorkUnit`."""
+        """Rows ``start:stop``, e.g. the samples of one :class:`~rsembed_dask.sampling.units.WorkUnit`."""
         return self.take(slice(start, stop))
 
     def __dask_tokenize__(self):
@@ -364,58 +363,3 @@ def _fill_zone(out: dict, rows: np.ndarray, geoms: np.ndarray, crs: str) -> None
     out["lon"][rows], out["lat"][rows] = lon, lat
     out["half_w"][rows], out["half_h"][rows] = (b[:, 2] - b[:, 0]) / 2, (b[:, 3] - b[:, 1]) / 2
     out["box_x"][rows], out["box_y"][rows] = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """Rows ``start:stop`` of the table (one cube chunk along ``sample``) at one scale:
-    the unit of scheduling, retry and writing."""
-
-    chunk: int
-    start: int
-    stop: int
-    scale_index: int
-    scale_m: float
-
-    @property
-    def key(self) -> str:
-        return f"unit-{self.chunk}-{self.scale_index}"
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-    def __dask_tokenize__(self):
-        return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m))
-
-
-def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
-               segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None) -> list[WorkUnit]:
-    """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
-    chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...
-
-    ``segments`` (``[start, stop)`` row ranges, each starting on a chunk boundary; default
-    all rows) restricts the units to those rows: a cube that grew by appends holds its
-    samples in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
-    """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 0:
-        raise SpecError("n_samples", n_samples, "an integer >= 0")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise SpecError("chunk_size", chunk_size, "an integer >= 1")
-    scales = [float(s) for s in (scales if isinstance(scales, (list, tuple, np.ndarray)) else [scales])]
-    if not scales or not all(s > 0 for s in scales):
-        raise SpecError("scales", scales, "a non-empty list of positive pixel sizes in metres")
-    cs = int(chunk_size)
-    if segments is None:
-        spans = [(0, int(n_samples))] if n_samples else []
-    else:
-        spans = [(int(a), int(b)) for a, b in segments]
-    if any(a % cs or not 0 <= a < b <= n_samples for a, b in spans):
-        raise SpecError("segments", segments, f"[start, stop) row ranges within {n_samples} rows, "
-                                              f"each starting at a multiple of chunk_size={cs}")
-    units = []
-    for a, b in spans:
-        for start in range(a, b, cs):
-            stop = min(start + cs, b)
-            units.extend(WorkUnit(start // cs, start, stop, i, s) for i, s in enumerate(scales))
-    return units

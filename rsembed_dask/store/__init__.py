@@ -1,12 +1,15 @@
 """The two Zarr store formats: sample cubes and tiling stores, their layout, checks and repair."""
 
 from .cube import Cube
-from .info import format_tiling_info, tiling_info
+from .geoparquet import ExportReport, export_geoparquet
+from .info import format_store_info, format_tiling_info, store_info, tiling_info
 from .layout import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, scale_name
 from .lock import LockInfo, one_writer, read_lock, store_lock
 from .open import is_tiling_store, nearest_sample, open_cube
 from .repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
 from .samples import SampleChanges
+from .size import StoreSize, sample_store_size, tiling_store_size
+from .stac import write_stac
 from .tiling import create_or_open_tiling
 from .verify import CubeHealth, check_cube, verify_cube, verify_tiling_store
 
@@ -16,6 +19,8 @@ __all__ = [
     "create_or_open_tiling", "SampleChanges",
     "CubeHealth", "check_cube", "verify_cube", "verify_tiling_store",
     "repair_sample_cube", "repair_tiling_layout", "reset_damaged_units",
-    "tiling_info", "format_tiling_info",
+    "store_info", "format_store_info", "tiling_info", "format_tiling_info",
     "LockInfo", "read_lock", "store_lock", "one_writer",
+    "export_geoparquet", "ExportReport", "write_stac",
+    "StoreSize", "sample_store_size", "tiling_store_size",
 ]

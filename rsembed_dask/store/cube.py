@@ -33,13 +33,17 @@ import zarr
 from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
     CREATED_ATTR, CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
-    SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, vouched_arrays,
+    CREATING_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses,
+    vouched_arrays,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
 )
 from .open import (
     DECODE_ERRORS, array_of, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
+    unfinished_store,
 )
+from .geoemb import geoemb_attrs
+from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from ..specs import CampaignSpec
 
@@ -56,7 +60,7 @@ FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, CREATED_ATTR, MARKER_ATTR,
-                            SEGMENTS_ATTR})
+                            SEGMENTS_ATTR, CREATING_ATTR})
 #: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
@@ -122,6 +126,11 @@ class Cube:
         return self.spec.scales
 
     @property
+    def quantised(self) -> bool:
+        """Whether embeddings (and grids) are stored as int8 with a scale per vector."""
+        return is_quantised_dtype(self.spec.output.dtype)
+
+    @property
     def n_scales(self) -> int:
         return len(self.spec.scales)
 
@@ -159,6 +168,11 @@ class Cube:
                        n_samples: int | None = None, update: bool = False,
                        append: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
+
+        A cube in which no unit has finished (every status cell pending) and that holds
+        another campaign (spec, embedding or grid shape) is recreated, with a warning
+        naming what changed; so is a store whose creation was interrupted
+        (:func:`~rsembed_dask.cube_store.unfinished_store`). Nothing computed is lost either way.
 
         An existing cube given whole arrays (``ids`` ... ``wkb``) is matched id by id
         (:mod:`rsembed_dask.store.samples`): ids stored with another geometry are refused
@@ -208,7 +222,8 @@ class Cube:
             embedding/grid shapes; moved samples without ``update``, new ids without
             ``append`` (the message names the ids and the flag), ids of another kind.
         SpecMismatchError
-            The stored spec identity differs; the message names each differing field.
+            The stored spec identity differs and some unit finished; the message names each
+            differing field.
         SpecError
             Invalid inputs (duplicate ids, lengths that differ, missing ``grid_shape``).
         """
@@ -220,14 +235,29 @@ class Cube:
             raise SpecError("update/append", {"update": update, "append": append},
                             "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
-        meta = probe_store(path)
-        if meta is None:
+        versions = default_versions(versions)
+
+        def create(why: str | None) -> Cube:
             check_writable(path)
+            if why is not None:
+                logger.warning("cube %s: %s; it is recreated", path, why)
             cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
-            cube._create(source, default_versions(versions))
+            cube._create(source, versions)
             cube.last_changes = SampleChanges.identity(int(n_samples))
             return cube
+
+        unfinished = unfinished_store(path)
+        if unfinished is not None:
+            return create(f"its creation was interrupted ({unfinished})")
+        meta = probe_store(path)
+        if meta is None:
+            return create(None)
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
+        refusal, changed = cube._mismatch(meta["attributes"])
+        if refusal is not None:
+            if cube._any_finished():
+                raise refusal
+            return create(f"no unit has finished in it and it holds another campaign ({changed})")
         cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
                            update=bool(update), append=bool(append))
         return cube
@@ -262,10 +292,12 @@ class Cube:
         try:
             group, start = None, 0
             for inputs in source():
-                if group is None:
-                    group = zarr.open_group(self.path, mode="w", zarr_format=3)
+                if group is None:  # the creating attribute first: an interrupted creation is recognised
+                    group = zarr.open_group(self.path, mode="w", zarr_format=3, attributes={
+                        CREATING_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
-                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape)
+                    defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape,
+                                       self.spec.output.dtype)
                     for d in defs:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
@@ -280,8 +312,10 @@ class Cube:
                 start = stop
             if group is None or start != n:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
-            # The marker goes last: a store interrupted before this is refused, not resumed.
-            group.attrs.update({
+            # The marker goes last, replacing the creating attribute in one write: a store
+            # interrupted before this is recreated by the next run, never resumed.
+            group.attrs.put({
+                **geoemb_attrs(self.spec, self.embed_dim, versions=versions),
                 SPEC_ATTR: self.spec.to_json(),
                 SPEC_IDENTITY_ATTR: json.dumps(self.spec.identity(), sort_keys=True),
                 SPEC_HASH_ATTR: self.spec.spec_hash(),
@@ -291,28 +325,47 @@ class Cube:
                 MARKER_ATTR: CUBE_VERSION,
             })
         except OSError as exc:
-            raise CubeError(f"cannot create cube at {self.path!r}: {exc}") from exc
+            raise CubeError(f"cannot create cube at {self.path!r}: {exc}; no unit ran in it, so running the "
+                            "campaign again recreates it") from exc
 
-    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
-                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
-        """Refuse to resume a cube of another campaign or other shapes; match the samples."""
+    def _mismatch(self, attrs: Mapping[str, Any]) -> tuple[CubeError | None, str]:
+        """The error refusing to resume a cube of another campaign or other shapes, and what changed
+        in a line; ``(None, "")`` when it holds this campaign (scales in another order are adopted)."""
         stored = json.loads(attrs[SPEC_IDENTITY_ATTR])
         self._adopt_scale_order(stored.get("scales"))
         diffs = spec_differences(stored, normalise_identity(self.spec.identity()))
         if diffs:
-            raise SpecMismatchError(
+            return SpecMismatchError(
                 f"cube {self.path!r} was written with a different campaign spec "
                 f"(stored hash {attrs.get(SPEC_HASH_ATTR)!r}, given {self.spec.spec_hash()!r}):\n  "
-                + "\n  ".join(diffs))
+                + "\n  ".join(diffs)), "; ".join(diffs)
+        group = self._zgroup()
+        stored_dim = array_of(group, "embedding").shape[2]
+        if stored_dim != self.embed_dim:
+            why = f"embed_dim: stored {stored_dim}, given {self.embed_dim}"
+            return CubeError(f"cube {self.path!r} has embed_dim {stored_dim}, given {self.embed_dim}"), why
+        stored_grid = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
+        if stored_grid != self.grid_shape:
+            why = f"grid_shape: stored {stored_grid}, given {self.grid_shape}"
+            return CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}"), why
+        return None, ""
+
+    def _any_finished(self) -> bool:
+        """Whether any status cell of the store is not pending (read straight from its ``status`` array)."""
+        try:
+            status = np.asarray(array_of(self._zgroup(), "status")[...], dtype="int8")
+        except DECODE_ERRORS as exc:
+            raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
+                                   f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
+        return bool((status != PENDING).any())
+
+    def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
+                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
+        """Resume a cube of this campaign (checked by :meth:`_mismatch`): match the samples."""
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
         self.writable = os.access(self.path, os.W_OK)
         group = self._zgroup()
         emb = array_of(group, "embedding")
-        if emb.shape[2] != self.embed_dim:
-            raise CubeError(f"cube {self.path!r} has embed_dim {emb.shape[2]}, given {self.embed_dim}")
-        stored_grid = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
-        if stored_grid != self.grid_shape:
-            raise CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}")
         self.n_rows = emb.shape[0]
         self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
         if whole:
@@ -389,9 +442,14 @@ class Cube:
             raise CubeError(f"reset_samples: rows {bad[:5].tolist()} hold no sample in {self.path!r}")
         try:
             self._array("status").set_orthogonal_selection((rows, slice(None)), PENDING)
-            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), np.nan)
+            empty = 0 if self.quantised else np.nan  # int8: value 0, scale NaN
+            self._array("embedding").set_orthogonal_selection((rows, slice(None), slice(None)), empty)
             if self.grid_shape is not None:
-                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, np.nan)
+                self._array("grid").set_orthogonal_selection((rows,) + (slice(None),) * 4, empty)
+            if self.quantised:
+                for name in self._scale_arrays():
+                    arr = self._array(name)
+                    arr.set_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1), np.nan)
             for name, value in (("input_res_m", np.nan), ("valid_fraction", np.nan), ("error", "")):
                 self._array(name).set_orthogonal_selection((rows, slice(None)), value)
         except OSError as exc:
@@ -567,6 +625,11 @@ class Cube:
         written before ``status`` never contradicts a status already stored: a crash
         between the two leaves no ``ok`` cell over NaN.
 
+        An int8 cube (``spec.output.dtype == "int8"``) stores ``embedding`` (and ``grid``)
+        quantised per vector, with their scales in ``embedding_scale`` (``grid_scale``),
+        written with the data before ``status``; a vector that is not entirely finite is
+        stored as "no embedding" (value 0, scale NaN). See :mod:`rsembed_dask.quantize`.
+
         Raises
         ------
         CubeError
@@ -581,6 +644,8 @@ class Cube:
         data = check_unit_arrays(stop - start, self.embed_dim, self.grid_shape, embedding=embedding,
                                  status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
                                  error=error, grid=grid)
+        if self.quantised:
+            self._quantise(data)
         try:
             keep = self._kept_cells(start, stop, si, data["status"])
             if keep.all():
@@ -592,6 +657,8 @@ class Cube:
             self._array("embedding")[start:stop, si, :] = data["embedding"]
             if "grid" in data:
                 self._array("grid")[start:stop, si] = data["grid"]
+            for name in self._scale_arrays():
+                self._array(name)[start:stop, si] = data[name]
             for name in ("input_res_m", "valid_fraction", "error"):
                 self._array(name)[start:stop, si] = data[name]
             # Status last: it vouches for the data written above.
@@ -601,6 +668,19 @@ class Cube:
                             f"to {self.path!r}: {exc}") from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
 
+    def _scale_arrays(self) -> tuple[str, ...]:
+        """The scale arrays of an int8 cube (none for float32)."""
+        if not self.quantised:
+            return ()
+        return (QUANTISED["embedding"],) + ((QUANTISED["grid"],) if self.grid_shape is not None else ())
+
+    @staticmethod
+    def _quantise(data: dict[str, np.ndarray]) -> None:
+        """Replace float ``embedding`` (and ``grid``) of a unit write by int8 plus their scale arrays."""
+        for name in ("embedding", "grid"):
+            if name in data:
+                data[name], data[QUANTISED[name]] = quantize_int8(data[name], axis=1)
+
     def _kept_cells(self, start: int, stop: int, si: int, status: np.ndarray) -> np.ndarray:
         """Cells of a unit write that keep what is stored: decided ones, and those written pending."""
         stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
@@ -609,10 +689,7 @@ class Cube:
     def _merge_kept(self, start: int, stop: int, si: int, data: dict[str, np.ndarray],
                     keep: np.ndarray) -> None:
         """Replace, in ``data`` (copied, not the caller's arrays), the ``keep`` cells by what is stored."""
-        names = ["status", "embedding", "input_res_m", "valid_fraction", "error"]
-        if "grid" in data:
-            names.append("grid")
-        for name in names:
+        for name in list(data):
             stored = np.asarray(self._array(name)[start:stop, si])
             merged = np.array(data[name], copy=True)
             merged[keep] = stored[keep]
@@ -671,14 +748,15 @@ class Cube:
             The status cannot be decoded.
         """
         status = self.status_array()
-        names = ("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+        names = (("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
+                 + self._scale_arrays())
         stored = {name: {key[:2] for key in chunk_keys(self.path, name)} for name in names}
         out = []
         for u in units:
             stop = self.unit_stop(u.start)
             si = self._scale_index(u.scale_index)
             key = (int(u.start) // self.chunk_size, si)
-            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None)
+            vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None, self.quantised)
             if any(key not in stored[name] for name in vouched):
                 out.append(u)
         return out

@@ -9,6 +9,8 @@ Layout (see ``DESIGN.md``, section "Cube")::
 
     embedding      (sample, scale, feature)          float32, NaN where not written
     grid           (sample, scale, feature, gy, gx)  float32, grid mode only
+    (int8 cubes: embedding and grid are int8, with float32 embedding_scale(sample, scale)
+    and grid_scale(sample, scale, gy, gx), NaN where not written; see rsembed_dask.quantize)
     status         (sample, scale)                   int8: 0 pending, 1 ok, 2 no_data, 3 failed
     input_res_m    (sample, scale)                   float32
     valid_fraction (sample, scale)                   float32
@@ -25,7 +27,11 @@ written before appends existed) every row is a sample.
 
 Strings (sample ids, geohashes, geometries as WKB hex, error reasons) use
 Zarr v3's variable-length UTF-8 data type, which xarray reads back as
-``numpy.dtypes.StringDType`` whose elements are ``str``.
+``numpy.dtypes.StringDType`` whose elements are ``str``; ``open_cube`` turns them
+into ``object`` arrays of ``str`` (plain NumPy/pandas types).
+
+The group attributes also carry the ``geoemb:`` convention (:mod:`rsembed_dask.geoemb`);
+they are not part of the spec identity.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CubeError, SpecError
+from .quantize import QUANTISED, geoemb_quantization, is_quantised_dtype, scale_name_of
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ __all__ = [
     "check_same_ids",
     "spec_differences",
     "SEGMENTS_ATTR",
+    "CREATING_ATTR",
     "SPEC_ATTR",
     "SPEC_IDENTITY_ATTR",
     "SPEC_HASH_ATTR",
@@ -103,6 +111,9 @@ CUBE_VERSION = 1
 MARKER_ATTR = "rsembed_dask_cube_version"
 #: Root attribute marking a finished tiling store (per-scale cubes and grids; see tile_cube).
 TILING_MARKER = "rsembed_dask_tiling_version"
+#: Group attribute written first when a cube or tiling store is created, and removed when its
+#: marker is written last: a store holding it was being created by rsembed_dask and never finished.
+CREATING_ATTR = "rsembed_dask_creating"
 #: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
 SEGMENTS_ATTR = "sample_segments"
 #: Group attributes of a cube (``SPEC_ATTR`` also of a tiling store's root): the campaign
@@ -141,7 +152,7 @@ SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 _COORD_CHUNK = 262_144
 
 
-def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
+def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -> tuple[str, ...]:
     """Data arrays whose chunk a unit must have, given its status codes ``cells``.
 
     Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
@@ -149,12 +160,15 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool) -> tuple[str, ...]:
     resolution (and a token grid), every finished cell a valid fraction. A ``failed``
     cell's reason is not vouched for: a retry interrupted between its data and status
     writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
-    all-empty ``error`` is not stored), and such a cell is re-run anyway.
+    all-empty ``error`` is not stored), and such a cell is re-run anyway. An int8 cube
+    (``quantised``) vouches for the scale arrays of ``ok`` cells too.
     """
     cells = np.asarray(cells)
     out: list[str] = []
     if (cells == OK).any():
         out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
+        if quantised:
+            out += [QUANTISED["embedding"]] + ([QUANTISED["grid"]] if has_grid else [])
     if (cells != PENDING).any():
         out.append("valid_fraction")
     return tuple(out)
@@ -225,7 +239,7 @@ class ArrayDef:
 
 
 def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
-               grid_shape: tuple[int, int] | None) -> list[ArrayDef]:
+               grid_shape: tuple[int, int] | None, dtype: str = "float32") -> list[ArrayDef]:
     """The data arrays of a cube (everything but the coordinates).
 
     Parameters
@@ -234,6 +248,10 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
         Cube extent; one chunk along ``sample`` is one work unit.
     grid_shape : tuple of int or None
         ``(gy, gx)`` of token grids, or None for a pooled-only cube.
+    dtype : str
+        ``OutputSpec.dtype``: ``"float32"``, or ``"int8"`` for quantised ``embedding``
+        (and ``grid``) with float32 ``embedding_scale(sample, scale)`` (and
+        ``grid_scale(sample, scale, gy, gx)``) beside them (see :mod:`rsembed_dask.quantize`).
 
     Returns
     -------
@@ -244,9 +262,27 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
     cs = int(chunk_size)
     ss = ("sample", "scale")
     coords = {"coordinates": " ".join(SAMPLE_COORDS)}
-    defs = [
-        ArrayDef("embedding", ss + ("feature",), (n_samples, n_scales, embed_dim), "float32",
-                 (cs, 1, embed_dim), np.nan, {**coords, "long_name": "pooled embedding"}),
+    int8 = is_quantised_dtype(dtype)
+    if not int8 and dtype != "float32":
+        raise SpecError("dtype", dtype, "'float32' or 'int8'")
+
+    def data(name: str, dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
+             long_name: str) -> list[ArrayDef]:
+        if not int8:
+            return [ArrayDef(name, dims, shape, "float32", chunks, np.nan, {**coords, "long_name": long_name})]
+        scale = scale_name_of(name)
+        keep = tuple(i for i, d in enumerate(dims) if d != "feature")
+        return [ArrayDef(name, dims, shape, "int8", chunks, 0,
+                         {**coords, "long_name": f"{long_name}, int8: multiply by {scale}",
+                          "quantization": geoemb_quantization(scale)}),
+                ArrayDef(scale, tuple(dims[i] for i in keep), tuple(shape[i] for i in keep),
+                         "float32", tuple(chunks[i] for i in keep), np.nan,
+                         {**coords, "long_name": f"dequantisation scale of {name} per vector "
+                                                 f"({name} * {scale}; NaN: no data)"})]
+
+    defs = data("embedding", ss + ("feature",), (n_samples, n_scales, embed_dim), (cs, 1, embed_dim),
+                "pooled embedding")
+    defs += [
         ArrayDef("status", ss, (n_samples, n_scales), "int8", (cs, 1), PENDING,
                  {**coords, **FLAG_ATTRS}),
         ArrayDef("input_res_m", ss, (n_samples, n_scales), "float32", (cs, 1), np.nan,
@@ -258,10 +294,8 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
     ]
     if grid_shape is not None:
         gy, gx = grid_shape
-        defs.append(ArrayDef("grid", ss + ("feature", "gy", "gx"),
-                             (n_samples, n_scales, embed_dim, gy, gx), "float32",
-                             (cs, 1, embed_dim, gy, gx), np.nan,
-                             {**coords, "long_name": "patch-token embedding grid"}))
+        defs += data("grid", ss + ("feature", "gy", "gx"), (n_samples, n_scales, embed_dim, gy, gx),
+                     (cs, 1, embed_dim, gy, gx), "patch-token embedding grid")
     return defs
 
 
@@ -439,10 +473,15 @@ def segment_rows(segments: Sequence[tuple[int, int]]) -> np.ndarray:
 
 
 _ABSENT = object()
+#: Identity fields left out when they hold their default (so older specs keep their hash):
+#: an absent one means this value.
+_OMITTED_DEFAULTS = {"output.dtype": "float32"}
 
 
-def _fmt(v: Any) -> str:
-    return "<absent>" if v is _ABSENT else repr(v)
+def _fmt(v: Any, path: str = "") -> str:
+    if v is _ABSENT:
+        return f"{_OMITTED_DEFAULTS[path]!r} (the default)" if path in _OMITTED_DEFAULTS else "<absent>"
+    return repr(v)
 
 
 def spec_differences(stored: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -466,7 +505,7 @@ def spec_differences(stored: Mapping[str, Any], given: Mapping[str, Any], prefix
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             lines.extend(spec_differences(a, b, path))
         elif a != b:
-            lines.append(f"{path}: stored {_fmt(a)}, given {_fmt(b)}")
+            lines.append(f"{path}: stored {_fmt(a, path)}, given {_fmt(b, path)}")
     return lines
 
 

@@ -9,19 +9,25 @@ fill value, silently). Writing and resuming are :class:`rsembed_dask.store.cube.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
+from dask.utils import format_bytes
 
-from .layout import CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
+from .layout import CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
+from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
 
-__all__ = ["probe_store", "check_writable", "open_cube", "nearest_sample", "is_tiling_store", "array_of", "group_of",
-           "attr_text",
+__all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "unfinished_store", "store_bytes",
+           "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
+           "is_tiling_store", "array_of", "group_of", "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
            "damage_hint", "DECODE_ERRORS"]
 
@@ -34,6 +40,95 @@ COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature"
 DATA_NAMES = ("embedding", "status", "input_res_m", "valid_fraction", "error")
 
 _EARTH_RADIUS_M = 6_371_008.8
+
+#: Names a tiling store's root holds: ``samples`` and one group per scale (``10m``, ``2.5m``).
+_TILING_ENTRY = re.compile(r"^(samples|[0-9][0-9.e+]*m)$")
+
+log = logging.getLogger(__name__)
+
+
+def _read_group_meta(path: str) -> dict[str, Any] | None:
+    """The parsed ``zarr.json`` of ``path``, or None when it is unreadable or not JSON."""
+    try:
+        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _has_status_chunk(path: str) -> bool:
+    """Whether any ``status`` array under ``path`` has a stored chunk (some unit finished there)."""
+    for root, dirs, files in os.walk(path):
+        if os.path.basename(root) == "status" and "zarr.json" in files:
+            chunks = os.path.join(root, "c")
+            if (any(f.startswith("c.") for f in files) or os.path.isfile(chunks)
+                    or any(fs for _, _, fs in os.walk(chunks))):
+                return True
+        dirs[:] = [d for d in dirs if d != "c"]  # chunk directories of other arrays: not walked
+    return False
+
+
+def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | None:
+    """Why ``path`` holds a store whose creation by rsembed_dask was interrupted; None if it does not.
+
+    Such a store (a crash or a full disk while the cube was laid out) has a ``zarr.json``
+    without the marker written last, and is recognised as ours: its group holds
+    :data:`CREATING_ATTR` (written first), or, from before that attribute existed or
+    when its ``zarr.json`` could not be written whole, it holds no attributes and only
+    the names a cube (``tiling``: a tiling store) has. It is safe to recreate only
+    because no unit finished in it: a store with a stored ``status`` chunk is never one.
+
+    Parameters
+    ----------
+    path : str or path-like
+    tiling : bool
+        Recognise a tiling store's root instead of a sample cube.
+
+    Returns
+    -------
+    str or None
+        What was found, for a warning.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "zarr.json")):
+        return None
+    entries = set(os.listdir(path)) - {"zarr.json"}
+    kind = "a tiling store" if tiling else "a cube"
+    if not (all(_TILING_ENTRY.match(e) for e in entries) if tiling
+            else entries <= set(COORD_NAMES + DATA_NAMES + ("grid",))):
+        return None  # names that are not ours: a foreign store, refused
+    meta = _read_group_meta(path)
+    marker = TILING_MARKER if tiling else MARKER_ATTR
+    names = ", ".join(sorted(entries)) or "none yet"
+    if meta is None:
+        why = f"its zarr.json is unreadable and it holds only {kind}'s arrays ({names})"
+    else:
+        attrs = meta.get("attributes") or {}
+        if meta.get("node_type") != "group" or not isinstance(attrs, dict) or marker in attrs:
+            return None
+        if CREATING_ATTR in attrs:
+            why = (f"its {CREATING_ATTR!r} attribute, written first (at {attrs[CREATING_ATTR]}), is there; "
+                   f"the {marker!r} marker, written last, is not")
+        elif not attrs:
+            why = f"its group has no attributes and it holds only {kind}'s arrays ({names})"
+        else:
+            return None  # attributes that are not ours
+    if _has_status_chunk(path):
+        return None
+    return why
+
+
+def store_bytes(path: str | os.PathLike) -> int:
+    """Bytes the files under ``path`` occupy on disk (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(os.fspath(path)):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def array_of(group: zarr.Group, name: str) -> zarr.Array:
@@ -102,11 +197,16 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         with open(meta_path, encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, ValueError) as exc:
+        if unfinished_store(path) is not None:
+            raise CubeError(_unfinished_message(path, f"cannot read zarr.json ({exc})")) from exc
         raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
                                "metadata (which holds the campaign spec) is damaged and no run can repair it: "
                                "restore it from a copy") from exc
     attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
     if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
+        why = unfinished_store(path)
+        if why is not None:
+            raise CubeError(_unfinished_message(path, why))
         raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
                         f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
     if attrs[MARKER_ATTR] != CUBE_VERSION:
@@ -129,6 +229,11 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         if found:
             raise CubeDamagedError(f"cube {path!r} is damaged: " + "; ".join(found) + "; " + damage_hint(path))
     return meta
+
+
+def _unfinished_message(path: str, why: str) -> str:
+    return (f"cube path {path!r} holds a cube whose creation was interrupted ({why}; no unit finished): "
+            "running the campaign again recreates it")
 
 
 def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
@@ -161,13 +266,18 @@ def damage_hint(path: str) -> str:
 
 
 def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
-    """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode."""
+    """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode,
+    and the scale arrays of an int8 cube (``embedding_scale``, ``grid_scale``)."""
     try:
-        mode = json.loads(attrs[SPEC_ATTR])["output"]["mode"]
+        output = json.loads(attrs[SPEC_ATTR])["output"]
+        mode = output["mode"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CubeDamagedError(f"the cube's group attributes hold no readable campaign_spec ({exc!r}); "
                                "it cannot be repaired") from exc
-    return COORD_NAMES + DATA_NAMES + (("grid",) if mode == "grid" else ())
+    data = DATA_NAMES + (("grid",) if mode == "grid" else ())
+    if is_quantised_dtype(output.get("dtype", "float32")):
+        data += tuple(QUANTISED[name] for name in data if name in QUANTISED)
+    return COORD_NAMES + data
 
 
 def array_meta_problem(path: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -258,19 +368,73 @@ def is_tiling_store(path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 
 
-def check_writable(path: str) -> None:
-    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+def _existing_ancestor(path: str) -> str:
+    """``path`` or its nearest ancestor that exists."""
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
+    return probe
+
+
+def check_writable(path: str) -> None:
+    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+    probe = _existing_ancestor(path)
     if not os.access(probe, os.W_OK):
         raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
 
 
-def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTree:
+def free_space(path: str) -> int:
+    """Bytes free for this user on the filesystem of the existing ``path`` (``shutil.disk_usage``)."""
+    return int(shutil.disk_usage(path).free)
+
+
+def check_free_space(path: str | os.PathLike, size: Any, *, free: int | None = None,
+                     block_size: int | None = None, reclaim: int = 0) -> None:
+    """Refuse a store that cannot fit in the free space of its filesystem; warn when it may not.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store (it, or its nearest existing ancestor, tells the filesystem).
+    size : rsembed_dask.store.size.StoreSize
+        What the store (or what is left to write in it) takes: a lower estimate and an upper bound.
+    free : int, optional
+        Free bytes (default: :func:`free_space` of the nearest existing ancestor of ``path``).
+    block_size : int, optional
+        The filesystem's block size (default from ``os.statvfs``); each file may waste one.
+    reclaim : int
+        Bytes of an existing store that the new one replaces (freed before it is written).
+
+    Raises
+    ------
+    CubeError
+        Even the lower estimate does not fit: naming both figures, the free space and the path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    probe = _existing_ancestor(path)
+    if free is None:
+        free = free_space(probe)
+    if block_size is None:
+        block_size = min(max(os.statvfs(probe).f_frsize, 512), 65536)
+    available = int(free) + int(reclaim)
+    lower, upper = int(size.lower), size.upper(block_size)
+
+    fmt = format_bytes
+    if lower > available:
+        raise CubeError(f"not enough free space for the store {path!r}: it needs at least {fmt(lower)} (its "
+                        f"embeddings, compressed; up to {fmt(upper)}), and {fmt(available)} are free on "
+                        f"{probe!r}: free some space or write the store elsewhere")
+    if upper > available:
+        log.warning("the store %s may not fit: it needs between %s and %s (uncompressed), and %s are free on %s",
+                    path, fmt(lower), fmt(upper), fmt(available), probe)
+    else:
+        log.debug("store %s needs at most %s; %s free on %s", path, fmt(upper), fmt(available), probe)
+
+
+def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any) -> xr.Dataset | xr.DataTree:
     """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
 
     A tiling store opens as an :class:`xarray.DataTree`: ``tree["samples/10m"]`` is
@@ -281,6 +445,11 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     ----------
     path : str or path-like
         The cube directory.
+    dequantize : bool
+        For an int8 cube (``OutputSpec(dtype="int8")``): True (default) gives float32
+        ``embedding`` (and ``grid``) as ``int8 * scale`` (lazily; NaN where there is
+        none) and drops the scale arrays; False gives the stored int8 arrays with
+        ``embedding_scale`` (and ``grid_scale``) beside them. No effect on float32 cubes.
     **kwargs
         Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
 
@@ -289,8 +458,9 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     xarray.Dataset
         Indexed by ``sample`` (the ids, every sample once: padding rows left by appends
         are not shown) and ``scale`` (metres), so
-        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs[SPEC_ATTR]``
-        is the spec as a JSON string.
+        ``ds.sel(scale=20.0, sample="id-3")`` works. ``ds.attrs["campaign_spec"]``
+        is the spec as a JSON string. Strings (ids, geohashes, geometries, errors) are
+        ``object`` arrays of Python ``str``, so ``ds.sample.values.astype(str)`` works.
 
     Raises
     ------
@@ -300,7 +470,8 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     path = os.path.abspath(os.fspath(path))
     kwargs.setdefault("chunks", {})
     if is_tiling_store(path):
-        return xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+        tree = xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+        return tree.map_over_datasets(lambda ds: _plain(ds, dequantize))
     if probe_store(path) is None:
         raise CubeError(f"no cube at {path!r}")
     try:  # the index coordinates (sample, scale) are read now
@@ -311,7 +482,49 @@ def open_cube(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset | xr.DataTre
     segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
     if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
         ds = ds.isel(sample=segment_rows(segments))
-    return ds
+    return _plain(ds, dequantize)
+
+
+def _plain(ds: xr.Dataset, dequantize: bool) -> xr.Dataset:
+    """``ds`` with plain ``object`` strings and, if asked, dequantised int8 arrays."""
+    ds = plain_strings(ds)
+    return dequantize_dataset(ds) if dequantize else ds
+
+
+def plain_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Variables of NumPy's variable-width ``StringDType`` (how xarray reads Zarr v3 strings)
+    as ``object`` arrays of ``str``: ``.astype(str)``, pandas and older code take those.
+    Dask-backed variables stay lazy."""
+    index = {k: np.asarray(ds[k].values).astype(object) for k in ds.indexes if ds[k].dtype.kind == "T"}
+    if index:
+        ds = ds.assign_coords(index)
+    coords = {k: ds[k].astype(object) for k in ds.coords if k not in ds.indexes and ds[k].dtype.kind == "T"}
+    if coords:
+        ds = ds.assign_coords(coords)
+    data = {k: ds[k].astype(object) for k in ds.data_vars if ds[k].dtype.kind == "T"}
+    return ds.assign(data) if data else ds
+
+
+def dequantize_dataset(ds: xr.Dataset) -> xr.Dataset:
+    """int8 ``embedding``/``grid`` of ``ds`` as float32 ``value * scale``, their scale arrays dropped.
+
+    Works on sample cubes and on the zone grids of a tiling store (``embedding(y, x, feature)``
+    with ``embedding_scale(y, x)``); a dataset without int8 arrays is returned as is.
+    """
+    done = []
+    for name, scale in QUANTISED.items():
+        if name not in ds.data_vars or scale not in ds.data_vars or ds[name].dtype.kind not in "iu":
+            continue
+        raw = ds[name]
+        value = (raw.astype("float32") * ds[scale]).transpose(*raw.dims)
+        attrs = {k: v for k, v in raw.attrs.items() if k != "quantization"}
+        if isinstance(attrs.get("long_name"), str):
+            attrs["long_name"] = attrs["long_name"].split(", int8:")[0]
+        value.attrs = attrs
+        value.encoding = {}
+        ds = ds.assign({name: value})
+        done.append(scale)
+    return ds.drop_vars(done) if done else ds
 
 
 def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:

@@ -38,7 +38,7 @@ from .cube import Cube
 from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
                      coord_defs, normalise_identity, scale_name, spec_differences)
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
-                   probe_store)
+                   probe_store, unfinished_store)
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
@@ -60,8 +60,9 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
                   source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
     """Restore the metadata and coordinates of a damaged cube from the given campaign and samples.
 
-    Nothing is written when ``path`` holds no cube, another campaign or another number
-    of samples (resuming refuses those next, with its own message).
+    Nothing is written when ``path`` holds no cube, one whose creation was interrupted,
+    another campaign or another number of samples (resuming recreates or refuses those
+    next, with its own message).
 
     Parameters
     ----------
@@ -86,8 +87,8 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     CubeError
         The given samples are not the cube's.
     """
-    if not os.path.isfile(os.path.join(path, "zarr.json")):
-        return []
+    if not os.path.isfile(os.path.join(path, "zarr.json")) or unfinished_store(path) is not None:
+        return []  # no cube, or one whose creation was interrupted: Cube.create_or_open recreates it
     meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
     if meta is None:
         return []
@@ -96,7 +97,7 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
         return []
     first = next(iter(source()))
     defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"])
-    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape)
+    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
         if have is not None and tuple(have["shape"]) != tuple(d.shape):
@@ -170,7 +171,8 @@ def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
         info = model_info(spec.model)
         grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
         n = len(table)
-        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape)
+        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape,
+                                                                  spec.output.dtype)
         if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
                for d in defs):
             continue  # another layout: opening the store says so
@@ -320,7 +322,7 @@ def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
     for ci, si in keys:
         _delete_chunk(status, (ci, si))  # it may not decode: never read it
         status[ci * cs:min(ci * cs + cs, n), si] = PENDING  # (a no-op store-wise: the fill value)
-    for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid"):
+    for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale", "grid_scale"):
         if name not in group:
             continue
         arr = array_of(group, name)

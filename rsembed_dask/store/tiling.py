@@ -3,7 +3,7 @@
 Layout (one Zarr v3 store, opened as an :class:`xarray.DataTree`)::
 
     out.zarr/                   attrs: tiling (scales, image size, block, token), campaign spec
-      samples/10m/              a sample-layout cube (see cube_schema) of the 10 m tiles
+      samples/10m/              a sample-layout cube (see store.layout) of the 10 m tiles
       10m/EPSG32632/            embedding(y, x, feature), status(y, x), sample_index(y, x)
       10m/EPSG32633/            ... one group per UTM zone: each is one CRS, one grid
       40m/EPSG32632/
@@ -11,13 +11,18 @@ Layout (one Zarr v3 store, opened as an :class:`xarray.DataTree`)::
 Each zone group has one cell per tile on the scale's tile lattice (cell size =
 tile side), ``x``/``y`` cell-centre coordinates in metres and a ``spatial_ref``
 coordinate with the CRS as WKT, so ``rioxarray`` reads ``rio.crs`` and
-``rio.transform()``. The campaign writes the sample cubes unit by unit; the
-grids are filled from them block by block (a block of tiles = one grid chunk,
+``rio.transform()``; its attributes carry the same as ``proj:code`` and
+``spatial:transform``/``shape``/``bbox`` (Zarr conventions). Every group carries the
+``geoemb:`` attributes (:mod:`rsembed_dask.store.geoemb`; chips on a regular grid). In an
+int8 store (``OutputSpec(dtype="int8")``) the zone grids hold int8 ``embedding``
+with ``embedding_scale(y, x)``, copied from the sample cubes as stored. The campaign writes
+the sample cubes unit by unit; the grids are filled from them block by block (a block of tiles = one grid chunk,
 so block writes never share a chunk) when a run ends.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -28,16 +33,20 @@ import numpy as np
 import zarr
 from affine import Affine
 
-from .cube import Cube, probe_store
-from .open import array_of, attr_text, group_of, is_tiling_store
-from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, FLAG_ATTRS, IMAGE_SIZE_ATTR, NO_TILE, ROW_TOP_ATTR, SPEC_ATTR,
-                     STATUS_NAMES, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR, TILING_MARKER, scale_name)
 from ..errors import CubeError, SpecMismatchError
-from ..specs import CampaignSpec
 from ..sampling.tiling import TileTable, Tiling
+from ..specs import CampaignSpec
+from .cube import Cube
+from .geoemb import geoemb_attrs, merge_conventions, zone_attrs
+from .layout import (AOI_ATTR, COL_LEFT_ATTR, CREATING_ATTR, CRS_ATTR, FLAG_ATTRS, IMAGE_SIZE_ATTR, NO_TILE,
+                     ROW_TOP_ATTR, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
+                     TILING_MARKER, default_versions, scale_name)
+from .open import (array_of, attr_text, check_writable, group_of, is_tiling_store, probe_store,
+                   unfinished_store)
+from .quantize import QUANTISED, is_quantised_dtype
 
 __all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "is_tiling_store", "grid_mapping",
-           "rasterise_blocks", "block_batches", "set_synced"]
+           "grid_extent", "rasterise_blocks", "block_batches", "set_synced"]
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +66,51 @@ def create_or_open_tiling(path: str | os.PathLike, tiling: Tiling, spec: Campaig
                           versions: Mapping[str, str] | None = None) -> dict[float, Cube]:
     """Create (or resume) the tiling store at ``path``; returns the sample cube per scale.
 
+    A store whose creation was interrupted (:func:`~rsembed_dask.store.open.unfinished_store`),
+    or in which no unit has finished and that holds another AOI, tiling or spec, is
+    recreated with a warning.
+
     Raises
     ------
     SpecMismatchError
-        The store holds another AOI, tiling or campaign spec.
+        The store holds another AOI, tiling or campaign spec, and some unit finished in it.
     CubeError
         ``path`` is a file, or a directory that is not a tiling store.
     """
     path = os.path.abspath(os.fspath(path))
     identity = json.loads(json.dumps(_identity(tiling, spec), sort_keys=True))
-    if is_tiling_store(path):
+    why = unfinished_store(path, tiling=True)
+    if why is not None:
+        why = f"its creation was interrupted ({why})"
+    elif is_tiling_store(path):
         root = zarr.open_group(path, mode="r", zarr_format=3)
         stored = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))
-        if stored != identity:
-            diffs = [k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k)]
-            raise SpecMismatchError(f"tiling store {path!r} was written for another "
-                                    f"{' and '.join(diffs)} (stored {stored}, given {identity})")
-        return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
-    if probe_store(path) is not None:  # CubeError for files and foreign stores
+        if stored == identity:
+            return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
+        diffs = " and ".join(k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k))
+        if _any_finished(path):
+            raise SpecMismatchError(f"tiling store {path!r} was written for another {diffs} "
+                                    f"(stored {stored}, given {identity})")
+        why = f"no unit has finished in it and it was written for another {diffs}"
+    elif probe_store(path) is not None:  # CubeError for files and foreign stores
         raise CubeError(f"{path!r} is a sample cube, not a tiling store; choose another path")
-    root = zarr.open_group(path, mode="w", zarr_format=3)
-    root.create_group("samples")
+    check_writable(path)
+    if why is not None:
+        log.warning("tiling store %s: %s; it is recreated", path, why)
+    try:
+        return _create_tiling(path, tiling, spec, identity, embed_dim, grid_shape, versions)
+    except OSError as exc:
+        raise CubeError(f"cannot create tiling store at {path!r}: {exc}; no unit ran in it, so running the "
+                        "campaign again recreates it") from exc
+
+
+def _create_tiling(path: str, tiling: Tiling, spec: CampaignSpec, identity: dict[str, Any], embed_dim: int,
+                   grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None) -> dict[float, Cube]:
+    """Lay out the tiling store: the creating attribute first, the marker last (replacing it)."""
+    versions = default_versions(versions)
+    root = zarr.open_group(path, mode="w", zarr_format=3, attributes={
+        CREATING_ATTR: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    root.create_group("samples", attributes=geoemb_attrs(spec, embed_dim, layout="regular_grid", versions=versions))
     cubes = {}
     for s, table in zip(tiling.scales, tiling.tables):
         sub = spec.replace(scales=(s,))
@@ -86,11 +119,20 @@ def create_or_open_tiling(path: str | os.PathLike, tiling: Tiling, spec: Campaig
             os.path.join(path, "samples", scale_name(s)), spec=sub, embed_dim=embed_dim,
             grid_shape=grid_shape, versions=versions, n_samples=len(table),
             chunks=_table_chunks(table, max(chunk, 4096)))
+        # Tiles lie side by side: the sample cube's chips are a regular grid (Cube writes "irregular").
+        zarr.open_group(cubes[s].path, mode="r+", zarr_format=3).attrs.update(
+            geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions))
+        scale_geoemb = geoemb_attrs(sub, embed_dim, layout="regular_grid", spatial_layout="utm_zones",
+                                    versions=versions)
         _create_grids(root.create_group(scale_name(s), attributes={
-            "scale_m": s, TILE_M_ATTR: table.tile_m, IMAGE_SIZE_ATTR: table.image_size}), table, embed_dim)
-    root.attrs.update({TILING_IDENTITY_ATTR: json.dumps(identity, sort_keys=True),
-                       SPEC_ATTR: spec.to_json(), AOI_ATTR: tiling.aoi_wkb.hex(),
-                       SYNCED_ATTR: False, TILING_MARKER: TILING_VERSION})
+            **scale_geoemb, "scale_m": s, TILE_M_ATTR: table.tile_m, IMAGE_SIZE_ATTR: table.image_size}),
+            table, embed_dim, geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions),
+            spec.output.dtype)
+    root.attrs.put({
+        **geoemb_attrs(spec, embed_dim, layout="regular_grid", spatial_layout="utm_zones", versions=versions),
+        TILING_IDENTITY_ATTR: json.dumps(identity, sort_keys=True),
+        SPEC_ATTR: spec.to_json(), AOI_ATTR: tiling.aoi_wkb.hex(),
+        SYNCED_ATTR: False, TILING_MARKER: TILING_VERSION})
     return cubes
 
 
@@ -100,6 +142,13 @@ def _table_chunks(table: TileTable, rows: int) -> Callable[[], Iterator[dict[str
         for _, t in table.chunks(rows):
             yield {"ids": t.ids, "lon": t.lon, "lat": t.lat, "geohash": t.geohash, "wkb": t.wkb}
     return chunks
+
+
+def _any_finished(path: str) -> bool:
+    """Whether any cell of the store's sample cubes is not pending."""
+    samples = os.path.join(path, "samples")
+    return any(Cube.open(os.path.join(samples, name))._any_finished() for name in sorted(os.listdir(samples))
+               if os.path.isdir(os.path.join(samples, name)))
 
 
 def grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
@@ -121,17 +170,31 @@ def grid_mapping(epsg: int, transform: Affine) -> dict[str, Any]:
     return {**cf, "spatial_ref": cf["crs_wkt"], "GeoTransform": " ".join(str(v) for v in transform.to_gdal())}
 
 
-def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int) -> None:
+def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int, geoemb: dict[str, Any],
+                  dtype: str = "float32") -> None:
+    """One group per zone: ``embedding(y, x, feature)`` (int8 with ``embedding_scale(y, x)`` when
+    ``dtype`` is int8), ``status``, ``sample_index``, coordinates, the CF grid mapping
+    (:func:`grid_mapping`), and the ``geoemb:`` (``geoemb``), ``proj:`` and ``spatial:`` attributes."""
     b, t = table.block, table.tile_m
+    int8 = is_quantised_dtype(dtype)
     for epsg in table.zones():
         row_top, ny, col_left, nx = grid_extent(table, epsg)
         transform = Affine(*table.lattice(epsg).raster_transform(row_top, col_left))
         g = group.create_group(f"EPSG{epsg}", attributes={
+            **merge_conventions(geoemb, zone_attrs(epsg, transform, (ny, nx))),
             CRS_ATTR: f"EPSG:{epsg}", ROW_TOP_ATTR: row_top, COL_LEFT_ATTR: col_left})
         ref = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-        g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="float32", chunks=(b, b, embed_dim),
-                       fill_value=np.nan, dimension_names=("y", "x", "feature"),
-                       attributes={**ref, "long_name": "pooled embedding of the tile"})
+        scale = QUANTISED["embedding"]
+        g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="int8" if int8 else "float32",
+                       chunks=(b, b, embed_dim), fill_value=0 if int8 else np.nan,
+                       dimension_names=("y", "x", "feature"),
+                       attributes={**ref, "long_name": "pooled embedding of the tile"
+                                   + (f", int8: multiply by {scale}" if int8 else "")})
+        if int8:
+            g.create_array(scale, shape=(ny, nx), dtype="float32", chunks=(b, b), fill_value=np.nan,
+                           dimension_names=("y", "x"), attributes={
+                               **ref, "long_name": f"dequantisation scale of embedding per tile "
+                                                   f"(embedding * {scale}; NaN: no data)"})
         g.create_array("status", shape=(ny, nx), dtype="int8", chunks=(b, b), fill_value=NO_TILE,
                        dimension_names=("y", "x"), attributes={
                            **ref, "long_name": "embedding status",
@@ -158,7 +221,8 @@ def block_batches(table: TileTable, per_task: int = BLOCKS_PER_TASK) -> list[lis
     return [blocks[i:i + per_task] for i in range(0, len(blocks), per_task)]
 
 
-def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple], row, col) -> int:
+def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple], row: np.ndarray,
+                     col: np.ndarray) -> int:
     """Copy the tiles of ``blocks`` from the scale's sample cube into its zone grids.
 
     ``blocks`` are consecutive ``(epsg, brow, bcol, start, stop)`` of the tile table;
@@ -179,12 +243,18 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
         top = (brow + 1) * b - 1  # tile row of the block's first grid row
         r = top - np.asarray(row[start - base:stop - base])
         c = np.asarray(col[start - base:stop - base]) - bcol * b
-        out_e = np.full((b, b, emb.shape[1]), np.nan, np.float32)
+        int8 = emb.dtype.kind == "i"  # int8 store: values and scales are copied as stored
+        out_e = np.full((b, b, emb.shape[1]), 0 if int8 else np.nan, emb.dtype)
         out_s = np.full((b, b), NO_TILE, np.int8)
         out_i = np.full((b, b), -1, np.int64)
         out_e[r, c], out_s[r, c], out_i[r, c] = emb, status, np.arange(start, stop)
         r0, c0 = row_top - top, bcol * b - col_left
         array_of(g, "embedding")[r0:r0 + b, c0:c0 + b, :] = out_e
+        if int8:
+            scale = QUANTISED["embedding"]
+            out_q = np.full((b, b), np.nan, np.float32)
+            out_q[r, c] = np.asarray(array_of(samples, scale)[start:stop, 0])
+            array_of(g, scale)[r0:r0 + b, c0:c0 + b] = out_q
         array_of(g, "sample_index")[r0:r0 + b, c0:c0 + b] = out_i
         array_of(g, "status")[r0:r0 + b, c0:c0 + b] = out_s  # status last, as in the sample cubes
         copied += stop - start

@@ -265,6 +265,8 @@ def _layout(arrays: dict[str, zarr.Array], n_scales: int, h: CubeHealth) -> tupl
             expected = (n,)
         elif name in ("embedding", "grid"):
             expected = (n, n_scales, embed_dim) + tuple(a.shape[3:])
+        elif name == "grid_scale":  # int8 cubes: one scale per token (sample, scale, gy, gx)
+            expected = (n, n_scales) + tuple(a.shape[2:])
         else:
             expected = (n, n_scales)
         if tuple(a.shape) != expected or (name in ("embedding", "grid") and a.chunks[1] != 1):
@@ -358,6 +360,8 @@ _VOUCHERS = {
     "embedding": ("ok", lambda c: c == OK),
     "input_res_m": ("ok", lambda c: c == OK),
     "grid": ("ok", lambda c: c == OK),
+    "embedding_scale": ("ok", lambda c: c == OK),
+    "grid_scale": ("ok", lambda c: c == OK),
     "valid_fraction": ("finished", lambda c: c != PENDING),
     "error": ("failed", lambda c: c == FAILED),
 }
@@ -367,6 +371,14 @@ def _content_problems(name: str, cells: np.ndarray, v: np.ndarray) -> list[tuple
     """What a decoded chunk of data array ``name`` says against the status ``cells`` of its unit."""
     ok = cells == OK
     empty = np.isin(cells, (NO_DATA, FAILED))
+    if name in ("embedding", "grid") and v.dtype.kind == "i":  # int8: its scale array says what is empty
+        held = (v != 0).reshape(v.shape[0], -1).any(-1)
+        return [(f"no_data or failed cells that hold {'an embedding' if name == 'embedding' else 'a token grid'}",
+                 empty & held)]
+    if name in ("embedding_scale", "grid_scale"):
+        fin = np.isfinite(v).reshape(v.shape[0], -1)
+        return [(f"ok cells without a finite {name}", ok & ~fin.any(-1)),
+                (f"no_data or failed cells with a finite {name}", empty & fin.any(-1))]
     if name == "embedding":
         fin = np.isfinite(v)
         return [("ok cells with a non-finite embedding", ok & ~fin.all(-1)),
@@ -387,7 +399,8 @@ def _content_problems(name: str, cells: np.ndarray, v: np.ndarray) -> list[tuple
 def _check_units(path: str, arrays: dict[str, zarr.Array], n: int, n_scales: int, chunk_size: int,
                  tally: _Tally, h: CubeHealth) -> None:
     """Every unit's chunks: stored where the status vouches, decodable, consistent with the status."""
-    names = [k for k in ("embedding", "input_res_m", "valid_fraction", "error", "grid") if k in arrays]
+    names = [k for k in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale",
+                         "grid_scale") if k in arrays]
     status = arrays.get("status")
     cs = status.chunks[0] if status is not None else (arrays[names[0]].chunks[0] if names else chunk_size)
     stored = {name: {key[:2] for key in chunk_keys(path, name)} for name in names}
@@ -416,7 +429,8 @@ def _check_units(path: str, arrays: dict[str, zarr.Array], n: int, n_scales: int
                     if not known.all():
                         tally.add("status", si, "cells with an unknown status code", pos[~known])
                         damaged = True
-                vouched = vouched_arrays(cells, "grid" in arrays) if cells is not None else ()
+                vouched = (vouched_arrays(cells, "grid" in arrays, "embedding_scale" in arrays)
+                           if cells is not None else ())
                 for name in names:
                     v = batch[name][start]
                     if isinstance(v, str):
@@ -497,13 +511,16 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
     for zone in zones:
         where = f"{name}/{zone}"
         arrs = {}
-        for a in ("status", "sample_index", "embedding"):
+        names: tuple[str, ...] = ("status", "sample_index", "embedding")
+        if os.path.isdir(os.path.join(base, zone, "embedding_scale")):  # an int8 store
+            names += ("embedding_scale",)
+        for a in names:
             arr, _, why = _open(base, f"{zone}/{a}")
             if arr is None:
                 problems.append(f"{where}: {why}; its cells cannot be checked")
             else:
                 arrs[a] = arr
-        if len(arrs) < 3:
+        if len(arrs) < len(names):
             continue
         tally = _Tally()
         emb_stored = {k[:2] for k in chunk_keys(base, f"{zone}/embedding")}
@@ -530,13 +547,15 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
                     differ = has & (cells != sample_status[np.where(has, idx, 0)])
                     stray = ~has & ~outside & (cells != NO_TILE)
                     ok = has & (cells == OK)
+                    finite = (np.isfinite(got["embedding_scale"].reshape(len(cellpos))) if "embedding_scale" in got
+                              else np.isfinite(emb).all(-1))
                     stored = np.array([(y // by, x // bx) in emb_stored for y, x in cellpos.tolist()], bool)
                     for what, mask in (
                             ("grid cells naming a sample the sample cube does not have", outside),
                             ("grid cells whose status is not their sample's", differ),
                             ("grid cells with a status but no sample index", stray),
                             ("ok grid cells whose embedding chunk is missing", ok & ~stored),
-                            ("ok grid cells with a non-finite embedding", ok & stored & ~np.isfinite(emb).all(-1))):
+                            ("ok grid cells with a non-finite embedding", ok & stored & ~finite)):
                         _tally_cells(tally, "", what, cellpos, mask)
         for (array, _, what), (count, first, detail) in tally.groups.items():
             cells = ", ".join(f"(y={y}, x={x})" for y, x in first)

@@ -26,7 +26,10 @@ def test_run_then_inspect(tmp_path, capsys, suffix):
     assert rc == 0
     ds = open_cube(out)
     assert (ds.status.values == OK).all() and set(ds.sample.values.tolist()) == set(gdf["plot"])
-    capsys.readouterr()
+    printed = capsys.readouterr()
+    # --no-progress hides the bar and the dashboard link, never the final summary; no library INFO logs.
+    assert "4/4 units run this time" in printed.out and "Dask dashboard" not in printed.out
+    assert "INFO" not in printed.err and "Traceback" not in printed.err
     assert main(["inspect", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["status"]["ok"] == 12 and info["scales"] == [10.0, 40.0]

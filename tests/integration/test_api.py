@@ -131,7 +131,8 @@ def test_cli_embed_json_on_the_emulator(capsys):
                "--backend", "emulator", "--model", "test-tiny", "--scale-m", "20", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["embedding"]["shape"] == [64]
+    assert out["shape"] == [64] and len(out["embedding"]) == 64  # the embedding itself, not a summary
+    assert out["summary"]["head"] == [round(v, 6) for v in out["embedding"][:8]]
     assert out["meta"]["used_scale_m"] == 20.0 and out["meta"]["fetch_grid"]["shape"] == [112, 112]
 
 

@@ -26,6 +26,15 @@ def _plan(gdf, tmp_path, **kw):
     return plan_campaign(gdf, tmp_path / "c.zarr", **args)
 
 
+def _finish_a_unit(cube):
+    """Record the first unit at the first scale as no_data: a cube with a finished cell keeps its spec."""
+    from rsembed_dask.store.cube import NO_DATA
+
+    n = cube.unit_stop(0)
+    cube.write_unit(0, n, 0, embedding=np.full((n, cube.embed_dim), np.nan), status=np.full(n, NO_DATA),
+                    input_res_m=np.full(n, np.nan), valid_fraction=np.zeros(n), error=["no scene"] * n)
+
+
 @pytest.mark.parametrize("make, field, words", [
     (lambda: gpd.GeoDataFrame(geometry=[], crs="EPSG:4326"), "gdf", "at least one"),
     (lambda: gpd.GeoDataFrame(geometry=[shapely.Point(3, 31)]), "crs", "CRS"),
@@ -66,7 +75,7 @@ def test_skipped_rows_with_a_missing_id_are_recorded_json_safe_and_the_cube_resu
 
 
 def test_scales_in_another_order_resume_in_the_cube_order(tmp_path):
-    _plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[10, 20])
+    _finish_a_unit(_plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[10, 20])[2])
     spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path, scales=[20, 10])
     assert spec.scales == cube.spec.scales == (10.0, 20.0) and cube.spec.spec_hash() == cube.attrs["spec_hash"]
     assert [u.scale_m for u in units] == [10.0, 20.0]
@@ -134,7 +143,7 @@ def test_output_path_not_writable(tmp_path, monkeypatch):
 
 
 def test_existing_cube_with_another_spec(tmp_path):
-    _plan(_pts([3], [31]), tmp_path)
+    _finish_a_unit(_plan(_pts([3], [31]), tmp_path)[2])
     with pytest.raises(SpecMismatchError, match="temporal.end: stored '2022-02-01', given '2022-03-01'"):
         _plan(_pts([3], [31]), tmp_path, temporal=TemporalSpec.range("2022-01-01", "2022-03-01"))
 

@@ -19,7 +19,8 @@ from rsembed_dask.store.samples import GEOMETRY_TOLERANCE_DEG, same_geometry
 from rsembed_dask.store.layout import SEGMENTS_ATTR
 from rsembed_dask.errors import CubeError, SpecError
 from rsembed_dask.campaign.run import plan_campaign, run_campaign
-from rsembed_dask.sampling.samples import hilbert_order, work_units
+from rsembed_dask.geo import hilbert_order
+from rsembed_dask.sampling import work_units
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 
 from .test_cube import N, create, samples, unit_data
@@ -201,8 +202,8 @@ def test_a_cube_chunked_by_an_older_version_cannot_grow(tmp_path, monkeypatch):
 
     real = cube_mod.array_defs
 
-    def old_defs(n, s, chunk, d, grid):  # before appends: chunks of min(chunk_size, n_samples)
-        return real(n, s, min(chunk, n), d, grid)
+    def old_defs(n, s, chunk, d, grid, *more):  # before appends: chunks of min(chunk_size, n_samples)
+        return real(n, s, min(chunk, n), d, grid, *more)
 
     monkeypatch.setattr(cube_mod, "array_defs", old_defs)
     small = {k: v[:3] for k, v in samples().items()}

@@ -9,7 +9,7 @@ import pytest
 from rsembed_dask.store.cube import FAILED, NO_DATA, OK
 from rsembed_dask.errors import TransientProviderError
 from rsembed_dask.providers.coalesce import plan_requests
-from rsembed_dask.sampling.samples import build_sample_table, work_units
+from rsembed_dask.sampling import build_sample_table, work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 from rsembed_dask.campaign.tasks import fetch_unit
 

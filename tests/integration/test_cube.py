@@ -233,7 +233,7 @@ def test_bad_inputs(tmp_path):
 
 def test_spec_mismatch_names_fields(tmp_path, caplog):
     path = tmp_path / "c.zarr"
-    create(path)
+    create(path).write_unit(0, 4, 0, **unit_data(0, 4, 0))  # a finished unit: another spec is refused
     other = make_spec(model=ModelSpec(model_id="test-small", image_size=64),
                       sensor=SensorSpec(cloudy_pct=10))
     with pytest.raises(SpecMismatchError) as info:

@@ -11,7 +11,7 @@ from rsembed_dask.plan.latency import measure_latency
 from rsembed_dask.plan.estimate import estimate_campaign
 from rsembed_dask.plan.requests import unit_requests
 from rsembed_dask.providers.limits import BYTES_PER_SAMPLE
-from rsembed_dask.sampling.samples import work_units
+from rsembed_dask.sampling import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec
 from rsembed_dask.sampling.tiling import tile_aoi
 from rsembed_dask.campaign.tasks import fetch_unit

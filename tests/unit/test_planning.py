@@ -19,7 +19,7 @@ from rsembed_dask.plan.report import format_plan
 from rsembed_dask.plan.requests import unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
 from rsembed_dask.providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S, REQUEST_BYTE_LIMIT
-from rsembed_dask.sampling.samples import work_units
+from rsembed_dask.sampling import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
 from rsembed_dask.store.tiling import create_or_open_tiling, scale_name
 from rsembed_dask.sampling.tiling import tile_aoi

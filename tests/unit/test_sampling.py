@@ -14,15 +14,8 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from rsembed_dask.errors import SpecError
 from rsembed_dask.geo.grid import lonlat_to_xy
-from rsembed_dask.sampling.samples import (
-    Footprint,
-    SampleTable,
-    WorkUnit,
-    build_sample_table,
-    geohash_encode,
-    hilbert_order,
-    work_units,
-)
+from rsembed_dask.geo.keys import geohash_encode, hilbert_order
+from rsembed_dask.sampling import Footprint, SampleTable, WorkUnit, build_sample_table, work_units
 
 
 def _points(lonlats, ids=None, crs="EPSG:4326"):

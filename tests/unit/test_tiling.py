@@ -111,7 +111,7 @@ def test_bad_tiling_input_names_the_field(aoi, kwargs, field):
 
 
 def test_complete_blocks_come_first_so_each_is_exactly_one_default_work_unit():
-    from rsembed_dask.sampling.samples import work_units
+    from rsembed_dask.sampling import work_units
 
     table = tile_aoi((10.0, 45.0, 10.9, 45.5), scales=[10]).tables[0]
     blocks = list(table.blocks())

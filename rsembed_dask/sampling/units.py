@@ -1,0 +1,74 @@
+"""Work units: one cube chunk of samples at one scale, the unit of scheduling, retry and writing.
+
+Examples
+--------
+>>> [u.key for u in work_units(5, (10.0, 20.0), chunk_size=4)]
+['unit-0-0', 'unit-0-1', 'unit-1-0', 'unit-1-1']
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SpecError
+
+__all__ = ["WorkUnit", "work_units"]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Rows ``start:stop`` of the table (one cube chunk along ``sample``) at one scale:
+    the unit of scheduling, retry and writing."""
+
+    chunk: int
+    start: int
+    stop: int
+    scale_index: int
+    scale_m: float
+
+    @property
+    def key(self) -> str:
+        return f"unit-{self.chunk}-{self.scale_index}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def __dask_tokenize__(self):
+        return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m))
+
+
+def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
+               segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None) -> list[WorkUnit]:
+    """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
+    chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...
+
+    ``segments`` (``[start, stop)`` row ranges, each starting on a chunk boundary; default
+    all rows) restricts the units to those rows: a cube that grew by appends holds its
+    samples in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 0:
+        raise SpecError("n_samples", n_samples, "an integer >= 0")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise SpecError("chunk_size", chunk_size, "an integer >= 1")
+    scales = [float(s) for s in (scales if isinstance(scales, (list, tuple, np.ndarray)) else [scales])]
+    if not scales or not all(s > 0 for s in scales):
+        raise SpecError("scales", scales, "a non-empty list of positive pixel sizes in metres")
+    cs = int(chunk_size)
+    if segments is None:
+        spans = [(0, int(n_samples))] if n_samples else []
+    else:
+        spans = [(int(a), int(b)) for a, b in segments]
+    if any(a % cs or not 0 <= a < b <= n_samples for a, b in spans):
+        raise SpecError("segments", segments, f"[start, stop) row ranges within {n_samples} rows, "
+                                              f"each starting at a multiple of chunk_size={cs}")
+    units = []
+    for a, b in spans:
+        for start in range(a, b, cs):
+            stop = min(start + cs, b)
+            units.extend(WorkUnit(start // cs, start, stop, i, s) for i, s in enumerate(scales))
+    return units

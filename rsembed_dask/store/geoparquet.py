@@ -1,0 +1,479 @@
+"""Export a cube's ok embeddings to GeoParquet 1.1, streamed chunk by chunk.
+
+One row per ``ok`` cell (sample x scale), in the cube's order (Hilbert order within
+each scale; scales one after the other)::
+
+    id              int64 or string   the sample id (tile id for tilings)
+    scale           double            pixel size in metres
+    geometry        binary (WKB)      the footprint in EPSG:4326 (see below)
+    bbox            struct<xmin, ymin, xmax, ymax: double>   GeoParquet 1.1 covering of geometry
+    lon, lat        double            the sample's centroid (EPSG:4326)
+    embedding       fixed_size_list<float32>[D]   (int8 for a quantised cube; see below)
+    embedding_scale float             only for int8 with one dequantisation factor per cell
+    input_res_m     float             ground sample distance given to the model
+    valid_fraction  float             fraction of valid pixels in the footprint
+    start_datetime, end_datetime      timestamp[ms, UTC] the compositing window (end inclusive,
+                                      i.e. one second before the campaign's exclusive end)
+
+``geometry="footprint"`` (default) writes what the embedding describes: the square of
+pixels fetched at that scale (a point's ``2 * buffer_m`` square, a polygon's bounding
+square, a tile itself), snapped to the scale's UTM pixel lattice and projected to
+EPSG:4326 (:func:`rsembed_dask.footprints.stored_footprints`). ``geometry="sample"``
+writes the geometry the campaign was given instead.
+
+The file carries GeoParquet ``geo`` metadata (version 1.1.0, WKB, EPSG:4326 PROJJSON,
+counter-clockwise polygons, the ``bbox`` covering) and an ``emb`` entry describing the
+embeddings (:func:`rsembed_dask.emb_metadata.describe_embeddings`: model, dimensions,
+collection, window, quantisation, runtime parameters). Compression is ZSTD; row groups
+hold about ``row_group_bytes`` (128 MiB) of uncompressed data. The cube is read one
+block of whole chunks at a time and rows are buffered only up to one row group, so
+memory does not grow with the cube. The file is written under a temporary name and
+renamed when complete.
+
+An int8 cube (group attribute ``geoemb:quantization``) is exported as int8 with its
+dequantisation (``value = q * scale + offset``) in ``emb.quantization``, or with one
+factor per row in ``embedding_scale``; ``dequantize=True`` writes float32 instead.
+
+Examples
+--------
+>>> report = export_geoparquet("campaign.zarr", "campaign.parquet")       # doctest: +SKIP
+>>> gpd.read_parquet("campaign.parquet").head()                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import CubeError, SpecError
+from .cube import Cube
+from .footprints import split_antimeridian, stored_footprints
+from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, scale_name
+from .metadata import EMB_VERSION, describe_embeddings, read_quantization
+from .open import array_of, attr_text, is_tiling_store
+
+__all__ = ["export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart", "OkCells",
+           "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION"]
+
+log = logging.getLogger(__name__)
+
+GEOPARQUET_VERSION = "1.1.0"
+#: Target uncompressed size of one row group (the GeoParquet best practice: ~128 MB).
+DEFAULT_ROW_GROUP_BYTES = 128 * 2**20
+#: Embedding bytes read from the cube at a time (rounded to whole chunks)...
+READ_BLOCK_BYTES = 8 * 2**20
+#: ... and at most this many rows (ids and geometries are Python objects while a block is converted).
+READ_BLOCK_ROWS = 16_384
+GEOMETRY_MODES = ("footprint", "sample")
+_BBOX = ("xmin", "ymin", "xmax", "ymax")
+#: Columns whose row-group statistics are written (embeddings and geometry get none).
+_STATS_COLUMNS = ["id", "scale", "lon", "lat", *(f"bbox.{k}" for k in _BBOX), "start_datetime", "end_datetime"]
+
+
+@dataclass(frozen=True)
+class StorePart:
+    """One sample cube of a store and the scale exported from it.
+
+    Attributes
+    ----------
+    cube : Cube
+        The sample cube (the store itself, or ``samples/<scale>`` of a tiling store).
+    scale_m : float
+        Pixel size in metres.
+    scale_index : int
+        Position of ``scale_m`` along the cube's ``scale`` axis.
+    tiles : bool
+        The cube holds tiles (their geometries are their footprints).
+    """
+
+    cube: Cube
+    scale_m: float
+    scale_index: int
+    tiles: bool
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_geoparquet` wrote.
+
+    ``cells`` counts the cells read per status (only ``ok`` ones become rows).
+    """
+
+    path: str
+    rows: int
+    row_groups: int
+    rows_per_group: int
+    file_bytes: int
+    seconds: float
+    scales: list[float]
+    cells: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+
+    def summary(self) -> str:
+        skipped = {k: v for k, v in self.cells.items() if k != "ok" and v}
+        extra = f"; cells not ok, not exported: {skipped}" if skipped else ""
+        return (f"{self.path}: {self.rows} rows at scales {', '.join(f'{s:g}' for s in self.scales)} m, "
+                f"{self.row_groups} row group(s) of up to {self.rows_per_group} rows, "
+                f"{self.file_bytes / 2**20:.1f} MiB in {self.seconds:.1f}s ({self.rows_per_s:.0f} rows/s){extra}")
+
+
+def rows_per_group(bytes_per_row: float, target_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> int:
+    """Rows per row group so that one holds about ``target_bytes`` of uncompressed data (at least 1).
+
+    Examples
+    --------
+    >>> rows_per_group(4096, 128 * 2**20)
+    32768
+    >>> rows_per_group(10_000, 1000)
+    1
+    """
+    if not target_bytes >= 1:
+        raise SpecError("row_group_bytes", target_bytes, "a positive number of bytes")
+    return max(1, int(target_bytes // max(1.0, float(bytes_per_row))))
+
+
+def _pick_scale(scales: list[float], scale: Any) -> list[int]:
+    """Indices of the scales to export: all when ``scale`` is None, else the one matching."""
+    if scale is None:
+        return list(range(len(scales)))
+    if isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool):
+        for i, s in enumerate(scales):
+            if math.isclose(s, float(scale), rel_tol=1e-9, abs_tol=1e-9):
+                return [i]
+    raise SpecError("scale", scale, "one of the store's scales: " + ", ".join(f"{s:g}" for s in scales) + " (m)")
+
+
+def store_parts(store: str | os.PathLike, scale: float | None = None) -> list[StorePart]:
+    """The sample cubes of ``store`` (a cube or a tiling store) and scales to read, in export order.
+
+    Raises
+    ------
+    CubeError
+        ``store`` is not a cube or a tiling store.
+    SpecError
+        ``scale`` is not one of the store's scales.
+    """
+    path = os.path.abspath(os.fspath(store))
+    if is_tiling_store(path):
+        import zarr
+
+        from ..specs import CampaignSpec
+
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+        scales = list(CampaignSpec.from_json(attr_text(root.attrs, SPEC_ATTR)).scales)
+        return [StorePart(Cube.open(os.path.join(path, "samples", scale_name(scales[i]))), scales[i], 0, True)
+                for i in _pick_scale(scales, scale)]
+    cube = Cube.open(path)
+    scales = [float(s) for s in cube.scales]
+    return [StorePart(cube, scales[i], i, False) for i in _pick_scale(scales, scale)]
+
+
+def _schema(id_type, value_type, dim: int, per_row_scale: bool):
+    import pyarrow as pa
+
+    bbox = pa.struct([(k, pa.float64()) for k in _BBOX])
+    fields = [pa.field("id", id_type, nullable=False), pa.field("scale", pa.float64(), nullable=False),
+              pa.field("geometry", pa.binary(), nullable=False), pa.field("bbox", bbox, nullable=False),
+              pa.field("lon", pa.float64()), pa.field("lat", pa.float64()),
+              pa.field("embedding", pa.list_(value_type, dim), nullable=False)]
+    if per_row_scale:
+        fields.append(pa.field("embedding_scale", pa.float32(), nullable=False))
+    fields += [pa.field("input_res_m", pa.float32()), pa.field("valid_fraction", pa.float32()),
+               pa.field("start_datetime", pa.timestamp("ms", tz="UTC")),
+               pa.field("end_datetime", pa.timestamp("ms", tz="UTC"))]
+    return pa.schema(fields)
+
+
+class OkCells:
+    """The ok cells of one store part, read a block of whole chunks at a time.
+
+    Iterating yields one dict per block holding ok cells: ``id``, ``geometry`` (shapely,
+    see :func:`export_geoparquet`'s ``geometry``), ``lon``, ``lat``, ``input_res_m``,
+    ``valid_fraction`` and, with ``embeddings=True``, ``embedding`` (``[n, D]`` of
+    :attr:`value_dtype`) and ``embedding_scale`` (per-cell factors, or None). ``cells``
+    counts the cells read per status code.
+
+    Parameters
+    ----------
+    part : StorePart
+    geometry : {"footprint", "sample"}
+    dequantize : bool
+        int8 embeddings as float32.
+    block_rows : int, optional
+        Rows per block (default: whole chunks, about 8 MiB of embeddings).
+    embeddings : bool
+        Read the embeddings (False: only coordinates and geometry, e.g. for extents).
+    """
+
+    def __init__(self, part: StorePart, *, geometry: str = "footprint", dequantize: bool = False,
+                 block_rows: int | None = None, embeddings: bool = True):
+        import zarr
+
+        self.part = part
+        self.group = zarr.open_group(part.cube.path, mode="r", zarr_format=3)
+        self.emb = array_of(self.group, "embedding")
+        self.quant = read_quantization(dict(self.group.attrs), self.emb.dtype)
+        self.dequantize = bool(dequantize) and self.quant is not None
+        self.geometry = geometry
+        self.embeddings = bool(embeddings)
+        self.spec = part.cube.spec
+        cs = part.cube.chunk_size
+        per_chunk = cs * part.cube.embed_dim * self.emb.dtype.itemsize
+        self.block_rows = block_rows or max(1, min(READ_BLOCK_BYTES // max(1, per_chunk), READ_BLOCK_ROWS // cs)) * cs
+        self.cells = np.zeros(len(STATUS_NAMES), dtype=np.int64)
+
+    @property
+    def value_dtype(self) -> np.dtype:
+        return np.dtype("float32") if self.quant is None or self.dequantize else self.emb.dtype
+
+    @property
+    def per_row_scale(self) -> bool:
+        return self.quant is not None and not self.dequantize and "scale_array" in self.quant
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for a, b in self.part.cube.segments:
+            for r0 in range(a, b, self.block_rows):
+                out = self._block(r0, min(r0 + self.block_rows, b))
+                if out is not None:
+                    yield out
+
+    def _block(self, r0: int, r1: int) -> dict[str, Any] | None:
+        import shapely
+
+        g, si = self.group, self.part.scale_index
+        status = np.asarray(array_of(g, "status")[r0:r1, si], dtype=np.int8)
+        self.cells += count_statuses(status)[0]
+        ok = np.flatnonzero(status == OK)
+        if not ok.size:
+            return None
+        ids = np.asarray(array_of(g, "sample")[r0:r1])[ok]
+        ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else np.asarray(ids.tolist(), dtype=object)
+        wkb = np.asarray(array_of(g, "geometry")[r0:r1])[ok].tolist()
+        if self.geometry == "footprint":
+            geoms = stored_footprints(ids.tolist(), wkb, scale_m=self.part.scale_m,
+                                      image_size=self.spec.model.image_size, buffer_m=self.spec.buffer_m,
+                                      tiles=self.part.tiles)
+        else:
+            geoms = split_antimeridian(shapely.from_wkb(np.asarray(wkb, dtype=object)))
+        out: dict[str, Any] = {"id": ids, "geometry": geoms,
+               "lon": np.asarray(array_of(g, "lon")[r0:r1], dtype=np.float64)[ok],
+               "lat": np.asarray(array_of(g, "lat")[r0:r1], dtype=np.float64)[ok],
+               "input_res_m": np.asarray(array_of(g, "input_res_m")[r0:r1, si], dtype=np.float32)[ok],
+               "valid_fraction": np.asarray(array_of(g, "valid_fraction")[r0:r1, si], dtype=np.float32)[ok]}
+        if self.embeddings:
+            out["embedding"], out["embedding_scale"] = self._embeddings(r0, r1, ok)
+        return out
+
+    def _embeddings(self, r0: int, r1: int, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ok rows' embeddings (dequantised when asked) and their per-cell factors (or None)."""
+        si = self.part.scale_index
+        emb = np.asarray(self.emb[r0:r1, si, :])[ok]
+        factor = None
+        if self.quant is not None and "scale_array" in self.quant:
+            factor = np.asarray(array_of(self.group, self.quant["scale_array"])[r0:r1, si], dtype=np.float32)[ok]
+        if self.dequantize and self.quant is not None:
+            if factor is not None:
+                emb = emb.astype(np.float32) * factor[:, None]
+            else:
+                emb = emb.astype(np.float32) * np.float32(self.quant["scale"]) + np.float32(self.quant["offset"])
+            factor = None
+        return np.ascontiguousarray(emb, dtype=self.value_dtype), factor
+
+
+def _table(block: dict[str, Any], schema, scale_m: float, window: tuple[Any, Any]):
+    """One block's rows as an Arrow table of ``schema``."""
+    import pyarrow as pa
+    import shapely
+
+    n, emb = len(block["id"]), block["embedding"]
+    b = shapely.bounds(block["geometry"])
+    value_type = schema.field("embedding").type.value_type
+    cols: dict[str, Any] = {
+        "id": pa.array(block["id"], type=schema.field("id").type),
+        "scale": pa.array(np.full(n, scale_m), pa.float64()),
+        "geometry": pa.array(shapely.to_wkb(block["geometry"]), pa.binary()),
+        "bbox": pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)], names=list(_BBOX)),
+        "lon": pa.array(block["lon"]), "lat": pa.array(block["lat"]),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), value_type), emb.shape[1]),
+    }
+    if "embedding_scale" in schema.names:
+        cols["embedding_scale"] = pa.array(block["embedding_scale"], pa.float32())
+    cols["input_res_m"] = pa.array(block["input_res_m"])
+    cols["valid_fraction"] = pa.array(block["valid_fraction"])
+    for name, value in zip(("start_datetime", "end_datetime"), window):
+        cols[name] = pa.array(np.full(n, value), schema.field(name).type)
+    return pa.table(cols, schema=schema)
+
+
+def _geo_metadata(types: set[str], bbox: list[float] | None) -> dict[str, Any]:
+    from pyproj import CRS
+
+    column: dict[str, Any] = {
+        "encoding": "WKB", "geometry_types": sorted(types), "crs": CRS.from_epsg(4326).to_json_dict(),
+        "edges": "planar", "orientation": "counterclockwise",
+        "covering": {"bbox": {k: ["bbox", k] for k in _BBOX}}}
+    if bbox is not None:
+        column["bbox"] = bbox
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+class _RowGroupWriter:
+    """Buffers tables and writes row groups of exactly ``rows_per_group`` rows (the last one fewer)."""
+
+    def __init__(self, writer, target_bytes: int):
+        self.writer, self.target = writer, target_bytes
+        self.rows_per_group: int | None = None
+        self.buffer: list = []
+        self.buffered = 0
+        self.row_groups = 0
+
+    def add(self, table) -> None:
+        if self.rows_per_group is None:
+            self.rows_per_group = rows_per_group(table.nbytes / max(1, table.num_rows), self.target)
+        self.buffer.append(table)
+        self.buffered += table.num_rows
+        if self.buffered >= self.rows_per_group:
+            self._write(self.buffered // self.rows_per_group * self.rows_per_group)
+
+    def _write(self, n: int) -> None:
+        import pyarrow as pa
+
+        per = self.rows_per_group
+        if per is None:  # nothing was added
+            return
+        whole = pa.concat_tables(self.buffer)
+        self.writer.write_table(whole.slice(0, n), row_group_size=per)
+        self.row_groups += -(-n // per)
+        rest = whole.slice(n)
+        self.buffer = [rest] if rest.num_rows else []
+        self.buffered = rest.num_rows
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+
+def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: float | None = None, *,
+                      geometry: str = "footprint", dequantize: bool = False,
+                      row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+                      read_block_rows: int | None = None) -> ExportReport:
+    """Write the ok embeddings of a cube (or tiling store) to a GeoParquet 1.1 file.
+
+    Parameters
+    ----------
+    store : str or path
+        A cube, or a tiling store (its ``samples/<scale>`` cubes are exported).
+    out : str or path
+        The ``.parquet`` file to write (replaced if it exists).
+    scale : float, optional
+        Export only this scale (metres); default every scale, one after the other.
+    geometry : {"footprint", "sample"}
+        The fetched footprint at each scale (default), or the sample's own geometry.
+    dequantize : bool
+        For an int8 cube: write float32 values instead of int8 and their scale.
+    row_group_bytes : int
+        Target uncompressed bytes per row group (default 128 MiB).
+    read_block_rows : int, optional
+        Cube rows read at a time (default: whole chunks, about 8 MiB of embeddings).
+
+    Returns
+    -------
+    ExportReport
+        Rows, row groups, file size, time and the cells read per status.
+
+    Raises
+    ------
+    CubeError
+        ``store`` is not a cube, or int8 embeddings without a dequantisation attribute.
+    SpecError
+        An unknown ``scale`` or ``geometry`` mode, or a bad ``row_group_bytes``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .metadata import window_datetimes
+
+    if geometry not in GEOMETRY_MODES:
+        raise SpecError("geometry", geometry, " or ".join(map(repr, GEOMETRY_MODES)))
+    rows_per_group(1, row_group_bytes)  # checks the target
+    t0 = time.perf_counter()
+    out = os.path.abspath(os.fspath(out))
+    parts = store_parts(store, scale)
+    readers = [OkCells(p, geometry=geometry, dequantize=dequantize, block_rows=read_block_rows) for p in parts]
+    first = readers[0]
+    dims = {p.cube.embed_dim for p in parts}
+    if len(dims) != 1 or len({r.value_dtype for r in readers}) != 1:
+        raise CubeError(f"store {os.fspath(store)!r}: its sample cubes hold embeddings of different widths or "
+                        f"types ({sorted(dims)}); export one scale at a time with scale=")
+    id_type = pa.int64() if np.dtype(array_of(first.group, "sample").dtype).kind in "iu" else pa.string()
+    schema = _schema(id_type, pa.from_numpy_dtype(first.value_dtype), first.part.cube.embed_dim,
+                     first.per_row_scale)
+    attrs = first.part.cube.attrs
+    quant = None if first.dequantize else first.quant
+    emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=first.part.cube.embed_dim,
+                              data_type=first.value_dtype.name, quantization=quant,
+                              scales=[p.scale_m for p in parts], tiling=first.part.tiles,
+                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
+    emb = {"version": EMB_VERSION, **emb, "geometry": geometry, "source_store": os.path.abspath(os.fspath(store))}
+    temporal = first.spec.temporal
+    start, end = (np.datetime64(d.replace(tzinfo=None), "ms") for d in window_datetimes(temporal.start, temporal.end))
+    window = (start, end)
+
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    tmp = f"{out}.part-{os.getpid()}"
+    writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=_STATS_COLUMNS,
+                              use_dictionary=["scale", "start_datetime", "end_datetime"])
+    groups = _RowGroupWriter(writer, int(row_group_bytes))
+    types: set[int] = set()
+    bbox = [math.inf, math.inf, -math.inf, -math.inf]
+    rows = 0
+    try:
+        import shapely
+
+        for reader in readers:
+            for block in reader:
+                table = _table(block, schema, reader.part.scale_m, window)
+                types.update(shapely.get_type_id(block["geometry"]).tolist())
+                b = shapely.bounds(block["geometry"])
+                bbox = [min(bbox[0], b[:, 0].min()), min(bbox[1], b[:, 1].min()),
+                        max(bbox[2], b[:, 2].max()), max(bbox[3], b[:, 3].max())]
+                rows += table.num_rows
+                groups.add(table)
+        groups.close()
+        geo = _geo_metadata({_TYPE_NAMES[t] for t in types}, [float(v) for v in bbox] if rows else None)
+        writer.add_key_value_metadata({"geo": json.dumps(geo), "emb": json.dumps(emb)})
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    cells = np.sum([r.cells for r in readers], axis=0)
+    report = ExportReport(path=out, rows=rows, row_groups=groups.row_groups,
+                          rows_per_group=groups.rows_per_group or 0, file_bytes=os.path.getsize(out),
+                          seconds=time.perf_counter() - t0, scales=[p.scale_m for p in parts],
+                          cells={name: int(c) for name, c in zip(STATUS_NAMES, cells)})
+    if not rows:
+        log.warning("export %s: no ok cell in %s; the file holds no rows", out, os.fspath(store))
+    log.info("export: %s", report.summary())
+    return report
+
+
+#: GeoParquet's geometry type names by shapely type id.
+_TYPE_NAMES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+               6: "MultiPolygon", 7: "GeometryCollection"}

@@ -1,0 +1,293 @@
+"""A STAC catalogue of a store's embeddings, with the STAC Embedding extension (``emb:``).
+
+:func:`write_stac` writes a self-contained Collection (``collection.json``) and its
+Items (``<item id>/<item id>.json``) with :mod:`pystac`:
+
+* a sample cube: one Item per scale;
+* a tiling store: one Item per scale and UTM zone (with ``proj:`` fields of the zone grid).
+
+The Collection carries the extension's Collection fields (``emb:type`` "chip",
+``emb:dimensions``, ``data_type``, ``emb:chip_layout``, ``emb:temporal_resolution``,
+``gsd`` when there is one scale, summaries of each) and its required links
+(``emb:model`` to the encoder, ``emb:source-data`` to the Earth Engine collection).
+Items carry ``gsd``, ``data_type``, ``start_datetime``/``end_datetime`` (the compositing
+window), ``emb:runtime_parameters``, ``emb:preprocessing``/``emb:postprocessing``,
+``emb:quantization`` (int8 cubes), ``processing:datetime`` (when the last embedding was
+written) and ``processing:software``, and the asset ``embeddings``: the Zarr store (or
+its zone group, with ``xarray:open_kwargs``), or with ``geoparquet=True`` a GeoParquet
+file exported next to the Item (:func:`rsembed_dask.geoparquet.export_geoparquet`).
+Per the extension's schema, ``emb:type`` and ``emb:dimensions`` are Collection fields
+(its Item properties allow no other ``emb:`` names).
+
+Needs ``pystac`` (``pip install 'rsembed_dask[stac]'``).
+
+Examples
+--------
+>>> collection = write_stac("campaign.zarr", "stac/")                     # doctest: +SKIP
+>>> pystac.read_file("stac/collection.json").get_items()                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..geo.grid import xy_to_lonlat
+from .footprints import DENSIFY_M, split_antimeridian
+from .geoparquet import OkCells, StorePart, export_geoparquet, store_parts
+from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
+from .metadata import describe_embeddings, stac_quantization
+from .open import array_of, attr_text, is_tiling_store
+
+if TYPE_CHECKING:
+    import pystac
+
+__all__ = ["write_stac", "EMB_EXTENSION", "PROCESSING_EXTENSION", "PROJECTION_EXTENSION", "XARRAY_EXTENSION"]
+
+log = logging.getLogger(__name__)
+
+EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+XARRAY_EXTENSION = "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json"
+ZARR_MEDIA_TYPE = "application/vnd.zarr"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+_ZARR_OPEN = {"engine": "zarr", "consolidated": False, "zarr_format": 3}
+
+
+def _pystac():
+    try:
+        import pystac
+    except ImportError as exc:  # an optional dependency: say how to get it
+        raise ImportError("write_stac needs pystac: pip install 'rsembed_dask[stac]'") from exc
+    return pystac
+
+
+def _collection_id(path: str, given: str | None) -> str:
+    if given is not None:
+        if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", given):
+            raise SpecError("collection_id", given, "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        return given
+    base = re.sub(r"\.zarr$", "", os.path.basename(path.rstrip(os.sep)))
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "embeddings"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _processing_datetime(cube_path: str, attrs: dict[str, Any]) -> str | None:
+    """When the cube's embeddings were last written: the newest ``status`` chunk (status is
+    written last in every unit), else the cube's ``created`` attribute."""
+    newest = 0.0
+    for root, _, files in os.walk(os.path.join(cube_path, "status", "c")):
+        for f in files:
+            newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
+    if newest:
+        return _iso(dt.datetime.fromtimestamp(newest, dt.timezone.utc))
+    created = attrs.get("created")
+    return _iso(dt.datetime.fromisoformat(created)) if created else None
+
+
+def _box_geometry(b: list[float]) -> dict[str, Any]:
+    import shapely
+
+    return shapely.geometry.mapping(shapely.box(*b))
+
+
+def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
+    """Bounds of the ok cells' footprints of ``part`` and their number (embeddings not read)."""
+    import shapely
+
+    bounds, n = None, 0
+    for block in OkCells(part, embeddings=False):
+        b = shapely.bounds(block["geometry"])
+        lo, hi = b[:, :2].min(axis=0), b[:, 2:].max(axis=0)
+        bounds = [*lo, *hi] if bounds is None else [min(bounds[0], lo[0]), min(bounds[1], lo[1]),
+                                                    max(bounds[2], hi[0]), max(bounds[3], hi[1])]
+        n += len(block["id"])
+    return (None if bounds is None else [float(v) for v in bounds]), n
+
+
+def _zone_items(store: str, scale_m: float) -> list[dict[str, Any]]:
+    """Geometry, bbox and ``proj:`` fields of each zone grid of one scale of a tiling store."""
+    import shapely
+    import zarr
+
+    name = scale_name(scale_m)
+    group = zarr.open_group(os.path.join(store, name), mode="r", zarr_format=3)
+    out = []
+    for zone, g in sorted(group.groups()):
+        epsg = int(zone.removeprefix("EPSG"))
+        c, a, _, f, _, e = (float(v) for v in attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform").split())
+        ny, nx = array_of(g, "status").shape
+        box = shapely.segmentize(shapely.box(c, f + e * ny, c + a * nx, f), DENSIFY_M)
+        lonlat = shapely.transform(box, lambda xy, crs=f"EPSG:{epsg}": np.column_stack(
+            xy_to_lonlat(xy[:, 0], xy[:, 1], crs)))
+        geom = split_antimeridian([lonlat])[0]
+        status = np.asarray(array_of(g, "status")[...])
+        out.append({"zone": zone, "group": f"{name}/{zone}", "geometry": shapely.geometry.mapping(geom),
+                    "bbox": [float(v) for v in shapely.bounds(geom)],
+                    "proj": {"proj:code": f"EPSG:{epsg}", "proj:shape": [int(ny), int(nx)],
+                             "proj:transform": [a, 0.0, c, 0.0, e, f]},
+                    "ok": int((status == OK).sum())})
+    return out
+
+
+def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparquet: bool = False,
+               collection_id: str | None = None, title: str | None = None, description: str | None = None,
+               license: str = "other", model_href: str | None = None,
+               source_href: str | None = None) -> pystac.Collection:
+    """Write a STAC Collection and Items describing the embeddings of ``store``.
+
+    Parameters
+    ----------
+    store : str or path
+        A cube or a tiling store.
+    out_dir : str or path
+        Directory of the catalogue (``collection.json``, one folder per Item); created.
+    geoparquet : bool
+        Export each scale to GeoParquet next to its Item and make that file the Item's
+        ``embeddings`` asset (tiling stores: an extra ``samples`` asset on each zone Item;
+        the zone grid stays the ``embeddings`` asset). Default: the Zarr store is the asset.
+    collection_id, title, description : str, optional
+        Defaults from the store's name and campaign.
+    license : str
+        SPDX identifier or ``"other"`` (default; Sentinel-2 data is under the Copernicus licence).
+    model_href, source_href : str, optional
+        Targets of the ``emb:model`` and ``emb:source-data`` links (defaults: the model's
+        Hugging Face page or local directory, the collection's Earth Engine catalogue page).
+
+    Returns
+    -------
+    pystac.Collection
+        The Collection written (its Items attached), hrefs relative to ``out_dir``.
+
+    Raises
+    ------
+    CubeError
+        ``store`` is not a cube or a tiling store.
+    ImportError
+        pystac is not installed.
+    """
+    pystac = _pystac()
+    path = os.path.abspath(os.fspath(store))
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    tiling = is_tiling_store(path)
+    parts = store_parts(path)
+    cid = _collection_id(path, collection_id)
+    first = OkCells(parts[0], embeddings=False)
+    attrs = parts[0].cube.attrs
+    if tiling:
+        import zarr
+
+        attrs = {**attrs, SPEC_ATTR: zarr.open_group(path, mode="r", zarr_format=3).attrs[SPEC_ATTR]}
+    emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=parts[0].cube.embed_dim,
+                              data_type=first.emb.dtype.name, quantization=first.quant,
+                              scales=[p.scale_m for p in parts], tiling=tiling,
+                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
+    start, end = (dt.datetime.fromisoformat(emb[k].replace("Z", "+00:00")) for k in ("start_datetime", "end_datetime"))
+    model_link = pystac.Link("emb:model", model_href or emb["model"]["source"], title=f"encoder: {emb['model']['id']}")
+    source_link = pystac.Link("emb:source-data", source_href or emb["source"], media_type="text/html",
+                              title=f"Earth Engine collection {emb['collection']}")
+    properties = {"data_type": emb["data_type"], "emb:runtime_parameters": emb["runtime_parameters"],
+                  "emb:preprocessing": emb["preprocessing"], "emb:postprocessing": emb["postprocessing"],
+                  "processing:software": {"rsembed_dask": emb["versions"].get("rsembed_dask", "unknown"),
+                                          **{k: str(v) for k, v in emb["versions"].items()}}}
+    if emb["quantization"] is not None:
+        properties["emb:quantization"] = stac_quantization(emb["quantization"])
+    os.makedirs(out_dir, exist_ok=True)
+
+    items: list = []
+    for part in parts:
+        sname = scale_name(part.scale_m)
+        props = {**properties, "gsd": part.scale_m,
+                 "emb:runtime_parameters": {**emb["runtime_parameters"], "scale_m": part.scale_m},
+                 "processing:datetime": _processing_datetime(part.cube.path, part.cube.attrs)}
+        if tiling:
+            parquet = None
+            if geoparquet:
+                parquet = os.path.join(out_dir, f"{cid}-{sname}.parquet")
+                export_geoparquet(path, parquet, scale=part.scale_m)
+            for zone in _zone_items(path, part.scale_m):
+                item = pystac.Item(f"{cid}-{sname}-{zone['zone']}", zone["geometry"], zone["bbox"], None,
+                                   {**props, "start_datetime": _iso(start), "end_datetime": _iso(end), **zone["proj"]},
+                                   stac_extensions=[EMB_EXTENSION, PROCESSING_EXTENSION, PROJECTION_EXTENSION,
+                                                    XARRAY_EXTENSION])
+                item.add_asset("embeddings", pystac.Asset(
+                    path, title=f"{sname} grid of {zone['zone']}: embedding(y, x, feature), {zone['ok']} ok tiles",
+                    media_type=ZARR_MEDIA_TYPE,
+                    roles=["data"], extra_fields={"xarray:open_kwargs": {**_ZARR_OPEN, "group": zone["group"]}}))
+                if parquet is not None:
+                    item.add_asset("samples", pystac.Asset(
+                        parquet, title=f"every {sname} tile (all zones) as GeoParquet rows",
+                        media_type=PARQUET_MEDIA_TYPE, roles=["data"]))
+                items.append(item)
+            continue
+        iid = f"{cid}-{sname}"
+        if geoparquet:
+            parquet = os.path.join(out_dir, iid, "embeddings.parquet")
+            report = export_geoparquet(path, parquet, scale=part.scale_m)
+            meta = json.loads(_parquet_geo(parquet))["columns"]["geometry"]
+            bbox, n_ok = meta.get("bbox"), report.rows
+            asset = pystac.Asset(parquet, title=f"{n_ok} chip embeddings at {sname} (GeoParquet 1.1)",
+                                 media_type=PARQUET_MEDIA_TYPE, roles=["data"])
+        else:
+            bbox, n_ok = _ok_extent(part)
+            asset = pystac.Asset(path, title=f"sample cube: embedding(sample, scale, feature); select scale={part.scale_m:g}",
+                                 media_type=ZARR_MEDIA_TYPE, roles=["data"],
+                                 extra_fields={"xarray:open_kwargs": dict(_ZARR_OPEN)})
+        if bbox is None:
+            log.warning("stac: no ok cell at %s in %s; item %s has no geometry", sname, path, iid)
+        item = pystac.Item(iid, None if bbox is None else _box_geometry(bbox), bbox, None,
+                           {**props, "start_datetime": _iso(start), "end_datetime": _iso(end)},
+                           stac_extensions=[EMB_EXTENSION, PROCESSING_EXTENSION]
+                           + ([] if geoparquet else [XARRAY_EXTENSION]))
+        item.add_asset("embeddings", asset)
+        items.append(item)
+    for item in items:
+        item.add_link(source_link.clone())
+
+    boxes = [i.bbox for i in items if i.bbox is not None]
+    spatial = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+               if boxes else [-180.0, -90.0, 180.0, 90.0])
+    spec = json.loads(attrs[SPEC_ATTR])
+    scales_txt = ", ".join(f"{p.scale_m:g}" for p in parts)
+    collection = pystac.Collection(
+        cid, description or (f"ScaleMAE ({emb['model']['id']}) chip embeddings of {emb['collection']} "
+                             f"{'/'.join(spec['sensor']['bands'])} {spec['sensor']['composite']} composites over "
+                             f"[{emb['temporal_window']['start']}, {emb['temporal_window']['end']}) at {scales_txt} m"
+                             f"{', tiled over an AOI' if tiling else ''}; written by rsembed_dask"),
+        pystac.Extent(pystac.SpatialExtent([spatial]), pystac.TemporalExtent([[start, end]])),
+        title=title or f"{cid}: ScaleMAE embeddings", license=license,
+        stac_extensions=[EMB_EXTENSION],
+        extra_fields={"emb:type": emb["type"], "emb:dimensions": emb["dimensions"], "data_type": emb["data_type"],
+                      "emb:chip_layout": emb["chip_layout"], "emb:temporal_resolution": emb["temporal_resolution"],
+                      **({"gsd": parts[0].scale_m} if len(parts) == 1 else {})},
+        summaries=pystac.Summaries({"gsd": [p.scale_m for p in parts], "emb:type": [emb["type"]],
+                                    "emb:dimensions": [emb["dimensions"]], "data_type": [emb["data_type"]]}))
+    collection.item_assets = {"embeddings": pystac.ItemAssetDefinition.create(
+        title="chip embedding vectors", description=None,
+        media_type=PARQUET_MEDIA_TYPE if geoparquet and not tiling else ZARR_MEDIA_TYPE, roles=["data"])}
+    collection.add_link(model_link)
+    collection.add_link(source_link)
+    collection.add_items(items)
+    collection.normalize_hrefs(out_dir)
+    collection.make_all_asset_hrefs_relative()
+    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    log.info("stac: wrote collection %s with %d item(s) to %s", cid, len(items), out_dir)
+    return collection
+
+
+def _parquet_geo(path: str) -> str:
+    """The ``geo`` metadata of a GeoParquet file (JSON text)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.metadata[b"geo"].decode()
