@@ -77,15 +77,15 @@ def test_pca_rgb_scatter_path_matches_direct_svd():
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(400, 8)) * np.arange(8, 0, -1)).astype(np.float32)
     assert x.shape[0] > 4 * x.shape[1]
-    from rsembed_dask.explore import geotiff as quicklook
+    from rsembed_dask.explore import pca
 
     direct = pca_rgb(x)
-    old = quicklook._SCATTER_ROWS_PER_FEATURE
-    quicklook._SCATTER_ROWS_PER_FEATURE = 10**9
+    old = pca._SCATTER_ROWS_PER_FEATURE
+    pca._SCATTER_ROWS_PER_FEATURE = 10**9
     try:
         reference = pca_rgb(x)
     finally:
-        quicklook._SCATTER_ROWS_PER_FEATURE = old
+        pca._SCATTER_ROWS_PER_FEATURE = old
     assert np.abs(direct.astype(int) - reference.astype(int)).max() <= 1
 
 

@@ -63,9 +63,6 @@ def registered(meta: dict) -> set[str]:
     return {c["uuid"] for c in meta["attributes"]["zarr_conventions"]}
 
 
-# --------------------------------------------------------------------------- the schema itself
-
-
 def test_the_conventions_examples_validate_and_the_schema_refuses_broken_attributes():
     for example in sorted((DATA / "examples").glob("*.json")):
         check(json.loads(example.read_text()), GEOEMB)
@@ -97,9 +94,6 @@ def test_model_and_source_urls(tmp_path):
     assert model_url(str(tmp_path / "weights")) == (tmp_path / "weights").resolve().as_uri()
     assert source_data_url("COPERNICUS/S2_SR_HARMONIZED") == \
         "https://developers.google.com/earth-engine/datasets/catalog/COPERNICUS_S2_SR_HARMONIZED"
-
-
-# --------------------------------------------------------------------------- sample cubes
 
 
 def _cube(path, spec: CampaignSpec, n: int = 5) -> Cube:
@@ -156,9 +150,6 @@ def test_opened_cubes_give_plain_string_ids(tmp_path):
     assert ds.sel(sample="id-3").status.shape == (3,)
     assert nearest_sample(ds, 3.0, 31.0) == "id-4"
     assert ds.to_dataframe().index.get_level_values("sample")[0] == "id-0"
-
-
-# --------------------------------------------------------------------------- tiling stores
 
 
 @pytest.mark.timeout(240)
@@ -220,9 +211,6 @@ def test_tiling_store_groups_carry_geoemb_proj_and_spatial(tmp_path, client, pro
         y, x = np.argwhere(tree[rel.replace(os.sep, "/")].to_dataset().sample_index.values >= 0)[0]
         zarr.open_array(out / rel / "embedding_scale", mode="r+")[y, x] = np.nan
         assert any("ok grid cells with a non-finite embedding" in p for p in verify_tiling_store(out))
-
-
-# --------------------------------------------------------------------------- embed --json / --out
 
 
 @pytest.mark.timeout(180)

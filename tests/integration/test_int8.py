@@ -58,9 +58,6 @@ def _unit(start: int, stop: int, seed: int, grid_shape=None) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- quantisation
-
-
 def test_quantize_round_trip_bounds_and_no_data():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(300, 384)) * rng.uniform(1e-3, 50, size=(300, 1))).astype(np.float32)
@@ -93,9 +90,6 @@ def test_quantize_token_grids_along_the_feature_axis():
     assert np.isnan(back[1, :, 0, 4]).all() and np.isfinite(np.delete(back.reshape(3, 8, -1), 4, axis=2)).all()
 
 
-# --------------------------------------------------------------------------- the spec
-
-
 def test_output_dtype_is_validated_and_only_int8_changes_the_spec_identity():
     with pytest.raises(SpecError, match=r"OutputSpec.dtype='float16'.*'float32', 'int8'"):
         OutputSpec.pooled(dtype="float16")
@@ -109,9 +103,6 @@ def test_output_dtype_is_validated_and_only_int8_changes_the_spec_identity():
     assert CampaignSpec.from_dict(old).output.dtype == "float32"
     assert CampaignSpec.from_dict(old).spec_hash() == f32.spec_hash()
     assert CampaignSpec.from_json(i8.to_json()) == i8
-
-
-# --------------------------------------------------------------------------- cubes
 
 
 @pytest.mark.parametrize("grid_shape", [None, (2, 3)])
@@ -201,9 +192,6 @@ def test_no_data_cells_hold_no_int8_embedding(tmp_path):
     arr = zarr.open_array(path / "embedding", mode="r+")
     arr[1, 0, :] = 5  # an embedding where the status says there is no imagery
     assert any("no_data or failed cells that hold an embedding" in p for p in verify_cube(path))
-
-
-# --------------------------------------------------------------------------- campaigns
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,6 @@ def _plan(out, model="test-small"):
                          chunk_size=4, id_column="site")[2]
 
 
-# --------------------------------------------------------------------------- weights
-
-
 def test_bad_weights_fail_before_any_cube_then_the_corrected_model_runs(tmp_path, samples, client,
                                                                          tiny_weights, capsys):
     bad = tmp_path / "badweights"
@@ -146,9 +143,6 @@ def test_a_hub_id_is_checked_in_the_local_cache_and_offline_it_says_so(tmp_path,
     assert not out.exists()
 
 
-# --------------------------------------------------------------------------- cubes where nothing finished
-
-
 def test_a_cube_where_nothing_finished_is_recreated_for_another_spec(tmp_path, samples, client, caplog):
     out = tmp_path / "c.zarr"
     assert _plan(out).status_counts()["pending"] == N  # the state the bad-model bug left behind
@@ -179,9 +173,6 @@ def test_a_cube_with_one_finished_cell_keeps_refusing_another_spec(tmp_path, sam
     with pytest.raises(SpecMismatchError, match="model.model_id"):  # the API says the same
         run_campaign(_points(), out, scales=[10], temporal=WINDOW, model=TINY, chunk_size=4,
                      id_column="site", backend="emulator", client=client, progress=False)
-
-
-# --------------------------------------------------------------------------- interrupted creations
 
 
 def test_a_creation_cut_short_by_a_full_disk_is_recreated_by_the_next_run(tmp_path, samples, client, monkeypatch,
@@ -283,9 +274,6 @@ def test_tiling_stores_where_nothing_finished_are_recreated(tmp_path, client, pr
                             progress=False)
     assert "its creation was interrupted" in caplog.text
     assert (tree["samples/40m"].to_dataset().status.values == OK).all()
-
-
-# --------------------------------------------------------------------------- free space
 
 
 def test_free_space_refuses_below_the_lower_estimate_and_warns_below_the_upper_bound(tmp_path, caplog):
