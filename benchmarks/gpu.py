@@ -42,13 +42,12 @@ from distributed import Client
 
 import overhead  # the sibling benchmark (run this file as a script): its provider and points
 
-# rsembed_dask imports: all here, in one block, to repoint after the package restructure.
+from rsembed_dask.campaign import run_campaign
 from rsembed_dask.cluster import embed_workers, local_cluster
-from rsembed_dask.model import ScaleMAEEmbedder
-from rsembed_dask.pipeline import run_campaign
-from rsembed_dask.preprocess import preprocess
+from rsembed_dask.embed import ScaleMAEEmbedder
+from rsembed_dask.embed.preprocess import preprocess
+from rsembed_dask.embed.weights import import_rshf_scalemae
 from rsembed_dask.specs import ModelSpec, TemporalSpec
-from rsembed_dask.weights import import_rshf_scalemae
 
 SCALE = 10.0
 IMAGE = 224

@@ -61,16 +61,14 @@ import psutil
 import yaml
 from distributed import Client
 
-# rsembed_dask imports: all here, in one block, to repoint after the package restructure.
+from rsembed_dask.campaign import fetch_unit, plan_campaign, run_campaign
 from rsembed_dask.cluster import embed_workers, fetch_workers, local_cluster
-from rsembed_dask.cube import OK
-from rsembed_dask.model import ScaleMAEEmbedder
-from rsembed_dask.pipeline import plan_campaign, run_campaign
-from rsembed_dask.preprocess import preprocess
-from rsembed_dask.providers.base import Patch, RequestStats
+from rsembed_dask.embed import ScaleMAEEmbedder
+from rsembed_dask.embed.preprocess import preprocess
+from rsembed_dask.providers import Patch, RequestStats
 from rsembed_dask.sampling import build_sample_table
 from rsembed_dask.specs import ModelSpec, OutputSpec, TemporalSpec
-from rsembed_dask.units import fetch_unit
+from rsembed_dask.store import OK
 
 SCALE = 10.0
 START, END = "2022-01-01", "2022-02-01"

@@ -54,10 +54,17 @@ count_gpus() {
 
 is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
-# A recorded PID counts as ours only while its command line is still a dask process.
+# A recorded PID counts as ours only while it runs (not a zombie) and its command line is a
+# dask process, or, between fork and exec, it is still this shell's own child (whose command
+# line is this script's): checking the command line alone raced with a just-started scheduler.
 alive() {
-    local pid="$1"
-    [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q 'dask'
+    local pid="$1" stat
+    [[ "$pid" =~ ^[0-9]+$ ]] && stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"                      # drop "pid (comm) ": comm may hold spaces
+    [[ "${stat%% *}" != Z ]] || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'dask' && return 0
+    stat="${stat#* }"
+    [[ "${stat%% *}" == "$$" ]]
 }
 
 cmd_stop() {
