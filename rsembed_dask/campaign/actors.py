@@ -60,10 +60,10 @@ class EmbedActor:
                 "model_id": self.embedder.spec.model_id, "load_s": self.load_s,
                 "batches": self.batches}
 
-    def embed(self, images, scale_m, *, output, roi=None):
-        """Embed raw chips (see :meth:`ScaleMAEEmbedder.embed`)."""
+    def embed(self, images, scale_m, *, output, roi=None, uint8=False):
+        """Embed raw chips, or uint8 images (see :meth:`ScaleMAEEmbedder.embed`)."""
         self.batches += 1
-        return self.embedder.embed(images, scale_m, output=output, roi=roi)
+        return self.embedder.embed(images, scale_m, output=output, roi=roi, uint8=uint8)
 
 
 def start_actor(client, spec: ModelSpec, worker: str, *, timeout_s: float = 600.0):

@@ -1,7 +1,10 @@
 """The client-side loop of a campaign: a bounded window of units, actor health, retries, progress.
 
-Each unit is a fetch task (any worker, preferring fetch-only ones) and an
-embed+write task pinned to an actor's worker with ``resources={"GPU": 1}``.
+Each unit is three tasks: a fetch (any worker, preferring fetch-only ones), an
+embed pinned to an actor's worker with ``resources={"GPU": 1}``, and a write of
+the unit's vectors to the cube (preferring fetch-only workers, so that the GPU's
+process only feeds the GPU; on the actor's worker for grid cubes, whose token
+grids are too large to ship).
 When an actor's worker dies the actor is recreated on a live GPU worker and
 its units re-run; a unit that lost its worker too often is marked failed. When
 no GPU worker is left (the only one was preempted or ran out of memory), the
@@ -29,7 +32,7 @@ from .actors import start_actor
 from .jobs import Job
 from .options import RunOptions
 from .progress import CampaignReport, ProgressBar
-from .tasks import UnitSummary, embed_unit, fetch_unit, mark_unit_failed
+from .tasks import UnitSummary, embed_unit, fetch_unit, mark_unit_failed, write_unit
 
 __all__ = ["Runner"]
 
@@ -81,8 +84,8 @@ class Runner:
         self.progress_on = options.progress
         self.actors: dict[str, Any] = {}
         self.max_in_flight = options.max_in_flight
-        # embed future -> (job index, unit, actor address, fetch future)
-        self.inflight: dict[Any, tuple[int, WorkUnit, str, Any]] = {}
+        # write future -> (job index, unit, actor address, fetch future, embed future)
+        self.inflight: dict[Any, tuple[int, WorkUnit, str, Any, Any]] = {}
         self.attempts: collections.Counter = collections.Counter()
         self.fetch_addrs: list[str] = []
         self._last_check = 0.0
@@ -96,9 +99,10 @@ class Runner:
             log.warning("actor worker %s is gone; re-running its units elsewhere", addr)
             del self.actors[addr]
             self.report.actors_lost += 1
-            for fut, (j, unit, a, fetch) in list(self.inflight.items()):
+            for fut, (j, unit, a, fetch, embed) in list(self.inflight.items()):
                 if a == addr:
                     fut.cancel()
+                    embed.cancel()
                     del self.inflight[fut]
                     self._requeue(j, unit, fetch)
         # Fetches prefer fetch-only workers (loosely: any worker may take them when those are
@@ -172,10 +176,16 @@ class Runner:
                                   self.fetch_threads, coalesce=self.coalesce, only=only, key=f"fetch-{tag}",
                                   retries=self.unit_retries, pure=False, **where)
         addr = min(self.actors, key=lambda a: sum(1 for v in self.inflight.values() if v[2] == a))
-        fut = self.c.submit(embed_unit, fetch, self.actors[addr].key, job.cube, job.spec,
-                            key=f"embed-{tag}-{addr.rsplit(':', 1)[-1]}",
-                            workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
-        self.inflight[fut] = (j, unit, addr, fetch)
+        cube = job.cube
+        embed = self.c.submit(embed_unit, fetch, self.actors[addr].key, cube.embed_dim, cube.grid_shape,
+                              job.spec.output, key=f"embed-{tag}-{addr.rsplit(':', 1)[-1]}",
+                              workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
+        if cube.grid_shape is not None:  # token grids: n x D x gy x gx floats, written where they are
+            where = {"workers": [addr], "allow_other_workers": True}
+        else:  # n x D floats: cheap to ship, and the write's CPU stays off the GPU's process
+            where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
+        fut = self.c.submit(write_unit, embed, cube, key=f"write-{tag}", pure=False, **where)
+        self.inflight[fut] = (j, unit, addr, fetch, embed)
 
     def run(self, todo: list[tuple[int, WorkUnit]]) -> None:
         """Run ``(job index, unit)`` pairs to completion (or failure recorded in the cube)."""
@@ -209,8 +219,10 @@ class Runner:
             self._drain()
             raise
         finally:
-            for fut in self.inflight:
+            for fut, (_, _, _, fetch, embed) in self.inflight.items():
                 fut.cancel()
+                embed.cancel()
+                fetch.cancel()
             self.bar.close()
             self.report.elapsed_s = time.perf_counter() - t_start - self.report.startup_s
 
@@ -226,11 +238,12 @@ class Runner:
 
         self.pending.clear()
         writing = []
-        for fut, (_, _, _, fetch) in list(self.inflight.items()):
+        for fut, (_, _, _, fetch, embed) in list(self.inflight.items()):
             if fetch.status == "finished" and not fut.done():
                 writing.append(fut)
             elif not fut.done():
                 fut.cancel()
+                embed.cancel()
                 fetch.cancel()
         deadline = time.monotonic() + grace_s
         if writing:
@@ -260,7 +273,7 @@ class Runner:
         from distributed.client import FutureCancelledError
         from distributed.comm import CommClosedError
 
-        j, unit, addr, fetch = self.inflight.pop(fut)
+        j, unit, addr, fetch, _ = self.inflight.pop(fut)
         if fut.status == "finished":
             try:
                 if not self.c.who_has([fut]).get(fut.key):

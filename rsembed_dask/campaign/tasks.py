@@ -1,10 +1,14 @@
-"""Worker-side work of one unit (a chunk of samples x one scale): fetch, then embed + write.
+"""Worker-side work of one unit (a chunk of samples x one scale): fetch, embed, write.
 
-Both functions run on Dask workers. ``fetch_unit`` runs anywhere and returns
-the unit's pixels (they stay in worker memory and travel worker to worker);
-``embed_unit`` runs on an actor's worker, embeds with the actor's model and
-writes the unit's cube chunk, then its status, and returns a small summary:
-no pixel or embedding array reaches the client.
+All three run on Dask workers. ``fetch_unit`` runs anywhere (preferably on a
+fetch worker) and returns the unit's pixels (they stay in worker memory and
+travel worker to worker); ``embed_unit`` runs on an actor's (GPU) worker, embeds
+with the actor's model and returns the unit's vectors (:class:`UnitVectors`,
+small); ``write_unit`` runs on a CPU worker, writes the unit's cube chunk, then
+its status, and returns a small summary: no pixel or embedding array reaches the
+client. Keeping the Zarr write out of the GPU worker frees the GPU for the next
+unit as soon as the forward is done, and keeps the write's CPU off the process
+that feeds the GPU.
 """
 
 from __future__ import annotations
@@ -17,22 +21,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..store.cube import FAILED, NO_DATA, OK, PENDING, Cube
+from ..embed.preprocess import check_chw, to_uint8
 from ..errors import NoImageryError, SpecError
 from ..providers.base import Provider, RequestStats
 from ..providers.coalesce import CoalescedRequest, plan_requests
 from ..providers.fetching import fetch_coalesced
 from ..sampling.samples import SampleTable
 from ..sampling.units import WorkUnit
-from ..specs import CampaignSpec
+from ..specs import CampaignSpec, OutputSpec
 
-__all__ = ["UnitPixels", "UnitSummary", "fetch_unit", "embed_unit", "REQUESTS_TOPIC"]
+__all__ = ["UnitPixels", "UnitVectors", "UnitSummary", "fetch_unit", "embed_unit", "write_unit",
+           "REQUESTS_TOPIC"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class UnitPixels:
-    """Fetched chips of one unit, in sample order; ``None`` where there is no chip."""
+    """Fetched chips of one unit, in sample order, as uint8 images (:func:`~rsembed_dask.embed.preprocess.to_uint8`);
+    ``None`` where there is no chip."""
 
     unit: WorkUnit
     images: list[np.ndarray | None]
@@ -42,6 +49,27 @@ class UnitPixels:
     valid_fraction: np.ndarray
     requests: dict[str, int]
     fetch_s: float
+
+
+@dataclass
+class UnitVectors:
+    """One unit's embeddings and per-sample record: what the GPU worker hands to the writer.
+
+    ``embedding`` is ``[n, D]`` float32 (NaN rows where there is no chip), ``grid``
+    ``[n, D, gy, gx]`` for grid cubes; the rest is the fetch's record (:class:`UnitPixels`).
+    """
+
+    unit: WorkUnit
+    embedding: np.ndarray
+    input_res_m: np.ndarray
+    grid: np.ndarray | None
+    status: np.ndarray
+    errors: list[str]
+    valid_fraction: np.ndarray
+    requests: dict[str, int]
+    fetch_s: float
+    embed_s: float
+    worker: str
 
 
 @dataclass
@@ -120,8 +148,11 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
         elif result.valid_fraction == 0:
             status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
         else:
+            # Converted here, on a CPU worker: rs-embed's uint8 image is half the bytes of
+            # the raw chip to ship, and its conversion is CPU the GPU's process is spared.
+            check_chw(result.data, field=f"chip[{i}] of unit {unit.key}")
             status[i] = OK
-            images[i], valid[i] = result.data, result.valid_fraction
+            images[i], valid[i] = to_uint8(result.data).numpy(), result.valid_fraction
     if len(plan) < len(wanted):
         log.debug("%s: %d samples in %d planned requests", unit.key, len(wanted), len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
@@ -146,44 +177,56 @@ def _publish_requests(requests: dict[str, int]) -> None:
     worker.log_event(REQUESTS_TOPIC, {"key": str(key), "requests": requests})
 
 
-def embed_unit(pixels: UnitPixels, actor_key: str, cube: Cube, spec: CampaignSpec) -> UnitSummary:
-    """Embed the fetched chips with the local actor's model and write the unit's chunk.
+def embed_unit(pixels: UnitPixels, actor_key: str, embed_dim: int, grid_shape: tuple[int, int] | None,
+               output: OutputSpec) -> UnitVectors:
+    """Embed the fetched chips with the local actor's model; the vectors go on to :func:`write_unit`.
 
-    Data first, status last: a crash in between leaves the unit as it was. Cells the
-    fetch did not touch (:data:`PENDING`) and cells already decided in the cube keep
-    what is stored (:meth:`Cube.write_unit`).
+    Runs on the actor's worker (``resources={"GPU": 1}``: one unit at a time per GPU).
+    Chips with status other than :data:`OK` get NaN rows.
     """
     from distributed import get_worker
 
     from .actors import local_actor
 
     t0 = time.perf_counter()
-    unit = pixels.unit
     n = len(pixels.images)
     ok = np.flatnonzero(pixels.status == OK)
-    D = cube.embed_dim
-    vectors = np.full((n, D), np.nan, np.float32)
+    vectors = np.full((n, embed_dim), np.nan, np.float32)
     input_res = np.full(n, np.nan, np.float32)
     grid = None
-    if cube.grid_shape is not None:
-        grid = np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)
+    if grid_shape is not None:
+        grid = np.full((n, embed_dim) + tuple(grid_shape), np.nan, np.float32)
     if len(ok):
-        res = local_actor(actor_key).embed([pixels.images[i] for i in ok], unit.scale_m,
-                                       output=spec.output, roi=[pixels.rois[i] for i in ok])
+        res = local_actor(actor_key).embed([pixels.images[i] for i in ok], pixels.unit.scale_m,
+                                           output=output, roi=[pixels.rois[i] for i in ok], uint8=True)
         vectors[ok] = res.vectors
         input_res[ok] = res.input_res_m
         if grid is not None:
             for j, i in enumerate(ok):
                 g = res.grids[j]
                 grid[i, :, :g.shape[1], :g.shape[2]] = g
-    cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=vectors, status=pixels.status,
-                    input_res_m=input_res, valid_fraction=pixels.valid_fraction, error=pixels.errors,
-                    grid=grid)
-    counts = {"ok": int((pixels.status == OK).sum()), "no_data": int((pixels.status == NO_DATA).sum()),
-              "failed": int((pixels.status == FAILED).sum()),
-              "untouched": int((pixels.status == PENDING).sum())}
-    return UnitSummary(unit, counts, pixels.requests, pixels.fetch_s, time.perf_counter() - t0,
-                       get_worker().address, [e for e in pixels.errors if e][:3])
+    return UnitVectors(pixels.unit, vectors, input_res, grid, pixels.status, pixels.errors,
+                       pixels.valid_fraction, pixels.requests, pixels.fetch_s, time.perf_counter() - t0,
+                       get_worker().address)
+
+
+def write_unit(vectors: UnitVectors, cube: Cube) -> UnitSummary:
+    """Write one embedded unit's chunk to ``cube``, data first, status last.
+
+    A crash in between leaves the unit as it was. Cells the fetch did not touch
+    (:data:`PENDING`) and cells already decided in the cube keep what is stored
+    (:meth:`Cube.write_unit`). Returns the unit's summary; ``embed_s`` includes the write.
+    """
+    t0 = time.perf_counter()
+    unit, status = vectors.unit, vectors.status
+    cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=vectors.embedding, status=status,
+                    input_res_m=vectors.input_res_m, valid_fraction=vectors.valid_fraction,
+                    error=vectors.errors, grid=vectors.grid)
+    counts = {"ok": int((status == OK).sum()), "no_data": int((status == NO_DATA).sum()),
+              "failed": int((status == FAILED).sum()), "untouched": int((status == PENDING).sum())}
+    return UnitSummary(unit, counts, vectors.requests, vectors.fetch_s,
+                       vectors.embed_s + time.perf_counter() - t0, vectors.worker,
+                       [e for e in vectors.errors if e][:3])
 
 
 def mark_unit_failed(cube: Cube, unit: WorkUnit, reason: str) -> None:

@@ -198,7 +198,7 @@ class ScaleMAEEmbedder:
 
     def embed(self, images: Any, scale_m: float | Sequence[float], *, output: OutputSpec | None = None,
               roi: Sequence[Any] | None = None,
-              check: bool = True) -> EmbedResult:
+              check: bool = True, uint8: bool = False) -> EmbedResult:
         """Embed raw chips.
 
         Parameters
@@ -215,6 +215,10 @@ class ScaleMAEEmbedder:
             covered by the region of interest; the token grid is cropped to it.
         check : bool
             Validate every chip with :func:`~rsembed_dask.embed.preprocess.check_chw`.
+        uint8 : bool
+            The chips are already uint8 images (:func:`~rsembed_dask.embed.preprocess.to_uint8`
+            of raw chips, as a campaign's fetch task ships them: half the bytes, and that
+            conversion's CPU off the GPU's process); checked for shape and dtype only.
 
         Returns
         -------
@@ -227,9 +231,9 @@ class ScaleMAEEmbedder:
         n = len(imgs)
         scales = _check_scale(scale_m, n)
         rois = _check_roi(roi, n)
-        if check:
+        if check or uint8:
             for i, im in enumerate(imgs):
-                check_chw(im, field=f"input_chw[{i}]")
+                check_chw(im, field=f"input_chw[{i}]", uint8=uint8)
         S, D = self.spec.image_size, self.info.embed_dim
         g = S // self.info.patch_size
         gsd = np.array([effective_gsd_m(scales[i], imgs[i].shape[-2], imgs[i].shape[-1], S)
@@ -244,7 +248,7 @@ class ScaleMAEEmbedder:
             for start in range(0, len(idx_all), self.batch_size):
                 idx = idx_all[start:start + self.batch_size]
                 batch = _stack([imgs[i] for i in idx])
-                x = preprocess(batch, S, device=self.device)
+                x = preprocess(batch, S, device=self.device, uint8=uint8)
                 res = torch.as_tensor(gsd[idx] / self.spec.res_reference_m, dtype=torch.float32)
                 tokens = self.embed_tensor(x, res)
                 patches = tokens[:, 1:, :] if self.backbone.cls_token_flag else tokens

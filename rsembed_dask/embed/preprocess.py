@@ -58,8 +58,11 @@ def _summary(x: Any) -> str:
     return f"<{type(x).__name__} shape={shape} dtype={getattr(x, 'dtype', None)}>"
 
 
-def check_chw(x: Any, field: str = "input_chw") -> None:
+def check_chw(x: Any, field: str = "input_chw", *, uint8: bool = False) -> None:
     """Validate one raw chip: 3-D ``(3, H, W)``, numeric, not all NaN, values in ``[0, 65535]``.
+
+    With ``uint8``, validate a converted image instead (:func:`to_uint8`'s output): a
+    ``(3, H, W)`` uint8 array or tensor.
 
     Raises
     ------
@@ -68,6 +71,11 @@ def check_chw(x: Any, field: str = "input_chw") -> None:
     """
     allowed = ("a (3, H, W) array of integer or float S2 SR reflectance (B4, B3, B2) "
                f"with values in [0, {MAX_RAW}], not all NaN")
+    if uint8:
+        shape, dtype = tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", None))
+        if len(shape) != 3 or shape[0] != 3 or dtype not in ("uint8", "torch.uint8"):
+            raise SpecError(field, _summary(x), "a (3, H, W) uint8 image (uint8=True)")
+        return
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
@@ -76,6 +84,8 @@ def check_chw(x: Any, field: str = "input_chw") -> None:
         raise SpecError(field, _summary(x), allowed)
     if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
         raise SpecError(field, _summary(x), allowed)
+    if x.dtype in (np.uint8, np.uint16):
+        return  # in [0, 65535] by its dtype
     if x.dtype.kind == "f":
         finite_or_nan = ~np.isnan(x)
         if not finite_or_nan.any():
@@ -92,7 +102,14 @@ def to_uint8(batch: Any):
     """Raw reflectance ``[B, 3, H, W]`` (numpy or torch) → CPU uint8 tensor, ``clip(x/10000,0,1)*255`` truncated.
 
     NaN pixels become 0. Computed in float32 on the CPU (a torch tensor elsewhere is copied
-    to the CPU first).
+    to the CPU first). Any shape works (the maths is per pixel), e.g. one ``(3, H, W)`` chip.
+    (A 64 KiB lookup table for uint16 input measured no faster: 0.19 against 0.18 ms of
+    CPU per 224 px chip.)
+
+    Examples
+    --------
+    >>> to_uint8(np.array([0, 39, 40, 5000, 10000, 65535], dtype=np.uint16)).tolist()
+    [0, 0, 1, 127, 255, 255]
     """
     import torch
 
@@ -179,7 +196,7 @@ def normalise(u8, device: Any = None):
     return x.sub_(mean).div_(std)
 
 
-def preprocess(batch: Any, image_size: int, *, device: Any = None):
+def preprocess(batch: Any, image_size: int, *, device: Any = None, uint8: bool = False):
     """Preprocess a batch of raw chips into normalised model input.
 
     The uint8 conversion and the resize run on the CPU (:func:`resize_uint8_exact`, PIL's
@@ -193,6 +210,9 @@ def preprocess(batch: Any, image_size: int, *, device: Any = None):
         Output side ``S``.
     device : torch.device or str, optional
         Where to normalise and return the batch (default: where ``batch`` is, CPU for numpy).
+    uint8 : bool
+        ``batch`` is already the uint8 image (:func:`to_uint8` of the raw chips, as a
+        campaign's fetch task ships it): only resize and normalise.
 
     Returns
     -------
@@ -207,6 +227,8 @@ def preprocess(batch: Any, image_size: int, *, device: Any = None):
     if device is None:
         device = torch.device("cpu") if isinstance(t, np.ndarray) else t.device
     device = torch.device(device)
-    u8 = resize_uint8_exact(to_uint8(t), image_size,
+    if uint8 and t.dtype not in (np.uint8, torch.uint8):
+        raise SpecError("batch", _summary(t), "a uint8 [B, 3, H, W] image (uint8=True)")
+    u8 = resize_uint8_exact(t if uint8 else to_uint8(t), image_size,
                             pin_memory=device.type == "cuda" and torch.cuda.is_available())
     return normalise(u8, device)

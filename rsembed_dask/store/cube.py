@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,11 @@ class Cube:
     def __setstate__(self, state: dict[str, Any]) -> None:
         Cube.__init__(self, state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
                       state["embed_dim"], state["grid_shape"], state["segments"])
+
+    def __reduce__(self):
+        # Unpickled through a per-process cache: every task of a campaign gets the same Cube
+        # (spec parsed once, Zarr arrays opened once) instead of a fresh one per task.
+        return _unpickle_cube, (self.__getstate__(),)
 
     def __repr__(self) -> str:
         grid = f", grid={self.grid_shape}" if self.grid_shape else ""
@@ -804,3 +810,28 @@ class Cube:
             if not self.writable:
                 raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
             self._zgroup().attrs.update(changed)
+
+
+#: Cubes unpickled in this process, by their pickled state (path, spec, extent, segments:
+#: everything the Zarr arrays' definitions follow from, so a cube re-created alike at the same
+#: path reopens alike). A few per process: one per cube a campaign writes, a tiling's scales.
+_UNPICKLED_MAX = 16
+_unpickled: collections.OrderedDict[str, Cube] = collections.OrderedDict()
+_unpickled_lock = threading.Lock()
+
+
+def _unpickle_cube(state: dict[str, Any]) -> Cube:
+    """The :class:`Cube` for a pickled state, shared by the tasks of this process."""
+    key = json.dumps(state, sort_keys=True)
+    with _unpickled_lock:
+        cube = _unpickled.get(key)
+        if cube is not None:
+            _unpickled.move_to_end(key)
+            return cube
+    cube = Cube.__new__(Cube)
+    cube.__setstate__(state)
+    with _unpickled_lock:
+        cube = _unpickled.setdefault(key, cube)
+        while len(_unpickled) > _UNPICKLED_MAX:
+            _unpickled.popitem(last=False)
+    return cube

@@ -290,6 +290,20 @@ def test_resume_and_incomplete_units(tmp_path):
         again.set_attrs(bad=object())
 
 
+def test_unpickled_cubes_are_shared_per_process(tmp_path):
+    """Every task unpickles the same Cube in one process: arrays opened once, spec parsed once."""
+    path = tmp_path / "c.zarr"
+    cube = create(path)
+    first = pickle.loads(pickle.dumps(cube))
+    first.write_unit(0, cube.chunk_size, 0, **unit_data(0, cube.chunk_size, 0))
+    opened = dict(first._arrays)
+    again = pickle.loads(pickle.dumps(cube))
+    assert again is first and again._arrays == opened and "status" in opened
+    # A cube that pickles differently (here a second scale list) is another Cube.
+    other = create(tmp_path / "d.zarr", spec=make_spec(scales=(10.0, 30.0)))
+    assert pickle.loads(pickle.dumps(other)) is not first
+
+
 def _write_in_worker(cube: Cube, start: int, si: int) -> int:
     stop = min(start + cube.chunk_size, cube.n_samples)
     cube.write_unit(start, stop, si, **unit_data(start, stop, si))
