@@ -145,14 +145,16 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
         if isinstance(result, Exception):
             status[i] = NO_DATA if isinstance(result, NoImageryError) else FAILED
             errors[i] = str(result)[:200]
-        elif result.valid_fraction == 0:
+            continue
+        vf = result.valid_fraction  # a pass over the chip's mask: once
+        if vf == 0:
             status[i], errors[i] = NO_DATA, "every pixel of the composite is masked"
         else:
             # Converted here, on a CPU worker: rs-embed's uint8 image is half the bytes of
             # the raw chip to ship, and its conversion is CPU the GPU's process is spared.
             check_chw(result.data, field=f"chip[{i}] of unit {unit.key}")
             status[i] = OK
-            images[i], valid[i] = to_uint8(result.data).numpy(), result.valid_fraction
+            images[i], valid[i] = to_uint8(result.data).numpy(), vf
     if len(plan) < len(wanted):
         log.debug("%s: %d samples in %d planned requests", unit.key, len(wanted), len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,
