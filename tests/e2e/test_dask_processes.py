@@ -42,3 +42,23 @@ def test_multiprocess_cluster_and_actor_worker_killed(tmp_path, process_cluster,
     np.testing.assert_allclose(ds.embedding.values, clean.embedding.values, rtol=1e-5, atol=1e-6)
     last = Cube.open(tmp_path / "killed.zarr").attrs["last_run"]
     assert last["actors_lost"] == 1 and last["units_done"] == 12
+
+
+@pytest.mark.timeout(300)
+def test_writes_run_off_the_gpu_worker(tmp_path, emulator):
+    """Fetch and write tasks on the fetch worker, only the forward on the GPU worker."""
+    from distributed import Client, get_task_stream
+
+    gdf = _points(24, seed=5)
+    opts = {"api_url": emulator.url, "credentials": "anonymous", "project": "test-project"}
+    with dask_processes(n_gpu=1, n_fetch=1) as (addr, procs), Client(addr) as client:
+        by_name = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+        with get_task_stream(client) as ts:
+            ds = run_campaign(gdf, tmp_path / "c.zarr", scales=[10], temporal=WINDOW, model=TINY, backend="gee",
+                              gee_options=opts, client=client, chunk_size=4, progress=False)
+        assert (ds.status.values == OK).all()
+    ran = {}
+    for rec in ts.data:
+        ran.setdefault(str(rec["key"]).split("-")[0], set()).add(rec["worker"])
+    assert ran["embed"] == {by_name["gpu-0"]}
+    assert ran["write"] == {by_name["fetch-0"]} and ran["fetch"] == {by_name["fetch-0"]}

@@ -56,7 +56,7 @@ def test_coalesced_fetch_is_bit_identical_with_fewer_requests(provider, emu):
     np.testing.assert_array_equal(merged.valid_fraction, single.valid_fraction)
     assert merged.rois == single.rois and merged.errors == single.errors
     for i, (a, b) in enumerate(zip(single.images, merged.images)):
-        assert a.shape == b.shape == (3, 224, 224)
+        assert a.shape == b.shape == (3, 224, 224) and a.dtype == b.dtype == np.uint8  # shipped as uint8
         diff = int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
         assert np.array_equal(a, b), f"sample {i}: max abs difference {diff} DN, " \
                                      f"{int((a != b).sum())} of {a.size} values differ"

@@ -334,3 +334,18 @@ def test_embed_tensor_is_the_bare_forward(tiny):
     assert tokens.shape == (2, 1 + G * G, 64) and tokens.dtype == torch.float32
     with pytest.raises(SpecError, match="input_res"):
         tiny.embed_tensor(x, [1.0, 2.0, 3.0])
+
+
+def test_uint8_images_embed_like_the_raw_chips(tiny):
+    """A campaign's fetch ships to_uint8 images; embedding them equals embedding the raw chips."""
+    from rsembed_dask.embed.preprocess import to_uint8
+
+    rng = np.random.default_rng(7)
+    raw = [rng.integers(0, 12000, (3, h, h), dtype=np.uint16) for h in (32, 48, 32)]
+    u8 = [to_uint8(c).numpy() for c in raw]
+    a = tiny.embed(raw, [10.0, 10.0, 20.0])
+    b = tiny.embed(u8, [10.0, 10.0, 20.0], uint8=True)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    np.testing.assert_array_equal(a.input_res_m, b.input_res_m)
+    with pytest.raises(SpecError, match=r"input_chw\[0\].*uint16.*uint8 image"):
+        tiny.embed(raw, 10.0, uint8=True)
