@@ -46,31 +46,20 @@ def _run(emu, out, client, retry=FAST_RETRY, **kw):
 
 
 _RETRY_KILLED_BEFORE_STATUS = """
-import os, signal, sys
+import sys
 
 from distributed import Client
-from zarr.storage import LocalStore
 
 from rsembed_dask.cluster.local import local_cluster
 from tests.e2e.test_never_lose import _run
+from tests.kill_at_status import die_before_status_writes
 
 
 class Emu:
     url = sys.argv[2]
 
 
-_set = LocalStore.set
-
-
-async def set_or_die(self, key, value):
-    # The real interruption point: the unit's data arrays are written, its status chunk is next.
-    if key.startswith("status/c/"):
-        print("killed before writing", key, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    await _set(self, key, value)
-
-
-LocalStore.set = set_or_die
+die_before_status_writes()
 cluster = local_cluster(n_gpus=0, n_fetch_workers=1, processes=False, dashboard_address=None)
 with Client(cluster) as client:
     _run(Emu, sys.argv[1], client, retry_failed=True)

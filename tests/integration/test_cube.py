@@ -65,6 +65,9 @@ def unit_data(start: int, stop: int, si: int, d: int = D, grid_shape=None) -> di
     return out
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def create(path, spec=None, **over) -> Cube:
     kw = dict(samples(), embed_dim=D, versions={"torch": "0.0-test"})
     kw.update(over)
@@ -442,25 +445,14 @@ def test_failure_reasons_counts_failed_cells_only(tmp_path):
 
 
 _KILL_BEFORE_STATUS = """
-import os, signal, sys
+import sys
 
 import numpy as np
-from zarr.storage import LocalStore
 
 from rsembed_dask.store.cube import FAILED, Cube
+from tests.kill_at_status import die_before_status_writes
 
-_set = LocalStore.set
-
-
-async def set_or_die(self, key, value):
-    # The real interruption point: the data arrays are written, the status chunk is next.
-    if key.startswith("status/c/"):
-        print("killed before writing", key, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    await _set(self, key, value)
-
-
-LocalStore.set = set_or_die
+die_before_status_writes()
 cube = Cube.open(sys.argv[1])
 n = 4
 cube.write_unit(0, n, 0, embedding=np.full((n, cube.embed_dim), np.nan, "float32"),
@@ -480,7 +472,7 @@ def test_killed_between_data_and_status_leaves_no_ok_cell_without_data(tmp_path)
     cube.write_unit(0, 4, 0, **unit_data(0, 4, 0))  # ok, ok, ok, failed
     before = open_cube(cube.path).embedding.values[:4, 0]
     proc = subprocess.run([sys.executable, "-c", _KILL_BEFORE_STATUS, cube.path], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == -9 and "killed before writing status/c/0/0" in proc.stdout, proc.stderr
     ds = open_cube(cube.path)
     status, emb = ds.status.values, ds.embedding.values
