@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..store.cube import FAILED, NO_DATA, OK, PENDING, Cube
-from ..embed.preprocess import check_chw, to_uint8
+from ..embed.preprocess import check_chw, to_uint8_array
 from ..errors import NoImageryError, SpecError
 from ..providers.base import Provider, RequestStats
 from ..providers.coalesce import CoalescedRequest, plan_requests
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UnitPixels:
-    """Fetched chips of one unit, in sample order, as uint8 images (:func:`~rsembed_dask.embed.preprocess.to_uint8`);
+    """Fetched chips of one unit, in sample order, as uint8 images (:func:`~rsembed_dask.embed.preprocess.to_uint8_array`);
     ``None`` where there is no chip."""
 
     unit: WorkUnit
@@ -154,7 +154,7 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
             # the raw chip to ship, and its conversion is CPU the GPU's process is spared.
             check_chw(result.data, field=f"chip[{i}] of unit {unit.key}")
             status[i] = OK
-            images[i], valid[i] = to_uint8(result.data).numpy(), vf
+            images[i], valid[i] = to_uint8_array(result.data), vf
     if len(plan) < len(wanted):
         log.debug("%s: %d samples in %d planned requests", unit.key, len(wanted), len(plan))
     return UnitPixels(unit, images, [fp.roi for fp in fps], status, errors, valid, requests,

@@ -38,7 +38,7 @@ from ..errors import SpecError
 log = logging.getLogger(__name__)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REFLECTANCE_SCALE", "check_chw", "effective_gsd_m",
-           "normalise", "preprocess", "resize_uint8_exact", "to_uint8"]
+           "normalise", "preprocess", "resize_uint8_exact", "to_uint8", "to_uint8_array"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,9 +102,8 @@ def to_uint8(batch: Any):
     """Raw reflectance ``[B, 3, H, W]`` (numpy or torch) → CPU uint8 tensor, ``clip(x/10000,0,1)*255`` truncated.
 
     NaN pixels become 0. Computed in float32 on the CPU (a torch tensor elsewhere is copied
-    to the CPU first). Any shape works (the maths is per pixel), e.g. one ``(3, H, W)`` chip.
-    (A 64 KiB lookup table for uint16 input measured no faster: 0.19 against 0.18 ms of
-    CPU per 224 px chip.)
+    to the CPU first); numpy input goes through :func:`to_uint8_array`. Any shape works (the
+    maths is per pixel), e.g. one ``(3, H, W)`` chip.
 
     Examples
     --------
@@ -114,13 +113,34 @@ def to_uint8(batch: Any):
     import torch
 
     if isinstance(batch, np.ndarray):
-        t = torch.from_numpy(batch.astype(np.float32))  # always a fresh copy: safe to edit in place
-    else:
-        t = torch.as_tensor(batch).detach().to("cpu", torch.float32, copy=True)
+        return torch.from_numpy(to_uint8_array(batch))
+    t = torch.as_tensor(batch).detach().to("cpu", torch.float32, copy=True)
     if t.is_floating_point():
         torch.nan_to_num_(t, nan=0.0)
     t.div_(REFLECTANCE_SCALE).clamp_(0.0, 1.0).mul_(255.0)
     return t.to(torch.uint8)
+
+
+def to_uint8_array(x: np.ndarray) -> np.ndarray:
+    """:func:`to_uint8` for a numpy array, in numpy: the same float32 maths, no torch.
+
+    A campaign's fetch workers convert every chip with it before shipping it to the GPU
+    worker; without torch they stay ~470 MiB smaller. (A 64 KiB lookup table for uint16
+    input measured no faster: 0.19 against 0.18 ms of CPU per 224 px chip.)
+
+    Examples
+    --------
+    >>> to_uint8_array(np.array([0, 39, 40, 5000, 10000, 65535], dtype=np.uint16)).tolist()
+    [0, 0, 1, 127, 255, 255]
+    """
+    x = np.asarray(x)
+    f = x.astype(np.float32)  # always a fresh copy: safe to edit in place
+    if x.dtype.kind == "f":  # NaN -> 0 (infinities need nothing: the clip below takes them)
+        np.putmask(f, np.isnan(f), np.float32(0.0))
+    np.divide(f, np.float32(REFLECTANCE_SCALE), out=f)
+    np.clip(f, np.float32(0.0), np.float32(1.0), out=f)
+    np.multiply(f, np.float32(255.0), out=f)
+    return f.astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=4)

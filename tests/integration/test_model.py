@@ -349,3 +349,16 @@ def test_uint8_images_embed_like_the_raw_chips(tiny):
     np.testing.assert_array_equal(a.input_res_m, b.input_res_m)
     with pytest.raises(SpecError, match=r"input_chw\[0\].*uint16.*uint8 image"):
         tiny.embed(raw, 10.0, uint8=True)
+
+
+def test_numpy_uint8_conversion_equals_the_torch_one():
+    """Fetch workers convert chips in numpy (no torch there): bit-identical to the torch path."""
+    from rsembed_dask.embed.preprocess import to_uint8, to_uint8_array
+
+    every = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(to_uint8_array(every), to_uint8(torch.from_numpy(every)).numpy())
+    rng = np.random.default_rng(3)
+    f = rng.uniform(-100, 70000, 200_000).astype(np.float32)
+    f[::97], f[::101], f[::103] = np.nan, np.inf, -np.inf
+    np.testing.assert_array_equal(to_uint8_array(f), to_uint8(torch.from_numpy(f)).numpy())
+    assert to_uint8_array(f).dtype == np.uint8 and not hasattr(to_uint8_array(every), "numpy")
