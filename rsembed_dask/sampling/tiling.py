@@ -494,14 +494,13 @@ def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: in
 
     crs, t = f"EPSG:{epsg}", scale_m * image_size
     lo, s, hi, n = band
-    empty = ZoneTiles(TileTable(scale_m, image_size, block, np.zeros(0), np.zeros(0), np.zeros(0)), 0)
     # Tiles whose centre is in the band reach at most half a diagonal beyond it: clip
     # the AOI to the band widened by a generous margin before projecting.
     margin = 2 * t / (111_000.0 * max(math.cos(math.radians(max(abs(s), abs(n)))), 0.05))
     region = shapely.intersection(geom, shapely.box(lo - margin, max(s - margin, -90), hi + margin,
                                                     min(n + margin, 90)))
     if region.is_empty:
-        return empty
+        return _no_tiles(scale_m, image_size, block)
     region = shapely.transform(shapely.segmentize(region, _DENSIFY_DEG),
                                lambda c: np.column_stack(lonlat_to_xy(c[:, 0], c[:, 1], crs)))
     shapely.prepare(region)
@@ -552,10 +551,14 @@ def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: in
         full.append((row[whole].ravel(), col[whole].ravel()))
         part.append((row[~whole][keep[~whole]], col[~whole][keep[~whole]]))
     if not full:
-        return empty
+        return _no_tiles(scale_m, image_size, block)
     pieces = full + part
     row_all = np.concatenate([r for r, _ in pieces])
     col_all = np.concatenate([c for _, c in pieces])
     n_full = sum(len(r) for r, _ in full)
     return ZoneTiles(TileTable(scale_m, image_size, block, np.full(len(row_all), epsg, np.int32), row_all, col_all),
                      n_full)
+
+
+def _no_tiles(scale_m: float, image_size: int, block: int) -> ZoneTiles:
+    return ZoneTiles(TileTable(scale_m, image_size, block, np.zeros(0), np.zeros(0), np.zeros(0)), 0)
