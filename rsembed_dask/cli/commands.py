@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
                    scales_given, take_negative_bbox)
@@ -28,6 +28,9 @@ from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
 from ..specs import DEFAULT_IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from ..plan.estimate import PlanProgress
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +370,8 @@ def _add_plan(sub) -> None:
     p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
     add_ee_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress lines on stderr (default: one per UTM zone and scale planned)")
     p.set_defaults(func=_cmd_plan)
 
 
@@ -378,7 +383,7 @@ def _cmd_plan(args) -> int:
     from ..plan.estimate import estimate_campaign, resolve_embed_dim
     from ..plan.report import format_plan
     from ..specs import ModelSpec, TemporalSpec
-    from ..sampling.tiling import tile_aoi
+    from ..sampling.tiling import tile_zones
 
     t0 = time.perf_counter()
     aoi = read_aoi(args.aoi)
@@ -387,7 +392,7 @@ def _cmd_plan(args) -> int:
     dim, patch, source = resolve_embed_dim(model.model_id, model.image_size)
     if args.embed_dim is not None:
         dim, source = args.embed_dim, "given by --embed-dim"
-    tiling = tile_aoi(aoi, scales, model.image_size)
+    zoned = tile_zones(aoi, scales, model.image_size)  # tiled zone by zone while planning
     latency = args.latency_s
     if args.measure_latency:
         from ..providers.backends import open_backend
@@ -397,17 +402,39 @@ def _cmd_plan(args) -> int:
 
             raise SpecError("--backend", args.backend, "'gee' or 'emulator' for --measure-latency")
         with open_backend(args.backend, gee_options=gee_options(args)) as provider:
-            latency = measure_latency(provider, tiling.tables[0], n_bands=args.bands,
+            # units spread over the first scale's whole table (held while measuring only)
+            latency = measure_latency(provider, zoned.table(zoned.scales[0]), n_bands=args.bands,
                                       temporal=TemporalSpec.range(args.start, args.end),
                                       chunk_size=args.chunk_size, samples=args.latency_samples)
     grid_shape = (model.image_size // patch,) * 2 if args.grid else None
-    plan = estimate_campaign(tiling, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
+    progress = None if args.no_progress else _PlanProgressLines(sys.stderr)
+    plan = estimate_campaign(zoned, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
                              embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape,
                              latency=latency, concurrency=args.ee_concurrency,
-                             requests_per_s=args.requests_per_s, aoi_label=args.aoi)
+                             requests_per_s=args.requests_per_s, aoi_label=args.aoi, progress=progress)
     plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else format_plan(plan))
     return 0
+
+
+class _PlanProgressLines:
+    """``plan``'s progress on ``stream``: ``plan: zone 32633 at 10 m (12/360), 1.1 M footprints so far, 14 s``,
+    one line per zone of each scale; on a terminal the line is rewritten in place."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def __call__(self, p: PlanProgress) -> None:
+        n = f"{p.footprints / 1e6:.1f} M" if p.footprints >= 1e6 else f"{p.footprints:,}"
+        line = (f"plan: zone {p.epsg} at {p.scale_m:g} m ({p.step}/{p.steps}), {n} footprints so far, "
+                f"{p.elapsed_s:.0f} s")
+        if self.tty:
+            line = "\r" + line + "\x1b[K" + ("\n" if p.step == p.steps else "")
+        else:
+            line += "\n"
+        self.stream.write(line)
+        self.stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,10 @@
 """Estimating a tiling campaign before anything runs: tiles, units, requests, bytes, cube size, time.
 
 :func:`estimate_campaign` tiles an AOI exactly as a campaign does
-(:func:`~rsembed_dask.sampling.tiling.tile_aoi`), cuts each scale's tile table into work
-units exactly as the campaign does (:func:`~rsembed_dask.sampling.units.work_units`)
-and, per scale (:func:`plan_scale`), counts the Earth Engine requests each unit
+(:func:`~rsembed_dask.sampling.tiling.tile_aoi`, here one UTM zone at a time through
+:func:`~rsembed_dask.sampling.tiling.tile_zones`, so the world fits in memory), cuts each
+scale's tile table into work units exactly as the campaign does
+(:func:`~rsembed_dask.sampling.units.work_units`) and, per scale (:func:`plan_scale`), counts the Earth Engine requests each unit
 sends without coalescing (one ``computePixels`` per footprint) and with it
 (:func:`~rsembed_dask.plan.requests.unit_requests`, exactly what
 :func:`~rsembed_dask.campaign.tasks.fetch_unit` sends), the bytes fetched, the size of the
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,13 @@ from ..errors import ModelError
 from .latency import (
     ASSUMED_LATENCY_BASE_S, FetchTime, Latency, assumed_latency, fetch_time)
 from ..providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S
-from .requests import unit_requests
+from .requests import RequestTally
 from .._validate import number, strict_int
-from ..store.size import count_blocks, grids_bytes, sample_cube_bytes
-from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, tile_aoi
+from ..store.size import TileCounts, grids_bytes, sample_cube_bytes
+from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, ZonedTiling, ZoneTiles, table_order, tile_zones
 from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec
 
-__all__ = ["ScalePlan", "CampaignPlan", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
+__all__ = ["ScalePlan", "CampaignPlan", "PlanProgress", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +128,81 @@ def plan_scale(table: TileTable, *, n_bands: int = 3, chunk_size: int = DEFAULT_
     ScalePlan
     """
     strict_int("embed_dim", embed_dim)
-    n, size = len(table), table.image_size
-    per = unit_requests(table, chunk_size, n_bands)
-    tile_px = size * size
-    px_coalesced = int(per.pixels.sum())
+    tally = RequestTally(table.scale_m, table.image_size, chunk_size, n_bands)
+    tally.add(table)
+    tally.finish()
+    return _scale_plan(TileCounts.of(table), tally, table.scale_m, table.image_size, n_bands, embed_dim, grid_shape)
+
+
+def _scale_plan(counts: TileCounts, tally: RequestTally, scale_m: float, size: int, n_bands: int, embed_dim: int,
+                grid_shape: tuple[int, int] | None) -> ScalePlan:
+    """The :class:`ScalePlan` of a scale's tile counts and finished request tally."""
+    n, tile_px = counts.tiles, size * size
     return ScalePlan(
-        scale_m=table.scale_m, image_size=size, n_bands=int(n_bands), chunk_size=int(chunk_size),
-        footprints=n, zones=len(table.zones()) if n else 0, blocks=count_blocks(table), work_units=len(per.requests),
-        requests_single=n, requests_coalesced=int(per.requests.sum()),
-        pixels_single=n * tile_px, pixels_coalesced=px_coalesced,
+        scale_m=float(scale_m), image_size=size, n_bands=int(n_bands), chunk_size=tally.chunk,
+        footprints=n, zones=counts.zones, blocks=counts.blocks, work_units=tally.units,
+        requests_single=n, requests_coalesced=tally.requests,
+        pixels_single=n * tile_px, pixels_coalesced=tally.pixels,
         bytes_single=n * tile_px * n_bands * BYTES_PER_SAMPLE,
-        bytes_coalesced=px_coalesced * n_bands * BYTES_PER_SAMPLE,
-        largest_request_bytes=int(per.largest.max(initial=0)) * n_bands * BYTES_PER_SAMPLE,
-        fallback_groups=per.fallback_groups,
-        sample_cube_bytes=sample_cube_bytes(table, embed_dim, grid_shape), grids_bytes=grids_bytes(table, embed_dim))
+        bytes_coalesced=tally.pixels * n_bands * BYTES_PER_SAMPLE,
+        largest_request_bytes=tally.largest * n_bands * BYTES_PER_SAMPLE,
+        fallback_groups=tally.fallback_groups,
+        sample_cube_bytes=sample_cube_bytes(counts, embed_dim, grid_shape), grids_bytes=grids_bytes(counts, embed_dim))
+
+
+@dataclass(frozen=True)
+class PlanProgress:
+    """Where :func:`estimate_campaign` is: one zone of one scale just planned.
+
+    Attributes
+    ----------
+    scale_m : float
+    epsg : int
+        The zone just planned.
+    step, steps : int
+        Zones planned so far over all scales (1-based), and zones x scales in all.
+    footprints : int
+        Tiles planned so far, all scales.
+    elapsed_s : float
+        Seconds since planning began.
+    """
+
+    scale_m: float
+    epsg: int
+    step: int
+    steps: int
+    footprints: int
+    elapsed_s: float
+
+
+def _plan_zoned(zoned: ZonedTiling, chunk: int, n_bands: int, embed_dim: int, grid_shape: tuple[int, int] | None,
+                progress: Callable[[PlanProgress], None] | None, t0: float) -> tuple[ScalePlan, ...]:
+    """Each scale's plan, one zone at a time: a zone's tiles are counted, fed to the request
+    tally in table order (:func:`~rsembed_dask.sampling.tiling.table_order`) and dropped."""
+    steps = len(zoned.zones) * len(zoned.scales)
+    done = footprints = 0
+    plans = []
+    for scale in zoned.scales:
+        tally = RequestTally(scale, zoned.image_size, chunk, n_bands)
+        counted: list[TileCounts] = []
+
+        def counting(parts: Iterable[ZoneTiles], scale: float = scale) -> Iterator[ZoneTiles]:
+            nonlocal done, footprints
+            for (epsg, _), part in zip(zoned.zones, parts):
+                counted.append(TileCounts.of(part.table))
+                yield part  # the tally takes its complete blocks (and holds the others) ...
+                done, footprints = done + 1, footprints + len(part.table)
+                if progress is not None:  # ... before the zone is reported
+                    progress(PlanProgress(scale, int(epsg), done, steps, footprints, time.perf_counter() - t0))
+
+        for piece in table_order(counting(zoned.zone_tiles(scale))):
+            tally.add(piece)
+        tally.finish()
+        counts = TileCounts(0, 0, zoned.block, 0, 0, 0, 0)
+        for c in counted:
+            counts += c
+        plans.append(_scale_plan(counts, tally, scale, zoned.image_size, n_bands, embed_dim, grid_shape))
+    return tuple(plans)
 
 
 @dataclass(frozen=True)
@@ -245,18 +307,23 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
                       embed_dim_source: str = "given", model_id: str = "",
                       grid_shape: tuple[int, int] | None = None, latency: Latency | float | None = None,
                       concurrency: int = EE_CONCURRENCY, requests_per_s: float = EE_REQUESTS_PER_S,
-                      block: int = DEFAULT_BLOCK, aoi_label: str | None = None) -> CampaignPlan:
+                      block: int = DEFAULT_BLOCK, aoi_label: str | None = None,
+                      progress: Callable[[PlanProgress], None] | None = None) -> CampaignPlan:
     """Estimate a tiling campaign over ``aoi`` at ``scales`` without fetching or writing anything.
 
     Not :func:`rsembed_dask.campaign.run.plan_campaign`, which validates a sample campaign
-    and creates its cube.
+    and creates its cube. An AOI is planned one UTM zone at a time
+    (:func:`~rsembed_dask.sampling.tiling.tile_zones`), so memory stays that of one zone's
+    tiles whatever the AOI (the world at 10, 20 and 40 m is 132 M tiles); a ready
+    :class:`~rsembed_dask.sampling.tiling.Tiling` is planned as it is, table by table.
+    Both give the same plan.
 
     Parameters
     ----------
-    aoi : Tiling or anything :func:`~rsembed_dask.sampling.tiling.tile_aoi` accepts
-        The area (a ready :class:`~rsembed_dask.sampling.tiling.Tiling` is used as is).
+    aoi : Tiling, ZonedTiling or anything :func:`~rsembed_dask.sampling.tiling.tile_aoi` accepts
+        The area (a ready Tiling or ZonedTiling is used as is).
     scales : sequence of float
-        Pixel sizes in metres (ignored when ``aoi`` is a Tiling).
+        Pixel sizes in metres (ignored when ``aoi`` is a Tiling or ZonedTiling).
     image_size : int
         Tile side in pixels.
     chunk_size : int, optional
@@ -279,6 +346,8 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
         Tiles per block side.
     aoi_label : str, optional
         How the AOI was given, for the report.
+    progress : callable, optional
+        Called with a :class:`PlanProgress` after each zone of each scale (not for a Tiling).
 
     Returns
     -------
@@ -287,11 +356,9 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
     t0 = time.perf_counter()
     strict_int("n_bands", n_bands)
     strict_int("concurrency", concurrency)
+    strict_int("embed_dim", embed_dim)
     number("requests_per_s", requests_per_s, lo=0, lo_open=True)
-    if isinstance(aoi, Tiling):
-        tiling = aoi
-    else:
-        tiling = tile_aoi(aoi, scales, image_size, block=block)
+    tiling = aoi if isinstance(aoi, (Tiling, ZonedTiling)) else tile_zones(aoi, scales, image_size, block=block)
     chunk = tiling.block ** 2 if chunk_size is None else chunk_size
     strict_int("chunk_size", chunk)
     if latency is None:
@@ -300,8 +367,11 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
         lat = latency
     else:
         lat = Latency.given(latency)
-    plans = tuple(plan_scale(t, n_bands=n_bands, chunk_size=chunk, embed_dim=embed_dim, grid_shape=grid_shape)
-                  for t in tiling.tables)
+    if isinstance(tiling, Tiling):
+        plans = tuple(plan_scale(t, n_bands=n_bands, chunk_size=chunk, embed_dim=embed_dim, grid_shape=grid_shape)
+                      for t in tiling.tables)
+    else:
+        plans = _plan_zoned(tiling, chunk, n_bands, embed_dim, grid_shape, progress, t0)
     import shapely
 
     from ..geo.aoi import aoi_bounds

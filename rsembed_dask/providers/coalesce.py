@@ -36,7 +36,7 @@ from ..errors import SpecError
 from ..geo.grid import PixelGrid
 from .limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIMIT
 
-__all__ = ["CoalescedRequest", "plan_requests", "split_request", "MAX_WASTE"]
+__all__ = ["CoalescedRequest", "plan_requests", "plan_lattice", "split_request", "MAX_WASTE"]
 
 log = logging.getLogger(__name__)
 
@@ -136,23 +136,75 @@ def plan_requests(grids: Sequence[PixelGrid], n_bands: int, *, byte_limit: int =
 
     out: list[CoalescedRequest] = []
     for members in groups.values():
-        todo = [members]  # a work list, not recursion: a chain of uneven splits stays flat
-        while todo:
-            idx = todo.pop()
-            if len(idx) == 1:
+        if len(members) == 1:
+            out.append(CoalescedRequest(grids[members[0]], (members[0],)))
+            continue
+        first = grids[members[0]]
+        bounds = np.array([grids[i].bounds for i in members]).T
+        pixels = np.array([grids[i].width * grids[i].height for i in members], np.int64)
+        for part, union in plan_lattice(*bounds, pixels, first.scale_m, n_bands, byte_limit=byte_limit,
+                                        max_side=max_side, max_waste=max_waste):
+            idx = [members[k] for k in part.tolist()]
+            if union is None:
                 out.append(CoalescedRequest(grids[idx[0]], tuple(idx)))
-                continue
-            union = PixelGrid.union(grids[i] for i in idx)
-            too_big = union.nbytes(n_bands, BYTES_PER_SAMPLE) > byte_limit or max(union.shape) > max_side
-            member_px = sum(grids[i].width * grids[i].height for i in idx)
-            too_sparse = union.width * union.height > max_waste * member_px
-            if not (too_big or too_sparse):
-                out.append(CoalescedRequest(union, tuple(sorted(idx))))
             else:
-                todo.extend(_split(union, idx, grids, at_gap=not too_big))
+                left, top, width, height = union
+                out.append(CoalescedRequest(PixelGrid(first.crs, left, top, first.scale_m, width, height),
+                                            tuple(idx)))
     out.sort(key=lambda r: r.members[0])
     if log.isEnabledFor(logging.DEBUG):
         log.debug("plan_requests: %d footprints in %d requests", len(grids), len(out))
+    return out
+
+
+def plan_lattice(left: np.ndarray, bottom: np.ndarray, right: np.ndarray, top: np.ndarray, pixels: np.ndarray,
+                 scale_m: float, n_bands: int, *, byte_limit: int = REQUEST_BYTE_LIMIT,
+                 max_side: int = MAX_DIMENSION,
+                 max_waste: float = MAX_WASTE) -> list[tuple[np.ndarray, tuple[float, float, int, int] | None]]:
+    """:func:`plan_requests` of grids on one lattice, given as arrays: the rule itself.
+
+    ``plan_requests`` groups its grids by lattice and plans each group here; callers that
+    hold many footprints of one lattice as arrays (the campaign planner) call it directly,
+    without building a :class:`~rsembed_dask.geo.grid.PixelGrid` per footprint.
+
+    Parameters
+    ----------
+    left, bottom, right, top : numpy.ndarray
+        The grids' bounds (float64, CRS units), as :attr:`PixelGrid.bounds`.
+    pixels : numpy.ndarray
+        Each grid's ``width * height`` (int64).
+    scale_m : float
+        The lattice's pixel size.
+    n_bands, byte_limit, max_side, max_waste
+        As :func:`plan_requests` (not checked again here).
+
+    Returns
+    -------
+    list of (numpy.ndarray, tuple or None)
+        Per request: the positions of its members (ascending), and the union grid's
+        ``(left, top, width, height)``, or None for a request of one grid (that grid itself).
+        In no particular order.
+    """
+    centres = ((left + right) / 2, (bottom + top) / 2)
+    # left, bottom, -right, -top: one min per node gives the union (negation is exact)
+    edges = np.stack([left, bottom, -right, -top])
+    out: list[tuple[np.ndarray, tuple[float, float, int, int] | None]] = []
+    todo = [np.arange(len(left))]  # a work list, not recursion: a chain of uneven splits stays flat
+    while todo:
+        idx = todo.pop()
+        if len(idx) == 1:
+            out.append((idx, None))
+            continue
+        # PixelGrid.union of the members, in Python floats as it computes them
+        x0, y0, x1, y1 = edges[:, idx].min(axis=1).tolist()
+        x1, y1 = -x1, -y1
+        width, height = round((x1 - x0) / scale_m), round((y1 - y0) / scale_m)
+        too_big = n_bands * height * width * BYTES_PER_SAMPLE > byte_limit or max(height, width) > max_side
+        too_sparse = width * height > max_waste * int(pixels[idx].sum())
+        if not (too_big or too_sparse):
+            out.append((np.sort(idx), (x0, y1, width, height)))
+        else:
+            todo.extend(_split(centres[0 if width >= height else 1][idx], idx, at_gap=not too_big))
     return out
 
 
@@ -179,9 +231,11 @@ def split_request(request: CoalescedRequest, grids: Sequence[PixelGrid]) -> tupl
     if not isinstance(request, CoalescedRequest) or len(request.members) < 2:
         raise SpecError("request", request, "a CoalescedRequest with at least two members")
     grids = list(grids)
-    low, high = _split(request.grid, list(request.members), grids, at_gap=False)
+    members = np.array(request.members)
+    axis = 0 if request.grid.width >= request.grid.height else 1
+    low, high = _split(np.array([grids[i].center_xy[axis] for i in request.members]), members, at_gap=False)
     return tuple(CoalescedRequest(PixelGrid.union(grids[i] for i in part) if len(part) > 1 else grids[part[0]],
-                                  tuple(sorted(part))) for part in (low, high))  # type: ignore[return-value]
+                                  tuple(sorted(part))) for part in (low.tolist(), high.tolist()))  # type: ignore[return-value]
 
 
 def _check_int(name: str, value) -> None:
@@ -197,17 +251,16 @@ def _lattice_key(g: PixelGrid) -> tuple:
     return g.crs, float(g.scale_m), phase(g.x0), phase(g.y0)
 
 
-def _split(union: PixelGrid, idx: list[int], grids: list[PixelGrid], *,
-           at_gap: bool) -> tuple[list[int], list[int]]:
-    """Two non-empty parts of ``idx``, cut across the union's longer axis.
+def _split(centres: np.ndarray, idx: np.ndarray, *, at_gap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two non-empty parts of ``idx`` (in its order), cut across the union's longer axis, given
+    the members' ``centres`` along that axis (east/west on x when the union is at least as wide as
+    high, else north/south on y).
 
     ``at_gap``: at the widest gap between consecutive member centres (a group that
     is too sparse is usually clusters with empty space between them; a median cut
     would split a cluster because of one outlier). Otherwise at the median centre
     (a group too large for one request: halves, so the recursion stays shallow).
     """
-    axis = 0 if union.width >= union.height else 1  # 0: split east/west on x, 1: north/south on y
-    centres = np.array([grids[i].center_xy[axis] for i in idx])
     if at_gap:
         order = np.argsort(centres, kind="stable")
         gaps = np.diff(centres[order])
@@ -215,13 +268,15 @@ def _split(union: PixelGrid, idx: list[int], grids: list[PixelGrid], *,
             cut = int(np.argmax(gaps)) + 1  # first widest gap
             low = np.zeros(len(idx), bool)
             low[order[:cut]] = True
-            return [i for i, lo in zip(idx, low) if lo], [i for i, lo in zip(idx, low) if not lo]
+            return idx[low], idx[~low]
     else:
-        median = float(np.median(centres))
+        ordered = np.sort(centres)
+        m = len(ordered) // 2  # numpy.median's value: the middle one, or the mean of the middle two
+        median = float(ordered[m]) if len(ordered) % 2 else float((ordered[m - 1] + ordered[m]) / 2)
         low = centres <= median
         if low.all():  # ties at the top: the median equals the largest centre
             low = centres < median
         if low.any() and not low.all():
-            return [i for i, lo in zip(idx, low) if lo], [i for i, lo in zip(idx, low) if not lo]
+            return idx[low], idx[~low]
     half = len(idx) // 2  # every centre equal along this axis
     return idx[:half], idx[half:]

@@ -2,9 +2,10 @@
 
 from .samples import Footprint, SampleTable, build_sample_table
 from .units import WorkUnit, work_units
-from .tiling import DEFAULT_BLOCK, TileLattice, TileTable, Tiling, tile_aoi
+from .tiling import DEFAULT_BLOCK, TileLattice, TileTable, Tiling, ZonedTiling, ZoneTiles, table_order, tile_aoi, tile_zones
 
 __all__ = [
     "Footprint", "SampleTable", "build_sample_table", "WorkUnit", "work_units",
     "DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi",
+    "ZonedTiling", "ZoneTiles", "table_order", "tile_zones",
 ]

@@ -18,7 +18,16 @@ served by one request.
 The table holds three integers per tile; ids, geometries and the per-sample
 columns the pipeline needs are generated per chunk (:meth:`TileTable.slice`,
 :meth:`TileTable.chunks`), so an AOI of millions of tiles never exists as one
-GeoDataFrame.
+GeoDataFrame. An AOI of a hundred million tiles (the world at 10 m) is tiled one
+zone at a time by :func:`tile_zones` (what :func:`tile_aoi` assembles, and what
+the campaign planner counts without holding it): each zone's tiles
+(:class:`ZoneTiles`) and :func:`table_order`, which places them in the table.
+
+Tiling a zone is vectorised over blocks: blocks are tested against the AOI as
+boxes, and only the tiles of blocks on the AOI's edge are tested one by one; the
+zone rule (:func:`~rsembed_dask.geo.grid.utm_epsg` of each tile's centre) is
+applied to the tiles of blocks near the zone's edges, blocks well inside the zone
+(:data:`_CORE_DEG`) keep all their tiles and blocks well outside have none.
 
 Examples
 --------
@@ -32,11 +41,12 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +61,8 @@ from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_SCALES
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi", "aoi_geometry"]
+__all__ = ["DEFAULT_BLOCK", "TileLattice", "TileTable", "Tiling", "tile_aoi", "aoi_geometry",
+           "ZoneTiles", "ZonedTiling", "table_order", "tile_zones"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,14 @@ DEFAULT_BLOCK = 8
 # Lon/lat edges are densified to this step (degrees) before projecting to UTM, so a
 # projected AOI edge is within metres of the true curve.
 _DENSIFY_DEG = 0.05
+# Tiles of blocks this far (degrees) inside their zone's band take the zone without their
+# centres being projected back to lon/lat, blocks this far outside are skipped (the zone
+# rule decides for the others) ...
+_CORE_DEG = 0.01
+# ... up to this latitude (UTM's coverage ends at 84 N and 80 S).
+_CORE_MAX_LAT = 89.0
+# Candidate blocks tested at once (bounds the memory of tiling a zone).
+_BATCH_BLOCKS = 16384
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,14 @@ class TileLattice:
         t = self.tile_m
         return PixelGrid(self.crs, col * t, (row + 1) * t, float(self.scale_m), self.image_size,
                          self.image_size)
+
+    def tile_bounds(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(left, bottom, right, top)`` arrays of tiles ``(row, col)``: each tile's
+        ``tile_grid(row, col).bounds``, to the bit."""
+        t = self.tile_m
+        left, top = np.asarray(col, np.int64) * t, (np.asarray(row, np.int64) + 1) * t
+        side = self.image_size * float(self.scale_m)
+        return left, top - side, left + side, top
 
     def raster_transform(self, row_max: int, col_min: int) -> tuple[float, ...]:
         """Affine ``(a, b, c, d, e, f)`` of a raster with one cell per tile, north-up,
@@ -151,8 +178,19 @@ class TileTable:
 
     def zones(self) -> list[int]:
         """EPSG codes of the zones with tiles, in table order."""
+        if self._one_zone():
+            return [int(self.epsg[0])]
         codes, first = np.unique(self.epsg, return_index=True)
         return [int(c) for c in codes[np.argsort(first)]]
+
+    def _one_zone(self) -> bool:
+        """All tiles in one zone (a zone's table: no sorting to find its zones)."""
+        return len(self) > 0 and int(self.epsg.min()) == int(self.epsg.max())
+
+    def rows(self, start: int, stop: int) -> TileTable:
+        """Rows ``start:stop`` as a TileTable (views of this one's arrays)."""
+        sl = slice(int(start), int(stop))
+        return TileTable(self.scale_m, self.image_size, self.block, self.epsg[sl], self.row[sl], self.col[sl])
 
     def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Tile ids ``"{epsg}_{scale}m_{row}_{col}"`` of rows ``start:stop`` (object of str)."""
@@ -211,8 +249,12 @@ class TileTable:
 
     def extent(self, epsg: int) -> tuple[int, int, int, int]:
         """``(row_min, row_max, col_min, col_max)`` of the zone's tiles."""
-        m = self.epsg == epsg
-        return (int(self.row[m].min()), int(self.row[m].max()), int(self.col[m].min()), int(self.col[m].max()))
+        if self._one_zone() and int(self.epsg[0]) == epsg:
+            row, col = self.row, self.col
+        else:
+            m = self.epsg == epsg
+            row, col = self.row[m], self.col[m]
+        return int(row.min()), int(row.max()), int(col.min()), int(col.max())
 
 
 def _corners_lonlat(xy: np.ndarray, crs: str, ref_lon: np.ndarray) -> np.ndarray:
@@ -284,6 +326,23 @@ def tile_aoi(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, image_size: int
     Returns
     -------
     Tiling
+        Every tile of every scale, in memory (20 bytes a tile): for areas of tens of
+        millions of tiles, :func:`tile_zones` gives the same tables zone by zone.
+    """
+    return tile_zones(aoi, scales, image_size, block=block).tiling()
+
+
+def tile_zones(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, image_size: int = DEFAULT_IMAGE_SIZE, *,
+               block: int = DEFAULT_BLOCK) -> ZonedTiling:
+    """The tiling of :func:`tile_aoi`, to be built one UTM zone at a time.
+
+    Nothing is tiled yet: :meth:`ZonedTiling.zone_tiles` tiles one zone of one scale
+    per step, :meth:`ZonedTiling.tiling` all of them (which is :func:`tile_aoi`).
+    Arguments and errors are :func:`tile_aoi`'s.
+
+    Returns
+    -------
+    ZonedTiling
     """
     if isinstance(scales, (int, float)):
         scales = [scales]
@@ -297,10 +356,98 @@ def tile_aoi(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, image_size: int
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise SpecError("block", block, "an integer >= 1 (tiles per block side)")
     geom = aoi_geometry(aoi)
-    tables = tuple(_tile_scale(geom, s, image_size, block) for s in scales_t)
-    for s, t in zip(scales_t, tables):
-        log.info("tiled AOI at %g m: %d tiles in %d zones", s, len(t), len(t.zones()))
-    return Tiling(scales_t, int(image_size), int(block), tables, geom.wkb)
+    return ZonedTiling(scales_t, int(image_size), int(block), geom.wkb, tuple(_zone_crs(geom)), geom)
+
+
+@dataclass(frozen=True)
+class ZoneTiles:
+    """One zone's tiles at one scale, in table order: its complete blocks, then its incomplete ones.
+
+    Attributes
+    ----------
+    table : TileTable
+        The zone's tiles (one EPSG code; empty when the AOI misses the zone at this scale).
+    n_full : int
+        Rows of complete blocks (``block ** 2`` tiles each, block order) at the head of ``table``;
+        the incomplete blocks (at the AOI's edges and the zone's seams) follow.
+    """
+
+    table: TileTable
+    n_full: int
+
+    def full(self) -> TileTable:
+        """The complete blocks."""
+        return self.table.rows(0, self.n_full)
+
+    def partial(self) -> TileTable:
+        """The incomplete blocks (a copy, which :func:`table_order` holds: a view would keep
+        the whole zone's table alive until the last zone is tiled)."""
+        part = self.table.rows(self.n_full, len(self.table))
+        return TileTable(part.scale_m, part.image_size, part.block, part.epsg.copy(), part.row.copy(), part.col.copy())
+
+
+def table_order(parts: Iterable[ZoneTiles]) -> Iterator[TileTable]:
+    """A scale's tile table in consecutive pieces, from its zones' tiles in zone order.
+
+    The table holds the complete blocks of every zone first (each yielded as its zone
+    comes), then the incomplete ones (yielded after the last zone, in zone order): with
+    chunks of ``block ** 2`` rows, each complete block is exactly one work unit. Empty
+    pieces are yielded too (one complete piece per zone).
+    """
+    held = []
+    for part in parts:
+        yield part.full()
+        held.append(part.partial())
+    yield from held
+
+
+@dataclass(frozen=True, eq=False)
+class ZonedTiling:
+    """An AOI's tiling (:func:`tile_aoi`'s), tiled one UTM zone at a time (see :func:`tile_zones`).
+
+    Attributes
+    ----------
+    scales : tuple of float
+        Ascending.
+    image_size, block : int
+    aoi_wkb : bytes
+        The AOI (EPSG:4326) as WKB.
+    zones : tuple
+        ``(epsg, (minlon, minlat, maxlon, maxlat))`` of each zone the AOI's bounds touch, with
+        the zone's band, in table order (zones the AOI misses at a scale have no tiles).
+    geom : shapely geometry
+        The AOI (``aoi_wkb`` read once).
+    """
+
+    scales: tuple[float, ...]
+    image_size: int
+    block: int
+    aoi_wkb: bytes
+    zones: tuple[tuple[int, tuple[float, float, float, float]], ...]
+    geom: Any = field(repr=False)
+
+    def zone_tiles(self, scale_m: float) -> Iterator[ZoneTiles]:
+        """Each zone's tiles at ``scale_m``, in zone order, tiled as they are asked for."""
+        for epsg, band in self.zones:
+            yield _tile_zone(self.geom, epsg, band, float(scale_m), self.image_size, self.block)
+
+    def table(self, scale_m: float) -> TileTable:
+        """The whole tile table of one scale (:func:`table_order` of its zones)."""
+        pieces = list(table_order(self.zone_tiles(scale_m)))
+        return TileTable(scale_m, self.image_size, self.block, *(
+            np.concatenate([getattr(p, a) for p in pieces]) for a in ("epsg", "row", "col")))
+
+    def tiling(self) -> Tiling:
+        """Every scale's whole table: the :class:`Tiling` of :func:`tile_aoi`."""
+        tables = tuple(self.table(s) for s in self.scales)
+        for s, t in zip(self.scales, tables):
+            log.info("tiled AOI at %g m: %d tiles in %d zones", s, len(t), len(t.zones()))
+        return Tiling(self.scales, self.image_size, self.block, tables, self.aoi_wkb)
+
+
+def _zone_lon(zone: int) -> tuple[float, float]:
+    """Western and eastern longitude of UTM zone ``zone`` (1..60)."""
+    return -180.0 + 6 * (zone - 1), -180.0 + 6 * zone
 
 
 def _zone_crs(geom) -> list[tuple[int, tuple[float, float, float, float]]]:
@@ -310,7 +457,7 @@ def _zone_crs(geom) -> list[tuple[int, tuple[float, float, float, float]]]:
     first, last = (int(code) % 100 for code in utm_epsg(np.array([minlon, maxlon]), 0.0, check=False))
     out = []
     for zone in range(first, last + 1):
-        lo, hi = -180.0 + 6 * (zone - 1), -180.0 + 6 * zone
+        lo, hi = _zone_lon(zone)
         if maxlat >= 0:
             out.append((32600 + zone, (lo, 0.0, hi, UTM_MAX_LAT)))
         if minlat < 0:
@@ -318,24 +465,31 @@ def _zone_crs(geom) -> list[tuple[int, tuple[float, float, float, float]]]:
     return out
 
 
-def _tile_scale(geom, scale_m: float, image_size: int, block: int) -> TileTable:
-    parts = [_tile_zone(geom, epsg, band, scale_m, image_size, block) for epsg, band in _zone_crs(geom)]
-    parts = [p for p in parts if len(p[0])]
-    if not parts:
-        return TileTable(scale_m, image_size, block, np.zeros(0), np.zeros(0), np.zeros(0))
-    epsg, row, col = (np.concatenate(a) for a in zip(*parts))
-    # Complete blocks first (every zone's), then the incomplete ones at the AOI's edges and
-    # zone seams: with chunks of block**2 rows, each complete block is exactly one unit.
-    starts = np.r_[0, np.flatnonzero((np.diff(epsg) != 0) | (np.diff(row // block) != 0)
-                                     | (np.diff(col // block) != 0)) + 1]
-    sizes = np.diff(np.r_[starts, len(epsg)])
-    full = np.repeat(sizes == block * block, sizes)
-    order = np.r_[np.flatnonzero(full), np.flatnonzero(~full)]
-    return TileTable(scale_m, image_size, block, epsg[order], row[order], col[order])
+@functools.lru_cache(maxsize=128)
+def _zone_cores(epsg: int):
+    """The zone's band shrunk and widened by :data:`_CORE_DEG` on its zone-rule edges (its
+    longitudes, the equator), projected into the zone and prepared: a tile centre inside the
+    first is in this zone by the zone rule, one outside the second is not. (Their chords stray
+    from the projected curves by under a metre; the margin is over 100 m.)"""
+    import shapely
+
+    lo, hi = _zone_lon(epsg % 100)
+    e = _CORE_DEG
+    north = epsg < 32700
+    inner = (lo + e, e, hi - e, _CORE_MAX_LAT) if north else (lo + e, -_CORE_MAX_LAT, hi - e, -e)
+    outer = (lo - e, -e, hi + e, 90.0) if north else (lo - e, -90.0, hi + e, e)
+    out = []
+    for box in (inner, outer):
+        band = shapely.segmentize(shapely.box(*box), _DENSIFY_DEG)
+        band = shapely.transform(band, lambda c: np.column_stack(lonlat_to_xy(c[:, 0], c[:, 1], f"EPSG:{epsg}")))
+        shapely.prepare(band)
+        out.append(band)
+    return tuple(out)
 
 
-def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: int):
-    """Tiles of one zone: centre inside the zone's band, intersecting the AOI, in block order."""
+def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: int) -> ZoneTiles:
+    """Tiles of one zone: centre inside the zone's band, intersecting the AOI, in block order
+    (serpentine from the north-west, row-major inside a block), complete blocks first."""
     import shapely
 
     crs, t = f"EPSG:{epsg}", scale_m * image_size
@@ -346,40 +500,65 @@ def _tile_zone(geom, epsg: int, band, scale_m: float, image_size: int, block: in
     region = shapely.intersection(geom, shapely.box(lo - margin, max(s - margin, -90), hi + margin,
                                                     min(n + margin, 90)))
     if region.is_empty:
-        return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return _no_tiles(scale_m, image_size, block)
     region = shapely.transform(shapely.segmentize(region, _DENSIFY_DEG),
                                lambda c: np.column_stack(lonlat_to_xy(c[:, 0], c[:, 1], crs)))
     shapely.prepare(region)
+    core, shell = _zone_cores(epsg)
     x0, y0, x1, y1 = region.bounds
     # Block-aligned index ranges, so blocks are the same whatever the AOI.
     b = block
     c_lo, c_hi = math.floor(x0 / t) // b * b, math.floor(x1 / t) // b * b + b - 1
     r_lo, r_hi = math.floor(y0 / t) // b * b, math.floor(y1 / t) // b * b + b - 1
-    rows_out, cols_out = [], []
-    brows = list(range(r_hi // b, r_lo // b - 1, -1))  # north to south
-    for k, brow in enumerate(brows):
-        bcols = list(range(c_lo // b, c_hi // b + 1))
-        if k % 2:
-            bcols.reverse()  # serpentine: consecutive blocks are neighbours
-        bc = np.asarray(bcols, np.int64)
-        boxes = shapely.box(bc * b * t, brow * b * t, (bc + 1) * b * t, (brow + 1) * b * t)
+    brows = np.arange(r_hi // b, r_lo // b - 1, -1, dtype=np.int64)  # north to south
+    bcols = np.arange(c_lo // b, c_hi // b + 1, dtype=np.int64)
+    k = np.arange(b * b)
+    d_row, d_col = b - 1 - k // b, k % b  # a block's tiles, row-major from its north-west corner
+    full: list[tuple[np.ndarray, np.ndarray]] = []
+    part: list[tuple[np.ndarray, np.ndarray]] = []
+    step = max(1, _BATCH_BLOCKS // len(bcols))
+    for first in range(0, len(brows), step):  # a batch of block rows
+        nr = len(brows[first:first + step])
+        bcol = np.tile(bcols, (nr, 1))
+        bcol[(first + np.arange(nr)) % 2 == 1] = bcols[::-1]  # serpentine: consecutive blocks are neighbours
+        brow, bcol = np.repeat(brows[first:first + step], len(bcols)), bcol.ravel()
+        boxes = shapely.box(bcol * b * t, brow * b * t, (bcol + 1) * b * t, (brow + 1) * b * t)
         hit = shapely.intersects(region, boxes)
-        inside = hit & shapely.contains(region, boxes)
-        for bcol, h, full in zip(bcols, hit.tolist(), inside.tolist()):
-            if not h:
-                continue
-            r2, c2 = np.meshgrid(np.arange((brow + 1) * b - 1, brow * b - 1, -1),
-                                 np.arange(bcol * b, (bcol + 1) * b), indexing="ij")
-            rr, cc = r2.ravel(), c2.ravel()  # row-major from the north-west corner
-            if not full:
-                keep = shapely.intersects(region, shapely.box(cc * t, rr * t, (cc + 1) * t, (rr + 1) * t))
-                rr, cc = rr[keep], cc[keep]
-            rows_out.append(rr)
-            cols_out.append(cc)
-    if not rows_out:
-        return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    row, col = np.concatenate(rows_out), np.concatenate(cols_out)
-    # A tile belongs to the zone and hemisphere of its centre.
-    lon, lat = xy_to_lonlat((col + 0.5) * t, (row + 0.5) * t, crs)
-    own = utm_epsg(lon, lat, check=False) == epsg  # centres may lie a little past the coverage
-    return np.full(int(own.sum()), epsg, np.int32), row[own], col[own]
+        hit[hit] = shapely.intersects(shell, boxes[hit])  # a block wholly past the zone's edges has no tile
+        if not hit.any():
+            continue
+        brow, bcol, boxes = brow[hit], bcol[hit], boxes[hit]
+        row, col = brow[:, None] * b + d_row, bcol[:, None] * b + d_col  # (blocks, b * b)
+        keep = np.ones(row.shape, bool)
+        # A tile belongs to the zone and hemisphere of its centre: the zone rule decides for the
+        # tiles of blocks not inside the zone's core (centres may lie a little past the coverage).
+        check = np.repeat(~shapely.contains(core, boxes)[:, None], b * b, axis=1)
+        if check.any():
+            rr, cc = row[check], col[check]
+            lon, lat = xy_to_lonlat((cc + 0.5) * t, (rr + 0.5) * t, crs)
+            keep[check] = utm_epsg(lon, lat, check=False) == epsg
+        # Blocks not inside the AOI, tile by tile: a tile intersects the AOI when its centre is
+        # inside, else when its box does.
+        edge = ~shapely.contains(region, boxes)[:, None] & keep
+        if edge.any():
+            rr, cc = row[edge], col[edge]
+            hit = shapely.contains_xy(region, (cc + 0.5) * t, (rr + 0.5) * t)
+            out = np.flatnonzero(~hit)
+            hit[out] = shapely.intersects(region, shapely.box(cc[out] * t, rr[out] * t, (cc[out] + 1) * t,
+                                                              (rr[out] + 1) * t))
+            keep[edge] = hit
+        whole = keep.all(axis=1)
+        full.append((row[whole].ravel(), col[whole].ravel()))
+        part.append((row[~whole][keep[~whole]], col[~whole][keep[~whole]]))
+    if not full:
+        return _no_tiles(scale_m, image_size, block)
+    pieces = full + part
+    row_all = np.concatenate([r for r, _ in pieces])
+    col_all = np.concatenate([c for _, c in pieces])
+    n_full = sum(len(r) for r, _ in full)
+    return ZoneTiles(TileTable(scale_m, image_size, block, np.full(len(row_all), epsg, np.int32), row_all, col_all),
+                     n_full)
+
+
+def _no_tiles(scale_m: float, image_size: int, block: int) -> ZoneTiles:
+    return ZoneTiles(TileTable(scale_m, image_size, block, np.zeros(0), np.zeros(0), np.zeros(0)), 0)

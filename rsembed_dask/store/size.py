@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SpecError
 from ..geo.keys import GEOHASH_PRECISION
 from .._validate import strict_int
 from ..sampling.tiling import TileTable
 from .layout import _COORD_CHUNK
 
-__all__ = ["count_blocks", "sample_cube_bytes", "grids_bytes", "StoreSize", "sample_store_size",
+__all__ = ["count_blocks", "sample_cube_bytes", "grids_bytes", "TileCounts", "StoreSize", "sample_store_size",
            "tiling_store_size", "MIN_EMBEDDING_RATIO"]
 
 #: Zarr v3 variable-length UTF-8 stores a 4-byte length before every string.
@@ -162,13 +163,14 @@ def tiling_store_size(tables: Sequence[TileTable], *, embed_dim: int, chunk_size
     grid = grid_shape is not None
     total = StoreSize(0, 2 * _METADATA_BYTES, 2)  # the root group and "samples"
     for table in tables:
-        n, zones = len(table), len(table.zones())
+        counts = TileCounts.of(table)
+        n, zones = counts.tiles, counts.zones
         meta = _cube_meta_files(grid) + 1 + zones * 7  # the sample cube, the scale's group, each zone's
         total += StoreSize(_embedding_lower(n, embed_dim, grid_shape, dtype)
                            + _embedding_lower(n, embed_dim, None, dtype),
-                           sample_cube_bytes(table, embed_dim, grid_shape) + grids_bytes(table, embed_dim)
+                           sample_cube_bytes(counts, embed_dim, grid_shape) + grids_bytes(counts, embed_dim)
                            + meta * _METADATA_BYTES,
-                           _cube_files(n, 1, chunk_size, grid) + 3 * count_blocks(table) + zones * 12 + 1)
+                           _cube_files(n, 1, chunk_size, grid) + 3 * counts.blocks + zones * 12 + 1)
     return total
 
 
@@ -181,7 +183,61 @@ def count_blocks(table: TileTable) -> int:
     return 1 + int(((np.diff(table.epsg) != 0) | (np.diff(brow) != 0) | (np.diff(bcol) != 0)).sum())
 
 
-def sample_cube_bytes(table: TileTable, embed_dim: int, grid_shape: tuple[int, int] | None = None) -> int:
+@dataclass(frozen=True)
+class TileCounts:
+    """What the size bounds of one scale need from its tile table: counts that add up over zones.
+
+    A scale too large to hold as one table (a continent at 10 m) is counted zone by zone,
+    :meth:`of` each zone's tiles, and the counts added (``+``): tables of distinct zones.
+
+    Attributes
+    ----------
+    tiles : int
+    blocks : int
+        Blocks with tiles (:func:`count_blocks`).
+    block : int
+        Tiles per block side.
+    zones : int
+        UTM zones with tiles.
+    id_bytes : int
+        The tile ids as Zarr v3 strings.
+    wkb_bytes : int
+        The longest footprint WKB among the table's first rows (every tile's is as long).
+    zone_axes : int
+        Cells of the zone grids' ``y`` and ``x`` coordinates, summed over the zones.
+    """
+
+    tiles: int
+    blocks: int
+    block: int
+    zones: int
+    id_bytes: int
+    wkb_bytes: int
+    zone_axes: int
+
+    @classmethod
+    def of(cls, table: TileTable) -> TileCounts:
+        """The counts of ``table``."""
+        from .tiling import grid_extent
+
+        n = len(table)
+        wkb = max((len(w) for w in table.slice(0, min(n, 16)).wkb), default=0) if n else 0
+        codes = table.zones()
+        axes = 0
+        for code in codes:
+            _, ny, _, nx = grid_extent(table, code)
+            axes += ny + nx
+        return cls(n, count_blocks(table), table.block, len(codes), _id_bytes(table), wkb, axes)
+
+    def __add__(self, other: TileCounts) -> TileCounts:
+        if other.block != self.block:
+            raise SpecError("TileCounts.block", other.block, f"{self.block}, as the counts added to")
+        return TileCounts(self.tiles + other.tiles, self.blocks + other.blocks, self.block, self.zones + other.zones,
+                          self.id_bytes + other.id_bytes, max(self.wkb_bytes, other.wkb_bytes),
+                          self.zone_axes + other.zone_axes)
+
+
+def sample_cube_bytes(table: TileTable | TileCounts, embed_dim: int, grid_shape: tuple[int, int] | None = None) -> int:
     """Upper bound of the scale's sample cube, uncompressed.
 
     Data per sample: embedding ``D`` float32, token grid ``D x gy x gx`` float32 when
@@ -191,7 +247,8 @@ def sample_cube_bytes(table: TileTable, embed_dim: int, grid_shape: tuple[int, i
 
     Parameters
     ----------
-    table : TileTable
+    table : TileTable or TileCounts
+        The scale's tiles, or their counts.
     embed_dim : int
         Embedding width ``D``.
     grid_shape : tuple of int, optional
@@ -202,15 +259,11 @@ def sample_cube_bytes(table: TileTable, embed_dim: int, grid_shape: tuple[int, i
     int
     """
     strict_int("embed_dim", embed_dim)
-    n = len(table)
-    wkb_hex = 0
-    if n:
-        head = table.slice(0, min(n, 16))
-        wkb_hex = 2 * max(len(w) for w in head.wkb)
-    return _cube_payload(n, 1, embed_dim, grid_shape, _id_bytes(table), n * (_VLEN_PREFIX + wkb_hex))
+    c = table if isinstance(table, TileCounts) else TileCounts.of(table)
+    return _cube_payload(c.tiles, 1, embed_dim, grid_shape, c.id_bytes, c.tiles * (_VLEN_PREFIX + 2 * c.wkb_bytes))
 
 
-def grids_bytes(table: TileTable, embed_dim: int) -> int:
+def grids_bytes(table: TileTable | TileCounts, embed_dim: int) -> int:
     """Upper bound of the scale's zone grids, uncompressed.
 
     One ``block x block`` chunk of embedding float32 + status int8 + sample_index
@@ -219,7 +272,8 @@ def grids_bytes(table: TileTable, embed_dim: int) -> int:
 
     Parameters
     ----------
-    table : TileTable
+    table : TileTable or TileCounts
+        The scale's tiles, or their counts.
     embed_dim : int
         Embedding width ``D``.
 
@@ -227,24 +281,23 @@ def grids_bytes(table: TileTable, embed_dim: int) -> int:
     -------
     int
     """
-    from .tiling import grid_extent
-
     strict_int("embed_dim", embed_dim)
+    c = table if isinstance(table, TileCounts) else TileCounts.of(table)
     D = int(embed_dim)
-    grids = count_blocks(table) * table.block ** 2 * (D * 4 + 1 + 8)
-    for code in table.zones():
-        _, ny, _, nx = grid_extent(table, code)
-        grids += (ny + nx) * 8 + D * 8
-    return int(grids)
+    return int(c.blocks * c.block ** 2 * (D * 4 + 1 + 8) + c.zone_axes * 8 + c.zones * D * 8)
 
 
-def _digits(v: np.ndarray) -> np.ndarray:
-    """Characters of ``str(v)`` for int64 ``v`` (exact: integer thresholds, no logarithms)."""
+def _digit_total(v: np.ndarray) -> int:
+    """Characters of ``str(x)`` summed over int64 ``v`` (exact: integer thresholds, no logarithms)."""
+    if not len(v):
+        return 0
     a = np.abs(v)
-    d = np.ones(len(v), np.int64)
-    for k in range(1, 19):
-        d += a >= 10 ** k
-    return d + (v < 0)
+    total = len(v) + int(np.count_nonzero(v < 0))
+    top, k = int(a.max()), 10
+    while k <= top:
+        total += int(np.count_nonzero(a >= k))
+        k *= 10
+    return total
 
 
 def _id_bytes(table: TileTable) -> int:
@@ -252,4 +305,5 @@ def _id_bytes(table: TileTable) -> int:
     if not len(table):
         return 0
     fixed = len(f"_{table.scale_m:g}m__") + _VLEN_PREFIX
-    return int((_digits(table.epsg.astype(np.int64)) + _digits(table.row) + _digits(table.col) + fixed).sum())
+    return (_digit_total(table.epsg.astype(np.int64)) + _digit_total(table.row) + _digit_total(table.col)
+            + fixed * len(table))

@@ -16,18 +16,21 @@ from rsembed_dask.errors import ModelError, SpecError
 from rsembed_dask.plan.latency import ASSUMED_LATENCY_BASE_S, Latency, assumed_latency, fetch_time
 from rsembed_dask.plan.estimate import estimate_campaign, plan_scale, resolve_embed_dim
 from rsembed_dask.plan.report import format_plan
-from rsembed_dask.plan.requests import unit_requests
+from rsembed_dask.plan.requests import RequestTally, unit_requests
 from rsembed_dask.providers.coalesce import MAX_WASTE, plan_requests
 from rsembed_dask.providers.limits import BYTES_PER_SAMPLE, EE_CONCURRENCY, EE_REQUESTS_PER_S, REQUEST_BYTE_LIMIT
 from rsembed_dask.sampling import work_units
 from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
+from rsembed_dask.store.size import TileCounts
 from rsembed_dask.store.tiling import create_or_open_tiling, scale_name
-from rsembed_dask.sampling.tiling import tile_aoi
+from rsembed_dask.sampling.tiling import tile_aoi, tile_zones
 
 WINDOW = TemporalSpec.range("2022-01-01", "2022-02-01")
 # A small AOI astride the 12E seam between UTM zones 32 and 33.
 SEAM = shapely.Polygon([(11.93, 45.0), (12.08, 45.01), (12.1, 45.09), (11.95, 45.1)])
 BBOX = "11.9,45.0,12.1,45.1"
+# Three UTM zones (31-33) on both sides of the equator: six zones' tables.
+MULTI = (5.0, -0.6, 13.5, 0.5)
 
 
 def _reference(table, chunk, n_bands=3, **limits):
@@ -63,6 +66,72 @@ def test_counts_equal_tile_aoi_per_scale():
     # the same AOI as a bbox tuple, a shapely geometry or a Tiling plans the same
     again = estimate_campaign(SEAM, scales=[10, 20, 40], embed_dim=64)
     assert [s.as_dict() for s in again.scales] == [s.as_dict() for s in plan.scales]
+
+
+#: ScalePlan fields pinned below, and their values for MULTI at 20 and 40 m (D = 64), as the planner
+#: gave them when it held every scale's whole tile table (before it planned zone by zone).
+PINNED_FIELDS = ("footprints", "zones", "blocks", "work_units", "requests_coalesced", "pixels_coalesced",
+                 "largest_request_bytes", "fallback_groups", "sample_cube_bytes", "grids_bytes")
+PINNED = {
+    None: [(5936, 6, 120, 93, 129, 372155392, 37933056, 9, 3017420, 2042880),
+           (1590, 6, 45, 25, 30, 118616064, 33718272, 0, 807604, 768768)],
+    50: [(5936, 6, 120, 119, 511, 377474048, 28901376, 69, 3017420, 2042880),
+         (1590, 6, 45, 32, 73, 117462016, 28901376, 6, 807604, 768768)],
+}
+
+
+@pytest.mark.parametrize("chunk", [None, 50], ids=["blocks", "units-straddle-zones"])
+def test_the_zone_by_zone_estimate_is_the_whole_tables_estimate(chunk):
+    seen = []
+    streamed = estimate_campaign(MULTI, scales=[40, 20], chunk_size=chunk, embed_dim=64, progress=seen.append)
+    whole = estimate_campaign(tile_aoi(MULTI, scales=[20, 40]), chunk_size=chunk, embed_dim=64)
+    assert [s.as_dict() for s in streamed.scales] == [s.as_dict() for s in whole.scales]
+    assert [tuple(getattr(s, k) for k in PINNED_FIELDS) for s in streamed.scales] == PINNED[chunk]
+    assert streamed.notes == whole.notes and streamed.aoi_bounds == whole.aoi_bounds
+    # progress: once per zone of each scale, in table order, with the footprints planned so far
+    zones = [e for e, _ in tile_zones(MULTI, scales=[20]).zones]
+    assert len(zones) == 6
+    assert [(p.scale_m, p.epsg) for p in seen] == [(s, e) for s in (20.0, 40.0) for e in zones]
+    assert [(p.step, p.steps) for p in seen] == [(k, 12) for k in range(1, 13)]
+    assert seen[5].footprints == streamed.scales[0].footprints and seen[-1].footprints == streamed.footprints
+    assert all(a.footprints <= b.footprints and a.elapsed_s <= b.elapsed_s for a, b in zip(seen, seen[1:]))
+
+
+def test_the_request_tally_takes_the_table_in_any_pieces():
+    table = tile_aoi(shapely.Point(12.0, 47.0).buffer(1.6), scales=[40]).tables[0]
+    whole = unit_requests(table, 17, 3)
+    cuts = np.sort(np.random.default_rng(0).choice(np.arange(1, len(table)), 40, replace=False))
+    tally = RequestTally(table.scale_m, table.image_size, 17, 3, per_unit=True)
+    for start, stop in zip(np.r_[0, 0, cuts], np.r_[0, cuts, len(table)]):  # an empty piece first
+        tally.add(table.rows(start, stop))
+    tally.finish()
+    got = tally.per_unit()
+    for name in ("requests", "pixels", "largest"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(whole, name))
+    assert got.fallback_groups == whole.fallback_groups == tally.fallback_groups > 0
+    assert (tally.units, tally.requests, tally.pixels, tally.largest) == (
+        len(whole.requests), whole.requests.sum(), whole.pixels.sum(), whole.largest.max())
+    with pytest.raises(SpecError, match="max_waste"):
+        RequestTally(40.0, 224, 64, 3, max_waste=0.5)
+
+
+def test_tile_counts_add_up_over_zones():
+    zoned = tile_zones(MULTI, scales=[20])
+    parts = [TileCounts.of(p.table) for p in zoned.zone_tiles(20.0)]
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    assert total == TileCounts.of(zoned.table(20.0)) and total.zones == 6
+
+
+def test_cli_plan_shows_progress_per_zone_on_stderr(capsys):
+    assert main(["plan", "5,-0.6,13.5,0.5", "--scales", "20,40", "--embed-dim", "8"]) == 0
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: one line each
+    assert len(lines) == 12
+    assert lines[0].startswith("plan: zone 32631 at 20 m (1/12), ") and lines[0].endswith(" s")
+    assert lines[-1].startswith("plan: zone 32733 at 40 m (12/12), 7,526 footprints so far, ")
+    assert main(["plan", "5,-0.6,13.5,0.5", "--scales", "20,40", "--embed-dim", "8", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("aoi, scale, chunk, limits", [

@@ -1,4 +1,6 @@
-"""tile_aoi: snapped, non-overlapping tiles per scale, seams between UTM zones, lazy tables."""
+"""tile_aoi: snapped, non-overlapping tiles per scale, seams between UTM zones, lazy tables, zone by zone."""
+
+import hashlib
 
 import geopandas as gpd
 import numpy as np
@@ -6,8 +8,8 @@ import pytest
 import shapely
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.geo.grid import lonlat_to_xy
-from rsembed_dask.sampling.tiling import DEFAULT_BLOCK, tile_aoi
+from rsembed_dask.geo.grid import lonlat_to_xy, utm_epsg, xy_to_lonlat
+from rsembed_dask.sampling.tiling import DEFAULT_BLOCK, table_order, tile_aoi, tile_zones
 
 
 def _coverage(tables_by_zone, tile_m, lon, lat):
@@ -159,3 +161,42 @@ def test_a_band_across_most_of_the_world_is_not_taken_for_an_antimeridian_crossi
 def test_the_order_of_scales_does_not_matter():
     a, b = tile_aoi(SPLIT, scales=[40, 10]), tile_aoi(SPLIT, scales=[10, 40])
     assert a.scales == b.scales == (10.0, 40.0) and a.token() == b.token()
+
+
+def test_zone_by_zone_tiles_are_the_pieces_of_the_table():
+    aoi = (5.0, -0.6, 13.5, 0.5)  # three UTM zones on both sides of the equator
+    zoned, tiling = tile_zones(aoi, scales=[40, 20]), tile_aoi(aoi, scales=[20, 40])
+    assert (zoned.scales, zoned.aoi_wkb) == (tiling.scales, tiling.aoi_wkb)
+    assert [e for e, _ in zoned.zones] == [32631, 32731, 32632, 32732, 32633, 32733]
+    b2 = DEFAULT_BLOCK ** 2
+    for scale, table in zip(zoned.scales, tiling.tables):
+        parts = list(zoned.zone_tiles(scale))
+        assert [p.table.zones() for p in parts] == [[e] for e, _ in zoned.zones]
+        pieces = list(table_order(parts))  # every zone's complete blocks, then the incomplete ones
+        assert len(pieces) == 2 * len(parts)
+        for name in ("epsg", "row", "col"):
+            np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in pieces]), getattr(table, name))
+        for part in parts:
+            full = [stop - start for *_, start, stop in part.full().blocks()]
+            partial = [stop - start for *_, start, stop in part.partial().blocks()]
+            assert set(full) <= {b2} and max(partial, default=0) < b2
+            assert part.partial().row.base is None  # a copy: the zone's table is not kept alive
+        if scale == 20.0:  # (at 40 m the AOI holds no complete block)
+            assert sum(p.n_full for p in parts) > b2 and sum(len(p.partial()) for p in parts) > b2
+
+
+def test_the_world_tiles_as_before_and_every_tile_lies_in_the_zone_of_its_centre():
+    # Pinned from the tiler before zones were tiled block-wise (every tile's centre projected
+    # back): the same tiles in the same order.
+    table = tile_aoi((-180.0, -80.0, 180.0, 84.0), scales=[320]).tables[0]
+    h = hashlib.sha256()
+    for a in (table.epsg.astype(np.int64), table.row, table.col):
+        h.update(np.ascontiguousarray(a).tobytes())
+    assert (len(table), len(table.zones())) == (99540, 120)
+    assert h.hexdigest() == "e783ce3324b9aaabecb9ce11b0d87388ee14420d789a4fc85cba36dfedbba824"
+    # The zone rule on every tile's centre (the tiler applies it only to blocks near a zone's edges).
+    t = table.tile_m
+    for code in table.zones():
+        m = table.epsg == code
+        lon, lat = xy_to_lonlat((table.col[m] + 0.5) * t, (table.row[m] + 0.5) * t, f"EPSG:{code}")
+        assert (utm_epsg(lon, lat, check=False) == code).all(), code
