@@ -30,6 +30,7 @@ set -euo pipefail
 EMBED_THREADS=2
 MALLOC_TRIM=1073741824   # 2**30
 MALLOC_MMAP=33554432     # 2**25
+MALLOC_ARENAS=2
 
 die() { echo "local.sh: $*" >&2; exit 2; }
 
@@ -187,10 +188,10 @@ cmd_start() {
     local wenv=()
     if (( nanny )); then
         common+=(--nanny)
-        wenv+=("DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={'MALLOC_TRIM_THRESHOLD_': $MALLOC_TRIM, 'MALLOC_MMAP_THRESHOLD_': $MALLOC_MMAP}")
+        wenv+=("DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={'MALLOC_TRIM_THRESHOLD_': $MALLOC_TRIM, 'MALLOC_MMAP_THRESHOLD_': $MALLOC_MMAP, 'MALLOC_ARENA_MAX': $MALLOC_ARENAS}")
     else
         common+=(--no-nanny)
-        wenv+=("MALLOC_TRIM_THRESHOLD_=$MALLOC_TRIM" "MALLOC_MMAP_THRESHOLD_=$MALLOC_MMAP")
+        wenv+=("MALLOC_TRIM_THRESHOLD_=$MALLOC_TRIM" "MALLOC_MMAP_THRESHOLD_=$MALLOC_MMAP" "MALLOC_ARENA_MAX=$MALLOC_ARENAS")
     fi
     local i pin
     for ((i = 0; i < embed; i++)); do

@@ -40,8 +40,11 @@ START_SCHEDULER_HINT = ("start one with `dask scheduler` (and workers: `dask wor
 #: every activation buffer of a forward pass is then mmapped, page-faulted and unmapped
 #: again, which cost 20 % of CPU inference speed here (test-small, batch 32: 2.13 s vs
 #: 1.76 s). Keep buffers up to 32 MiB (glibc's largest mmap threshold) on the heap and
-#: trim only large free tops (1.66 s).
-WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**25}
+#: trim only large free tops (1.66 s). Two malloc arenas: a fetch worker's threads otherwise
+#: keep freed pixel buffers in arenas of their own and its memory climbs over a campaign
+#: (growth 1.36 over a 20,000-sample soak with glibc's default of 8 per core, 1.04 with
+#: two; embed worker and throughput unchanged: benchmarks/overhead.py --soak).
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**25, "MALLOC_ARENA_MAX": 2}
 
 
 def count_gpus() -> int:
