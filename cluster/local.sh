@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local multi-process Dask cluster for rsembed_dask campaigns: one `dask scheduler`,
 # one embed worker per GPU (`--resources GPU=1`, pinned with CUDA_VISIBLE_DEVICES=i;
+# where CUDA_VISIBLE_DEVICES is set, e.g. "2,5", one per listed GPU, pinned to it;
 # on a machine without GPUs, CPU embed workers declaring the same resource) and
 # fetch-only workers (no resource). Everything it starts is recorded in a run
 # directory (PIDs, logs, the scheduler address) so `local.sh stop` can stop it.
@@ -12,7 +13,7 @@
 # Options of `start` (environment variable in brackets):
 #   --run-dir DIR          run directory (RSEMBED_RUN_DIR, default ./rsembed-cluster)
 #   --embed-workers N      embed workers (RSEMBED_EMBED_WORKERS, default: one per GPU from
-#                          `nvidia-smi -L`, or 1 CPU embed worker without GPUs)
+#                          `nvidia-smi -L` or CUDA_VISIBLE_DEVICES, or 1 CPU embed worker without GPUs)
 #   --cpu                  CPU embed workers even where GPUs exist (RSEMBED_CPU=1)
 #   --fetch-workers M      fetch-only workers (RSEMBED_FETCH_WORKERS, default 1)
 #   --fetch-threads T      threads per fetch worker (RSEMBED_FETCH_THREADS, default 4)
@@ -34,7 +35,7 @@ MALLOC_ARENAS=2
 
 die() { echo "local.sh: $*" >&2; exit 2; }
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 find_dask() {
     if [[ -n "${DASK_BIN:-}" ]]; then echo "$DASK_BIN"; return; fi
@@ -51,6 +52,26 @@ count_gpus() {
     else
         echo 0
     fi
+}
+
+# The GPUs embed workers may use, one per line (as rsembed_dask.cluster.local.visible_gpus):
+# every GPU nvidia-smi lists, or, when CUDA_VISIBLE_DEVICES is set (a scheduler's allocation
+# such as "2,5"), its entries up to the first invalid one (CUDA ignores it and those after).
+gpu_list() {
+    local n d
+    n="$(count_gpus)"
+    (( n > 0 )) || return 0
+    if [[ -z "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+        seq 0 $((n - 1))
+        return 0
+    fi
+    local IFS=,
+    for d in $CUDA_VISIBLE_DEVICES; do
+        d="${d// /}"
+        if [[ "$d" =~ ^[0-9]+$ ]] && (( 10#$d < n )); then echo $((10#$d))
+        elif [[ "$d" =~ ^(GPU|MIG)- ]]; then echo "$d"
+        else break; fi
+    done
 }
 
 is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -146,8 +167,9 @@ cmd_start() {
             *) die "unknown option '$1' (see: local.sh --help)" ;;
         esac
     done
-    local gpus=0
-    [[ "$cpu" == 1 ]] || gpus="$(count_gpus)"
+    local gpu_ids=()
+    [[ "$cpu" == 1 ]] || mapfile -t gpu_ids < <(gpu_list)
+    local gpus=${#gpu_ids[@]}
     [[ -z "$embed" ]] && embed=$(( gpus > 0 ? gpus : 1 ))
     is_int "$embed" && (( embed >= 1 )) || die "--embed-workers=$embed: expected an integer >= 1"
     is_int "$fetch" || die "--fetch-workers=$fetch: expected an integer >= 0"
@@ -155,7 +177,7 @@ cmd_start() {
     is_int "$port" || die "--port=$port: expected a port number (0 = any free port)"
     is_int "$timeout" || die "--timeout=$timeout: expected seconds"
     if (( gpus > 0 && embed > gpus )); then
-        die "--embed-workers=$embed: only $gpus GPU(s) found (one embed worker per GPU); use --cpu for CPU workers"
+        die "--embed-workers=$embed: only $gpus GPU(s) found${CUDA_VISIBLE_DEVICES+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)} (one embed worker per GPU); use --cpu for CPU workers"
     fi
     if [[ -d "$RUN_DIR/pids" ]] && cmd_status "$RUN_DIR" >/dev/null 2>&1; then
         die "a cluster recorded in $RUN_DIR is still running: 'local.sh stop --run-dir $RUN_DIR' first"
@@ -195,8 +217,8 @@ cmd_start() {
     fi
     local i pin
     for ((i = 0; i < embed; i++)); do
-        # GPU i only for embed worker i; CPU workers see no GPU at all.
-        if (( gpus > 0 )); then pin="$i"; else pin=""; fi
+        # The i-th usable GPU only for embed worker i; CPU workers see no GPU at all.
+        if (( gpus > 0 )); then pin="${gpu_ids[$i]}"; else pin=""; fi
         start_proc "embed-$i" "$RUN_DIR/logs/embed-$i.log" env "${wenv[@]}" "CUDA_VISIBLE_DEVICES=$pin" \
             "$dask" worker "${common[@]}" --name "embed-$i" --nthreads "$EMBED_THREADS" --resources GPU=1
     done

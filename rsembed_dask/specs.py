@@ -37,6 +37,8 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_SCALES",
+    "MAX_AUTO_BATCH",
+    "auto_batch_size",
     "env_defaults",
 ]
 
@@ -45,8 +47,18 @@ DEFAULT_IMAGE_SIZE = 224
 #: Pixel sizes in metres of a campaign when none are given.
 DEFAULT_SCALES: tuple[float, ...] = (10.0, 20.0, 40.0)
 DEFAULT_FETCH_WORKERS = 8
-# rs-embed's defaults for RS_EMBED_SCALEMAE_BATCH_SIZE: small on CPU, larger on CUDA.
+#: Images per forward when ``ModelSpec.batch_size`` is None ("auto"). On the CPU 8, rs-embed's
+#: default: larger batches are no faster there (test-small forward on 2 cores: 19-21 images/s
+#: at batch 8, 19.5 at 16, 18 at 32 and 64). On CUDA the embedder fits the batch to the free
+#: memory (:func:`auto_batch_size`); 32 is what it uses where it cannot ask the device.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
+#: The largest batch "auto" picks on a GPU: a ViT-L/16 forward at 224 px already keeps an
+#: H100-class GPU busy at 128-256 images (more only adds latency and memory).
+MAX_AUTO_BATCH = 256
+#: Share of the free device memory "auto" may fill with activations; the rest absorbs the
+#: allocator's fragmentation and what the estimate leaves out (cuBLAS workspaces, the
+#: pooled outputs, a second embed call preprocessing meanwhile).
+AUTO_BATCH_MEMORY_FRACTION = 0.5
 # Sentinel-2's coarsest band is 60 m; beyond 10 km per pixel a "patch" is a continent.
 MAX_SCALE_M = 10_000.0
 
@@ -228,32 +240,51 @@ class ModelSpec(SpecBase):
     image_size : int
         Side of the square model input in pixels (a multiple of the patch size).
     batch_size : int or None
-        Images per forward pass; ``None`` picks 8 on CPU and 32 on CUDA.
+        Images per forward pass; ``None`` (or ``"auto"``) picks 8 on the CPU and, on
+        CUDA, what fits the free device memory (:func:`auto_batch_size`, at most
+        ``MAX_AUTO_BATCH``). A number is used as given.
     device : str
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     dtype : str
-        ``"float32"`` or ``"bfloat16"`` (autocast for the forward pass).
+        Precision of the forward pass: ``"float32"``, ``"bfloat16"`` (autocast) or
+        ``"auto"`` (bfloat16 autocast on CUDA, float32 elsewhere: :meth:`resolved_dtype`).
+        The default stays ``"float32"``: the dtype is part of a cube's identity, pinned
+        with the default spec's hash (``tests/data/golden``), so a new default would refuse
+        to resume every cube written with the old one. With ``"auto"`` the identity does
+        not pin the precision: a cube resumed on other hardware may mix float32 and
+        bfloat16 embeddings (the actor's ``describe()`` says which one it runs).
     res_reference_m : float
         ``input_res = effective_gsd_m / res_reference_m``. 1.0 passes metres, as
         rs-embed does; the original ScaleMAE code used a relative factor.
+    compile : bool
+        Run the model through ``torch.compile`` (default False). A runtime option
+        (not part of a cube's identity, left out of :meth:`to_dict` when False). The
+        first batch of each shape pays the compilation (tens of seconds for ViT-L).
     """
 
     model_id: str = DEFAULT_MODEL_ID
     image_size: int = DEFAULT_IMAGE_SIZE
     batch_size: int | None = None
     device: str = "auto"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     res_reference_m: float = 1.0
+    compile: bool = False
 
-    DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
+    DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "auto")
 
     def __post_init__(self):
         if not isinstance(self.model_id, str) or not self.model_id.strip():
             raise SpecError("ModelSpec.model_id", self.model_id,
                             "a hub id, a local directory or a test config name")
         set_field(self, "image_size", integer("ModelSpec.image_size", self.image_size, lo=16, hi=4096))
+        if isinstance(self.batch_size, str) and self.batch_size.strip().lower() == "auto":
+            set_field(self, "batch_size", None)
         if self.batch_size is not None:
-            set_field(self, "batch_size", integer("ModelSpec.batch_size", self.batch_size, lo=1, hi=65536))
+            try:
+                set_field(self, "batch_size", integer("ModelSpec.batch_size", self.batch_size, lo=1, hi=65536))
+            except SpecError:
+                raise SpecError("ModelSpec.batch_size", self.batch_size,
+                                "an integer in [1, 65536], or None / 'auto' (fit to the device)") from None
         dev = self.device
         if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda", "mps")
                                             or (dev.startswith("cuda:") and dev[5:].isdigit())):
@@ -261,6 +292,15 @@ class ModelSpec(SpecBase):
         choice("ModelSpec.dtype", self.dtype, self.DTYPES)
         set_field(self, "res_reference_m", number("ModelSpec.res_reference_m", self.res_reference_m,
                                               lo=0, lo_open=True, hi=1e6))
+        if not isinstance(self.compile, bool):
+            raise SpecError("ModelSpec.compile", self.compile, "True or False")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields as a dict; ``compile`` only when True (specs written before it stay equal)."""
+        d = super().to_dict()
+        if not d["compile"]:
+            del d["compile"]
+        return d
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ModelSpec:
@@ -275,11 +315,56 @@ class ModelSpec(SpecBase):
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
 
-    def resolved_batch_size(self, device_type: str) -> int:
-        """The batch size to use on a device of type ``"cpu"`` or ``"cuda"``."""
+    def resolved_batch_size(self, device_type: str, *, fits: int | None = None) -> int:
+        """The batch size to use on a device of type ``"cpu"`` or ``"cuda"``.
+
+        The given ``batch_size`` wins. Otherwise, on CUDA, ``fits`` (what
+        :func:`auto_batch_size` found for the device's free memory) when known, else
+        ``DEFAULT_BATCH_SIZE`` of the device type.
+        """
         if self.batch_size is not None:
             return self.batch_size
+        if device_type == "cuda" and fits is not None:
+            return fits
         return DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
+
+    def resolved_dtype(self, device_type: str) -> Literal["float32", "bfloat16"]:
+        """The precision of the forward on a device of type ``device_type``.
+
+        ``"auto"`` is bfloat16 on CUDA (its tensor cores run bf16 matmuls several times
+        faster than float32) and float32 elsewhere; an explicit dtype is used as given.
+        """
+        if self.dtype == "auto":
+            return "bfloat16" if device_type == "cuda" else "float32"
+        return self.dtype
+
+
+def auto_batch_size(free_bytes: int, per_image_bytes: int, *, cap: int = MAX_AUTO_BATCH,
+                    fraction: float = AUTO_BATCH_MEMORY_FRACTION) -> int:
+    """Images per batch that fit ``fraction`` of ``free_bytes`` at ``per_image_bytes`` each.
+
+    Rounded down to a multiple of 8 (tensor-core friendly) when at least 8 fit, clamped to
+    ``[1, cap]``.
+
+    Examples
+    --------
+    >>> auto_batch_size(80 * 2**30, 20 * 2**20)
+    256
+    >>> auto_batch_size(2 * 2**30, 20 * 2**20)
+    48
+    >>> auto_batch_size(0, 20 * 2**20)
+    1
+    """
+    if per_image_bytes <= 0:
+        raise SpecError("per_image_bytes", per_image_bytes, "a number of bytes > 0")
+    if not 0 < fraction <= 1:
+        raise SpecError("fraction", fraction, "a share of the free memory in (0, 1]")
+    if cap < 1:
+        raise SpecError("cap", cap, "an integer >= 1")
+    n = int(max(free_bytes, 0) * fraction) // int(per_image_bytes)
+    if n >= 8:
+        n -= n % 8
+    return max(1, min(n, cap))
 
 
 def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -344,7 +429,7 @@ class CampaignSpec(SpecBase):
     buffer_m: float | None = None
 
     # Fields of ModelSpec that change how, not what, is computed.
-    RUNTIME_MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "device")
+    RUNTIME_MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "device", "compile")
 
     def __post_init__(self):
         for name, typ in (("temporal", TemporalSpec), ("sensor", SensorSpec),
@@ -377,7 +462,7 @@ class CampaignSpec(SpecBase):
         return self.sensor.replace(scale_m=scale_m)
 
     def identity(self) -> dict[str, Any]:
-        """The spec without runtime-only fields (batch size, device): what a cube must match."""
+        """The spec without runtime-only fields (batch size, device, compile): what a cube must match."""
         d = self.to_dict()
         for k in self.RUNTIME_MODEL_FIELDS:
             d["model"].pop(k, None)

@@ -52,13 +52,20 @@ class EmbedActor:
                  self.load_s, os.getpid())
 
     def describe(self) -> dict[str, Any]:
-        """Where and what: pid, device, model id, load time, batches run."""
+        """Where and what: pid, device, model id, how it runs, load time, calls.
+
+        ``precision`` and ``batch_size`` are the resolved ones (``dtype="auto"`` and
+        ``batch_size=None`` say what this device made of them); a runner can record them.
+        """
         import torch
 
-        return {"pid": os.getpid(), "device": str(self.embedder.device),
+        emb = self.embedder
+        return {"pid": os.getpid(), "device": str(emb.device),
                 "torch_threads": torch.get_num_threads(),
-                "model_id": self.embedder.spec.model_id, "load_s": self.load_s,
-                "batches": self.batches}
+                "model_id": emb.spec.model_id, "precision": emb.precision, "batch_size": emb.batch_size,
+                "overlap": emb.overlap, "compile": emb.spec.compile,
+                "fused_attention_layers": emb.fused_attention_layers,
+                "load_s": self.load_s, "batches": self.batches}
 
     def embed(self, images, scale_m, *, output, roi=None, uint8=False):
         """Embed raw chips, or uint8 images (see :meth:`ScaleMAEEmbedder.embed`)."""

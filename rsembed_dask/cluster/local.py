@@ -4,6 +4,10 @@ Embed workers declare the resource ``GPU=1`` (one GPU per worker process, pinned
 with ``CUDA_VISIBLE_DEVICES``); a machine without GPUs gets one CPU embed worker
 that declares the same resource, so the same graph runs everywhere. Fetch-only
 workers carry no resource and take the I/O-bound fetch tasks.
+
+The GPUs used are those this process may use: every GPU ``nvidia-smi -L`` lists, or,
+when ``CUDA_VISIBLE_DEVICES`` is set (a batch scheduler's allocation, say ``"2,5"``),
+the devices it lists, each embed worker pinned to one of them (:func:`visible_gpus`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GPU_RESOURCE", "count_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
+__all__ = ["GPU_RESOURCE", "count_gpus", "visible_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
            "fetch_workers", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
 
 GPU_RESOURCE = "GPU"
@@ -63,17 +67,60 @@ def count_gpus() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def visible_gpus(cuda_visible_devices: str | None, n_found: int) -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries for its children.
+
+    Parameters
+    ----------
+    cuda_visible_devices : str or None
+        This process's ``CUDA_VISIBLE_DEVICES`` (None: unset).
+    n_found : int
+        GPUs on the machine (:func:`count_gpus`).
+
+    Returns
+    -------
+    list of str
+        Unset: ``"0"`` .. ``n_found - 1``. Set: its entries, as CUDA reads them: indices
+        (below ``n_found``) and ``GPU-``/``MIG-`` UUIDs, up to the first other entry (CUDA
+        ignores an invalid entry and every one after it: ``""`` or ``"-1"`` hide all GPUs).
+        Empty when ``n_found`` is 0.
+
+    Examples
+    --------
+    >>> visible_gpus(None, 2), visible_gpus("2,5", 8), visible_gpus("1,-1,3", 4), visible_gpus("", 4)
+    (['0', '1'], ['2', '5'], ['1'], [])
+    """
+    if n_found <= 0:
+        return []
+    if cuda_visible_devices is None:
+        return [str(i) for i in range(n_found)]
+    out: list[str] = []
+    for entry in cuda_visible_devices.split(","):
+        entry = entry.strip()
+        if entry.isdigit() and int(entry) < n_found:
+            out.append(str(int(entry)))
+        elif entry.startswith(("GPU-", "MIG-")):
+            out.append(entry)
+        else:
+            break
+    return out
+
+
 def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_threads: int = 4,
                   processes: bool = True, dashboard_address: str | None = ":8787",
                   memory_limit: str | int = "auto", silence_logs: int = logging.WARNING,
-                  host: str = "127.0.0.1") -> SpecCluster:
+                  host: str = "127.0.0.1", gpus: list[str] | None = None) -> SpecCluster:
     """A local Dask cluster laid out for embedding campaigns.
 
     Parameters
     ----------
     n_gpus : int, optional
-        Embed workers to start, one per GPU (default: the GPUs found, or one CPU
-        embed worker when there are none).
+        Embed workers to start, one per GPU (default: one per GPU in ``gpus``, or one
+        CPU embed worker when there are none).
+    gpus : list of str, optional
+        ``CUDA_VISIBLE_DEVICES`` values to pin embed worker ``i`` to ``gpus[i]`` with
+        (default: :func:`visible_gpus` of this process's ``CUDA_VISIBLE_DEVICES`` and
+        :func:`count_gpus`). Fetch workers see no GPU.
     n_fetch_workers : int
         Workers without the GPU resource, for fetch tasks.
     fetch_threads : int
@@ -94,11 +141,23 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     """
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
-    found = count_gpus() if n_gpus is None else n_gpus
-    if found < 0:
+    import os
+
+    if n_gpus is not None and n_gpus < 0:
         raise SpecError("n_gpus", n_gpus, "a number of GPUs >= 0")
     if n_fetch_workers < 0:
         raise SpecError("n_fetch_workers", n_fetch_workers, "a number of workers >= 0")
+    restricted = gpus is not None
+    if gpus is None:
+        n_found = count_gpus()
+        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), n_found)
+        restricted = n_found > 0 and "CUDA_VISIBLE_DEVICES" in os.environ
+    found = len(gpus) if n_gpus is None else n_gpus
+    if found > len(gpus):
+        if restricted:
+            raise SpecError("n_gpus", n_gpus, f"at most the {len(gpus)} GPU(s) this process may use "
+                                              f"({','.join(gpus) or 'none'}): one embed worker per GPU")
+        gpus = [str(i) for i in range(found)]  # no nvidia-smi, or it sees fewer: trust the caller's count
     cls = Nanny if processes else Worker
     workers: dict[str, dict[str, Any]] = {}
     base: dict[str, Any] = {"host": host}
@@ -107,11 +166,13 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     for i in range(max(found, 1)):
         opts = dict(base, nthreads=2, resources={GPU_RESOURCE: 1}, name=f"embed-{i}")
         if processes and found:
-            opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": gpus[i]}  # GPU gpus[i] only, as cuda:0 in the worker
         workers[f"embed-{i}"] = {"cls": cls, "options": opts}
     for i in range(n_fetch_workers):
-        workers[f"fetch-{i}"] = {"cls": cls, "options": dict(base, nthreads=fetch_threads,
-                                                              name=f"fetch-{i}")}
+        opts = dict(base, nthreads=fetch_threads, name=f"fetch-{i}")
+        if processes and found:
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": ""}  # no CUDA context (and its memory) in fetch workers
+        workers[f"fetch-{i}"] = {"cls": cls, "options": opts}
     # Without a dashboard the scheduler still serves health/metrics over HTTP: on a free
     # port, not on 8787 (where it would collide with another cluster's dashboard).
     sched_opts: dict[str, Any] = {"host": host, "dashboard": dashboard_address is not None,

@@ -18,18 +18,23 @@ Examples
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import math
 import numbers
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import SpecError
-from .preprocess import check_chw, effective_gsd_m, preprocess
-from ..specs import MAX_SCALE_M, ModelSpec, OutputSpec
+from .preprocess import check_chw, effective_gsd_m, normalise, preprocess_host
+from ..specs import MAX_SCALE_M, ModelSpec, OutputSpec, auto_batch_size
 from .weights import ModelInfo, load_scalemae
 
 if TYPE_CHECKING:
@@ -37,7 +42,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbedResult", "ScaleMAEEmbedder", "resolve_device", "roi_token_slice"]
+__all__ = ["EmbedResult", "ScaleMAEEmbedder", "activation_bytes_per_image", "resolve_device", "roi_token_slice",
+           "set_fused_attention"]
+
+#: Prefetched batches waiting beside the one in the forward (1: batch k+1 is preprocessed
+#: while batch k runs; more only holds more pinned memory, the forward sets the pace).
+PREFETCH_DEPTH = 1
+#: Margin on the activation estimate of :func:`activation_bytes_per_image`: PyTorch's caching
+#: allocator rounds every block up (to 512 B, and to 2 MiB segments for large ones) and
+#: cannot always reuse a freed block for a differently sized one, and the estimate counts
+#: one block's peak only.
+ACTIVATION_SAFETY = 2.0
 
 ROI_ALLOWED = "None or (top, left, bottom, right) fractions in [0, 1] with top < bottom and left < right"
 
@@ -97,6 +112,51 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def activation_bytes_per_image(*, image_size: int, patch_size: int, embed_dim: int, num_heads: int,
+                               mlp_hidden: int, act_bytes: int) -> int:
+    """Device memory one image needs during an inference forward of a ViT, in bytes.
+
+    Inference keeps no activations for a backward pass, so the peak is one transformer
+    block's working set, per image with ``N = 1 + (S / p)**2`` tokens of width ``D``:
+
+    * the residual stream and LayerNorm's output, float32 even under autocast: ``8 N D``;
+    * attention: ``q, k, v`` and the attention output (``4 N D`` at ``act_bytes``), and, for
+      an unfused fallback (no flash/memory-efficient kernel), the ``H x N x N`` scores and
+      their softmax (float32 and ``act_bytes``): counted so that every path fits;
+    * the MLP: the input cast to ``act_bytes``, the hidden layer and its GELU
+      (``N (D + 2 M)`` at ``act_bytes``);
+    * around the blocks: the float32 input (``12 S**2``), the resolution-dependent position
+      embedding and the float32 copy of the output tokens (``12 N D``).
+
+    The block peak is the larger of attention and MLP; the sum is multiplied by
+    ``ACTIVATION_SAFETY``. For a ViT-L/16 at 224 px in bf16: 20 MB (19 MiB) per image
+    (``benchmarks/gpu.py`` prints the measured peak per image to check it).
+    """
+    n = 1 + (image_size // patch_size) ** 2
+    d, m, h, e = embed_dim, mlp_hidden, num_heads, act_bytes
+    stream = 8 * n * d
+    attention = 4 * n * d * e + h * n * n * (4 + e)
+    mlp = n * (d + 2 * m) * e
+    around = 12 * image_size ** 2 + 12 * n * d
+    return int(ACTIVATION_SAFETY * (stream + max(attention, mlp) + around))
+
+
+def set_fused_attention(module: Any, enabled: bool = True) -> int:
+    """Switch timm's attention layers in ``module`` to ``F.scaled_dot_product_attention`` (or back).
+
+    timm's ``Attention`` (which rshf's ScaleMAE blocks use) picks SDPA by default, but the
+    choice is made at construction from the ``TIMM_FUSED_ATTN`` environment variable; the
+    embedder sets it explicitly so that the fast kernels (flash / memory-efficient on CUDA)
+    are used whatever the environment says. Returns the number of layers switched.
+    """
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "fused_attn") and hasattr(m, "qkv"):
+            m.fused_attn = bool(enabled)
+            n += 1
+    return n
+
+
 def roi_token_slice(roi: Sequence[float], g: int) -> tuple[slice, slice]:
     """Token rows and columns of a ``g x g`` grid covering ``roi = (top, left, bottom, right)`` fractions."""
     top, left, bottom, right = roi
@@ -152,16 +212,28 @@ class ScaleMAEEmbedder:
     Parameters
     ----------
     spec : ModelSpec
-        Weights, image size, batch size, device and dtype.
+        Weights, image size, batch size, device, dtype and ``compile``.
+    overlap : bool, optional
+        Preprocess batch ``k + 1`` on a prefetch thread while batch ``k`` runs (when a
+        call holds more than one batch). Default: on for CUDA, off on the CPU, where the
+        two compete for the same cores (measured: see ``benchmarks/embed_overlap.py``).
+        Results are identical either way.
 
     Attributes
     ----------
     spec : ModelSpec
     info : ModelInfo
     device : torch.device
+    precision : str
+        ``"float32"`` or ``"bfloat16"``: the forward's precision on this device.
+    batch_size : int
+        Images per forward (``spec.batch_size``, or fitted to the device: see ``ModelSpec``).
+    overlap : bool
+    fused_attention_layers : int
+        Attention layers running ``scaled_dot_product_attention``.
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, *, overlap: bool | None = None):
         import torch
 
         self.spec = spec
@@ -170,13 +242,42 @@ class ScaleMAEEmbedder:
         self.info: ModelInfo = info
         self.wrapper = wrapper.eval().to(self.device)
         self.backbone = self.wrapper.model
-        self.batch_size = spec.resolved_batch_size(self.device.type)
-        self._dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
-        log.info("ScaleMAEEmbedder %s on %s, %s, batch %d", spec.model_id, self.device, spec.dtype,
-                 self.batch_size)
+        self.fused_attention_layers = set_fused_attention(self.backbone, True)
+        self.precision = spec.resolved_dtype(self.device.type)
+        self._dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        self.batch_size = spec.resolved_batch_size(self.device.type, fits=self._fitting_batch())
+        self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
+        self._forward = self.backbone
+        if spec.compile:
+            self._forward = torch.compile(self.backbone)
+        self._device_lock = threading.Lock()
+        log.info("ScaleMAEEmbedder %s on %s, %s, batch %d, overlap %s, compile %s", spec.model_id, self.device,
+                 self.precision, self.batch_size, self.overlap, spec.compile)
 
     def __repr__(self) -> str:
-        return f"ScaleMAEEmbedder({self.spec.model_id!r}, device={str(self.device)!r}, dtype={self.spec.dtype!r})"
+        return (f"ScaleMAEEmbedder({self.spec.model_id!r}, device={str(self.device)!r}, "
+                f"precision={self.precision!r}, batch_size={self.batch_size})")
+
+    def activation_bytes_per_image(self) -> int:
+        """:func:`activation_bytes_per_image` of this model, image size and precision."""
+        blk = self.backbone.blocks[0]
+        return activation_bytes_per_image(image_size=self.spec.image_size, patch_size=self.info.patch_size,
+                                          embed_dim=self.info.embed_dim, num_heads=int(blk.attn.num_heads),
+                                          mlp_hidden=int(blk.mlp.fc1.out_features),
+                                          act_bytes=2 if self.precision == "bfloat16" else 4)
+
+    def _fitting_batch(self) -> int | None:
+        """On CUDA with ``batch_size`` None: the batch that fits the free memory now (model loaded)."""
+        import torch
+
+        if self.device.type != "cuda" or self.spec.batch_size is not None:
+            return None
+        free, total = torch.cuda.mem_get_info(self.device)
+        per_image = self.activation_bytes_per_image()
+        fits = auto_batch_size(free, per_image)
+        log.info("auto batch size on %s: %d (%.1f of %.1f GiB free, %.1f MiB per image)", self.device, fits,
+                 free / 2**30, total / 2**30, per_image / 2**20)
+        return fits
 
     def embed_tensor(self, x: torch.Tensor, input_res: Any) -> torch.Tensor:
         """Bare forward pass: preprocessed ``[B, 3, S, S]`` → tokens ``[B, 1+N, D]`` float32 (CLS first).
@@ -193,7 +294,7 @@ class ScaleMAEEmbedder:
             raise SpecError("input_res", tuple(res.shape), f"a number or {x.shape[0]} values")
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self._dtype == torch.bfloat16):
-            tokens = self.backbone.forward_features(x, input_res=res.contiguous())
+            tokens = self._forward(x, input_res=res.contiguous())  # forward is forward_features
         return tokens.float()
 
     def embed(self, images: Any, scale_m: float | Sequence[float], *, output: OutputSpec | None = None,
@@ -244,15 +345,26 @@ class ScaleMAEEmbedder:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(imgs):
             groups.setdefault(tuple(im.shape), []).append(i)
-        for idx_all in groups.values():
-            for start in range(0, len(idx_all), self.batch_size):
-                idx = idx_all[start:start + self.batch_size]
-                batch = _stack([imgs[i] for i in idx])
-                x = preprocess(batch, S, device=self.device, uint8=uint8)
+        batches = [idx_all[start:start + self.batch_size] for idx_all in groups.values()
+                   for start in range(0, len(idx_all), self.batch_size)]
+        pin = self.device.type == "cuda"
+
+        def prepare(idx: list[int]):  # CPU only: safe on the prefetch thread
+            return preprocess_host(_stack([imgs[i] for i in idx]), S, pin_memory=pin, uint8=uint8)
+
+        def run(idx: list[int], u8) -> None:
+            with self._device_lock:  # concurrent calls overlap their preprocessing, not their forwards
+                x = normalise(u8, self.device)
                 res = torch.as_tensor(gsd[idx] / self.spec.res_reference_m, dtype=torch.float32)
                 tokens = self.embed_tensor(x, res)
                 patches = tokens[:, 1:, :] if self.backbone.cls_token_flag else tokens
                 self._pool(patches.reshape(len(idx), g, g, D), idx, rois, output, vectors, grids)
+
+        if self.overlap and len(batches) > 1:
+            _pipelined(batches, prepare, run, _prefetch_pool(os.getpid()), PREFETCH_DEPTH)
+        else:
+            for idx in batches:
+                run(idx, prepare(idx))
 
         return EmbedResult(vectors=vectors, grids=grids, input_res_m=gsd, scale_m=scales,  # type: ignore[arg-type]
                            tokens_kind=output.mode, pooling=output.pooling, model_id=self.spec.model_id,
@@ -282,6 +394,36 @@ class ScaleMAEEmbedder:
                     rs, cs = roi_token_slice(rois[i], g)
                     cell = cell[:, rs, cs]
                 grids[i] = np.ascontiguousarray(cell, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _prefetch_pool(pid: int) -> ThreadPoolExecutor:
+    """One prefetch thread per process (``pid`` keys it: pools do not survive fork)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsembed-prefetch")
+
+
+def _pipelined(batches: list[list[int]], prepare, run, pool: ThreadPoolExecutor, depth: int) -> None:
+    """``run(b, prepare(b))`` for each batch in order, ``prepare`` of the next ``depth`` batches on ``pool``.
+
+    ``prepare`` of batch ``k + 1`` is submitted before ``run`` of batch ``k`` starts, so the
+    two overlap. An error in either is raised here, after the batches already submitted
+    have finished (nothing keeps running behind the caller's back).
+    """
+    todo = collections.deque(batches)
+    pending: collections.deque[tuple[list[int], Future]] = collections.deque()
+    try:
+        while todo or pending:
+            while todo and len(pending) < depth + 1:
+                b = todo.popleft()
+                pending.append((b, pool.submit(prepare, b)))
+            b, fut = pending.popleft()
+            run(b, fut.result())  # meanwhile the thread prepares the next ``depth`` batches
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        for _, fut in pending:
+            if not fut.cancelled():
+                fut.exception()  # wait; its error (if any) is dropped: the first one is raised
 
 
 def _stack(chips: list[Any]):

@@ -105,6 +105,7 @@ def test_local_sh_pins_one_gpu_per_embed_worker(tmp_path):
                                          "echo 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
     (fake_bin / "nvidia-smi").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # every GPU nvidia-smi lists
     script = str(RECIPES / "local.sh")
     common = ["--run-dir", str(run_dir), "--port", "0", "--no-dashboard", "--fetch-workers", "0"]
     res = subprocess.run(["bash", script, "start", *common, "--embed-workers", "3"], env=env,
@@ -122,6 +123,77 @@ def test_local_sh_pins_one_gpu_per_embed_worker(tmp_path):
             environ = psutil.Process(pids[f"embed-{i}"]).environ()  # --no-nanny: the worker itself
             assert environ["CUDA_VISIBLE_DEVICES"] == str(i)
             assert environ["MALLOC_TRIM_THRESHOLD_"] == str(WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])
+    finally:
+        subprocess.run(["bash", script, "stop", "--run-dir", str(run_dir)], env=env, timeout=60)
+    assert all(_gone(p) for p in pids.values())
+
+
+def _fake_nvidia_smi(bin_dir: Path, n: int) -> None:
+    """A stand-in ``nvidia-smi`` whose ``-L`` lists ``n`` GPUs (like the real one, it ignores CUDA_VISIBLE_DEVICES)."""
+    bin_dir.mkdir(exist_ok=True)
+    lines = "".join(f"echo 'GPU {i}: NVIDIA H200 (UUID: GPU-{i:04x})'\n" for i in range(n))
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\n" + lines)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+
+
+def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does():
+    from rsembed_dask.cluster.local import visible_gpus
+
+    assert visible_gpus(None, 3) == ["0", "1", "2"]
+    assert visible_gpus("2,5", 8) == ["2", "5"]
+    assert visible_gpus(" 5 , 02 ", 8) == ["5", "2"]
+    assert visible_gpus("GPU-ab12,MIG-cd34", 2) == ["GPU-ab12", "MIG-cd34"]
+    assert visible_gpus("1,-1,3", 4) == ["1"]  # CUDA stops at the first invalid entry
+    assert visible_gpus("1,9", 4) == ["1"]  # no GPU 9 on a 4-GPU machine
+    assert visible_gpus("", 4) == [] and visible_gpus("-1", 4) == [] and visible_gpus("0", 0) == []
+
+
+@pytest.mark.timeout(120)
+def test_local_cluster_pins_each_embed_worker_to_one_listed_gpu(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES=5,2 on an 8-GPU machine: two embed worker processes, on GPU 5 and on GPU 2."""
+    from rsembed_dask.cluster import local_cluster
+    from rsembed_dask.cluster.local import embed_workers
+
+    _fake_nvidia_smi(tmp_path / "bin", 8)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,2")
+    with pytest.raises(SpecError, match="n_gpus=3.*2 GPU.*5,2"):
+        local_cluster(n_gpus=3, n_fetch_workers=0, processes=True, dashboard_address=None)
+    cluster = local_cluster(n_fetch_workers=1, processes=True, dashboard_address=None)
+    try:
+        with Client(cluster) as c:
+            c.wait_for_workers(3, timeout=60)
+            assert _workers(c) == {"embed-0": {"GPU": 1}, "embed-1": {"GPU": 1}, "fetch-0": {}}
+            seen = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+            names = {a: w["name"] for a, w in c.scheduler_info(n_workers=-1)["workers"].items()}
+            assert {names[a]: v for a, v in seen.items()} == {"embed-0": "5", "embed-1": "2", "fetch-0": ""}
+            assert len(embed_workers(c)) == 2
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(120)
+def test_local_sh_pins_embed_workers_to_cuda_visible_devices(tmp_path):
+    """local.sh under CUDA_VISIBLE_DEVICES=2,5 (a scheduler's allocation) on an 8-GPU machine."""
+    run_dir = tmp_path / "run"
+    _fake_nvidia_smi(tmp_path / "bin", 8)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+               CUDA_VISIBLE_DEVICES="2,5")
+    script = str(RECIPES / "local.sh")
+    common = ["--run-dir", str(run_dir), "--port", "0", "--no-dashboard", "--fetch-workers", "0"]
+    res = subprocess.run(["bash", script, "start", *common, "--embed-workers", "3"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "only 2 GPU(s) found (CUDA_VISIBLE_DEVICES=2,5)" in res.stderr
+    res = subprocess.run(["bash", script, "start", *common, "--no-nanny"], env=env, capture_output=True,
+                         text=True, timeout=90)
+    pids = {}
+    try:
+        assert res.returncode == 0, res.stderr
+        assert "2 GPU embed worker(s)" in res.stdout
+        pids = {f.stem: int(f.read_text()) for f in (run_dir / "pids").glob("*.pid")}
+        assert set(pids) == {"scheduler", "embed-0", "embed-1"}
+        pinned = {name: psutil.Process(pids[name]).environ()["CUDA_VISIBLE_DEVICES"] for name in ("embed-0", "embed-1")}
+        assert pinned == {"embed-0": "2", "embed-1": "5"}
     finally:
         subprocess.run(["bash", script, "stop", "--run-dir", str(run_dir)], env=env, timeout=60)
     assert all(_gone(p) for p in pids.values())

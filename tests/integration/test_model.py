@@ -362,3 +362,181 @@ def test_numpy_uint8_conversion_equals_the_torch_one():
     f[::97], f[::101], f[::103] = np.nan, np.inf, -np.inf
     np.testing.assert_array_equal(to_uint8_array(f), to_uint8(torch.from_numpy(f)).numpy())
     assert to_uint8_array(f).dtype == np.uint8 and not hasattr(to_uint8_array(every), "numpy")
+
+
+# Throughput options (issue 16): prefetch overlap, precision, batch size, fused attention, compile.
+
+def _mixed_inputs():
+    """11 chips in two shapes (three batches of 4 and one of 2 ... at batch 4), with ROIs and scales."""
+    x = chips(7, size=128, seed=1) + chips(4, size=S, seed=2)
+    scales = [10.0 + i for i in range(11)]
+    roi = [None, (0.0, 0.0, 0.5, 0.5), None, None, (0.25, 0.25, 1.0, 0.75), None, None, None, None, None,
+           (0.0, 0.5, 1.0, 1.0)]
+    return x, scales, roi
+
+
+@pytest.mark.parametrize("output", [OutputSpec.pooled("mean"), OutputSpec.grid("max")], ids=["pooled", "grid"])
+def test_overlap_is_bitwise_the_sequential_path(tiny, output):
+    x, scales, roi = _mixed_inputs()
+    seq = ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=4), overlap=False)
+    ovl = ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=4), overlap=True)
+    assert not seq.overlap and ovl.overlap and not tiny.overlap  # CPU default: off
+    a = seq.embed(x, scales, output=output, roi=roi)
+    b = ovl.embed(x, scales, output=output, roi=roi)
+    assert a.vectors.tobytes() == b.vectors.tobytes()
+    np.testing.assert_array_equal(a.input_res_m, b.input_res_m)
+    if output.mode == "grid":
+        assert all(ga.tobytes() == gb.tobytes() for ga, gb in zip(a.grids, b.grids, strict=True))
+
+
+def test_pipelined_prepares_the_next_batch_during_the_current_run():
+    """``_pipelined`` on real threads: run(k) blocks until prepare(k + 1) has started."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rsembed_dask.embed.model import _pipelined
+
+    started = {k: threading.Event() for k in range(4)}
+    log = []
+
+    def prepare(b):
+        started[b[0]].set()
+        log.append(("prepare", b[0], threading.current_thread().name))
+        return b[0] * 10
+
+    def run(b, u8):
+        assert u8 == b[0] * 10
+        if b[0] + 1 in started:
+            assert started[b[0] + 1].wait(10), f"batch {b[0] + 1} was not being prepared during run({b[0]})"
+        log.append(("run", b[0]))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="test-prefetch") as pool:
+        _pipelined([[0], [1], [2], [3]], prepare, run, pool, depth=1)
+    assert [e[1] for e in log if e[0] == "run"] == [0, 1, 2, 3]
+    assert all(e[2].startswith("test-prefetch") for e in log if e[0] == "prepare")
+
+
+def test_pipelined_raises_the_first_error_and_leaves_nothing_running():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rsembed_dask.embed.model import _pipelined
+
+    prepared, gate = [], threading.Event()
+
+    def prepare(b):
+        if b[0] == 2:
+            gate.wait(10)
+            raise SpecError("chip", b[0], "a chip that preprocesses")
+        prepared.append(b[0])
+        return b[0]
+
+    def run(b, u8):
+        if b[0] == 1:
+            gate.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(SpecError, match="chip=2"):
+            _pipelined([[0], [1], [2], [3], [4]], prepare, run, pool, depth=1)
+        at_raise = sorted(prepared)
+        assert at_raise in ([0, 1], [0, 1, 3])  # 3 may have started before its cancel; 4 was never submitted
+        assert pool.submit(lambda: sorted(prepared)).result(10) == at_raise  # nothing ran on after the raise
+
+    def bad_run(b, u8):
+        raise SpecError("run", b[0], "a forward that works")
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(SpecError, match="run=0"):
+            _pipelined([[0], [1], [2]], lambda b: b[0], bad_run, pool, depth=1)
+
+
+def test_dtype_auto_is_float32_on_the_cpu(tiny):
+    auto = ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=4, dtype="auto"))
+    assert auto.precision == "float32" and tiny.precision == "float32"
+    x = chips(3)
+    assert auto.embed(x, 10.0).vectors.tobytes() == tiny.embed(x, 10.0).vectors.tobytes()
+    bf = ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", dtype="bfloat16"))
+    assert bf.precision == "bfloat16" and "bfloat16" in repr(bf)
+
+
+def test_auto_batch_size_on_the_cpu_and_the_given_one_wins():
+    assert ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu")).batch_size == 8
+    assert ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=5)).batch_size == 5
+
+
+def test_activation_estimate_per_image():
+    from rsembed_dask.embed.model import ACTIVATION_SAFETY, activation_bytes_per_image
+
+    # ViT-L/16 at 224 px in bf16, by hand: N = 197 tokens, D = 1024, M = 4096, H = 16.
+    n, d, m, h = 197, 1024, 4096, 16
+    attention, mlp = 4 * n * d * 2 + h * n * n * 6, n * (d + 2 * m) * 2
+    by_hand = ACTIVATION_SAFETY * (8 * n * d + max(attention, mlp) + 12 * 224 ** 2 + 12 * n * d)
+    vit_l = dict(image_size=224, patch_size=16, embed_dim=1024, num_heads=16, mlp_hidden=4096)
+    assert activation_bytes_per_image(**vit_l, act_bytes=2) == int(by_hand)
+    assert 18 * 2**20 < by_hand < 20 * 2**20  # 19 MiB
+    assert activation_bytes_per_image(**vit_l, act_bytes=4) > activation_bytes_per_image(**vit_l, act_bytes=2)
+    assert activation_bytes_per_image(**{**vit_l, "image_size": 448}, act_bytes=2) > 4 * by_hand
+    small = ScaleMAEEmbedder(ModelSpec("test-small", image_size=224, device="cpu"))
+    assert small.activation_bytes_per_image() == activation_bytes_per_image(
+        image_size=224, patch_size=16, embed_dim=384, num_heads=6, mlp_hidden=1536, act_bytes=4)
+
+
+def test_attention_runs_fused_and_matches_the_unfused_path():
+    from rsembed_dask.embed.model import set_fused_attention
+
+    emb = ScaleMAEEmbedder(ModelSpec("test-small", image_size=S, device="cpu", batch_size=4))
+    attn = [b.attn for b in emb.backbone.blocks]
+    assert emb.fused_attention_layers == len(attn) == 12 and all(a.fused_attn for a in attn)
+    x = preprocess(np.stack(chips(4)), S)
+    fused = emb.embed_tensor(x, [10.0, 20.0, 30.0, 40.0])
+    assert set_fused_attention(emb.backbone, False) == 12 and not any(a.fused_attn for a in attn)
+    plain = emb.embed_tensor(x, [10.0, 20.0, 30.0, 40.0])
+    set_fused_attention(emb.backbone, True)
+    assert not torch.equal(fused, plain)  # two different kernels ...
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)  # ... the same attention
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_defaults_bf16_auto_batch_and_overlap():
+    from rsembed_dask.specs import MAX_AUTO_BATCH, auto_batch_size
+
+    emb = ScaleMAEEmbedder(ModelSpec("test-small", image_size=224, device="cuda", dtype="auto"))
+    assert emb.precision == "bfloat16" and emb.overlap and emb.fused_attention_layers == 12
+    free, _ = torch.cuda.mem_get_info(emb.device)
+    assert 1 <= emb.batch_size <= MAX_AUTO_BATCH
+    assert abs(emb.batch_size - auto_batch_size(free, emb.activation_bytes_per_image())) <= 8
+    x = chips(2 * emb.batch_size + 3, size=300, seed=4)
+    on = emb.embed(x, 10.0, output=OutputSpec.grid())
+    emb.overlap = False
+    off = emb.embed(x, 10.0, output=OutputSpec.grid())
+    np.testing.assert_allclose(on.vectors, off.vectors, rtol=0, atol=1e-6)  # same kernels, same batches
+    fp32 = ScaleMAEEmbedder(ModelSpec("test-small", image_size=224, device="cuda", batch_size=16)).embed(x[:16], 10.0)
+    cos = (fp32.vectors * on.vectors[:16]).sum(1) / np.linalg.norm(fp32.vectors, axis=1) / np.linalg.norm(
+        on.vectors[:16], axis=1)
+    assert cos.min() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_attention_matches_the_unfused_path_in_bf16():
+    from rsembed_dask.embed.model import set_fused_attention
+
+    emb = ScaleMAEEmbedder(ModelSpec("test-small", image_size=224, device="cuda", dtype="bfloat16", batch_size=8))
+    x = preprocess(np.stack(chips(8, size=224)), 224, device="cuda")
+    fused = emb.embed_tensor(x, 10.0)
+    set_fused_attention(emb.backbone, False)
+    plain = emb.embed_tensor(x, 10.0)
+    cos = torch.nn.functional.cosine_similarity(fused.flatten(1), plain.flatten(1))
+    assert cos.min() > 0.999
+
+
+@pytest.mark.timeout(300)
+def test_compile_runs_the_model_through_torch_compile_on_the_cpu(tiny):
+    """Real ``torch.compile`` (inductor, C++ on the CPU: ~25 s the first time on 2 busy cores)."""
+    emb = ScaleMAEEmbedder(ModelSpec("test-tiny", image_size=S, device="cpu", batch_size=4, compile=True))
+    assert isinstance(emb._forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert emb._forward._orig_mod is emb.backbone and tiny._forward is tiny.backbone
+    x = chips(4, seed=9)
+    got = emb.embed(x, [10.0, 20.0, 30.0, 40.0], output=OutputSpec.grid())
+    want = tiny.embed(x, [10.0, 20.0, 30.0, 40.0], output=OutputSpec.grid())
+    np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(got.grids), np.stack(want.grids), rtol=1e-5, atol=1e-5)

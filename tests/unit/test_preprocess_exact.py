@@ -16,7 +16,8 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import _geometry
 
 from rsembed_dask.errors import SpecError
-from rsembed_dask.embed.preprocess import normalise, preprocess, resize_uint8_exact, to_uint8
+from rsembed_dask.embed.preprocess import (MAX_RAW, normalise, preprocess, preprocess_host, resize_uint8_exact,
+                                           to_uint8, to_uint8_array)
 
 
 def pil_rgb(u8: np.ndarray, size: int) -> np.ndarray:
@@ -118,6 +119,35 @@ def test_to_uint8_truncates_clips_and_zeroes_nan():
     assert got.dtype == torch.uint8
     np.testing.assert_array_equal(got[0, 0, 0].numpy(), [0, 0, 0, 1, 127, 254, 255, 255, 255])
     assert torch.equal(to_uint8(torch.from_numpy(raw).reshape(1, 1, 1, 9)), got[:1, :1])
+
+
+def test_numpy_path_is_the_torch_float_path_for_every_uint16_value():
+    every = np.arange(MAX_RAW + 1, dtype=np.uint16).reshape(1, 1, 256, 256)
+    by_float = to_uint8(torch.from_numpy(every.astype(np.int32)))  # a tensor: the torch float32 path
+    by_numpy = to_uint8(every)
+    assert by_numpy.dtype == torch.uint8 and torch.equal(by_numpy, by_float)
+    flat = to_uint8_array(np.array([0, 39, 40, 5000, 9999, 10000, 65535], np.uint16))
+    assert flat.tolist() == [0, 0, 1, 127, 254, 255, 255]
+    small = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(to_uint8(small), to_uint8(torch.from_numpy(small.astype(np.float32))))
+
+
+@pytest.mark.parametrize("side", [224, 300])
+def test_preprocess_is_its_host_half_then_normalise(side):
+    raw = np.random.default_rng(side).integers(0, 12000, size=(3, 3, side, side), dtype=np.uint16)
+    u8 = preprocess_host(raw, 224)
+    assert u8.dtype == torch.uint8 and u8.device.type == "cpu" and tuple(u8.shape) == (3, 3, 224, 224)
+    assert torch.equal(normalise(u8, "cpu"), preprocess(raw, 224, device="cpu"))
+    with pytest.raises(SpecError, match="batch"):
+        preprocess_host(raw[0], 224)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_preprocess_host_is_pinned_and_normalises_like_the_cpu():
+    raw = np.random.default_rng(1).integers(0, 12000, size=(4, 3, 448, 448), dtype=np.uint16)
+    u8 = preprocess_host(raw, 224, pin_memory=True)
+    assert u8.is_pinned()
+    torch.testing.assert_close(normalise(u8, "cuda").cpu(), normalise(u8, "cpu"), rtol=0, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

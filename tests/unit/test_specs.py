@@ -51,6 +51,9 @@ BAD = [
     (lambda: ModelSpec(image_size=0), "ModelSpec.image_size", "0"),
     (lambda: ModelSpec(image_size=224.5), "ModelSpec.image_size", "224.5"),
     (lambda: ModelSpec(batch_size=0), "ModelSpec.batch_size", "0"),
+    (lambda: ModelSpec(batch_size="big"), "ModelSpec.batch_size", "big"),
+    (lambda: ModelSpec(batch_size=2.5), "ModelSpec.batch_size", "2.5"),
+    (lambda: ModelSpec(compile="yes"), "ModelSpec.compile", "yes"),
     (lambda: ModelSpec(device="tpu"), "ModelSpec.device", "tpu"),
     (lambda: ModelSpec(dtype="float16"), "ModelSpec.dtype", "float16"),
     (lambda: ModelSpec(res_reference_m=0), "ModelSpec.res_reference_m", "0"),
@@ -98,6 +101,7 @@ SPECS = [
     SensorSpec(composite="mosaic", cloudy_pct=12.5),
     OutputSpec.grid("max"),
     ModelSpec("test-tiny", image_size=64, batch_size=4, dtype="bfloat16"),
+    ModelSpec("test-tiny", dtype="auto", compile=True),
     CampaignSpec(TemporalSpec.year(2022), model=ModelSpec("test-tiny"), scales=[10, 20], buffer_m=500),
 ]
 
@@ -150,3 +154,48 @@ def test_campaign_identity_ignores_runtime_fields():
     assert base.spec_hash() != base.replace(scales=(10.0,)).spec_hash()
     assert base.footprint_buffer_m(20) == 224 * 20 / 2
     assert base.replace(buffer_m=300).footprint_buffer_m(20) == 300
+
+
+def test_batch_size_auto_and_resolution():
+    assert ModelSpec(batch_size="auto").batch_size is None and ModelSpec(batch_size=" AUTO ").batch_size is None
+    auto, given = ModelSpec(), ModelSpec(batch_size=12)
+    assert auto.resolved_batch_size("cpu") == 8 and auto.resolved_batch_size("cpu", fits=200) == 8
+    assert auto.resolved_batch_size("cuda", fits=200) == 200 and auto.resolved_batch_size("cuda") == 32
+    assert given.resolved_batch_size("cuda", fits=200) == 12 and given.resolved_batch_size("cpu") == 12
+    assert ModelSpec(batch_size=np.int64(7)).batch_size == 7
+
+
+def test_auto_batch_size_maths():
+    from rsembed_dask.specs import AUTO_BATCH_MEMORY_FRACTION, MAX_AUTO_BATCH, auto_batch_size
+
+    mib, gib = 2**20, 2**30
+    assert AUTO_BATCH_MEMORY_FRACTION == 0.5 and MAX_AUTO_BATCH == 256
+    assert auto_batch_size(140 * gib, 21 * mib) == 256  # an H200: capped
+    assert auto_batch_size(4 * gib, 21 * mib) == 96  # 2 GiB / 21 MiB = 97.5 -> 97 -> a multiple of 8
+    assert auto_batch_size(100 * mib, 21 * mib) == 2  # fewer than 8: as many as fit
+    assert auto_batch_size(10 * mib, 21 * mib) == 1 and auto_batch_size(-5, 21 * mib) == 1  # at least one
+    assert auto_batch_size(4 * gib, 21 * mib, cap=64) == 64
+    assert auto_batch_size(4 * gib, 21 * mib, fraction=1.0) == 192
+    for kwargs, field in [({"per_image_bytes": 0}, "per_image_bytes"), ({"fraction": 0}, "fraction"),
+                          ({"cap": 0}, "cap")]:
+        args = {"free_bytes": gib, "per_image_bytes": mib, **kwargs}
+        with pytest.raises(SpecError, match=field):
+            auto_batch_size(args.pop("free_bytes"), args.pop("per_image_bytes"), **args)
+
+
+def test_dtype_auto_resolves_per_device():
+    assert ModelSpec().dtype == "float32"  # the pinned default (tests/data/golden)
+    auto = ModelSpec(dtype="auto")
+    assert auto.resolved_dtype("cuda") == "bfloat16" and auto.resolved_dtype("cpu") == "float32"
+    assert auto.resolved_dtype("mps") == "float32"
+    assert ModelSpec(dtype="float32").resolved_dtype("cuda") == "float32"
+    assert ModelSpec(dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"
+
+
+def test_compile_is_a_runtime_field_left_out_when_off():
+    base = CampaignSpec(TemporalSpec.year(2022), model=ModelSpec("test-tiny"))
+    compiled = base.replace(model=ModelSpec("test-tiny", compile=True))
+    assert "compile" not in ModelSpec().to_dict() and ModelSpec(compile=True).to_dict()["compile"] is True
+    assert base.spec_hash() == compiled.spec_hash()
+    assert CampaignSpec.from_json(compiled.to_json()).model.compile is True
+    assert base.spec_hash() != base.replace(model=ModelSpec("test-tiny", dtype="auto")).spec_hash()
