@@ -3,7 +3,7 @@
 Each embed worker (declaring ``GPU=1``) gets one :class:`EmbedActor`. Dask
 actor methods do not resolve futures, and actor futures do not work with
 ``as_completed``, so pixels reach the model through an ordinary task pinned to
-the actor's worker (with ``resources={"GPU": 1}``, one batch at a time per GPU),
+the actor's worker (with a share of its ``GPU`` resource; forwards one at a time),
 which looks the actor instance up in its own worker and calls it in-process:
 no pixels are serialised to reach the model.
 """

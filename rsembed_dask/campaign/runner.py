@@ -1,7 +1,8 @@
 """The client-side loop of a campaign: a bounded window of units, actor health, retries, progress.
 
 Each unit is three tasks: a fetch (any worker, preferring fetch-only ones), an
-embed pinned to an actor's worker with ``resources={"GPU": 1}``, and a write of
+embed pinned to an actor's worker (two at a time per GPU, see
+:data:`EMBED_TASKS_PER_GPU`), and a write of
 the unit's vectors to the cube (preferring fetch-only workers, so that the GPU's
 process only feeds the GPU; on the actor's worker for grid cubes, whose token
 grids are too large to ship).
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster.local import embed_workers, fetch_workers
+from ..cluster.local import GPU_RESOURCE, embed_workers, fetch_workers
 from ..errors import ProviderError, RsEmbedError
 from ..sampling.units import WorkUnit
 from ..store.layout import FAILED, PENDING
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Units in flight per actor: enough for fetches to run ahead of the model.
 UNITS_PER_ACTOR = 4
+#: Embed tasks running at once on a GPU worker (each asks for this share of its GPU resource):
+#: while one runs its forward, the next unpickles, stacks and pins its chips, so the GPU does
+#: not wait for that CPU work between units. The embedder's device lock keeps the forwards
+#: one at a time (and GPU memory to one batch's activations).
+EMBED_TASKS_PER_GPU = 2
 #: Seconds between checks that every actor's worker is alive.
 HEALTH_CHECK_S = 1.0
 #: Times a unit is re-run after losing its worker before it is marked failed.
@@ -179,7 +185,8 @@ class Runner:
         cube = job.cube
         embed = self.c.submit(embed_unit, fetch, self.actors[addr].key, cube.embed_dim, cube.grid_shape,
                               job.spec.output, key=f"embed-{tag}-{addr.rsplit(':', 1)[-1]}",
-                              workers=[addr], allow_other_workers=False, resources={"GPU": 1}, pure=False)
+                              workers=[addr], allow_other_workers=False,
+                              resources={GPU_RESOURCE: 1 / EMBED_TASKS_PER_GPU}, pure=False)
         if cube.grid_shape is not None:  # token grids: n x D x gy x gx floats, written where they are
             where = {"workers": [addr], "allow_other_workers": True}
         else:  # n x D floats: cheap to ship, and the write's CPU stays off the GPU's process

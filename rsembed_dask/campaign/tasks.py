@@ -183,7 +183,8 @@ def embed_unit(pixels: UnitPixels, actor_key: str, embed_dim: int, grid_shape: t
                output: OutputSpec) -> UnitVectors:
     """Embed the fetched chips with the local actor's model; the vectors go on to :func:`write_unit`.
 
-    Runs on the actor's worker (``resources={"GPU": 1}``: one unit at a time per GPU).
+    Runs on the actor's worker, two at a time (``runner.EMBED_TASKS_PER_GPU``): the
+    embedder's device lock lets one prepare its batch while the other runs its forward.
     Chips with status other than :data:`OK` get NaN rows.
     """
     from distributed import get_worker
