@@ -61,6 +61,7 @@ class CampaignReport:
     requests: dict[str, int] = field(default_factory=lambda: collections.Counter())
     cells: dict[str, int] = field(default_factory=dict)
     workers_used: set = field(default_factory=set)
+    models: set = field(default_factory=set)
     gpu_wait_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -111,7 +112,9 @@ class CampaignReport:
                 "requests": dict(self.requests), "cells": self.cells,
                 "failure_reasons": dict(list(self.failures.items())[:TOP_REASONS]),
                 "gpu_wait_s": round(self.gpu_wait_s, 3),
-                "workers_used": sorted(self.workers_used)}
+                "workers_used": sorted(self.workers_used),
+                # e.g. "cuda:0 bfloat16 batch 256": device, precision and batch as the actors resolved them
+                "models": sorted(self.models)}
 
     def summary(self) -> str:
         c, r = self.cells, self.requests

@@ -117,6 +117,9 @@ class Runner:
         for addr in live:
             if addr not in self.actors:
                 self.actors[addr] = start_actor(self.c, self.model, addr)
+                info = self.actors[addr].describe().result()
+                # What ran, as the worker resolved it: dtype="auto" and batch_size=None depend on it.
+                self.report.models.add(f"{info['device']} {info['precision']} batch {info['batch_size']}")
                 self.report.actors_started += 1
         if not self.actors:
             self._wait_for_gpu_worker()

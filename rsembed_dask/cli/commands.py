@@ -193,7 +193,11 @@ def _add_run(sub) -> None:
                    help="skip (and record) invalid rows instead of refusing (not with --tile)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 8 on a CPU, fitted to free memory on a GPU, at most 256)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
+                   help="the forward's precision (default float32; auto: bfloat16 on CUDA, float32 elsewhere; "
+                        "part of the cube's spec, so a cube keeps the precision it was started with)")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
     p.add_argument("--repair", action="store_true",
                    help="read the whole cube first and run again every unit found damaged (missing or undecodable "
@@ -279,7 +283,8 @@ def _cmd_run(args) -> int:
 
         cluster = load_cluster_config(args.cluster)
     scales = scales_given(args)
-    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size, image_size=args.image_size)
+    model = ModelSpec.from_env(model_id=args.model, batch_size=args.batch_size, image_size=args.image_size,
+                               dtype=args.precision)
     if args.tile:
         from ..geo.aoi import read_aoi
         from ..sampling.tiling import tile_aoi
