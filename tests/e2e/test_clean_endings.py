@@ -124,6 +124,18 @@ def test_plan_of_an_aoi_drawn_across_the_antimeridian(tmp_path):
     assert "antimeridian" in r.stderr and "Traceback" not in r.stderr
 
 
+def _wait_for_an_ok_cell(out, proc, timeout_s: float = 120) -> None:
+    """Until the run writing ``out`` has stored an ok cell (or ended): mid-run."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if Cube.open(out).status_counts().get("ok", 0):
+                return
+        except CubeError:  # not created yet
+            pass
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(samples, tmp_path_factory):
     """One `run` against a slow emulator ended by SIGTERM mid-run, its cube verified, then resumed."""
@@ -137,14 +149,7 @@ def interrupted_then_resumed(samples, tmp_path_factory):
                 "--credentials", "anonymous", "--ee-project", "p", "--no-progress"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if Cube.open(out).status_counts().get("ok", 0):
-                        break
-                except CubeError:  # not created yet
-                    pass
-                time.sleep(0.2)
+            _wait_for_an_ok_cell(out, proc)
             proc.send_signal(signal.SIGTERM)
             t0 = time.monotonic()
             stdout, stderr = proc.communicate(timeout=60)
@@ -238,14 +243,7 @@ def test_ctrl_c_reaches_the_process_group_and_only_the_client_answers(samples, t
                                  "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if Cube.open(out).status_counts().get("ok", 0):
-                        break
-                except CubeError:
-                    pass
-                time.sleep(0.2)
+            _wait_for_an_ok_cell(out, proc)
             os.killpg(proc.pid, signal.SIGINT)
             _, stderr = proc.communicate(timeout=60)
         finally:
