@@ -58,15 +58,14 @@ def test_writes_run_off_the_gpu_worker(tmp_path, emulator):
                               gee_options=opts, client=client, chunk_size=4, progress=False)
         assert (ds.status.values == OK).all()
         # The fetch worker converts chips in numpy: it never imports torch (~470 MiB).
-        assert client.run(_imports_torch, workers=[by_name["fetch-0"]]) == {by_name["fetch-0"]: False}
+        def imports_torch() -> bool:  # nested: pickled by value (workers cannot import `tests`)
+            import sys
+
+            return "torch" in sys.modules
+
+        assert client.run(imports_torch, workers=[by_name["fetch-0"]]) == {by_name["fetch-0"]: False}
     ran = {}
     for rec in ts.data:
         ran.setdefault(str(rec["key"]).split("-")[0], set()).add(rec["worker"])
     assert ran["embed"] == {by_name["gpu-0"]}
     assert ran["write"] == {by_name["fetch-0"]} and ran["fetch"] == {by_name["fetch-0"]}
-
-
-def _imports_torch() -> bool:
-    import sys
-
-    return "torch" in sys.modules
