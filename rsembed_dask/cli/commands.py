@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -198,6 +199,9 @@ def _add_run(sub) -> None:
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
                    help="the forward's precision (default float32; auto: bfloat16 on CUDA, float32 elsewhere; "
                         "part of the cube's spec, so a cube keeps the precision it was started with)")
+    p.add_argument("--stac-dir", default=None, metavar="DIR",
+                   help="after the run, write a STAC catalogue of the cube there (as `rsembed-dask stac`; "
+                        "needs pystac: pip install 'rsembed_dask[stac]')")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
     p.add_argument("--repair", action="store_true",
                    help="read the whole cube first and run again every unit found damaged (missing or undecodable "
@@ -306,12 +310,14 @@ def _cmd_run(args) -> int:
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=_run_gee_options(args), options=run, **samples)
+            gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run, **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:
         if w not in no_imagery:  # give back what was not ours to catch
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"open it with: rsembed_dask.open_cube({str(args.out)!r})")
+    if args.stac_dir is not None:
+        print(f"STAC catalogue: {os.path.join(args.stac_dir, 'collection.json')}")
     if args.tile:
         names = ", ".join(f"{s:g}m" for s in source.scales)
         print(f"  an xarray.DataTree: tree['samples/<scale>'] holds the tiles, tree['<scale>/EPSG<zone>'] the "

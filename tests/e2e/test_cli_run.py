@@ -11,7 +11,7 @@ from rsembed_dask.store.cube import OK, Cube, open_cube
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("suffix, extra", [(".geojson", []), (".parquet", ["--precision", "auto"])])
+@pytest.mark.parametrize("suffix, extra", [(".geojson", ["--stac-dir", "stac"]), (".parquet", ["--precision", "auto"])])
 def test_run_then_inspect(tmp_path, capsys, suffix, extra):
     rng = np.random.default_rng(1)
     gdf = gpd.GeoDataFrame({"plot": [f"plot-{i}" for i in range(6)]},
@@ -22,7 +22,7 @@ def test_run_then_inspect(tmp_path, capsys, suffix, extra):
     out = tmp_path / "cube.zarr"
     rc = main(["run", str(samples), "--out", str(out), "--scales", "10,40", "--start", "2022-01-01",
                "--end", "2022-02-01", "--model", "test-tiny", "--backend", "emulator", "--id-column", "plot",
-               "--chunk-size", "4", "--no-progress", *extra])
+               "--chunk-size", "4", "--no-progress", *[str(tmp_path / a) if a == "stac" else a for a in extra]])
     assert rc == 0
     ds = open_cube(out)
     assert (ds.status.values == OK).all() and set(ds.sample.values.tolist()) == set(gdf["plot"])
@@ -35,7 +35,10 @@ def test_run_then_inspect(tmp_path, capsys, suffix, extra):
     assert info["status"]["ok"] == 12 and info["scales"] == [10.0, 40.0]
     assert info["spec"]["model"]["model_id"] == "test-tiny"
     # The spec keeps what was asked ("auto"); last_run says what the actor made of it here.
-    assert info["spec"]["model"].get("dtype", "float32") == ("auto" if extra else "float32")
+    assert info["spec"]["model"].get("dtype", "float32") == ("auto" if "--precision" in extra else "float32")
+    if "--stac-dir" in extra:  # the catalogue written after the run, as `rsembed-dask stac` would
+        collection = json.loads((tmp_path / "stac" / "collection.json").read_text())
+        assert collection["type"] == "Collection" and f"STAC catalogue: {tmp_path / 'stac'}" in printed.out
     assert Cube.open(out).attrs["last_run"]["models"] == ["cpu float32 batch 8"]
     account = info["request_account"]
     assert account["sent"] == account["planned"] and account["planned"] + account["reused"] == 12
