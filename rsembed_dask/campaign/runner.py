@@ -105,10 +105,9 @@ class Runner:
             log.warning("actor worker %s is gone; re-running its units elsewhere", addr)
             del self.actors[addr]
             self.report.actors_lost += 1
-            for fut, (j, unit, a, fetch, embed) in list(self.inflight.items()):
+            for fut, (j, unit, a, fetch, _) in list(self.inflight.items()):
                 if a == addr:
-                    fut.cancel()
-                    embed.cancel()
+                    self._cancel(fut, keep_fetch=True)
                     del self.inflight[fut]
                     self._requeue(j, unit, fetch)
         # Fetches prefer fetch-only workers (loosely: any worker may take them when those are
@@ -229,12 +228,18 @@ class Runner:
             self._drain()
             raise
         finally:
-            for fut, (_, _, _, fetch, embed) in self.inflight.items():
-                fut.cancel()
-                embed.cancel()
-                fetch.cancel()
+            for fut in self.inflight:
+                self._cancel(fut)
             self.bar.close()
             self.report.elapsed_s = time.perf_counter() - t_start - self.report.startup_s
+
+    def _cancel(self, fut, *, keep_fetch: bool = False) -> None:
+        """Cancel an in-flight unit's write task and its embed task (and its fetch, unless kept for a re-run)."""
+        _, _, _, fetch, embed = self.inflight[fut]
+        fut.cancel()
+        embed.cancel()
+        if not keep_fetch:
+            fetch.cancel()
 
     def _drain(self, grace_s: float = DRAIN_S) -> None:
         """After an interrupt: submit nothing more, let units that may be writing finish.
@@ -248,13 +253,11 @@ class Runner:
 
         self.pending.clear()
         writing = []
-        for fut, (_, _, _, fetch, embed) in list(self.inflight.items()):
+        for fut, (_, _, _, fetch, _) in list(self.inflight.items()):
             if fetch.status == "finished" and not fut.done():
                 writing.append(fut)
             elif not fut.done():
-                fut.cancel()
-                embed.cancel()
-                fetch.cancel()
+                self._cancel(fut)
         deadline = time.monotonic() + grace_s
         if writing:
             msg = (f"interrupted: letting {len(writing)} unit(s) being embedded finish their writes "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -141,17 +142,17 @@ def local_cluster(*, n_gpus: int | None = None, n_fetch_workers: int = 1, fetch_
     """
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
-    import os
-
     if n_gpus is not None and n_gpus < 0:
         raise SpecError("n_gpus", n_gpus, "a number of GPUs >= 0")
     if n_fetch_workers < 0:
         raise SpecError("n_fetch_workers", n_fetch_workers, "a number of workers >= 0")
     restricted = gpus is not None
     if gpus is None:
+        # This process's own allocation (as CUDA reads it), read once: what its workers may use.
+        allocation = os.environ.get("CUDA_VISIBLE_DEVICES")
         n_found = count_gpus()
-        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), n_found)
-        restricted = n_found > 0 and "CUDA_VISIBLE_DEVICES" in os.environ
+        gpus = visible_gpus(allocation, n_found)
+        restricted = n_found > 0 and allocation is not None
     found = len(gpus) if n_gpus is None else n_gpus
     if found > len(gpus):
         if restricted:
