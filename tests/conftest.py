@@ -90,3 +90,67 @@ def dask_processes(n_gpu: int = 2, n_fetch: int = 0, *, env: dict | None = None,
         for p in [sched, *procs["gpu"], *procs["fetch"]]:
             p.kill()
             p.wait(20)
+
+
+class S3Server:
+    """moto's S3 server on a free loopback port, counting the requests it receives.
+
+    ``requests`` holds ``(method, path)`` of every request, in order; ``env`` the standard
+    variables that reach it (``AWS_ENDPOINT_URL``...), for this process and for `dask worker`s.
+    """
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        self.requests: list[tuple[str, str]] = []
+        seen = self.requests
+
+        class Counting(MotoRequestHandler):
+            def log_request(self, code="-", size="-"):  # every request, answered; not printed
+                seen.append((self.command, self.path))
+
+        port = _free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+
+        def entry():
+            from werkzeug.serving import make_server
+            from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+            server._server = make_server("127.0.0.1", port, DomainDispatcherApplication(create_backend_app),
+                                         True, request_handler=Counting)
+            server._server_ready_event.set()
+            server._server.serve_forever()
+
+        server._server_entry = entry
+        server.start()
+        self._server = server
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing-key-id",
+                    "AWS_SECRET_ACCESS_KEY": "testing-secret-key", "AWS_REGION": "us-east-1",
+                    "AWS_ALLOW_HTTP": "true"}
+
+    def create_bucket(self, name: str) -> str:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")).close()
+        return f"s3://{name}"
+
+    def stop(self):
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A new, empty bucket on the loopback S3 server, its ``s3://`` URL; the AWS_* variables set."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + "-" + os.urandom(3).hex()
+    return s3_server.create_bucket("".join(c if c.isalnum() or c == "-" else "-" for c in name))

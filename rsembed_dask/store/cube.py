@@ -44,6 +44,7 @@ from .open import (
     unfinished_store,
 )
 from .geoemb import geoemb_attrs
+from .location import STORE_ERRORS, StoreLocation
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from ..specs import CampaignSpec
@@ -77,7 +78,9 @@ class Cube:
     Attributes
     ----------
     path : str
-        Absolute path of the cube directory.
+        Absolute path of the cube directory, or its URL.
+    location : StoreLocation
+        Where it lives (path or URL, with the storage options the workers open it with).
     spec : CampaignSpec
         The campaign spec (as given to :meth:`create_or_open`, else as stored).
     n_rows, embed_dim : int
@@ -92,10 +95,11 @@ class Cube:
         (given sample ``i`` is at row ``last_changes.rows[i]``); None from :meth:`open`.
     """
 
-    def __init__(self, path: str, spec: CampaignSpec, n_rows: int, embed_dim: int,
+    def __init__(self, path: str | StoreLocation, spec: CampaignSpec, n_rows: int, embed_dim: int,
                  grid_shape: tuple[int, int] | None,
                  segments: Sequence[tuple[int, int]] | None = None):
-        self.path = path
+        self.location = StoreLocation.parse(path)
+        self.path = self.location.url
         self.spec = spec
         self.n_rows = int(n_rows)
         self.segments: tuple[tuple[int, int], ...] = (
@@ -109,11 +113,16 @@ class Cube:
         self.writable = True
 
     def __getstate__(self) -> dict[str, Any]:
+        # The storage options travel to the workers (they open the store themselves); a pickled
+        # Cube is for sending to processes, never for writing to disk.
+        options = dict(self.location.storage_options)
         return {"path": self.path, "spec": self.spec.to_json(), "n_rows": self.n_rows,
-                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments}
+                "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments,
+                **({"storage_options": options} if options else {})}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        Cube.__init__(self, state["path"], CampaignSpec.from_json(state["spec"]), state["n_rows"],
+        location = StoreLocation.parse(state["path"], state.get("storage_options"))
+        Cube.__init__(self, location, CampaignSpec.from_json(state["spec"]), state["n_rows"],
                       state["embed_dim"], state["grid_shape"], state["segments"])
 
     def __reduce__(self):
@@ -162,10 +171,10 @@ class Cube:
     @property
     def attrs(self) -> dict[str, Any]:
         """The group attributes, read fresh from disk."""
-        return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs.asdict())
+        return dict(zarr.open_group(self.location.zarr_store(), mode="r", zarr_format=3).attrs.asdict())
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, *, spec: CampaignSpec, ids: Any = None,
+    def create_or_open(cls, path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec, ids: Any = None,
                        lon: Any = None, lat: Any = None, geohash: Any = None,
                        wkb: Any = None, embed_dim: int,
                        grid_shape: tuple[int, int] | None = None,
@@ -187,8 +196,8 @@ class Cube:
 
         Parameters
         ----------
-        path : str or path-like
-            Local directory of the Zarr v3 store. It may not exist yet or be empty.
+        path : str, path-like or StoreLocation
+            Local directory or object-store URL of the Zarr v3 store. It may not exist yet or be empty.
         spec : CampaignSpec
             The campaign; its :meth:`~CampaignSpec.identity` must match a stored one.
         ids : sequence of str or int
@@ -235,7 +244,7 @@ class Cube:
         """
         if not isinstance(spec, CampaignSpec):
             raise SpecError("spec", type(spec).__name__, "a CampaignSpec")
-        path = os.path.abspath(os.fspath(path))
+        path = StoreLocation.parse(path)
         grid_shape = check_shapes(spec.output.mode, embed_dim, grid_shape)
         if chunks is not None and (update or append):
             raise SpecError("update/append", {"update": update, "append": append},
@@ -269,7 +278,7 @@ class Cube:
         return cube
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Cube:
+    def open(cls, path: str | os.PathLike | StoreLocation) -> Cube:
         """Open an existing cube (its spec and shapes are read from disk).
 
         Raises
@@ -277,18 +286,18 @@ class Cube:
         CubeError
             ``path`` is missing, a file, or not a cube.
         """
-        path = os.path.abspath(os.fspath(path))
+        path = StoreLocation.parse(path)
         meta = probe_store(path)
         if meta is None:
-            raise CubeError(f"no cube at {path!r}")
+            raise CubeError(f"no cube at {path.url!r}")
         attrs = meta["attributes"]
         spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
-        group = zarr.open_group(path, mode="r", zarr_format=3)
+        group = zarr.open_group(path.zarr_store(), mode="r", zarr_format=3)
         emb = array_of(group, "embedding")
         grid_shape = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
         segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
         cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
-        cube.writable = os.access(path, os.W_OK)
+        cube.writable = _writable(path)
         return cube
 
     def _create(self, source: Callable[[], Iterator[dict[str, Any]]], versions: dict[str, str]) -> None:
@@ -299,7 +308,7 @@ class Cube:
             group, start = None, 0
             for inputs in source():
                 if group is None:  # the creating attribute first: an interrupted creation is recognised
-                    group = zarr.open_group(self.path, mode="w", zarr_format=3, attributes={
+                    group = zarr.open_group(self.location.zarr_store(), mode="w", zarr_format=3, attributes={
                         CREATING_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
                     defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape,
@@ -330,7 +339,7 @@ class Cube:
                 SEGMENTS_ATTR: [[0, n]],
                 MARKER_ATTR: CUBE_VERSION,
             })
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise CubeError(f"cannot create cube at {self.path!r}: {exc}; no unit ran in it, so running the "
                             "campaign again recreates it") from exc
 
@@ -369,7 +378,7 @@ class Cube:
                       n_given: int, *, whole: bool, update: bool, append: bool) -> None:
         """Resume a cube of this campaign (checked by :meth:`_mismatch`): match the samples."""
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
-        self.writable = os.access(self.path, os.W_OK)
+        self.writable = _writable(self.location)
         group = self._zgroup()
         emb = array_of(group, "embedding")
         self.n_rows = emb.shape[0]
@@ -458,7 +467,7 @@ class Cube:
                     arr.set_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1), np.nan)
             for name, value in (("input_res_m", np.nan), ("valid_fraction", np.nan), ("error", "")):
                 self._array(name).set_orthogonal_selection((rows, slice(None)), value)
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise CubeError(f"cannot reset samples in {self.path!r}: {exc}") from exc
         logger.info("cube %s: reset %d sample(s) to pending at every scale", self.path, len(rows))
 
@@ -518,7 +527,7 @@ class Cube:
             for name in ("sample", *_SAMPLE_COORDS):
                 self._array(name)[start:stop] = given[name][order]
             group.attrs[SEGMENTS_ATTR] = segments + [[start, stop]]  # the commit
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise CubeError(f"cannot append samples to {self.path!r}: {exc}") from exc
         self.n_rows = stop
         self.segments = self.segments + ((start, stop),)
@@ -567,8 +576,8 @@ class Cube:
     def _zgroup(self) -> zarr.Group:
         if self._group is None:
             try:
-                self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-            except (OSError, ValueError) as exc:
+                self._group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3)
+            except (*STORE_ERRORS, ValueError) as exc:
                 raise CubeError(f"cannot open cube {self.path!r}: {exc}") from exc
         return self._group
 
@@ -669,7 +678,7 @@ class Cube:
                 self._array(name)[start:stop, si] = data[name]
             # Status last: it vouches for the data written above.
             self._array("status")[start:stop, si] = data["status"]
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
                             f"to {self.path!r}: {exc}") from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
@@ -756,7 +765,7 @@ class Cube:
         status = self.status_array()
         names = (("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
                  + self._scale_arrays())
-        stored = {name: {key[:2] for key in chunk_keys(self.path, name)} for name in names}
+        stored = {name: {key[:2] for key in chunk_keys(self.location, name)} for name in names}
         out = []
         for u in units:
             stop = self.unit_stop(u.start)
@@ -810,6 +819,12 @@ class Cube:
             if not self.writable:
                 raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
             self._zgroup().attrs.update(changed)
+
+
+def _writable(loc: StoreLocation) -> bool:
+    """Whether this process may write the store: a local directory's permission; an object store
+    is taken as writable (it says otherwise when a write is made)."""
+    return os.access(loc.path, os.W_OK) if loc.local else True
 
 
 #: Cubes unpickled in this process, by their pickled state (path, spec, extent, segments:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 
+from .location import STORE_ERRORS, StoreLocation
 from .layout import CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
 from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
@@ -47,18 +48,21 @@ _TILING_ENTRY = re.compile(r"^(samples|[0-9][0-9.e+]*m)$")
 log = logging.getLogger(__name__)
 
 
-def _read_group_meta(path: str) -> dict[str, Any] | None:
-    """The parsed ``zarr.json`` of ``path``, or None when it is unreadable or not JSON."""
+def _read_group_meta(loc: StoreLocation) -> dict[str, Any] | None:
+    """The parsed ``zarr.json`` of ``loc``, or None when it is unreadable or not JSON."""
     try:
-        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError):
+        raw = loc.read("zarr.json")
+        meta = None if raw is None else json.loads(raw)
+    except (*STORE_ERRORS, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
 
-def _has_status_chunk(path: str) -> bool:
-    """Whether any ``status`` array under ``path`` has a stored chunk (some unit finished there)."""
+def _has_status_chunk(loc: StoreLocation) -> bool:
+    """Whether any ``status`` array under ``loc`` has a stored chunk (some unit finished there)."""
+    if not loc.local:  # an unfinished store on a bucket: one listing of what it holds
+        return any(re.search(r"(^|/)status/c([./]|$)", key) for key, _ in loc.walk())
+    path = loc.path
     for root, dirs, files in os.walk(path):
         if os.path.basename(root) == "status" and "zarr.json" in files:
             chunks = os.path.join(root, "c")
@@ -69,7 +73,7 @@ def _has_status_chunk(path: str) -> bool:
     return False
 
 
-def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | None:
+def unfinished_store(path: str | os.PathLike | StoreLocation, *, tiling: bool = False) -> str | None:
     """Why ``path`` holds a store whose creation by rsembed_dask was interrupted; None if it does not.
 
     Such a store (a crash or a full disk while the cube was laid out) has a ``zarr.json``
@@ -81,7 +85,7 @@ def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | 
 
     Parameters
     ----------
-    path : str or path-like
+    path : str, path-like or StoreLocation
     tiling : bool
         Recognise a tiling store's root instead of a sample cube.
 
@@ -90,15 +94,15 @@ def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | 
     str or None
         What was found, for a warning.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, "zarr.json")):
+    loc = StoreLocation.parse(path)
+    if not loc.is_file("zarr.json"):
         return None
-    entries = set(os.listdir(path)) - {"zarr.json"}
+    entries = loc.children() - {"zarr.json"}
     kind = "a tiling store" if tiling else "a cube"
     if not (all(_TILING_ENTRY.match(e) for e in entries) if tiling
             else entries <= set(COORD_NAMES + DATA_NAMES + ("grid",))):
         return None  # names that are not ours: a foreign store, refused
-    meta = _read_group_meta(path)
+    meta = _read_group_meta(loc)
     marker = TILING_MARKER if tiling else MARKER_ATTR
     names = ", ".join(sorted(entries)) or "none yet"
     if meta is None:
@@ -114,21 +118,14 @@ def unfinished_store(path: str | os.PathLike, *, tiling: bool = False) -> str | 
             why = f"its group has no attributes and it holds only {kind}'s arrays ({names})"
         else:
             return None  # attributes that are not ours
-    if _has_status_chunk(path):
+    if _has_status_chunk(loc):
         return None
     return why
 
 
-def store_bytes(path: str | os.PathLike) -> int:
-    """Bytes the files under ``path`` occupy on disk (0 when it does not exist)."""
-    total = 0
-    for root, _, files in os.walk(os.fspath(path)):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
-            except FileNotFoundError:
-                continue
-    return total
+def store_bytes(path: str | os.PathLike | StoreLocation) -> int:
+    """Bytes the files under ``path`` occupy on disk, or its objects hold (0 when it does not exist)."""
+    return sum(size for _, size in StoreLocation.parse(path).walk())
 
 
 def array_of(group: zarr.Group, name: str) -> zarr.Array:
@@ -161,15 +158,15 @@ def attr_text(attrs: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
+def probe_store(path: str | os.PathLike | StoreLocation, *, arrays: bool = True) -> dict[str, Any] | None:
     """Classify ``path``: None when it does not exist or is an empty directory.
 
     Returns the group metadata (parsed ``zarr.json``) of an existing cube.
 
     Parameters
     ----------
-    path : str
-        Absolute path of the cube directory.
+    path : str, path-like or StoreLocation
+        The cube directory or URL.
     arrays : bool
         Also check that every array's metadata (``<array>/zarr.json``) is readable and
         that every coordinate chunk is stored (a few small files and directory
@@ -183,28 +180,34 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     CubeError
         When ``path`` is a file, or a directory that is not a finished cube.
     """
-    if not os.path.exists(path):
-        return None
-    if not os.path.isdir(path):
+    loc = StoreLocation.parse(path)
+    path = str(loc)
+    if loc.local and os.path.exists(path) and not os.path.isdir(path):
         raise CubeError(f"cube path {path!r} exists and is a file, not a Zarr cube directory")
-    meta_path = os.path.join(path, "zarr.json")
-    if not os.path.isfile(meta_path):
-        if not os.listdir(path):
+    try:
+        raw = loc.read("zarr.json")
+    except IsADirectoryError:
+        raw = None
+    except STORE_ERRORS as exc:
+        raise CubeError(f"cube path {path!r} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if raw is None:
+        if not loc.children():
+            if not loc.local and loc.is_file():
+                raise CubeError(f"cube path {path!r} exists and is an object, not a Zarr cube prefix")
             return None
         raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
                         "(no zarr.json); choose another path or remove it")
     try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as exc:
-        if unfinished_store(path) is not None:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        if unfinished_store(loc) is not None:
             raise CubeError(_unfinished_message(path, f"cannot read zarr.json ({exc})")) from exc
         raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
                                "metadata (which holds the campaign spec) is damaged and no run can repair it: "
                                "restore it from a copy") from exc
     attrs = meta.get("attributes") or {} if isinstance(meta, dict) else {}
     if not isinstance(meta, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs:
-        why = unfinished_store(path)
+        why = unfinished_store(loc)
         if why is not None:
             raise CubeError(_unfinished_message(path, why))
         raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
@@ -215,13 +218,13 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     if arrays:
         found = []
         for name in cube_array_names(attrs):
-            meta_a, why = array_meta_problem(path, name)
+            meta_a, why = array_meta_problem(loc, name)
             if meta_a is None:
                 found.append(why or f"array {name!r} is unreadable")
             elif name in COORD_NAMES:
                 segments = (read_segments(attrs, int(meta_a["shape"][0]), 1)
                             if name not in ("scale", "feature") else None)
-                lost = missing_coordinate_chunks(path, name, meta_a, segments)
+                lost = missing_coordinate_chunks(loc, name, meta_a, segments)
                 if lost:
                     lo, hi = lost[0]
                     more = f" (and {len(lost) - 1} more chunks)" if len(lost) > 1 else ""
@@ -236,7 +239,7 @@ def _unfinished_message(path: str, why: str) -> str:
             "running the campaign again recreates it")
 
 
-def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
+def missing_coordinate_chunks(path: str | StoreLocation, name: str, meta: dict[str, Any],
                               segments: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` of the chunks of 1-D coordinate ``name`` that the store lacks.
 
@@ -259,7 +262,7 @@ def missing_coordinate_chunks(path: str, name: str, meta: dict[str, Any],
             and not ((int_ids or name == "feature") and min(lo + c, n) - lo == 1)]
 
 
-def damage_hint(path: str) -> str:
+def damage_hint(path: str | StoreLocation) -> str:
     """What to do about a damaged cube: where the damage is listed, how it is repaired."""
     return (f"`rsembed-dask inspect --verify {path}` lists the damage; running the campaign again with "
             "--repair (run_campaign(..., repair=True)) repairs it")
@@ -280,15 +283,14 @@ def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
     return COORD_NAMES + data
 
 
-def array_meta_problem(path: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+def array_meta_problem(path: str | StoreLocation, name: str) -> tuple[dict[str, Any] | None, str | None]:
     """``(meta, None)`` with the parsed ``<name>/zarr.json`` of the store at ``path``, or ``(None, why)``."""
-    meta_path = os.path.join(path, name, "zarr.json")
     try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except FileNotFoundError:
-        return None, f"array {name!r} is missing (no {name}/zarr.json)"
-    except (OSError, ValueError) as exc:
+        raw = StoreLocation.parse(path).read(f"{name}/zarr.json")
+        if raw is None:
+            return None, f"array {name!r} is missing (no {name}/zarr.json)"
+        meta = json.loads(raw)
+    except (*STORE_ERRORS, ValueError) as exc:
         return None, (f"the metadata of array {name!r} ({name}/zarr.json) cannot be read "
                       f"({type(exc).__name__}: {exc})")
     if not isinstance(meta, dict) or meta.get("node_type") != "array" or not isinstance(meta.get("shape"), list):
@@ -296,7 +298,7 @@ def array_meta_problem(path: str, name: str) -> tuple[dict[str, Any] | None, str
     return meta, None
 
 
-def read_array_meta(path: str, name: str) -> dict[str, Any]:
+def read_array_meta(path: str | StoreLocation, name: str) -> dict[str, Any]:
     """The parsed ``zarr.json`` of array ``name`` of the cube at ``path``.
 
     Raises
@@ -311,7 +313,7 @@ def read_array_meta(path: str, name: str) -> dict[str, Any]:
     return meta
 
 
-def chunk_keys(path: str, name: str, meta: dict[str, Any] | None = None) -> set[tuple[int, ...]]:
+def chunk_keys(path: str | StoreLocation, name: str, meta: dict[str, Any] | None = None) -> set[tuple[int, ...]]:
     """Indices of the chunks that array ``name`` really has in the store (the directory listing).
 
     Zarr reads a chunk that is not stored as the fill value without a word; this
@@ -320,8 +322,8 @@ def chunk_keys(path: str, name: str, meta: dict[str, Any] | None = None) -> set[
 
     Parameters
     ----------
-    path : str
-        The cube (or any Zarr v3 group) directory.
+    path : str or StoreLocation
+        The cube (or any Zarr v3 group) directory or URL (one listing request per 1,000 chunks).
     name : str
         Path of the array inside it (e.g. ``"embedding"`` or ``"10m/EPSG32632/status"``).
     meta : dict, optional
@@ -338,33 +340,35 @@ def chunk_keys(path: str, name: str, meta: dict[str, Any] | None = None) -> set[
         raise CubeError(f"array {name!r} of {path!r} uses chunk key encoding {enc!r}; "
                         "only Zarr v3's 'default' encoding is supported")
     ndim = len(meta["shape"])
-    base = os.path.join(path, name)
+    loc = StoreLocation.parse(path)
     keys: set[tuple[int, ...]] = set()
     if ndim == 0:
-        return {()} if os.path.isfile(os.path.join(base, "c")) else set()
+        return {()} if loc.is_file(f"{name}/c") else set()
+    parts_of: Iterator[list[str]]
     if sep == ".":
-        names = (f for f in os.listdir(base) if f.startswith("c."))
+        names = (f for f in loc.children(name) if f.startswith("c."))
         parts_of = (f.split(".")[1:] for f in names)
     else:
-        root = os.path.join(base, "c")
-        parts_of = (os.path.relpath(os.path.join(d, f), root).split(os.sep)
-                    for d, _, files in os.walk(root) for f in files)
+        skip = len(name.strip("/")) + 3  # "<name>/c/"
+        parts_of = (key[skip:].split("/") for key, _ in loc.walk(f"{name}/c"))
     for parts in parts_of:
         if len(parts) == ndim and all(p.isdigit() for p in parts):
             keys.add(tuple(int(p) for p in parts))
     return keys
 
 
-def is_tiling_store(path: str | os.PathLike) -> bool:
+def is_tiling_store(path: str | os.PathLike | StoreLocation) -> bool:
     """Whether ``path`` holds a finished tiling store (see :mod:`rsembed_dask.store.tiling`)."""
-    meta_path = os.path.join(os.fspath(path), "zarr.json")
-    if not os.path.isfile(meta_path):
-        return False
+    loc = StoreLocation.parse(path)
     try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CubeError(f"cube path {os.fspath(path)!r}: cannot read zarr.json ({exc})") from exc
+        raw = loc.read("zarr.json")
+        if raw is None:
+            return False
+        meta = json.loads(raw)
+    except IsADirectoryError:
+        return False
+    except (*STORE_ERRORS, ValueError) as exc:
+        raise CubeError(f"cube path {loc.url!r}: cannot read zarr.json ({exc})") from exc
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 
 
@@ -379,8 +383,15 @@ def _existing_ancestor(path: str) -> str:
     return probe
 
 
-def check_writable(path: str) -> None:
-    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable."""
+def check_writable(path: str | StoreLocation) -> None:
+    """Raise CubeError unless ``path`` (or its nearest existing ancestor) is writable.
+
+    Local paths only: an object store says whether a write is allowed when one is made
+    (nothing is checked for a URL)."""
+    loc = StoreLocation.parse(path)
+    if not loc.local:
+        return
+    path = loc.path
     probe = _existing_ancestor(path)
     if not os.access(probe, os.W_OK):
         raise CubeError(f"cube path {path!r} is not writable ({probe!r} denies writing)")
@@ -391,7 +402,7 @@ def free_space(path: str) -> int:
     return int(shutil.disk_usage(path).free)
 
 
-def check_free_space(path: str | os.PathLike, size: Any, *, free: int | None = None,
+def check_free_space(path: str | os.PathLike | StoreLocation, size: Any, *, free: int | None = None,
                      block_size: int | None = None, reclaim: int = 0) -> None:
     """Refuse a store that cannot fit in the free space of its filesystem; warn when it may not.
 
@@ -412,8 +423,14 @@ def check_free_space(path: str | os.PathLike, size: Any, *, free: int | None = N
     ------
     CubeError
         Even the lower estimate does not fit: naming both figures, the free space and the path.
+
+    Local paths only: an object store has no free space to check (nothing is checked for a URL).
     """
-    path = os.path.abspath(os.fspath(path))
+    loc = StoreLocation.parse(path)
+    if not loc.local:
+        log.debug("store %s is an object store: no free-space check", loc)
+        return
+    path = loc.path
     probe = _existing_ancestor(path)
     if free is None:
         free = free_space(probe)
@@ -434,7 +451,8 @@ def check_free_space(path: str | os.PathLike, size: Any, *, free: int | None = N
         log.debug("store %s needs at most %s; %s free on %s", path, fmt(upper), fmt(available), probe)
 
 
-def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any) -> xr.Dataset | xr.DataTree:
+def open_cube(path: str | os.PathLike | StoreLocation, *, dequantize: bool = True,
+              storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.Dataset | xr.DataTree:
     """Open a cube lazily (Dask-backed) as an :class:`xarray.Dataset`.
 
     A tiling store opens as an :class:`xarray.DataTree`: ``tree["samples/10m"]`` is
@@ -443,13 +461,15 @@ def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any
 
     Parameters
     ----------
-    path : str or path-like
-        The cube directory.
+    path : str, path-like or StoreLocation
+        The cube directory, or its ``s3://``, ``gs://``, ``az://`` URL.
     dequantize : bool
         For an int8 cube (``OutputSpec(dtype="int8")``): True (default) gives float32
         ``embedding`` (and ``grid``) as ``int8 * scale`` (lazily; NaN where there is
         none) and drops the scale arrays; False gives the stored int8 arrays with
         ``embedding_scale`` (and ``grid_scale``) beside them. No effect on float32 cubes.
+    storage_options : mapping, optional
+        For a URL: obstore config keys (credentials otherwise come from the environment).
     **kwargs
         Passed to :func:`xarray.open_zarr` (e.g. ``chunks``).
 
@@ -467,15 +487,17 @@ def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any
     CubeError
         ``path`` is missing or not a cube.
     """
-    path = os.path.abspath(os.fspath(path))
+    loc = StoreLocation.parse(path, storage_options)
+    path = str(loc)
     kwargs.setdefault("chunks", {})
-    if is_tiling_store(path):
-        tree = xr.open_datatree(path, engine="zarr", zarr_format=3, consolidated=False, **kwargs)
+    if is_tiling_store(loc):
+        tree = xr.open_datatree(loc.zarr_store(read_only=True), engine="zarr", zarr_format=3,
+                                consolidated=False, **kwargs)
         return tree.map_over_datasets(lambda ds: _plain(ds, dequantize))
-    if probe_store(path) is None:
+    if probe_store(loc) is None:
         raise CubeError(f"no cube at {path!r}")
     try:  # the index coordinates (sample, scale) are read now
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, **kwargs)
+        ds = xr.open_zarr(loc.zarr_store(read_only=True), consolidated=False, zarr_format=3, **kwargs)
     except DECODE_ERRORS as exc:
         raise CubeDamagedError(f"cube {path!r} cannot be opened ({type(exc).__name__}: {exc}): a chunk of its "
                                "coordinates is probably damaged; " + damage_hint(path)) from exc
