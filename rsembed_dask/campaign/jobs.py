@@ -31,6 +31,7 @@ from ..sampling.tiling import TileTable, Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
 from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
+from ..store.location import StoreLocation
 from ..store.repair import repair_sample_cube, repair_tiling_layout
 from ..store.samples import table_in_cube_rows
 from ..store.size import StoreSize, sample_store_size, tiling_store_size
@@ -45,9 +46,9 @@ log = logging.getLogger(__name__)
 #: Samples per work unit (and cube chunk) of a sample campaign when none is given.
 DEFAULT_CHUNK_SIZE = 64
 
-#: Called by a planner with the store's path, the campaign spec and the store's size estimate,
+#: Called by a planner with the store's location, the campaign spec and the store's size estimate,
 #: once the inputs are checked and before the store is created or opened.
-Preflight = Callable[[str, CampaignSpec, StoreSize], None]
+Preflight = Callable[[StoreLocation, CampaignSpec, StoreSize], None]
 
 
 @dataclass
@@ -69,14 +70,14 @@ class Jobs:
 
     Attributes
     ----------
-    path : str
+    path : StoreLocation
         The cube, or the tiling store.
     jobs : list of Job
     tiling : Tiling or None
         The tiling whose zone grids follow the sample cubes (None for a sample campaign).
     """
 
-    path: str
+    path: StoreLocation
     jobs: list[Job]
     tiling: Tiling | None = None
 
@@ -139,11 +140,12 @@ class Jobs:
         return copied
 
 
-def grids_synced(path: str) -> bool:
+def grids_synced(path: str | StoreLocation) -> bool:
     """Whether the tiling store at ``path`` has grids that reflect its sample cubes."""
-    if not is_tiling_store(path):
+    loc = StoreLocation.parse(path)
+    if not is_tiling_store(loc):
         return False
-    return bool(zarr.open_group(path, mode="r", zarr_format=3).attrs.get(SYNCED_ATTR, False))
+    return bool(zarr.open_group(loc.zarr_store(), mode="r", zarr_format=3).attrs.get(SYNCED_ATTR, False))
 
 
 def software_versions() -> dict[str, str]:
@@ -185,7 +187,7 @@ def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
     return info.embed_dim, (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
 
 
-def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = DEFAULT_SCALES,
+def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec, scales: Any = DEFAULT_SCALES,
                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
@@ -215,12 +217,13 @@ def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, sc
     table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
+    out = StoreLocation.parse(out)
     if preflight is not None:
-        preflight(os.path.abspath(os.fspath(out)), spec, sample_store_size(
+        preflight(out, spec, sample_store_size(
             table.ids, table.wkb, n_scales=len(spec.scales), embed_dim=embed_dim,
             chunk_size=spec.chunk_size, grid_shape=grid_shape, dtype=spec.output.dtype))
     if repair:  # metadata and coordinates from the given samples, before anything reads them
-        repair_sample_cube(os.fspath(out), table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
+        repair_sample_cube(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
     cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
                                geohash=table.geohash, wkb=table.wkb, embed_dim=embed_dim,
                                grid_shape=grid_shape, versions=versions(), update=update, append=append)
@@ -230,7 +233,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike, *, temporal: TemporalSpec, sc
     table, given = table_in_cube_rows(table, cube)
     units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
              if given[u.start:u.stop].any()]
-    return Jobs(cube.path, [Job(table, cube, spec, units)])
+    return Jobs(cube.location, [Job(table, cube, spec, units)])
 
 
 def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
@@ -256,7 +259,7 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
     return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
 
 
-def plan_tiling(tiling: Tiling, out: str | os.PathLike, *, temporal: TemporalSpec, scales: Any = None,
+def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec, scales: Any = None,
                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
                 versions: Callable[[], dict[str, str]] = software_versions,
@@ -285,7 +288,7 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike, *, temporal: TemporalSpe
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(), model=model,
                         output=output or OutputSpec.pooled(), scales=tiling.scales,
                         chunk_size=chunk_size or tiling.block ** 2, buffer_m=None)
-    path = os.path.abspath(os.fspath(out))
+    path = StoreLocation.parse(out)
     if repair:  # unreadable array metadata of its sample cubes, before they are opened
         repair_tiling_layout(path, tiling)
     embed_dim, grid_shape = _grid_shape(spec)

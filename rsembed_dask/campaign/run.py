@@ -40,9 +40,11 @@ from ..store.cube import Cube
 from ..store.open import (check_free_space, check_writable, is_tiling_store, open_cube, probe_store, store_bytes,
                           unfinished_store)
 from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
+from ..store.location import StoreLocation
 from ..store.lock import one_writer
 from ..store.repair import reset_damaged_units
 from ..store.size import StoreSize
+from ..store.tiling import sample_cube_names
 from .jobs import Jobs, Preflight, plan_samples, plan_tiling
 from .options import RunOptions
 from .progress import CampaignReport
@@ -117,7 +119,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise",
                  gee_options: Mapping[str, Any] | None = None, cluster_options: Mapping[str, Any] | None = None,
                  stac_dir: str | os.PathLike | None = None, options: RunOptions | None = None,
-                 **knobs: Any) -> xr.Dataset | xr.DataTree:
+                 storage_options: Mapping[str, Any] | None = None, **knobs: Any) -> xr.Dataset | xr.DataTree:
     """Embed every sample of ``gdf`` at every scale into the Zarr cube ``out``.
 
     Parameters
@@ -126,8 +128,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         Points, polygons or multipolygons in any CRS; ids from the index or ``id_column``.
         Or a :class:`~rsembed_dask.sampling.tiling.Tiling` from :func:`~rsembed_dask.sampling.tiling.tile_aoi`:
         a tiling campaign (its own footprints at each of its scales, plus georeferenced grids).
-    out : str or path
-        The cube. An existing cube with the same spec resumes (only units not
+    out : str, path or StoreLocation
+        The cube: a local path, or an ``s3://``, ``gs://``, ``az://`` URL (credentials from
+        the environment, e.g. ``AWS_*``, or ``storage_options``). An existing cube with the same spec resumes (only units not
         done run); a different spec is refused naming the differing fields, unless no
         unit has finished in the cube: it is then recreated (a warning names what
         changed), as is a store whose creation was interrupted. Before the cube is
@@ -168,6 +171,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         whole store first, restore what is damaged and re-run damaged units), ``update``
         (re-embed samples whose geometry changed), ``append`` (add new ids as new chunks),
         ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
+    storage_options : mapping, optional
+        For a URL ``out``: obstore config keys (never written anywhere; the workers get them
+        with the pickled cube). See :mod:`rsembed_dask.store.location`.
     **knobs
         Any :class:`RunOptions` field as a keyword (``retry_failed=True``...), applied over
         ``options``.
@@ -193,6 +199,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         A keyword that is neither a parameter nor a :class:`RunOptions` field.
     """
     opts = (options or RunOptions()).replace(**knobs)
+    out = StoreLocation.parse(out, storage_options)
     check_backend(backend)  # before any cube or cluster exists
     with contextlib.ExitStack() as stack:
         # Weights, free space and backend are checked before the store is created (or, for a
@@ -265,7 +272,7 @@ class _Preflight:
         self.checked = False  # an Earth Engine preflight request was sent
         self.done = False
 
-    def before_store(self, path: str, spec: CampaignSpec, size: StoreSize) -> None:
+    def before_store(self, path: StoreLocation, spec: CampaignSpec, size: StoreSize) -> None:
         """Check before the store at ``path`` is created or opened, when it may hold work."""
         self.size = size
         if self.defer:  # --repair: what is left to do is known once the store is read whole
@@ -276,7 +283,7 @@ class _Preflight:
         fraction, reclaim = left
         self.run(path, spec, fraction=fraction, reclaim=reclaim)
 
-    def run(self, path: str, spec: CampaignSpec, *, fraction: float = 1.0, reclaim: int = 0) -> None:
+    def run(self, path: StoreLocation, spec: CampaignSpec, *, fraction: float = 1.0, reclaim: int = 0) -> None:
         """Check weights, path, free space (for ``fraction`` of the store) and backend; once."""
         if self.done:
             return
@@ -291,7 +298,7 @@ class _Preflight:
         self.done = True
 
 
-def _work_left(path: str, *, tiling: bool, retry_failed: bool) -> tuple[float, int] | None:
+def _work_left(path: StoreLocation, *, tiling: bool, retry_failed: bool) -> tuple[float, int] | None:
     """What is left to do in the store at ``path``, read without writing: None when it is a finished
     store (or one the planner refuses), else ``(share of cells left, bytes of a store to be replaced)``.
 
@@ -304,9 +311,7 @@ def _work_left(path: str, *, tiling: bool, retry_failed: bool) -> tuple[float, i
             return 1.0, store_bytes(path)
         if not is_tiling_store(path):
             return (1.0, 0) if probe_store(path, arrays=False) is None else None  # else refused when planned
-        samples = os.path.join(path, "samples")
-        cubes = [Cube.open(os.path.join(samples, name)) for name in sorted(os.listdir(samples))
-                 if os.path.isdir(os.path.join(samples, name))]
+        cubes = [Cube.open(path.child("samples", name)) for name in sample_cube_names(path)]
     else:
         why = unfinished_store(path)
         if why is not None:

@@ -107,6 +107,9 @@ class StoreLocation:
     def __str__(self) -> str:
         return self.url
 
+    def __fspath__(self) -> str:  # so that a location goes where a path went (a URL stays a URL)
+        return self.url
+
     @classmethod
     def parse(cls, where: str | os.PathLike | StoreLocation,
               storage_options: Mapping[str, Any] | None = None) -> StoreLocation:

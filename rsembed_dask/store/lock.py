@@ -289,6 +289,10 @@ def store_lock(store: str | os.PathLike, *, heartbeat_s: float = HEARTBEAT_S) ->
     >>> with store_lock("campaign.zarr"):  # doctest: +SKIP
     ...     ...  # write the cube
     """
+    if str(os.fspath(store)).startswith(("s3://", "gs://", "az://")):  # TEMPORARY: the `lock` branch locks these
+        log.warning("%s: an object store; this build does not lock it (one writer is up to you)", os.fspath(store))
+        yield None  # type: ignore[misc]
+        return
     lock = StoreLock(store, heartbeat_s=heartbeat_s)
     lock.acquire()
     try:

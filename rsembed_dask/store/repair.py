@@ -37,6 +37,7 @@ from zarr.core.sync import sync
 from .cube import Cube
 from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
                      coord_defs, normalise_identity, scale_name, spec_differences)
+from .location import StoreLocation
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
                    probe_store, unfinished_store)
 from .verify import check_cube, check_grids
@@ -55,7 +56,7 @@ _TABLE_CHUNK = 65_536
 _SAMPLE_COORDS = ("sample", "lon", "lat", "geohash", "geometry")
 
 
-def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: int,
+def repair_layout(path: str | StoreLocation, *, spec: CampaignSpec, n_samples: int, embed_dim: int,
                   grid_shape: tuple[int, int] | None,
                   source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
     """Restore the metadata and coordinates of a damaged cube from the given campaign and samples.
@@ -87,7 +88,8 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     CubeError
         The given samples are not the cube's.
     """
-    if not os.path.isfile(os.path.join(path, "zarr.json")) or unfinished_store(path) is not None:
+    path = StoreLocation.parse(path)
+    if not path.is_file("zarr.json") or unfinished_store(path) is not None:
         return []  # no cube, or one whose creation was interrupted: Cube.create_or_open recreates it
     meta = probe_store(path, arrays=False)  # CubeError when not a cube or its zarr.json is unreadable
     if meta is None:
@@ -108,7 +110,7 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     return done
 
 
-def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: int,
+def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
                        grid_shape: tuple[int, int] | None) -> list[str]:
     """:func:`repair_layout` of the cube at ``path`` from a sample table, before the cube is opened.
 
@@ -126,13 +128,13 @@ def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: 
     list of str
         What was repaired.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = StoreLocation.parse(path)
     check_writable(path)
     return repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
                          grid_shape=grid_shape, source=_table_source(table))
 
 
-def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
+def repair_tiling_layout(path: str | StoreLocation, tiling: Tiling) -> list[str]:
     """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
 
     Each cube's layout comes from its stored campaign spec (chunk size, output mode,
@@ -154,16 +156,16 @@ def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
     """
     from ..embed.weights import model_info
 
-    path = os.path.abspath(os.fspath(path))
+    path = StoreLocation.parse(path)
     if not is_tiling_store(path):
         return []
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    root = zarr.open_group(path.zarr_store(), mode="r", zarr_format=3)
     stored_scales = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))["tiling"]["scales"]
     if [float(s) for s in stored_scales] != [float(s) for s in tiling.scales]:
         return []
     done = []
     for s, table in zip(tiling.scales, tiling.tables):
-        cube_path = os.path.join(path, "samples", scale_name(s))
+        cube_path = path.child("samples", scale_name(s))
         meta = probe_store(cube_path, arrays=False)
         if meta is None:
             continue
@@ -193,19 +195,14 @@ def _metadata_bytes(d: ArrayDef) -> bytes:
             return fh.read()
 
 
-def _restore_metadata(path: str, defs: Sequence[ArrayDef]) -> list[str]:
+def _restore_metadata(path: StoreLocation, defs: Sequence[ArrayDef]) -> list[str]:
     """Write ``<array>/zarr.json`` again (atomically) for every array whose metadata cannot be read."""
     restored = []
     for d in defs:
         meta, why = array_meta_problem(path, d.name)
         if meta is not None:
             continue
-        os.makedirs(os.path.join(path, d.name), exist_ok=True)
-        target = os.path.join(path, d.name, "zarr.json")
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(_metadata_bytes(d))
-        os.replace(tmp, target)
+        path.write(f"{d.name}/zarr.json", _metadata_bytes(d))  # whole (local: renamed over)
         log.warning("cube %s: %s; restored it from the cube's layout", path, why)
         restored.append(d.name)
     return restored
@@ -219,7 +216,7 @@ def _delete_chunk(arr: zarr.Array, coords: tuple[int, ...]) -> None:
     sync((arr.store_path / arr.metadata.encode_chunk_key(coords)).delete())
 
 
-def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
+def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
     """Rewrite the damaged coordinate chunks of the cube at ``path`` from the given samples.
 
     First every damaged range is checked against the given samples using what is
@@ -246,7 +243,7 @@ def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Itera
     damaged = health.damaged_coords
     if not damaged:
         return []
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    group = zarr.open_group(StoreLocation.parse(path).zarr_store(), mode="r+", zarr_format=3)
     done = []
     for name, values in (("scale", np.asarray(spec.scales, "float64")),
                          ("feature", np.arange(array_of(group, "feature").shape[0], dtype="int64"))):
@@ -288,7 +285,7 @@ def repair_coordinates(path: str, spec: CampaignSpec, source: Callable[[], Itera
     return done
 
 
-def _check_given(path: str, group: zarr.Group, ranges: dict[str, list[tuple[int, int]]],
+def _check_given(path: str | StoreLocation, group: zarr.Group, ranges: dict[str, list[tuple[int, int]]],
                  inputs: dict[str, Any], start: int, a: int, b: int) -> None:
     """Raise unless samples ``[a, b)`` given (``inputs`` begins at ``start``) are the cube's there."""
     for names in (("sample",), ("lon", "lat"), ("geometry",)):
@@ -311,12 +308,12 @@ def _check_given(path: str, group: zarr.Group, ranges: dict[str, list[tuple[int,
 def reset_units(cube: Cube, units: Sequence[Any]) -> None:
     """Put ``units`` back to pending: status first (a crash after it leaves them visibly pending),
     then their data chunks are removed (the re-run writes them whole)."""
-    _reset_chunks(cube.path, [(int(u.start) // cube.chunk_size, int(u.scale_index)) for u in units])
+    _reset_chunks(cube.location, [(int(u.start) // cube.chunk_size, int(u.scale_index)) for u in units])
 
 
-def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
+def _reset_chunks(path: StoreLocation, keys: Sequence[tuple[int, int]]) -> None:
     """:func:`reset_units` by ``(chunk index along sample, scale index)``."""
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    group = zarr.open_group(path.zarr_store(), mode="r+", zarr_format=3)
     status = array_of(group, "status")
     cs, n = status.chunks[0], status.shape[0]
     for ci, si in keys:
@@ -333,9 +330,9 @@ def _reset_chunks(path: str, keys: Sequence[tuple[int, int]]) -> None:
                 _delete_chunk(arr, key)
 
 
-def _reset_undecodable_status(path: str) -> list[str]:
+def _reset_undecodable_status(path: StoreLocation) -> list[str]:
     """Units whose status chunk does not decode go back to pending (so the cube can be resumed)."""
-    status = zarr.open_array(os.path.join(path, "status"), mode="r", zarr_format=3)
+    status = zarr.open_array(path.child("status").zarr_store(), mode="r", zarr_format=3)
     cs = status.chunks[0]
     bad = []
     for ci, si in sorted(chunk_keys(path, "status")):
@@ -358,7 +355,7 @@ def _table_source(table) -> Callable[[], Iterator[dict[str, Any]]]:
     return chunks
 
 
-def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *, repair: bool) -> int:
+def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Sequence[Any]]], *, repair: bool) -> int:
     """Before a run computes its units: put every damaged unit of its cubes back to pending.
 
     Parameters
@@ -388,7 +385,7 @@ def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *,
     for job, units in jobs:
         cube = job.cube
         if repair:
-            health = check_cube(cube.path)
+            health = check_cube(cube.location)
             if not health.openable or health.damaged_coords:
                 raise CubeDamagedError(f"cube {cube.path!r} is still damaged: " + "; ".join(health.problems))
             damaged = [u for u in units if (int(u.start), int(u.scale_index)) in health.damaged_units]
@@ -403,19 +400,18 @@ def reset_damaged_units(path: str, jobs: Sequence[tuple[Any, Sequence[Any]]], *,
             reset_units(cube, damaged)
         reset += len(damaged)
     if repair and tiling:
-        _repair_grids(path, [job.cube for job, _ in jobs])
+        _repair_grids(StoreLocation.parse(path), [job.cube for job, _ in jobs])
     return reset
 
 
-def _repair_grids(path: str, cubes: Sequence[Cube]) -> None:
+def _repair_grids(path: StoreLocation, cubes: Sequence[Cube]) -> None:
     """Mark the grids of a tiling store unsynced when any is damaged (the run fills every block again)."""
     from .tiling import set_synced
 
     problems = []
     for cube in cubes:
-        base = os.path.join(path, scale_name(cube.scales[0]))
-        zones = sorted(z for z in os.listdir(base) if os.path.isdir(os.path.join(base, z))) \
-            if os.path.isdir(base) else []
+        base = path.child(scale_name(cube.scales[0]))
+        zones = sorted(z for z in base.children() if base.is_dir(z))
         for zone in zones:
             for a in ("status", "sample_index", "embedding"):
                 meta, why = array_meta_problem(base, f"{zone}/{a}")

@@ -43,10 +43,11 @@ from .layout import (AOI_ATTR, COL_LEFT_ATTR, CREATING_ATTR, CRS_ATTR, FLAG_ATTR
                      TILING_MARKER, default_versions, scale_name)
 from .open import (array_of, attr_text, check_writable, group_of, is_tiling_store, probe_store,
                    unfinished_store)
+from .location import STORE_ERRORS, StoreLocation
 from .quantize import QUANTISED, is_quantised_dtype
 
-__all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "is_tiling_store", "grid_mapping",
-           "grid_extent", "rasterise_blocks", "block_batches", "set_synced"]
+__all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "sample_cube_names", "is_tiling_store",
+           "grid_mapping", "grid_extent", "rasterise_blocks", "block_batches", "set_synced"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def _identity(tiling: Tiling, spec: CampaignSpec) -> dict[str, Any]:
             "campaign": spec.identity()}
 
 
-def create_or_open_tiling(path: str | os.PathLike, tiling: Tiling, spec: CampaignSpec, *, embed_dim: int,
+def create_or_open_tiling(path: str | os.PathLike | StoreLocation, tiling: Tiling, spec: CampaignSpec, *,
+                          embed_dim: int,
                           grid_shape: tuple[int, int] | None = None,
                           versions: Mapping[str, str] | None = None) -> dict[float, Cube]:
     """Create (or resume) the tiling store at ``path``; returns the sample cube per scale.
@@ -77,38 +79,39 @@ def create_or_open_tiling(path: str | os.PathLike, tiling: Tiling, spec: Campaig
     CubeError
         ``path`` is a file, or a directory that is not a tiling store.
     """
-    path = os.path.abspath(os.fspath(path))
+    loc = StoreLocation.parse(path)
+    path = loc.url
     identity = json.loads(json.dumps(_identity(tiling, spec), sort_keys=True))
-    why = unfinished_store(path, tiling=True)
+    why = unfinished_store(loc, tiling=True)
     if why is not None:
         why = f"its creation was interrupted ({why})"
-    elif is_tiling_store(path):
-        root = zarr.open_group(path, mode="r", zarr_format=3)
+    elif is_tiling_store(loc):
+        root = zarr.open_group(loc.zarr_store(), mode="r", zarr_format=3)
         stored = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))
         if stored == identity:
-            return {s: Cube.open(os.path.join(path, "samples", scale_name(s))) for s in tiling.scales}
+            return {s: Cube.open(loc.child("samples", scale_name(s))) for s in tiling.scales}
         diffs = " and ".join(k for k in ("tiling", "campaign") if stored.get(k) != identity.get(k))
-        if _any_finished(path):
+        if _any_finished(loc):
             raise SpecMismatchError(f"tiling store {path!r} was written for another {diffs} "
                                     f"(stored {stored}, given {identity})")
         why = f"no unit has finished in it and it was written for another {diffs}"
-    elif probe_store(path) is not None:  # CubeError for files and foreign stores
+    elif probe_store(loc) is not None:  # CubeError for files and foreign stores
         raise CubeError(f"{path!r} is a sample cube, not a tiling store; choose another path")
-    check_writable(path)
+    check_writable(loc)
     if why is not None:
         log.warning("tiling store %s: %s; it is recreated", path, why)
     try:
-        return _create_tiling(path, tiling, spec, identity, embed_dim, grid_shape, versions)
-    except OSError as exc:
+        return _create_tiling(loc, tiling, spec, identity, embed_dim, grid_shape, versions)
+    except STORE_ERRORS as exc:
         raise CubeError(f"cannot create tiling store at {path!r}: {exc}; no unit ran in it, so running the "
                         "campaign again recreates it") from exc
 
 
-def _create_tiling(path: str, tiling: Tiling, spec: CampaignSpec, identity: dict[str, Any], embed_dim: int,
+def _create_tiling(loc: StoreLocation, tiling: Tiling, spec: CampaignSpec, identity: dict[str, Any], embed_dim: int,
                    grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None) -> dict[float, Cube]:
     """Lay out the tiling store: the creating attribute first, the marker last (replacing it)."""
     versions = default_versions(versions)
-    root = zarr.open_group(path, mode="w", zarr_format=3, attributes={
+    root = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3, attributes={
         CREATING_ATTR: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     root.create_group("samples", attributes=geoemb_attrs(spec, embed_dim, layout="regular_grid", versions=versions))
     cubes = {}
@@ -116,11 +119,11 @@ def _create_tiling(path: str, tiling: Tiling, spec: CampaignSpec, identity: dict
         sub = spec.replace(scales=(s,))
         chunk = spec.chunk_size
         cubes[s] = Cube.create_or_open(
-            os.path.join(path, "samples", scale_name(s)), spec=sub, embed_dim=embed_dim,
+            loc.child("samples", scale_name(s)), spec=sub, embed_dim=embed_dim,
             grid_shape=grid_shape, versions=versions, n_samples=len(table),
             chunks=_table_chunks(table, max(chunk, 4096)))
         # Tiles lie side by side: the sample cube's chips are a regular grid (Cube writes "irregular").
-        zarr.open_group(cubes[s].path, mode="r+", zarr_format=3).attrs.update(
+        zarr.open_group(cubes[s].location.zarr_store(), mode="r+", zarr_format=3).attrs.update(
             geoemb_attrs(sub, embed_dim, layout="regular_grid", versions=versions))
         scale_geoemb = geoemb_attrs(sub, embed_dim, layout="regular_grid", spatial_layout="utm_zones",
                                     versions=versions)
@@ -144,11 +147,15 @@ def _table_chunks(table: TileTable, rows: int) -> Callable[[], Iterator[dict[str
     return chunks
 
 
-def _any_finished(path: str) -> bool:
+def sample_cube_names(path: str | os.PathLike | StoreLocation) -> list[str]:
+    """Names of the sample cubes (one per scale) under ``samples/`` of a tiling store, sorted."""
+    loc = StoreLocation.parse(path)
+    return sorted(name for name in loc.children("samples") if loc.is_dir(f"samples/{name}"))
+
+
+def _any_finished(loc: StoreLocation) -> bool:
     """Whether any cell of the store's sample cubes is not pending."""
-    samples = os.path.join(path, "samples")
-    return any(Cube.open(os.path.join(samples, name))._any_finished() for name in sorted(os.listdir(samples))
-               if os.path.isdir(os.path.join(samples, name)))
+    return any(Cube.open(loc.child("samples", name))._any_finished() for name in sample_cube_names(loc))
 
 
 def grid_extent(table: TileTable, epsg: int) -> tuple[int, int, int, int]:
@@ -221,7 +228,7 @@ def block_batches(table: TileTable, per_task: int = BLOCKS_PER_TASK) -> list[lis
     return [blocks[i:i + per_task] for i in range(0, len(blocks), per_task)]
 
 
-def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple], row: np.ndarray,
+def rasterise_blocks(path: str | StoreLocation, scale_m: float, block: int, blocks: list[tuple], row: np.ndarray,
                      col: np.ndarray) -> int:
     """Copy the tiles of ``blocks`` from the scale's sample cube into its zone grids.
 
@@ -232,8 +239,9 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
     concurrently. Returns the tiles copied.
     """
     name = scale_name(scale_m)
-    samples = zarr.open_group(os.path.join(path, "samples", name), mode="r", zarr_format=3)
-    grids = zarr.open_group(os.path.join(path, name), mode="r+", zarr_format=3)
+    loc = StoreLocation.parse(path)
+    samples = zarr.open_group(loc.child("samples", name).zarr_store(), mode="r", zarr_format=3)
+    grids = zarr.open_group(loc.child(name).zarr_store(), mode="r+", zarr_format=3)
     b, base, copied = int(block), blocks[0][3], 0
     for epsg, brow, bcol, start, stop in blocks:
         g = group_of(grids, f"EPSG{epsg}")
@@ -261,6 +269,6 @@ def rasterise_blocks(path: str, scale_m: float, block: int, blocks: list[tuple],
     return copied
 
 
-def set_synced(path: str, synced: bool) -> None:
+def set_synced(path: str | StoreLocation, synced: bool) -> None:
     """Record whether the grids reflect the sample cubes (False while a run is going on)."""
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs[SYNCED_ATTR] = bool(synced)
+    zarr.open_group(StoreLocation.parse(path).zarr_store(), mode="r+", zarr_format=3).attrs[SYNCED_ATTR] = bool(synced)

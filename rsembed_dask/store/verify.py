@@ -35,6 +35,7 @@ import zarr
 
 from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILING_IDENTITY_ATTR,
                      scale_name, vouched_arrays)
+from .location import STORE_ERRORS, StoreLocation
 from .open import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
     attr_text, probe_store,
@@ -146,18 +147,19 @@ def _read(arr: zarr.Array, sel: tuple) -> np.ndarray | str:
         return f"{type(exc).__name__}: {exc}"
 
 
-def _open(path: str, name: str) -> tuple[zarr.Array | None, dict[str, Any] | None, str | None]:
+def _open(path: str | StoreLocation, name: str) -> tuple[zarr.Array | None, dict[str, Any] | None, str | None]:
     """``(array, meta, None)`` or ``(None, None, why)`` for array ``name`` of the group at ``path``."""
     meta, why = array_meta_problem(path, name)
     if meta is None:
         return None, None, why
     try:
-        return zarr.open_array(os.path.join(path, name), mode="r", zarr_format=3), meta, None
+        return zarr.open_array(StoreLocation.parse(path).child(name).zarr_store(read_only=True), mode="r",
+                               zarr_format=3), meta, None
     except (ValueError, TypeError, KeyError) as exc:  # JSON that Zarr cannot take for array metadata
         return None, None, f"{name}/zarr.json is not valid Zarr array metadata ({type(exc).__name__}: {exc})"
 
 
-def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
+def _group_attrs(path: StoreLocation) -> tuple[dict[str, Any] | None, str | None]:
     """The group attributes of the cube at ``path``, or why they cannot be read.
 
     Raises
@@ -165,12 +167,10 @@ def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
     CubeError
         ``path`` is not a cube at all (missing, a file, a foreign store).
     """
-    meta_path = os.path.join(path, "zarr.json")
-    if os.path.isfile(meta_path):
+    if path.is_file("zarr.json"):
         try:
-            with open(meta_path, encoding="utf-8") as fh:
-                json.load(fh)
-        except (OSError, ValueError) as exc:
+            json.loads(path.read("zarr.json") or b"")
+        except (*STORE_ERRORS, ValueError) as exc:
             return None, f"the cube's group metadata (zarr.json) cannot be read ({type(exc).__name__}: {exc})"
     meta = probe_store(path, arrays=False)
     if meta is None:
@@ -178,7 +178,7 @@ def _group_attrs(path: str) -> tuple[dict[str, Any] | None, str | None]:
     return meta["attributes"], None
 
 
-def check_cube(path: str | os.PathLike, *, units: bool = True) -> CubeHealth:
+def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -> CubeHealth:
     """Read every chunk of every array of the cube at ``path`` and report what is damaged.
 
     Never raises for damage: each problem is a line of :attr:`CubeHealth.problems`.
@@ -199,9 +199,9 @@ def check_cube(path: str | os.PathLike, *, units: bool = True) -> CubeHealth:
     CubeError
         ``path`` is not a cube (missing, a file, another kind of store).
     """
-    path = os.path.abspath(os.fspath(path))
-    h = CubeHealth(path)
-    attrs, why = _group_attrs(path)
+    loc = StoreLocation.parse(path)
+    h = CubeHealth(loc.url)
+    attrs, why = _group_attrs(loc)
     if attrs is None:
         h.fatal = True
         h.problems.append(f"{why}; nothing else can be checked")
@@ -215,7 +215,7 @@ def check_cube(path: str | os.PathLike, *, units: bool = True) -> CubeHealth:
         return h
     arrays: dict[str, zarr.Array] = {}
     for name in names:
-        arr, _, why = _open(path, name)
+        arr, _, why = _open(loc, name)
         if arr is None:
             h.unreadable.append(name)
             h.problems.append(f"{name}: {why}; none of its cells can be checked")
@@ -234,15 +234,15 @@ def check_cube(path: str | os.PathLike, *, units: bool = True) -> CubeHealth:
     is_row = np.zeros(n, bool)
     is_row[segment_rows(segments)] = True
     tally = _Tally(is_row)
-    _check_coords(path, arrays, spec, n, embed_dim, tally, h, segments)
+    _check_coords(loc, arrays, spec, n, embed_dim, tally, h, segments)
     if units:
-        _check_units(path, arrays, n, n_scales, spec.chunk_size, tally, h)
+        _check_units(loc, arrays, n, n_scales, spec.chunk_size, tally, h)
     ids = _Ids(arrays.get("sample"), h.damaged_coords.get("sample", []))
     for (array, si, what), (count, first, detail) in tally.groups.items():
         where = array if si is None else f"{array} at {float(spec.scales[si]):g} m"
         more = f" ({detail})" if detail else ""
         h.problems.append(f"{where}: {count} {what}{more}: {_names(ids, first, count)}")
-    log.info("checked cube %s: %d problems, %d damaged units", path, len(h.problems), len(h.damaged_units))
+    log.info("checked cube %s: %d problems, %d damaged units", loc, len(h.problems), len(h.damaged_units))
     return h
 
 
@@ -300,7 +300,7 @@ def _bad_ids(v: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _check_coords(path: str, arrays: dict[str, zarr.Array], spec: CampaignSpec, n: int, embed_dim: int,
+def _check_coords(path: StoreLocation, arrays: dict[str, zarr.Array], spec: CampaignSpec, n: int, embed_dim: int,
                   tally: _Tally, h: CubeHealth, segments: tuple[tuple[int, int], ...]) -> None:
     """Per-sample coordinates chunk by chunk (padding rows left out), then ``scale`` and ``feature`` whole."""
     for name in ("sample", "lon", "lat", "geohash", "geometry"):
@@ -396,7 +396,7 @@ def _content_problems(name: str, cells: np.ndarray, v: np.ndarray) -> list[tuple
     return []
 
 
-def _check_units(path: str, arrays: dict[str, zarr.Array], n: int, n_scales: int, chunk_size: int,
+def _check_units(path: StoreLocation, arrays: dict[str, zarr.Array], n: int, n_scales: int, chunk_size: int,
                  tally: _Tally, h: CubeHealth) -> None:
     """Every unit's chunks: stored where the status vouches, decodable, consistent with the status."""
     names = [k for k in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale",
@@ -465,7 +465,7 @@ def _read_units(arr: zarr.Array, si: int, starts: list[int], cs: int, n: int) ->
     return {s: _read(arr, (slice(s, min(s + cs, n)), si)) for s in starts}
 
 
-def verify_cube(path: str | os.PathLike) -> list[str]:
+def verify_cube(path: str | os.PathLike | StoreLocation) -> list[str]:
     """Problems found in the cube at ``path`` (an empty list when it is consistent).
 
     See :func:`check_cube`; reads chunk by chunk, memory stays at a few batches of chunks.
@@ -500,19 +500,17 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
     list of str
         One line per grid and kind of problem, naming the first cells ``(y, x)``.
     """
-    path = os.path.abspath(os.fspath(path))
+    base = StoreLocation.parse(path).child(scale_name(scale_m))
     name = scale_name(scale_m)
     problems = []
-    base = os.path.join(path, name)
-    zones = sorted(z for z in os.listdir(base) if os.path.isdir(os.path.join(base, z))) \
-        if os.path.isdir(base) else []
+    zones = sorted(z for z in base.children() if base.is_dir(z))
     if not zones:
         return [f"{name}: no zone grid in the store"]
     for zone in zones:
         where = f"{name}/{zone}"
         arrs = {}
         names: tuple[str, ...] = ("status", "sample_index", "embedding")
-        if os.path.isdir(os.path.join(base, zone, "embedding_scale")):  # an int8 store
+        if base.is_dir(f"{zone}/embedding_scale"):  # an int8 store
             names += ("embedding_scale",)
         for a in names:
             arr, _, why = _open(base, f"{zone}/{a}")
@@ -588,7 +586,7 @@ def _read_blocks(arrs: dict[str, zarr.Array], ya: int, yb: int, xa: int, xb: int
     return out
 
 
-def verify_tiling_store(path: str | os.PathLike) -> list[str]:
+def verify_tiling_store(path: str | os.PathLike | StoreLocation) -> list[str]:
     """Problems found in the tiling store at ``path`` (an empty list when it is consistent).
 
     Every per-scale sample cube goes through :func:`check_cube`, every zone grid
@@ -606,19 +604,20 @@ def verify_tiling_store(path: str | os.PathLike) -> list[str]:
     list of str
         One line per kind of problem, prefixed with the group it was found in.
     """
-    path = os.path.abspath(os.fspath(path))
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    path = StoreLocation.parse(path)
+    root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
     scales = json.loads(attr_text(root.attrs, TILING_IDENTITY_ATTR))["tiling"]["scales"]
     synced = bool(root.attrs.get(SYNCED_ATTR, False))
     problems = []
     for s in scales:
         name = scale_name(s)
-        sample_path = os.path.join(path, "samples", name)
+        sample_path = path.child("samples", name)
         health = check_cube(sample_path)
         problems += [f"samples/{name}: {p}" for p in health.problems]
         sample_status = None
         if synced and "status" not in health.unreadable and not health.fatal:
-            status = _read(zarr.open_array(os.path.join(sample_path, "status"), mode="r", zarr_format=3),
+            status = _read(zarr.open_array(sample_path.child("status").zarr_store(read_only=True), mode="r",
+                                           zarr_format=3),
                            (slice(None), 0))
             sample_status = None if isinstance(status, str) else status
         problems += check_grids(path, s, sample_status)

@@ -56,3 +56,23 @@ def test_cube_in_a_bucket_writes_opens_and_resumes(s3_bucket):
     assert float(ds.embedding.sel(sample="s5", scale=20.0).values[0]) == 5.0
     with pytest.raises(CubeError, match="no cube"):
         open_cube(f"{s3_bucket}/nothing.zarr")
+
+
+def test_campaign_into_a_bucket_equals_a_local_one(s3_bucket, client, tmp_path, s3_server):
+    from rsembed_dask.campaign.run import run_campaign
+
+    from .test_pipeline import TINY, WINDOW, _points
+
+    gdf = _points(24, seed=7)
+    kw = dict(scales=[10, 20], temporal=WINDOW, model=TINY, backend="emulator", client=client, chunk_size=4,
+              progress=False)
+    local = run_campaign(gdf, tmp_path / "local.zarr", **kw)
+    url = f"{s3_bucket}/c.zarr"
+    remote = run_campaign(gdf, url, **kw)
+    assert (remote.status.values == OK).all()
+    np.testing.assert_array_equal(remote.embedding.values, local.embedding.values)
+    before = len(s3_server.requests)
+    again = run_campaign(gdf, url, **kw)
+    n_units = 6 * 2
+    print("resume requests per unit:", (len(s3_server.requests) - before) / n_units)
+    assert (again.status.values == OK).all()
