@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from ..errors import SpecError
+from ..errors import CubeError, SpecError
 from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
 from ..sampling.samples import SampleTable, build_sample_table
 from ..sampling.units import WorkUnit, work_units
@@ -32,8 +32,8 @@ from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorS
 from ..store.cube import Cube
 from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
 from ..store.location import StoreLocation
-from ..store.repair import repair_sample_cube, repair_tiling_layout
-from ..store.samples import table_in_cube_rows
+from ..store.prepare import open_for_run, work_left
+from ..store.repair import repair_tiling_layout, reset_damaged_units
 from ..store.size import StoreSize, sample_store_size, tiling_store_size
 from ..store.tiling import block_batches, create_or_open_tiling, is_tiling_store, rasterise_blocks, set_synced
 from .progress import ProgressBar
@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 #: Samples per work unit (and cube chunk) of a sample campaign when none is given.
 DEFAULT_CHUNK_SIZE = 64
 
-#: Called by a planner with the store's location, the campaign spec and the store's size estimate,
-#: once the inputs are checked and before the store is created or opened.
-Preflight = Callable[[StoreLocation, CampaignSpec, StoreSize], None]
+#: Called by a planner before the store changes (it is created, updated, appended, repaired, or
+#: units are left to write in it), with the store's location, the campaign spec, the size of
+#: what is left to write and the bytes of an interrupted store it replaces. It raises to stop.
+Preflight = Callable[[StoreLocation, CampaignSpec, StoreSize, int], None]
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Job:
     cube: Cube
     spec: CampaignSpec
     units: list[WorkUnit] = field(default_factory=list)
+    #: The cube's status as planned (None: read when needed).
+    status: np.ndarray | None = None
 
 
 @dataclass
@@ -100,7 +103,7 @@ class Jobs:
     def todo(self, *, retry_failed: bool = False) -> list[tuple[int, WorkUnit]]:
         """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``)."""
         return [(j, u) for j, job in enumerate(self.jobs)
-                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed)]
+                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed, status=job.status)]
 
     def grids_to_sync(self, todo: Sequence[Any]) -> bool:
         """Whether the zone grids must be filled after this run (a tiling with units to run or unsynced)."""
@@ -191,17 +194,19 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
-                 update: bool = False, append: bool = False,
+                 update: bool = False, append: bool = False, retry_failed: bool = False,
                  versions: Callable[[], dict[str, str]] = software_versions,
                  preflight: Preflight | None = None) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
 
-    ``repair`` restores a damaged cube's metadata and coordinates from the samples
-    (see :mod:`rsembed_dask.store.repair`). A reopened cube is matched id by id
-    (:mod:`rsembed_dask.store.samples`): moved samples need ``update``, new ids
-    ``append``; stored ids not given are kept and no unit made only of them is run.
-    ``preflight(path, spec, size)`` is called once the samples are checked, before the
-    cube is created or opened (``size``: :func:`~rsembed_dask.store.size.sample_store_size`).
+    The store is asked once (:func:`~rsembed_dask.store.prepare.open_for_run`): ``repair``
+    restores a damaged cube's metadata and coordinates from the samples and re-runs damaged
+    units (see :mod:`rsembed_dask.store.repair`). A reopened cube is matched id by id
+    (:mod:`rsembed_dask.store.samples`, by digest where it can): moved samples need ``update``,
+    new ids ``append``; stored ids not given are kept and no unit made only of them is run.
+    ``preflight(location, spec, size, reclaim)`` is called before the store changes in any
+    way (``size``: the share left to write of :func:`~rsembed_dask.store.size.sample_store_size`);
+    a finished cube with nothing to change is not checked.
 
     Returns
     -------
@@ -217,23 +222,20 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
     table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
-    out = StoreLocation.parse(out)
-    if preflight is not None:
-        preflight(out, spec, sample_store_size(
-            table.ids, table.wkb, n_scales=len(spec.scales), embed_dim=embed_dim,
-            chunk_size=spec.chunk_size, grid_shape=grid_shape, dtype=spec.output.dtype))
-    if repair:  # metadata and coordinates from the given samples, before anything reads them
-        repair_sample_cube(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
-    cube = Cube.create_or_open(out, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
-                               geohash=table.geohash, wkb=table.wkb, embed_dim=embed_dim,
-                               grid_shape=grid_shape, versions=versions(), update=update, append=append)
+    size = sample_store_size(table.ids, table.wkb, n_scales=len(spec.scales), embed_dim=embed_dim,
+                             chunk_size=spec.chunk_size, grid_shape=grid_shape, dtype=spec.output.dtype)
+
+    def checks(where: StoreLocation, fraction: float, reclaim: int) -> None:
+        if preflight is not None:
+            preflight(where, spec, size.scaled(fraction), reclaim)
+
+    ready = open_for_run(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape, versions=versions(),
+                         update=update, append=append, repair=repair, retry_failed=retry_failed, checks=checks)
+    cube = ready.cube
     if len(table.skipped):
         cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
-    spec = cube.spec  # an existing cube's scale order (the same scales given in another order)
-    table, given = table_in_cube_rows(table, cube)
-    units = [u for u in work_units(cube.n_rows, spec.scales, spec.chunk_size, segments=cube.segments)
-             if given[u.start:u.stop].any()]
-    return Jobs(cube.location, [Job(table, cube, spec, units)])
+    # cube.spec: an existing cube's scale order (the same scales given in another order)
+    return Jobs(cube.location, [Job(ready.table, cube, cube.spec, ready.units, ready.status)])
 
 
 def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
@@ -262,15 +264,15 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
 def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec, scales: Any = None,
                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
-                versions: Callable[[], dict[str, str]] = software_versions,
+                retry_failed: bool = False, versions: Callable[[], dict[str, str]] = software_versions,
                 preflight: Preflight | None = None) -> Jobs:
     """Plan a tiling campaign: validate, create (or reopen) the tiling store; nothing is fetched.
 
     ``scales`` must be None or the tiling's own; the model's image size must be the
     tiling's tile size. ``repair`` restores unreadable array metadata of the sample
-    cubes before they are opened (:func:`~rsembed_dask.store.repair.repair_tiling_layout`).
-    ``preflight(path, spec, size)`` is called before the store is created or opened
-    (``size``: :func:`~rsembed_dask.store.size.tiling_store_size`).
+    cubes before they are opened (:func:`~rsembed_dask.store.repair.repair_tiling_layout`)
+    and re-runs damaged units. ``preflight(location, spec, size, reclaim)`` is called before
+    the store changes (``size``: the share left of :func:`~rsembed_dask.store.size.tiling_store_size`).
 
     Returns
     -------
@@ -289,14 +291,24 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
                         output=output or OutputSpec.pooled(), scales=tiling.scales,
                         chunk_size=chunk_size or tiling.block ** 2, buffer_m=None)
     path = StoreLocation.parse(out)
+    embed_dim, grid_shape = _grid_shape(spec)
+    size = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
+                             grid_shape=grid_shape, dtype=spec.output.dtype)
+    try:
+        left = work_left(path, tiling=True, retry_failed=retry_failed)  # read-only
+    except CubeError:
+        if not repair:
+            raise
+        left = None
+    if preflight is not None and (repair or (left is not None and left.any)):
+        preflight(path, spec, size.scaled(left.fraction if left is not None else 0.0),
+                  left.reclaim if left is not None else 0)
     if repair:  # unreadable array metadata of its sample cubes, before they are opened
         repair_tiling_layout(path, tiling)
-    embed_dim, grid_shape = _grid_shape(spec)
-    if preflight is not None:
-        preflight(path, spec, tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
-                                                grid_shape=grid_shape, dtype=spec.output.dtype))
     cubes = create_or_open_tiling(path, tiling, spec, embed_dim=embed_dim, grid_shape=grid_shape,
                                   versions=versions())
     jobs = [Job(table, cubes[s], cubes[s].spec, work_units(len(table), (s,), spec.chunk_size))
             for s, table in zip(tiling.scales, tiling.tables)]
+    reset_damaged_units(path, [(job, job.units) for job in jobs], repair=repair,
+                        before_reset=lambda n: preflight(path, spec, size, 0) if preflight is not None else None)
     return Jobs(path, jobs, tiling)

@@ -37,14 +37,11 @@ from ..sampling.samples import SampleTable
 from ..sampling.tiling import Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
-from ..store.open import (check_free_space, check_writable, is_tiling_store, open_cube, probe_store, store_bytes,
-                          unfinished_store)
+from ..store.open import check_free_space, check_writable, open_cube
 from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
 from ..store.location import StoreLocation
 from ..store.lock import one_writer
-from ..store.repair import reset_damaged_units
 from ..store.size import StoreSize
-from ..store.tiling import sample_cube_names
 from .jobs import Jobs, Preflight, plan_samples, plan_tiling
 from .options import RunOptions
 from .progress import CampaignReport
@@ -80,13 +77,14 @@ def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal:
                   sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                   chunk_size: int = 64, buffer_m: float | None = None, batch_size: int | None = None,
                   id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
-                  update: bool = False, append: bool = False) -> tuple[CampaignSpec, SampleTable, Cube, list]:
+                  update: bool = False, append: bool = False,
+                  storage_options: Mapping[str, Any] | None = None) -> tuple[CampaignSpec, SampleTable, Cube, list]:
     """Validate everything and create (or reopen) the cube of a sample campaign; nothing is fetched.
 
     :func:`~rsembed_dask.campaign.jobs.plan_samples`, unpacked: returns
     ``(spec, table, cube, units)``; ``table`` row ``r`` is the sample at cube row ``r``.
     """
-    job = plan_samples(gdf, out, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
+    job = plan_samples(gdf, StoreLocation.parse(out, storage_options), scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
                        chunk_size=chunk_size, buffer_m=buffer_m, batch_size=batch_size, id_column=id_column,
                        on_invalid=on_invalid, repair=repair, update=update, append=append).jobs[0]
     return job.spec, job.table, job.cube, job.units  # type: ignore[return-value]
@@ -98,7 +96,8 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
           on_invalid: Literal["raise", "skip"], preflight: Preflight | None = None) -> Jobs:
     """The planner of ``source``'s kind: a tiling's, or the samples'."""
     common = dict(temporal=temporal, sensor=sensor, model=model, output=output, batch_size=batch_size,
-                  chunk_size=chunk_size, repair=options.repair, preflight=preflight)
+                  chunk_size=chunk_size, repair=options.repair, retry_failed=options.retry_failed,
+                  preflight=preflight)
     if isinstance(source, Tiling):
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
             if value is not None:
@@ -202,19 +201,18 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     out = StoreLocation.parse(out, storage_options)
     check_backend(backend)  # before any cube or cluster exists
     with contextlib.ExitStack() as stack:
-        # Weights, free space and backend are checked before the store is created (or, for a
-        # store with nothing left to do, not at all): a bad model or configuration leaves no cube.
-        checks = _Preflight(stack, backend, dict(gee_options or {}), retry_failed=opts.retry_failed,
-                            tiling=isinstance(gdf, Tiling), defer=opts.repair)
+        # Weights, free space and backend are checked before the store changes in any way (it is
+        # created, repaired, updated, appended, or has work left; a finished store is left alone):
+        # the store asks for them (store.prepare), so a bad model or configuration changes nothing.
+        checks = _Preflight(stack, backend, dict(gee_options or {}))
         jobs = _plan(gdf, out, opts, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
                      batch_size=batch_size, chunk_size=chunk_size, buffer_m=buffer_m, id_column=id_column,
-                     on_invalid=on_invalid, preflight=checks.before_store)
-        reset_damaged_units(jobs.path, [(job, job.units) for job in jobs], repair=opts.repair)
+                     on_invalid=on_invalid, preflight=checks.run)
         todo = jobs.todo(retry_failed=opts.retry_failed)
         for j, job in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
             job.cube.require_writable(sum(1 for k, _ in todo if k == j))
-        if todo:  # work found only now (a cube that looked finished, or --repair): checked before it runs
-            checks.run(jobs.path, jobs.spec, fraction=len(todo) / max(jobs.n_units, 1))
+        if todo:  # the store asked for the checks already; never run without them
+            checks.run(jobs.path, jobs.spec)
         log.info("campaign %s: %d samples, %d units, %d to run", jobs.path, jobs.n_samples, jobs.n_units,
                  len(todo))
         report = CampaignReport(path=str(jobs.path), units_total=jobs.n_units, units_todo=len(todo))
@@ -234,10 +232,11 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 jobs.sync_grids(c, progress=opts.progress)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
-    for job in jobs:
-        for k, v in job.cube.status_counts().items():
+    for job in jobs:  # a run with nothing to do counts from the status read when planning
+        status = None if todo else job.status
+        for k, v in job.cube.status_counts(status).items():
             counts[k] = counts.get(k, 0) + v
-        failures.update(job.cube.failure_reasons())
+        failures.update(job.cube.failure_reasons(status))
     report.finish(counts, failures)
     if todo:  # a run with nothing to do keeps the account of the run that did the work
         for job in jobs:
@@ -255,76 +254,32 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
 class _Preflight:
     """The checks before a campaign writes: model weights, output path and free space, backend.
 
-    :meth:`before_store` is the planner's ``preflight`` hook: called with the planned store
-    before it is created or opened, it runs the checks when the store may hold work (it does
-    not exist, its creation was interrupted, or some cell is left to do) and skips them for
-    a finished store, which a rerun leaves alone. :meth:`run` runs them once, also when work
-    turns up only after planning (units found damaged, samples updated or appended). The
-    provider it opens (:func:`~rsembed_dask.providers.backends.open_backend`) stays open in ``stack``.
+    :meth:`run` is the planner's ``preflight`` hook: the store calls it before it changes in
+    any way (created, repaired, updated, appended, units left to write; see
+    :mod:`rsembed_dask.store.prepare`), never for a finished store that a rerun leaves alone.
+    It runs once. The provider it opens (:func:`~rsembed_dask.providers.backends.open_backend`)
+    stays open in ``stack``.
     """
 
-    def __init__(self, stack: contextlib.ExitStack, backend: Any, gee_options: dict[str, Any], *,
-                 retry_failed: bool, tiling: bool, defer: bool = False):
+    def __init__(self, stack: contextlib.ExitStack, backend: Any, gee_options: dict[str, Any]):
         self.stack, self.backend, self.gee_options = stack, backend, gee_options
-        self.retry_failed, self.tiling, self.defer = retry_failed, tiling, defer
-        self.size: StoreSize | None = None
         self.provider: Any = None
         self.checked = False  # an Earth Engine preflight request was sent
         self.done = False
 
-    def before_store(self, path: StoreLocation, spec: CampaignSpec, size: StoreSize) -> None:
-        """Check before the store at ``path`` is created or opened, when it may hold work."""
-        self.size = size
-        if self.defer:  # --repair: what is left to do is known once the store is read whole
-            return
-        left = _work_left(path, tiling=self.tiling, retry_failed=self.retry_failed)
-        if left is None:
-            return
-        fraction, reclaim = left
-        self.run(path, spec, fraction=fraction, reclaim=reclaim)
-
-    def run(self, path: StoreLocation, spec: CampaignSpec, *, fraction: float = 1.0, reclaim: int = 0) -> None:
-        """Check weights, path, free space (for ``fraction`` of the store) and backend; once."""
+    def run(self, path: StoreLocation, spec: CampaignSpec, size: StoreSize | None = None, reclaim: int = 0) -> None:
+        """Check weights, path, free space for ``size`` (local paths only) and backend; once."""
         if self.done:
             return
         check_weights(spec.model)
         check_writable(path)
-        if self.size is not None:
-            check_free_space(path, self.size.scaled(fraction), reclaim=reclaim)
+        if size is not None:
+            check_free_space(path, size, reclaim=reclaim)
         # The provider exists, and its configuration is checked, before any cluster starts or
         # any model loads: a bad project, URL, collection or band stops here.
         self.provider = self.stack.enter_context(open_backend(self.backend, gee_options=self.gee_options))
         self.checked = _preflight(self.provider, spec)
         self.done = True
-
-
-def _work_left(path: StoreLocation, *, tiling: bool, retry_failed: bool) -> tuple[float, int] | None:
-    """What is left to do in the store at ``path``, read without writing: None when it is a finished
-    store (or one the planner refuses), else ``(share of cells left, bytes of a store to be replaced)``.
-
-    A store that does not exist, or whose creation was interrupted, is all work; a cube
-    the planner recreates (nothing finished, another campaign) is all pending, so all work.
-    """
-    if tiling:
-        why = unfinished_store(path, tiling=True)
-        if why is not None:
-            return 1.0, store_bytes(path)
-        if not is_tiling_store(path):
-            return (1.0, 0) if probe_store(path, arrays=False) is None else None  # else refused when planned
-        cubes = [Cube.open(path.child("samples", name)) for name in sample_cube_names(path)]
-    else:
-        why = unfinished_store(path)
-        if why is not None:
-            return 1.0, store_bytes(path)
-        if probe_store(path) is None:
-            return 1.0, 0
-        cubes = [Cube.open(path)]
-    left = total = 0
-    for cube in cubes:
-        counts = cube.status_counts()
-        left += counts["pending"] + (counts["failed"] if retry_failed else 0)
-        total += sum(counts.values())
-    return (left / total, 0) if left else None
 
 
 def _preflight(provider, spec: CampaignSpec) -> bool:

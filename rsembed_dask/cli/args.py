@@ -11,7 +11,8 @@ import re
 from ..specs import DEFAULT_SCALES
 
 __all__ = ["add_scales", "scales_given", "add_aoi_positional", "aoi_arg", "take_negative_bbox", "add_ee_options",
-           "gee_options", "positive_int", "positive_seconds"]
+           "gee_options", "positive_int", "positive_seconds", "add_storage_options", "storage_options",
+           "store_location"]
 
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
 #: Comma-separated numbers (a bbox, well formed or not): "-10,35,40,70", "1,2".
@@ -106,6 +107,29 @@ def take_negative_bbox(args: argparse.Namespace, unknown: list[str]) -> list[str
     if getattr(args, dest) is None:
         p.error(f"the following arguments are required: {metavar}")
     return rest
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): obstore config keys for s3://, gs://, az:// stores."""
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="for an s3://, gs:// or az:// store: an obstore config key (e.g. region=eu-west-1; "
+                        "repeatable). Credentials are better left to the environment (AWS_*, GOOGLE_*, AZURE_*)")
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--storage-option`` pairs as a dict (SpecError for an item without ``=``)."""
+    from ..store.location import parse_storage_options
+
+    return parse_storage_options(getattr(args, "storage_option", None) or [])
+
+
+def store_location(args: argparse.Namespace, dest: str):
+    """The argument ``dest`` as a :class:`~rsembed_dask.store.location.StoreLocation`, with the
+    ``--storage-option`` pairs when it is a URL."""
+    from ..store.location import StoreLocation, is_url
+
+    value = getattr(args, dest)
+    return StoreLocation.parse(value, storage_options(args) if is_url(value) else None)
 
 
 def add_ee_options(p: argparse.ArgumentParser) -> None:

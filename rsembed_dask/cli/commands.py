@@ -21,14 +21,15 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
-                   scales_given, take_negative_bbox)
+from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_options, gee_options, positive_int,
+                   positive_seconds, scales_given, storage_options, take_negative_bbox)
 from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
 from ..specs import DEFAULT_IMAGE_SIZE
+from ..store.location import is_url
 
 if TYPE_CHECKING:
     from ..plan.estimate import PlanProgress
@@ -171,7 +172,9 @@ def _add_run(sub) -> None:
     p.add_argument("--tile", action="store_true",
                    help="tile the AOI at each scale (non-overlapping model-size tiles on UTM lattices) and write "
                         "a tiling store: per-scale sample cubes plus georeferenced per-zone grids")
-    p.add_argument("--out", required=True, help="the cube (.zarr); an existing one with the same spec resumes")
+    p.add_argument("--out", required=True, help="the cube (.zarr): a path or an s3://, gs://, az:// URL; an existing "
+                                                "one with the same spec resumes")
+    add_storage_options(p)
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
                                                                    f"in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
@@ -310,7 +313,8 @@ def _cmd_run(args) -> int:
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run, **samples)
+            gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run,
+            storage_options=storage_options(args) if is_url(args.out) else None, **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:
         if w not in no_imagery:  # give back what was not ours to catch

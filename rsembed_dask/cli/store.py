@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+from .args import add_storage_options, store_location
+
 __all__ = ["add_inspect", "add_quicklook"]
 
 
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="schema, status counts and spec of a cube or tiling store")
-    p.add_argument("cube", help="path of the .zarr cube or tiling store")
+    p.add_argument("cube", help="path or s3://, gs://, az:// URL of the .zarr cube or tiling store")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_storage_options(p)
     p.add_argument("--verify", action="store_true",
                    help="read every chunk of every array: report missing or undecodable chunks, unreadable "
                         "array metadata, empty ids, and cells whose data contradicts their status, naming sample "
@@ -37,6 +40,7 @@ def _cmd_inspect(args) -> int:
     from ..store.open import is_tiling_store, open_cube
     from ..store.verify import check_cube, verify_tiling_store
 
+    args.cube = store_location(args, "cube")
     tiling = is_tiling_store(args.cube)
     problems, counts = None, None
     if args.verify:
@@ -69,7 +73,8 @@ def _cmd_inspect(args) -> int:
 
 def add_quicklook(sub) -> None:
     p = sub.add_parser("quicklook", help="PCA RGB GeoTIFF + PNG per UTM zone of one scale of a tiling store")
-    p.add_argument("store", help="path of the tiling store (.zarr)")
+    p.add_argument("store", help="path or URL of the tiling store (.zarr)")
+    add_storage_options(p)
     p.add_argument("--scale", type=float, required=True, help="pixel size in metres, e.g. 10")
     p.add_argument("--out", required=True, help="directory for quicklook_<scale>_EPSG<zone>.tif/.png")
     p.add_argument("--components", type=int, nargs=3, default=[0, 1, 2], metavar="PC",
@@ -81,7 +86,7 @@ def add_quicklook(sub) -> None:
 def _cmd_quicklook(args) -> int:
     from ..explore.geotiff import grid_quicklook
 
-    for path in grid_quicklook(args.store, args.scale, args.out, components=tuple(args.components),
+    for path in grid_quicklook(store_location(args, "store"), args.scale, args.out, components=tuple(args.components),
                                png=not args.no_png):
         print(path)
     return 0

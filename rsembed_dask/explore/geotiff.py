@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import CubeError, SpecError
+from ..store.location import StoreLocation
 from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
 from ..store.open import array_of, attr_text, group_of, is_tiling_store
 from ..store.quantize import dequantize_int8
@@ -63,11 +64,11 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     import zarr
     from affine import Affine
 
-    path = os.path.abspath(os.fspath(path))
+    path = StoreLocation.parse(path)
     if not is_tiling_store(path):
         raise CubeError(f"no tiling store at {path!r} (quicklooks need the georeferenced grids)")
     name = scale_name(scale_m)
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
     if not root.attrs.get(SYNCED_ATTR, False):
         log.warning("grids of %s are not synced with the sample cubes (a run was interrupted?)", path)
     if name not in root or f"samples/{name}" not in root:

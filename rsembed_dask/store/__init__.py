@@ -4,8 +4,10 @@ from .cube import Cube
 from .geoparquet import ExportReport, export_geoparquet
 from .info import format_store_info, format_tiling_info, store_info, tiling_info
 from .layout import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, scale_name
+from .location import StoreLocation
 from .lock import LockInfo, one_writer, read_lock, store_lock
 from .open import is_tiling_store, nearest_sample, open_cube
+from .prepare import CubeForRun, WorkLeft, open_for_run, work_left
 from .repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
 from .samples import SampleChanges
 from .size import StoreSize, sample_store_size, tiling_store_size
@@ -23,4 +25,5 @@ __all__ = [
     "LockInfo", "read_lock", "store_lock", "one_writer",
     "export_geoparquet", "ExportReport", "write_stac",
     "StoreSize", "sample_store_size", "tiling_store_size",
+    "StoreLocation", "open_for_run", "work_left", "CubeForRun", "WorkLeft",
 ]

@@ -33,7 +33,7 @@ import zarr
 
 from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
-    CREATED_ATTR, CUBE_VERSION, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
+    CREATED_ATTR, CUBE_VERSION, DIGESTS_ATTR, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
     CREATING_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses,
     vouched_arrays,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
@@ -43,6 +43,7 @@ from .open import (
     DECODE_ERRORS, array_of, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
     unfinished_store,
 )
+from .digests import differing_blocks, digest_record
 from .geoemb import geoemb_attrs
 from .location import STORE_ERRORS, StoreLocation
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
@@ -62,7 +63,7 @@ FINAL_STATUSES = (OK, NO_DATA)
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, CREATED_ATTR, MARKER_ATTR,
-                            SEGMENTS_ATTR, CREATING_ATTR})
+                            SEGMENTS_ATTR, CREATING_ATTR, DIGESTS_ATTR})
 #: Coordinates on ``sample`` other than the ids, rewritten for a moved sample.
 _SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
 
@@ -181,7 +182,8 @@ class Cube:
                        versions: Mapping[str, str] | None = None,
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
                        n_samples: int | None = None, update: bool = False,
-                       append: bool = False) -> Cube:
+                       append: bool = False,
+                       before_change: Callable[[SampleChanges], None] | None = None) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
         A cube in which no unit has finished (every status cell pending) and that holds
@@ -225,6 +227,10 @@ class Cube:
             their cells reset to pending (:meth:`reset_samples`); the next run embeds them.
         append : bool
             Add ids the cube does not hold as new chunks (:meth:`append_samples`).
+        before_change : callable, optional
+            Called with the :class:`SampleChanges` once the samples are compared and before
+            ``update`` or ``append`` writes anything (the run's preflight): if it raises,
+            the cube is left as it was.
 
         Returns
         -------
@@ -261,10 +267,15 @@ class Cube:
             cube.last_changes = SampleChanges.identity(int(n_samples))
             return cube
 
-        unfinished = unfinished_store(path)
-        if unfinished is not None:
-            return create(f"its creation was interrupted ({unfinished})")
-        meta = probe_store(path)
+        try:
+            meta = probe_store(path)
+        except CubeDamagedError:
+            raise
+        except CubeError:  # not a finished cube: one whose creation was interrupted is recreated
+            unfinished = unfinished_store(path)
+            if unfinished is not None:
+                return create(f"its creation was interrupted ({unfinished})")
+            raise
         if meta is None:
             return create(None)
         cube = cls(path, spec, 0, int(embed_dim), grid_shape)
@@ -274,7 +285,7 @@ class Cube:
                 raise refusal
             return create(f"no unit has finished in it and it holds another campaign ({changed})")
         cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
-                           update=bool(update), append=bool(append))
+                           update=bool(update), append=bool(append), before_change=before_change)
         return cube
 
     @classmethod
@@ -305,7 +316,7 @@ class Cube:
         n, s = self.n_samples, self.n_scales
         logger.info("creating cube %s: %d samples x %d scales, D=%d", self.path, n, s, self.embed_dim)
         try:
-            group, start = None, 0
+            group, start, digests = None, 0, None
             for inputs in source():
                 if group is None:  # the creating attribute first: an interrupted creation is recognised
                     group = zarr.open_group(self.location.zarr_store(), mode="w", zarr_format=3, attributes={
@@ -324,6 +335,8 @@ class Cube:
                     raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
                 for name in ("sample", "lon", "lat", "geohash", "geometry"):
                     array_of(group, name)[start:stop] = inputs[name]
+                if start == 0 and stop == n:  # the whole table at once (sample campaigns): digested
+                    digests = {DIGESTS_ATTR: digest_record(inputs["sample"], inputs["geometry"])}
                 start = stop
             if group is None or start != n:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
@@ -337,6 +350,7 @@ class Cube:
                 VERSIONS_ATTR: versions,
                 CREATED_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 SEGMENTS_ATTR: [[0, n]],
+                **(digests or {}),
                 MARKER_ATTR: CUBE_VERSION,
             })
         except STORE_ERRORS as exc:
@@ -375,7 +389,8 @@ class Cube:
         return bool((status != PENDING).any())
 
     def _check_resume(self, attrs: Mapping[str, Any], source: Callable[[], Iterator[dict[str, Any]]],
-                      n_given: int, *, whole: bool, update: bool, append: bool) -> None:
+                      n_given: int, *, whole: bool, update: bool, append: bool,
+                      before_change: Callable[[SampleChanges], None] | None = None) -> None:
         """Resume a cube of this campaign (checked by :meth:`_mismatch`): match the samples."""
         # A read-only cube opens (a finished one has nothing to do); writing asks require_writable.
         self.writable = _writable(self.location)
@@ -384,24 +399,32 @@ class Cube:
         self.n_rows = emb.shape[0]
         self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
         if whole:
-            self._sync_samples(next(iter(source())), update=update, append=append)
+            self._sync_samples(next(iter(source())), attrs, update=update, append=append,
+                               before_change=before_change)
         else:
             check_same_ids(array_of(group, "sample"), source, n_given, self.path)
             self.last_changes = SampleChanges.identity(self.n_rows)
-        logger.info("resuming cube %s (spec_hash %s): %s", self.path, self.spec.spec_hash(),
-                    self.status_counts())
+        logger.info("resuming cube %s (spec_hash %s)", self.path, self.spec.spec_hash())
 
-    def _sync_samples(self, given: dict[str, Any], *, update: bool, append: bool) -> None:
+    def _sync_samples(self, given: dict[str, Any], attrs: Mapping[str, Any], *, update: bool, append: bool,
+                      before_change: Callable[[SampleChanges], None] | None = None) -> None:
         """Match given samples (checked inputs) with the stored ones; update and append if allowed.
 
-        Nothing is written unless every change is allowed.
+        Nothing is written unless every change is allowed and ``before_change`` passed.
+        Where the cube's rows are the given samples' positions, only blocks whose digest
+        differs (:mod:`rsembed_dask.store.digests`) are read; else every id and geometry.
         """
-        rows = self.sample_rows()
         group = self._zgroup()
-        stored_ids = np.asarray(array_of(group, "sample")[...])[rows]
-        stored_geom = np.asarray(array_of(group, "geometry")[...]).astype(object)[rows]
-        changes = compare_samples(stored_ids, stored_geom, rows, given, self.path)
         ids = given["sample"]
+        aligned = self.segments == ((0, self.n_rows),) and len(ids) == self.n_rows
+        blocks = differing_blocks(attrs.get(DIGESTS_ATTR), ids, given["geometry"]) if aligned else None
+        if blocks is not None:
+            changes = self._compare_blocks(blocks, given)
+        else:
+            rows = self.sample_rows()
+            stored_ids = np.asarray(array_of(group, "sample")[...])[rows]
+            stored_geom = np.asarray(array_of(group, "geometry")[...]).astype(object)[rows]
+            changes = compare_samples(stored_ids, stored_geom, rows, given, self.path)
         problems = []
         if len(changes.moved) and not update:
             problems.append(
@@ -415,6 +438,8 @@ class Cube:
                 f"them as new chunks, or write them to a new cube")
         if problems:
             raise CubeError(f"cube {self.path!r}: " + "; ".join(problems))
+        if before_change is not None and (len(changes.moved) or len(changes.new)):
+            before_change(changes)  # e.g. the run's preflight: nothing is written when it raises
         if len(changes.missing_rows):
             missing_ids = np.asarray(array_of(group, "sample")[...])[changes.missing_rows]
             logger.warning("cube %s holds %d sample(s) not among those given (%s): kept, not deleted; "
@@ -434,6 +459,37 @@ class Cube:
             start = self.append_samples({k: given[k] for k in ("sample", "id_dtype", *_SAMPLE_COORDS)}, new)
             changes.rows[new] = np.arange(start, start + len(new), dtype=np.int64)
         self.last_changes = changes
+        if aligned and np.array_equal(changes.rows, np.arange(self.n_rows)):
+            self._refresh_digests(attrs, given)
+
+    def _compare_blocks(self, blocks: Sequence[tuple[int, int]], given: dict[str, Any]) -> SampleChanges:
+        """:func:`compare_samples` reading only the rows of ``blocks`` (rows ``i`` of the others hold the
+        given sample ``i``, vouched for by their digests)."""
+        n = len(given["sample"])
+        changes = SampleChanges.identity(n)
+        if not blocks:
+            return changes
+        rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in blocks])
+        stored_ids = np.concatenate([np.asarray(self._array("sample")[a:b]) for a, b in blocks])
+        stored_geom = np.concatenate([np.asarray(self._array("geometry")[a:b]).astype(object) for a, b in blocks])
+        sub = {"sample": given["sample"][rows], "geometry": given["geometry"][rows], "id_dtype": given["id_dtype"]}
+        found = compare_samples(stored_ids, stored_geom, rows, sub, self.path)
+        changes.rows[rows] = found.rows
+        logger.debug("cube %s: %d of the samples' digest blocks differ; read those", self.path, len(blocks))
+        return SampleChanges(rows=changes.rows, moved=rows[found.moved], new=rows[found.new],
+                             missing_rows=found.missing_rows)
+
+    def _refresh_digests(self, attrs: Mapping[str, Any], given: dict[str, Any]) -> None:
+        """Store the digests of the samples now in the cube when they are missing or stale (an old
+        cube, an update): the next resume reads none of them."""
+        record = digest_record(given["sample"], given["geometry"])
+        if attrs.get(DIGESTS_ATTR) == record:
+            return
+        if not self.writable:
+            logger.debug("cube %s: read-only; its sample digests are not refreshed", self.path)
+            return
+        self._zgroup().attrs[DIGESTS_ATTR] = record
+        logger.info("cube %s: sample digests stored (the next resume reads no ids or geometries)", self.path)
 
     def reset_samples(self, rows: Any) -> None:
         """Invalidate every cell of the samples at ``rows`` (cube rows), at every scale.
@@ -577,7 +633,7 @@ class Cube:
         if self._group is None:
             try:
                 self._group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3)
-            except (*STORE_ERRORS, ValueError) as exc:
+            except STORE_ERRORS + (ValueError,) as exc:
                 raise CubeError(f"cannot open cube {self.path!r}: {exc}") from exc
         return self._group
 
@@ -732,13 +788,14 @@ class Cube:
             raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
                                    f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
 
-    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False) -> list[Any]:
+    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False,
+                         status: np.ndarray | None = None) -> list[Any]:
         """The units (objects with ``.start`` and ``.scale_index``) still to run.
 
         A unit is incomplete when any of its cells is :data:`PENDING`, or, with
-        ``retry_failed=True``, :data:`FAILED`.
+        ``retry_failed=True``, :data:`FAILED`. ``status``: the status array if already read.
         """
-        status = self.status_array()
+        status = self.status_array() if status is None else status
         todo = (PENDING, FAILED) if retry_failed else (PENDING,)
         out = []
         for u in units:
@@ -776,17 +833,19 @@ class Cube:
                 out.append(u)
         return out
 
-    def status_counts(self) -> dict[str, int]:
-        """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``."""
-        status = self.status_array()
+    def status_counts(self, status: np.ndarray | None = None) -> dict[str, int]:
+        """Number of cells per status name: ``{"pending": .., "ok": .., "no_data": .., "failed": ..}``.
+
+        ``status``: the status array if already read (else it is read)."""
+        status = self.status_array() if status is None else status
         if self.n_samples != self.n_rows:
             status = status[self.sample_rows()]
         counts = count_statuses(status).sum(axis=0)
         return {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
 
-    def failure_reasons(self) -> collections.Counter:
+    def failure_reasons(self, status: np.ndarray | None = None) -> collections.Counter:
         """How many ``failed`` cells give each ``error`` reason (reads only chunks holding failures)."""
-        status = self.status_array()
+        status = self.status_array() if status is None else status
         reasons: collections.Counter = collections.Counter()
         for si in range(self.n_scales):
             rows = np.flatnonzero(status[:, si] == FAILED)

@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ from .cube import Cube
 from .footprints import split_antimeridian, stored_footprints
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, scale_name
 from .metadata import EMB_VERSION, describe_embeddings, read_quantization
+from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
 __all__ = ["export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart", "OkCells",
@@ -167,15 +169,15 @@ def store_parts(store: str | os.PathLike, scale: float | None = None) -> list[St
     SpecError
         ``scale`` is not one of the store's scales.
     """
-    path = os.path.abspath(os.fspath(store))
+    path = StoreLocation.parse(store)
     if is_tiling_store(path):
         import zarr
 
         from ..specs import CampaignSpec
 
-        root = zarr.open_group(path, mode="r", zarr_format=3)
+        root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
         scales = list(CampaignSpec.from_json(attr_text(root.attrs, SPEC_ATTR)).scales)
-        return [StorePart(Cube.open(os.path.join(path, "samples", scale_name(scales[i]))), scales[i], 0, True)
+        return [StorePart(Cube.open(path.child("samples", scale_name(scales[i]))), scales[i], 0, True)
                 for i in _pick_scale(scales, scale)]
     cube = Cube.open(path)
     scales = [float(s) for s in cube.scales]
@@ -224,7 +226,7 @@ class OkCells:
         import zarr
 
         self.part = part
-        self.group = zarr.open_group(part.cube.path, mode="r", zarr_format=3)
+        self.group = zarr.open_group(part.cube.location.zarr_store(read_only=True), mode="r", zarr_format=3)
         self.emb = array_of(self.group, "embedding")
         self.quant = read_quantization(dict(self.group.attrs), self.emb.dtype)
         self.dequantize = bool(dequantize) and self.quant is not None
@@ -411,13 +413,14 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         raise SpecError("geometry", geometry, " or ".join(map(repr, GEOMETRY_MODES)))
     rows_per_group(1, row_group_bytes)  # checks the target
     t0 = time.perf_counter()
-    out = os.path.abspath(os.fspath(out))
+    target = StoreLocation.parse(out)
+    out = target.url
     parts = store_parts(store, scale)
     readers = [OkCells(p, geometry=geometry, dequantize=dequantize, block_rows=read_block_rows) for p in parts]
     first = readers[0]
     dims = {p.cube.embed_dim for p in parts}
     if len(dims) != 1 or len({r.value_dtype for r in readers}) != 1:
-        raise CubeError(f"store {os.fspath(store)!r}: its sample cubes hold embeddings of different widths or "
+        raise CubeError(f"store {str(StoreLocation.parse(store))!r}: its sample cubes hold embeddings of different widths or "
                         f"types ({sorted(dims)}); export one scale at a time with scale=")
     id_type = pa.int64() if np.dtype(array_of(first.group, "sample").dtype).kind in "iu" else pa.string()
     schema = _schema(id_type, pa.from_numpy_dtype(first.value_dtype), first.part.cube.embed_dim,
@@ -428,13 +431,17 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
                               data_type=first.value_dtype.name, quantization=quant,
                               scales=[p.scale_m for p in parts], tiling=first.part.tiles,
                               versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
-    emb = {"version": EMB_VERSION, **emb, "geometry": geometry, "source_store": os.path.abspath(os.fspath(store))}
+    emb = {"version": EMB_VERSION, **emb, "geometry": geometry, "source_store": StoreLocation.parse(store).url}
     temporal = first.spec.temporal
     start, end = (np.datetime64(d.replace(tzinfo=None), "ms") for d in window_datetimes(temporal.start, temporal.end))
     window = (start, end)
 
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    tmp = f"{out}.part-{os.getpid()}"
+    if target.local:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        tmp = f"{out}.part-{os.getpid()}"
+    else:  # written here, then uploaded whole (multipart): readers never see a partial object
+        fd, tmp = tempfile.mkstemp(prefix="rsembed-export-", suffix=".parquet")
+        os.close(fd)
     writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=_STATS_COLUMNS,
                               use_dictionary=["scale", "start_datetime", "end_datetime"])
     groups = _RowGroupWriter(writer, int(row_group_bytes))
@@ -457,7 +464,10 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         geo = _geo_metadata({_TYPE_NAMES[t] for t in types}, [float(v) for v in bbox] if rows else None)
         writer.add_key_value_metadata({"geo": json.dumps(geo), "emb": json.dumps(emb)})
         writer.close()
-        os.replace(tmp, out)
+        if target.local:
+            os.replace(tmp, out)
+        else:
+            target.parent().upload(target.name, tmp)
     except BaseException:
         writer.close()
         if os.path.exists(tmp):
@@ -465,11 +475,11 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         raise
     cells = np.sum([r.cells for r in readers], axis=0)
     report = ExportReport(path=out, rows=rows, row_groups=groups.row_groups,
-                          rows_per_group=groups.rows_per_group or 0, file_bytes=os.path.getsize(out),
+                          rows_per_group=groups.rows_per_group or 0, file_bytes=target.size(),
                           seconds=time.perf_counter() - t0, scales=[p.scale_m for p in parts],
                           cells={name: int(c) for name, c in zip(STATUS_NAMES, cells)})
     if not rows:
-        log.warning("export %s: no ok cell in %s; the file holds no rows", out, os.fspath(store))
+        log.warning("export %s: no ok cell in %s; the file holds no rows", out, StoreLocation.parse(store))
     log.info("export: %s", report.summary())
     return report
 

@@ -25,6 +25,7 @@ from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RU
                      ROW_TOP_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
                      VERSIONS_ATTR, scale_name)
 from .lock import read_lock
+from .location import StoreLocation
 from .open import array_of, attr_text, group_of, is_tiling_store, open_cube
 from ..sampling.tiling import TileLattice
 
@@ -63,7 +64,7 @@ def writer_of(path: str | os.PathLike) -> str | None:
     return None if holder is None else holder.describe()
 
 
-def store_info(path: str | os.PathLike, *, status_counts: Mapping[str, int] | None = None) -> dict[str, Any]:
+def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What the store at ``path`` holds, as plain JSON types.
 
     Parameters
@@ -90,7 +91,7 @@ def store_info(path: str | os.PathLike, *, status_counts: Mapping[str, int] | No
     CubeError
         No store at ``path``.
     """
-    path = os.fspath(path)
+    path = StoreLocation.parse(path)
     if is_tiling_store(path):
         info = tiling_info(path)
     else:
@@ -99,7 +100,7 @@ def store_info(path: str | os.PathLike, *, status_counts: Mapping[str, int] | No
         counts = cube.status_counts() if status_counts is None else dict(status_counts)
         attrs = cube.attrs
         campaign = campaign_attributes(attrs)
-        info = {"path": path, "kind": "cube", "samples": cube.n_samples, "scales": list(cube.scales),
+        info = {"path": path.url, "kind": "cube", "samples": cube.n_samples, "scales": list(cube.scales),
                 "embed_dim": cube.embed_dim, "grid_shape": cube.grid_shape,
                 "status": {k: v for k, v in counts.items() if k != "unreadable" or v},
                 "spec": json.loads(cube.spec.to_json()), "spec_hash": attrs.get(SPEC_HASH_ATTR),
@@ -137,7 +138,7 @@ def format_problems(problems: list[str]) -> str:
 log = logging.getLogger(__name__)
 
 
-def tiling_info(path: str | os.PathLike) -> dict[str, Any]:
+def tiling_info(path: str | os.PathLike | StoreLocation) -> dict[str, Any]:
     """The contents of the tiling store at ``path``, as plain JSON types.
 
     Parameters
@@ -167,8 +168,8 @@ def tiling_info(path: str | os.PathLike) -> dict[str, Any]:
     """
     import shapely
 
-    path = os.path.abspath(os.fspath(path))
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    path = StoreLocation.parse(path)
+    root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
     attrs = root.attrs.asdict()
     tiling = json.loads(attr_text(attrs, TILING_IDENTITY_ATTR))["tiling"]
     per_scale: dict[str, Any] = {}
@@ -176,7 +177,7 @@ def tiling_info(path: str | os.PathLike) -> dict[str, Any]:
     first_attrs: dict[str, Any] | None = None
     for s in tiling["scales"]:
         name = scale_name(s)
-        cube = Cube.open(os.path.join(path, "samples", name))
+        cube = Cube.open(path.child("samples", name))
         cube_attrs = cube.attrs
         first_attrs = cube_attrs if first_attrs is None else first_attrs
         counts = cube.status_counts()  # CubeDamagedError when a status chunk does not decode
@@ -197,7 +198,7 @@ def tiling_info(path: str | os.PathLike) -> dict[str, Any]:
                            "spec_hash": cube_attrs.get(SPEC_HASH_ATTR),
                            "request_account": cube_attrs.get(REQUEST_ACCOUNT_ATTR), "zones": zones}
     first_attrs = first_attrs or {}
-    return {"path": path, "kind": "tiling", "scales": [float(s) for s in tiling["scales"]],
+    return {"path": path.url, "kind": "tiling", "scales": [float(s) for s in tiling["scales"]],
             "tiling": {k: tiling[k] for k in ("image_size", "block", "token")},
             "aoi_bounds": list(shapely.from_wkb(bytes.fromhex(attr_text(attrs, AOI_ATTR))).bounds),
             "raster_synced": bool(attrs.get(SYNCED_ATTR, False)),

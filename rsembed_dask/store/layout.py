@@ -67,6 +67,7 @@ __all__ = [
     "check_same_ids",
     "spec_differences",
     "SEGMENTS_ATTR",
+    "DIGESTS_ATTR",
     "CREATING_ATTR",
     "SPEC_ATTR",
     "SPEC_IDENTITY_ATTR",
@@ -116,6 +117,10 @@ TILING_MARKER = "rsembed_dask_tiling_version"
 CREATING_ATTR = "rsembed_dask_creating"
 #: Group attribute: ``[[start, stop], ...]`` rows of the arrays holding samples (see module doc).
 SEGMENTS_ATTR = "sample_segments"
+#: Group attribute: ``{"rows": R, "blake2b": [hex, ...]}``, a digest of the ids and geometries of
+#: every block of R rows (see :mod:`rsembed_dask.store.digests`): a resume compares them instead
+#: of reading every id and geometry.
+DIGESTS_ATTR = "sample_digests"
 #: Group attributes of a cube (``SPEC_ATTR`` also of a tiling store's root): the campaign
 #: spec as JSON, its identity (what must match to resume) and hash, the creation time and
 #: the software versions; written once, at creation.

@@ -304,6 +304,30 @@ class StoreLocation:
             for meta in batch:
                 yield meta["path"], int(meta["size"])
 
+    def upload(self, key: str, local_file: str) -> None:
+        """Move the local file ``local_file`` to ``key`` (local: renamed; object store: streamed, multipart)."""
+        if self.local:
+            target = self._local(key)
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            os.replace(local_file, target)
+            return
+        import pathlib
+
+        import obstore
+
+        obstore.put(self.object_store(), key, pathlib.Path(local_file))
+        os.remove(local_file)
+
+    def size(self, key: str = "") -> int:
+        """Bytes of the file or object ``key``."""
+        if self.local:
+            return os.path.getsize(self._local(key))
+        if not key:
+            return self.parent().size(self.name)
+        import obstore
+
+        return int(obstore.head(self.object_store(), key)["size"])
+
     def delete(self, key: str) -> None:
         """Remove the file or object ``key`` (nothing when it is absent)."""
         if self.local:
@@ -322,4 +346,5 @@ def _object_store(url: str, options: tuple[tuple[str, str], ...]) -> Any:
     """One obstore store per URL and options in this process (its HTTP connections are reused)."""
     from obstore.store import from_url
 
-    return from_url(url, config=dict(options) or None)  # the rest from the environment (AWS_*, GOOGLE_*, AZURE_*)
+    # The rest from the environment (AWS_*, GOOGLE_*, AZURE_*): obstore reads it itself.
+    return from_url(url, config=dict(options) or None)  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ def _read_group_meta(loc: StoreLocation) -> dict[str, Any] | None:
     try:
         raw = loc.read("zarr.json")
         meta = None if raw is None else json.loads(raw)
-    except (*STORE_ERRORS, ValueError):
+    except STORE_ERRORS + (ValueError,):
         return None
     return meta if isinstance(meta, dict) else None
 
@@ -290,7 +290,7 @@ def array_meta_problem(path: str | StoreLocation, name: str) -> tuple[dict[str, 
         if raw is None:
             return None, f"array {name!r} is missing (no {name}/zarr.json)"
         meta = json.loads(raw)
-    except (*STORE_ERRORS, ValueError) as exc:
+    except STORE_ERRORS + (ValueError,) as exc:
         return None, (f"the metadata of array {name!r} ({name}/zarr.json) cannot be read "
                       f"({type(exc).__name__}: {exc})")
     if not isinstance(meta, dict) or meta.get("node_type") != "array" or not isinstance(meta.get("shape"), list):
@@ -367,7 +367,7 @@ def is_tiling_store(path: str | os.PathLike | StoreLocation) -> bool:
         meta = json.loads(raw)
     except IsADirectoryError:
         return False
-    except (*STORE_ERRORS, ValueError) as exc:
+    except STORE_ERRORS + (ValueError,) as exc:
         raise CubeError(f"cube path {loc.url!r}: cannot read zarr.json ({exc})") from exc
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 

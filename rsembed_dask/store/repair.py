@@ -355,7 +355,8 @@ def _table_source(table) -> Callable[[], Iterator[dict[str, Any]]]:
     return chunks
 
 
-def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Sequence[Any]]], *, repair: bool) -> int:
+def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Sequence[Any]]], *, repair: bool,
+                        before_reset: Callable[[int], None] | None = None) -> int:
     """Before a run computes its units: put every damaged unit of its cubes back to pending.
 
     Parameters
@@ -368,6 +369,8 @@ def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Seq
         False: units marked done whose chunks are missing (store listing, cheap).
         True: every unit a full check finds damaged; in a tiling store also the grids
         (marked unsynced when damaged, so the run fills them again).
+    before_reset : callable, optional
+        Called with the number of damaged units before any is reset (the run's checks).
 
     Returns
     -------
@@ -397,6 +400,8 @@ def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Seq
                 log.warning("cube %s: %d units marked done have lost chunks (first: %s); running them again",
                             cube.path, len(damaged), ", ".join(u.key for u in damaged[:3]))
         if damaged:
+            if before_reset is not None:
+                before_reset(len(damaged))
             reset_units(cube, damaged)
         reset += len(damaged)
     if repair and tiling:

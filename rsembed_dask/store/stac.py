@@ -44,6 +44,7 @@ from .footprints import DENSIFY_M, split_antimeridian
 from .geoparquet import OkCells, StorePart, export_geoparquet, store_parts
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
 from .metadata import describe_embeddings, stac_quantization
+from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
 if TYPE_CHECKING:
@@ -70,12 +71,12 @@ def _pystac():
     return pystac
 
 
-def _collection_id(path: str, given: str | None) -> str:
+def _collection_id(path: str | StoreLocation, given: str | None) -> str:
     if given is not None:
         if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", given):
             raise SpecError("collection_id", given, "letters, digits, '.', '_' and '-' (starting with a letter or digit)")
         return given
-    base = re.sub(r"\.zarr$", "", os.path.basename(path.rstrip(os.sep)))
+    base = re.sub(r"\.zarr$", "", StoreLocation.parse(path).name)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "embeddings"
 
 
@@ -83,13 +84,21 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _processing_datetime(cube_path: str, attrs: dict[str, Any]) -> str | None:
+def _processing_datetime(cube_path: str | StoreLocation, attrs: dict[str, Any]) -> str | None:
     """When the cube's embeddings were last written: the newest ``status`` chunk (status is
     written last in every unit), else the cube's ``created`` attribute."""
     newest = 0.0
-    for root, _, files in os.walk(os.path.join(cube_path, "status", "c")):
-        for f in files:
-            newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
+    loc = StoreLocation.parse(cube_path)
+    if loc.local:
+        for root, _, files in os.walk(os.path.join(loc.path, "status", "c")):
+            for f in files:
+                newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
+    else:  # one listing of the status chunks (their last-modified times)
+        import obstore
+
+        for batch in obstore.list(loc.object_store(), "status/c/"):
+            for meta in batch:
+                newest = max(newest, meta["last_modified"].timestamp())
     if newest:
         return _iso(dt.datetime.fromtimestamp(newest, dt.timezone.utc))
     created = attrs.get("created")
@@ -116,13 +125,14 @@ def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
     return (None if bounds is None else [float(v) for v in bounds]), n
 
 
-def _zone_items(store: str, scale_m: float) -> list[dict[str, Any]]:
+def _zone_items(store: str | StoreLocation, scale_m: float) -> list[dict[str, Any]]:
     """Geometry, bbox and ``proj:`` fields of each zone grid of one scale of a tiling store."""
     import shapely
     import zarr
 
     name = scale_name(scale_m)
-    group = zarr.open_group(os.path.join(store, name), mode="r", zarr_format=3)
+    group = zarr.open_group(StoreLocation.parse(store).child(name).zarr_store(read_only=True), mode="r",
+                            zarr_format=3)
     out = []
     for zone, g in sorted(group.groups()):
         epsg = int(zone.removeprefix("EPSG"))
@@ -178,7 +188,7 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
         pystac is not installed.
     """
     pystac = _pystac()
-    path = os.path.abspath(os.fspath(store))
+    path = StoreLocation.parse(store)
     out_dir = os.path.abspath(os.fspath(out_dir))
     tiling = is_tiling_store(path)
     parts = store_parts(path)
@@ -188,7 +198,8 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     if tiling:
         import zarr
 
-        attrs = {**attrs, SPEC_ATTR: zarr.open_group(path, mode="r", zarr_format=3).attrs[SPEC_ATTR]}
+        attrs = {**attrs, SPEC_ATTR: zarr.open_group(path.zarr_store(read_only=True), mode="r",
+                                                     zarr_format=3).attrs[SPEC_ATTR]}
     emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=parts[0].cube.embed_dim,
                               data_type=first.emb.dtype.name, quantization=first.quant,
                               scales=[p.scale_m for p in parts], tiling=tiling,
@@ -210,7 +221,7 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
         sname = scale_name(part.scale_m)
         props = {**properties, "gsd": part.scale_m,
                  "emb:runtime_parameters": {**emb["runtime_parameters"], "scale_m": part.scale_m},
-                 "processing:datetime": _processing_datetime(part.cube.path, part.cube.attrs)}
+                 "processing:datetime": _processing_datetime(part.cube.location, part.cube.attrs)}
         if tiling:
             parquet = None
             if geoparquet:
@@ -222,7 +233,7 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                                    stac_extensions=[EMB_EXTENSION, PROCESSING_EXTENSION, PROJECTION_EXTENSION,
                                                     XARRAY_EXTENSION])
                 item.add_asset("embeddings", pystac.Asset(
-                    path, title=f"{sname} grid of {zone['zone']}: embedding(y, x, feature), {zone['ok']} ok tiles",
+                    path.url, title=f"{sname} grid of {zone['zone']}: embedding(y, x, feature), {zone['ok']} ok tiles",
                     media_type=ZARR_MEDIA_TYPE,
                     roles=["data"], extra_fields={"xarray:open_kwargs": {**_ZARR_OPEN, "group": zone["group"]}}))
                 if parquet is not None:
@@ -241,7 +252,7 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                                  media_type=PARQUET_MEDIA_TYPE, roles=["data"])
         else:
             bbox, n_ok = _ok_extent(part)
-            asset = pystac.Asset(path, title=f"sample cube: embedding(sample, scale, feature); select scale={part.scale_m:g}",
+            asset = pystac.Asset(path.url, title=f"sample cube: embedding(sample, scale, feature); select scale={part.scale_m:g}",
                                  media_type=ZARR_MEDIA_TYPE, roles=["data"],
                                  extra_fields={"xarray:open_kwargs": dict(_ZARR_OPEN)})
         if bbox is None:

@@ -170,7 +170,7 @@ def _group_attrs(path: StoreLocation) -> tuple[dict[str, Any] | None, str | None
     if path.is_file("zarr.json"):
         try:
             json.loads(path.read("zarr.json") or b"")
-        except (*STORE_ERRORS, ValueError) as exc:
+        except STORE_ERRORS + (ValueError,) as exc:
             return None, f"the cube's group metadata (zarr.json) cannot be read ({type(exc).__name__}: {exc})"
     meta = probe_store(path, arrays=False)
     if meta is None:

@@ -1,0 +1,250 @@
+"""The store's one face to a run: a cube ready to run, and what is left to do in it.
+
+A campaign asks the store once (:func:`open_for_run`) instead of reaching into its
+repair, layout, verify and size modules one by one. The store works in two phases so
+that nothing changes before the run's checks pass:
+
+1. **Look** (read-only, :func:`work_left`): does the store exist, was its creation
+   interrupted, how many cells are left. One read of the group metadata and one of each
+   ``status`` chunk (issued concurrently by Zarr); no listing, no id or geometry read.
+2. **Check**: the caller's ``preflight`` (weights, backend, free space) runs whenever the
+   store may change: there is work left, ``--repair`` was asked, or the samples given
+   need ``--update``/``--append`` (found by comparing digests, still before any write),
+   or damaged units are to be reset. A failing check leaves the store byte for byte as it was.
+3. **Apply**: repair, create or resume (update, append), reset damaged units; the
+   ``status`` read in phase 1 is reused when nothing was written.
+
+What a plain run checks: the status (what is done) and, on a local store, that the data
+chunks an ``ok`` status vouches for exist (a directory listing). On an object store a
+plain run does not list chunks (a LIST per 1,000 objects of six arrays would cost more
+than the resume itself): ``rsembed-dask inspect --verify`` finds lost or corrupted chunks
+and ``--repair`` re-runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .cube import Cube
+from .layout import FAILED, PENDING, read_segments, segment_rows
+from .location import StoreLocation
+from .open import DECODE_ERRORS, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
+from .repair import repair_sample_cube, reset_damaged_units
+from .samples import SampleChanges, table_in_cube_rows
+from .tiling import sample_cube_names
+from ..errors import CubeDamagedError, CubeError
+from ..sampling.units import WorkUnit, work_units
+from ..specs import CampaignSpec
+
+__all__ = ["WorkLeft", "CubeForRun", "work_left", "open_for_run", "Checks"]
+
+log = logging.getLogger(__name__)
+
+#: Called before the store changes: ``checks(location, fraction_of_cells_to_write, bytes_reclaimed)``.
+#: It raises to stop the run; the store is then left as it was.
+Checks = Callable[[StoreLocation, float, int], None]
+
+
+@dataclass(frozen=True)
+class WorkLeft:
+    """What a read-only look at a store found.
+
+    Attributes
+    ----------
+    fraction : float
+        Share of the store's cells left to write (1.0: it does not exist, or is recreated).
+    reclaim : int
+        Bytes of an interrupted store that the new one replaces.
+    status : dict of str to ndarray, or None
+        The ``status`` array read, per sample cube path (reused when nothing is written).
+    """
+
+    fraction: float
+    reclaim: int = 0
+    status: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.fraction > 0
+
+
+def _read_status(loc: StoreLocation) -> np.ndarray:
+    """The whole ``status`` array of the cube at ``loc`` (its chunks fetched concurrently by Zarr)."""
+    try:
+        return np.asarray(zarr.open_array(loc.child("status").zarr_store(), mode="r", zarr_format=3)[...],
+                          dtype="int8")
+    except DECODE_ERRORS as exc:
+        raise CubeDamagedError(f"cube {loc.url!r} is damaged: its status cannot be read "
+                               f"({type(exc).__name__}: {exc}); " + damage_hint(loc.url)) from exc
+
+
+def work_left(path: str | os.PathLike | StoreLocation, *, tiling: bool = False,
+              retry_failed: bool = False) -> WorkLeft | None:
+    """Read-only: what is left to do in the store at ``path``.
+
+    Returns
+    -------
+    WorkLeft or None
+        None for a finished store (nothing pending; nor failed with ``retry_failed``) or
+        one that a run refuses (a foreign store: planning says why).
+    """
+    loc = StoreLocation.parse(path)
+    if tiling:
+        if unfinished_store(loc, tiling=True) is not None:
+            return WorkLeft(1.0, store_bytes(loc))
+        if not is_tiling_store(loc):
+            return WorkLeft(1.0) if probe_store(loc, arrays=False) is None else None
+        subs = [loc.child("samples", name) for name in sample_cube_names(loc)]
+        cubes = [(c, probe_store(c, arrays=False)) for c in subs]
+    else:
+        try:
+            meta = probe_store(loc, arrays=False)
+        except CubeDamagedError:
+            raise
+        except CubeError:
+            if unfinished_store(loc) is not None:
+                return WorkLeft(1.0, store_bytes(loc))
+            return None  # refused when planned, with the reason
+        if meta is None:
+            return WorkLeft(1.0)
+        cubes = [(loc, meta)]
+    left = total = 0
+    statuses = {}
+    for cube, attrs in cubes:
+        if attrs is None:
+            continue
+        status = _read_status(cube)
+        statuses[cube.url] = status
+        rows = segment_rows(read_segments(attrs["attributes"], status.shape[0], 1))
+        cells = status[rows] if len(rows) != status.shape[0] else status
+        left += int(np.isin(cells, (PENDING, FAILED) if retry_failed else (PENDING,)).sum())
+        total += cells.size
+    return WorkLeft(left / total, 0, statuses) if left else WorkLeft(0.0, 0, statuses)
+
+
+@dataclass
+class CubeForRun:
+    """A cube ready for a run, and what is left to do in it.
+
+    Attributes
+    ----------
+    cube : Cube
+    table : SampleTable
+        The samples laid out like the cube's rows (row ``r`` is the sample at cube row ``r``).
+    units : list of WorkUnit
+        Every unit holding a given sample.
+    status : ndarray
+        The cube's status when it was prepared (``[n_rows, n_scales]``).
+    changes : SampleChanges
+        How the samples given compared with the stored ones (moved, new, missing).
+    reset : int
+        Units found damaged and put back to pending.
+    """
+
+    cube: Cube
+    table: Any
+    units: list[WorkUnit]
+    status: np.ndarray
+    changes: SampleChanges
+    reset: int = 0
+
+    def todo(self, *, retry_failed: bool = False) -> list[WorkUnit]:
+        """The units with a pending cell (or a failed one, with ``retry_failed``)."""
+        return self.cube.incomplete_units(self.units, retry_failed=retry_failed, status=self.status)
+
+
+def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
+                 grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None = None,
+                 update: bool = False, append: bool = False, repair: bool = False, retry_failed: bool = False,
+                 checks: Checks | None = None) -> CubeForRun:
+    """Open or create the sample cube of a run, as the options say, and say what is left to do.
+
+    Parameters
+    ----------
+    out : str, path-like or StoreLocation
+        The cube.
+    table : SampleTable
+        The samples of the run.
+    spec, embed_dim, grid_shape, versions
+        As for :meth:`Cube.create_or_open`.
+    update, append
+        Re-embed moved samples; add new ids (:meth:`Cube.create_or_open`).
+    repair : bool
+        Restore damaged metadata and coordinates, read every chunk and reset damaged units.
+    retry_failed : bool
+        Failed cells count as work left.
+    checks : callable, optional
+        ``checks(location, fraction, reclaim)``: run before anything is written (see the module doc).
+
+    Returns
+    -------
+    CubeForRun
+
+    Raises
+    ------
+    CubeError, SpecMismatchError, CubeDamagedError
+        As :meth:`Cube.create_or_open`; whatever ``checks`` raises (nothing written then).
+    """
+    loc = StoreLocation.parse(out)
+    done_checks = False
+
+    def check(fraction: float, reclaim: int = 0) -> None:
+        nonlocal done_checks
+        if checks is not None and not done_checks:
+            checks(loc, fraction, reclaim)
+        done_checks = True
+
+    # 1. look (read-only)
+    try:
+        left = work_left(loc, retry_failed=retry_failed)
+    except CubeDamagedError:
+        if not repair:
+            raise
+        left = WorkLeft(0.0)
+    if repair:
+        check(left.fraction if left is not None else 0.0)
+    elif left is not None and left.any:
+        check(left.fraction, left.reclaim)
+    # 2. apply: repair, create or resume (update/append only once checked)
+    wrote = repair
+    if repair:
+        repair_sample_cube(loc, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
+
+    def before_change(changes: SampleChanges) -> None:
+        nonlocal wrote
+        check((len(changes.moved) + len(changes.new)) / max(len(changes.rows), 1))
+        wrote = True
+
+    cube = Cube.create_or_open(loc, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat, geohash=table.geohash,
+                               wkb=table.wkb, embed_dim=embed_dim, grid_shape=grid_shape, versions=versions,
+                               update=update, append=append, before_change=before_change)
+    assert cube.last_changes is not None
+    changes = cube.last_changes
+    rows_table, given = table_in_cube_rows(table, cube)
+    units = [u for u in work_units(cube.n_rows, cube.spec.scales, cube.spec.chunk_size, segments=cube.segments)
+             if given[u.start:u.stop].any()]
+    # 3. damage: --repair reads everything; a plain run on a local store lists the data chunks
+    reset = 0
+    if repair or loc.local:
+        job = _CubeUnits(cube)
+        reset = reset_damaged_units(loc, [(job, units)], repair=repair, before_reset=lambda n: check(1.0))
+        wrote = wrote or reset > 0
+    status = None if (wrote or left is None or left.status is None) else left.status.get(loc.url)
+    if status is None or status.shape != (cube.n_rows, cube.n_scales):
+        status = cube.status_array()
+    return CubeForRun(cube, rows_table, units, status, changes, reset)
+
+
+@dataclass
+class _CubeUnits:
+    """What :func:`reset_damaged_units` needs of a job: its cube."""
+
+    cube: Cube
+
