@@ -35,7 +35,7 @@ import zarr
 from .cube import Cube
 from .layout import FAILED, PENDING, read_segments, segment_rows
 from .location import StoreLocation
-from .open import DECODE_ERRORS, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
+from .open import DECODE_ERRORS, array_meta_problem, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .repair import repair_sample_cube, reset_damaged_units
 from .samples import SampleChanges, table_in_cube_rows
 from .tiling import sample_cube_names
@@ -77,6 +77,8 @@ class WorkLeft:
 
 def _read_status(loc: StoreLocation) -> np.ndarray:
     """The whole ``status`` array of the cube at ``loc`` (its chunks fetched concurrently by Zarr)."""
+    if array_meta_problem(loc, "status")[0] is None:
+        probe_store(loc)  # CubeDamagedError naming every damaged array
     try:
         return np.asarray(zarr.open_array(loc.child("status").zarr_store(), mode="r", zarr_format=3)[...],
                           dtype="int8")
@@ -234,7 +236,8 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
     reset = 0
     if repair or loc.local:
         job = _CubeUnits(cube)
-        reset = reset_damaged_units(loc, [(job, units)], repair=repair, before_reset=lambda n: check(1.0))
+        reset = reset_damaged_units(loc, [(job, units)], repair=repair,
+                                    before_reset=lambda n: check(n / max(len(units), 1)))
         wrote = wrote or reset > 0
     status = None if (wrote or left is None or left.status is None) else left.status.get(loc.url)
     if status is None or status.shape != (cube.n_rows, cube.n_scales):

@@ -76,3 +76,125 @@ def test_campaign_into_a_bucket_equals_a_local_one(s3_bucket, client, tmp_path, 
     n_units = 6 * 2
     print("resume requests per unit:", (len(s3_server.requests) - before) / n_units)
     assert (again.status.values == OK).all()
+
+
+def _tree_bytes(root):
+    import hashlib
+    import os
+
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("change", ["update", "append", "repair"])
+def test_a_failing_preflight_leaves_the_cube_byte_for_byte(tmp_path, client, change):
+    """Issue 22.6: --update, --append and --repair run the preflight before touching the cube."""
+    import os
+
+    import shapely
+
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.emulator import GEEEmulator
+    from rsembed_dask.errors import ConfigurationError
+    from rsembed_dask.providers.gee import GEEProvider
+
+    from ..conftest import FAST_RETRY
+    from .test_pipeline import TINY, WINDOW, _points
+
+    gdf = _points(12, seed=4)
+    out = tmp_path / "c.zarr"
+    kw = dict(scales=[10], temporal=WINDOW, model=TINY, client=client, chunk_size=4, progress=False)
+    run_campaign(gdf, out, backend="emulator", **kw)
+    if change == "update":
+        gdf.loc[gdf.index[:2], "geometry"] = gdf.geometry.iloc[:2].apply(
+            lambda p: shapely.affinity.translate(p, 0.01, 0.0))
+    elif change == "append":
+        import pandas as pd
+
+        gdf = pd.concat([gdf, _points(3, seed=9)], ignore_index=True)  # ids 12, 13, 14 are new
+    else:
+        os.remove(out / "embedding" / "c" / "1" / "0" / "0")
+    before = _tree_bytes(out)
+    with GEEEmulator() as emu:
+        emu.auth = "403"  # the Earth Engine preflight is refused
+        provider = GEEProvider(api_url=emu.url, credentials="anonymous", project="p", retry=FAST_RETRY)
+        with pytest.raises(ConfigurationError, match="HTTP 403"):
+            run_campaign(gdf, out, backend=provider, **{change: True}, **kw)
+        assert emu.stats.as_dict()["compute_pixels"] == 0
+    assert _tree_bytes(out) == before
+    ds = run_campaign(gdf, out, backend="emulator", **{change: True}, **kw)  # the same, checks passing
+    assert (ds.status.values == OK).all() and ds.sizes["sample"] == len(gdf)
+
+
+SECRET = "s3cr3t-never-written-0123456789"
+
+
+@pytest.mark.timeout(300)
+def test_credentials_are_never_written(s3_bucket, s3_server, client, tmp_path, monkeypatch, caplog):
+    """Keys given as storage options reach the workers but no attribute, STAC, GeoParquet or log."""
+    import logging
+    import os
+
+    import obstore
+
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.store.geoparquet import export_geoparquet
+    from rsembed_dask.store.stac import write_stac
+
+    from .test_pipeline import TINY, WINDOW, _points
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-but-moto-takes-any")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    options = {"access_key_id": "KEYID-never-written", "secret_access_key": SECRET}
+    url = f"{s3_bucket}/secret.zarr"
+    caplog.set_level(logging.DEBUG, logger="rsembed_dask")
+    ds = run_campaign(_points(8, seed=2), url, scales=[10], temporal=WINDOW, model=TINY, backend="emulator",
+                      client=client, chunk_size=4, progress=False, storage_options=options)
+    assert (ds.status.values == OK).all()
+    loc = StoreLocation.parse(url, options)
+    export_geoparquet(loc, loc.parent().child("e.parquet"))
+    write_stac(loc, tmp_path / "stac")
+    written = b""
+    for batch in obstore.list(loc.parent().object_store()):
+        for meta in batch:
+            written += bytes(obstore.get(loc.parent().object_store(), meta["path"]).bytes())
+    for d, _, files in os.walk(tmp_path / "stac"):
+        for f in files:
+            written += open(os.path.join(d, f), "rb").read()
+    assert len(written) > 1000
+    for secret in (SECRET, "KEYID-never-written"):
+        assert secret.encode() not in written
+        assert secret not in caplog.text and secret not in repr(loc) and secret not in str(ds.attrs)
+
+
+@pytest.mark.timeout(300)
+def test_resume_of_a_finished_cube_in_a_bucket_costs_about_one_request_per_unit(s3_bucket, s3_server):
+    """Status read once (concurrently), no listing of chunks, no id or geometry read."""
+    import zarr
+
+    from rsembed_dask.campaign.run import plan_campaign, run_campaign
+
+    from .test_pipeline import TINY, WINDOW, _points
+
+    gdf = _points(600, seed=1)
+    url = f"{s3_bucket}/many.zarr"
+    kw = dict(scales=[10, 20, 40], temporal=WINDOW, model=TINY, chunk_size=4)
+    spec, table, cube, units = plan_campaign(gdf, url, **kw)
+    zarr.open_array(StoreLocation.parse(url).child("status").zarr_store(), mode="r+")[...] = OK  # "finished"
+    before = len(s3_server.requests)
+    ds = run_campaign(gdf, url, backend="emulator", progress=False, **kw)  # no cluster: nothing to do
+    seen = s3_server.requests[before:]
+    per_unit = len(seen) / len(units)
+    print(f"resume requests per unit: {per_unit:.3f} ({len(seen)} requests, {len(units)} units)")
+    assert (ds.status.values == OK).all()
+    assert not any(m == "HEAD" and "/c/" in p for m, p in seen)  # no HEAD per chunk
+    assert sum(1 for m, p in seen if "/status/c/" in p) == len(units)  # each status chunk read once
+    assert not any("/geometry/c/" in p for _, p in seen)  # no geometry read (digests compared)
+    lists = [p for _, p in seen if "list-type" in p]
+    assert not any(name in p for p in lists for name in ("embedding", "status", "error", "input_res_m"))
+    assert per_unit <= 1.2
