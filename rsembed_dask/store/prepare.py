@@ -234,6 +234,10 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
              if given[u.start:u.stop].any()]
     # 3. damage: --repair reads everything; a plain run on a local store lists the data chunks
     reset = 0
+    if not (repair or loc.local):
+        log.info("cube %s: a plain run trusts the status in a bucket (no listing of data chunks); "
+                 "`rsembed-dask inspect %s --verify` finds lost or corrupted chunks, --repair re-runs them",
+                 loc, loc)
     if repair or loc.local:
         job = _CubeUnits(cube)
         reset = reset_damaged_units(loc, [(job, units)], repair=repair,

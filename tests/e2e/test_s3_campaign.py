@@ -76,6 +76,7 @@ def test_campaign_in_a_bucket_on_dask_worker_processes(tmp_path, s3_bucket, s3_s
         obs = store.object_store()
         obstore.delete(obs, "embedding/c/1/0/0")
         obstore.put(obs, "embedding/c/2/1/0", b"\x00garbage, not a zstd frame\x00")
+        capsys.readouterr()
         assert main(["inspect", url, "--verify", "--json"]) == 1
         problems = json.loads(capsys.readouterr().out)["problems"]
         assert any("missing" in p for p in problems) and any("cannot be decoded" in p for p in problems)

@@ -198,3 +198,40 @@ def test_resume_of_a_finished_cube_in_a_bucket_costs_about_one_request_per_unit(
     lists = [p for _, p in seen if "list-type" in p]
     assert not any(name in p for p in lists for name in ("embedding", "status", "error", "input_res_m"))
     assert per_unit <= 1.2
+
+
+@pytest.mark.timeout(300)
+def test_tiling_store_in_a_bucket(s3_bucket, client, tmp_path):
+    """A tiling campaign into a bucket: sample cubes, zone grids, resume, verify, quicklook."""
+    import shapely
+
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.explore.geotiff import grid_quicklook
+    from rsembed_dask.sampling.tiling import tile_aoi
+    from rsembed_dask.store.verify import verify_tiling_store
+
+    from .test_pipeline import TINY, WINDOW
+
+    tiling = tile_aoi(shapely.box(3.0, 31.0, 3.08, 31.05), scales=[20])
+    url = f"{s3_bucket}/tiles.zarr"
+    kw = dict(temporal=WINDOW, model=TINY, backend="emulator", client=client, progress=False)
+    local = run_campaign(tiling, tmp_path / "tiles.zarr", **kw)
+    tree = run_campaign(tiling, url, **kw)
+    np.testing.assert_array_equal(tree["samples/20m"].to_dataset().embedding.values,
+                                  local["samples/20m"].to_dataset().embedding.values)
+    again = run_campaign(tiling, url, **kw)  # resumes: nothing to do
+    assert (again["samples/20m"].to_dataset().status.values == OK).all()
+    assert verify_tiling_store(url) == []
+    written = grid_quicklook(url, 20, tmp_path / "ql", png=False)
+    assert written and all(p.endswith(".tif") for p in written)
+
+
+def test_cli_storage_options_and_bad_locations_are_one_line_errors(capsys):
+    from rsembed_dask.cli import main
+
+    assert main(["inspect", "s3://bucket/c.zarr", "--storage-option", "no-equals-sign"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage-option" in err[0] and "KEY=VALUE" in err[0]
+    assert main(["inspect", "ftp://host/c.zarr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'ftp'" in err[0] and "s3://" in err[0]
