@@ -190,7 +190,8 @@ def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
     return info.embed_dim, (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
 
 
-def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec, scales: Any = DEFAULT_SCALES,
+def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec,
+                 scales: Any = DEFAULT_SCALES,
                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
@@ -261,7 +262,8 @@ def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str
     return table.take(np.flatnonzero(~too_big)).with_skipped(table.ids[too_big], "too large for one request")
 
 
-def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec, scales: Any = None,
+def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, temporal: TemporalSpec,
+                scales: Any = None,
                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
                 retry_failed: bool = False, versions: Callable[[], dict[str, str]] = software_versions,

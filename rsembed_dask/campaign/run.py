@@ -84,9 +84,10 @@ def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal:
     :func:`~rsembed_dask.campaign.jobs.plan_samples`, unpacked: returns
     ``(spec, table, cube, units)``; ``table`` row ``r`` is the sample at cube row ``r``.
     """
-    job = plan_samples(gdf, StoreLocation.parse(out, storage_options), scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
-                       chunk_size=chunk_size, buffer_m=buffer_m, batch_size=batch_size, id_column=id_column,
-                       on_invalid=on_invalid, repair=repair, update=update, append=append).jobs[0]
+    job = plan_samples(gdf, StoreLocation.parse(out, storage_options), scales=scales, temporal=temporal,
+                       sensor=sensor, model=model, output=output, chunk_size=chunk_size, buffer_m=buffer_m,
+                       batch_size=batch_size, id_column=id_column, on_invalid=on_invalid, repair=repair,
+                       update=update, append=append).jobs[0]
     return job.spec, job.table, job.cube, job.units  # type: ignore[return-value]
 
 
@@ -129,8 +130,8 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         a tiling campaign (its own footprints at each of its scales, plus georeferenced grids).
     out : str, path or StoreLocation
         The cube: a local path, or an ``s3://``, ``gs://``, ``az://`` URL (credentials from
-        the environment, e.g. ``AWS_*``, or ``storage_options``). An existing cube with the same spec resumes (only units not
-        done run); a different spec is refused naming the differing fields, unless no
+        the environment, e.g. ``AWS_*``, or ``storage_options``). An existing cube with the
+        same spec resumes (only units not done run); a different spec is refused naming the differing fields, unless no
         unit has finished in the cube: it is then recreated (a warning names what
         changed), as is a store whose creation was interrupted. Before the cube is
         created (or resumed with work left) the model's weights are resolved and read,

@@ -87,12 +87,12 @@ def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.nda
 
 
 def _dataset(cube: Any):
-    """``cube`` as an xarray.Dataset: one already open, or a path opened with open_cube."""
+    """``cube`` as an xarray.Dataset: one already open, or a path, URL or StoreLocation opened with open_cube."""
     if isinstance(cube, xr.Dataset):
         return cube
     if isinstance(cube, (str, os.PathLike)):
         return open_cube(cube)
-    raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube() or a cube path")
+    raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube(), a cube path or URL")
 
 
 def _scale_index(ds, scale: Any) -> int:

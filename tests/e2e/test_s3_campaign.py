@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import obstore
 import pytest
 import shapely
@@ -92,8 +93,10 @@ def test_campaign_in_a_bucket_on_dask_worker_processes(tmp_path, s3_bucket, s3_s
             lambda p: shapely.affinity.translate(p, 0.01, 0.0))
         updated = run_campaign(moved, url, update=True, **kw)
         assert (updated.status.values == OK).all()
-        grown = _gdf(56)
-        grown.loc[grown.index[:2], "geometry"] = moved.geometry.iloc[:2].values
+        extra = _gdf(8)
+        extra["site"] = [f"new{i}" for i in range(8)]
+        extra["geometry"] = extra.geometry.translate(0.05, 0.05)
+        grown = pd.concat([moved, extra], ignore_index=True)
         appended = run_campaign(grown, url, append=True, **kw)
         assert appended.sizes["sample"] == 56 and (appended.status.values == OK).all()
 

@@ -56,6 +56,12 @@ def test_cube_in_a_bucket_writes_opens_and_resumes(s3_bucket):
     assert float(ds.embedding.sel(sample="s5", scale=20.0).values[0]) == 5.0
     with pytest.raises(CubeError, match="no cube"):
         open_cube(f"{s3_bucket}/nothing.zarr")
+    from rsembed_dask.explore.notebook import similar
+    from rsembed_dask.store.open import nearest_sample
+
+    assert nearest_sample(ds, 3.1, 31.1) == "s9"
+    found = similar(url, "s5", k=3, scale=20.0)  # a URL where a cube goes
+    assert len(found) == 3 and found.attrs["query_sample"] == "s5"
 
 
 def test_campaign_into_a_bucket_equals_a_local_one(s3_bucket, client, tmp_path, s3_server):
