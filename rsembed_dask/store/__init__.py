@@ -4,7 +4,7 @@ from .cube import Cube
 from .geoparquet import ExportReport, export_geoparquet
 from .info import format_store_info, format_tiling_info, store_info, tiling_info
 from .layout import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, scale_name
-from .lock import LockInfo, one_writer, read_lock, store_lock
+from .lock import LockInfo, held_lock, one_writer, read_lock, store_lock
 from .open import is_tiling_store, nearest_sample, open_cube
 from .repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
 from .samples import SampleChanges
@@ -20,7 +20,7 @@ __all__ = [
     "CubeHealth", "check_cube", "verify_cube", "verify_tiling_store",
     "repair_sample_cube", "repair_tiling_layout", "reset_damaged_units",
     "store_info", "format_store_info", "tiling_info", "format_tiling_info",
-    "LockInfo", "read_lock", "store_lock", "one_writer",
+    "LockInfo", "read_lock", "store_lock", "held_lock", "one_writer",
     "export_geoparquet", "ExportReport", "write_stac",
     "StoreSize", "sample_store_size", "tiling_store_size",
 ]

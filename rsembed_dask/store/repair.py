@@ -39,6 +39,7 @@ from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATT
                      coord_defs, normalise_identity, scale_name, spec_differences)
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
                    probe_store, unfinished_store)
+from .lock import one_writer
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
@@ -108,6 +109,7 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     return done
 
 
+@one_writer("path")
 def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: int,
                        grid_shape: tuple[int, int] | None) -> list[str]:
     """:func:`repair_layout` of the cube at ``path`` from a sample table, before the cube is opened.
@@ -132,6 +134,7 @@ def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: 
                          grid_shape=grid_shape, source=_table_source(table))
 
 
+@one_writer("path")
 def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
     """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
 
