@@ -122,6 +122,15 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): alive, but not beating."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def _alive(pid: int, start: int | None) -> bool:
     """Whether ``pid`` runs here and, where known, is the process that started at ``start``."""
     try:
@@ -303,7 +312,8 @@ class _PosixLock:
 
     @staticmethod
     def _read_fd(fd: int) -> bytes:
-        chunks, off = [], 0
+        chunks: list[bytes] = []
+        off = 0
         while True:
             b = os.pread(fd, 65536, off)
             if not b:
@@ -344,8 +354,10 @@ def _object_store(parent_url: str, storage_options: Mapping[str, Any] | None) ->
 
     options = dict(storage_options or {})
     # A beat retries itself on its next period: no request may hang past a few seconds.
-    retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=5)}
-    return from_url(parent_url, retry_config=retry, client_options={"timeout": "10s"}, **options)
+    # (client_options are left to the store's own configuration: given, they would replace
+    # what it reads from the environment, AWS_ALLOW_HTTP included.)
+    retry: Any = {"max_retries": 2, "retry_timeout": timedelta(seconds=5)}
+    return from_url(parent_url, retry_config=retry, **options)
 
 
 class _ObjectLock:
@@ -544,10 +556,12 @@ class StoreLock:
             if self.break_lock or reason:
                 version = self._try(self._file.replace, mine, seen)
                 if version is not None:
-                    return self._took(version, holder, "broke the lock of" if self.break_lock else reason)
+                    return self._took(version, holder, reason or "")
                 watched = None
                 continue
-            local_alive = holder.same_machine()  # same host, boot and pid namespace: its process lives
+            # Same host, boot and pid namespace, and not stale: its process lives (and, unless it is
+            # stopped, beats: a stopped one is judged by its counter like a holder elsewhere).
+            local_alive = holder.same_machine() and not _stopped(holder.pid)
             if (alive_seen or local_alive) and now >= deadline:
                 waited = f" after waiting {self.wait_s:g} s" if self.wait_s else ""
                 raise StoreLockedError(
