@@ -113,7 +113,8 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
 def _lock_options(bound: Mapping[str, Any]) -> Mapping[str, Any]:
     """The writer lock's keywords from ``run_campaign``'s ``options`` and ``knobs``."""
     knobs = {k: v for k, v in bound.get("knobs", {}).items() if k in ("break_lock", "wait_lock_s", "lock_stale_s")}
-    return (bound.get("options") or RunOptions()).replace(**knobs).lock_options()
+    # A lost lock interrupts the run wherever it waits (as Ctrl-C would), then exits 3.
+    return {**(bound.get("options") or RunOptions()).replace(**knobs).lock_options(), "interrupt": True}
 
 
 @one_writer("out", _lock_options)  # one run writes a store at a time (rsembed_dask.store.lock)

@@ -766,8 +766,8 @@ class Cube:
     def _has_data(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """Cells whose vectors are stored (a finite scale for int8, a finite vector for float32)."""
         if self.quantised:
-            return np.isfinite(np.asarray(arrays[QUANTISED["embedding"]], dtype=np.float32))
-        return np.isfinite(np.asarray(arrays["embedding"], dtype=np.float32)).all(axis=1)
+            return np.asarray(np.isfinite(np.asarray(arrays[QUANTISED["embedding"]], dtype=np.float32)))
+        return np.asarray(np.isfinite(np.asarray(arrays["embedding"], dtype=np.float32)).all(axis=1))
 
     def _kept(self, stored: Mapping[str, np.ndarray], status: np.ndarray) -> np.ndarray:
         """Cells of a unit write that keep what is stored: decided ones (an ok one only with its

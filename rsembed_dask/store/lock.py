@@ -476,11 +476,14 @@ class StoreLock:
         Take the lock over at once, whoever holds it.
     notify : callable, optional
         Called with a line when this run starts waiting for a holder (default: a warning).
+    interrupt : bool
+        When the lock is lost, interrupt the main thread (KeyboardInterrupt) if it took the lock.
     """
 
     def __init__(self, store: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
                  heartbeat_s: float = HEARTBEAT_S, stale_s: float | None = None, wait_s: float = 0.0,
-                 break_lock: bool = False, notify: Callable[[str], None] | None = None):
+                 break_lock: bool = False, notify: Callable[[str], None] | None = None,
+                 interrupt: bool = False):
         self.store = str(store).rstrip("/") if _is_url(store) else _local(store)
         self.heartbeat_s = float(heartbeat_s)
         self.stale_s = float(STALE_S if stale_s is None else stale_s)
@@ -504,6 +507,8 @@ class StoreLock:
         self._last_ok = time.monotonic()
         self._lost: str | None = None
         self._readonly = False  # read-only storage: no lock could be (or needs to be) made
+        self.interrupt, self.interrupted = bool(interrupt), False
+        self._owner = threading.current_thread()
 
     # -- record
     def _record(self, counter: int) -> bytes:
@@ -632,7 +637,19 @@ class StoreLock:
                 self._beat()
         except Exception as exc:  # noqa: BLE001 - the thread must never die silently: the run stops
             log.exception("%s: the lock's heartbeat failed", self.store)
-            self._lost = f"its heartbeat failed ({type(exc).__name__}: {exc})"
+            self._lose(f"its heartbeat failed ({type(exc).__name__}: {exc})")
+
+    def _lose(self, reason: str) -> None:
+        """Mark the lock lost; with ``interrupt``, raise KeyboardInterrupt in the main thread that took
+        it (as Ctrl-C would), so a run blocked anywhere stops; :func:`one_writer` turns it into
+        :class:`~rsembed_dask.errors.StoreLockedError`."""
+        self._lost = reason
+        if (self.interrupt and threading.current_thread() is not threading.main_thread()
+                and self._owner is threading.main_thread()):
+            import _thread
+
+            self.interrupted = True
+            _thread.interrupt_main()
 
     def _beat(self) -> None:
         """One heartbeat: a compare-and-swap bumping the counter; marks the lock lost when it is not ours."""
@@ -654,18 +671,19 @@ class StoreLock:
                             version, new = got[1], got[0]
                             self.counter = holder.counter - 1
                         else:
-                            self._lost = f"it is now held by {holder.describe()}"
                             log.error("%s: the writer lock was taken by %s; stopping", self.store,
                                       holder.describe())
+                            self._lose(f"it is now held by {holder.describe()}")
                             return
                     if version is None:
                         raise OSError(errno.EAGAIN, "the lock changed during the beat")
             except OSError as exc:
                 unconfirmed = time.monotonic() - self._last_ok
                 if unconfirmed > self.stale_s:
-                    self._lost = (f"its ownership could not be confirmed for {unconfirmed:.0f} s "
-                                  f"(stale window {self.stale_s:g} s; last error: {exc})")
-                    log.error("%s: %s; stopping", self.store, self._lost)
+                    log.error("%s: the writer lock could not be confirmed for %.0f s (%s); stopping",
+                              self.store, unconfirmed, exc)
+                    self._lose(f"its ownership could not be confirmed for {unconfirmed:.0f} s "
+                               f"(stale window {self.stale_s:g} s; last error: {exc})")
                 else:
                     log.warning("%s: heartbeat failed (%s); retrying (unconfirmed for %.0f s of %g s)",
                                 self.store, exc, unconfirmed, self.stale_s)
@@ -707,7 +725,8 @@ def _read_only_store(store: Any) -> bool:
 @contextlib.contextmanager
 def store_lock(store: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
                heartbeat_s: float = HEARTBEAT_S, stale_s: float | None = None, wait_s: float = 0.0,
-               break_lock: bool = False, notify: Callable[[str], None] | None = None) -> Iterator[StoreLock]:
+               break_lock: bool = False, notify: Callable[[str], None] | None = None,
+               interrupt: bool = False) -> Iterator[StoreLock]:
     """Hold the writer lock of ``store`` for the ``with`` block (released on errors and Ctrl-C too).
 
     Parameters are :class:`StoreLock`'s. Within the block, :meth:`StoreLock.check` raises
@@ -728,7 +747,7 @@ def store_lock(store: str | os.PathLike, *, storage_options: Mapping[str, Any] |
     ...     lock.check()  # raises StoreLockedError once another run took it
     """
     lock = StoreLock(store, storage_options=storage_options, heartbeat_s=heartbeat_s, stale_s=stale_s,
-                     wait_s=wait_s, break_lock=break_lock, notify=notify)
+                     wait_s=wait_s, break_lock=break_lock, notify=notify, interrupt=interrupt)
     with _HELD_GUARD:
         outer = _HELD.get((lock.path, threading.get_ident()))
     if outer is not None and outer.lost is None:
@@ -777,7 +796,12 @@ def one_writer(param: str, options: Callable[[Mapping[str, Any]], Mapping[str, A
             extra = {k: bound[k] for k in _LOCK_KEYWORDS if bound.get(k) is not None}
             if options is not None:
                 extra.update(options(bound))
-            with store_lock(bound[param], **extra):
-                return fn(*args, **kwargs)
+            with store_lock(bound[param], **extra) as lock:
+                try:
+                    return fn(*args, **kwargs)
+                except KeyboardInterrupt:
+                    if lock.interrupted:  # the lock was lost (not a Ctrl-C): say so
+                        lock.check()
+                    raise
         return locked
     return wrap

@@ -119,8 +119,9 @@ def test_a_paused_run_loses_its_lock_to_a_second_run_and_exits_3_leaving_it_alon
     out = tmp_path / "cube.zarr"
     stale = ["--lock-stale", "3"]
     with GEEEmulator(latency_s=4.0) as slow_a, GEEEmulator(latency_s=4.0) as slow_b:
+        logs = {name: open(tmp_path / f"{name}.err", "w+") for name in ("first", "second")}
         first = subprocess.Popen(CLI + run_args(samples, out, slow_a.url, *stale), env=_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.DEVNULL, stderr=logs["first"], text=True)
         second = None
         try:
             _wait_for(lambda: (read_lock(out) or None) is not None and read_lock(out).counter >= 1
@@ -128,20 +129,22 @@ def test_a_paused_run_loses_its_lock_to_a_second_run_and_exits_3_leaving_it_alon
             first.send_signal(signal.SIGSTOP)
             t0 = time.monotonic()
             second = subprocess.Popen(CLI + run_args(samples, out, slow_b.url, *stale), env=_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                      stdout=subprocess.DEVNULL, stderr=logs["second"], text=True)
             _wait_for(lambda: read_lock(out) is not None and read_lock(out).pid == second.pid, 120,
                       "the second run never took over the paused run's lock")
             assert time.monotonic() - t0 >= 3.0  # not before the stale window
             theirs = read_lock(out).token
             first.send_signal(signal.SIGCONT)
-            _, err_a = first.communicate(timeout=120)
+            first.wait(timeout=150)
+            err_a = (tmp_path / "first.err").read_text()
             assert first.returncode == EXIT_LOCKED, err_a
             assert (f"this run lost its writer lock: it is now held by pid {second.pid} on "
                     f"{socket.gethostname()}") in err_a
             assert "Traceback" not in err_a
             held = read_lock(out)
             assert held is None or held.token == theirs  # the second run's lock, untouched
-            _, err_b = second.communicate(timeout=200)
+            second.wait(timeout=200)
+            err_b = (tmp_path / "second.err").read_text()
         finally:
             for p in (first, second):
                 if p is not None and p.poll() is None:
