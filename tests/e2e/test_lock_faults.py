@@ -114,10 +114,12 @@ def _wait_for(cond, timeout, what):
 
 
 @pytest.mark.timeout(400)
-def test_a_paused_run_loses_its_lock_to_a_second_run_and_exits_3_leaving_it_alone(tmp_path):
+def test_a_paused_run_loses_its_lock_to_a_second_run_and_exits_3_leaving_it_alone(tmp_path, client):
+    """Two real ``rsembed-dask run`` processes on one cluster (the module's scheduler): the first is
+    paused (SIGSTOP) past the stale window, the second takes over, the first is resumed."""
     samples = write_samples(tmp_path / "samples.geojson", n=12)
     out = tmp_path / "cube.zarr"
-    stale = ["--lock-stale", "3"]
+    stale = ["--lock-stale", "3", "--scheduler", client.scheduler.address]
     with GEEEmulator(latency_s=4.0) as slow_a, GEEEmulator(latency_s=4.0) as slow_b:
         logs = {name: open(tmp_path / f"{name}.err", "w+") for name in ("first", "second")}
         first = subprocess.Popen(CLI + run_args(samples, out, slow_a.url, *stale), env=_env(),
@@ -262,3 +264,42 @@ def test_on_s3_a_dead_holder_is_taken_over_after_the_stale_window(s3):
     with store_lock(store, heartbeat_s=0.2, stale_s=1.0) as lock:
         assert read_lock(store).token == lock.token
     assert time.monotonic() - t0 >= 1.0
+
+
+# --- --wait-lock and --break-lock through the CLI -------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_wait_lock_exits_3_after_the_given_seconds_and_break_lock_takes_over(tmp_path, client, emu, capsys,
+                                                                             caplog):
+    import logging
+    import threading
+
+    samples = write_samples(tmp_path / "samples.geojson")
+    out = tmp_path / "cube.zarr"
+    held, release, broken = threading.Event(), threading.Event(), {}
+
+    def holder():  # another run, in another thread (this thread's own lock would be re-entrant)
+        with store_lock(out, heartbeat_s=0.2, stale_s=2.0) as lock:
+            held.set()
+            release.wait(120)
+            broken["lost"] = lock.lost
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(30)
+    try:
+        t0 = time.monotonic()
+        rc = main(run_args(samples, out, emu.url, "--wait-lock", "1.5", "--scheduler", client.scheduler.address))
+        err = capsys.readouterr().err
+        assert rc == EXIT_LOCKED and time.monotonic() - t0 >= 1.5, err
+        assert f"is being written by pid {os.getpid()}" in _one_line_error(err) and "after waiting 1.5 s" in err
+        assert emu.stats.requests == 0
+        with caplog.at_level(logging.WARNING, logger="rsembed_dask.store.lock"):
+            rc = main(run_args(samples, out, emu.url, "--break-lock", "--scheduler", client.scheduler.address))
+        assert rc == 0, capsys.readouterr().err
+        assert f"broke the writer lock of pid {os.getpid()} on {socket.gethostname()}" in caplog.text
+    finally:
+        release.set()
+        t.join(60)
+    assert "it is now held by" in broken["lost"]
+    assert not os.path.exists(lock_path(out))  # the broken holder left the breaker's release alone
+    assert (open_cube(out).status.values == OK).all()
