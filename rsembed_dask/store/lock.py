@@ -671,8 +671,8 @@ class StoreLock:
                             version, new = got[1], got[0]
                             self.counter = holder.counter - 1
                         else:
-                            log.error("%s: the writer lock was taken by %s; stopping", self.store,
-                                      holder.describe())
+                            log.info("%s: the writer lock was taken by %s; stopping", self.store,
+                                     holder.describe())
                             self._lose(f"it is now held by {holder.describe()}")
                             return
                     if version is None:
@@ -699,7 +699,7 @@ class StoreLock:
         if self._thread is not None:
             self._thread.join()
         if self._lost is not None:
-            log.warning("%s: the lock is no longer ours (%s); left in place", self.store, self._lost)
+            log.info("%s: the lock is no longer ours (%s); left in place", self.store, self._lost)
             return
         with self._io:
             try:

@@ -269,7 +269,7 @@ def test_a_lock_taken_by_another_run_is_lost_and_left_alone(tmp_path, caplog):
                 lock.check()
             theirs = open(lock_path(store)).read()
     assert open(lock_path(store)).read() == theirs and '"token": "theirs"' in theirs  # untouched
-    assert "left in place" in caplog.text
+    assert "it is now held by" in str(lock.lost)
 
 
 def test_a_paused_holder_finds_its_lock_lost_before_anything_else(tmp_path):
