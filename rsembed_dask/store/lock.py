@@ -560,8 +560,8 @@ class StoreLock:
                 reason = f"its heartbeat did not advance for {now - watched[1]:.0f} s (stale after {window:g} s)"
             if self.break_lock or reason:
                 version = self._try(self._file.replace, mine, seen)
-                if version is not None:
-                    return self._took(version, holder, reason or "")
+                if version is not None:  # (a released record, on a bucket, is taken without a word)
+                    return self._took(version, None if holder.released else holder, reason or "")
                 watched = None
                 continue
             # Same host, boot and pid namespace, and not stale: its process lives (and, unless it is
