@@ -647,9 +647,14 @@ class StoreLock:
         if (self.interrupt and threading.current_thread() is not threading.main_thread()
                 and self._owner is threading.main_thread()):
             import _thread
+            import signal
 
             self.interrupted = True
-            _thread.interrupt_main()
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                # A real SIGINT to the main thread: it also ends a blocking wait (sleep, lock, select).
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            else:  # SIGINT handled otherwise: raise KeyboardInterrupt at the main thread's next step
+                _thread.interrupt_main()
 
     def _beat(self) -> None:
         """One heartbeat: a compare-and-swap bumping the counter; marks the lock lost when it is not ours."""
@@ -796,12 +801,14 @@ def one_writer(param: str, options: Callable[[Mapping[str, Any]], Mapping[str, A
             extra = {k: bound[k] for k in _LOCK_KEYWORDS if bound.get(k) is not None}
             if options is not None:
                 extra.update(options(bound))
-            with store_lock(bound[param], **extra) as lock:
-                try:
+            taken: list[StoreLock] = []
+            try:
+                with store_lock(bound[param], **extra) as lock:
+                    taken.append(lock)
                     return fn(*args, **kwargs)
-                except KeyboardInterrupt:
-                    if lock.interrupted:  # the lock was lost (not a Ctrl-C): say so
-                        lock.check()
-                    raise
+            except KeyboardInterrupt:
+                if taken and taken[0].interrupted:  # the lock was lost (not a Ctrl-C): say so
+                    taken[0].check()
+                raise
         return locked
     return wrap

@@ -370,3 +370,22 @@ def test_inspect_never_takes_the_lock_and_names_the_writer(tmp_path, capsys):
         assert read_lock(store).pid == os.getpid()
     assert main(["inspect", str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["writer"] is None
+
+
+def test_a_run_blocked_anywhere_is_interrupted_when_its_lock_is_lost(tmp_path):
+    """With ``interrupt`` (as run_campaign takes it), a lost lock stops the main thread wherever it
+    waits (here a long sleep, as a blocked actor start would) with StoreLockedError, not Ctrl-C."""
+    from rsembed_dask.store.lock import one_writer
+
+    store = tmp_path / "c.zarr"
+
+    @one_writer("out", lambda bound: {"interrupt": True, "heartbeat_s": 0.1, "stale_s": 1.0})
+    def blocked(out):
+        threading.Timer(0.3, lambda: write_lock(store, **OTHER_HOST)).start()  # another run took it
+        time.sleep(60)
+
+    t0 = time.monotonic()
+    with pytest.raises(StoreLockedError, match="lost its writer lock: it is now held by pid 1 on node-17"):
+        blocked(store)
+    assert time.monotonic() - t0 < 30
+    assert read_lock(store).host == "node-17.cluster"  # left alone
