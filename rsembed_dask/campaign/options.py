@@ -66,6 +66,14 @@ class RunOptions:
         Add ids an existing cube does not hold, as new chunks.
     on_unit : callable or None
         Called with each finished unit's :class:`~rsembed_dask.campaign.tasks.UnitSummary`.
+    break_lock : bool
+        Take the cube's writer lock over at once, whoever holds it (the holder is named).
+    wait_lock_s : float
+        Seconds to wait for a live run holding the cube's lock to finish (default 0: give up
+        at once, :class:`~rsembed_dask.errors.StoreLockedError`).
+    lock_stale_s : float or None
+        Seconds without a heartbeat after which a lock is taken over, and after which this
+        run stops when it cannot confirm its own (None: 60 s; heartbeats every sixth of it).
     """
 
     max_in_flight: int | None = None
@@ -81,6 +89,9 @@ class RunOptions:
     update: bool = False
     append: bool = False
     on_unit: Callable[[Any], None] | None = None
+    break_lock: bool = False
+    wait_lock_s: float = 0.0
+    lock_stale_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None:
@@ -89,13 +100,25 @@ class RunOptions:
         strict_int("RunOptions.unit_retries", self.unit_retries, lo=0)
         strict_int("RunOptions.ee_concurrency", self.ee_concurrency)
         object.__setattr__(self, "gpu_wait_s", number("RunOptions.gpu_wait_s", self.gpu_wait_s, lo=0))
-        for name in ("coalesce", "progress", "retry_failed", "repair", "update", "append"):
+        object.__setattr__(self, "wait_lock_s", number("RunOptions.wait_lock_s", self.wait_lock_s, lo=0))
+        if self.lock_stale_s is not None:
+            object.__setattr__(self, "lock_stale_s", number("RunOptions.lock_stale_s", self.lock_stale_s, lo=0))
+            if not self.lock_stale_s > 0:
+                raise SpecError("RunOptions.lock_stale_s", self.lock_stale_s, "None or a number of seconds > 0")
+        for name in ("coalesce", "progress", "retry_failed", "repair", "update", "append", "break_lock"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"RunOptions.{name}", getattr(self, name), "True or False")
         if self.summary is not None and not isinstance(self.summary, bool):
             raise SpecError("RunOptions.summary", self.summary, "None, True or False")
         if self.on_unit is not None and not callable(self.on_unit):
             raise SpecError("RunOptions.on_unit", self.on_unit, "None or a callable taking a UnitSummary")
+
+    def lock_options(self) -> dict[str, Any]:
+        """Keywords of :func:`~rsembed_dask.store.lock.store_lock` for these options."""
+        out: dict[str, Any] = {"break_lock": self.break_lock, "wait_s": self.wait_lock_s}
+        if self.lock_stale_s is not None:
+            out.update(stale_s=self.lock_stale_s, heartbeat_s=self.lock_stale_s / 6)
+        return out
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with ``changes`` applied (validated again).

@@ -40,7 +40,7 @@ from ..store.cube import Cube
 from ..store.open import check_free_space, check_writable, open_cube
 from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
 from ..store.location import StoreLocation
-from ..store.lock import one_writer
+from ..store.lock import held_lock, one_writer
 from ..store.size import StoreSize
 from .jobs import Jobs, Preflight, plan_samples, plan_tiling
 from .options import RunOptions
@@ -73,6 +73,7 @@ def _with_cluster_limit(provider, client, max_requests: int):
     return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests))
 
 
+@one_writer("out")  # it may create, append to or repair the cube
 def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                   chunk_size: int = 64, buffer_m: float | None = None, batch_size: int | None = None,
@@ -111,7 +112,14 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
                         append=options.append, **common)
 
 
-@one_writer("out")  # one run writes a store at a time (rsembed_dask.store.lock)
+def _lock_options(bound: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The writer lock's keywords from ``run_campaign``'s ``options`` and ``knobs``."""
+    knobs = {k: v for k, v in bound.get("knobs", {}).items() if k in ("break_lock", "wait_lock_s", "lock_stale_s")}
+    # A lost lock interrupts the run wherever it waits (as Ctrl-C would), then exits 3.
+    return {**(bound.get("options") or RunOptions()).replace(**knobs).lock_options(), "interrupt": True}
+
+
+@one_writer("out", _lock_options)  # one run writes a store at a time (rsembed_dask.store.lock)
 def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSpec,
                  sensor: SensorSpec | None = None, model: Any = None,
                  output: OutputSpec | None = None, backend: Any = "gee", client: Any = None,
@@ -223,7 +231,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
             if todo:
                 jobs.mark_grids_unsynced()
                 provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency)
-                runner = Runner(c, provider, jobs.jobs, report, opts)
+                runner = Runner(c, provider, jobs.jobs, report, opts, lock=held_lock(out))
                 with _RequestAccount(c, runner.run_token) as account:
                     runner.run(todo)
                 report.requests = collections.Counter(account.totals)
@@ -240,6 +248,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         failures.update(job.cube.failure_reasons(status))
     report.finish(counts, failures)
     if todo:  # a run with nothing to do keeps the account of the run that did the work
+        lock = held_lock(out)
+        if lock is not None:
+            lock.check()  # a run that lost its lock writes nothing more
         for job in jobs:
             job.cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(report.requests), LAST_RUN_ATTR: report.as_dict()})
     if opts.progress if opts.summary is None else opts.summary:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..cluster.local import GPU_RESOURCE, embed_workers, fetch_workers
-from ..errors import ProviderError, RsEmbedError
+from ..errors import ProviderError, RsEmbedError, StoreLockedError
 from ..sampling.units import WorkUnit
 from ..store.layout import FAILED, PENDING
 from .actors import start_actor
@@ -79,8 +79,9 @@ class Runner:
     """
 
     def __init__(self, client: Any, provider: Any, jobs: list[Job], report: CampaignReport,
-                 options: RunOptions | None = None):
+                 options: RunOptions | None = None, lock: Any = None):
         options = options or RunOptions()
+        self.lock = lock  # the cube's StoreLock: checked before each submission
         self.c, self.provider, self.jobs, self.report = client, provider, jobs, report
         self.gpu_wait_s = options.gpu_wait_s
         self.model = jobs[0].spec.model
@@ -212,6 +213,8 @@ class Runner:
             self.report.startup_s = t0 - t_start
             window = self.max_in_flight or UNITS_PER_ACTOR * len(self.actors)
             while self.pending or self.inflight:
+                if self.lock is not None:
+                    self.lock.check()  # lost to another run: submit nothing more, drain, exit 3
                 while self.pending and len(self.inflight) < window:
                     self._submit(*self.pending.popleft())
                 try:
@@ -224,7 +227,7 @@ class Runner:
                 if time.monotonic() - self._last_check >= HEALTH_CHECK_S:
                     self._last_check = time.monotonic()
                     self._ensure_actors()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StoreLockedError):
             self._drain()
             raise
         finally:

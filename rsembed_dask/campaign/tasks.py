@@ -233,14 +233,10 @@ def write_unit(vectors: UnitVectors, cube: Cube) -> UnitSummary:
 
 
 def mark_unit_failed(cube: Cube, unit: WorkUnit, reason: str) -> None:
-    """Record a unit whose tasks failed for good: its samples ``failed`` with ``reason``.
+    """Record a unit whose tasks failed for good: its undecided samples ``failed`` with ``reason``.
 
-    Cells already ``ok`` (or ``no_data``) keep their data and status: :meth:`Cube.write_unit`
-    never overwrites a decided cell.
+    Only ``status`` and ``error`` are written (a failed cell vouches for no data); cells
+    already ``ok`` or ``no_data``, or whose vectors a still-running write has put in, keep
+    theirs (:meth:`Cube.mark_failed`).
     """
-    n = unit.stop - unit.start
-    D = cube.embed_dim
-    grid = None if cube.grid_shape is None else np.full((n, D) + tuple(cube.grid_shape), np.nan, np.float32)
-    cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=np.full((n, D), np.nan, np.float32),
-                    status=np.full(n, FAILED, np.int8), input_res_m=np.full(n, np.nan, np.float32),
-                    valid_fraction=np.zeros(n, np.float32), error=[reason[:200]] * n, grid=grid)
+    cube.mark_failed(unit.start, unit.stop, unit.scale_index, reason)

@@ -224,6 +224,14 @@ def _add_run(sub) -> None:
     p.add_argument("--gpu-wait", type=float, default=GPU_WAIT_S, metavar="S",
                    help="seconds to wait for a GPU worker (--resources GPU=1) when there is none, at start or "
                         f"after the only one died, before giving up (default {GPU_WAIT_S:g})")
+    lock = p.add_mutually_exclusive_group()
+    lock.add_argument("--break-lock", action="store_true",
+                      help="take the cube's writer lock over at once, whoever holds it (names the holder it broke)")
+    lock.add_argument("--wait-lock", type=positive_seconds, default=0.0, metavar="S",
+                      help="wait up to S seconds for a run holding the cube's lock to finish (default: exit 3 at once)")
+    p.add_argument("--lock-stale", type=positive_seconds, default=None, metavar="S",
+                   help="seconds without a heartbeat after which a holder's lock is taken over, and after which "
+                        "this run stops when it cannot confirm its own (default 60; heartbeats every S/6)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run, check=lambda args, p=p: _check_run(p, args), preflight=_preflight_run)
 
@@ -304,7 +312,8 @@ def _cmd_run(args) -> int:
                    "on_invalid": "skip" if args.skip_invalid else "raise"}
     run = RunOptions(retry_failed=args.retry_failed, repair=args.repair, update=args.update, append=args.append,
                      gpu_wait_s=args.gpu_wait, progress=not args.no_progress, summary=True,
-                     fetch_threads=env_defaults()["fetch_workers"])
+                     fetch_threads=env_defaults()["fetch_workers"], break_lock=args.break_lock,
+                     wait_lock_s=args.wait_lock, lock_stale_s=args.lock_stale)
     # A recipe's cluster is started only when there is work (no SLURM jobs for a finished cube).
     client = (lambda: start_cluster(cluster)) if cluster is not None else args.scheduler
     with warnings.catch_warnings(record=True) as caught:

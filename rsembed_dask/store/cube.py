@@ -60,6 +60,24 @@ __all__ = ["PENDING", "OK", "NO_DATA", "FAILED", "STATUS_NAMES", "FLAG_ATTRS", "
 
 #: Cell states that a later write never changes (a computed embedding, or a final "no imagery").
 FINAL_STATUSES = (OK, NO_DATA)
+#: Writes of one unit (each read back) before a unit raced by another writer is given up on.
+WRITE_CHECKS = 4
+
+
+def _fail_non_finite(data: dict[str, np.ndarray]) -> None:
+    """Cells written ``ok`` whose vectors are not all finite (NaN, inf) become ``failed``, with the reason."""
+    ok = data["status"] == OK
+    if not ok.any():
+        return
+    finite = np.isfinite(data["embedding"]).all(axis=1)
+    if "grid" in data:
+        finite &= np.isfinite(data["grid"]).reshape(len(finite), -1).all(axis=1)
+    bad = ok & ~finite
+    if bad.any():
+        data["status"] = np.where(bad, np.int8(FAILED), data["status"]).astype("int8")
+        data["error"] = data["error"].copy()
+        data["error"][bad] = "the model returned a vector that is not finite (NaN or inf): not stored as ok"
+        logger.warning("%d ok cell(s) with non-finite vectors stored as failed", int(bad.sum()))
 
 #: Group attributes that describe the campaign and may not be changed by ``set_attrs``.
 RESERVED_ATTRS = frozenset({SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, CREATED_ATTR, MARKER_ATTR,
@@ -707,37 +725,149 @@ class Cube:
             Not exactly one chunk, a bad scale index, or arrays of the wrong shape.
         """
         start, stop = int(start), int(stop)
-        expected = self.unit_stop(start)  # CubeError when start is not a chunk start
-        if stop != expected:
-            raise CubeError(f"write_unit({start}, {stop}) is not exactly one chunk of "
-                            f"{self.chunk_size} samples: the unit at {start} ends at {expected}")
-        si = self._scale_index(scale_index)
+        si = self._unit(start, stop, scale_index)
         data = check_unit_arrays(stop - start, self.embed_dim, self.grid_shape, embedding=embedding,
                                  status=status, input_res_m=input_res_m, valid_fraction=valid_fraction,
                                  error=error, grid=grid)
+        _fail_non_finite(data)
         if self.quantised:
             self._quantise(data)
         try:
-            keep = self._kept_cells(start, stop, si, data["status"])
-            if keep.all():
-                logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
-                             start, stop, si)
-                return
-            if keep.any():
-                self._merge_kept(start, stop, si, data, keep)
-            self._array("embedding")[start:stop, si, :] = data["embedding"]
-            if "grid" in data:
-                self._array("grid")[start:stop, si] = data["grid"]
-            for name in self._scale_arrays():
-                self._array(name)[start:stop, si] = data[name]
-            for name in ("input_res_m", "valid_fraction", "error"):
-                self._array(name)[start:stop, si] = data[name]
-            # Status last: it vouches for the data written above.
-            self._array("status")[start:stop, si] = data["status"]
+            for attempt in range(WRITE_CHECKS):
+                stored = self._read_unit(start, stop, si)
+                # An ok cell found without its vectors (damage, or a lost race) is not kept as ok.
+                empty_ok = (stored["status"] == OK) & ~self._has_data(stored) & (data["status"] == PENDING)
+                if empty_ok.any():
+                    data = {**data, "status": np.where(empty_ok, np.int8(FAILED), data["status"]).astype("int8"),
+                            "error": np.where(empty_ok, "stored ok without its vectors: run it again",
+                                              data["error"]).astype(object)}
+                keep = self._kept(stored, data["status"])
+                if keep.all():
+                    logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
+                                 start, stop, si)
+                    return
+                merged = self._merged(stored, data, keep)
+                # Data first (the vectors last), then status: a status vouches for what is beside it.
+                for name in ("input_res_m", "valid_fraction", "error", *self._data_arrays()):
+                    self._array(name)[start:stop, si] = merged[name]
+                self._array("status")[start:stop, si] = merged["status"]
+                # A writer of the same unit (an orphaned task) may have written in between: read
+                # back, and write again until no ok cell stands over missing data and our ok
+                # cells hold their ok status.
+                bad = self._unvouched(start, stop, si, data)
+                if not bad:
+                    break
+                logger.warning("unit %d:%d scale %d of %s: %s after writing; writing again (check %d)",
+                               start, stop, si, self.path, bad, attempt + 1)
+            else:
+                logger.error("unit %d:%d scale %d of %s: still %s after %d writes", start, stop, si,
+                             self.path, bad, WRITE_CHECKS)
         except STORE_ERRORS as exc:
             raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
                             f"to {self.path!r}: {exc}") from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
+
+    def mark_failed(self, start: int, stop: int, scale_index: int, reason: str) -> int:
+        """Mark the undecided cells of one unit ``failed`` with ``reason``: ``status`` and ``error`` only.
+
+        A failed cell vouches for no data, so nothing else is written. Cells already
+        :data:`OK` or :data:`NO_DATA`, and cells whose vectors are already written (a write
+        of the unit is on its way to its status), are left alone. After the write the
+        vectors are read again: a cell marked failed whose vectors a concurrent write put
+        in meanwhile gets its ``ok`` back (vectors are the last data a write puts in, so
+        they stand for the whole row).
+
+        Returns
+        -------
+        int
+            Cells marked failed (and left so).
+
+        Raises
+        ------
+        CubeError
+            Not exactly one chunk, a bad scale index, or the store cannot be written.
+        """
+        start, stop = int(start), int(stop)
+        si = self._unit(start, stop, scale_index)
+        reason = str(reason)[:200]
+        try:
+            stored = self._read_unit(start, stop, si)
+            target = ~np.isin(stored["status"], FINAL_STATUSES) & ~self._has_data(stored)
+            if not target.any():
+                return 0
+            status, err = stored["status"].copy(), stored["error"].copy()
+            status[target], err[target] = FAILED, reason
+            self._array("error")[start:stop, si] = err
+            self._array("status")[start:stop, si] = status
+            after = self._read_unit(start, stop, si)
+            back = target & self._has_data(after) & (after["status"] == FAILED)
+            if back.any():  # a concurrent write's vectors landed: its ok stands
+                status, err = after["status"].copy(), after["error"].copy()
+                status[back], err[back] = OK, ""
+                self._array("error")[start:stop, si] = err
+                self._array("status")[start:stop, si] = status
+                logger.warning("unit %d:%d scale %d: %d cell(s) written meanwhile keep their ok",
+                               start, stop, si, int(back.sum()))
+            return int((target & ~back).sum())
+        except OSError as exc:
+            raise CubeError(f"cannot mark unit ({start}, {stop}, scale {si}) failed in {self.path!r}: "
+                            f"{exc}") from exc
+
+    def _unit(self, start: int, stop: int, scale_index: int) -> int:
+        expected = self.unit_stop(start)  # CubeError when start is not a chunk start
+        if stop != expected:
+            raise CubeError(f"write_unit({start}, {stop}) is not exactly one chunk of "
+                            f"{self.chunk_size} samples: the unit at {start} ends at {expected}")
+        return self._scale_index(scale_index)
+
+    def _data_arrays(self) -> tuple[str, ...]:
+        """The arrays holding a cell's vectors, in write order: ``embedding`` last (it stands for the row)."""
+        return (("grid",) if self.grid_shape is not None else ()) + self._scale_arrays() + ("embedding",)
+
+    def _read_unit(self, start: int, stop: int, si: int) -> dict[str, np.ndarray]:
+        names = ("status", "input_res_m", "valid_fraction", "error", *self._data_arrays())
+        return {name: np.asarray(self._array(name)[start:stop, si]) for name in names}
+
+    def _has_data(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Cells whose vectors are stored (a finite scale for int8, a finite vector for float32)."""
+        if self.quantised:
+            return np.asarray(np.isfinite(np.asarray(arrays[QUANTISED["embedding"]], dtype=np.float32)))
+        return np.asarray(np.isfinite(np.asarray(arrays["embedding"], dtype=np.float32)).all(axis=1))
+
+    def _kept(self, stored: Mapping[str, np.ndarray], status: np.ndarray) -> np.ndarray:
+        """Cells of a unit write that keep what is stored: decided ones (an ok one only with its
+        data), and those written pending over a stored status."""
+        st = stored["status"]
+        decided = (st == NO_DATA) | ((st == OK) & self._has_data(stored))
+        return decided | ((status == PENDING) & (st != PENDING))
+
+    def _merged(self, stored: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
+                keep: np.ndarray) -> dict[str, np.ndarray]:
+        """What to write: ``data``, with the kept cells as stored, and the vectors of cells this write
+        does not make ok as stored (a failed or no_data cell vouches for no data: whatever another
+        write put there stays)."""
+        vectors = keep | (data["status"] != OK)
+        data_arrays = self._data_arrays()
+        out = {}
+        for name, value in data.items():
+            merged = np.array(value, copy=True)
+            cells = vectors if name in data_arrays else keep
+            merged[cells] = np.asarray(stored[name])[cells]
+            out[name] = merged
+        return out
+
+    def _unvouched(self, start: int, stop: int, si: int, data: Mapping[str, np.ndarray]) -> str:
+        """What a read-back finds wrong after a unit write ("" when nothing): ok cells without data,
+        or this write's ok cells no longer ok (and not no_data)."""
+        after = self._read_unit(start, stop, si)
+        empty_ok = (after["status"] == OK) & ~self._has_data(after)
+        lost_ok = (data["status"] == OK) & ~np.isin(after["status"], FINAL_STATUSES)
+        problems = []
+        if empty_ok.any():
+            problems.append(f"{int(empty_ok.sum())} ok cell(s) without data")
+        if lost_ok.any():
+            problems.append(f"{int(lost_ok.sum())} ok cell(s) of this write not ok")
+        return ", ".join(problems)
 
     def _scale_arrays(self) -> tuple[str, ...]:
         """The scale arrays of an int8 cube (none for float32)."""
@@ -751,21 +881,6 @@ class Cube:
         for name in ("embedding", "grid"):
             if name in data:
                 data[name], data[QUANTISED[name]] = quantize_int8(data[name], axis=1)
-
-    def _kept_cells(self, start: int, stop: int, si: int, status: np.ndarray) -> np.ndarray:
-        """Cells of a unit write that keep what is stored: decided ones, and those written pending."""
-        stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
-        return np.isin(stored, FINAL_STATUSES) | ((status == PENDING) & (stored != PENDING))
-
-    def _merge_kept(self, start: int, stop: int, si: int, data: dict[str, np.ndarray],
-                    keep: np.ndarray) -> None:
-        """Replace, in ``data`` (copied, not the caller's arrays), the ``keep`` cells by what is stored."""
-        for name in list(data):
-            stored = np.asarray(self._array(name)[start:stop, si])
-            merged = np.array(data[name], copy=True)
-            merged[keep] = stored[keep]
-            data[name] = merged
-        logger.debug("unit %d:%d scale %d: kept %d decided cells", start, stop, si, int(keep.sum()))
 
     def unit_status(self, start: int, scale_index: int) -> np.ndarray:
         """Status codes (int8) of the unit starting at ``start`` at ``scale_index``."""

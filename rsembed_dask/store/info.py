@@ -59,9 +59,18 @@ def campaign_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def writer_of(path: str | os.PathLike) -> str | None:
-    """Who is writing the store now (its lock), if anyone; reading never takes the lock."""
+    """Who is writing the store now (its lock), if anyone; reading never takes the lock.
+
+    A lock whose holder is known gone (its process on this machine ended) says so:
+    ``"stale lock of pid 12 on ... (its process 12 on this host is gone; the next run takes it over)"``.
+    """
     holder = read_lock(path)
-    return None if holder is None else holder.describe()
+    if holder is None:
+        return None
+    stale = holder.stale_reason()
+    if stale is not None:
+        return f"stale lock of {holder.describe()} ({stale}; the next run takes it over)"
+    return holder.describe()
 
 
 def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mapping[str, int] | None = None) -> dict[str, Any]:
@@ -125,7 +134,8 @@ def format_store_info(info: Mapping[str, Any]) -> str:
              f"versions: {info['versions']}",
              f"request account: {info['request_account']}"]
     if info.get("writer"):
-        lines.append(f"being written by: {info['writer']}")
+        stale = str(info["writer"]).startswith("stale lock")
+        lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")
     if "problems" in info:
         lines.append(format_problems(info["problems"]))
     return "\n".join(lines)
@@ -239,7 +249,8 @@ def format_tiling_info(info: Mapping[str, Any]) -> str:
     lines.append(f"versions: {info['versions']}")
     lines.append(f"request account: {info['request_account']}")
     if info.get("writer"):
-        lines.append(f"being written by: {info['writer']}")
+        stale = str(info["writer"]).startswith("stale lock")
+        lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")
     if "problems" in info:
         lines.append(format_problems(info["problems"]))
     return "\n".join(lines)

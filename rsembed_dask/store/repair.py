@@ -35,11 +35,12 @@ import zarr
 from zarr.core.sync import sync
 
 from .cube import Cube
-from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
+from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
                      coord_defs, normalise_identity, scale_name, spec_differences)
 from .location import StoreLocation
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
                    probe_store, unfinished_store)
+from .lock import one_writer
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
@@ -98,18 +99,26 @@ def repair_layout(path: str | StoreLocation, *, spec: CampaignSpec, n_samples: i
     if spec_differences(stored, normalise_identity(spec.identity())):
         return []
     first = next(iter(source()))
-    defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"])
-    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
+    segments = None
+    if SEGMENTS_ATTR in meta["attributes"]:  # samples were appended: padded rows, in segments
+        raw = meta["attributes"][SEGMENTS_ATTR]
+        segments = tuple((int(a), int(b)) for a, b in (json.loads(raw) if isinstance(raw, str) else raw))
+        if sum(b - a for a, b in segments) != n_samples:
+            return []  # other samples than the cube's: resuming says how they differ
+    n_rows = n_samples if segments is None else segments[-1][1]
+    defs = coord_defs(n_rows, len(spec.scales), embed_dim, first["id_dtype"])
+    defs += array_defs(n_rows, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
         if have is not None and tuple(have["shape"]) != tuple(d.shape):
             return []  # another cube's layout: resuming says how it differs
     done = [f"metadata of {name!r} restored" for name in _restore_metadata(path, defs)]
-    done += repair_coordinates(path, spec, source)
+    done += repair_coordinates(path, spec, source, segments=segments)
     done += _reset_undecodable_status(path)
     return done
 
 
+@one_writer("path")
 def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
                        grid_shape: tuple[int, int] | None) -> list[str]:
     """:func:`repair_layout` of the cube at ``path`` from a sample table, before the cube is opened.
@@ -131,9 +140,31 @@ def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignS
     path = StoreLocation.parse(path)
     check_writable(path)
     return repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
-                         grid_shape=grid_shape, source=_table_source(table))
+                         grid_shape=grid_shape, source=_table_source(_in_stored_order(path, table)))
 
 
+def _in_stored_order(path: StoreLocation, table: Any) -> Any:
+    """``table`` in the order of the cube's sample rows (appended samples come after the others),
+    when the stored ids are readable and are the given ones; else ``table`` as given."""
+    if not path.is_file("zarr.json"):
+        return table
+    try:
+        group = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
+        raw: Any = group.attrs.get(SEGMENTS_ATTR)
+        if raw is None:
+            return table  # no appends: rows are the given order
+        rows = np.concatenate([np.arange(int(a), int(b)) for a, b in raw])
+        stored = np.asarray(array_of(group, "sample")[:])[rows]
+    except (*DECODE_ERRORS, OSError, ValueError, KeyError, CubeError):
+        return table
+    where = {str(v): i for i, v in enumerate(np.asarray(table.ids))}
+    order = [where.get(str(v), -1) for v in stored]
+    if len(order) != len(table) or min(order, default=0) < 0:
+        return table
+    return table.take(np.asarray(order, dtype=np.int64))
+
+
+@one_writer("path")
 def repair_tiling_layout(path: str | StoreLocation, tiling: Tiling) -> list[str]:
     """:func:`repair_layout` for the sample cubes of a tiling store, before it is opened.
 
@@ -216,8 +247,38 @@ def _delete_chunk(arr: zarr.Array, coords: tuple[int, ...]) -> None:
     sync((arr.store_path / arr.metadata.encode_chunk_key(coords)).delete())
 
 
-def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Callable[[], Iterator[dict[str, Any]]]) -> list[str]:
+def _placed(source: Callable[[], Iterator[dict[str, Any]]], segments: Sequence[tuple[int, int]] | None
+            ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(first row, inputs)`` of the given samples, in the cube's rows: sample ``i`` at row ``i``, or,
+    for a cube that took appends, at the ``i``-th row of its segments (pieces split at segment ends)."""
+    start = 0
+    if segments is None:
+        for inputs in source():
+            yield start, inputs
+            start += inputs["sample"].shape[0]
+        return
+    seg = list(segments)
+    k, row = 0, seg[0][0]
+    for inputs in source():
+        n = inputs["sample"].shape[0]
+        pos = 0
+        while pos < n:
+            while row >= seg[k][1]:
+                k += 1
+                row = seg[k][0]
+            take = min(n - pos, seg[k][1] - row)
+            yield row, {key: (v[pos:pos + take] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
+                        for key, v in inputs.items()}
+            pos += take
+            row += take
+
+
+def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Callable[[], Iterator[dict[str, Any]]],
+                       segments: Sequence[tuple[int, int]] | None = None) -> list[str]:
     """Rewrite the damaged coordinate chunks of the cube at ``path`` from the given samples.
+
+    ``segments``: the cube's sample rows when samples were appended (the given samples
+    fill them in order), else sample ``i`` is at row ``i``.
 
     First every damaged range is checked against the given samples using what is
     intact there: the ids, else lon/lat, else the geometry. Then the damaged chunks
@@ -255,28 +316,24 @@ def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Ca
     if not any(ranges.values()):
         return done
     # 1. check: the given samples must be the cube's wherever something is rewritten
-    start = 0
-    for inputs in source():
+    for start, inputs in _placed(source, segments):
         stop = start + inputs["sample"].shape[0]
         for lo, hi in sorted({r for rs in ranges.values() for r in rs}):
             a, b = max(lo, start), min(hi, stop)
             if a < b:
                 _check_given(path, group, ranges, inputs, start, a, b)
-        start = stop
     # 2. rewrite: damaged chunks go first, so that partial writes do not read them
     for name in _SAMPLE_COORDS:
         arr = array_of(group, name)
         for lo, _ in ranges[name]:
             _delete_chunk(arr, (lo // arr.chunks[0],))
-    start = 0
-    for inputs in source():
+    for start, inputs in _placed(source, segments):
         stop = start + inputs["sample"].shape[0]
         for name in _SAMPLE_COORDS:
             for lo, hi in ranges[name]:
                 a, b = max(lo, start), min(hi, stop)
                 if a < b:
                     array_of(group, name)[a:b] = inputs[name][a - start:b - start]
-        start = stop
     for name in _SAMPLE_COORDS:
         if ranges[name]:
             n = sum(hi - lo for lo, hi in ranges[name])

@@ -346,3 +346,37 @@ def test_tiling_runs_refuse_update_and_append(tmp_path, capsys, flag):
               "--end", "2022-02-01", "--backend", "emulator", flag])
     assert info.value.code == 2 and f"{flag} is for sample files, not --tile" in capsys.readouterr().err
     assert not (tmp_path / "t.zarr").exists()
+
+
+@pytest.mark.timeout(400)
+def test_repair_works_on_a_cube_that_took_an_append(tmp_path, capsys):
+    """The layout of an appended cube has padded rows: --repair rebuilds it from the stored segments
+    (not from the number of samples given) and restores damaged metadata and coordinates."""
+    gdf = _points(6, seed=7, prefix="plot").rename(columns={"site": "plot"})
+    grown = pd.concat([gdf, _points(3, seed=8, prefix="plot-new").rename(columns={"site": "plot"})],
+                      ignore_index=True)
+    samples_file, out = tmp_path / "samples.geojson", tmp_path / "cube.zarr"
+
+    def run(frame, *flags):
+        frame.to_file(samples_file)
+        capsys.readouterr()
+        rc = main(["run", str(samples_file), "--out", str(out), "--scales", "10,40", "--start", "2022-01-01",
+                   "--end", "2022-02-01", "--model", "test-tiny", "--backend", "emulator", "--id-column", "plot",
+                   "--chunk-size", "4", "--no-progress", *flags])
+        return rc, capsys.readouterr().err
+
+    assert run(gdf)[0] == 0
+    assert run(grown, "--append")[0] == 0
+    before = open_cube(out).load()
+    assert zarr.open_group(str(out)).attrs[SEGMENTS_ATTR] == [[0, 6], [8, 11]]
+    (out / "embedding" / "zarr.json").unlink()  # array metadata lost
+    lon = out / "lon" / "c" / "1"  # and a coordinate chunk of the appended rows garbled
+    lon.write_bytes(b"garbage" * 5)
+    rc, err = run(grown)
+    assert rc == 2 and "--repair" in err, err
+    rc, err = run(grown, "--repair")
+    assert rc == 0, err
+    ds = open_cube(out).load()
+    assert (ds.status.values == OK).all()
+    np.testing.assert_array_equal(ds.lon.values, before.lon.values)
+    assert ds.sample.values.tolist() == before.sample.values.tolist()

@@ -406,6 +406,8 @@ def test_a_decided_cell_is_never_overwritten(tmp_path):
     # The failed cell is replaced; a cell written pending ("not touched") keeps what is stored.
     fix = unit_data(0, 4, 0, grid_shape=(2, 3))
     fix["embedding"] += 1000
+    fix["embedding"][3] = 1000.0  # finite: an ok row that is not finite would be stored failed
+    fix["grid"][3] = 1000.0
     fix["status"][:] = [PENDING, PENDING, PENDING, OK]
     fix["error"][3] = ""
     cube.write_unit(0, 4, 0, **fix)
@@ -421,6 +423,7 @@ def test_pending_cells_are_written_and_a_fully_decided_unit_is_not_touched(tmp_p
     cube = create(tmp_path / "c.zarr")
     data = unit_data(4, 8, 1)
     data["status"][:] = OK
+    data["embedding"][-1] = 1.0  # an ok row must be finite (else it is stored failed)
     cube.write_unit(4, 8, 1, **data)
     mtime = os.stat(os.path.join(cube.path, "embedding", "c", "1", "1", "0")).st_mtime_ns
     cube.write_unit(4, 8, 1, **_failed_unit(4))  # nothing to change: nothing written
