@@ -43,10 +43,10 @@ notebooks: $(STAMP)
 # The documentation site, into site/: strict (a warning fails the build).
 docs: $(STAMP)
 	@for nb in $(NOTEBOOKS); do test -f $$nb || { $(MAKE) notebooks && break; }; done
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: $(STAMP)
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
