@@ -1,5 +1,8 @@
 """The README's commands and code blocks run as written, like doctests, against the emulator.
 
+(``docs/getting-started.md``, which walks the same path in more words, runs the same way in
+a ``slow`` test.)
+
 Every fenced ``bash`` and ``python`` block of README.md runs, in README order, in one
 temporary directory: bash blocks with ``bash -euo pipefail`` and this venv's ``bin`` first on
 PATH (as after ``source .venv/bin/activate``), python blocks saved as a script and run with
@@ -67,6 +70,8 @@ def read_blocks(text: str) -> list[Block]:
 
 BLOCKS = read_blocks(README.read_text())
 RUN = [b for b in BLOCKS if b.lang in ("bash", "python") and b.not_tested is None]
+GETTING_STARTED = [b for b in read_blocks((REPO / "docs" / "getting-started.md").read_text())
+                   if b.lang in ("bash", "python") and b.not_tested is None]
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +110,8 @@ def test_marks_are_read():
     assert [(b.lang, b.not_tested) for b in blocks] == [("bash", "needs Earth Engine"), ("python", None)]
 
 
-@pytest.mark.timeout(BLOCK_TIMEOUT_S + 60)
-@pytest.mark.parametrize("block", RUN, ids=[b.name for b in RUN])
-def test_block_runs(block: Block, workdir: Path):
+def run_block(block: Block, workdir: Path) -> None:
+    """Run one block in ``workdir`` (see the module docstring); fail with its output."""
     if block.lang == "bash":
         cmd = ["bash", "-euo", "pipefail", "-c", block.code]
     else:
@@ -116,7 +120,25 @@ def test_block_runs(block: Block, workdir: Path):
         cmd = [sys.executable, script.name]
     done = subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True,
                           timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, f"README block at line {block.line} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"block at line {block.line} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.timeout(BLOCK_TIMEOUT_S + 60)
+@pytest.mark.parametrize("block", RUN, ids=[b.name for b in RUN])
+def test_block_runs(block: Block, workdir: Path):
+    run_block(block, workdir)
+
+
+@pytest.fixture(scope="module")
+def getting_started_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("getting_started")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BLOCK_TIMEOUT_S + 60)
+@pytest.mark.parametrize("block", GETTING_STARTED, ids=[b.name for b in GETTING_STARTED])
+def test_getting_started_block_runs(block: Block, getting_started_dir: Path):
+    run_block(block, getting_started_dir)
 
 
 def test_what_the_blocks_wrote(workdir: Path):
