@@ -29,6 +29,7 @@ from .sampling import tile_aoi
 from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .store import export_geoparquet, open_cube, write_stac
 
+#: The package version, written only here (pyproject reads it; CHANGELOG.md records each release).
 __version__ = "0.1.0"
 
 __all__ = [

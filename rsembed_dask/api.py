@@ -126,10 +126,27 @@ def get_embeddings_batch(model_name: str = "scalemae_rgb", *, spatials: Sequence
                          fetch_workers: int | None = None, coalesce: bool = True) -> list[Embedding]:
     """Embed many ROIs: fetched concurrently, inferred in batches.
 
-    Parameters are those of :func:`get_embedding`, with ``spatials`` a list;
-    ``fetch_workers`` defaults to ``RS_EMBED_SCALEMAE_FETCH_WORKERS`` (8). With
-    ``coalesce`` (default), neighbouring ROIs on one UTM lattice share one request
-    and are cropped from it: the same pixels in fewer requests.
+    Parameters
+    ----------
+    model_name, temporal, sensor, output, backend, device, model, gee_options
+        As in :func:`get_embedding`.
+    spatials : sequence of PointBuffer or BBox
+        The ROIs.
+    fetch_workers : int, optional
+        Concurrent fetch threads (default ``RS_EMBED_SCALEMAE_FETCH_WORKERS``, 8).
+    coalesce : bool
+        Neighbouring ROIs on one UTM lattice share one request and are cropped from it:
+        the same pixels in fewer requests (default). ``False``: one request per ROI.
+
+    Returns
+    -------
+    list of Embedding
+        One per ROI, in the order of ``spatials``.
+
+    Raises
+    ------
+    SpecError, ModelError, ProviderError
+        As :func:`get_embedding`, for the first ROI that fails.
     """
     if model_name not in MODEL_NAMES:
         raise SpecError("model", model_name, f"one of {MODEL_NAMES}")

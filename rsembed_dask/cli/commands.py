@@ -153,7 +153,7 @@ def _save_npy(path: str, data) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the emulator")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--samples", type=positive_int, default=200, help="campaign samples (default 200)")
+    p.add_argument("--samples", type=positive_int, default=64, help="campaign samples (default 64)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -539,6 +539,27 @@ def _interrupted(args, argv: Sequence[str], signum: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``rsembed-dask`` command line (the console script's entry point).
+
+    Errors are one line on stderr, without a traceback.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: 0 done; 1 cells left pending or failed, or problems found by
+        ``inspect --verify``; 2 an error; 3 another run holds the cube's lock; 130 / 143
+        interrupted by Ctrl-C / SIGTERM.
+
+    Examples
+    --------
+    >>> main(["plan", "3.0,31.0,3.3,31.2", "--scales", "20", "--json"])  # doctest: +SKIP
+    0
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -4,7 +4,7 @@
    and write it as a GeoTIFF plus a PNG quicklook;
 2. embed it with the ``test-small`` ScaleMAE (random weights: a smoke test of
    the path, not meaningful features);
-3. run a small campaign on a local Dask cluster into a Zarr cube;
+3. run a small campaign (64 samples by default) on a local Dask cluster into a Zarr cube;
 4. tile an area holding several land covers, embed every tile, and draw the
    emulator's composite, its true land-cover map and the embeddings' PCA side by
    side; a k-nearest-neighbour vote on the embeddings recovers each tile's majority
@@ -68,8 +68,28 @@ def write_quicklook(patch: Patch, path: Path, max_reflectance: float = 3000.0) -
     return path
 
 
-def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
+#: Campaign samples of step 3 (x 3 scales): enough for two units per scale, small enough that
+#: the demo takes about two minutes on a 2-core CPU.
+DEMO_SAMPLES = 64
+
+
+def run_demo(out: str | Path = "demo_out", n_samples: int = DEMO_SAMPLES) -> dict:
     """Run the demo into ``out``; returns the paths and figures it printed.
+
+    Steps 3 and 4 share one local Dask cluster (its workers start and load the model once).
+
+    Parameters
+    ----------
+    out : str or Path
+        Output directory (created if missing).
+    n_samples : int
+        Samples of the step 3 campaign.
+
+    Returns
+    -------
+    dict
+        Paths written (``geotiff``, ``quicklook``, ``cube``, ``tiles``, ``figure``) and figures
+        (``embedding_dim``, ``cells``, ``knn_agreement``, ``knn_chance``, ``knn_line``).
 
     Raises
     ------
@@ -101,8 +121,13 @@ def run_demo(out: str | Path = "demo_out", n_samples: int = 200) -> dict:
           f"not the features): {vec.shape[0]}-d vector, mean {vec.mean():.4f}, std {vec.std():.4f}, "
           f"input_res {emb.meta['input_res_m']:g} m")
     result = {"geotiff": str(tif), "quicklook": str(png), "embedding_dim": int(vec.shape[0])}
-    result.update(_demo_campaign(out, n_samples))
-    result.update(_demo_tiles(out))
+    from distributed import Client
+
+    from ..cluster.local import local_cluster
+
+    with local_cluster() as cluster, Client(cluster) as client:
+        result.update(_demo_campaign(out, n_samples, client))
+        result.update(_demo_tiles(out, client=client))
     print(f"pictures: {png} (the fetched chip), {result['figure']} (composite | true land cover | "
           f"embeddings PCA)")
     print(result["knn_line"])
@@ -129,7 +154,7 @@ def _check_demo_args(out: str | Path, n_samples: int) -> Path:
     return out
 
 
-def _demo_campaign(out: Path, n_samples: int) -> dict:
+def _demo_campaign(out: Path, n_samples: int, client=None) -> dict:
     """Step 3: a small campaign on a local Dask cluster (emulator, test-small, 3 scales)."""
     import geopandas as gpd
 
@@ -144,7 +169,8 @@ def _demo_campaign(out: Path, n_samples: int) -> dict:
     print(f"[3/4] campaign: {n_samples} samples x scales 10/20/40 m on a local Dask cluster "
           f"(emulator, '{DEMO_MODEL}')")
     ds = run_campaign(gdf, cube_path, scales=DEFAULT_SCALES, temporal=DEMO_WINDOW,
-                      model=ModelSpec(DEMO_MODEL), backend="emulator", id_column="site", chunk_size=32)
+                      model=ModelSpec(DEMO_MODEL), backend="emulator", id_column="site", chunk_size=32,
+                      client=client)
     print(f"      cube: {cube_path}\n      open it with:\n"
           f"        from rsembed_dask.store.cube import open_cube\n"
           f"        cube = open_cube({str(cube_path)!r}); cube.embedding.sel(scale=20)\n"

@@ -56,6 +56,10 @@ def count_gpus() -> int:
     """Number of NVIDIA GPUs visible to this machine (0 without ``nvidia-smi``).
 
     Uses ``nvidia-smi -L`` so the client need not import torch or initialise CUDA.
+
+    Returns
+    -------
+    int
     """
     exe = shutil.which("nvidia-smi")
     if exe is None:
@@ -269,6 +273,18 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> str:
     cluster) is started for an address where no scheduler runs. A refused
     connection fails at once; a silent host after ``timeout`` seconds.
 
+    Parameters
+    ----------
+    address : str
+        ``"tcp://host:8786"`` or ``"host:8786"``.
+    timeout : float
+        Seconds a silent host is given.
+
+    Returns
+    -------
+    str
+        The address with its protocol.
+
     Raises
     ------
     SpecError
@@ -335,6 +351,26 @@ def connect(client: Any = None, *, scheduler_timeout: float = SCHEDULER_TIMEOUT_
     to answer (else ClusterError, one line); a ``Client`` is used as is; a
     callable is called (only now) for a context manager yielding a Client, e.g.
     ``lambda: start_cluster(recipe)``.
+
+    Parameters
+    ----------
+    client : None, str, distributed.Client or callable
+        What to connect to (see above).
+    scheduler_timeout : float
+        Seconds a scheduler address has to answer.
+    **local_options
+        Keyword arguments of :func:`local_cluster` when ``client`` is None.
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    ClusterError
+        No scheduler answers at the address.
+    SpecError
+        ``client`` is none of the above.
     """
     from distributed import Client
 
@@ -378,13 +414,31 @@ def _workers(client) -> dict[str, Any]:
 
 
 def fetch_workers(client: Client) -> list[str]:
-    """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted."""
+    """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    list of str
+    """
     return sorted(addr for addr, w in _workers(client).items()
                   if not w.get("resources", {}).get(GPU_RESOURCE, 0))
 
 
 def embed_workers(client: Client) -> list[str]:
-    """Addresses of the workers that declare the ``GPU`` resource, sorted."""
+    """Addresses of the workers that declare the ``GPU`` resource, sorted.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    list of str
+    """
     return sorted(addr for addr, w in _workers(client).items()
                   if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
 

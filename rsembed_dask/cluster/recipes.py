@@ -316,7 +316,20 @@ def _slurm_kwargs(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def slurm_job_scripts(config: SlurmRecipe, scheduler: str = "tcp://SCHEDULER:8786") -> dict[str, str]:
-    """The batch scripts a ``slurm`` recipe submits (``{"embed": ..., "fetch": ...}``), for review."""
+    """The batch scripts a ``slurm`` recipe submits, for review.
+
+    Parameters
+    ----------
+    config : SlurmRecipe
+        The recipe.
+    scheduler : str
+        The scheduler address written into the scripts.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"embed": ..., "fetch": ...}``: each job type's script.
+    """
     if not isinstance(config, SlurmRecipe):
         raise SpecError("config", f"a {config.kind} recipe", "a slurm recipe")
     job_cls = _import("slurm", "dask_jobqueue.slurm", "SLURMJob")
@@ -348,6 +361,21 @@ def start_cluster(config: Recipe) -> contextlib.AbstractContextManager[Any]:
     ``kubernetes`` creates the ``DaskCluster`` with ``dask_kubernetes.operator.KubeCluster``
     and adds each ``DaskWorkerGroup`` of the manifest. Both wait (``wait_timeout_s``)
     for ``wait_for_embed_workers`` workers with the ``GPU`` resource.
+
+    Parameters
+    ----------
+    config : LocalRecipe, SlurmRecipe or KubernetesRecipe
+        A recipe, as :func:`load_cluster_config` reads it.
+
+    Returns
+    -------
+    context manager
+        Yields a ``distributed.Client`` connected to the started cluster.
+
+    Raises
+    ------
+    ClusterError
+        The cluster's library is missing, or its GPU workers do not join in time.
     """
     log.info("starting a %s cluster from %s", config.kind, config.source)
     return config.start()

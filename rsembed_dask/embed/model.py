@@ -104,7 +104,22 @@ class EmbedResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → ``cuda`` when available, else ``cpu``; other names as given."""
+    """``"auto"`` → ``cuda`` when available, else ``cpu``; other names as given.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` or a torch device name (``"cpu"``, ``"cuda:1"``).
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
     import torch
 
     if device == "auto":

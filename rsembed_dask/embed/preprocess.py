@@ -49,7 +49,27 @@ MAX_RESIZE_THREADS = 8
 
 
 def effective_gsd_m(scale_m: float, h: int, w: int, image_size: int) -> float:
-    """Ground sampling distance in metres of a ``h x w`` chip at ``scale_m`` after resizing to ``image_size``."""
+    """Ground sampling distance in metres of a ``h x w`` chip at ``scale_m`` after resizing to ``image_size``.
+
+    Parameters
+    ----------
+    scale_m : float
+        Pixel size of the chip in metres.
+    h, w : int
+        Chip height and width in pixels.
+    image_size : int
+        The model's input size in pixels.
+
+    Returns
+    -------
+    float
+        ``scale_m * min(h, w) / image_size``.
+
+    Examples
+    --------
+    >>> effective_gsd_m(10, 448, 448, 224)
+    20.0
+    """
     return float(scale_m) * min(int(h), int(w)) / int(image_size)
 
 
@@ -63,6 +83,15 @@ def check_chw(x: Any, field: str = "input_chw", *, uint8: bool = False) -> None:
 
     With ``uint8``, validate a converted image instead (:func:`to_uint8`'s output): a
     ``(3, H, W)`` uint8 array or tensor.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor
+        The chip.
+    field : str
+        The name errors give it.
+    uint8 : bool
+        Check a converted uint8 image instead of a raw chip.
 
     Raises
     ------

@@ -224,6 +224,16 @@ def _info(spec: ModelSpec, cfg: dict[str, Any], source: str) -> ModelInfo:
 def model_info(spec: ModelSpec) -> ModelInfo:
     """Describe ``spec``'s model without loading weights (hub ids fetch ``config.json`` only).
 
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+
+    Returns
+    -------
+    ModelInfo
+        Its id, embedding dimension, patch size, image size and source.
+
     Raises
     ------
     ModelError
@@ -441,6 +451,11 @@ def _load_state_dict(directory: Path, model_id: str) -> dict[str, Any]:
 
 def load_scalemae(spec: ModelSpec) -> tuple[Any, ModelInfo]:
     """Load the ScaleMAE wrapper named by ``spec.model_id`` on CPU, in eval mode.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model: hub id, local ``save_pretrained`` directory or a test config.
 
     Returns
     -------

@@ -419,7 +419,17 @@ class GEEEmulator:
 
 
 def serve(port: int = 8765, latency_s: float = 0.0, seed: int = 0) -> None:
-    """Serve the emulator on 127.0.0.1:``port`` until interrupted (``rsembed-dask emulator``)."""
+    """Serve the emulator on 127.0.0.1:``port`` until interrupted (``rsembed-dask emulator``).
+
+    Parameters
+    ----------
+    port : int
+        Loopback port to listen on.
+    latency_s : float
+        Seconds added before every answer.
+    seed : int
+        Seed of the synthetic world.
+    """
     emu = GEEEmulator(port, seed=seed, latency_s=latency_s).start()
     print(f"Earth Engine emulator at {emu.url} (seed {seed}, latency {latency_s:g} s). Ctrl-C stops.",
           flush=True)

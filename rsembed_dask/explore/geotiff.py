@@ -55,6 +55,21 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     :data:`MAX_FIT_VECTORS` embeddings of the scale; cells without an embedding
     are transparent (alpha band 0) in the GeoTIFF and black in the PNG.
 
+    Parameters
+    ----------
+    path : str or path
+        A tiling store.
+    scale_m : float
+        The scale to draw, in metres.
+    out_dir : str or path
+        Where to write (created if missing).
+    components : sequence of int
+        The principal components shown as red, green and blue.
+    png : bool
+        Also write a PNG per zone.
+    seed : int
+        Seed of the sample of vectors the PCA is fitted on.
+
     Returns
     -------
     list of str

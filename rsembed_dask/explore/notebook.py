@@ -133,6 +133,13 @@ def _frame(ds, si: int, rows: np.ndarray | None = None, *, with_embedding: bool 
 def to_geodataframe(cube: Any, scale: float | None = None) -> gpd.GeoDataFrame:
     """One row per sample at one scale, with the sample's geometry.
 
+    Parameters
+    ----------
+    cube : str, path or xarray.Dataset
+        A sample cube (a path is opened with :func:`~rsembed_dask.store.open_cube`).
+    scale : float, optional
+        Scale in metres (default: the cube's only scale; required when it has several).
+
     Returns
     -------
     geopandas.GeoDataFrame
@@ -243,10 +250,25 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
               components: Sequence[int] = (0, 1, 2), *, s: float = 30.0) -> Axes:
     """Plot the samples at their centroids, coloured by :func:`pca_rgb` of their embeddings.
 
-    ``components`` are the principal components shown as red, green and blue;
-    ``ax`` where to draw (a new figure when None); ``s`` the marker size.
-    Samples that are not ok at ``scale`` are grey crosses. Needs matplotlib
-    (the ``notebooks`` extra), imported only here. Returns the Axes.
+    Samples that are not ok at ``scale`` are grey crosses. Needs matplotlib (the
+    ``notebooks`` extra), imported only here.
+
+    Parameters
+    ----------
+    cube : str, path or xarray.Dataset
+        A sample cube.
+    scale : float, optional
+        Scale in metres (default: the cube's only scale).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (a new figure when None).
+    components : sequence of int
+        The principal components shown as red, green and blue.
+    s : float
+        Marker size.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
 
     Examples
     --------
@@ -276,7 +298,18 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
 
 
 def status_table(cube: Any) -> pd.DataFrame:
-    """Cells per status and scale: a DataFrame indexed by scale (m), one column per status.
+    """Cells per status and scale.
+
+    Parameters
+    ----------
+    cube : str, path or xarray.Dataset
+        A sample cube.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by scale (m), one column per status (``pending``, ``ok``, ``no_data``,
+        ``failed``).
 
     Examples
     --------
@@ -295,6 +328,16 @@ def cube_info(cube: Any) -> dict[str, Any]:
     ``campaign_spec``, ``versions``, ``request_account`` (Earth Engine requests
     planned, sent, retried, failed, reused, bytes) and ``last_run`` (the last
     ``run_campaign`` report); ``{}`` for those not written yet.
+
+    Parameters
+    ----------
+    cube : str, path or xarray.Dataset
+        A sample cube.
+
+    Returns
+    -------
+    dict
+        The four attributes above, parsed from JSON.
 
     Examples
     --------

@@ -176,6 +176,16 @@ def aoi_bounds(geom: shapely.Geometry) -> tuple[float, float, float, float]:
 
     As a GeoJSON bbox (RFC 7946): the parts of an AOI split at 180° (179..180 and
     -180..-179) give ``(179, ., -179, .)``, not ``(-180, ., 180, .)``.
+
+    Parameters
+    ----------
+    geom : shapely.Geometry
+        The AOI in EPSG:4326 (as :func:`aoi_geometry` returns it).
+
+    Returns
+    -------
+    tuple of float
+        ``(west, south, east, north)`` in degrees.
     """
     import shapely
 

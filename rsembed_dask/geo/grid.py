@@ -204,12 +204,44 @@ def _transformer(src: str, dst: str):
 
 
 def lonlat_to_xy(lon: ArrayLike, lat: ArrayLike, crs: str) -> tuple[Any, Any]:
-    """Project lon/lat (EPSG:4326) to ``crs``; works on scalars and arrays."""
+    """Project lon/lat (EPSG:4326) to ``crs``; works on scalars and arrays.
+
+    Parameters
+    ----------
+    lon, lat : float or array-like
+        Degrees.
+    crs : str
+        The target CRS, e.g. ``"EPSG:32631"``.
+
+    Returns
+    -------
+    (x, y)
+        Coordinates in ``crs`` (floats, or arrays shaped like the input).
+
+    Examples
+    --------
+    >>> x, y = lonlat_to_xy(3.0, 0.0, "EPSG:32631")
+    >>> round(float(x)), round(float(y))
+    (500000, 0)
+    """
     return _transformer("EPSG:4326", crs).transform(lon, lat)
 
 
 def xy_to_lonlat(x: ArrayLike, y: ArrayLike, crs: str) -> tuple[Any, Any]:
-    """Inverse of :func:`lonlat_to_xy`."""
+    """Inverse of :func:`lonlat_to_xy`.
+
+    Parameters
+    ----------
+    x, y : float or array-like
+        Coordinates in ``crs``.
+    crs : str
+        Their CRS.
+
+    Returns
+    -------
+    (lon, lat)
+        Degrees (EPSG:4326), floats or arrays shaped like the input.
+    """
     return _transformer(crs, "EPSG:4326").transform(x, y)
 
 
@@ -218,6 +250,27 @@ def point_grid(lon: float, lat: float, buffer_m: float, scale_m: float,
     """A square grid of side ``round(2 * buffer_m / scale_m)`` pixels centred on the point.
 
     The corner is snapped to the ``scale_m`` lattice of the UTM zone (or ``crs``).
+
+    Parameters
+    ----------
+    lon, lat : float
+        The centre, in degrees (EPSG:4326).
+    buffer_m : float
+        Half the side of the square, in metres.
+    scale_m : float
+        Pixel size in metres.
+    crs : str, optional
+        The grid's CRS (default: the UTM zone of the point, :func:`utm_epsg`).
+
+    Returns
+    -------
+    PixelGrid
+
+    Examples
+    --------
+    >>> g = point_grid(3.0, 31.2, 1120, 10)
+    >>> g.crs, g.width, g.height
+    ('EPSG:32631', 224, 224)
     """
     if not buffer_m > 0:
         raise SpecError("buffer_m", buffer_m, "a positive distance in metres")
@@ -234,7 +287,21 @@ def point_grid(lon: float, lat: float, buffer_m: float, scale_m: float,
 
 def bbox_grid(minlon: float, minlat: float, maxlon: float, maxlat: float, scale_m: float,
               crs: str | None = None) -> PixelGrid:
-    """The snapped grid covering a lon/lat box, in the UTM zone of its centre (or ``crs``)."""
+    """The snapped grid covering a lon/lat box, in the UTM zone of its centre (or ``crs``).
+
+    Parameters
+    ----------
+    minlon, minlat, maxlon, maxlat : float
+        The box, in degrees (EPSG:4326).
+    scale_m : float
+        Pixel size in metres.
+    crs : str, optional
+        The grid's CRS (default: the UTM zone of the box's centre).
+
+    Returns
+    -------
+    PixelGrid
+    """
     if not scale_m > 0:
         raise SpecError("scale_m", scale_m, "a positive pixel size in metres")
     crs = crs or f"EPSG:{utm_epsg((minlon + maxlon) / 2, (minlat + maxlat) / 2)}"

@@ -21,8 +21,26 @@ _BASE32 = np.array(list("0123456789bcdefghjkmnpqrstuvwxyz"))
 
 
 def geohash_encode(lon: ArrayLike, lat: ArrayLike, precision: int = GEOHASH_PRECISION) -> np.ndarray:
-    """Geohashes (object array of str) of degrees ``lon, lat``: vectorised bisection,
-    bit-exact with the reference algorithm, ``precision`` characters of 5 bits."""
+    """Geohashes of degrees ``lon, lat``: vectorised bisection, bit-exact with the
+    reference algorithm, ``precision`` characters of 5 bits.
+
+    Parameters
+    ----------
+    lon, lat : array-like
+        Degrees (EPSG:4326).
+    precision : int
+        Characters per geohash (default 9, about 5 m).
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of str, shaped like the input.
+
+    Examples
+    --------
+    >>> geohash_encode([-5.6], [42.6], precision=5).tolist()
+    ['ezs42']
+    """
     val = np.stack(np.broadcast_arrays(*np.atleast_1d(np.asarray(lon, float), np.asarray(lat, float))))
     lo = np.array([[-180.0], [-90.0]]) + np.zeros_like(val)
     hi = np.array([[180.0], [90.0]]) + np.zeros_like(val)
@@ -40,8 +58,23 @@ def geohash_encode(lon: ArrayLike, lat: ArrayLike, precision: int = GEOHASH_PREC
 
 
 def hilbert_order(lon: ArrayLike, lat: ArrayLike, bits: int = HILBERT_BITS) -> np.ndarray:
-    """Permutation (int64) sorting ``lon, lat`` along a Hilbert curve over a ``2**bits``
-    lon/lat grid (16 bits: cells of about 600 m x 300 m); ties keep input order."""
+    """Permutation sorting ``lon, lat`` along a Hilbert curve over a ``2**bits`` lon/lat
+    grid (16 bits: cells of about 600 m x 300 m); ties keep input order.
+
+    Format-defining: the sample order of every cube depends on it.
+
+    Parameters
+    ----------
+    lon, lat : array-like
+        Degrees (EPSG:4326).
+    bits : int
+        Bits per axis of the grid (default 16).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 indices into the input, in Hilbert order.
+    """
     n = 1 << bits
     x = np.clip(((np.asarray(lon, float) + 180.0) / 360.0 * n).astype(np.int64), 0, n - 1)
     y = np.clip(((np.asarray(lat, float) + 90.0) / 180.0 * n).astype(np.int64), 0, n - 1)

@@ -132,7 +132,23 @@ def fetch_time(requests: int, latency_s: float, concurrency: int = EE_CONCURRENC
 
 
 def assumed_latency(nbytes: float) -> float:
-    """The assumed latency of a request of ``nbytes`` (see :data:`ASSUMED_LATENCY_BASE_S`)."""
+    """The assumed latency of a request of ``nbytes`` (see :data:`ASSUMED_LATENCY_BASE_S`).
+
+    Parameters
+    ----------
+    nbytes : float
+        Bytes of the answer.
+
+    Returns
+    -------
+    float
+        Seconds: 1 s plus 0.25 s per MiB.
+
+    Examples
+    --------
+    >>> assumed_latency(2 * 2**20)
+    1.5
+    """
     return ASSUMED_LATENCY_BASE_S + ASSUMED_LATENCY_S_PER_MIB * float(nbytes) / _MIB
 
 

@@ -52,6 +52,11 @@ def check_backend(backend: Any) -> None:
 
     Cheap enough to run before a cube is created or a cluster started.
 
+    Parameters
+    ----------
+    backend : str or Provider
+        As for :func:`open_backend`.
+
     Raises
     ------
     SpecError
@@ -82,6 +87,16 @@ def open_backend(backend: Any = "gee", *, gee_options: dict[str, Any] | None = N
         (``project``, ``credentials``, ``api_url``, ``high_volume`` ...).
     emulator_options : dict, optional
         Keyword arguments for the emulator when ``backend="emulator"``.
+
+    Yields
+    ------
+    Provider
+        Ready to fetch; an emulator started for it runs until the ``with`` block ends.
+
+    Raises
+    ------
+    SpecError
+        An unknown backend, or ``local:PATH`` naming no raster.
 
     Examples
     --------

@@ -227,6 +227,11 @@ def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
         ``table.skipped`` with a reason, and a warning gives the count. Of duplicate
         ids the first row is kept.
 
+    Returns
+    -------
+    SampleTable
+        The samples in Hilbert order, with their footprints per scale to come.
+
     Raises
     ------
     SpecError

@@ -338,11 +338,19 @@ def tile_zones(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, image_size: i
 
     Nothing is tiled yet: :meth:`ZonedTiling.zone_tiles` tiles one zone of one scale
     per step, :meth:`ZonedTiling.tiling` all of them (which is :func:`tile_aoi`).
-    Arguments and errors are :func:`tile_aoi`'s.
+    Parameters
+    ----------
+    aoi, scales, image_size, block
+        As in :func:`tile_aoi`.
 
     Returns
     -------
     ZonedTiling
+
+    Raises
+    ------
+    SpecError
+        As :func:`tile_aoi`.
     """
     if isinstance(scales, (int, float)):
         scales = [scales]
@@ -393,6 +401,16 @@ def table_order(parts: Iterable[ZoneTiles]) -> Iterator[TileTable]:
     comes), then the incomplete ones (yielded after the last zone, in zone order): with
     chunks of ``block ** 2`` rows, each complete block is exactly one work unit. Empty
     pieces are yielded too (one complete piece per zone).
+
+    Parameters
+    ----------
+    parts : iterable of ZoneTiles
+        One scale's tiles, zone by zone.
+
+    Yields
+    ------
+    TileTable
+        Consecutive pieces of the scale's table.
     """
     held = []
     for part in parts:

@@ -47,9 +47,27 @@ def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
     """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
     chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...
 
-    ``segments`` (``[start, stop)`` row ranges, each starting on a chunk boundary; default
-    all rows) restricts the units to those rows: a cube that grew by appends holds its
-    samples in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
+    Parameters
+    ----------
+    n_samples : int
+        Rows of the sample table.
+    scales : sequence of float
+        Scales in metres.
+    chunk_size : int
+        Samples per unit (the cube's chunk along ``sample``).
+    segments : list of (start, stop), optional
+        ``[start, stop)`` row ranges, each starting on a chunk boundary (default: all rows),
+        restricting the units to those rows: a cube that grew by appends holds its samples
+        in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
+
+    Returns
+    -------
+    list of WorkUnit
+
+    Examples
+    --------
+    >>> [(u.start, u.stop, u.scale_m) for u in work_units(100, [10, 20], 64)]
+    [(0, 64, 10.0), (0, 64, 20.0), (64, 100, 10.0), (64, 100, 20.0)]
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 0:
         raise SpecError("n_samples", n_samples, "an integer >= 0")

@@ -36,6 +36,7 @@ NOTEBOOKS = ["01_quickstart.ipynb", "02_explore_cube.ipynb", "03_cluster_submiss
              "04_tiling.ipynb"]
 PCA_PNG = REPO / "docs" / "img" / "explore_pca.png"
 TILING_PNG = REPO / "docs" / "img" / "tiling_quicklook.png"
+EXECUTED = REPO / "build" / "notebooks"  # executed copies, with outputs, for the docs site
 CELL_TIMEOUT_S = 240
 
 
@@ -75,6 +76,8 @@ def execute(name: str, workdir: Path, **params):
     client.execute()  # raises CellExecutionError on the first failing cell
     elapsed = time.perf_counter() - t0
     (workdir / name).write_text(nbformat.writes(nb))  # kept for debugging a failure
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    (EXECUTED / name).write_text(nbformat.writes(nb))  # rendered by the docs (docs/hooks/notebooks.py)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     return nb, elapsed
