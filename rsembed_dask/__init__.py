@@ -26,7 +26,7 @@ from .errors import (
 from .plan import estimate_campaign
 from .providers import GEEProvider, LocalRasterProvider
 from .sampling import tile_aoi
-from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec, TemporalWindows
 from .store import export_geoparquet, open_cube, write_stac
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     # specs
     "BBox", "CampaignSpec", "ModelSpec", "OutputSpec", "PointBuffer", "SensorSpec", "TemporalSpec",
+    "TemporalWindows",
     # single ROIs
     "Embedding", "get_embedding", "get_embeddings_batch",
     # campaigns

@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .args import (add_aoi_positional, add_ee_options, add_scales, gee_options, positive_int, positive_seconds,
-                   scales_given, take_negative_bbox)
+from .args import (add_aoi_positional, add_ee_options, add_scales, add_windows, gee_options, positive_int,
+                   positive_seconds, scales_given, take_negative_bbox, windows_given)
 from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
@@ -175,8 +175,7 @@ def _add_run(sub) -> None:
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
                                                                    f"in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
-    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
-    p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
+    add_windows(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--scheduler-timeout", type=positive_seconds, default=None, metavar="S",
@@ -279,8 +278,9 @@ def _read_samples(path: str):
 
 def _cmd_run(args) -> int:
     from ..campaign import RunOptions, run_campaign
-    from ..specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
+    from ..specs import ModelSpec, OutputSpec, env_defaults
 
+    temporal = windows_given(args)  # checked before anything starts
     cluster = None
     if args.cluster:  # validated before anything else runs; started around the campaign
         from ..cluster.recipes import load_cluster_config, start_cluster
@@ -307,7 +307,7 @@ def _cmd_run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoImageryWarning)
         result = run_campaign(
-            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
+            source, args.out, temporal=temporal,
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
             gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run, **samples)
