@@ -15,7 +15,7 @@ from ..specs import DEFAULT_SCALES, TemporalSpec, TemporalWindows
 
 __all__ = ["add_scales", "scales_given", "add_aoi_positional", "aoi_arg", "take_negative_bbox", "add_ee_options",
            "gee_options", "positive_int", "positive_seconds", "add_windows", "windows_given", "parse_window",
-           "parse_years", "read_windows_file"]
+           "parse_years", "read_windows_file", "window_flags_given"]
 
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
 #: Comma-separated numbers (a bbox, well formed or not): "-10,35,40,70", "1,2".
@@ -209,6 +209,11 @@ def read_windows_file(path: str | Path) -> list[TemporalSpec]:
     if not out:
         raise SpecError("--windows", str(path), "a file with at least one window (START:END per line)")
     return out
+
+
+def window_flags_given(args: argparse.Namespace) -> bool:
+    """Whether any date-window flag of :func:`add_windows` was given (not just its default)."""
+    return any(getattr(args, k, None) for k in ("start", "end", "years", "window", "windows"))
 
 
 def windows_given(args: argparse.Namespace) -> TemporalWindows:

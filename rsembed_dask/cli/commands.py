@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .args import (add_aoi_positional, add_ee_options, add_scales, add_windows, gee_options, positive_int,
-                   positive_seconds, scales_given, take_negative_bbox, windows_given)
+                   positive_seconds, scales_given, take_negative_bbox, window_flags_given, windows_given)
 from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status when another run holds the store's lock (2: any other error; 1: unfinished cells).
 EXIT_LOCKED = 3
+#: ``plan``'s window when none is given (the one ``--measure-latency`` composites).
+PLAN_LATENCY_WINDOW = ("2023-01-01", "2024-01-01")
 
 
 def _add_emulator(sub) -> None:
@@ -377,8 +379,7 @@ def _add_plan(sub) -> None:
                      help="time a few real single and coalesced requests on --backend and use the medians")
     p.add_argument("--latency-samples", type=int, default=3, help="units sampled by --measure-latency (default 3)")
     p.add_argument("--backend", default="gee", help="gee | emulator, for --measure-latency")
-    p.add_argument("--start", default="2023-01-01", help="composite window for --measure-latency (2023-01-01)")
-    p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
+    add_windows(p, default=PLAN_LATENCY_WINDOW)  # counted by the plan; the first one for --measure-latency
     add_ee_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true",
@@ -393,10 +394,12 @@ def _cmd_plan(args) -> int:
     from ..plan.latency import measure_latency
     from ..plan.estimate import estimate_campaign, resolve_embed_dim
     from ..plan.report import format_plan
-    from ..specs import ModelSpec, TemporalSpec
+    from ..specs import ModelSpec
     from ..sampling.tiling import tile_zones
 
     t0 = time.perf_counter()
+    windows = windows_given(args)  # checked before any planning
+    named = windows if window_flags_given(args) else None
     aoi = read_aoi(args.aoi)
     scales = scales_given(args)
     model = ModelSpec.from_env(model_id=args.model, **({"image_size": args.image_size} if args.image_size else {}))
@@ -415,14 +418,15 @@ def _cmd_plan(args) -> int:
         with open_backend(args.backend, gee_options=gee_options(args)) as provider:
             # units spread over the first scale's whole table (held while measuring only)
             latency = measure_latency(provider, zoned.table(zoned.scales[0]), n_bands=args.bands,
-                                      temporal=TemporalSpec.range(args.start, args.end),
+                                      temporal=windows[0],
                                       chunk_size=args.chunk_size, samples=args.latency_samples)
     grid_shape = (model.image_size // patch,) * 2 if args.grid else None
     progress = None if args.no_progress else _PlanProgressLines(sys.stderr)
     plan = estimate_campaign(zoned, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
                              embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape,
                              latency=latency, concurrency=args.ee_concurrency,
-                             requests_per_s=args.requests_per_s, aoi_label=args.aoi, progress=progress)
+                             requests_per_s=args.requests_per_s, aoi_label=args.aoi, progress=progress,
+                             windows=named)
     plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else format_plan(plan))
     return 0
