@@ -9,6 +9,8 @@ provider calls them no imagery. End to end: two small campaigns (2019, 2024) wit
 above the unchanged ones.
 """
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -132,6 +134,7 @@ def _points_and_truth():
 MODEL_IMAGE = 224
 
 
+@pytest.mark.timeout(900)  # two small campaigns: about 150 s on a loaded 2-core machine
 def test_change_score_ranks_changed_land_first(tmp_path, client, emulator):
     gdf, truth, frac = _points_and_truth()
     assert truth.sum() >= 8 and (~truth).sum() >= 15
@@ -147,3 +150,60 @@ def test_change_score_ranks_changed_land_first(tmp_path, client, emulator):
     print(f"\nchange AUC: {auc:.3f} ({int(truth.sum())} changed tiles, {int((~truth).sum())} unchanged; "
           f"median score changed {np.median(score[truth]):.4f}, unchanged {np.median(score[~truth]):.4f})")
     assert auc >= MIN_AUC
+
+
+# The picture of the change between two tiling campaigns (the docs show it).
+CHANGE_FIGURE = Path(__file__).resolve().parents[2] / "docs" / "img" / "change_2019_2024.png"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_change_map_of_two_tiling_campaigns(tmp_path, client, emulator):
+    """Per grid cell, what ``explore.change`` will compute on one cube with a time dimension:
+    two tiling campaigns (2019, 2024) of one AOI, the cosine distance of each zone grid cell,
+    drawn beside the true changed fraction of each tile."""
+    from PIL import Image
+
+    from rsembed_dask.explore import map_png, scalar_rgba
+    from rsembed_dask.geo.grid import PixelGrid
+
+    provider = GEEProvider(api_url=emulator.url, credentials="anonymous", project="change-map", retry=FAST_RETRY)
+    tiling = tile_aoi(AOIS[1], scales=[SCALE])
+    name = f"{SCALE:g}m"
+    grids = {}
+    for year in (2019, 2024):
+        tree = run_campaign(tiling, tmp_path / f"t{year}.zarr", temporal=_window(year), model=MODEL,
+                            backend=provider, client=client, progress=False)
+        zones = [k for k in tree[name].children]
+        assert len(zones) == 1
+        grids[year] = tree[f"{name}/{zones[0]}"].to_dataset()
+    g19, g24 = grids[2019], grids[2024]
+    ok = (g19.status.values == OK) & (g24.status.values == OK)
+    score = np.where(ok, cosine_distance(g19.embedding.values, g24.embedding.values), np.nan)
+    world = SyntheticS2World(0)
+    crs = "EPSG:" + zones[0].removeprefix("EPSG")
+    a = float(g19.x.values[1] - g19.x.values[0])  # one cell per tile
+    assert a == pytest.approx(SCALE * MODEL_IMAGE)
+    frac = np.full(score.shape, np.nan)
+    for i, y in enumerate(g19.y.values):
+        for j, x in enumerate(g19.x.values):
+            if ok[i, j]:
+                g = PixelGrid(crs, float(x) - a / 2, float(y) + a / 2, SCALE, MODEL_IMAGE, MODEL_IMAGE)
+                frac[i, j] = world.changed_grid(g.crs, g.transform, g.width, g.height, 2019, 2024).mean()
+    keep = ok & ((frac >= CHANGED) | (frac < UNCHANGED))
+    auc = roc_auc(score[keep], frac[keep] >= CHANGED)
+    print(f"\nchange AUC: {auc:.3f} on the grid cells of {zones[0]} ({int((frac[keep] >= CHANGED).sum())} changed, "
+          f"{int((frac[keep] < UNCHANGED).sum())} unchanged)")
+    assert auc >= 0.8
+    left, lo, hi = scalar_rgba(score)
+    right, _, fmax = scalar_rgba(frac, 0.0, max(0.3, float(np.nanmax(frac))))
+    map_png(left, tmp_path / "score.png", f"{zones[0]}, {SCALE:g} m tiles: change score 2019 -> 2024 (AUC {auc:.2f})",
+            cell_m=a, colour_bar=(lo, hi, "cosine distance"))
+    map_png(right, tmp_path / "truth.png", "true land-cover change 2019 -> 2024 (emulator)", cell_m=a,
+            colour_bar=(0.0, fmax, "changed fraction of the tile"))
+    panels = [Image.open(tmp_path / "score.png"), Image.open(tmp_path / "truth.png")]
+    fig = Image.new("RGBA", (sum(p.width for p in panels) + 16, max(p.height for p in panels)), (255, 255, 255, 255))
+    fig.paste(panels[0], (0, 0))
+    fig.paste(panels[1], (panels[0].width + 16, 0))
+    CHANGE_FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.save(CHANGE_FIGURE)
