@@ -26,7 +26,7 @@ from .errors import (
 from .plan import estimate_campaign
 from .providers import GEEProvider, LocalRasterProvider
 from .sampling import tile_aoi
-from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .specs import BBox, CampaignSpec, ModelSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec, TemporalWindows
 from .store import export_geoparquet, open_cube, write_stac
 
 #: The package version, written only here (pyproject reads it; CHANGELOG.md records each release).
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     # specs
     "BBox", "CampaignSpec", "ModelSpec", "OutputSpec", "PointBuffer", "SensorSpec", "TemporalSpec",
+    "TemporalWindows",
     # single ROIs
     "Embedding", "get_embedding", "get_embeddings_batch",
     # campaigns

@@ -11,6 +11,8 @@ Examples
 PointBuffer(lon=3.0, lat=31.2, buffer_m=1120.0)
 >>> TemporalSpec.year(2022)
 TemporalSpec(start='2022-01-01', end='2023-01-01')
+>>> [w.start for w in TemporalSpec.years(2019, 2021)]
+['2019-01-01', '2020-01-01', '2021-01-01']
 >>> SensorSpec().bands
 ('B4', 'B3', 'B2')
 """
@@ -30,6 +32,7 @@ __all__ = [
     "PointBuffer",
     "BBox",
     "TemporalSpec",
+    "TemporalWindows",
     "SensorSpec",
     "OutputSpec",
     "ModelSpec",
@@ -128,6 +131,11 @@ class TemporalSpec(SpecBase):
             raise SpecError("TemporalSpec.end", self.end,
                             f"a date after start={self.start!r} (the window is [start, end))")
 
+    @property
+    def label(self) -> str:
+        """``start..end`` (end exclusive), for messages and reports."""
+        return f"{self.start}..{self.end}"
+
     @classmethod
     def range(cls, start: str | _dt.date, end: str | _dt.date) -> TemporalSpec:
         """Window from ``start`` (inclusive) to ``end`` (exclusive)."""
@@ -138,6 +146,142 @@ class TemporalSpec(SpecBase):
         """The calendar year ``y``."""
         y = integer("TemporalSpec.year", y, lo=1984, hi=2100)
         return cls(f"{y:04d}-01-01", f"{y + 1:04d}-01-01")
+
+    @classmethod
+    def years(cls, first: int, last: int) -> TemporalWindows:
+        """One window per calendar year, ``first`` to ``last`` inclusive.
+
+        >>> len(TemporalSpec.years(2019, 2024))
+        6
+        """
+        first = integer("TemporalSpec.years first", first, lo=1984, hi=2100)
+        last = integer("TemporalSpec.years last", last, lo=first, hi=2100)
+        return TemporalWindows(tuple(cls.year(y) for y in range(first, last + 1)))
+
+    @classmethod
+    def seasons(cls, year: int, months_per_window: int = 3, start_month: int = 1) -> TemporalWindows:
+        """Twelve months from ``start_month`` of ``year`` cut into windows of ``months_per_window``
+        (a divisor of 12): quarters by default; ``start_month=12`` gives DJF, MAM, JJA, SON.
+
+        >>> [(w.start, w.end) for w in TemporalSpec.seasons(2023, 6, start_month=7)]
+        [('2023-07-01', '2024-01-01'), ('2024-01-01', '2024-07-01')]
+        """
+        year = integer("TemporalSpec.seasons year", year, lo=1984, hi=2100)
+        n = integer("TemporalSpec.seasons months_per_window", months_per_window, lo=1, hi=12)
+        if 12 % n:
+            raise SpecError("TemporalSpec.seasons months_per_window", months_per_window,
+                            "a divisor of 12 (1, 2, 3, 4, 6 or 12): the windows tile a year")
+        m0 = integer("TemporalSpec.seasons start_month", start_month, lo=1, hi=12)
+        return cls.every(_dt.date(year, m0, 1), _add_months(_dt.date(year, m0, 1), 12), months=n)
+
+    @classmethod
+    def every(cls, start: str | _dt.date, end: str | _dt.date, *, months: int | None = None,
+              days: int | None = None) -> TemporalWindows:
+        """Back-to-back windows of ``months`` (or ``days``) from ``start`` until ``end`` (exclusive);
+        the last window is cut short at ``end`` if the steps do not divide the span.
+
+        >>> [w.end for w in TemporalSpec.every("2023-01-01", "2023-02-01", days=10)]
+        ['2023-01-11', '2023-01-21', '2023-01-31', '2023-02-01']
+        """
+        if (months is None) == (days is None):
+            raise SpecError("TemporalSpec.every", {"months": months, "days": days},
+                            "exactly one of months= or days=")
+        span = cls.range(start, end)
+        first, stop = _dt.date.fromisoformat(span.start), _dt.date.fromisoformat(span.end)
+        if months is not None:
+            step_m = integer("TemporalSpec.every months", months, lo=1, hi=1200)
+        else:
+            step_d = integer("TemporalSpec.every days", days, lo=1, hi=36_600)
+        out, a, k = [], first, 0
+        while a < stop:
+            k += 1
+            b = _add_months(first, step_m * k) if months is not None else a + _dt.timedelta(days=step_d)
+            b = min(b, stop)
+            out.append(cls.range(a, b))
+            a = b
+        return TemporalWindows(tuple(out))
+
+
+def _add_months(d: _dt.date, n: int) -> _dt.date:
+    """``d`` moved ``n`` months on (the day clipped to the month's length)."""
+    y, m = divmod(d.month - 1 + n, 12)
+    y += d.year
+    m += 1
+    last = (_dt.date(y + m // 12, m % 12 + 1, 1) - _dt.timedelta(days=1)).day
+    return _dt.date(y, m, min(d.day, last))
+
+
+@dataclass(frozen=True)
+class TemporalWindows(SpecBase):
+    """A checked sequence of date windows: non-empty, ordered by start, and without overlap
+    unless ``allow_overlap`` (then starts must still differ).
+
+    Build it from :meth:`TemporalSpec.years`, :meth:`TemporalSpec.seasons`,
+    :meth:`TemporalSpec.every`, or :meth:`of` (a window or a list of windows).
+
+    Raises
+    ------
+    SpecError
+        Naming the window (its number and dates) and what is wrong with it.
+
+    Examples
+    --------
+    >>> w = TemporalWindows.of([TemporalSpec.year(2019), TemporalSpec.year(2024)])
+    >>> len(w), w[1].start
+    (2, '2024-01-01')
+    >>> TemporalWindows.of([TemporalSpec.year(2024), TemporalSpec.year(2019)])
+    Traceback (most recent call last):
+    ...
+    rsembed_dask.errors.SpecError: windows[1]='2019-01-01..2020-01-01' is invalid: expected a window starting after windows[0] '2024-01-01..2025-01-01' (windows in order of start)
+    """
+
+    windows: tuple[TemporalSpec, ...]
+    allow_overlap: bool = False
+
+    def __post_init__(self):
+        ws = self.windows
+        if isinstance(ws, (TemporalSpec, str)) or not isinstance(ws, (list, tuple)):
+            raise SpecError("windows", ws, "a sequence of TemporalSpec")
+        ws = tuple(TemporalSpec.from_dict(w) if isinstance(w, Mapping) else w for w in ws)
+        if not ws:
+            raise SpecError("windows", [], "at least one window")
+        if not isinstance(self.allow_overlap, bool):
+            raise SpecError("allow_overlap", self.allow_overlap, "True or False")
+        for i, w in enumerate(ws):
+            if not isinstance(w, TemporalSpec):
+                raise SpecError(f"windows[{i}]", w, "a TemporalSpec")
+            if i == 0:
+                continue
+            prev = ws[i - 1]
+            if not w.start > prev.start:
+                raise SpecError(f"windows[{i}]", w.label, f"a window starting after windows[{i - 1}] "
+                                f"{prev.label!r} (windows in order of start)")
+            if w.start < prev.end and not self.allow_overlap:
+                raise SpecError(f"windows[{i}]", w.label, f"a window starting on or after {prev.end} where "
+                                f"windows[{i - 1}] {prev.label!r} ends (windows do not overlap; "
+                                "allow_overlap=True or --allow-overlap permits it)")
+        set_field(self, "windows", ws)
+
+    @classmethod
+    def of(cls, temporal: Any, allow_overlap: bool = False) -> TemporalWindows:
+        """Windows from a :class:`TemporalSpec`, a sequence of them, or :class:`TemporalWindows`."""
+        if isinstance(temporal, TemporalWindows):
+            return cls(temporal.windows, allow_overlap or temporal.allow_overlap)
+        if isinstance(temporal, TemporalSpec):
+            return cls((temporal,), allow_overlap)
+        if isinstance(temporal, (list, tuple)):
+            return cls(tuple(temporal), allow_overlap)
+        raise SpecError("temporal", temporal, "a TemporalSpec, a sequence of TemporalSpec or TemporalWindows "
+                        "(TemporalSpec.range, .year, .years, .seasons, .every)")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __iter__(self):
+        return iter(self.windows)
+
+    def __getitem__(self, i: int) -> TemporalSpec:
+        return self.windows[i]
 
 
 @dataclass(frozen=True)

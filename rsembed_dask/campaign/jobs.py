@@ -28,7 +28,7 @@ from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
 from ..sampling.samples import SampleTable, build_sample_table
 from ..sampling.units import WorkUnit, work_units
 from ..sampling.tiling import TileTable, Tiling
-from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec
+from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec, TemporalWindows
 from ..store.cube import Cube
 from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
 from ..store.location import StoreLocation
@@ -177,9 +177,18 @@ def model_spec(model: Any, batch_size: int | None = None) -> ModelSpec:
     return spec.replace(batch_size=batch_size) if batch_size is not None else spec
 
 
-def _check_temporal(temporal: Any) -> None:
-    if not isinstance(temporal, TemporalSpec):
-        raise SpecError("temporal", temporal, "a TemporalSpec (TemporalSpec.range(start, end) or .year(y))")
+def _campaign_window(temporal: Any) -> TemporalSpec:
+    """The one window a cube holds, from a :class:`TemporalSpec` or a sequence of windows.
+
+    The one place that refuses several windows: the cube has no ``time`` dimension yet
+    (it comes next; then every window becomes a slice of one cube).
+    """
+    windows = TemporalWindows.of(temporal)
+    if len(windows) > 1:
+        raise SpecError("temporal", f"{len(windows)} windows ({windows[0].label} ... {windows[-1].label})",
+                        "one window per cube for now: the cube's time dimension, which holds several, is "
+                        "not built yet; run one campaign (one cube) per window meanwhile")
+    return windows[0]
 
 
 def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
@@ -215,7 +224,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
         One job: its table's row ``r`` is the sample at cube row ``r``
         (:func:`~rsembed_dask.store.samples.table_in_cube_rows`).
     """
-    _check_temporal(temporal)
+    temporal = _campaign_window(temporal)
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(),
                         model=model_spec(model, batch_size), output=output or OutputSpec.pooled(),
                         scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
@@ -281,7 +290,7 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     Jobs
         One job per scale, and the tiling (its grids are synced after the run).
     """
-    _check_temporal(temporal)
+    temporal = _campaign_window(temporal)
     if scales is not None and sorted(float(s) for s in  # order does not matter (the tiling's are sorted)
                                      ([scales] if isinstance(scales, (int, float)) else scales)) != sorted(tiling.scales):
         raise SpecError("scales", scales, f"None or the tiling's own scales {list(tiling.scales)}")

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..specs import DEFAULT_SCALES
+from pathlib import Path
+
+from ..errors import SpecError
+from ..specs import DEFAULT_SCALES, TemporalSpec, TemporalWindows
 
 __all__ = ["add_scales", "scales_given", "add_aoi_positional", "aoi_arg", "take_negative_bbox", "add_ee_options",
            "gee_options", "positive_int", "positive_seconds", "add_storage_options", "storage_options",
-           "store_location"]
+           "store_location", "add_windows", "windows_given", "parse_window", "parse_years", "read_windows_file",
+           "window_flags_given"]
 
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
 #: Comma-separated numbers (a bbox, well formed or not): "-10,35,40,70", "1,2".
@@ -153,3 +157,118 @@ def gee_options(args: argparse.Namespace) -> dict:
 
         opts["retry"] = RetryPolicy(max_retries=args.max_retries)
     return opts
+
+
+#: The flags that give date windows, as one phrase for messages.
+WINDOW_FLAGS = "--start/--end, --years, --window or --windows"
+
+
+def add_windows(p: argparse.ArgumentParser, default: tuple[str, str] | None = None) -> None:
+    """The date-window flags (read back with :func:`windows_given`): ``--start``/``--end``
+    (one window), ``--years 2019-2024``, ``--window START:END`` (repeatable), ``--windows FILE``
+    and ``--allow-overlap``. ``default``: the ``(start, end)`` used when no flag is given
+    (else one of them is required)."""
+    d = f" (default {default[0]})" if default else ""
+    p.add_argument("--start", default=None, help=f"first day, YYYY-MM-DD{d}")
+    p.add_argument("--end", default=None, help="day after the last, YYYY-MM-DD (exclusive)"
+                                               + (f" (default {default[1]})" if default else ""))
+    p.add_argument("--years", default=None, metavar="Y0-Y1",
+                   help="one window per calendar year, Y0 to Y1 inclusive: 2019-2024 (or one year: 2022)")
+    p.add_argument("--window", action="append", default=None, metavar="START:END",
+                   help="a window [START, END) as YYYY-MM-DD:YYYY-MM-DD; repeat for several, in order")
+    p.add_argument("--windows", default=None, metavar="FILE",
+                   help="a file of windows, one per line: START:END (or START END, or a year); # comments")
+    p.add_argument("--allow-overlap", action="store_true", help="accept windows that overlap (e.g. rolling years)")
+    p.set_defaults(window_default=default)
+
+
+def parse_years(text: str) -> TemporalWindows:
+    """``"2019-2024"`` -> six calendar years; ``"2022"`` -> one.
+
+    >>> len(parse_years("2019-2024")), parse_years("2022")[0].end
+    (6, '2023-01-01')
+    """
+    parts = text.strip().split("-")
+    try:
+        years = [int(v) for v in parts]
+    except ValueError:
+        raise SpecError("--years", text, "Y0-Y1 (years, inclusive), e.g. 2019-2024, or one year") from None
+    if len(years) not in (1, 2):
+        raise SpecError("--years", text, "Y0-Y1 (years, inclusive), e.g. 2019-2024, or one year")
+    return TemporalSpec.years(years[0], years[-1])
+
+
+def parse_window(text: str, where: str = "--window") -> TemporalSpec:
+    """``"2023-01-01:2023-04-01"`` (also space- or comma-separated) -> a window; a bare year
+    (``"2022"``) -> that calendar year.
+
+    >>> parse_window("2023-01-01:2023-04-01")
+    TemporalSpec(start='2023-01-01', end='2023-04-01')
+    """
+    t = text.strip()
+    if t.isdigit() and len(t) == 4:
+        return TemporalSpec.year(int(t))
+    for sep in (":", ",", None):
+        parts = t.split(sep)
+        if len(parts) == 2 and all(p.strip() for p in parts):
+            try:
+                return TemporalSpec.range(parts[0].strip(), parts[1].strip())
+            except SpecError as e:
+                raise SpecError(where, text, f"START:END with END after START, both YYYY-MM-DD ({e.allowed})") from None
+    raise SpecError(where, text, "START:END as YYYY-MM-DD:YYYY-MM-DD (END exclusive), or a year")
+
+
+def read_windows_file(path: str | Path) -> list[TemporalSpec]:
+    """The windows of a ``--windows`` file: one per line (:func:`parse_window`), blank lines and
+    ``#`` comments ignored. Errors name the file and line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise SpecError("--windows", str(path), f"a readable file of windows ({e.strerror or e})") from None
+    out = []
+    for n, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            out.append(parse_window(text, where=f"--windows {path} line {n}"))
+    if not out:
+        raise SpecError("--windows", str(path), "a file with at least one window (START:END per line)")
+    return out
+
+
+def window_flags_given(args: argparse.Namespace) -> bool:
+    """Whether any date-window flag of :func:`add_windows` was given (not just its default)."""
+    return any(getattr(args, k, None) for k in ("start", "end", "years", "window", "windows"))
+
+
+def windows_given(args: argparse.Namespace) -> TemporalWindows:
+    """The checked windows of :func:`add_windows`' flags: exactly one way of giving them.
+
+    Raises
+    ------
+    SpecError
+        When no way or two ways are used, ``--start`` comes without ``--end``, or the windows
+        are out of order, empty or overlap without ``--allow-overlap``.
+    """
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    given = [name for name, value in (("--start/--end", start is not None or end is not None),
+                                      ("--years", getattr(args, "years", None) is not None),
+                                      ("--window", bool(getattr(args, "window", None))),
+                                      ("--windows", getattr(args, "windows", None) is not None)) if value]
+    overlap = bool(getattr(args, "allow_overlap", False))
+    if len(given) > 1:
+        raise SpecError(" and ".join(given), "both given", f"one way of giving windows: {WINDOW_FLAGS}")
+    if not given:
+        default = getattr(args, "window_default", None)
+        if default is None:
+            raise SpecError("windows", None, f"a date window: {WINDOW_FLAGS}")
+        return TemporalWindows.of(TemporalSpec.range(*default), overlap)
+    if given[0] == "--start/--end":
+        if start is None or end is None:
+            raise SpecError("--end" if end is None else "--start", None,
+                            "--start and --end together (a window [start, end))")
+        return TemporalWindows.of(TemporalSpec.range(start, end), overlap)
+    if given[0] == "--years":
+        return TemporalWindows.of(parse_years(args.years), overlap)
+    if given[0] == "--window":
+        return TemporalWindows.of([parse_window(w) for w in args.window], overlap)
+    return TemporalWindows.of(read_windows_file(args.windows), overlap)

@@ -21,8 +21,9 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_options, gee_options, positive_int,
-                   positive_seconds, scales_given, storage_options, take_negative_bbox)
+from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_options, add_windows, gee_options,
+                   positive_int, positive_seconds, scales_given, storage_options, take_negative_bbox,
+                   window_flags_given, windows_given)
 from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status when another run holds the store's lock (2: any other error; 1: unfinished cells).
 EXIT_LOCKED = 3
+#: ``plan``'s window when none is given (the one ``--measure-latency`` composites).
+PLAN_LATENCY_WINDOW = ("2023-01-01", "2024-01-01")
 
 
 def _add_emulator(sub) -> None:
@@ -178,8 +181,7 @@ def _add_run(sub) -> None:
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help="model input size and, with --tile, tile side "
                                                                    f"in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
-    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
-    p.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (exclusive)")
+    add_windows(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--scheduler-timeout", type=positive_seconds, default=None, metavar="S",
@@ -290,8 +292,9 @@ def _read_samples(path: str):
 
 def _cmd_run(args) -> int:
     from ..campaign import RunOptions, run_campaign
-    from ..specs import ModelSpec, OutputSpec, TemporalSpec, env_defaults
+    from ..specs import ModelSpec, OutputSpec, env_defaults
 
+    temporal = windows_given(args)  # checked before anything starts
     cluster = None
     if args.cluster:  # validated before anything else runs; started around the campaign
         from ..cluster.recipes import load_cluster_config, start_cluster
@@ -319,7 +322,7 @@ def _cmd_run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoImageryWarning)
         result = run_campaign(
-            source, args.out, temporal=TemporalSpec.range(args.start, args.end),
+            source, args.out, temporal=temporal,
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
             gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run,
@@ -390,8 +393,7 @@ def _add_plan(sub) -> None:
                      help="time a few real single and coalesced requests on --backend and use the medians")
     p.add_argument("--latency-samples", type=int, default=3, help="units sampled by --measure-latency (default 3)")
     p.add_argument("--backend", default="gee", help="gee | emulator, for --measure-latency")
-    p.add_argument("--start", default="2023-01-01", help="composite window for --measure-latency (2023-01-01)")
-    p.add_argument("--end", default="2024-01-01", help="end (exclusive) of that window (2024-01-01)")
+    add_windows(p, default=PLAN_LATENCY_WINDOW)  # counted by the plan; the first one for --measure-latency
     add_ee_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true",
@@ -406,10 +408,12 @@ def _cmd_plan(args) -> int:
     from ..plan.latency import measure_latency
     from ..plan.estimate import estimate_campaign, resolve_embed_dim
     from ..plan.report import format_plan
-    from ..specs import ModelSpec, TemporalSpec
+    from ..specs import ModelSpec
     from ..sampling.tiling import tile_zones
 
     t0 = time.perf_counter()
+    windows = windows_given(args)  # checked before any planning
+    named = windows if window_flags_given(args) else None
     aoi = read_aoi(args.aoi)
     scales = scales_given(args)
     model = ModelSpec.from_env(model_id=args.model, **({"image_size": args.image_size} if args.image_size else {}))
@@ -428,14 +432,15 @@ def _cmd_plan(args) -> int:
         with open_backend(args.backend, gee_options=gee_options(args)) as provider:
             # units spread over the first scale's whole table (held while measuring only)
             latency = measure_latency(provider, zoned.table(zoned.scales[0]), n_bands=args.bands,
-                                      temporal=TemporalSpec.range(args.start, args.end),
+                                      temporal=windows[0],
                                       chunk_size=args.chunk_size, samples=args.latency_samples)
     grid_shape = (model.image_size // patch,) * 2 if args.grid else None
     progress = None if args.no_progress else _PlanProgressLines(sys.stderr)
     plan = estimate_campaign(zoned, chunk_size=args.chunk_size, n_bands=args.bands, embed_dim=dim,
                              embed_dim_source=source, model_id=model.model_id, grid_shape=grid_shape,
                              latency=latency, concurrency=args.ee_concurrency,
-                             requests_per_s=args.requests_per_s, aoi_label=args.aoi, progress=progress)
+                             requests_per_s=args.requests_per_s, aoi_label=args.aoi, progress=progress,
+                             windows=named)
     plan = dataclasses.replace(plan, planning_s=time.perf_counter() - t0)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else format_plan(plan))
     return 0

@@ -30,12 +30,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .synthetic_s2 import BANDS, Scene, SyntheticS2World
+from .synthetic_s2 import BANDS, FIRST_DAY, S2_FIRST_DAY, Scene, SyntheticS2World
 
 __all__ = ["EvalError", "Evaluator", "Grid", "parse_grid", "COLLECTIONS"]
 
-#: Collection ids the emulator serves (all backed by the same synthetic scenes).
-COLLECTIONS = ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_SR", "COPERNICUS/S2_HARMONIZED")
+#: Collection ids the emulator serves (all backed by the same synthetic scenes) and the day
+#: each begins: surface reflectance from 2017-03-28, top of atmosphere from Sentinel-2's start.
+COLLECTIONS = {"COPERNICUS/S2_SR_HARMONIZED": FIRST_DAY, "COPERNICUS/S2_SR": FIRST_DAY,
+               "COPERNICUS/S2_HARMONIZED": S2_FIRST_DAY}
 
 
 class EvalError(Exception):
@@ -299,7 +301,8 @@ class Evaluator:
         if cid not in COLLECTIONS:
             raise EvalError(f"ImageCollection.load: ImageCollection asset '{cid}' not found "
                             "(does not exist or caller does not have access).")
-        return _Collection(tuple(self.world.scenes_between("2017-03-28", "2031-01-01")))
+        first = COLLECTIONS[cid]
+        return _Collection(tuple(self.world.scenes_between(first, self.world.today + dt.timedelta(days=1), first)))
 
     def _intersects(self, a):
         geom = a["rightValue"]

@@ -14,6 +14,15 @@ peaks). Octaves run from 28 km to 350 m, so patches span a few hundred metres to
 tens of kilometres. Everything is float64 and per pixel: a class depends on the
 pixel's lon/lat only, so crops of a larger request, two scales and two CRSs agree.
 
+The world changes between years, deterministically (:meth:`LandCover.classify` with
+``year``): towns grow (the settlement threshold falls a little every year), forest
+is cleared to cropland, new reservoirs fill, and burn scars (bare ground) recover
+to forest two years after the fire. Changes happen in blobs of about a kilometre
+inside :data:`CHANGE_CELL_M` cells, each cell drawing one event (or none) and its
+year from the seed. The map of :data:`BASE_YEAR` is the map without a year, so
+everything built on the 2022 world is unchanged; :meth:`LandCover.changed` is the
+ground truth of "changed between year A and year B".
+
 The class map is for tests and the demo (:meth:`SyntheticS2World.land_cover`);
 production code never sees it.
 
@@ -33,7 +42,8 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["LandCover", "ground_metres", "N_CLASSES", "CLASS_NAMES", "CLASS_COLOURS",
+__all__ = ["LandCover", "ground_metres", "N_CLASSES", "CLASS_NAMES", "CLASS_COLOURS", "BASE_YEAR",
+           "CHANGE_CELL_M", "EVENTS",
            "WATER", "FOREST", "CROPLAND", "URBAN", "BARE", "SNOW",
            "SPECTRA", "CROP_GREEN", "TEXTURE", "CONDITION", "SNOW_ABOVE", "SNOW_WINTER"]
 
@@ -87,6 +97,21 @@ SNOW_WINTER = 0.9
 _FIELD_M = (420.0, 260.0)
 # Urban blocks (m): buildings, yards and streets.
 _BLOCK_M = 30.0
+#: The year whose map :meth:`LandCover.classify` draws when no year is given.
+BASE_YEAR = 2022
+# Towns grow: the settlement threshold of urban falls this much per year (rises before BASE_YEAR).
+_TOWN_GROWTH = 0.003
+#: Side (m) of the cells of the change events (one event, or none, per cell).
+CHANGE_CELL_M = 2400.0
+#: Change events and the share of cells that draw each: forest cleared to cropland, a new
+#: reservoir (the blob turns to water), a burn scar (forest bare for two years, then forest).
+EVENTS = (("clearing", 0.14), ("reservoir", 0.03), ("burn", 0.07))
+# Years of the events. Clearings: any year (those up to BASE_YEAR are cropland in its map,
+# forest before). Reservoirs fill after BASE_YEAR; fires leave BASE_YEAR's map unburnt.
+_CLEARING_YEARS = tuple(range(2016, 2027))
+_RESERVOIR_YEARS = (2023, 2024, 2025, 2026)
+_BURN_YEARS = (2016, 2017, 2018, 2019, 2023, 2024, 2025, 2026)
+_BURN_LASTS = 2
 # Table lookups instead of per-pixel hashes while the lattice box is at most this many
 # nodes per pixel.
 _TABLE_PER_PIXEL = 2
@@ -216,21 +241,87 @@ class LandCover:
         winter = max(0.0, float(np.cos(2 * np.pi * (doy - peak) / 365.25)))
         return SNOW_ABOVE - SNOW_WINTER * winter ** 2
 
-    def classify(self, lon, lat, fields: dict | None = None) -> np.ndarray:
-        """Class per position (uint8, see :data:`CLASS_NAMES`)."""
-        f = fields if fields is not None else self.fields(lon, lat)
+    def classify(self, lon, lat, fields: dict | None = None, year: int | None = None,
+                 metres=None) -> np.ndarray:
+        """Class per position (uint8, see :data:`CLASS_NAMES`) in ``year`` (default
+        :data:`BASE_YEAR`); ``metres``: :func:`ground_metres` of the positions, if known."""
+        f = fields if fields is not None else self.fields(lon, lat, metres)
+        year = BASE_YEAR if year is None else int(year)
         relief, moisture, settle = f["relief"], f["moisture"], f["settlement"]
         out = np.full(np.shape(relief), CROPLAND, np.uint8)
         out[moisture < _BARE_BELOW] = BARE
         out[moisture > _FOREST_ABOVE] = FOREST
-        out[settle > _URBAN_ABOVE] = URBAN
-        out[self.snow_score(relief, lat) > SNOW_ABOVE] = SNOW
+        out[settle > _URBAN_ABOVE - _TOWN_GROWTH * (year - BASE_YEAR)] = URBAN
+        snow = self.snow_score(relief, lat) > SNOW_ABOVE
+        out[snow] = SNOW
         out[relief < _WATER_BELOW] = WATER
+        if year != BASE_YEAR and out.size:
+            self._events(out, year, snow, f["grain"], metres if metres is not None else ground_metres(lon, lat))
         return out
 
-    def classes(self, lon, lat) -> np.ndarray:
-        """Class per position (uint8): ``classes(lon, lat)`` is :meth:`classify` of fresh fields."""
-        return self.classify(lon, lat)
+    def _events(self, out: np.ndarray, year: int, snow: np.ndarray, grain: np.ndarray, metres) -> None:
+        """Apply the change events of ``year`` to ``out`` (the classes of that year before events)."""
+        kind, when, blob = self.event_cells(metres[0], metres[1], grain)
+        before = year < BASE_YEAR
+        # Clearings up to BASE_YEAR: that year's cropland was forest before; later: forest goes.
+        c = blob & (kind == 1)
+        if before:
+            out[c & (when <= BASE_YEAR) & (year < when) & (out == CROPLAND)] = FOREST
+        else:
+            out[c & (when > BASE_YEAR) & (year >= when) & (out == FOREST)] = CROPLAND
+        if not before:
+            out[blob & (kind == 2) & (year >= when) & ~snow] = WATER
+        burnt = blob & (kind == 3) & (year >= when) & (year < when + _BURN_LASTS) & (out == FOREST)
+        out[burnt] = BARE
+
+    def event_cells(self, east, north, grain=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per position (ground metres): its cell's event (0 none, 1 clearing, 2 reservoir,
+        3 burn; see :data:`EVENTS`), the event's year, and whether the position lies in the
+        event's blob (a disc of 30-45 % of the cell's side, its edge roughened by ``grain``)."""
+        east, north = np.asarray(east, np.float64), np.asarray(north, np.float64)
+        a = self._field_angle + 0.3
+        u = (east * np.cos(a) - north * np.sin(a)) / CHANGE_CELL_M
+        v = (east * np.sin(a) + north * np.cos(a)) / CHANGE_CELL_M
+        fi, fj = np.floor(u), np.floor(v)
+        i, j = fi.astype(np.int64), fj.astype(np.int64)
+        h = _hash01(i, j, self._salt("event"))
+        kind = np.zeros(np.shape(east), np.uint8)
+        edge = 0.0
+        for k, (_, share) in enumerate(EVENTS, start=1):
+            kind[(h >= edge) & (h < edge + share)] = k
+            edge += share
+        hy = _hash01(i, j, self._salt("event year"))
+        when = np.zeros(np.shape(east), np.int64)
+        for k, years in ((1, _CLEARING_YEARS), (2, _RESERVOIR_YEARS), (3, _BURN_YEARS)):
+            sel = kind == k
+            when[sel] = np.asarray(years)[(hy[sel] * len(years)).astype(np.int64)]
+        cu = 0.4 + 0.2 * _hash01(i, j, self._salt("event u"))
+        cv = 0.4 + 0.2 * _hash01(i, j, self._salt("event v"))
+        radius = 0.3 + 0.15 * _hash01(i, j, self._salt("event radius"))
+        d = np.hypot(u - fi - cu, v - fj - cv)
+        if grain is not None:
+            d = d + 0.25 * (np.asarray(grain) - 0.5)
+        return kind, when, (kind > 0) & (d < radius)
+
+    def classes(self, lon, lat, year: int | None = None) -> np.ndarray:
+        """Class per position (uint8): :meth:`classify` of fresh fields, in ``year``."""
+        return self.classify(lon, lat, year=year)
+
+    def changed(self, lon, lat, year_a: int, year_b: int) -> np.ndarray:
+        """Ground truth: where the class of ``year_a`` differs from that of ``year_b`` (bool).
+
+        Examples
+        --------
+        >>> lc = LandCover(0)
+        >>> lon, lat = np.meshgrid(np.linspace(3, 3.3, 300), np.linspace(31, 31.3, 300))
+        >>> bool(lc.changed(lon, lat, 2019, 2024).any()), bool(lc.changed(lon, lat, 2022, 2022).any())
+        (True, False)
+        """
+        lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        metres = ground_metres(lon, lat)
+        fields = self.fields(lon, lat, metres)
+        return (self.classify(lon, lat, fields, int(year_a), metres)
+                != self.classify(lon, lat, fields, int(year_b), metres))
 
     def crop_fields(self, east, north) -> tuple[np.ndarray, np.ndarray]:
         """Per crop field (cells of :data:`_FIELD_M`) at ground metres ``east``, ``north``:

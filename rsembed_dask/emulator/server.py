@@ -305,6 +305,9 @@ class GEEEmulator:
         or ``User memory limit exceeded.`` (``"memory"``).
     work_limit_status : int
         400 (what Earth Engine usually answers) or a 5xx.
+    today : datetime.date or str, optional
+        The world's "today": no scene after it, so a later window is an empty composite
+        (default: the real date).
 
     Attributes
     ----------
@@ -315,7 +318,7 @@ class GEEEmulator:
     def __init__(self, port: int = 0, *, seed: int = 0, latency_s: float = 0.0,
                  faults: Faults | None = None, no_coverage=(), auth: str | None = None,
                  work_limit_px: int | None = None, work_limit_error: str = "timeout",
-                 work_limit_status: int = 400):
+                 work_limit_status: int = 400, today=None):
         if auth not in (None, "401", "403"):
             raise ValueError(f"auth={auth!r}: expected None, '401' or '403'")
         if work_limit_error not in WORK_LIMIT_ERRORS:
@@ -324,7 +327,7 @@ class GEEEmulator:
             raise ValueError(f"work_limit_px={work_limit_px!r}: expected None or an integer >= 1")
         if work_limit_status not in (400, 500, 503):
             raise ValueError(f"work_limit_status={work_limit_status!r}: expected 400, 500 or 503")
-        self.world = SyntheticS2World(seed, no_coverage=no_coverage)
+        self.world = SyntheticS2World(seed, no_coverage=no_coverage, today=today)
         self.faults = faults or Faults(latency_s=latency_s)
         self.auth = auth
         self.work_limit_px = work_limit_px

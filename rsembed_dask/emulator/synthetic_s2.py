@@ -4,8 +4,16 @@ The ground is a seeded land-cover map (:mod:`.land_cover`: water, forest,
 cropland, urban, bare soil, snow, in patches from a few hundred metres to tens of
 kilometres), each class with its own S2 spectrum, textured by a fine grain, a few
 sinusoids per band and the ground's condition; crops green up and are harvested
-with the seasons, snow comes in winter at high latitudes. Tests and the demo read
-the true class map with :meth:`SyntheticS2World.land_cover`.
+with the seasons, snow comes in winter at high latitudes. The land cover changes
+between years (:mod:`.land_cover`: clearings, growing towns, new reservoirs, burn
+scars); a scene shows the land of its own year. Tests and the demo read the true
+class map with :meth:`SyntheticS2World.land_cover` and the changes with
+:meth:`SyntheticS2World.changed`.
+
+Like Earth Engine, the world has no imagery before Sentinel-2 began
+(:data:`S2_FIRST_DAY`, 2015-06-23; the surface-reflectance collections from
+:data:`FIRST_DAY`, 2017-03-28) nor after its own ``today`` (a parameter; by default
+the real date): a window there is an empty collection, whose composite has no bands.
 
 Pixel values are a function of ground position (lon, lat), band and scene date
 only, so the same place fetched at two scales or in two CRSs agrees, and two
@@ -42,15 +50,16 @@ import pyproj
 from . import land_cover as lc
 from .land_cover import LandCover, ground_metres
 
-__all__ = ["SyntheticS2World", "Scene", "BANDS", "REVISIT_DAYS", "FIRST_DAY"]
+__all__ = ["SyntheticS2World", "Scene", "BANDS", "REVISIT_DAYS", "FIRST_DAY", "S2_FIRST_DAY"]
 
 #: Band names of the synthetic collection (Sentinel-2 L2A naming).
 BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
 #: Sentinel-2A+B revisit at the equator.
 REVISIT_DAYS = 5
-#: First scene of COPERNICUS/S2_SR_HARMONIZED.
+#: First scene of COPERNICUS/S2_SR_HARMONIZED (and scene index 0).
 FIRST_DAY = dt.date(2017, 3, 28)
-LAST_DAY = dt.date(2030, 12, 31)
+#: First scene of Sentinel-2 at all (COPERNICUS/S2_HARMONIZED, top of atmosphere).
+S2_FIRST_DAY = dt.date(2015, 6, 23)
 # S2 SR reflectance of a cloud top, roughly.
 _CLOUD_VALUE = 7200.0
 # Wavelengths (m) of the texture: from a few pixels at 10 m to tens of km.
@@ -91,10 +100,13 @@ class SyntheticS2World:
         Selects the texture phases and the cloud cover of every scene.
     no_coverage : sequence of (minlon, minlat, maxlon, maxlat)
         Boxes that no scene covers.
+    today : datetime.date or str, optional
+        The world's "today": no scene is dated after it (default: the real date).
     """
 
-    def __init__(self, seed: int = 0, no_coverage=()):
+    def __init__(self, seed: int = 0, no_coverage=(), today=None):
         self.seed = int(seed)
+        self.today = _as_date(today) if today is not None else dt.date.today()
         self.no_coverage = tuple(_box(b) for b in no_coverage)
         rng = np.random.default_rng(self.seed)
         n = len(_WAVELENGTHS_M)
@@ -115,10 +127,12 @@ class SyntheticS2World:
         cloudy = round(100.0 * _unit_hash(self.seed, "cloud", index) ** 1.5, 3)
         return Scene(index, date, int(t.timestamp() * 1000), cloudy)
 
-    def scenes_between(self, start, end) -> list[Scene]:
-        """Scenes with ``start <= date < end`` (ISO dates or ``datetime.date``)."""
-        start, end = _as_date(start), min(_as_date(end), LAST_DAY)
-        first = max(0, -(-(start - FIRST_DAY).days // REVISIT_DAYS))
+    def scenes_between(self, start, end, first_day: dt.date = FIRST_DAY) -> list[Scene]:
+        """Scenes with ``start <= date < end`` (ISO dates or ``datetime.date``), none before
+        ``first_day`` (the collection's first; default :data:`FIRST_DAY`) or after :attr:`today`."""
+        start = max(_as_date(start), first_day)
+        end = min(_as_date(end), self.today + dt.timedelta(days=1))
+        first = -(-(start - FIRST_DAY).days // REVISIT_DAYS)
         stop = -(-(end - FIRST_DAY).days // REVISIT_DAYS)  # first index dated >= end
         return [self.scene(i) for i in range(first, stop)]
 
@@ -160,15 +174,19 @@ class SyntheticS2World:
         return (_bilinear(np.asarray(lon_c), rows, cols, height, width),
                 _bilinear(np.asarray(lat_c), rows, cols, height, width))
 
-    def land_cover(self, lon, lat, date=None) -> np.ndarray:
+    def land_cover(self, lon, lat, date=None, year: int | None = None) -> np.ndarray:
         """The true land-cover class (uint8, :data:`.land_cover.CLASS_NAMES`) at each position.
 
-        For tests and the demo only. With ``date`` (ISO date or ``datetime.date``), seasonal
+        For tests and the demo only. The land of ``year`` (default: the year of ``date``, else
+        :data:`.land_cover.BASE_YEAR`). With ``date`` (ISO date or ``datetime.date``), seasonal
         snow of that day is included (the snow a scene of that day shows).
         """
         lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
-        fields = self.cover.fields(lon, lat)
-        classes = self.cover.classify(lon, lat, fields)
+        if year is None and date is not None:
+            year = _as_date(date).year
+        metres = ground_metres(lon, lat)
+        fields = self.cover.fields(lon, lat, metres)
+        classes = self.cover.classify(lon, lat, fields, year, metres)
         if date is not None:
             doy = _as_date(date).timetuple().tm_yday
             score = self.cover.snow_score(fields["relief"], lat)
@@ -177,15 +195,26 @@ class SyntheticS2World:
         return classes
 
     def land_cover_grid(self, crs: str, transform: tuple[float, ...], width: int, height: int,
-                        date=None) -> np.ndarray:
+                        date=None, year: int | None = None) -> np.ndarray:
         """:meth:`land_cover` at the pixel centres of a grid ``(height, width)`` (as rendered)."""
         lon, lat = self.pixel_centers_lonlat(crs, transform, width, height)
-        return self.land_cover(lon, lat, date)
+        return self.land_cover(lon, lat, date, year)
 
-    def base(self, lon: np.ndarray, lat: np.ndarray, bands, frame=None) -> np.ndarray:
+    def changed(self, lon, lat, year_a: int, year_b: int) -> np.ndarray:
+        """Ground truth for tests: where the land cover of ``year_a`` and ``year_b`` differ
+        (bool; seasonal snow and clouds are not changes)."""
+        return self.cover.changed(lon, lat, year_a, year_b)
+
+    def changed_grid(self, crs: str, transform: tuple[float, ...], width: int, height: int,
+                     year_a: int, year_b: int) -> np.ndarray:
+        """:meth:`changed` at the pixel centres of a grid ``(height, width)``."""
+        lon, lat = self.pixel_centers_lonlat(crs, transform, width, height)
+        return self.changed(lon, lat, year_a, year_b)
+
+    def base(self, lon: np.ndarray, lat: np.ndarray, bands, frame=None, year: int | None = None) -> np.ndarray:
         """Cloud-free, snow-free reflectance ``(len(bands), H, W)`` float32 with every crop
-        out of season (the static part of every scene)."""
-        return self._surface(lon, lat, bands, frame).static
+        out of season (the static part of every scene of ``year``)."""
+        return self._surface(lon, lat, bands, frame, year=year).static
 
     def _texture(self, frame, k: int, waves=range(len(_WAVELENGTHS_M))) -> np.ndarray:
         """Sinusoids ``waves`` of band ``k``, weighted to [-1, 1] (float32)."""
@@ -203,13 +232,14 @@ class SyntheticS2World:
                 acc += term
         return acc
 
-    def _surface(self, lon, lat, bands, frame=None, metres=None) -> _Surface:
-        """Everything of a place that does not change from scene to scene."""
+    def _surface(self, lon, lat, bands, frame=None, metres=None, year: int | None = None,
+                 fields=None) -> _Surface:
+        """Everything of a place that does not change from scene to scene within ``year``."""
         lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
         metres = metres if metres is not None else ground_metres(lon, lat)
         frame = frame or _frame(lon, lat, metres)
-        fields = self.cover.fields(lon, lat, metres)
-        cls = self.cover.classify(lon, lat, fields)
+        fields = fields if fields is not None else self.cover.fields(lon, lat, metres)
+        cls = self.cover.classify(lon, lat, fields, year, metres)
         # Brightness of the ground within a class (soil moisture, canopy density...).
         cond = (fields["settlement"] - 0.5).astype(np.float32)
         cond *= lc.CONDITION[cls]
@@ -281,7 +311,7 @@ class SyntheticS2World:
         """Reflectance of one scene ``(len(bands), H, W)`` float32 (crops in season, snow, clouds)."""
         frame = frame or _frame(lon, lat)
         if surface is None:
-            surface = self._surface(lon, lat, bands, frame)
+            surface = self._surface(lon, lat, bands, frame, year=scene.date.year)
         gain = np.float32(self.gain(scene))
         vals = np.multiply(surface.static, gain, out=out)
         if surface.crop_delta is not None:
@@ -310,13 +340,17 @@ class SyntheticS2World:
             return np.zeros(shape, np.uint16)
         metres = ground_metres(lon, lat)
         frame = _frame(lon, lat, metres)
-        surface = self._surface(lon, lat, bands, frame, metres)
+        fields = self.cover.fields(lon, lat, metres)
+        # Each scene shows the land of its own year.
+        surfaces = {y: self._surface(lon, lat, bands, frame, metres, y, fields)
+                    for y in sorted({s.date.year for s in scenes})}
         if how == "mosaic":
-            vals = self.scene_values(scenes[-1], lon, lat, bands, surface, frame)
+            last = scenes[-1]
+            vals = self.scene_values(last, lon, lat, bands, surfaces[last.date.year], frame)
         elif how == "median":
             stack = np.empty((len(scenes),) + shape, np.float32)
             for i, s in enumerate(scenes):
-                self.scene_values(s, lon, lat, bands, surface, frame, out=stack[i])
+                self.scene_values(s, lon, lat, bands, surfaces[s.date.year], frame, out=stack[i])
             vals = np.median(stack, axis=0, overwrite_input=True)
         else:
             raise ValueError(f"composite how={how!r}: expected 'median' or 'mosaic'")

@@ -19,6 +19,7 @@ from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
 from ..store.open import array_of, attr_text, group_of, is_tiling_store
 from ..store.quantize import dequantize_int8
 from .pca import PCAColours
+from .picture import map_png
 
 __all__ = ["grid_quicklook", "MAX_FIT_VECTORS"]
 
@@ -53,7 +54,10 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
 
     One cell per tile, coloured by three principal components fitted on up to
     :data:`MAX_FIT_VECTORS` embeddings of the scale; cells without an embedding
-    are transparent (alpha band 0) in the GeoTIFF and black in the PNG.
+    are transparent (alpha band 0). The GeoTIFF holds one pixel per tile; the PNG is a
+    picture to read (:func:`~rsembed_dask.explore.picture.map_png`): tiles upsampled
+    (nearest) to at least 512 px on the long side, no data transparent, the zone,
+    scale and components in the title, a legend and a scale bar.
 
     Parameters
     ----------
@@ -117,9 +121,12 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
                                rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
         written.append(base + ".tif")
         if png:
-            from PIL import Image
-
-            Image.fromarray(np.moveaxis(rgba[:3] * (rgba[3:] > 0), 0, -1)).save(base + ".png")
+            comps = [int(c) + 1 for c in components]  # checked by PCAColours.fit
+            n_ok = int((status == OK).sum())
+            map_png(np.moveaxis(rgba * (rgba[3:] > 0), 0, -1), base + ".png",
+                    f"{zone}, {scale_m:g} m tiles: PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
+                    f"({n_ok} of {status.size} cells with data)",
+                    cell_m=abs(transform.a), channels=[f"PC{c}" for c in comps])
             written.append(base + ".png")
         log.info("quicklook %s: %d x %d cells", base, ny, nx)
     return written

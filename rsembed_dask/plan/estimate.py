@@ -38,7 +38,7 @@ from .requests import RequestTally
 from .._validate import number, strict_int
 from ..store.size import TileCounts, grids_bytes, sample_cube_bytes
 from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, ZonedTiling, ZoneTiles, table_order, tile_zones
-from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec
+from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec, TemporalSpec, TemporalWindows
 
 __all__ = ["ScalePlan", "CampaignPlan", "PlanProgress", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
 
@@ -224,6 +224,9 @@ class CampaignPlan:
     requests_per_s : float
     planning_s : float
         Wall time of the planning itself.
+    windows : tuple of TemporalSpec
+        The date windows (empty: one window, not named). Every window fetches the same
+        footprints: the scales' numbers are per window, :meth:`all_windows` multiplies them.
     """
 
     aoi_bounds: tuple[float, float, float, float]
@@ -237,6 +240,12 @@ class CampaignPlan:
     requests_per_s: float = EE_REQUESTS_PER_S
     planning_s: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    windows: tuple[TemporalSpec, ...] = field(default=())
+
+    @property
+    def n_windows(self) -> int:
+        """Windows of the campaign (1 when none were named)."""
+        return max(1, len(self.windows))
 
     def _total(self, name: str) -> int:
         return sum(getattr(s, name) for s in self.scales)
@@ -278,6 +287,22 @@ class CampaignPlan:
                        for s in group) / req) if req else lat
         return fetch_time(req, lat, self.concurrency, self.requests_per_s)
 
+    def all_windows_fetch_time(self, coalesced: bool) -> FetchTime:
+        """Fetch-bound time of every window's requests under one quota."""
+        one = self.fetch_time(coalesced)
+        return fetch_time(one.requests * self.n_windows, one.latency_s, self.concurrency, self.requests_per_s)
+
+    def all_windows(self) -> dict[str, Any]:
+        """The campaign over all its windows: footprints, requests, bytes, cube and fetch time
+        multiplied by :attr:`n_windows` (the cube grows a ``time`` slice per window)."""
+        n = self.n_windows
+        keys = ("footprints", "work_units", "requests_single", "requests_coalesced", "pixels_single",
+                "pixels_coalesced", "bytes_single", "bytes_coalesced", "sample_cube_bytes", "grids_bytes",
+                "cube_bytes")
+        return {"windows": n, **{k: self._total(k) * n for k in keys},
+                "fetch_time": {m: asdict(self.all_windows_fetch_time(m == "coalesced"))
+                               for m in ("single", "coalesced")}}
+
     def as_dict(self) -> dict[str, Any]:
         """Everything as plain JSON types."""
         def times(sp):
@@ -286,7 +311,10 @@ class CampaignPlan:
             "aoi": {"label": self.aoi_label, "bounds": list(self.aoi_bounds)},
             "model": {"id": self.model_id, "embed_dim": self.embed_dim, "embed_dim_source": self.embed_dim_source},
             "quota": {"concurrency": self.concurrency, "requests_per_s": self.requests_per_s},
-            "latency": asdict(self.latency),
+            # the latencies the times use (for "assumed": of the mean request size of each mode)
+            "latency": {**asdict(self.latency), "single_s": self.latency_for(False),
+                        "coalesced_s": self.latency_for(True)},
+            "windows": [{"start": w.start, "end": w.end} for w in self.windows],
             "scales": [{**s.as_dict(), "fetch_time": times(s)} for s in self.scales],
             "total": {"footprints": self.footprints, "work_units": self._total("work_units"),
                       "requests_single": self.requests_single, "requests_coalesced": self.requests_coalesced,
@@ -297,6 +325,7 @@ class CampaignPlan:
                       "sample_cube_bytes": self._total("sample_cube_bytes"),
                       "grids_bytes": self._total("grids_bytes"), "cube_bytes": self.cube_bytes,
                       "fetch_time": times(None)},
+            "all_windows": self.all_windows(),
             "planning_s": self.planning_s,
             "notes": list(self.notes),
         }
@@ -308,7 +337,8 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
                       grid_shape: tuple[int, int] | None = None, latency: Latency | float | None = None,
                       concurrency: int = EE_CONCURRENCY, requests_per_s: float = EE_REQUESTS_PER_S,
                       block: int = DEFAULT_BLOCK, aoi_label: str | None = None,
-                      progress: Callable[[PlanProgress], None] | None = None) -> CampaignPlan:
+                      progress: Callable[[PlanProgress], None] | None = None,
+                      windows: Any = None) -> CampaignPlan:
     """Estimate a tiling campaign over ``aoi`` at ``scales`` without fetching or writing anything.
 
     Not :func:`rsembed_dask.campaign.run.plan_campaign`, which validates a sample campaign
@@ -348,12 +378,16 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
         How the AOI was given, for the report.
     progress : callable, optional
         Called with a :class:`PlanProgress` after each zone of each scale (not for a Tiling).
+    windows : TemporalSpec, sequence of them or TemporalWindows, optional
+        The date windows: every window fetches the same footprints, so the scales' numbers
+        are per window and :meth:`CampaignPlan.all_windows` multiplies them.
 
     Returns
     -------
     CampaignPlan
     """
     t0 = time.perf_counter()
+    named = () if windows is None else TemporalWindows.of(windows).windows
     strict_int("n_bands", n_bands)
     strict_int("concurrency", concurrency)
     strict_int("embed_dim", embed_dim)
@@ -385,7 +419,7 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
         notes.append(f"chunk size {chunk} is not a whole number of {tiling.block}x{tiling.block} blocks: "
                      "units straddle blocks, which costs requests")
     return CampaignPlan(bounds, aoi_label or "given", plans, model_id, int(embed_dim), embed_dim_source, lat,
-                        int(concurrency), float(requests_per_s), time.perf_counter() - t0, tuple(notes))
+                        int(concurrency), float(requests_per_s), time.perf_counter() - t0, tuple(notes), named)
 
 
 def resolve_embed_dim(model_id: str, image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[int, int, str]:

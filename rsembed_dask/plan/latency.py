@@ -256,7 +256,7 @@ def measure_latency(provider: Provider, table: TileTable, *, n_bands: int, tempo
         sizes.append(big.shape)
     if not single or not coalesced:
         raise NoImageryError(f"no latency measured: none of {len(picks)} sampled units had imagery "
-                             f"in {temporal}; try another window (--start/--end)")
+                             f"in {temporal}; try another window (--start/--end or --window)")
     detail = (f"median of {len(single)} single {table.image_size} px and {len(coalesced)} coalesced requests "
               f"(largest of units {picks}: {', '.join(f'{h}x{w}' for h, w in sizes)} px) at {table.scale_m:g} m")
     log.info("measured latency: %s", detail)

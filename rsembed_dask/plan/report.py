@@ -47,7 +47,14 @@ def format_plan(plan: CampaignPlan) -> str:
     else:
         lines.append(f"latency per request: {lat.source} {lat.single_s:.3f} s single, "
                      f"{lat.coalesced_s:.3f} s coalesced ({lat.detail})")
+    n = plan.n_windows
+    if plan.windows:
+        shown = ", ".join(w.label for w in plan.windows[:_WINDOWS_LISTED])
+        more = f", ... ({len(plan.windows)} in all)" if len(plan.windows) > _WINDOWS_LISTED else ""
+        lines.append(f"{len(plan.windows)} date window{'s' if n > 1 else ''} (end exclusive): {shown}{more}")
     lines.append("")
+    if n > 1:
+        lines.append(f"per window (each of the {n} windows fetches the same footprints):")
 
     def row(label, values):
         return f"{label:<34}" + "".join(f"{v:>15}" for v in values)
@@ -79,12 +86,41 @@ def format_plan(plan: CampaignPlan) -> str:
         ts = [plan.fetch_time(coalesced, s) for s in plan.scales] + [plan.fetch_time(coalesced)]
         lines.append(row(label, [_duration(t.seconds) for t in ts]))
         lines.append(row("  bound by", [t.bound for t in ts]))
+    if n > 1:
+        lines.extend(_windows_block(plan, row))
     lines.append("")
     lines.append("fetch time = max(requests x latency / concurrency, requests / requests-per-s); "
                  "GPU time not included")
     lines.extend(plan.notes)
     lines.append(f"planned in {plan.planning_s:.1f} s")
     return "\n".join(lines)
+
+
+#: Windows named one by one in the report (the rest are counted).
+_WINDOWS_LISTED = 12
+
+
+def _windows_block(plan: CampaignPlan, row) -> list[str]:
+    """Rows for every window and for all windows together."""
+    one = plan.fetch_time(True)
+    lines = ["", "per window, coalesced:"]
+    for w in plan.windows[:_WINDOWS_LISTED]:
+        lines.append(f"  {w.label}: {_int(plan.footprints)} footprints, {_int(plan.requests_coalesced)} requests, "
+                     f"{_bytes(plan._total('bytes_coalesced'))}, fetch {_duration(one.seconds)}")
+    if len(plan.windows) > _WINDOWS_LISTED:
+        lines.append(f"  ... {len(plan.windows) - _WINDOWS_LISTED} more windows, each the same")
+    a = plan.all_windows()
+    lines.append("")
+    lines.append(row(f"all {plan.n_windows} windows", ["", "total"]))
+    lines.append(row("  footprints", ["", _int(a["footprints"])]))
+    lines.append(row("  requests, coalesced", ["", _int(a["requests_coalesced"])]))
+    lines.append(row("  requests, one per footprint", ["", _int(a["requests_single"])]))
+    lines.append(row("  bytes to fetch, coalesced", ["", _bytes(a["bytes_coalesced"])]))
+    lines.append(row("  cube on disk (uncompressed, max)", ["", _bytes(a["cube_bytes"])]))
+    for label, coalesced in (("  fetch time, coalesced", True), ("  fetch time, one per footprint", False)):
+        t = plan.all_windows_fetch_time(coalesced)
+        lines.append(row(label, ["", f"{_duration(t.seconds)} ({t.bound})"]))
+    return lines
 
 
 def _int(v: int) -> str:

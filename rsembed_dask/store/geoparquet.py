@@ -7,6 +7,7 @@ each scale; scales one after the other)::
     scale           double            pixel size in metres
     geometry        binary (WKB)      the footprint in EPSG:4326 (see below)
     bbox            struct<xmin, ymin, xmax, ymax: double>   GeoParquet 1.1 covering of geometry
+                                      (``xmin > xmax`` for a footprint across the antimeridian)
     lon, lat        double            the sample's centroid (EPSG:4326)
     embedding       fixed_size_list<float32>[D]   (int8 for a quantised cube; see below)
     embedding_scale float             only for int8 with one dequantisation factor per cell
@@ -24,7 +25,15 @@ writes the geometry the campaign was given instead.
 The file carries GeoParquet ``geo`` metadata (version 1.1.0, WKB, EPSG:4326 PROJJSON,
 counter-clockwise polygons, the ``bbox`` covering) and an ``emb`` entry describing the
 embeddings (:func:`rsembed_dask.emb_metadata.describe_embeddings`: model, dimensions,
-collection, window, quantisation, runtime parameters). Compression is ZSTD; row groups
+collection, window, quantisation, runtime parameters), both in the Parquet footer and in
+the Arrow schema's metadata (``pq.read_schema(f).metadata``, ``pyarrow.dataset``); so a
+first pass over the geometries (no embeddings) finds the file's bbox and geometry types.
+Paths in ``emb`` are relative to the file's folder (or the URL the user gave).
+
+Footprints across the antimeridian are MultiPolygons split at +/-180; their ``bbox``
+covering is written as GeoParquet 1.1 says, ``xmin > xmax`` (e.g. 179.99 .. -179.99), so a
+bbox query near longitude 0 does not return them; the file's ``bbox`` likewise spans the
+shortest arc of longitudes holding every row. Compression is ZSTD; row groups
 hold about ``row_group_bytes`` (128 MiB) of uncompressed data. The cube is read one
 block of whole chunks at a time and rows are buffered only up to one row group, so
 memory does not grow with the cube. The file is written under a temporary name and
@@ -63,7 +72,7 @@ from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
 __all__ = ["export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart", "OkCells",
-           "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION"]
+           "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION", "covering_bounds", "lon_extent", "portable_href"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +140,89 @@ class ExportReport:
         return (f"{self.path}: {self.rows} rows at scales {', '.join(f'{s:g}' for s in self.scales)} m, "
                 f"{self.row_groups} row group(s) of up to {self.rows_per_group} rows, "
                 f"{self.file_bytes / 2**20:.1f} MiB in {self.seconds:.1f}s ({self.rows_per_s:.0f} rows/s){extra}")
+
+
+def covering_bounds(geoms: Any) -> np.ndarray:
+    """Bounds ``(n, 4)`` of lon/lat geometries as GeoParquet 1.1 coverings: a geometry split at
+    the antimeridian (parts touching +180 and -180) gets ``xmin`` of its eastern parts and
+    ``xmax`` of its western ones, so ``xmin > xmax``.
+
+    Examples
+    --------
+    >>> import shapely
+    >>> fiji = shapely.MultiPolygon([shapely.box(179.99, -17.0, 180.0, -16.9), shapely.box(-180.0, -17.0, -179.98, -16.9)])
+    >>> covering_bounds([fiji, shapely.box(0, 0, 1, 1)]).round(2).tolist()
+    [[179.99, -17.0, -179.98, -16.9], [0.0, 0.0, 1.0, 1.0]]
+    """
+    import shapely
+
+    geoms = np.asarray(geoms, dtype=object)
+    b = shapely.bounds(geoms)
+    across = np.flatnonzero((b[:, 0] <= -180.0) & (b[:, 2] >= 180.0)
+                            & (shapely.get_type_id(geoms) == 6))
+    for i in across:
+        pb = shapely.bounds(shapely.get_parts(geoms[i]))
+        east, west = pb[pb[:, 0] >= 0.0], pb[pb[:, 2] <= 0.0]
+        if len(east) and len(west) and len(east) + len(west) == len(pb):
+            b[i, 0], b[i, 2] = east[:, 0].min(), west[:, 2].max()
+    return b
+
+
+def lon_extent(xmin: Any, xmax: Any) -> tuple[float, float]:
+    """The shortest arc of longitudes ``(west, east)`` holding every interval ``[xmin, xmax]``
+    (``xmin > xmax``: an interval across the antimeridian); ``west > east`` when the arc crosses it.
+
+    Examples
+    --------
+    >>> lon_extent([0.0, 10.0], [1.0, 12.0])
+    (0.0, 12.0)
+    >>> lon_extent([179.9, 178.0, -179.5], [-179.9, 179.0, -179.0])
+    (178.0, -179.0)
+    """
+    lo, hi = np.asarray(xmin, np.float64).ravel(), np.asarray(xmax, np.float64).ravel()
+    if not lo.size or lo.shape != hi.shape:
+        raise SpecError("xmin", f"{lo.size} starts and {hi.size} ends", "one or more longitude intervals")
+    hi = np.where(hi < lo, hi + 360.0, hi)  # unwrapped: [lo, hi] with hi up to 540
+    # The covered set on the circle: the intervals and their copies a turn west, merged,
+    # clipped to [-180, 180].
+    a, b = np.r_[lo, lo - 360.0], np.r_[hi, hi - 360.0]
+    order = np.argsort(a, kind="stable")
+    covered: list[list[float]] = []
+    for x0, x1 in zip(a[order], b[order]):
+        if covered and x0 <= covered[-1][1]:
+            covered[-1][1] = max(covered[-1][1], x1)
+        else:
+            covered.append([x0, x1])
+    covered = [[max(x0, -180.0), min(x1, 180.0)] for x0, x1 in covered if x1 >= -180.0 and x0 <= 180.0]
+    if covered[0][0] <= -180.0 and covered[0][1] >= 180.0:
+        return -180.0, 180.0
+    # The widest gap between covered arcs (the first "gap" runs across the antimeridian).
+    gaps = [(180.0 - covered[-1][1]) + (covered[0][0] + 180.0)]
+    gaps += [covered[k + 1][0] - covered[k][1] for k in range(len(covered) - 1)]
+    k = int(np.argmax(gaps))
+    if k == 0:
+        return float(covered[0][0]), float(covered[-1][1])
+    return float(covered[k][0]), float(covered[k - 1][1])
+
+
+def portable_href(target: str, base_dir: str) -> str:
+    """``target`` as a reference a catalogue can carry: a URL (not ``file:``) unchanged, a local
+    path (or ``file:`` URI) relative to ``base_dir``, POSIX-style.
+
+    >>> portable_href("s3://bucket/cube.zarr", "/tmp/out")
+    's3://bucket/cube.zarr'
+    >>> portable_href("/data/cube.zarr", "/data/stac/item")
+    '../../cube.zarr'
+    """
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(target)
+    if parsed.scheme == "file":
+        target = unquote(parsed.path)
+    elif parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        return target
+    rel = os.path.relpath(os.path.abspath(target), os.path.abspath(base_dir))
+    return rel.replace(os.sep, "/")
 
 
 def rows_per_group(bytes_per_row: float, target_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> int:
@@ -302,7 +394,7 @@ def _table(block: dict[str, Any], schema, scale_m: float, window: tuple[Any, Any
     import shapely
 
     n, emb = len(block["id"]), block["embedding"]
-    b = shapely.bounds(block["geometry"])
+    b = covering_bounds(block["geometry"])
     value_type = schema.field("embedding").type.value_type
     cols: dict[str, Any] = {
         "id": pa.array(block["id"], type=schema.field("id").type),
@@ -423,15 +515,23 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         raise CubeError(f"store {str(StoreLocation.parse(store))!r}: its sample cubes hold embeddings of different widths or "
                         f"types ({sorted(dims)}); export one scale at a time with scale=")
     id_type = pa.int64() if np.dtype(array_of(first.group, "sample").dtype).kind in "iu" else pa.string()
-    schema = _schema(id_type, pa.from_numpy_dtype(first.value_dtype), first.part.cube.embed_dim,
-                     first.per_row_scale)
     attrs = first.part.cube.attrs
     quant = None if first.dequantize else first.quant
     emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=first.part.cube.embed_dim,
                               data_type=first.value_dtype.name, quantization=quant,
                               scales=[p.scale_m for p in parts], tiling=first.part.tiles,
                               versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
-    emb = {"version": EMB_VERSION, **emb, "geometry": geometry, "source_store": StoreLocation.parse(store).url}
+    # References a reader can follow: relative to a local file, as given beside a URL.
+    here = os.path.dirname(out) if target.local else None
+
+    def href(where: str) -> str:
+        return portable_href(where, here) if here is not None else where
+
+    emb = {"version": EMB_VERSION, **emb, "geometry": geometry, "source_store": href(StoreLocation.parse(store).url)}
+    emb["model"] = {**emb["model"], "source": href(emb["model"]["source"])}
+    geo = _extent_metadata(parts, geometry)
+    schema = _schema(id_type, pa.from_numpy_dtype(first.value_dtype), first.part.cube.embed_dim,
+                     first.per_row_scale).with_metadata({"geo": json.dumps(geo), "emb": json.dumps(emb)})
     temporal = first.spec.temporal
     start, end = (np.datetime64(d.replace(tzinfo=None), "ms") for d in window_datetimes(temporal.start, temporal.end))
     window = (start, end)
@@ -445,24 +545,14 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=_STATS_COLUMNS,
                               use_dictionary=["scale", "start_datetime", "end_datetime"])
     groups = _RowGroupWriter(writer, int(row_group_bytes))
-    types: set[int] = set()
-    bbox = [math.inf, math.inf, -math.inf, -math.inf]
     rows = 0
     try:
-        import shapely
-
         for reader in readers:
             for block in reader:
                 table = _table(block, schema, reader.part.scale_m, window)
-                types.update(shapely.get_type_id(block["geometry"]).tolist())
-                b = shapely.bounds(block["geometry"])
-                bbox = [min(bbox[0], b[:, 0].min()), min(bbox[1], b[:, 1].min()),
-                        max(bbox[2], b[:, 2].max()), max(bbox[3], b[:, 3].max())]
                 rows += table.num_rows
                 groups.add(table)
         groups.close()
-        geo = _geo_metadata({_TYPE_NAMES[t] for t in types}, [float(v) for v in bbox] if rows else None)
-        writer.add_key_value_metadata({"geo": json.dumps(geo), "emb": json.dumps(emb)})
         writer.close()
         if target.local:
             os.replace(tmp, out)
@@ -482,6 +572,31 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         log.warning("export %s: no ok cell in %s; the file holds no rows", out, StoreLocation.parse(store))
     log.info("export: %s", report.summary())
     return report
+
+
+def _extent_metadata(parts: list[StorePart], geometry: str) -> dict[str, Any]:
+    """The ``geo`` metadata of the rows ``parts`` export: a pass over their ok cells'
+    geometries (no embeddings read) for the geometry types and the bbox."""
+    import shapely
+
+    types: set[int] = set()
+    lo = [math.inf, math.inf]
+    hi = [-math.inf, -math.inf]
+    west: list[float] = []
+    east: list[float] = []
+    for part in parts:
+        for block in OkCells(part, geometry=geometry, embeddings=False):
+            types.update(shapely.get_type_id(block["geometry"]).tolist())
+            b = covering_bounds(block["geometry"])
+            lo[1], hi[1] = min(lo[1], float(b[:, 1].min())), max(hi[1], float(b[:, 3].max()))
+            w, e = lon_extent(b[:, 0], b[:, 2])  # one arc per block keeps memory flat
+            west.append(w)
+            east.append(e)
+    bbox = None
+    if west:
+        w, e = lon_extent(west, east)
+        bbox = [w, lo[1], e, hi[1]]
+    return _geo_metadata({_TYPE_NAMES[t] for t in types}, bbox)
 
 
 #: GeoParquet's geometry type names by shapely type id.

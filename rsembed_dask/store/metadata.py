@@ -112,11 +112,33 @@ def read_quantization(attrs: Mapping[str, Any], dtype: Any) -> dict[str, Any] | 
                     f"found scale={scale!r}")
 
 
-def stac_quantization(q: Mapping[str, Any]) -> dict[str, Any]:
-    """A normalised quantisation (:func:`read_quantization`) as STAC's ``emb:quantization`` object."""
+def stac_quantization(q: Mapping[str, Any], scale_href: str | None = None,
+                      column: str | None = None) -> dict[str, Any]:
+    """A normalised quantisation (:func:`read_quantization`) as STAC's ``emb:quantization`` object.
+
+    Numbers go to ``scale``/``offset``. Factors per cell (``scale_array``) cannot be numbers:
+    the object's ``link`` then names where they are, ``scale_href`` (the Zarr array, or the
+    GeoParquet file whose ``column`` holds them), and how to apply them.
+
+    Examples
+    --------
+    >>> q = {"method": "linear", "original_dtype": "float32", "quantized_dtype": "int8",
+    ...      "scale_array": "embedding_scale"}
+    >>> stac_quantization(q, "../c.zarr/embedding_scale")["link"]["title"]
+    "per-cell dequantisation factors: Zarr array 'embedding_scale' (sample, scale); value = q * factor"
+    """
     out = {k: q[k] for k in ("method", "original_dtype", "quantized_dtype")}
     if "scale" in q:
         out.update(scale=[float(q["scale"])], offset=[float(q["offset"])])
+    elif "scale_array" in q:
+        where = (f"GeoParquet column {column!r}" if column is not None
+                 else f"Zarr array {q['scale_array']!r} (sample, scale)")
+        link: dict[str, Any] = {"rel": "emb:quantization-scale",
+                                "title": f"per-cell dequantisation factors: {where}; value = q * factor"}
+        if scale_href is not None:
+            link["href"] = scale_href
+            link["type"] = "application/vnd.apache.parquet" if column is not None else "application/vnd.zarr"
+        out["link"] = link
     return out
 
 

@@ -41,7 +41,8 @@ import numpy as np
 from ..errors import SpecError
 from ..geo.grid import xy_to_lonlat
 from .footprints import DENSIFY_M, split_antimeridian
-from .geoparquet import OkCells, StorePart, export_geoparquet, store_parts
+from .geoparquet import (OkCells, StorePart, covering_bounds, export_geoparquet, lon_extent, portable_href,
+                         store_parts)
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
 from .metadata import describe_embeddings, stac_quantization
 from .location import StoreLocation
@@ -106,23 +107,33 @@ def _processing_datetime(cube_path: str | StoreLocation, attrs: dict[str, Any]) 
 
 
 def _box_geometry(b: list[float]) -> dict[str, Any]:
+    """A bbox as GeoJSON: two boxes when it crosses the antimeridian (``west > east``)."""
     import shapely
 
-    return shapely.geometry.mapping(shapely.box(*b))
+    if b[0] > b[2]:
+        geom = shapely.MultiPolygon([shapely.box(b[0], b[1], 180.0, b[3]), shapely.box(-180.0, b[1], b[2], b[3])])
+    else:
+        geom = shapely.box(*b)
+    return json.loads(shapely.to_geojson(geom))  # lists, not tuples: what JSON validators accept
+
+
+def _union_bbox(boxes: list[list[float]]) -> list[float]:
+    """The bbox holding ``boxes`` (any of them across the antimeridian, ``west > east``)."""
+    w, e = lon_extent([b[0] for b in boxes], [b[2] for b in boxes])
+    return [w, min(b[1] for b in boxes), e, max(b[3] for b in boxes)]
 
 
 def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
-    """Bounds of the ok cells' footprints of ``part`` and their number (embeddings not read)."""
-    import shapely
+    """Bounds of the ok cells' footprints of ``part`` (``west > east`` across the antimeridian)
+    and their number (embeddings not read)."""
 
-    bounds, n = None, 0
+    boxes, n = [], 0
     for block in OkCells(part, embeddings=False):
-        b = shapely.bounds(block["geometry"])
-        lo, hi = b[:, :2].min(axis=0), b[:, 2:].max(axis=0)
-        bounds = [*lo, *hi] if bounds is None else [min(bounds[0], lo[0]), min(bounds[1], lo[1]),
-                                                    max(bounds[2], hi[0]), max(bounds[3], hi[1])]
+        b = covering_bounds(block["geometry"])
+        w, e = lon_extent(b[:, 0], b[:, 2])
+        boxes.append([w, float(b[:, 1].min()), e, float(b[:, 3].max())])
         n += len(block["id"])
-    return (None if bounds is None else [float(v) for v in bounds]), n
+    return (_union_bbox(boxes) if boxes else None), n
 
 
 def _zone_items(store: str | StoreLocation, scale_m: float) -> list[dict[str, Any]]:
@@ -143,8 +154,8 @@ def _zone_items(store: str | StoreLocation, scale_m: float) -> list[dict[str, An
             xy_to_lonlat(xy[:, 0], xy[:, 1], crs)))
         geom = split_antimeridian([lonlat])[0]
         status = np.asarray(array_of(g, "status")[...])
-        out.append({"zone": zone, "group": f"{name}/{zone}", "geometry": shapely.geometry.mapping(geom),
-                    "bbox": [float(v) for v in shapely.bounds(geom)],
+        out.append({"zone": zone, "group": f"{name}/{zone}", "geometry": json.loads(shapely.to_geojson(geom)),
+                    "bbox": [float(v) for v in covering_bounds([geom])[0]],
                     "proj": {"proj:code": f"EPSG:{epsg}", "proj:shape": [int(ny), int(nx)],
                              "proj:transform": [a, 0.0, c, 0.0, e, f]},
                     "ok": int((status == OK).sum())})
@@ -205,21 +216,21 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                               scales=[p.scale_m for p in parts], tiling=tiling,
                               versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
     start, end = (dt.datetime.fromisoformat(emb[k].replace("Z", "+00:00")) for k in ("start_datetime", "end_datetime"))
-    model_link = pystac.Link("emb:model", model_href or emb["model"]["source"], title=f"encoder: {emb['model']['id']}")
+    model_link = pystac.Link("emb:model", model_href or portable_href(emb["model"]["source"], out_dir),
+                             title=f"encoder: {emb['model']['id']}")
     source_link = pystac.Link("emb:source-data", source_href or emb["source"], media_type="text/html",
                               title=f"Earth Engine collection {emb['collection']}")
     properties = {"data_type": emb["data_type"], "emb:runtime_parameters": emb["runtime_parameters"],
                   "emb:preprocessing": emb["preprocessing"], "emb:postprocessing": emb["postprocessing"],
                   "processing:software": {"rsembed_dask": emb["versions"].get("rsembed_dask", "unknown"),
                                           **{k: str(v) for k, v in emb["versions"].items()}}}
-    if emb["quantization"] is not None:
-        properties["emb:quantization"] = stac_quantization(emb["quantization"])
     os.makedirs(out_dir, exist_ok=True)
 
     items: list = []
     for part in parts:
         sname = scale_name(part.scale_m)
-        props = {**properties, "gsd": part.scale_m,
+        quant = _item_quantization(emb["quantization"], part, out_dir, cid, tiling, geoparquet)
+        props = {**properties, **quant, "gsd": part.scale_m,
                  "emb:runtime_parameters": {**emb["runtime_parameters"], "scale_m": part.scale_m},
                  "processing:datetime": _processing_datetime(part.cube.location, part.cube.attrs)}
         if tiling:
@@ -267,8 +278,7 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
         item.add_link(source_link.clone())
 
     boxes = [i.bbox for i in items if i.bbox is not None]
-    spatial = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
-               if boxes else [-180.0, -90.0, 180.0, 90.0])
+    spatial = _union_bbox(boxes) if boxes else [-180.0, -90.0, 180.0, 90.0]
     spec = json.loads(attrs[SPEC_ATTR])
     scales_txt = ", ".join(f"{p.scale_m:g}" for p in parts)
     collection = pystac.Collection(
@@ -295,6 +305,26 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     log.info("stac: wrote collection %s with %d item(s) to %s", cid, len(items), out_dir)
     return collection
+
+
+def _item_quantization(q: dict[str, Any] | None, part: StorePart, out_dir: str, cid: str, tiling: bool,
+                       geoparquet: bool) -> dict[str, Any]:
+    """``emb:quantization`` of one scale's Item(s), its per-cell factors (if any) linked
+    relative to the Item's folder (``<out_dir>/<item id>/``)."""
+    if q is None:
+        return {}
+    sname = scale_name(part.scale_m)
+    if "scale_array" not in q:
+        return {"emb:quantization": stac_quantization(q)}
+    if geoparquet:
+        # The exported file carries the factors in its embedding_scale column.
+        target = os.path.join(out_dir, f"{cid}-{sname}.parquet") if tiling else \
+            os.path.join(out_dir, f"{cid}-{sname}", "embeddings.parquet")
+        column: str | None = "embedding_scale"
+    else:
+        target, column = os.path.join(part.cube.path, q["scale_array"]), None
+    # A tiling store's zone Items sit in their own folders, one level down like the others.
+    return {"emb:quantization": stac_quantization(q, portable_href(target, os.path.join(out_dir, "item")), column)}
 
 
 def _parquet_geo(path: str) -> str:

@@ -1,14 +1,18 @@
-"""STAC catalogue: core validation (pystac's bundled, offline schemas) and the Embedding extension's rules.
+"""STAC catalogue: core validation (pystac's bundled, offline schemas) and the Embedding extension's schema.
 
-The ``emb:`` rules below restate what the extension's JSON schema requires
-(geo-embeddings/embeddings-stac-specification, ``json-schema/schema.json``, v0.0.1): the
-schema itself is not copied here (no licence notice was found with it), and it refers to
-remote schemas that tests cannot fetch.
+Every Collection and Item is validated offline against the ``emb:`` extension's own JSON
+schema (geo-embeddings/embeddings-stac-specification v0.0.1, Apache-2.0, kept verbatim in
+``tests/data/stac`` with its licence) and the processing extension's schema it refers to;
+the STAC core schemas it refers to (v1.0.0 URLs) are checked by pystac's bundled core schemas
+instead (``validate_core``), the extension schema's references to them getting STAC's link rule.
+The rules below also restate what the extension requires, as readable asserts.
 """
 
 import datetime as dt
+import functools
 import json
 import os
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -77,10 +81,47 @@ def check_item(i: dict) -> None:
     dt.datetime.fromisoformat(props["processing:datetime"].replace("Z", "+00:00"))
 
 
+STAC_SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "stac"
+
+
+@functools.lru_cache(maxsize=1)
+def _emb_validator():
+    """A Draft 7 validator of the emb: extension schema that never touches the network."""
+    from jsonschema import Draft7Validator
+    from referencing import Registry, Resource
+
+    emb = json.loads((STAC_SCHEMAS / "embeddings" / "schema.json").read_text())
+    processing = json.loads((STAC_SCHEMAS / "processing" / "schema.json").read_text())
+    # The extension refers to STAC v1.0.0's item and collection schemas for the whole object and
+    # for its link definition. The object's core validity is checked by validate_core (pystac's
+    # bundled core schemas); here those references get the link rule only (STAC's: rel and href).
+    link = {"type": "object", "required": ["rel", "href"],
+            "properties": {"rel": {"type": "string"}, "href": {"type": "string"}}}
+    resources = [(f"https://schemas.stacspec.org/v1.0.0/{name}-spec/json-schema/{name}.json",
+                  Resource.from_contents({"$schema": "http://json-schema.org/draft-07/schema#",
+                                          "definitions": {"link": link}}))
+                 for name in ("item", "collection")]
+    resources += [(emb["$id"].rstrip("#"), Resource.from_contents(emb)),
+                  (processing["$id"].rstrip("#"), Resource.from_contents(processing))]
+
+    def offline(uri):
+        raise AssertionError(f"the schema asked for {uri}: no network in tests (add it to tests/data/stac)")
+
+    return Draft7Validator(emb, registry=Registry(retrieve=offline).with_resources(resources))
+
+
+def validate_emb(obj) -> None:
+    """Validate a Collection or Item (pystac object or dict) against the emb: extension's schema."""
+    d = obj if isinstance(obj, dict) else obj.to_dict()
+    errors = sorted(_emb_validator().iter_errors(d), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
+
+
 def validate_core(obj) -> None:
     v = JsonSchemaSTACValidator()  # core schemas ship with pystac: no network
     kind = pystac.STACObjectType.COLLECTION if isinstance(obj, pystac.Collection) else pystac.STACObjectType.ITEM
     v.validate_core(obj.to_dict(), kind, obj.to_dict()["stac_version"])
+    validate_emb(obj)
 
 
 @pytest.fixture(scope="module")
