@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import weakref
+from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["GPU_RESOURCE", "count_gpus", "visible_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
-           "fetch_workers", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
+           "fetch_workers", "worker_roster", "WorkerInfo", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
 
 GPU_RESOURCE = "GPU"
 
@@ -381,6 +382,28 @@ def fetch_workers(client: Client) -> list[str]:
     """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted."""
     return sorted(addr for addr, w in _workers(client).items()
                   if not w.get("resources", {}).get(GPU_RESOURCE, 0))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as the scheduler knows it now: its name, its server id, whether it declares ``GPU``.
+
+    ``server_id`` is unique per worker process: a worker restarted under the same address
+    (and name) gets a new one.
+    """
+
+    name: str
+    server_id: str
+    gpu: bool
+
+
+def worker_roster(client: Client) -> dict[str, WorkerInfo]:
+    """Every worker's :class:`WorkerInfo` by address, asked of the scheduler now (one call)."""
+    # A lambda is pickled by value: the scheduler needs no rsembed_dask to run it.
+    rows = client.run_on_scheduler(lambda dask_scheduler, gpu=GPU_RESOURCE: {
+        addr: (str(ws.name), str(ws.server_id), float(ws.resources.get(gpu, 0)))
+        for addr, ws in dask_scheduler.workers.items()})
+    return {addr: WorkerInfo(name, sid, gpu >= 1) for addr, (name, sid, gpu) in rows.items()}
 
 
 def embed_workers(client: Client) -> list[str]:
