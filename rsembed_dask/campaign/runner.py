@@ -195,7 +195,8 @@ class Runner:
         load = collections.Counter(u.slot.server_id for u in self.flight if u.slot is not None)
         # Oldest first: those whose fetch is done (or nearly) go to the model first.
         for u in sorted((u for u in self.flight if u.slot is None), key=lambda u: not u.fetch.done()):
-            slot = min(ready, key=lambda s: load[s.server_id])
+            # Least loaded first; ties to the one given fewer units (fetch-bound, all idle: in turn).
+            slot = min(ready, key=lambda s: (load[s.server_id], s.record["assigned"]))
             if load[slot.server_id] >= UNITS_PER_ACTOR:
                 break
             self._assign(u, slot)
@@ -238,6 +239,7 @@ class Runner:
         cube = self.jobs[u.j].cube
         tag = self._tag(u.j, u.unit)
         u.slot = slot
+        slot.record["assigned"] += 1
         u.embed = self.c.submit(embed_unit, u.fetch, slot.fut.key, cube.embed_dim, cube.grid_shape,
                                 self.jobs[u.j].spec.output, key=f"embed-{tag}-{slot.addr.rsplit(':', 1)[-1]}",
                                 workers=[slot.addr], allow_other_workers=False,
@@ -268,7 +270,7 @@ class Runner:
         for sid, addr in live.items():
             if sid not in self.slots:
                 name = roster[addr].name
-                record = {"address": addr, "name": name, "units": 0, "embeddings": 0, "load_s": None,
+                record = {"address": addr, "name": name, "units": 0, "embeddings": 0, "assigned": 0, "load_s": None,
                           "state": LOADING, "error": ""}
                 self.report.workers.append(record)
                 slot = self.slots[sid] = _Slot(addr, sid, name, record)
