@@ -96,10 +96,12 @@ class Jobs:
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs)
 
-    def todo(self, *, retry_failed: bool = False) -> list[tuple[int, WorkUnit]]:
-        """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``)."""
+    def todo(self, *, retry_failed: bool = False, retry_no_data: bool = False) -> list[tuple[int, WorkUnit]]:
+        """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``,
+        no_data ones with ``retry_no_data``)."""
         return [(j, u) for j, job in enumerate(self.jobs)
-                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed)]
+                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed,
+                                                       retry_no_data=retry_no_data)]
 
     def grids_to_sync(self, todo: Sequence[Any]) -> bool:
         """Whether the zone grids must be filled after this run (a tiling with units to run or unsynced)."""

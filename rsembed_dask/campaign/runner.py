@@ -248,7 +248,8 @@ class Runner:
             where = {"workers": [slot.addr], "allow_other_workers": True}
         else:  # n x D floats: cheap to ship, and the write's CPU stays off the GPU's process
             where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
-        u.write = self.c.submit(write_unit, u.embed, cube, key=f"write-{tag}", pure=False, **where)
+        u.write = self.c.submit(write_unit, u.embed, cube, self.opts.retry_no_data, key=f"write-{tag}",
+                                pure=False, **where)
 
     def _unassign(self, u: _Unit) -> None:
         """Take a unit back from its actor (its fetch kept): it goes to the next ready actor."""

@@ -213,18 +213,18 @@ def embed_unit(pixels: UnitPixels, actor_key: str, embed_dim: int, grid_shape: t
                        get_worker().address)
 
 
-def write_unit(vectors: UnitVectors, cube: Cube) -> UnitSummary:
+def write_unit(vectors: UnitVectors, cube: Cube, retry_no_data: bool = False) -> UnitSummary:
     """Write one embedded unit's chunk to ``cube``, data first, status last.
 
     A crash in between leaves the unit as it was. Cells the fetch did not touch
     (:data:`PENDING`) and cells already decided in the cube keep what is stored
-    (:meth:`Cube.write_unit`). Returns the unit's summary; ``embed_s`` includes the write.
+    (:meth:`Cube.write_unit`; ``no_data`` ones take an ``ok`` result with ``retry_no_data``). Returns the unit's summary; ``embed_s`` includes the write.
     """
     t0 = time.perf_counter()
     unit, status = vectors.unit, vectors.status
     cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=vectors.embedding, status=status,
                     input_res_m=vectors.input_res_m, valid_fraction=vectors.valid_fraction,
-                    error=vectors.errors, grid=vectors.grid)
+                    error=vectors.errors, grid=vectors.grid, retry_no_data=retry_no_data)
     counts = {"ok": int((status == OK).sum()), "no_data": int((status == NO_DATA).sum()),
               "failed": int((status == FAILED).sum()), "untouched": int((status == PENDING).sum())}
     return UnitSummary(unit, counts, vectors.requests, vectors.fetch_s,

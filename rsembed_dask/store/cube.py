@@ -600,7 +600,7 @@ class Cube:
 
     def write_unit(self, start: int, stop: int, scale_index: int, *, embedding: Any, status: Any,
                    input_res_m: Any, valid_fraction: Any, error: Sequence[str | None],
-                   grid: Any | None = None) -> None:
+                   grid: Any | None = None, retry_no_data: bool = False) -> None:
         """Write one unit: samples ``[start, stop)`` at one scale, status last.
 
         Parameters
@@ -619,6 +619,11 @@ class Cube:
             Short reasons (``""`` or None when none); truncated to 200 characters.
         grid : array ``[n, D, gy, gx]``, optional
             Token grids (grid-mode cubes only).
+        retry_no_data : bool
+            A cell stored :data:`NO_DATA` and written :data:`OK` takes the new data (a re-run
+            that found imagery); such cells are first set :data:`PENDING` (one status write),
+            so a crash mid-write leaves them to re-run, never ``no_data`` over a vector.
+            ``ok`` cells, and ``no_data`` cells written anything but ``ok``, keep what is stored.
 
         Notes
         -----
@@ -654,6 +659,12 @@ class Cube:
             self._quantise(data)
         try:
             keep = self._kept_cells(start, stop, si, data["status"])
+            if retry_no_data:
+                stored = np.asarray(self._array("status")[start:stop, si], dtype="int8")
+                upgrade = (stored == NO_DATA) & (data["status"] == OK)
+                if upgrade.any():
+                    keep &= ~upgrade
+                    self._array("status")[start:stop, si] = np.where(upgrade, PENDING, stored).astype("int8")
             if keep.all():
                 logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
                              start, stop, si)
@@ -723,14 +734,15 @@ class Cube:
             raise CubeDamagedError(f"cube {self.path!r} is damaged: its status cannot be read "
                                    f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
 
-    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False) -> list[Any]:
+    def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False,
+                         retry_no_data: bool = False) -> list[Any]:
         """The units (objects with ``.start`` and ``.scale_index``) still to run.
 
         A unit is incomplete when any of its cells is :data:`PENDING`, or, with
-        ``retry_failed=True``, :data:`FAILED`.
+        ``retry_failed=True``, :data:`FAILED`, or, with ``retry_no_data=True``, :data:`NO_DATA`.
         """
         status = self.status_array()
-        todo = (PENDING, FAILED) if retry_failed else (PENDING,)
+        todo = (PENDING,) + ((FAILED,) if retry_failed else ()) + ((NO_DATA,) if retry_no_data else ())
         out = []
         for u in units:
             stop = self.unit_stop(u.start)

@@ -75,6 +75,7 @@ __all__ = [
     "VERSIONS_ATTR",
     "REQUEST_ACCOUNT_ATTR",
     "LAST_RUN_ATTR",
+    "RUNS_ATTR",
     "SKIPPED_ATTR",
     "TILING_IDENTITY_ATTR",
     "AOI_ATTR",
@@ -128,6 +129,9 @@ VERSIONS_ATTR = "versions"
 #: run's report (of the last run that had work), and the rows skipped as invalid.
 REQUEST_ACCOUNT_ATTR = "request_account"
 LAST_RUN_ATTR = "last_run"
+#: One record per run over the cube's life (start, end, how it ended, counts, workers);
+#: ``request_account`` is the sum of their requests.
+RUNS_ATTR = "runs"
 SKIPPED_ATTR = "skipped_rows"
 #: Root attributes of a tiling store: what must match to resume, the AOI (WKB hex), and
 #: whether the zone grids reflect the sample cubes.
