@@ -54,8 +54,9 @@ __all__ = ["run_campaign", "plan_campaign", "RunOptions"]
 log = logging.getLogger(__name__)
 
 
-def _with_cluster_limit(provider, client, max_requests: int):
-    """Share one cluster-wide semaphore of ``max_requests`` leases among all fetches.
+def _with_cluster_limit(provider, client, max_requests: int, requests_per_s: float | None = None):
+    """Share one cluster-wide semaphore of ``max_requests`` leases among all fetches, and a
+    cluster-wide rate limit of ``requests_per_s`` when given.
 
     Only for Earth Engine (its quota is per project, whatever the number of workers).
     A :class:`~rsembed_dask.cluster.local.ClusterSemaphore`, not a bare ``distributed.Semaphore``:
@@ -64,14 +65,19 @@ def _with_cluster_limit(provider, client, max_requests: int):
     """
     import dataclasses
 
-    from ..cluster.local import ClusterSemaphore
+    from ..cluster.local import ClusterRateLimit, ClusterSemaphore
     from ..providers.gee import GEEProvider
 
     if not isinstance(provider, GEEProvider):
         return provider
     # One pool per project and bound (the scheduler refuses one name with two bounds).
     name = f"rsembed-ee-{provider.project or 'default'}-{max_requests}"
-    return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests))
+    rate = (None if requests_per_s is None
+            else ClusterRateLimit(f"rsembed-ee-rate-{provider.project or 'default'}", requests_per_s))
+    # A process may use the whole cluster bound (the cluster semaphore shares it out); its
+    # connection pool is as large, so no connection is dropped and opened again.
+    return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests), rate_limiter=rate,
+                               max_concurrency=max(provider.max_concurrency, max_requests))
 
 
 def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal: TemporalSpec,
@@ -217,7 +223,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
             c = stack.enter_context(connect(client, **dict(cluster_options or {})))
             if todo:
                 jobs.mark_grids_unsynced()
-                provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency)
+                provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency, opts.ee_requests_per_s)
                 runner = Runner(c, provider, jobs.jobs, report, opts)
                 with _Ledger([job.cube for job in jobs], report, preflight=checks.checked) as ledger, \
                         _RequestAccount(c, runner.run_token) as account:

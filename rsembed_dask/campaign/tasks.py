@@ -124,11 +124,12 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
         plan = plan_requests(grids, len(sensor.bands))
     else:
         plan = [CoalescedRequest(g, (k,)) for k, g in enumerate(grids)]
-    limiter = getattr(provider, "limiter", None)
-    if limiter is not None:
-        # A distributed.Semaphore binds to the worker of the thread that first uses it:
-        # bind it here, on the task's thread, before the fetch threads use it.
-        limiter.register()
+    for name in ("limiter", "rate_limiter"):
+        limiter = getattr(provider, name, None)
+        if limiter is not None:
+            # A distributed.Semaphore binds to the worker of the thread that first uses it:
+            # bind it here, on the task's thread, before the fetch threads use it.
+            limiter.register()
     stats = getattr(provider, "stats", None)
     before = stats.as_dict() if isinstance(stats, RequestStats) else {}
     try:
