@@ -8,8 +8,9 @@ the actor's worker for grid cubes, whose token grids are too large to ship).
 
 The window is recomputed on every turn of the loop:
 
-- fetches run ahead of the model up to the Earth Engine bound (``ee_concurrency``
-  units fetching at once: each holds at least one request) and a memory budget for
+- fetches run ahead of the model up to the Earth Engine bound (1.5 x ``ee_concurrency``
+  units fetching at once: each holds at least one request, and those beyond the bound
+  wait on their worker for a lease, ready to start) and a memory budget for
   the chips fetched and not yet embedded (``fetch_memory_mb``), whatever the number
   of GPUs; ``max_in_flight`` caps the units in flight in all;
 - embed tasks go only to workers whose actor is *ready*, :data:`UNITS_PER_ACTOR` at a
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import sys
 import time
 import uuid
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 #: Embed tasks assigned at once to one ready actor (queued on its worker: the next unit is
 #: there when a forward ends).
 UNITS_PER_ACTOR = 4
+#: Units fetching at once, per request of the Earth Engine bound: those beyond the bound wait
+#: for a lease of the cluster semaphore on their worker, so a request starts as soon as
+#: another ends (not after a round trip through the client and the scheduler).
+FETCH_AHEAD = 1.5
 #: Embed tasks running at once on a GPU worker (each asks for this share of its GPU resource):
 #: while one runs its forward, the next unpickles, stacks and pins its chips, so the GPU does
 #: not wait for that CPU work between units. The embedder's device lock keeps the forwards
@@ -166,12 +172,13 @@ class Runner:
     def window(self) -> tuple[int, int]:
         """``(units fetching at most, units in flight at most)`` now.
 
-        Fetching: the Earth Engine bound (a unit holds at least one request). In flight
+        Fetching: :data:`FETCH_AHEAD` times the Earth Engine bound (a unit holds at least
+        one request). In flight
         (fetching, fetched, embedding): what the memory budget for fetched chips holds,
         at least the actors' share, and at most ``max_in_flight`` when given.
         """
         ready = sum(1 for s in self.slots.values() if s.state == READY)
-        fetching = self.opts.ee_concurrency
+        fetching = math.ceil(FETCH_AHEAD * self.opts.ee_concurrency)
         if self.pending:
             j, unit, _ = self.pending[0]
             by_memory = self.opts.fetch_memory_mb * 2**20 // self._unit_bytes(j, unit)
