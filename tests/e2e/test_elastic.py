@@ -126,3 +126,46 @@ def test_a_gpu_worker_joining_mid_run_gets_a_fair_share(tmp_path):
     assert late["units"] == late_units
     # A fair share of what was left once its model was loaded (half; a third on a loaded machine).
     assert late_units >= len(after) / 3, (late_units, len(after))
+
+
+def _chaos(procs, addr, kills, join_at):
+    """SIGKILL ``procs["gpu"][i]`` at each ``(seconds, i)`` of ``kills``; a new GPU worker joins at ``join_at``."""
+    t0 = time.monotonic()
+    events = sorted([(t, "kill", i) for t, i in kills] + [(join_at, "join", None)], key=lambda e: e[0])
+    for t, what, i in events:
+        time.sleep(max(0.0, t0 + t - time.monotonic()))
+        if what == "kill":
+            procs["gpu"][i].send_signal(signal.SIGKILL)
+        else:
+            procs["gpu"].append(dask_worker(addr, "gpu-third", gpu=True))
+
+
+def _killed_run(tmp_path, n, kills, join_at, **extra):
+    with GEEEmulator(seed=0, latency_s=0.2) as emu, dask_processes(n_gpu=2, n_fetch=1) as (addr, procs):
+        clean = run_campaign(_gdf(n), tmp_path / "clean.zarr", **_kw(emu, addr))
+        chaos = threading.Thread(target=_chaos, args=(procs, addr, kills, join_at), daemon=True)
+        chaos.start()
+        ds = run_campaign(_gdf(n), tmp_path / "c.zarr", **_kw(emu, addr, gpu_wait_s=120, **extra))
+        chaos.join()
+    assert (ds.status.values == OK).all()
+    np.testing.assert_array_equal(ds.embedding.values, clean.embedding.values)
+    assert verify_cube(tmp_path / "c.zarr") == []
+    return Cube.open(tmp_path / "c.zarr").attrs["last_run"]
+
+
+@pytest.mark.timeout(400)
+def test_gpu_worker_killed_while_its_model_loads_costs_no_more_than_a_health_check(tmp_path):
+    # gpu-0 dies half a second in (its model is loading), a third worker joins at 4 s.
+    last = _killed_run(tmp_path, 48, kills=[(0.5, 0)], join_at=4.0)
+    assert last["actors_lost"] >= 1 and last["units_failed"] == 0
+    assert any(w["name"] == "gpu-0" and w["state"] == "lost" for w in last["workers"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_gpu_workers_killed_at_random_in_the_first_30_s_with_a_third_joining(tmp_path, seed):
+    rng = random.Random(seed)
+    kills = [(rng.uniform(0, 30), 0), (rng.uniform(0, 30), 1)]
+    last = _killed_run(tmp_path, 160, kills=kills, join_at=rng.uniform(5, 25), ee_concurrency=2)
+    assert last["units_failed"] == 0
