@@ -16,6 +16,14 @@ emulator's ``no_coverage``: no_data in every run, not a failure).
    cells ok before and not ok after (an ok cell must never be downgraded).
 4. A last ``retry_failed=True`` rerun without faults finishes the cube: ``units lost`` and
    ``cells differing`` (from the clean run) must be 0.
+5. A late worker: a new cube on the one GPU worker left; a third ``GPU=1`` worker joins once
+   two units are done (``late worker units``: what it embedded).
+6. A faulty worker: a ``GPU=1`` worker whose forward raises a CUDA-like ``RuntimeError``
+   (a ``sitecustomize.py`` on its ``PYTHONPATH`` patches torch, from outside the package)
+   joins; a new cube runs: the worker is quarantined (``quarantined``) and its units run
+   on the healthy one.
+
+``units lost`` and ``cells differing`` count over runs 4, 5 and 6 (each against the clean run).
 
 Prints one ``name: value`` line per figure.
 """
@@ -64,6 +72,37 @@ def _start_cluster():
                                               "--resources", "GPU=1", "--name", f"gpu-{i}"], **quiet)
     procs["fetch"] = subprocess.Popen([dask, "worker", addr, *common, "--nthreads", "4", "--name", "fetch"], **quiet)
     return addr, procs
+
+
+#: Patches torch in the faulty worker only: every module call (the forward) raises.
+FAULTY_SITECUSTOMIZE = """
+import torch
+
+def _broken_call(self, *args, **kwargs):
+    raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+torch.nn.Module.__call__ = _broken_call
+"""
+
+
+def _worker(addr: str, name: str, env: dict | None = None):
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    return subprocess.Popen([dask, "worker", addr, "--host", "127.0.0.1", "--no-nanny", "--no-dashboard",
+                             "--nthreads", "2", "--resources", "GPU=1", "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=None if env is None else {**os.environ, **env})
+
+
+def _compare(ds, clean) -> tuple[int, int]:
+    """(units lost, cells differing) of a finished cube against the clean run."""
+    from rsembed_dask.store.cube import FAILED, PENDING
+
+    status = ds.status.values
+    differing = int((~np.isclose(ds.embedding.values, clean.embedding.values, rtol=0, atol=0,
+                                 equal_nan=True)).any(axis=-1).sum())
+    differing += int((status != clean.status.values).sum())
+    lost = int(sum(np.isin(status[s:s + CHUNK], (PENDING, FAILED)).any() for s in range(0, N_SAMPLES, CHUNK)))
+    return lost, differing
 
 
 def _samples():
@@ -156,11 +195,38 @@ def main() -> None:
                 final = run_campaign(gdf, out, client=addr, gee_options=opts, retry_failed=True, **kw)
 
             status = final.status.values
-            differing = int((~np.isclose(final.embedding.values, clean.embedding.values, rtol=0, atol=0,
-                                         equal_nan=True)).any(axis=-1).sum())
-            differing += int((status != clean.status.values).sum())
-            lost = int(sum(np.isin(status[s:s + CHUNK], (PENDING, FAILED)).any()
-                           for s in range(0, N_SAMPLES, CHUNK)))
+            lost, differing = _compare(final, clean)
+
+            # 5. A late worker joins the one GPU worker left, once two units are done.
+            late: list = []
+
+            def join(summary):
+                if not late:
+                    late.append(_worker(addr, "gpu-late"))
+                    procs["gpu-late"] = late[0]
+
+            with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
+                opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+                late_ds = run_campaign(gdf, Path(tmp) / "late.zarr", client=addr, gee_options=opts,
+                                       on_unit=join, **kw)
+            late_last = Cube.open(Path(tmp) / "late.zarr").attrs["last_run"]
+            late_units = sum(w["units"] for w in late_last["workers"] if w["name"] == "gpu-late")
+            late_lost, late_differing = _compare(late_ds, clean)
+
+            # 6. A faulty worker joins: its forward raises a CUDA-like error.
+            site = Path(tmp) / "faulty-site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text(FAULTY_SITECUSTOMIZE)
+            procs["gpu-bad"] = _worker(addr, "gpu-bad", {"PYTHONPATH": os.pathsep.join(
+                [str(site), os.environ.get("PYTHONPATH", "")])})
+            with Client(addr, timeout=60) as c:
+                c.wait_for_workers(len([p for k, p in procs.items() if k != "scheduler" and p.poll() is None]),
+                                  timeout=120)
+            with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
+                opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+                bad_ds = run_campaign(gdf, Path(tmp) / "bad.zarr", client=addr, gee_options=opts, **kw)
+            bad_last = Cube.open(Path(tmp) / "bad.zarr").attrs["last_run"]
+            bad_lost, bad_differing = _compare(bad_ds, clean)
             print(f"band typo: {typo[0]} after {typo[1]:.1f} s, computePixels sent {typo[2]}")
             print(f"refused credentials (401): {refused[0]} after {refused[1]:.1f} s, computePixels sent {refused[2]}")
             print(f"units run: {last['units_done']}")
@@ -179,8 +245,15 @@ def main() -> None:
                   f"({int((clean.status.values == NO_DATA).sum())})")
             print(f"failed cells after the faulty run: {int((before == FAILED).sum())}")
             print(f"ok cells lost on retry: {int(((before == OK) & (after != OK)).sum())}")
-            print(f"units lost: {lost}")
-            print(f"cells differing from clean run: {differing}")
+            print(f"late worker units: {late_units} of {late_last['units_done']} "
+                  f"(model loaded in {[w['load_s'] for w in late_last['workers'] if w['name'] == 'gpu-late']} s)")
+            print(f"late worker run: units lost {late_lost}, cells differing {late_differing}")
+            print(f"quarantined: {', '.join(bad_last['quarantined']) or 'none'} "
+                  f"({'; '.join(bad_last['quarantined'].values())[:120]})")
+            print(f"faulty worker run: units lost {bad_lost}, cells differing {bad_differing}, "
+                  f"units re-run {bad_last['units_rerun']}")
+            print(f"units lost: {lost + late_lost + bad_lost}")
+            print(f"cells differing: {differing + late_differing + bad_differing}")
             print(f"clean run s: {clean_s:.1f}")
             print(f"faulty run s: {faulty_s:.1f}")
             print(f"slowdown: {faulty_s / clean_s:.2f}")

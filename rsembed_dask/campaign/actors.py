@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ModelError
 from ..specs import ModelSpec
 
-__all__ = ["EmbedActor", "start_actor", "local_actor"]
+__all__ = ["EmbedActor", "start_actor", "submit_actor", "describe_actor", "local_actor"]
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,36 @@ class EmbedActor:
         return self.embedder.embed(images, scale_m, output=output, roi=roi, uint8=uint8)
 
 
+def submit_actor(client, spec: ModelSpec, worker: str):
+    """Start creating an :class:`EmbedActor` on ``worker``; returns its future at once.
+
+    The model loads on the worker meanwhile; the future's key is the actor's key
+    (:func:`local_actor`). Poll it (``status``): a runner keeps feeding the other actors.
+    """
+    return client.submit(EmbedActor, spec, actor=True, workers=[worker], allow_other_workers=False,
+                         pure=False, key=f"embed-actor-{worker.rsplit(':', 1)[-1]}-{time.monotonic_ns()}")
+
+
 def start_actor(client, spec: ModelSpec, worker: str, *, timeout_s: float = 600.0):
     """Create an :class:`EmbedActor` on ``worker`` and wait until its model is loaded.
 
-    Returns the ``distributed.Actor`` handle.
+    Returns the ``distributed.Actor`` handle (blocking: the campaign runner uses
+    :func:`submit_actor` and polls instead).
     """
     from distributed import TimeoutError as DaskTimeoutError
 
-    fut = client.submit(EmbedActor, spec, actor=True, workers=[worker], allow_other_workers=False,
-                        pure=False, key=f"embed-actor-{worker.rsplit(':', 1)[-1]}-{time.monotonic_ns()}")
+    fut = submit_actor(client, spec, worker)
     try:
         actor = fut.result(timeout=timeout_s)
     except DaskTimeoutError:
         raise ModelError(f"the model {spec.model_id!r} did not load on {worker} within {timeout_s:g}s") from None
     log.info("actor ready on %s: %s", worker, actor.describe().result())
     return actor
+
+
+def describe_actor(actor_key: str) -> dict[str, Any]:
+    """In a task on the actor's worker: :meth:`EmbedActor.describe` of the local actor ``actor_key``."""
+    return local_actor(actor_key).describe()
 
 
 def local_actor(actor_key: str) -> EmbedActor:

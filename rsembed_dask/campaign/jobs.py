@@ -100,10 +100,12 @@ class Jobs:
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs)
 
-    def todo(self, *, retry_failed: bool = False) -> list[tuple[int, WorkUnit]]:
-        """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``)."""
+    def todo(self, *, retry_failed: bool = False, retry_no_data: bool = False) -> list[tuple[int, WorkUnit]]:
+        """``(job index, unit)`` of the units not done (pending cells; also failed ones with ``retry_failed``,
+        no_data ones with ``retry_no_data``)."""
         return [(j, u) for j, job in enumerate(self.jobs)
-                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed, status=job.status)]
+                for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed,
+                                                   retry_no_data=retry_no_data, status=job.status)]
 
     def grids_to_sync(self, todo: Sequence[Any]) -> bool:
         """Whether the zone grids must be filled after this run (a tiling with units to run or unsynced)."""
@@ -204,7 +206,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
                  sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
-                 update: bool = False, append: bool = False, retry_failed: bool = False,
+                 update: bool = False, append: bool = False, retry_failed: bool = False, retry_no_data: bool = False,
                  versions: Callable[[], dict[str, str]] = software_versions,
                  preflight: Preflight | None = None) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
@@ -240,7 +242,8 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
             preflight(where, spec, size.scaled(fraction), reclaim)
 
     ready = open_for_run(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape, versions=versions(),
-                         update=update, append=append, repair=repair, retry_failed=retry_failed, checks=checks)
+                         update=update, append=append, repair=repair, retry_failed=retry_failed,
+                         retry_no_data=retry_no_data, checks=checks)
     cube = ready.cube
     if len(table.skipped):
         cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
@@ -275,7 +278,8 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
                 scales: Any = None,
                 sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
-                retry_failed: bool = False, versions: Callable[[], dict[str, str]] = software_versions,
+                retry_failed: bool = False, retry_no_data: bool = False,
+                versions: Callable[[], dict[str, str]] = software_versions,
                 preflight: Preflight | None = None) -> Jobs:
     """Plan a tiling campaign: validate, create (or reopen) the tiling store; nothing is fetched.
 
@@ -306,7 +310,7 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     size = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
                              grid_shape=grid_shape, dtype=spec.output.dtype)
     try:
-        left = work_left(path, tiling=True, retry_failed=retry_failed)  # read-only
+        left = work_left(path, tiling=True, retry_failed=retry_failed, retry_no_data=retry_no_data)  # read-only
     except CubeError:
         if not repair:
             raise

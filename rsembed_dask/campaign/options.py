@@ -26,10 +26,12 @@ from .._validate import number, strict_int
 from ..errors import SpecError
 from ..providers.limits import EE_CONCURRENCY
 
-__all__ = ["RunOptions", "GPU_WAIT_S"]
+__all__ = ["RunOptions", "GPU_WAIT_S", "FETCH_MEMORY_MB"]
 
 #: Seconds to wait for a GPU worker when there is none (at start, or after losing the last one).
 GPU_WAIT_S = 300.0
+#: MiB of fetched chips (not yet embedded) a campaign holds on its workers at most, by default.
+FETCH_MEMORY_MB = 2048
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,24 @@ class RunOptions:
     Attributes
     ----------
     max_in_flight : int or None
-        Units submitted and not finished; None: 4 per actor. Bounds memory.
+        Units in flight at most (fetching, fetched, embedding). None: as many as
+        ``ee_concurrency`` units fetching and ``fetch_memory_mb`` of fetched chips allow
+        (at least 4 per ready actor): the window follows the cluster and the quota.
     fetch_threads : int
         Threads per fetch task (concurrent requests of one unit).
     unit_retries : int
         Times Dask re-runs a fetch task that raised before its unit is marked failed.
     ee_concurrency : int
         Earth Engine requests in flight across the whole cluster (default 40, Earth
-        Engine's per-project quota), enforced with a cluster-wide semaphore.
+        Engine's per-project quota), enforced with a cluster-wide semaphore; also the
+        units fetching at once (each holds at least one request).
+    ee_requests_per_s : float or None
+        Earth Engine requests started per second across the whole cluster (Earth Engine's
+        per-project quota is 100); None: not limited. Enforced with a cluster-wide token
+        bucket (:class:`~rsembed_dask.cluster.local.ClusterRateLimit`).
+    fetch_memory_mb : int
+        Memory budget (MiB) for chips fetched and not yet embedded, held on the workers:
+        caps the units in flight when ``max_in_flight`` is None.
     coalesce : bool
         Serve neighbouring footprints of a unit with one request, cropped per sample.
     progress : bool
@@ -57,6 +69,9 @@ class RunOptions:
         When no worker declares ``GPU=1``, wait this long for one before giving up.
     retry_failed : bool
         Also re-run units holding ``failed`` cells.
+    retry_no_data : bool
+        Also re-run ``no_data`` cells (e.g. a window reaching recent dates whose scenes
+        were not ingested yet); an ``ok`` cell is never re-run nor changed.
     repair : bool
         Read the whole store first: restore unreadable metadata and damaged coordinates,
         and run again every unit found damaged (see :mod:`rsembed_dask.store.repair`).
@@ -80,11 +95,14 @@ class RunOptions:
     fetch_threads: int = 8
     unit_retries: int = 2
     ee_concurrency: int = EE_CONCURRENCY
+    ee_requests_per_s: float | None = None
+    fetch_memory_mb: int = FETCH_MEMORY_MB
     coalesce: bool = True
     progress: bool = True
     summary: bool | None = None
     gpu_wait_s: float = GPU_WAIT_S
     retry_failed: bool = False
+    retry_no_data: bool = False
     repair: bool = False
     update: bool = False
     append: bool = False
@@ -99,13 +117,18 @@ class RunOptions:
         strict_int("RunOptions.fetch_threads", self.fetch_threads)
         strict_int("RunOptions.unit_retries", self.unit_retries, lo=0)
         strict_int("RunOptions.ee_concurrency", self.ee_concurrency)
+        strict_int("RunOptions.fetch_memory_mb", self.fetch_memory_mb)
+        if self.ee_requests_per_s is not None:
+            object.__setattr__(self, "ee_requests_per_s",
+                               number("RunOptions.ee_requests_per_s", self.ee_requests_per_s, lo=0.1))
         object.__setattr__(self, "gpu_wait_s", number("RunOptions.gpu_wait_s", self.gpu_wait_s, lo=0))
         object.__setattr__(self, "wait_lock_s", number("RunOptions.wait_lock_s", self.wait_lock_s, lo=0))
         if self.lock_stale_s is not None:
             object.__setattr__(self, "lock_stale_s", number("RunOptions.lock_stale_s", self.lock_stale_s, lo=0))
             if not self.lock_stale_s > 0:
                 raise SpecError("RunOptions.lock_stale_s", self.lock_stale_s, "None or a number of seconds > 0")
-        for name in ("coalesce", "progress", "retry_failed", "repair", "update", "append", "break_lock"):
+        for name in ("coalesce", "progress", "retry_failed", "retry_no_data", "repair", "update", "append",
+                     "break_lock"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"RunOptions.{name}", getattr(self, name), "True or False")
         if self.summary is not None and not isinstance(self.summary, bool):

@@ -64,6 +64,11 @@ class CampaignReport:
     models: set = field(default_factory=set)
     gpu_wait_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+    #: One entry per GPU worker seen (a restarted worker is a new entry): address, name, units,
+    #: embeddings, load_s (model load time), state (loading, ready, quarantined, lost), error.
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    #: Quarantined GPU workers: label -> last error.
+    quarantined: dict[str, str] = field(default_factory=dict)
 
     def add(self, summary: Any) -> None:
         """Account a finished :class:`~rsembed_dask.campaign.tasks.UnitSummary`."""
@@ -79,8 +84,11 @@ class CampaignReport:
         return self.samples_embedded / self.elapsed_s if self.elapsed_s else 0.0
 
     def postfix(self) -> dict[str, Any]:
-        return {"emb": self.samples_embedded, "ee_req": self.requests.get("sent", 0),
-                "retried": self.requests.get("retried", 0)}
+        out: dict[str, Any] = {"emb": self.samples_embedded, "ee_req": self.requests.get("sent", 0),
+                               "retried": self.requests.get("retried", 0)}
+        if self.quarantined:
+            out["quarantined"] = ",".join(self.quarantined)
+        return out
 
     def finish(self, cells: dict[str, int], failures: Mapping[str, int] | None = None) -> None:
         """Record the cube's cell counts and its failed cells' reasons (``{reason: cells}``)."""
@@ -114,7 +122,9 @@ class CampaignReport:
                 "gpu_wait_s": round(self.gpu_wait_s, 3),
                 "workers_used": sorted(self.workers_used),
                 # e.g. "cuda:0 bfloat16 batch 256": device, precision and batch as the actors resolved them
-                "models": sorted(self.models)}
+                "models": sorted(self.models),
+                "workers": [dict(w) for w in self.workers],
+                "quarantined": dict(self.quarantined)}
 
     def summary(self) -> str:
         c, r = self.cells, self.requests
@@ -126,4 +136,5 @@ class CampaignReport:
                 f"no imagery {r.get('no_imagery', 0)}); "
                 f"{self.samples_embedded} embeddings in {self.elapsed_s:.1f}s "
                 f"({self.embeddings_per_s:.1f}/s, after {self.startup_s:.1f}s loading the model)"
-                + (f"\n{self.failure_line()}" if self.cells.get("failed", 0) else ""))
+                + (f"\n{self.failure_line()}" if self.cells.get("failed", 0) else "")
+                + "".join(f"\nquarantined GPU worker {k}: {_shorten(v)}" for k, v in self.quarantined.items()))

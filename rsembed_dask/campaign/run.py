@@ -31,14 +31,14 @@ import xarray as xr
 
 from ..cluster.local import connect
 from ..embed.weights import check_weights
-from ..errors import NoImageryWarning, SpecError
+from ..errors import NoImageryWarning, RsEmbedError, SpecError
 from ..providers.backends import check_backend, open_backend
 from ..sampling.samples import SampleTable
 from ..sampling.tiling import Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
 from ..store.open import check_free_space, check_writable, open_cube
-from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR
+from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, RUNS_ATTR
 from ..store.location import StoreLocation
 from ..store.lock import held_lock, one_writer
 from ..store.size import StoreSize
@@ -53,8 +53,9 @@ __all__ = ["run_campaign", "plan_campaign", "RunOptions"]
 log = logging.getLogger(__name__)
 
 
-def _with_cluster_limit(provider, client, max_requests: int):
-    """Share one cluster-wide semaphore of ``max_requests`` leases among all fetches.
+def _with_cluster_limit(provider, client, max_requests: int, requests_per_s: float | None = None):
+    """Share one cluster-wide semaphore of ``max_requests`` leases among all fetches, and a
+    cluster-wide rate limit of ``requests_per_s`` when given.
 
     Only for Earth Engine (its quota is per project, whatever the number of workers).
     A :class:`~rsembed_dask.cluster.local.ClusterSemaphore`, not a bare ``distributed.Semaphore``:
@@ -63,14 +64,19 @@ def _with_cluster_limit(provider, client, max_requests: int):
     """
     import dataclasses
 
-    from ..cluster.local import ClusterSemaphore
+    from ..cluster.local import ClusterRateLimit, ClusterSemaphore
     from ..providers.gee import GEEProvider
 
     if not isinstance(provider, GEEProvider):
         return provider
     # One pool per project and bound (the scheduler refuses one name with two bounds).
     name = f"rsembed-ee-{provider.project or 'default'}-{max_requests}"
-    return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests))
+    rate = (None if requests_per_s is None
+            else ClusterRateLimit(f"rsembed-ee-rate-{provider.project or 'default'}", requests_per_s))
+    # A process may use the whole cluster bound (the cluster semaphore shares it out); its
+    # connection pool is as large, so no connection is dropped and opened again.
+    return dataclasses.replace(provider, limiter=ClusterSemaphore(name, max_requests), rate_limiter=rate,
+                               max_concurrency=max(provider.max_concurrency, max_requests))
 
 
 @one_writer("out")  # it may create, append to or repair the cube
@@ -99,6 +105,7 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
     """The planner of ``source``'s kind: a tiling's, or the samples'."""
     common = dict(temporal=temporal, sensor=sensor, model=model, output=output, batch_size=batch_size,
                   chunk_size=chunk_size, repair=options.repair, retry_failed=options.retry_failed,
+                  retry_no_data=options.retry_no_data,
                   preflight=preflight)
     if isinstance(source, Tiling):
         for name, value in (("buffer_m", buffer_m), ("id_column", id_column)):
@@ -217,7 +224,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         jobs = _plan(gdf, out, opts, scales=scales, temporal=temporal, sensor=sensor, model=model, output=output,
                      batch_size=batch_size, chunk_size=chunk_size, buffer_m=buffer_m, id_column=id_column,
                      on_invalid=on_invalid, preflight=checks.run)
-        todo = jobs.todo(retry_failed=opts.retry_failed)
+        todo = jobs.todo(retry_failed=opts.retry_failed, retry_no_data=opts.retry_no_data)
         for j, job in enumerate(jobs):  # read-only storage: fine when finished, refused when there is work
             job.cube.require_writable(sum(1 for k, _ in todo if k == j))
         if todo:  # the store asked for the checks already; never run without them
@@ -230,13 +237,12 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
             c = stack.enter_context(connect(client, **dict(cluster_options or {})))
             if todo:
                 jobs.mark_grids_unsynced()
-                provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency)
+                provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency, opts.ee_requests_per_s)
                 runner = Runner(c, provider, jobs.jobs, report, opts, lock=held_lock(out))
-                with _RequestAccount(c, runner.run_token) as account:
+                with _Ledger([job.cube for job in jobs], report, preflight=checks.checked) as ledger, \
+                        _RequestAccount(c, runner.run_token) as account:
+                    ledger.follow(account)
                     runner.run(todo)
-                report.requests = collections.Counter(account.totals)
-                if checks.checked:
-                    report.requests["preflight"] += 1
             if sync:
                 jobs.sync_grids(c, progress=opts.progress)
     counts: dict[str, int] = {}
@@ -247,12 +253,12 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
             counts[k] = counts.get(k, 0) + v
         failures.update(job.cube.failure_reasons(status))
     report.finish(counts, failures)
-    if todo:  # a run with nothing to do keeps the account of the run that did the work
+    if todo:  # a run with nothing to do keeps the report of the run that did the work
         lock = held_lock(out)
         if lock is not None:
             lock.check()  # a run that lost its lock writes nothing more
         for job in jobs:
-            job.cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(report.requests), LAST_RUN_ATTR: report.as_dict()})
+            job.cube.set_attrs(**{LAST_RUN_ATTR: report.as_dict()})
     if opts.progress if opts.summary is None else opts.summary:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs.spec)
@@ -335,6 +341,11 @@ class _RequestAccount:
             with self._lock:
                 self.totals.update(msg.get("requests", {}))
 
+    def snapshot(self) -> collections.Counter:
+        """The counts so far (a copy)."""
+        with self._lock:
+            return collections.Counter(self.totals)
+
     def __enter__(self) -> _RequestAccount:
         self.c.subscribe_topic(REQUESTS_TOPIC, self._on_event)
         return self
@@ -351,6 +362,100 @@ class _RequestAccount:
 
 #: Seconds to wait for the request account's closing event.
 ACCOUNT_WAIT_S = 10.0
+#: Seconds between writes of a running campaign's account to its cubes (what a killed run
+#: spent is lost for at most this long).
+LEDGER_WRITE_S = 10.0
+#: Runs kept in the ``runs`` attribute (the oldest dropped first; the totals keep them).
+MAX_RUNS = 1000
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Ledger:
+    """The campaign's account over the cube's whole life: ``request_account`` and ``runs``.
+
+    On entry, a record of this run (``ended: "running"``) is added to the cubes' ``runs``
+    (a record still ``running`` from an earlier run is that of a run killed without a word:
+    it becomes ``killed``). While the run goes on, its requests so far
+    (:class:`_RequestAccount`) are added to the totals of the runs before it and written
+    every :data:`LEDGER_WRITE_S`; on exit, whatever ended the run (done, an interrupt, an
+    error), once more with how it ended. So a run killed with SIGKILL loses at most the last
+    ``LEDGER_WRITE_S`` of its account, and ``request_account`` is the sum of the runs'
+    requests.
+    """
+
+    def __init__(self, cubes: list[Cube], report: CampaignReport, *, preflight: bool):
+        self.cubes, self.report, self.preflight = cubes, report, preflight
+        self.account: _RequestAccount | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        attrs = cubes[0].attrs
+        runs = attrs.get(RUNS_ATTR)
+        self.runs: list[dict[str, Any]] = [dict(r) for r in runs] if isinstance(runs, list) else []
+        for r in self.runs:
+            if r.get("ended") == "running":
+                r["ended"] = "killed"
+        base = attrs.get(REQUEST_ACCOUNT_ATTR)
+        self.base = collections.Counter({k: v for k, v in base.items() if isinstance(v, int)}
+                                        if isinstance(base, dict) else {})
+        self.record: dict[str, Any] = {"start": _now(), "end": None, "ended": "running"}
+
+    def follow(self, account: _RequestAccount) -> None:
+        self.account = account
+
+    def _requests(self) -> collections.Counter:
+        totals = self.account.snapshot() if self.account is not None else collections.Counter()
+        if self.preflight:
+            totals["preflight"] += 1
+        return totals
+
+    def write(self, ended: str | None = None) -> None:
+        """Write the totals and the runs (this one as it stands) to every cube."""
+        with self._lock:
+            requests = self._requests()
+            r = self.report
+            self.record.update(
+                end=_now(), ended=ended or "running", units_run=r.units_todo, units_done=r.units_done,
+                units_failed=r.units_failed, units_rerun=r.units_rerun, samples_embedded=r.samples_embedded,
+                requests=dict(requests),
+                workers=[{k: w[k] for k in ("name", "address", "units", "embeddings", "load_s", "state")}
+                         for w in r.workers],
+                quarantined=dict(r.quarantined))
+            total = self.base + requests
+            runs = (self.runs + [self.record])[-MAX_RUNS:]
+            for cube in self.cubes:
+                cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(total), RUNS_ATTR: runs})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(LEDGER_WRITE_S):
+            try:
+                self.write()
+            except RsEmbedError as e:  # a store that refuses a write now: the next one may pass
+                log.warning("could not write the campaign's account: %s", e)
+
+    def __enter__(self) -> _Ledger:
+        self.write()
+        self._thread = threading.Thread(target=self._loop, name="rsembed-ledger", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if exc_type is None:
+            ended = "done"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            ended = "interrupted"
+        else:
+            ended = f"failed: {type(exc).__name__}: {exc}"[:300]
+        self.report.requests = self._requests()
+        self.write(ended)
 
 
 def _warn_if_no_imagery(counts: dict[str, int], spec: CampaignSpec) -> None:

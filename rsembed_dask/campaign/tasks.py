@@ -124,11 +124,12 @@ def fetch_unit(provider: Provider, table: SampleTable, unit: WorkUnit, spec: Cam
         plan = plan_requests(grids, len(sensor.bands))
     else:
         plan = [CoalescedRequest(g, (k,)) for k, g in enumerate(grids)]
-    limiter = getattr(provider, "limiter", None)
-    if limiter is not None:
-        # A distributed.Semaphore binds to the worker of the thread that first uses it:
-        # bind it here, on the task's thread, before the fetch threads use it.
-        limiter.register()
+    for name in ("limiter", "rate_limiter"):
+        limiter = getattr(provider, name, None)
+        if limiter is not None:
+            # A distributed.Semaphore binds to the worker of the thread that first uses it:
+            # bind it here, on the task's thread, before the fetch threads use it.
+            limiter.register()
     stats = getattr(provider, "stats", None)
     before = stats.as_dict() if isinstance(stats, RequestStats) else {}
     try:
@@ -213,18 +214,18 @@ def embed_unit(pixels: UnitPixels, actor_key: str, embed_dim: int, grid_shape: t
                        get_worker().address)
 
 
-def write_unit(vectors: UnitVectors, cube: Cube) -> UnitSummary:
+def write_unit(vectors: UnitVectors, cube: Cube, retry_no_data: bool = False) -> UnitSummary:
     """Write one embedded unit's chunk to ``cube``, data first, status last.
 
     A crash in between leaves the unit as it was. Cells the fetch did not touch
     (:data:`PENDING`) and cells already decided in the cube keep what is stored
-    (:meth:`Cube.write_unit`). Returns the unit's summary; ``embed_s`` includes the write.
+    (:meth:`Cube.write_unit`; ``no_data`` ones take an ``ok`` result with ``retry_no_data``). Returns the unit's summary; ``embed_s`` includes the write.
     """
     t0 = time.perf_counter()
     unit, status = vectors.unit, vectors.status
     cube.write_unit(unit.start, unit.stop, unit.scale_index, embedding=vectors.embedding, status=status,
                     input_res_m=vectors.input_res_m, valid_fraction=vectors.valid_fraction,
-                    error=vectors.errors, grid=vectors.grid)
+                    error=vectors.errors, grid=vectors.grid, retry_no_data=retry_no_data)
     counts = {"ok": int((status == OK).sum()), "no_data": int((status == NO_DATA).sum()),
               "failed": int((status == FAILED).sum()), "untouched": int((status == PENDING).sum())}
     return UnitSummary(unit, counts, vectors.requests, vectors.fetch_s,

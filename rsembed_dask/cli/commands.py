@@ -168,6 +168,8 @@ def _cmd_demo(args) -> int:
 
 
 def _add_run(sub) -> None:
+    from ..providers.limits import EE_CONCURRENCY
+
     p = sub.add_parser("run", help="embed a sample file, or tiles over an AOI (--tile), into a Zarr cube on Dask")
     add_aoi_positional(p, "samples", "SAMPLES|AOI",
                        help="GeoPackage, GeoJSON or GeoParquet of sample geometries; with --tile the AOI: "
@@ -208,6 +210,18 @@ def _add_run(sub) -> None:
                    help="after the run, write a STAC catalogue of the cube there (as `rsembed-dask stac`; "
                         "needs pystac: pip install 'rsembed_dask[stac]')")
     p.add_argument("--retry-failed", action="store_true", help="also re-run units with failed samples")
+    p.add_argument("--retry-no-data", action="store_true",
+                   help="re-run the no_data cells (e.g. a window reaching recent dates, whose scenes were not "
+                        "ingested yet); ok cells are never re-run; failed ones only with --retry-failed")
+    p.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="units in flight at most (default: as the Earth Engine bound and a 2 GiB budget of "
+                        "fetched chips allow, at least 4 per GPU worker)")
+    p.add_argument("--ee-concurrency", type=int, default=EE_CONCURRENCY, metavar="N",
+                   help=f"Earth Engine requests in flight across the whole cluster (default {EE_CONCURRENCY}, "
+                        f"the per-project quota)")
+    p.add_argument("--ee-rate", type=float, default=None, metavar="R",
+                   help="Earth Engine requests started per second across the whole cluster (the per-project "
+                        "quota is 100; default: not limited)")
     p.add_argument("--repair", action="store_true",
                    help="read the whole cube first and run again every unit found damaged (missing or undecodable "
                         "chunks, data that contradicts its status); restore unreadable array metadata and damaged "
@@ -251,6 +265,12 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--max-retries {args.max_retries}: expected an integer >= 0")
     if not args.gpu_wait >= 0:
         p.error(f"--gpu-wait {args.gpu_wait:g}: expected a number of seconds >= 0")
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        p.error(f"--max-in-flight {args.max_in_flight}: expected an integer >= 1")
+    if args.ee_concurrency < 1:
+        p.error(f"--ee-concurrency {args.ee_concurrency}: expected an integer >= 1")
+    if args.ee_rate is not None and not args.ee_rate >= 0.1:
+        p.error(f"--ee-rate {args.ee_rate:g}: expected a number of requests per second >= 0.1")
 
 
 def _preflight_run(args) -> None:
@@ -313,7 +333,9 @@ def _cmd_run(args) -> int:
         source = _read_samples(args.samples)
         samples = {"scales": scales, "id_column": args.id_column,
                    "on_invalid": "skip" if args.skip_invalid else "raise"}
-    run = RunOptions(retry_failed=args.retry_failed, repair=args.repair, update=args.update, append=args.append,
+    run = RunOptions(retry_failed=args.retry_failed, retry_no_data=args.retry_no_data,
+                     max_in_flight=args.max_in_flight, ee_concurrency=args.ee_concurrency,
+                     ee_requests_per_s=args.ee_rate, repair=args.repair, update=args.update, append=args.append,
                      gpu_wait_s=args.gpu_wait, progress=not args.no_progress, summary=True,
                      fetch_threads=env_defaults()["fetch_workers"], break_lock=args.break_lock,
                      wait_lock_s=args.wait_lock, lock_stale_s=args.lock_stale)

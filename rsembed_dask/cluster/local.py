@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import weakref
+from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["GPU_RESOURCE", "count_gpus", "visible_gpus", "local_cluster", "connect", "check_scheduler", "embed_workers",
-           "fetch_workers", "ClusterSemaphore", "SCHEDULER_TIMEOUT_S"]
+           "fetch_workers", "worker_roster", "WorkerInfo", "ClusterSemaphore", "ClusterRateLimit", "SCHEDULER_TIMEOUT_S"]
 
 GPU_RESOURCE = "GPU"
 
@@ -428,6 +429,28 @@ def fetch_workers(client: Client) -> list[str]:
                   if not w.get("resources", {}).get(GPU_RESOURCE, 0))
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as the scheduler knows it now: its name, its server id, whether it declares ``GPU``.
+
+    ``server_id`` is unique per worker process: a worker restarted under the same address
+    (and name) gets a new one.
+    """
+
+    name: str
+    server_id: str
+    gpu: bool
+
+
+def worker_roster(client: Client) -> dict[str, WorkerInfo]:
+    """Every worker's :class:`WorkerInfo` by address, asked of the scheduler now (one call)."""
+    # A lambda is pickled by value: the scheduler needs no rsembed_dask to run it.
+    rows = client.run_on_scheduler(lambda dask_scheduler, gpu=GPU_RESOURCE: {
+        addr: (str(ws.name), str(ws.server_id), float(ws.resources.get(gpu, 0)))
+        for addr, ws in dask_scheduler.workers.items()})
+    return {addr: WorkerInfo(name, sid, gpu >= 1) for addr, (name, sid, gpu) in rows.items()}
+
+
 def embed_workers(client: Client) -> list[str]:
     """Addresses of the workers that declare the ``GPU`` resource, sorted.
 
@@ -533,3 +556,133 @@ class ClusterSemaphore:
 
     def __exit__(self, *exc) -> None:
         self._held.stack.pop().release()
+
+
+#: Share of the requests-per-second bound a :class:`ClusterRateLimit` paces at: slots are
+#: handed out 1/(0.9 rate) apart, so the jitter between a slot and the request reaching
+#: Earth Engine (scheduling, the network) does not push any second over the bound.
+RATE_MARGIN = 0.9
+#: Seconds of slots one process leases at a time (at least one slot).
+RATE_LEASE_S = 0.25
+
+
+def _slot_granter():
+    """The scheduler-side half of :class:`ClusterRateLimit` (a closure: pickled by value, so the
+    scheduler needs no rsembed_dask to run it)."""
+
+    def grant(dask_scheduler=None, name: str = "", interval: float = 1.0, k: int = 1) -> float:
+        import time as _time
+
+        book = dask_scheduler.extensions.setdefault("rsembed-rate-limits", {})
+        now = _time.monotonic()
+        start = max(book.get(name, now), now)
+        book[name] = start + k * interval
+        return start - now
+
+    return grant
+
+
+class ClusterRateLimit:
+    """A cluster-wide bound on requests started per second: time slots leased from the scheduler.
+
+    The scheduler keeps, per name, the next free time slot (a GCRA / virtual-clock token
+    bucket without burst): a process asks for ``k`` slots (:data:`RATE_LEASE_S` worth) with
+    one ``run_on_scheduler`` call, which answers in the scheduler's event loop (so atomically)
+    with the delay until the first one and moves the clock ``k`` slots on. The process's
+    threads then take the slots in turn, each waiting for its time: across every process,
+    requests start at least ``1 / (RATE_MARGIN * rate)`` seconds apart. A slot passed by more
+    than half an interval is dropped unused (never two requests at once from a late slot).
+
+    Cost: one scheduler round trip per ``k`` requests (at 100 requests/s, 20 small calls a
+    second for the whole cluster), slots leased and not used (at most ``k - 1`` per lease),
+    and the 10 % margin.
+
+    Parameters
+    ----------
+    name : str
+        Name of the bound (one per Earth Engine project).
+    rate : float
+        Requests started per second, across the whole cluster.
+    """
+
+    def __init__(self, name: str, rate: float):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise SpecError("ClusterRateLimit.rate", rate, "a positive number of requests per second")
+        self.name, self.rate = str(name), float(rate)
+
+    def __reduce__(self):
+        return (ClusterRateLimit, (self.name, self.rate))
+
+    def __repr__(self) -> str:
+        return f"ClusterRateLimit({self.name!r}, rate={self.rate:g})"
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / (RATE_MARGIN * self.rate)
+
+    def _local(self) -> _RateSlots:
+        """This process's slots for this bound (one per process, shared by every task and thread)."""
+        with _SEMAPHORES_LOCK:
+            slots = _RATE_SLOTS.get((self.name, self.rate))
+            if slots is None:
+                slots = _RATE_SLOTS[self.name, self.rate] = _RateSlots()
+            return slots
+
+    def register(self) -> None:
+        """On the task's thread: find the client to lease slots with (the worker's own)."""
+        local = self._local()
+        if local.client is None:
+            from distributed import get_client
+
+            try:
+                local.client = get_client()
+            except ValueError:
+                raise RsEmbedError(f"{self!r} is used outside a Dask worker or client: expected a task on a "
+                                   f"cluster, or a connected distributed.Client") from None
+
+    def wait(self) -> float:
+        """Wait for this process's next slot; returns the seconds waited."""
+        import time as _time
+
+        local = self._local()
+        if local.client is None:
+            self.register()
+        interval = self.interval
+        k = max(1, int(RATE_LEASE_S / interval))
+        with local.lock:
+            while True:
+                now = _time.monotonic()
+                while local.slots and local.slots[0] < now - interval / 2:
+                    local.slots.popleft()
+                if local.slots:
+                    at = local.slots.popleft()
+                    break
+                delay = local.client.run_on_scheduler(_slot_granter(), name=self.name, interval=interval, k=k)
+                first = _time.monotonic() + float(delay)
+                local.slots.extend(first + i * interval for i in range(k))
+        waited = max(0.0, at - _time.monotonic())
+        if waited:
+            _time.sleep(waited)
+        return waited
+
+    def __enter__(self) -> ClusterRateLimit:
+        self.wait()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _RateSlots:
+    """One process's leased time slots of a :class:`ClusterRateLimit`."""
+
+    def __init__(self) -> None:
+        import collections
+
+        self.lock = threading.Lock()
+        self.slots: collections.deque[float] = collections.deque()
+        self.client: Any = None
+
+
+#: Per process: (name, rate) -> its leased slots.
+_RATE_SLOTS: dict[tuple[str, float], _RateSlots] = {}

@@ -5,7 +5,7 @@ Never imported by production paths: ``providers.backends`` (``backend="emulator"
 CLI (``rsembed-dask emulator``, ``demo``) load it on demand. Importing it starts nothing.
 """
 
-from .server import EmulatorStats, Faults, GEEEmulator, serve
+from .server import EmulatorStats, Faults, GEEEmulator, Traffic, serve
 from .synthetic_s2 import SyntheticS2World
 
-__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve", "SyntheticS2World"]
+__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "Traffic", "serve", "SyntheticS2World"]

@@ -54,7 +54,7 @@ from ..providers.limits import BYTES_PER_SAMPLE, MAX_DIMENSION, REQUEST_BYTE_LIM
 from .ee_eval import EvalError, Evaluator, parse_grid
 from .synthetic_s2 import SyntheticS2World
 
-__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "serve"]
+__all__ = ["GEEEmulator", "Faults", "EmulatorStats", "Traffic", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,60 @@ class EmulatorStats(Counters):
         self.concurrent_peak = max(self.concurrent_peak, self._in_flight)
 
 
+class Traffic:
+    """When each ``computePixels`` request arrived and ended (the emulator's own clock).
+
+    For quota checks: requests started in any one second (:meth:`peak_per_second`, by
+    whole second of the clock) and mean requests in flight over a span (:meth:`mean_in_flight`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[tuple[float, float]] = []  # (arrival, end), time.time()
+        self._open = 0
+        self.peak_in_flight = 0
+
+    @contextlib.contextmanager
+    def request(self):
+        t0 = time.time()
+        with self._lock:
+            self._open += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._open)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                self.spans.append((t0, time.time()))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.spans.clear()
+            self.peak_in_flight = self._open
+
+    def per_second(self) -> collections.Counter:
+        """Requests started in each whole second of the clock."""
+        with self._lock:
+            return collections.Counter(int(a) for a, _ in self.spans)
+
+    def peak_per_second(self) -> int:
+        """Most requests started within one whole second (0 when none)."""
+        return max(self.per_second().values(), default=0)
+
+    def mean_in_flight(self, t0: float | None = None, t1: float | None = None) -> float:
+        """Mean requests in flight over ``[t0, t1]`` (default: from the first arrival to the last end)."""
+        with self._lock:
+            spans = list(self.spans)
+        if not spans:
+            return 0.0
+        t0 = min(a for a, _ in spans) if t0 is None else t0
+        t1 = max(b for _, b in spans) if t1 is None else t1
+        if t1 <= t0:
+            return 0.0
+        busy = sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in spans)
+        return busy / (t1 - t0)
+
+
 def _static_json(name: str):
     return json.loads(importlib.resources.files("ee").joinpath("tests", name).read_text())
 
@@ -187,6 +241,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/image:computePixels"):
             emu.stats.add(compute_pixels=1)
             handler, endpoint = self._compute_pixels, "computePixels"
+            with emu.traffic.request():
+                with emu._in_flight():
+                    if self._refuse_auth(path) or self._inject_fault(endpoint):
+                        return
+                    try:
+                        handler(body)
+                    except EvalError as e:
+                        emu.stats.add(bad_request=1)
+                        self._error(400, str(e))
+                return
         elif path.endswith("/value:compute"):
             emu.stats.add(value_compute=1)
             handler, endpoint = self._value_compute, "value:compute"
@@ -335,6 +399,7 @@ class GEEEmulator:
         self.work_limit_status = work_limit_status
         self.bounds_log: collections.deque[tuple] = collections.deque(maxlen=1000)
         self.stats = EmulatorStats()
+        self.traffic = Traffic()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._forced: collections.deque[tuple[str, str]] = collections.deque()  # (kind, endpoint)

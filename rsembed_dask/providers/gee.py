@@ -69,6 +69,9 @@ _TOO_MUCH_WORK = ("computation timed out", "user memory limit exceeded", "memory
 #: (session, collection, bands) already checked by :meth:`GEEProvider.preflight` in this process.
 _CHECKED: set[tuple] = set()
 _CHECKED_LOCK = threading.Lock()
+#: Per process: (session, max_concurrency) -> the semaphore bounding its concurrent requests.
+_SLOTS: dict[tuple, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
 
 
 def check_request_size(grid: PixelGrid, n_bands: int) -> int:
@@ -107,7 +110,9 @@ class GEEProvider:
     high_volume : bool
         Use ``earthengine-highvolume.googleapis.com`` (many small requests).
     max_concurrency : int
-        Concurrent requests from one process (the cluster-wide bound is separate).
+        Concurrent requests from one process, all tasks together (the cluster-wide bound is
+        separate): one semaphore per process and configuration, shared by every copy of the
+        provider unpickled there, and the process's connection pool holds as many connections.
     retry : RetryPolicy
         Backoff for 429/5xx, dropped connections and malformed answers.
     timeout_s : float
@@ -120,6 +125,10 @@ class GEEProvider:
     limiter : context manager, optional
         Held around every request, e.g. a ``distributed.Semaphore`` shared by the
         whole cluster (the campaign pipeline sets one: Earth Engine's quota is per project).
+    rate_limiter : context manager, optional
+        Entered (after ``limiter``) before every request is sent: waits for a slot of a
+        requests-per-second bound, e.g. a cluster-wide
+        :class:`~rsembed_dask.cluster.local.ClusterRateLimit`.
     """
 
     api_url: str | None = None
@@ -132,6 +141,7 @@ class GEEProvider:
     connect_timeout_s: float = 20.0
     startup_timeout_s: float = 20.0
     limiter: Any = field(default=None, repr=False)
+    rate_limiter: Any = field(default=None, repr=False)
     stats: RequestStats = field(default_factory=RequestStats, repr=False)
 
     def __post_init__(self):
@@ -144,7 +154,13 @@ class GEEProvider:
         self._local_state()
 
     def _local_state(self):
-        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        # One per process and configuration: every task's copy of the provider shares it.
+        key = (self.session, self.max_concurrency)
+        with _SLOTS_LOCK:
+            slots = _SLOTS.get(key)
+            if slots is None:
+                slots = _SLOTS[key] = threading.BoundedSemaphore(self.max_concurrency)
+        self._slots = slots
         self._rng = random.Random()
 
     def __getstate__(self):
@@ -288,7 +304,8 @@ class GEEProvider:
         attempt = 0
         while True:
             retry_after = None
-            with self._slots, (self.limiter or contextlib.nullcontext()):
+            with self._slots, (self.limiter or contextlib.nullcontext()), \
+                    (self.rate_limiter or contextlib.nullcontext()):
                 stats.add(sent=1)
                 try:
                     return decode(call())

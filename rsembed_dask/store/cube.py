@@ -38,6 +38,7 @@ from .layout import (
     vouched_arrays,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
+    statuses_to_run,
 )
 from .open import (
     DECODE_ERRORS, array_of, check_writable, chunk_keys, damage_hint, nearest_sample, open_cube, probe_store,
@@ -683,7 +684,7 @@ class Cube:
 
     def write_unit(self, start: int, stop: int, scale_index: int, *, embedding: Any, status: Any,
                    input_res_m: Any, valid_fraction: Any, error: Sequence[str | None],
-                   grid: Any | None = None) -> None:
+                   grid: Any | None = None, retry_no_data: bool = False) -> None:
         """Write one unit: samples ``[start, stop)`` at one scale, status last.
 
         Parameters
@@ -702,6 +703,11 @@ class Cube:
             Short reasons (``""`` or None when none); truncated to 200 characters.
         grid : array ``[n, D, gy, gx]``, optional
             Token grids (grid-mode cubes only).
+        retry_no_data : bool
+            A cell stored :data:`NO_DATA` and written :data:`OK` takes the new data (a re-run
+            that found imagery); such cells are first set :data:`PENDING` (one status write),
+            so a crash mid-write leaves them to re-run, never ``no_data`` over a vector.
+            ``ok`` cells, and ``no_data`` cells written anything but ``ok``, keep what is stored.
 
         Notes
         -----
@@ -742,6 +748,8 @@ class Cube:
                             "error": np.where(empty_ok, "stored ok without its vectors: run it again",
                                               data["error"]).astype(object)}
                 keep = self._kept(stored, data["status"])
+                if retry_no_data:  # a no_data cell takes an ok result (its data is written before its status)
+                    keep &= ~((stored["status"] == NO_DATA) & (data["status"] == OK))
                 if keep.all():
                     logger.debug("unit %d:%d scale %d: every cell already decided; nothing written",
                                  start, stop, si)
@@ -904,14 +912,15 @@ class Cube:
                                    f"({type(exc).__name__}: {exc}); " + damage_hint(self.path)) from exc
 
     def incomplete_units(self, units: Iterable[Any], *, retry_failed: bool = False,
-                         status: np.ndarray | None = None) -> list[Any]:
+                         retry_no_data: bool = False, status: np.ndarray | None = None) -> list[Any]:
         """The units (objects with ``.start`` and ``.scale_index``) still to run.
 
         A unit is incomplete when any of its cells is :data:`PENDING`, or, with
-        ``retry_failed=True``, :data:`FAILED`. ``status``: the status array if already read.
+        ``retry_failed=True``, :data:`FAILED`, or, with ``retry_no_data=True``, :data:`NO_DATA`.
+        ``status``: the status array if already read.
         """
         status = self.status_array() if status is None else status
-        todo = (PENDING, FAILED) if retry_failed else (PENDING,)
+        todo = statuses_to_run(retry_failed=retry_failed, retry_no_data=retry_no_data)
         out = []
         for u in units:
             stop = self.unit_stop(u.start)

@@ -22,14 +22,14 @@ import zarr
 
 from .cube import Cube
 from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR,
-                     ROW_TOP_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
+                     ROW_TOP_ATTR, RUNS_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
                      VERSIONS_ATTR, scale_name)
 from .lock import read_lock
 from .location import StoreLocation
 from .open import array_of, attr_text, group_of, is_tiling_store, open_cube
 from ..sampling.tiling import TileLattice
 
-__all__ = ["store_info", "format_store_info", "format_problems", "campaign_attributes", "writer_of",
+__all__ = ["store_info", "format_store_info", "format_problems", "format_runs", "campaign_attributes", "writer_of",
            "tiling_info", "format_tiling_info"]
 
 #: The campaign attributes a run writes on a cube (JSON), as :func:`campaign_attributes` returns them.
@@ -114,7 +114,7 @@ def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mappin
                 "status": {k: v for k, v in counts.items() if k != "unreadable" or v},
                 "spec": json.loads(cube.spec.to_json()), "spec_hash": attrs.get(SPEC_HASH_ATTR),
                 "versions": attrs.get(VERSIONS_ATTR), "request_account": attrs.get(REQUEST_ACCOUNT_ATTR),
-                "last_run": campaign[LAST_RUN_ATTR] or None,
+                "last_run": campaign[LAST_RUN_ATTR] or None, "runs": _runs(attrs),
                 "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in ds.variables.items()}}
     info["writer"] = writer_of(path)
@@ -133,12 +133,48 @@ def format_store_info(info: Mapping[str, Any]) -> str:
              "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":")),
              f"versions: {info['versions']}",
              f"request account: {info['request_account']}"]
+    lines += format_runs(info)
     if info.get("writer"):
         stale = str(info["writer"]).startswith("stale lock")
         lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")
     if "problems" in info:
         lines.append(format_problems(info["problems"]))
     return "\n".join(lines)
+
+
+#: Runs listed by ``inspect`` (the last ones; ``runs`` keeps them all).
+RUNS_SHOWN = 5
+
+
+def _runs(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    runs = attrs.get(RUNS_ATTR)
+    if isinstance(runs, str):
+        runs = json.loads(runs)
+    return [dict(r) for r in runs] if isinstance(runs, list) else []
+
+
+def format_runs(info: Mapping[str, Any], last: int = RUNS_SHOWN) -> list[str]:
+    """Lines on the runs of a store: how many, the last ``last`` of them, and the last run's GPU workers."""
+    runs = info.get("runs") or []
+    lines = []
+    if runs:
+        lines.append(f"runs: {len(runs)}" + (f" (the last {last}:)" if len(runs) > last else ":"))
+        for r in runs[-last:]:
+            req = r.get("requests") or {}
+            lines.append(f"  {r.get('start')} .. {r.get('end')}: {r.get('ended')}; units {r.get('units_done', 0)}/"
+                         f"{r.get('units_run', 0)} ({r.get('units_failed', 0)} failed, {r.get('units_rerun', 0)} "
+                         f"re-run), {r.get('samples_embedded', 0)} embeddings, {req.get('sent', 0)} requests sent, "
+                         f"{len(r.get('workers') or [])} GPU worker(s)"
+                         + (f", quarantined: {', '.join(r['quarantined'])}" if r.get("quarantined") else ""))
+    workers = (info.get("last_run") or {}).get("workers") or []
+    if workers:
+        lines.append("last run's GPU workers:")
+        for w in workers:
+            load = f"{w['load_s']:.1f} s" if isinstance(w.get("load_s"), (int, float)) else "-"
+            lines.append(f"  {w.get('name')} ({w.get('address')}): {w.get('units', 0)} units, "
+                         f"{w.get('embeddings', 0)} embeddings, model loaded in {load}, {w.get('state')}"
+                         + (f" ({w['error']})" if w.get("error") else ""))
+    return lines
 
 
 def format_problems(problems: list[str]) -> str:
@@ -214,7 +250,7 @@ def tiling_info(path: str | os.PathLike | StoreLocation) -> dict[str, Any]:
             "raster_synced": bool(attrs.get(SYNCED_ATTR, False)),
             "spec": json.loads(attr_text(attrs, SPEC_ATTR)), "status": totals,
             "request_account": first_attrs.get(REQUEST_ACCOUNT_ATTR), "last_run": first_attrs.get(LAST_RUN_ATTR),
-            "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale}
+            "runs": _runs(first_attrs), "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale}
 
 
 def format_tiling_info(info: Mapping[str, Any]) -> str:
@@ -248,6 +284,7 @@ def format_tiling_info(info: Mapping[str, Any]) -> str:
     lines.append("spec: " + json.dumps(info["spec"], sort_keys=True))
     lines.append(f"versions: {info['versions']}")
     lines.append(f"request account: {info['request_account']}")
+    lines += format_runs(info)
     if info.get("writer"):
         stale = str(info["writer"]).startswith("stale lock")
         lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")

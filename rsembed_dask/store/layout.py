@@ -49,6 +49,7 @@ from .quantize import QUANTISED, geoemb_quantization, is_quantised_dtype, scale_
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "statuses_to_run",
     "PENDING",
     "OK",
     "NO_DATA",
@@ -76,6 +77,7 @@ __all__ = [
     "VERSIONS_ATTR",
     "REQUEST_ACCOUNT_ATTR",
     "LAST_RUN_ATTR",
+    "RUNS_ATTR",
     "SKIPPED_ATTR",
     "TILING_IDENTITY_ATTR",
     "AOI_ATTR",
@@ -133,6 +135,9 @@ VERSIONS_ATTR = "versions"
 #: run's report (of the last run that had work), and the rows skipped as invalid.
 REQUEST_ACCOUNT_ATTR = "request_account"
 LAST_RUN_ATTR = "last_run"
+#: One record per run over the cube's life (start, end, how it ended, counts, workers);
+#: ``request_account`` is the sum of their requests.
+RUNS_ATTR = "runs"
 SKIPPED_ATTR = "skipped_rows"
 #: Root attributes of a tiling store: what must match to resume, the AOI (WKB hex), and
 #: whether the zone grids reflect the sample cubes.
@@ -177,6 +182,15 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -
     if (cells != PENDING).any():
         out.append("valid_fraction")
     return tuple(out)
+
+
+def statuses_to_run(*, retry_failed: bool = False, retry_no_data: bool = False) -> tuple[int, ...]:
+    """The status codes a run takes as work: pending, and failed / no_data when asked.
+
+    >>> statuses_to_run(retry_failed=True)
+    (0, 3)
+    """
+    return (PENDING,) + ((FAILED,) if retry_failed else ()) + ((NO_DATA,) if retry_no_data else ())
 
 
 def count_statuses(status: Any) -> np.ndarray:

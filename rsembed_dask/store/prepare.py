@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from .cube import Cube
-from .layout import FAILED, PENDING, read_segments, segment_rows
+from .layout import read_segments, segment_rows, statuses_to_run
 from .location import StoreLocation
 from .open import DECODE_ERRORS, array_meta_problem, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .repair import repair_sample_cube, reset_damaged_units
@@ -88,13 +88,14 @@ def _read_status(loc: StoreLocation) -> np.ndarray:
 
 
 def work_left(path: str | os.PathLike | StoreLocation, *, tiling: bool = False,
-              retry_failed: bool = False) -> WorkLeft | None:
+              retry_failed: bool = False, retry_no_data: bool = False) -> WorkLeft | None:
     """Read-only: what is left to do in the store at ``path``.
 
     Returns
     -------
     WorkLeft or None
-        None for a finished store (nothing pending; nor failed with ``retry_failed``) or
+        None for a finished store (nothing pending; nor failed with ``retry_failed``, nor
+        no_data with ``retry_no_data``) or
         one that a run refuses (a foreign store: planning says why).
     """
     loc = StoreLocation.parse(path)
@@ -126,7 +127,7 @@ def work_left(path: str | os.PathLike | StoreLocation, *, tiling: bool = False,
         statuses[cube.url] = status
         rows = segment_rows(read_segments(attrs["attributes"], status.shape[0], 1))
         cells = status[rows] if len(rows) != status.shape[0] else status
-        left += int(np.isin(cells, (PENDING, FAILED) if retry_failed else (PENDING,)).sum())
+        left += int(np.isin(cells, statuses_to_run(retry_failed=retry_failed, retry_no_data=retry_no_data)).sum())
         total += cells.size
     return WorkLeft(left / total, 0, statuses) if left else WorkLeft(0.0, 0, statuses)
 
@@ -157,15 +158,17 @@ class CubeForRun:
     changes: SampleChanges
     reset: int = 0
 
-    def todo(self, *, retry_failed: bool = False) -> list[WorkUnit]:
-        """The units with a pending cell (or a failed one, with ``retry_failed``)."""
-        return self.cube.incomplete_units(self.units, retry_failed=retry_failed, status=self.status)
+    def todo(self, *, retry_failed: bool = False, retry_no_data: bool = False) -> list[WorkUnit]:
+        """The units with a pending cell (or a failed one with ``retry_failed``, a no_data one with
+        ``retry_no_data``)."""
+        return self.cube.incomplete_units(self.units, retry_failed=retry_failed, retry_no_data=retry_no_data,
+                                          status=self.status)
 
 
 def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
                  grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None = None,
                  update: bool = False, append: bool = False, repair: bool = False, retry_failed: bool = False,
-                 checks: Checks | None = None) -> CubeForRun:
+                 retry_no_data: bool = False, checks: Checks | None = None) -> CubeForRun:
     """Open or create the sample cube of a run, as the options say, and say what is left to do.
 
     Parameters
@@ -180,8 +183,8 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
         Re-embed moved samples; add new ids (:meth:`Cube.create_or_open`).
     repair : bool
         Restore damaged metadata and coordinates, read every chunk and reset damaged units.
-    retry_failed : bool
-        Failed cells count as work left.
+    retry_failed, retry_no_data : bool
+        Failed (no_data) cells count as work left.
     checks : callable, optional
         ``checks(location, fraction, reclaim)``: run before anything is written (see the module doc).
 
@@ -205,7 +208,7 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
 
     # 1. look (read-only)
     try:
-        left = work_left(loc, retry_failed=retry_failed)
+        left = work_left(loc, retry_failed=retry_failed, retry_no_data=retry_no_data)
     except CubeDamagedError:
         if not repair:
             raise
