@@ -193,7 +193,8 @@ def _add_run(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip (and record) invalid rows instead of refusing (not with --tile)")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
+                   help="samples per work unit and cube chunk (default: an existing cube's own, else 512; "
+                        "with --tile 8 blocks of 8x8 tiles)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: 8 on a CPU, fitted to free memory on a GPU, at most 256)")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
@@ -359,7 +360,7 @@ def _add_plan(sub) -> None:
     add_aoi_positional(p, "aoi", "AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help=f"tile side in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
-    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 512: eight 8x8 blocks)")
     p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small (for D)")
     p.add_argument("--embed-dim", type=int, default=None,

@@ -307,7 +307,7 @@ class Cube:
                     for d in defs:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
-                                           attributes=d.attrs)
+                                           attributes=d.attrs, compressors=d.compressors)
                     array_of(group, "scale")[...] = np.asarray(self.scales, dtype="float64")
                     array_of(group, "feature")[...] = np.arange(self.embed_dim, dtype="int64")
                 stop = start + inputs["sample"].shape[0]

@@ -29,7 +29,7 @@ __all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "u
            "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
            "is_tiling_store", "array_of", "group_of", "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
-           "damage_hint", "DECODE_ERRORS"]
+           "damage_hint", "DECODE_ERRORS", "stored_chunk_size"]
 
 #: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
 #: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).
@@ -550,3 +550,17 @@ def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:
     dist = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
     found = ds["sample"].values[int(np.argmin(dist))]
     return found.item() if isinstance(found, np.generic) else found
+
+
+def stored_chunk_size(path: str | os.PathLike) -> int | None:
+    """Samples per chunk (= per unit) of the cube at ``path``, from its ``status`` array's metadata;
+    None where no cube (or no readable ``status`` metadata) is there.
+
+    Read from the array rather than the group attributes, so a cube whose root ``zarr.json``
+    is damaged still resumes (and is repaired) with the chunk size it was created with.
+    """
+    meta, _ = array_meta_problem(os.fspath(path), "status")
+    try:
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]) if meta is not None else None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None

@@ -36,8 +36,9 @@ from zarr.core.sync import sync
 
 from .cube import Cube
 from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
-                     coord_defs, normalise_identity, scale_name, spec_differences)
-from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
+                     coord_defs, has_checksums, normalise_identity, scale_name, spec_differences)
+from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys,
+                   cube_array_names, is_tiling_store,
                    probe_store, unfinished_store)
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
@@ -96,8 +97,10 @@ def repair_layout(path: str, *, spec: CampaignSpec, n_samples: int, embed_dim: i
     if spec_differences(stored, normalise_identity(spec.identity())):
         return []
     first = next(iter(source()))
-    defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"])
-    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
+    checksum = _checksummed(path, cube_array_names(meta["attributes"]))
+    defs = coord_defs(n_samples, len(spec.scales), embed_dim, first["id_dtype"], checksum)
+    defs += array_defs(n_samples, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype,
+                       checksum)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
         if have is not None and tuple(have["shape"]) != tuple(d.shape):
@@ -171,8 +174,9 @@ def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
         info = model_info(spec.model)
         grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
         n = len(table)
-        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape,
-                                                                  spec.output.dtype)
+        checksum = _checksummed(cube_path, cube_array_names(meta["attributes"]))
+        defs = coord_defs(n, 1, info.embed_dim, str, checksum) + array_defs(
+            n, 1, spec.chunk_size, info.embed_dim, grid_shape, spec.output.dtype, checksum)
         if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
                for d in defs):
             continue  # another layout: opening the store says so
@@ -183,12 +187,22 @@ def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
     return done
 
 
+def _checksummed(path: str, names: Sequence[str]) -> bool:
+    """Whether the cube's arrays carry CRC-32C checksums, from the metadata of those still readable
+    (a cube created before checksums keeps its codecs when an array's metadata is restored)."""
+    for name in names:
+        meta, _ = array_meta_problem(path, name)
+        if meta is not None:
+            return has_checksums(meta)
+    return True
+
+
 def _metadata_bytes(d: ArrayDef) -> bytes:
     """The ``zarr.json`` that :meth:`Cube._create` writes for ``d`` (created in a scratch store)."""
     with tempfile.TemporaryDirectory(prefix="rsembed-meta-") as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks, fill_value=d.fill_value,
-                           dimension_names=d.dims, attributes=d.attrs)
+                           dimension_names=d.dims, attributes=d.attrs, compressors=d.compressors)
         with open(os.path.join(tmp, d.name, "zarr.json"), "rb") as fh:
             return fh.read()
 
