@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import SpecError
 from ..geo.grid import xy_to_lonlat
 from .footprints import DENSIFY_M, split_antimeridian
-from .geoparquet import OkCells, StorePart, export_geoparquet, store_parts
+from .geoparquet import OkCells, StorePart, export_geoparquet, output_error, store_parts
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
 from .metadata import describe_embeddings, stac_quantization
 from .open import array_of, attr_text, is_tiling_store
@@ -103,11 +103,15 @@ def _box_geometry(b: list[float]) -> dict[str, Any]:
 
 
 def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
-    """Bounds of the ok cells' footprints of ``part`` and their number (embeddings not read)."""
+    """Bounds of the ok cells' footprints of ``part`` and their number.
+
+    The embeddings are read too (and dropped): a catalogue is not published over chunks that
+    do not decode (their checksum fails), which stops with the damage named instead.
+    """
     import shapely
 
     bounds, n = None, 0
-    for block in OkCells(part, embeddings=False):
+    for block in OkCells(part, embeddings=True):
         b = shapely.bounds(block["geometry"])
         lo, hi = b[:, :2].min(axis=0), b[:, 2:].max(axis=0)
         bounds = [*lo, *hi] if bounds is None else [min(bounds[0], lo[0]), min(bounds[1], lo[1]),
@@ -203,7 +207,12 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                                           **{k: str(v) for k, v in emb["versions"].items()}}}
     if emb["quantization"] is not None:
         properties["emb:quantization"] = stac_quantization(emb["quantization"])
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(13, "Permission denied", os.fspath(out_dir))
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
 
     items: list = []
     for part in parts:
@@ -281,7 +290,10 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     collection.add_items(items)
     collection.normalize_hrefs(out_dir)
     collection.make_all_asset_hrefs_relative()
-    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    try:
+        collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
     log.info("stac: wrote collection %s with %d item(s) to %s", cid, len(items), out_dir)
     return collection
 
