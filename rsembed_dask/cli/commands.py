@@ -311,12 +311,15 @@ def _cmd_run(args) -> int:
             source, args.out, temporal=TemporalSpec.range(args.start, args.end),
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
-            gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run, **samples)
+            gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run,
+            cluster_options=_local_cluster_options(args), **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:
         if w not in no_imagery:  # give back what was not ours to catch
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"open it with: rsembed_dask.open_cube({str(args.out)!r})")
+    if not args.repair:
+        print(UNCHECKED_NOTE.format(out=shlex.quote(str(args.out))))
     if args.stac_dir is not None:
         print(f"STAC catalogue: {os.path.join(args.stac_dir, 'collection.json')}")
     if args.tile:
@@ -328,6 +331,24 @@ def _cmd_run(args) -> int:
     if no_imagery:
         return 1
     return 0 if _unfinished_cells(result) == 0 else 1
+
+
+#: What a plain ``run`` did not check, printed after its summary (``--repair`` reads every chunk).
+UNCHECKED_NOTE = ("checked: the status of every unit; not read: the "
+                  "data chunks of finished units (a damaged one fails its checksum when read); "
+                  "`rsembed-dask inspect --verify {out}` reads them all")
+
+
+def _local_cluster_options(args) -> dict | None:
+    """Options of the local cluster ``run`` starts (none given with ``--scheduler`` or ``--cluster``).
+
+    Without ``-v`` its workers and nanny log only CRITICAL records: a task that fails (a
+    unit that hits a full disk, a lost worker) is the campaign's to report, in one line,
+    not the workers' in tracebacks; ``-v`` shows their warnings and errors again.
+    """
+    if args.scheduler or args.cluster or args.verbose:
+        return None
+    return {"silence_logs": logging.CRITICAL}
 
 
 def _run_gee_options(args) -> dict:
@@ -492,6 +513,8 @@ def _configure_logging(verbose: int) -> None:
         logger = logging.getLogger(name)
         if logger.handlers and logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
+    if verbose == 0:  # "Worker process still alive after 4.0 seconds, killing": teardown, not news
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
 class _Signals:

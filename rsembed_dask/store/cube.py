@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from .open import (
     unfinished_store,
 )
 from .geoemb import geoemb_attrs
+from .rootcopy import write_root_copy
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from ..specs import CampaignSpec
@@ -320,7 +322,7 @@ class Cube:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
             # The marker goes last, replacing the creating attribute in one write: a store
             # interrupted before this is recreated by the next run, never resumed.
-            group.attrs.put({
+            root = {
                 **geoemb_attrs(self.spec, self.embed_dim, versions=versions),
                 SPEC_ATTR: self.spec.to_json(),
                 SPEC_IDENTITY_ATTR: json.dumps(self.spec.identity(), sort_keys=True),
@@ -329,7 +331,9 @@ class Cube:
                 CREATED_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 SEGMENTS_ATTR: [[0, n]],
                 MARKER_ATTR: CUBE_VERSION,
-            })
+            }
+            write_root_copy(self.path, root)  # before the marker: a marked cube always has its copy
+            group.attrs.put(root)
         except OSError as exc:
             raise CubeError(f"cannot create cube at {self.path!r}: {exc}; no unit ran in it, so running the "
                             "campaign again recreates it") from exc
@@ -518,6 +522,7 @@ class Cube:
             for name in ("sample", *_SAMPLE_COORDS):
                 self._array(name)[start:stop] = given[name][order]
             group.attrs[SEGMENTS_ATTR] = segments + [[start, stop]]  # the commit
+            write_root_copy(self.path, group.attrs.asdict())
         except OSError as exc:
             raise CubeError(f"cannot append samples to {self.path!r}: {exc}") from exc
         self.n_rows = stop
@@ -670,8 +675,10 @@ class Cube:
             # Status last: it vouches for the data written above.
             self._array("status")[start:stop, si] = data["status"]
         except OSError as exc:
-            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
-                            f"to {self.path!r}: {exc}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) to {self.path!r}: {exc}"
+                            + ("; free space (or raise the quota) and run the same command again: finished "
+                               "units are kept and only the others run" if full else "")) from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
 
     def _scale_arrays(self) -> tuple[str, ...]:

@@ -2,6 +2,9 @@
 
 In the order a run meets them:
 
+0. :func:`~rsembed_dask.store.rootcopy.rebuild_root`: a lost or broken root ``zarr.json``
+   over intact arrays is written again, from the copy of its attributes the cube keeps
+   (``rsembed_dask_root.json``), or for older cubes from the campaign given.
 1. :func:`repair_sample_cube` (from ``run_campaign``, before ``Cube.create_or_open`` reads
    the cube), through :func:`repair_layout`: array metadata that cannot be read is written
    again from the cube's layout (the chunks stay and are checked next), and damaged
@@ -40,6 +43,7 @@ from .layout import (PENDING, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATT
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys,
                    cube_array_names, is_tiling_store,
                    probe_store, unfinished_store)
+from .rootcopy import rebuild_root
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
@@ -131,8 +135,9 @@ def repair_sample_cube(path: str, table: Any, *, spec: CampaignSpec, embed_dim: 
     """
     path = os.path.abspath(os.fspath(path))
     check_writable(path)
-    return repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
-                         grid_shape=grid_shape, source=_table_source(table))
+    done = rebuild_root(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim))
+    return done + repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
+                                grid_shape=grid_shape, source=_table_source(table))
 
 
 def repair_tiling_layout(path: str, tiling: Tiling) -> list[str]:
