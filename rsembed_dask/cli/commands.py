@@ -549,6 +549,13 @@ def _interrupted(args, argv: Sequence[str], signum: int) -> str:
     return line
 
 
+def in_cli_words(message: str) -> str:
+    """``message`` with the Python keywords it names as a way out replaced by this CLI's flags."""
+    from ..sampling.samples import SKIP_INVALID
+
+    return message.replace(SKIP_INVALID, "--skip-invalid")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -568,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
             return EXIT_LOCKED
         except RsEmbedError as exc:
-            print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
+            print(f"rsembed-dask {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             signum = signals.received or signal.SIGINT

@@ -191,6 +191,7 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     if not os.path.isfile(meta_path):
         if not os.listdir(path):
             return None
+        _refuse_lost_root(path, "its root zarr.json is missing (no zarr.json)")
         raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
                         "(no zarr.json); choose another path or remove it")
     try:
@@ -199,6 +200,7 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         if unfinished_store(path) is not None:
             raise CubeError(_unfinished_message(path, f"cannot read zarr.json ({exc})")) from exc
+        _refuse_lost_root(path, f"cannot read zarr.json ({exc})")
         raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
                                "metadata (which holds the campaign spec) is damaged and no run can repair it: "
                                "restore it from a copy") from exc
@@ -207,6 +209,7 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         why = unfinished_store(path)
         if why is not None:
             raise CubeError(_unfinished_message(path, why))
+        _refuse_lost_root(path, "its root zarr.json holds no rsembed_dask cube attributes")
         raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
                         f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
     if attrs[MARKER_ATTR] != CUBE_VERSION:
@@ -229,6 +232,14 @@ def probe_store(path: str, *, arrays: bool = True) -> dict[str, Any] | None:
         if found:
             raise CubeDamagedError(f"cube {path!r} is damaged: " + "; ".join(found) + "; " + damage_hint(path))
     return meta
+
+
+def _refuse_lost_root(path: str, why: str) -> None:
+    """Raise CubeDamagedError when ``path`` holds a cube's arrays under a root that cannot serve:
+    ``--repair`` rebuilds such a root (:mod:`rsembed_dask.store.rootcopy`)."""
+    if os.path.isfile(os.path.join(path, "status", "zarr.json")):
+        raise CubeDamagedError(f"cube {path!r} is damaged: {why}, but its arrays are there; running the campaign "
+                               "that wrote it again with --repair (run_campaign(..., repair=True)) rebuilds it")
 
 
 def _unfinished_message(path: str, why: str) -> str:
