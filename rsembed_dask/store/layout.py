@@ -163,10 +163,12 @@ _COORD_CHUNK = 262_144
 #: Name (in ``zarr.json``'s codec list) of the checksum codec that closes every new array's
 #: codec chain: CRC-32C of the encoded chunk, checked on every read.
 CHECKSUM_CODEC = "crc32c"
-#: Store key (beside the root ``zarr.json``) of a copy of the root attributes that identify
-#: the cube (spec, identity, hash, versions, creation time, segments, marker): ``--repair``
-#: rebuilds a lost or broken root ``zarr.json`` from it when the arrays are intact.
-ROOT_COPY_KEY = "rsembed_dask_root.json"
+#: Attribute of the ``scale`` coordinate array holding a copy (JSON text) of the root attributes
+#: that identify the cube (spec, identity, hash, versions, creation time, segments, marker):
+#: ``--repair`` rebuilds a lost or broken root ``zarr.json`` from it when the arrays are intact.
+#: (An array's attributes rather than an object of its own: Zarr warns about every object in a
+#: group that is not a node, whenever the group's members are listed.)
+ROOT_COPY_KEY = "rsembed_dask_root_copy"
 #: The root attributes kept in :data:`ROOT_COPY_KEY` (the others are a run's reports).
 ROOT_COPY_ATTRS = ("campaign_spec", "spec_identity", "spec_hash", "versions", "created",
                    "sample_segments", "rsembed_dask_cube_version")

@@ -21,7 +21,8 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 
-from .layout import CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
+from .layout import (CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_KEY, SPEC_ATTR, TILING_MARKER, read_segments,
+                     segment_rows)
 from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
 
@@ -490,6 +491,7 @@ def open_cube(path: str | os.PathLike, *, dequantize: bool = True, **kwargs: Any
     except DECODE_ERRORS as exc:
         raise CubeDamagedError(f"cube {path!r} cannot be opened ({type(exc).__name__}: {exc}): a chunk of its "
                                "coordinates is probably damaged; " + damage_hint(path)) from exc
+    ds["scale"].attrs.pop(ROOT_COPY_KEY, None)  # the copy of the root attributes: ds.attrs has them
     segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
     if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
         ds = ds.isel(sample=segment_rows(segments))

@@ -4,10 +4,10 @@ The root ``zarr.json`` of a cube holds what makes it a cube: the campaign spec, 
 identity and hash, the versions, the creation time, the sample segments and the
 marker. Losing it (a deleted or overwritten file, a bucket object gone) leaves intact
 arrays that nothing can resume. So :meth:`Cube._create <rsembed_dask.store.cube.Cube>`
-also writes those attributes to a second object, :data:`~.layout.ROOT_COPY_KEY`
-(``rsembed_dask_root.json`` beside the root ``zarr.json``; Zarr ignores it), updated
-when samples are appended; ``--repair`` (:func:`rebuild_root`) writes the root
-``zarr.json`` again from it.
+also writes those attributes into a second object: the attribute
+:data:`~.layout.ROOT_COPY_KEY` of the ``scale`` coordinate array (its ``zarr.json``,
+written once and again only when samples are appended); ``--repair``
+(:func:`rebuild_root`) writes the root ``zarr.json`` again from it.
 
 A cube created before the copy existed is rebuilt from the campaign the repairing run
 is given (its spec, model and samples), once the arrays are checked to agree with it:
@@ -53,20 +53,18 @@ def _store(path: str) -> Any:
 def write_root_copy(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
     """Write the identifying root attributes (:data:`~.layout.ROOT_COPY_ATTRS`) of ``attrs`` to the copy."""
     keep = {k: attrs[k] for k in ROOT_COPY_ATTRS if k in attrs}
-    data = json.dumps(keep, sort_keys=True, indent=1).encode()
-    sync(_store(os.fspath(path)).set(ROOT_COPY_KEY, default_buffer_prototype().buffer.from_bytes(data)))
+    scale = zarr.open_array(_store(os.fspath(path)), path="scale", mode="r+", zarr_format=3)
+    scale.attrs[ROOT_COPY_KEY] = json.dumps(keep, sort_keys=True)
 
 
 def read_root_copy(path: str | os.PathLike) -> dict[str, Any] | None:
     """The copy of the root attributes of the cube at ``path``; None where absent or unreadable."""
-    try:
-        buf = sync(_store(os.fspath(path)).get(ROOT_COPY_KEY, prototype=default_buffer_prototype()))
-    except OSError:
-        return None
-    if buf is None:
+    meta, _ = array_meta_problem(os.fspath(path), "scale")
+    text = (meta.get("attributes") or {}).get(ROOT_COPY_KEY) if meta is not None else None
+    if not isinstance(text, str):
         return None
     try:
-        out = json.loads(buf.to_bytes())
+        out = json.loads(text)
     except ValueError:
         return None
     return out if isinstance(out, dict) and SPEC_ATTR in out else None
@@ -133,12 +131,12 @@ def rebuild_root(path: str | os.PathLike, *, spec: CampaignSpec, n_samples: int,
         stored = json.loads(copy[SPEC_IDENTITY_ATTR])
         diffs = spec_differences(stored, normalise_identity(spec.identity()))
         if diffs:
-            raise CubeDamagedError(f"cube {path!r}: {why}, and its copy ({ROOT_COPY_KEY}) holds another campaign "
+            raise CubeDamagedError(f"cube {path!r}: {why}, and its copy (scale/zarr.json) holds another campaign "
                                    f"than the one given ({'; '.join(diffs)}); repair it with the campaign that "
                                    "wrote it")
         stored_spec = CampaignSpec.from_json(copy[SPEC_ATTR])
         attrs = {**geoemb_attrs(stored_spec, embed_dim, versions=copy.get(VERSIONS_ATTR) or {}), **copy}
-        source = f"its copy {ROOT_COPY_KEY}"
+        source = f"its copy (attribute {ROOT_COPY_KEY} of scale/zarr.json)"
     else:
         spec = _check_arrays(path, status, spec, n_samples, embed_dim, why)
         versions = {"rsembed_dask": "unknown (root rebuilt by --repair)"}
