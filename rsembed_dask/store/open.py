@@ -376,6 +376,8 @@ def is_tiling_store(path: str | os.PathLike) -> bool:
         with open(meta_path, encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, ValueError) as exc:
+        if os.path.isfile(os.path.join(os.fspath(path), "status", "zarr.json")):
+            return False  # a sample cube's arrays under a broken root (probe_store says so; --repair rebuilds it)
         raise CubeError(f"cube path {os.fspath(path)!r}: cannot read zarr.json ({exc})") from exc
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 
