@@ -43,8 +43,17 @@ def _geometries(wkb: Sequence[Any]) -> np.ndarray:
     """Stored geometries (WKB bytes or hex, as the cube's ``geometry`` coordinate holds them)."""
     import shapely
 
-    values = np.asarray([w if isinstance(w, (bytes, bytearray)) else str(w) for w in wkb], dtype=object)
+    # Hex decoded here: GEOS parses hex WKB about 3x slower than bytes.fromhex and binary WKB.
+    values = np.asarray([w if isinstance(w, (bytes, bytearray)) else _unhex(str(w)) for w in wkb], dtype=object)
     return np.asarray(shapely.from_wkb(values), dtype=object)
+
+
+def _unhex(text: str) -> bytes | str:
+    """Hex WKB as bytes (text that is not hex is left to shapely, which says what is wrong with it)."""
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text
 
 
 def stored_footprints(ids: Sequence[Any], wkb: Sequence[Any], *, scale_m: float, image_size: int,
