@@ -14,6 +14,7 @@ from .errors import (
     CubeError,
     ModelError,
     NoImageryError,
+    OutputError,
     PermanentProviderError,
     ProviderError,
     QuotaError,
@@ -44,6 +45,6 @@ __all__ = [
     # errors
     "RsEmbedError", "SpecError", "ConfigurationError", "ProviderError", "NoImageryError",
     "TransientProviderError", "QuotaError", "PermanentProviderError", "ModelError", "CubeError",
-    "SpecMismatchError", "CubeDamagedError", "StoreLockedError",
+    "SpecMismatchError", "CubeDamagedError", "StoreLockedError", "OutputError",
     "__version__",
 ]

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import zarr
@@ -160,10 +159,3 @@ def named_damage(path: str | os.PathLike, *, scale_index: int | None = None, row
             raise
         raise named from exc
 
-
-def read_named(path: str | os.PathLike, arr: Any, sel: tuple, *, scale_index: int | None = None) -> np.ndarray:
-    """``arr[sel]`` read under :func:`named_damage` (rows from ``sel``'s first slice)."""
-    first = sel[0] if isinstance(sel, tuple) and sel and isinstance(sel[0], slice) else None
-    rows = (first.start or 0, first.stop if first.stop is not None else arr.shape[0]) if first is not None else None
-    with named_damage(path, scale_index=scale_index, rows=rows):
-        return np.asarray(arr[sel])
