@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How a damaged cube is repaired (the campaign's own command, with ``--repair``).
 REPAIR_HINT = ("run the campaign that wrote it again with --repair (rsembed-dask run SAMPLES --out {path} "
-               "<its options> --repair, or run_campaign(..., repair=True)): the damaged units are embedded "
-               "again; `rsembed-dask inspect --verify {path}` lists all damage")
+               "<its options> --repair, or run_campaign(..., repair=True)): damaged units are embedded "
+               "again, damaged grids rewritten from them; `rsembed-dask inspect --verify {path}` lists all damage")
 #: Sample ids named in a message (then "and N more").
 _NAMED_IDS = 3
 #: Chunks read one by one to find the damaged one, at most (a region larger than this is
@@ -138,8 +138,8 @@ def damage_error(path: str | os.PathLike, exc: BaseException, *, scale_index: in
     if dims and dims[0] == "sample":
         what = f"array {name!r}{_scale(path, region, dims)}, {_ids(path, a, b)}"
     else:
-        what = f"array {name!r} of {os.path.relpath(path, where) if path != where else path!r}, " \
-               f"{dims[0] if dims else 'dim 0'} {a}-{b - 1}"
+        group = os.path.relpath(path, where) if path != where else "the store"
+        what = f"array {name!r} of {group}, {dims[0] if dims else 'rows'} {a}-{b - 1}"
     return CubeDamagedError(f"cube {where!r} is damaged: {what} does not decode ({why}); "
                             + REPAIR_HINT.format(path=where))
 
