@@ -22,9 +22,9 @@ __all__ = ["WorkUnit", "work_units", "DEFAULT_UNIT_SAMPLES", "default_unit_size"
 #: A unit writes one object per data array (embedding, status, input_res_m, valid_fraction,
 #: and error where a cell failed): 512 samples keep that under 10 objects per 1,000
 #: sample-scales (64 made ~94), so 10 M samples x 3 scales is ~60,000 objects, not millions.
-#: A unit of 512 224-px chips is 8 coalesced requests of 64 chips (Earth Engine's 48 MiB
-#: limit serves ~64 chips of 3 uint16 bands), ~150 MiB of pixels on its fetch worker and
-#: 16 batches of 32 on a GPU: a few seconds of GPU time, so progress still moves often.
+#: A unit of 512 neighbouring 224-px chips is a few coalesced requests (Earth Engine's 48 MiB
+#: limit holds up to ~160 touching chips of 3 uint16 bands), ~150 MiB of pixels on its fetch
+#: worker and 16 batches of 32 on a GPU: seconds of GPU time, so progress still moves often.
 #: Existing cubes keep the chunk size they were created with (it is read from the cube).
 DEFAULT_UNIT_SAMPLES = 512
 
