@@ -14,6 +14,7 @@ from .errors import (
     CubeError,
     ModelError,
     NoImageryError,
+    OutputError,
     PermanentProviderError,
     ProviderError,
     QuotaError,
@@ -46,6 +47,6 @@ __all__ = [
     # errors
     "RsEmbedError", "SpecError", "ConfigurationError", "ProviderError", "NoImageryError",
     "TransientProviderError", "QuotaError", "PermanentProviderError", "ModelError", "CubeError",
-    "SpecMismatchError", "CubeDamagedError", "StoreLockedError",
+    "SpecMismatchError", "CubeDamagedError", "StoreLockedError", "OutputError",
     "__version__",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "SpecMismatchError",
     "CubeDamagedError",
     "StoreLockedError",
+    "OutputError",
     "ConfigurationError",
     "RsEmbedWarning",
     "NoImageryWarning",
@@ -152,6 +153,11 @@ class CubeDamagedError(CubeError):
 
 class StoreLockedError(CubeError):
     """Another run holds the store's writer lock (see :mod:`rsembed_dask.store.lock`)."""
+
+
+class OutputError(RsEmbedError):
+    """An output (GeoParquet export, STAC catalogue, quicklook) cannot be written where asked:
+    the message names the path, the operating system's reason and what to do."""
 
 
 class ConfigurationError(RsEmbedError):

@@ -558,7 +558,11 @@ class CampaignSpec(SpecBase):
     scales : tuple of float
         Pixel sizes in metres; each sample is embedded once per scale.
     chunk_size : int
-        Samples per work unit, equal to the cube's chunk along ``sample``.
+        Samples per work unit, equal to the cube's chunk along ``sample``. The field's
+        default (64) stays what it was, so the hashes of specs written with it do not
+        change; campaigns (``run_campaign``, ``plan_campaign``, the CLI) choose 512 for a
+        new cube and a cube's own chunk size on resume
+        (:func:`rsembed_dask.campaign.jobs.unit_size`).
     buffer_m : float or None
         Half-side of point footprints. ``None``: ``image_size * scale / 2`` at
         each scale, i.e. every scale's footprint is ``image_size`` native pixels.

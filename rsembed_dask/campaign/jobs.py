@@ -26,12 +26,13 @@ import zarr
 from ..errors import CubeError, SpecError
 from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
 from ..sampling.samples import SampleTable, build_sample_table
-from ..sampling.units import WorkUnit, work_units
+from ..sampling.units import WorkUnit, default_unit_size, work_units
 from ..sampling.tiling import TileTable, Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec, TemporalWindows
 from ..store.cube import Cube
-from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR
+from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR, scale_name
 from ..store.location import StoreLocation
+from ..store.open import stored_chunk_size
 from ..store.prepare import open_for_run, work_left
 from ..store.repair import repair_tiling_layout, reset_damaged_units
 from ..store.size import StoreSize, sample_store_size, tiling_store_size
@@ -43,8 +44,9 @@ __all__ = ["Job", "Jobs", "Preflight", "plan_samples", "plan_tiling", "model_spe
 
 log = logging.getLogger(__name__)
 
-#: Samples per work unit (and cube chunk) of a sample campaign when none is given.
-DEFAULT_CHUNK_SIZE = 64
+#: Samples per work unit (and cube chunk) of a new sample cube when none is given (an existing
+#: cube keeps its own: :func:`unit_size`).
+DEFAULT_CHUNK_SIZE = default_unit_size()
 
 #: Called by a planner before the store changes (it is created, updated, appended, repaired, or
 #: units are left to write in it), with the store's location, the campaign spec, the size of
@@ -193,6 +195,19 @@ def _campaign_window(temporal: Any) -> TemporalSpec:
     return windows[0]
 
 
+def unit_size(chunk_size: int | None, cube_path: str | os.PathLike | StoreLocation, block: int | None = None) -> int:
+    """Samples per unit: ``chunk_size`` when given, else the existing cube's own chunk size, else
+    the default for a new cube (:func:`~rsembed_dask.sampling.units.default_unit_size`).
+
+    So a cube created with another default (64 before version 0.2) resumes without
+    ``--chunk-size``: its spec (whose identity holds the chunk size) still matches.
+    """
+    if chunk_size is not None:
+        return chunk_size
+    stored = stored_chunk_size(cube_path)
+    return stored if stored is not None else default_unit_size(block)
+
+
 def _grid_shape(spec: CampaignSpec) -> tuple[int, tuple[int, int] | None]:
     """``(embed_dim, grid_shape)`` of the cube of ``spec``'s model and output."""
     from ..embed.weights import model_info
@@ -230,7 +245,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(),
                         model=model_spec(model, batch_size), output=output or OutputSpec.pooled(),
                         scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
-                        chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, buffer_m=buffer_m)
+                        chunk_size=unit_size(chunk_size, StoreLocation.parse(out)), buffer_m=buffer_m)
     table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
@@ -304,7 +319,9 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
                         f"the tiling's tile size {tiling.image_size} px (tiles are fetched at model size)")
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(), model=model,
                         output=output or OutputSpec.pooled(), scales=tiling.scales,
-                        chunk_size=chunk_size or tiling.block ** 2, buffer_m=None)
+                        chunk_size=unit_size(chunk_size, StoreLocation.parse(out).child("samples", scale_name(tiling.scales[0])),
+                                             tiling.block),
+                        buffer_m=None)
     path = StoreLocation.parse(out)
     embed_dim, grid_shape = _grid_shape(spec)
     size = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,

@@ -82,7 +82,7 @@ def _with_cluster_limit(provider, client, max_requests: int, requests_per_s: flo
 @one_writer("out")  # it may create, append to or repair the cube
 def plan_campaign(gdf: Any, out: Any, *, scales: Any = DEFAULT_SCALES, temporal: TemporalSpec,
                   sensor: SensorSpec | None = None, model: Any = None, output: OutputSpec | None = None,
-                  chunk_size: int = 64, buffer_m: float | None = None, batch_size: int | None = None,
+                  chunk_size: int | None = None, buffer_m: float | None = None, batch_size: int | None = None,
                   id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                   update: bool = False, append: bool = False,
                   storage_options: Mapping[str, Any] | None = None) -> tuple[CampaignSpec, SampleTable, Cube, list]:
@@ -169,7 +169,8 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     batch_size : int, optional
         Images per forward pass (default 8 on CPU, 32 on CUDA).
     chunk_size : int, optional
-        Samples per work unit and cube chunk (default 64; a tiling's block of tiles).
+        Samples per work unit and cube chunk (default: an existing cube's own, else 512; for a
+        tiling, whole blocks of tiles: 8 blocks of 8 x 8).
     buffer_m, id_column, on_invalid
         As in :func:`~rsembed_dask.sampling.samples.build_sample_table` (samples only).
     gee_options : mapping, optional

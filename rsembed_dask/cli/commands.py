@@ -200,7 +200,8 @@ def _add_run(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip (and record) invalid rows instead of refusing (not with --tile)")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="samples per work unit and cube chunk (default 64; with --tile one 8x8 block of tiles)")
+                   help="samples per work unit and cube chunk (default: an existing cube's own, else 512; "
+                        "with --tile 8 blocks of 8x8 tiles)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: 8 on a CPU, fitted to free memory on a GPU, at most 256)")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
@@ -348,12 +349,15 @@ def _cmd_run(args) -> int:
             model=model, output=(OutputSpec.grid if args.grid else OutputSpec.pooled)(args.pooling, dtype=args.dtype),
             backend=args.backend, client=client, chunk_size=args.chunk_size,
             gee_options=_run_gee_options(args), stac_dir=args.stac_dir, options=run,
-            storage_options=storage_options(args) if is_url(args.out) else None, **samples)
+            storage_options=storage_options(args) if is_url(args.out) else None,
+            cluster_options=_local_cluster_options(args), **samples)
     no_imagery = [w for w in caught if issubclass(w.category, NoImageryWarning)]
     for w in caught:
         if w not in no_imagery:  # give back what was not ours to catch
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"open it with: rsembed_dask.open_cube({str(args.out)!r})")
+    if not args.repair:
+        print(UNCHECKED_NOTE.format(out=shlex.quote(str(args.out))))
     if args.stac_dir is not None:
         print(f"STAC catalogue: {os.path.join(args.stac_dir, 'collection.json')}")
     if args.tile:
@@ -365,6 +369,24 @@ def _cmd_run(args) -> int:
     if no_imagery:
         return 1
     return 0 if _unfinished_cells(result) == 0 else 1
+
+
+#: What a plain ``run`` did not check, printed after its summary (``--repair`` reads every chunk).
+UNCHECKED_NOTE = ("checked: the status of every unit; not read: the "
+                  "data chunks of finished units (a damaged one fails its checksum when read); "
+                  "`rsembed-dask inspect --verify {out}` reads them all")
+
+
+def _local_cluster_options(args) -> dict | None:
+    """Options of the local cluster ``run`` starts (none given with ``--scheduler`` or ``--cluster``).
+
+    Without ``-v`` its workers and nanny log only CRITICAL records: a task that fails (a
+    unit that hits a full disk, a lost worker) is the campaign's to report, in one line,
+    not the workers' in tracebacks; ``-v`` shows their warnings and errors again.
+    """
+    if args.scheduler or args.cluster or args.verbose:
+        return None
+    return {"silence_logs": logging.CRITICAL}
 
 
 def _run_gee_options(args) -> dict:
@@ -397,7 +419,7 @@ def _add_plan(sub) -> None:
     add_aoi_positional(p, "aoi", "AOI", help="minlon,minlat,maxlon,maxlat or a GeoJSON/GeoPackage/GeoParquet file")
     add_scales(p)
     p.add_argument("--image-size", type=int, default=None, help=f"tile side in pixels (default {DEFAULT_IMAGE_SIZE} or $RS_EMBED_SCALEMAE_IMG)")
-    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 64: one 8x8 block)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tiles per work unit (default 512: eight 8x8 blocks)")
     p.add_argument("--bands", type=int, default=3, help="bands fetched (default 3: B4,B3,B2)")
     p.add_argument("--model", default=None, help="hub id, local dir or test-tiny/test-small (for D)")
     p.add_argument("--embed-dim", type=int, default=None,
@@ -531,6 +553,8 @@ def _configure_logging(verbose: int) -> None:
         logger = logging.getLogger(name)
         if logger.handlers and logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
+    if verbose == 0:  # "Worker process still alive after 4.0 seconds, killing": teardown, not news
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
 class _Signals:
@@ -563,6 +587,13 @@ def _interrupted(args, argv: Sequence[str], signum: int) -> str:
         line += (f": finished units are kept in {args.out} and the others stay pending; "
                  f"run the same command again to resume: {shlex.join(['rsembed-dask', *argv])}")
     return line
+
+
+def in_cli_words(message: str) -> str:
+    """``message`` with the Python keywords it names as a way out replaced by this CLI's flags."""
+    from ..sampling.samples import SKIP_INVALID
+
+    return message.replace(SKIP_INVALID, "--skip-invalid")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -605,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rsembed-dask {args.command}: {exc}", file=sys.stderr)
             return EXIT_LOCKED
         except RsEmbedError as exc:
-            print(f"rsembed-dask {args.command}: error: {exc}", file=sys.stderr)
+            print(f"rsembed-dask {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             signum = signals.received or signal.SIGINT

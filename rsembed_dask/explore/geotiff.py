@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import CubeError, SpecError
+from ..store.damage import named_damage
+from ..store.geoparquet import output_error
 from ..store.location import StoreLocation
 from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
 from ..store.open import array_of, attr_text, group_of, is_tiling_store
@@ -79,9 +82,7 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     list of str
         The files written, e.g. ``quicklook_10m_EPSG32632.tif``.
     """
-    import rasterio
     import zarr
-    from affine import Affine
 
     path = StoreLocation.parse(path)
     if not is_tiling_store(path):
@@ -93,33 +94,42 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     if name not in root or f"samples/{name}" not in root:
         scales = [k for k in root.group_keys() if k != "samples"]
         raise SpecError("scale_m", scale_m, f"one of the store's scales {scales}")
-    colours = PCAColours.fit(_fit_sample(root[f"samples/{name}"], np.random.default_rng(seed),
-                                         MAX_FIT_VECTORS), components)
-    os.makedirs(out_dir, exist_ok=True)
+    with named_damage(path.child("samples", name), cube=path):
+        colours = PCAColours.fit(_fit_sample(root[f"samples/{name}"], np.random.default_rng(seed),
+                                             MAX_FIT_VECTORS), components)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
     written = []
     for zone, g in sorted(group_of(root, name).groups()):
-        emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
-        ny, nx, _ = emb.shape
-        rgba = np.zeros((4, ny, nx), np.uint8)
-        step = emb.chunks[0]
-        for r in range(0, ny, step):  # one row of chunks at a time
-            strip = np.asarray(emb[r:r + step])
-            if "embedding_scale" in g:  # an int8 store
-                strip = dequantize_int8(strip, array_of(g, "embedding_scale")[r:r + step], axis=-1)
-            strip = strip.reshape(-1, emb.shape[2])
-            h = min(step, ny - r)
-            rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
-        rgba[3] = np.where(status == OK, 255, 0)
-        geo = attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform")
-        transform = Affine.from_gdal(*(float(v) for v in geo.split()))
-        base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
-        with rasterio.open(base + ".tif", "w", driver="GTiff", width=nx, height=ny, count=4, dtype="uint8",
-                           crs=g.attrs[CRS_ATTR], transform=transform,
-                           photometric="RGB", compress="deflate") as dst:
-            dst.write(rgba)
-            dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                               rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
-        written.append(base + ".tif")
+        with named_damage(path.child(name, zone), cube=path):
+            written += _zone_quicklook(g, zone, name, scale_m, components, colours, out_dir, png)
+    return written
+
+
+def _zone_quicklook(g, zone: str, name: str, scale_m: float, components: Sequence[int], colours: PCAColours,
+                    out_dir: str | os.PathLike, png: bool) -> list[str]:
+    """The quicklook files of one zone grid ``g``."""
+    from affine import Affine
+
+    emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
+    ny, nx, _ = emb.shape
+    rgba = np.zeros((4, ny, nx), np.uint8)
+    step = emb.chunks[0]
+    for r in range(0, ny, step):  # one row of chunks at a time
+        strip = np.asarray(emb[r:r + step])
+        if "embedding_scale" in g:  # an int8 store
+            strip = dequantize_int8(strip, array_of(g, "embedding_scale")[r:r + step], axis=-1)
+        strip = strip.reshape(-1, emb.shape[2])
+        h = min(step, ny - r)
+        rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
+    rgba[3] = np.where(status == OK, 255, 0)
+    geo = attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform")
+    transform = Affine.from_gdal(*(float(v) for v in geo.split()))
+    base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
+    try:
+        _write_geotiff(base + ".tif", rgba, g.attrs[CRS_ATTR], transform)
         if png:
             comps = [int(c) + 1 for c in components]  # checked by PCAColours.fit
             n_ok = int((status == OK).sum())
@@ -127,6 +137,18 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
                     f"{zone}, {scale_m:g} m tiles: PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
                     f"({n_ok} of {status.size} cells with data)",
                     cell_m=abs(transform.a), channels=[f"PC{c}" for c in comps])
-            written.append(base + ".png")
-        log.info("quicklook %s: %d x %d cells", base, ny, nx)
-    return written
+    except OSError as exc:  # rasterio's RasterioIOError too
+        raise output_error(base + ".tif", exc) from exc
+    log.info("quicklook %s: %d x %d cells", base, ny, nx)
+    return [base + ".tif"] + ([base + ".png"] if png else [])
+
+
+def _write_geotiff(file: str, rgba: np.ndarray, crs: str, transform: Any) -> None:
+    import rasterio
+
+    ny, nx = rgba.shape[1:]
+    with rasterio.open(file, "w", driver="GTiff", width=nx, height=ny, count=4, dtype="uint8",
+                       crs=crs, transform=transform, photometric="RGB", compress="deflate") as dst:
+        dst.write(rgba)
+        dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                           rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]

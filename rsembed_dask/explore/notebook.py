@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 import xarray as xr
 
+from ..store.damage import named_damage
 from ..store.info import campaign_attributes
 from ..store.layout import OK, STATUS_NAMES, count_statuses
 from ..store.open import nearest_sample, open_cube
@@ -93,6 +95,14 @@ def _dataset(cube: Any):
     if isinstance(cube, (str, os.PathLike)):
         return open_cube(cube)
     raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube(), a cube path or URL")
+
+
+def _reading(ds, scale_index: int | None = None):
+    """Reads of ``ds`` whose chunks do not decode raise one line naming them (see
+    :func:`~rsembed_dask.store.damage.named_damage`); a Dataset not opened from a cube path
+    re-raises the codec's error as is."""
+    source = ds.encoding.get("source")
+    return named_damage(source, scale_index=scale_index) if source else contextlib.nullcontext()
 
 
 def _scale_index(ds, scale: Any) -> int:
@@ -218,6 +228,11 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise SpecError("block_size", block_size, "an integer >= 1")
     si = _scale_index(ds, scale)
+    with _reading(ds, si):
+        return _similar(ds, query, k, si, block_size)
+
+
+def _similar(ds, query: Any, k: int, si: int, block_size: int) -> pd.DataFrame:
     scale_m = float(ds["scale"].values[si])
     qpos = _query_position(ds, query)
     qid = np.asarray(ds.indexes["sample"][qpos]).item()
@@ -281,7 +296,8 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
         raise ImportError("quicklook needs matplotlib: pip install 'rsembed_dask[notebooks]'") from exc
     ds = _dataset(cube)
     si = _scale_index(ds, scale)
-    scale_m, sub = float(ds["scale"].values[si]), ds[["status", "embedding"]].isel(scale=si).load()
+    with _reading(ds, si):
+        scale_m, sub = float(ds["scale"].values[si]), ds[["status", "embedding"]].isel(scale=si).load()
     lon, lat = sub["lon"].values.astype(float), sub["lat"].values.astype(float)
     ok = sub["status"].values == OK
     rgb = pca_rgb(sub["embedding"].values, components)

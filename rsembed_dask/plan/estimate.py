@@ -38,6 +38,7 @@ from .requests import RequestTally
 from .._validate import number, strict_int
 from ..store.size import TileCounts, grids_bytes, sample_cube_bytes
 from ..sampling.tiling import DEFAULT_BLOCK, TileTable, Tiling, ZonedTiling, ZoneTiles, table_order, tile_zones
+from ..sampling.units import default_unit_size
 from ..specs import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL_ID, DEFAULT_SCALES, ModelSpec, TemporalSpec, TemporalWindows
 
 __all__ = ["ScalePlan", "CampaignPlan", "PlanProgress", "plan_scale", "estimate_campaign", "resolve_embed_dim"]
@@ -357,7 +358,7 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
     image_size : int
         Tile side in pixels.
     chunk_size : int, optional
-        Tiles per work unit (default ``block ** 2``, as the campaign).
+        Tiles per work unit (default :func:`~rsembed_dask.sampling.units.default_unit_size`, as the campaign).
     n_bands : int
         Bands fetched.
     embed_dim : int
@@ -393,7 +394,7 @@ def estimate_campaign(aoi: Any, scales: Sequence[float] = DEFAULT_SCALES, *, ima
     strict_int("embed_dim", embed_dim)
     number("requests_per_s", requests_per_s, lo=0, lo_open=True)
     tiling = aoi if isinstance(aoi, (Tiling, ZonedTiling)) else tile_zones(aoi, scales, image_size, block=block)
-    chunk = tiling.block ** 2 if chunk_size is None else chunk_size
+    chunk = default_unit_size(tiling.block) if chunk_size is None else chunk_size
     strict_int("chunk_size", chunk)
     if latency is None:
         lat = Latency.assumed()

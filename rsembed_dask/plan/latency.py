@@ -37,6 +37,7 @@ from ..providers.limits import EE_CONCURRENCY, EE_REQUESTS_PER_S
 from .._validate import number, strict_int
 from ..providers.base import Provider
 from ..sampling.tiling import TileTable
+from ..sampling.units import default_unit_size
 from ..specs import SensorSpec, TemporalSpec
 
 __all__ = [
@@ -211,7 +212,7 @@ def measure_latency(provider: Provider, table: TileTable, *, n_bands: int, tempo
     temporal : TemporalSpec
         The composite's window.
     chunk_size : int, optional
-        Tiles per unit (default ``block ** 2``).
+        Tiles per unit (default :func:`~rsembed_dask.sampling.units.default_unit_size`).
     samples : int
         Units to sample.
 
@@ -232,7 +233,7 @@ def measure_latency(provider: Provider, table: TileTable, *, n_bands: int, tempo
         raise SpecError("n_bands", n_bands, f"at most {len(_S2_BAND_ORDER)} Sentinel-2 bands to measure with")
     if not len(table):
         raise SpecError("aoi", "no tiles", "an AOI with at least one tile to measure latency on")
-    chunk = table.block ** 2 if chunk_size is None else int(chunk_size)
+    chunk = default_unit_size(table.block) if chunk_size is None else int(chunk_size)
     sensor = SensorSpec(bands=_S2_BAND_ORDER[:n_bands], scale_m=table.scale_m)
     n_units = -(-len(table) // chunk)
     picks = sorted({int(round(v)) for v in np.linspace(0, n_units - 1, min(samples, n_units))})

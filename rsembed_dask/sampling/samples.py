@@ -27,7 +27,7 @@ from ..geo.keys import geohash_encode, hilbert_order
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode"]
+__all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode", "SKIP_INVALID"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,10 @@ class SampleTable:
         return gpd.GeoDataFrame(df, geometry=shapely.from_wkb(self.wkb), crs="EPSG:4326")
 
 
+#: How messages name the way to leave invalid rows out (the CLI names its ``--skip-invalid`` instead).
+SKIP_INVALID = "on_invalid='skip'"
+
+
 def _snap_start(lo: float, hi: float, n: int, s: float) -> float | None:
     """Lattice start ``k*s`` so that ``[k*s, k*s + n*s]`` contains ``[lo, hi]``, centred if possible."""
     first = math.ceil((hi - n * s) / s - 1e-9)  # smallest k with k*s + n*s >= hi
@@ -189,7 +193,7 @@ def _raise_first(why: np.ndarray, field: np.ndarray, allowed: np.ndarray, ids: n
     listed = [_py(i) for i in ids[rows[:MAX_LISTED_IDS]]]
     more = f" and {len(rows) - MAX_LISTED_IDS} more" if len(rows) > MAX_LISTED_IDS else ""
     raise SpecError(field[first], f"ids {listed}{more} ({len(rows)} rows; first: {why[first]})",
-                    f"{allowed[first]} (or on_invalid='skip' to leave such rows out)")
+                    f"{allowed[first]} (or {SKIP_INVALID} to leave such rows out)")
 
 
 def _py(v):  # numpy scalars -> Python scalars, so ids pickle and print plainly

@@ -16,7 +16,32 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["WorkUnit", "work_units"]
+__all__ = ["WorkUnit", "work_units", "DEFAULT_UNIT_SAMPLES", "default_unit_size"]
+
+#: Samples per work unit (and cube chunk along ``sample``) of a new cube when none is given.
+#: A unit writes one object per data array (embedding, status, input_res_m, valid_fraction,
+#: and error where a cell failed): 512 samples keep that under 10 objects per 1,000
+#: sample-scales (64 made ~94), so 10 M samples x 3 scales is ~60,000 objects, not millions.
+#: A unit of 512 neighbouring 224-px chips is a few coalesced requests (Earth Engine's 48 MiB
+#: limit holds up to ~160 touching chips of 3 uint16 bands), ~150 MiB of pixels on its fetch
+#: worker and 16 batches of 32 on a GPU: seconds of GPU time, so progress still moves often.
+#: Existing cubes keep the chunk size they were created with (it is read from the cube).
+DEFAULT_UNIT_SAMPLES = 512
+
+
+def default_unit_size(block: int | None = None) -> int:
+    """Samples per unit of a new cube: :data:`DEFAULT_UNIT_SAMPLES`, in whole ``block x block``
+    blocks of tiles for a tiling (so every complete block is one request of one unit).
+
+    Examples
+    --------
+    >>> default_unit_size(), default_unit_size(8), default_unit_size(30)
+    (512, 512, 900)
+    """
+    if block is None:
+        return DEFAULT_UNIT_SAMPLES
+    per = int(block) ** 2
+    return max(1, DEFAULT_UNIT_SAMPLES // per) * per
 
 
 @dataclass(frozen=True)

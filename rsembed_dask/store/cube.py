@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from .open import (
 from .digests import differing_blocks, digest_record
 from .geoemb import geoemb_attrs
 from .location import STORE_ERRORS, StoreLocation
+from .rootcopy import write_root_copy
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
 from ..specs import CampaignSpec
@@ -346,7 +348,7 @@ class Cube:
                     for d in defs:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
-                                           attributes=d.attrs)
+                                           attributes=d.attrs, compressors=d.compressors)
                     array_of(group, "scale")[...] = np.asarray(self.scales, dtype="float64")
                     array_of(group, "feature")[...] = np.arange(self.embed_dim, dtype="int64")
                 stop = start + inputs["sample"].shape[0]
@@ -361,7 +363,7 @@ class Cube:
                 raise SpecError("chunks", f"{start} rows", f"n_samples={n} rows in all")
             # The marker goes last, replacing the creating attribute in one write: a store
             # interrupted before this is recreated by the next run, never resumed.
-            group.attrs.put({
+            root = {
                 **geoemb_attrs(self.spec, self.embed_dim, versions=versions),
                 SPEC_ATTR: self.spec.to_json(),
                 SPEC_IDENTITY_ATTR: json.dumps(self.spec.identity(), sort_keys=True),
@@ -371,7 +373,9 @@ class Cube:
                 SEGMENTS_ATTR: [[0, n]],
                 **(digests or {}),
                 MARKER_ATTR: CUBE_VERSION,
-            })
+            }
+            write_root_copy(self.location, root)  # before the marker: a marked cube always has its copy
+            group.attrs.put(root)
         except STORE_ERRORS as exc:
             raise CubeError(f"cannot create cube at {self.path!r}: {exc}; no unit ran in it, so running the "
                             "campaign again recreates it") from exc
@@ -602,6 +606,7 @@ class Cube:
             for name in ("sample", *_SAMPLE_COORDS):
                 self._array(name)[start:stop] = given[name][order]
             group.attrs[SEGMENTS_ATTR] = segments + [[start, stop]]  # the commit
+            write_root_copy(self.location, group.attrs.asdict())
         except STORE_ERRORS as exc:
             raise CubeError(f"cannot append samples to {self.path!r}: {exc}") from exc
         self.n_rows = stop
@@ -771,8 +776,10 @@ class Cube:
                 logger.error("unit %d:%d scale %d of %s: still %s after %d writes", start, stop, si,
                              self.path, bad, WRITE_CHECKS)
         except STORE_ERRORS as exc:
-            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) "
-                            f"to {self.path!r}: {exc}") from exc
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            raise CubeError(f"cannot write unit ({start}, {stop}, scale {si}) to {self.path!r}: {exc}"
+                            + ("; free space (or raise the quota) and run the same command again: finished "
+                               "units are kept and only the others run" if full else "")) from exc
         logger.debug("wrote unit %d:%d scale %d to %s", start, stop, si, self.path)
 
     def mark_failed(self, start: int, stop: int, scale_index: int, reason: str) -> int:

@@ -63,16 +63,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CubeError, SpecError
+from ..errors import CubeError, OutputError, SpecError
 from .cube import Cube
+from .damage import named_damage
 from .footprints import split_antimeridian, stored_footprints
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, scale_name
 from .metadata import EMB_VERSION, describe_embeddings, read_quantization
 from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
-__all__ = ["export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart", "OkCells",
-           "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION", "covering_bounds", "lon_extent", "portable_href"]
+__all__ = ["output_error", "export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart",
+           "OkCells", "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION", "covering_bounds", "lon_extent",
+           "portable_href"]
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,11 @@ class OkCells:
                     yield out
 
     def _block(self, r0: int, r1: int) -> dict[str, Any] | None:
+        """Rows ``[r0, r1)``'s ok cells; a chunk that does not decode is named (CubeDamagedError)."""
+        with named_damage(self.part.cube.path, scale_index=self.part.scale_index, rows=(r0, r1)):
+            return self._read_block(r0, r1)
+
+    def _read_block(self, r0: int, r1: int) -> dict[str, Any] | None:
         import shapely
 
         g, si = self.group, self.part.scale_index
@@ -536,14 +543,17 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     start, end = (np.datetime64(d.replace(tzinfo=None), "ms") for d in window_datetimes(temporal.start, temporal.end))
     window = (start, end)
 
-    if target.local:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        tmp = f"{out}.part-{os.getpid()}"
-    else:  # written here, then uploaded whole (multipart): readers never see a partial object
-        fd, tmp = tempfile.mkstemp(prefix="rsembed-export-", suffix=".parquet")
-        os.close(fd)
-    writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=_STATS_COLUMNS,
-                              use_dictionary=["scale", "start_datetime", "end_datetime"])
+    try:
+        if target.local:
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            tmp = f"{out}.part-{os.getpid()}"
+        else:  # written here, then uploaded whole (multipart): readers never see a partial object
+            fd, tmp = tempfile.mkstemp(prefix="rsembed-export-", suffix=".parquet")
+            os.close(fd)
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=_STATS_COLUMNS,
+                                  use_dictionary=["scale", "start_datetime", "end_datetime"])
+    except OSError as exc:
+        raise output_error(out, exc) from exc
     groups = _RowGroupWriter(writer, int(row_group_bytes))
     rows = 0
     try:
@@ -558,6 +568,11 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
             os.replace(tmp, out)
         else:
             target.parent().upload(target.name, tmp)
+    except OSError as exc:  # the disk filled, the folder went away (a damaged chunk is a CubeDamagedError)
+        writer.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise output_error(out, exc) from exc
     except BaseException:
         writer.close()
         if os.path.exists(tmp):
@@ -602,3 +617,11 @@ def _extent_metadata(parts: list[StorePart], geometry: str) -> dict[str, Any]:
 #: GeoParquet's geometry type names by shapely type id.
 _TYPE_NAMES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
                6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def output_error(out: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one-line error of an output that cannot be written at ``out`` (export, STAC, quicklook)."""
+    reason = exc.strerror or str(exc)
+    where = exc.filename or os.fspath(out)
+    return OutputError(f"cannot write {os.fspath(out)!r}: {reason} ({where}); choose a folder you can write "
+                       "(and with free space), or fix its permissions")

@@ -18,6 +18,10 @@ Layout (see ``DESIGN.md``, section "Cube")::
     coordinates: sample (ids), lon, lat, geohash, geometry (WKB hex), scale (m), feature
 
 Every data array is chunked ``chunk_size`` along ``sample`` (one chunk = one work unit).
+Cubes created since checksums came (:data:`CHECKSUM_CODEC`) end every array's codec chain
+with Zarr v3's ``crc32c`` codec: a chunk whose bytes changed fails to decode ("Stored and
+computed checksum do not match") instead of decoding to wrong numbers. Older cubes keep
+the codecs they were created with (:func:`has_checksums` reads which from the metadata).
 A cube that grew (``Cube.append_samples``) holds its samples in *segments*: the group
 attribute ``sample_segments`` lists the ``[start, stop)`` rows of the Zarr arrays that hold
 samples, each segment starting on a chunk boundary. Rows between a segment's end and the
@@ -94,6 +98,11 @@ __all__ = [
     "scale_name",
     "vouched_arrays",
     "count_statuses",
+    "CHECKSUM_CODEC",
+    "chunk_codecs",
+    "has_checksums",
+    "ROOT_COPY_KEY",
+    "ROOT_COPY_ATTRS",
 ]
 
 PENDING = 0
@@ -158,8 +167,40 @@ MAX_ERROR_LEN = 200
 #: Non-dimension coordinates on ``sample``, listed in each data variable's CF
 #: ``coordinates`` attribute so that xarray attaches them.
 SAMPLE_COORDS = ("lon", "lat", "geohash", "geometry")
-# 1-D coordinate arrays are written once; big chunks keep the file count low.
+# 1-D coordinate arrays are written once; big chunks keep the file count low (a million
+# samples: 4 objects per coordinate, 20 in all, against ~8,000 data objects at 3 scales).
 _COORD_CHUNK = 262_144
+#: Name (in ``zarr.json``'s codec list) of the checksum codec that closes every new array's
+#: codec chain: CRC-32C of the encoded chunk, checked on every read.
+CHECKSUM_CODEC = "crc32c"
+#: Attribute of the ``scale`` coordinate array holding a copy (JSON text) of the root attributes
+#: that identify the cube (spec, identity, hash, versions, creation time, segments, marker):
+#: ``--repair`` rebuilds a lost or broken root ``zarr.json`` from it when the arrays are intact.
+#: (An array's attributes rather than an object of its own: Zarr warns about every object in a
+#: group that is not a node, whenever the group's members are listed.)
+ROOT_COPY_KEY = "rsembed_dask_root_copy"
+#: The root attributes kept in :data:`ROOT_COPY_KEY` (the others are a run's reports).
+ROOT_COPY_ATTRS = ("campaign_spec", "spec_identity", "spec_hash", "versions", "created",
+                   "sample_segments", "rsembed_dask_cube_version")
+
+
+def chunk_codecs(checksum: bool) -> Any:
+    """The ``compressors`` to create an array with: Zstd, then CRC-32C when ``checksum``.
+
+    ``"auto"`` (Zarr's default: Zstd alone) without a checksum, so a repaired array of
+    an old cube gets the metadata it was created with.
+    """
+    if not checksum:
+        return "auto"
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def has_checksums(meta: Mapping[str, Any]) -> bool:
+    """Whether parsed array metadata (a ``zarr.json``) ends its codec chain with ``crc32c``."""
+    codecs = meta.get("codecs") or []
+    return any(isinstance(c, Mapping) and c.get("name") == CHECKSUM_CODEC for c in codecs)
 
 
 def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -> tuple[str, ...]:
@@ -239,12 +280,22 @@ class ArrayDef:
         Value of cells never written.
     attrs : dict
         Array attributes.
+    checksum : bool
+        End the codec chain with ``crc32c`` (:func:`chunk_codecs`); False for arrays of
+        cubes created before checksums.
     """
 
-    __slots__ = ("name", "dims", "shape", "dtype", "chunks", "fill_value", "attrs")
+    @property
+    def compressors(self) -> Any:
+        """The ``compressors`` argument of ``zarr.Group.create_array`` for this array."""
+        return chunk_codecs(self.checksum)
+
+    __slots__ = ("name", "dims", "shape", "dtype", "chunks", "fill_value", "attrs", "checksum")
 
     def __init__(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any,
-                 chunks: tuple[int, ...], fill_value: Any, attrs: dict[str, Any] | None = None):
+                 chunks: tuple[int, ...], fill_value: Any, attrs: dict[str, Any] | None = None,
+                 checksum: bool = True):
+        self.checksum = bool(checksum)
         self.name = name
         self.dims = dims
         self.shape = shape
@@ -258,7 +309,8 @@ class ArrayDef:
 
 
 def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
-               grid_shape: tuple[int, int] | None, dtype: str = "float32") -> list[ArrayDef]:
+               grid_shape: tuple[int, int] | None, dtype: str = "float32",
+               checksum: bool = True) -> list[ArrayDef]:
     """The data arrays of a cube (everything but the coordinates).
 
     Parameters
@@ -315,13 +367,16 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
         gy, gx = grid_shape
         defs += data("grid", ss + ("feature", "gy", "gx"), (n_samples, n_scales, embed_dim, gy, gx),
                      (cs, 1, embed_dim, gy, gx), "patch-token embedding grid")
+    for d in defs:
+        d.checksum = checksum
     return defs
 
 
-def coord_defs(n_samples: int, n_scales: int, embed_dim: int, id_dtype: Any) -> list[ArrayDef]:
-    """The coordinate arrays of a cube (written once, at creation)."""
+def coord_defs(n_samples: int, n_scales: int, embed_dim: int, id_dtype: Any,
+               checksum: bool = True) -> list[ArrayDef]:
+    """The coordinate arrays of a cube (written once, at creation; ``checksum`` as :func:`array_defs`)."""
     c = min(n_samples, _COORD_CHUNK)
-    return [
+    defs = [
         ArrayDef("sample", ("sample",), (n_samples,), id_dtype, (c,),
                  "" if id_dtype is str else 0, {"long_name": "sample id"}),
         ArrayDef("lon", ("sample",), (n_samples,), "float64", (c,), np.nan,
@@ -337,6 +392,9 @@ def coord_defs(n_samples: int, n_scales: int, embed_dim: int, id_dtype: Any) -> 
         ArrayDef("feature", ("feature",), (embed_dim,), "int64", (embed_dim,), 0,
                  {"long_name": "embedding feature index"}),
     ]
+    for d in defs:
+        d.checksum = checksum
+    return defs
 
 
 def _ids_array(ids: Any) -> tuple[np.ndarray, Any]:

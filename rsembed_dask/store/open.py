@@ -22,7 +22,8 @@ import zarr
 from dask.utils import format_bytes
 
 from .location import STORE_ERRORS, StoreLocation
-from .layout import CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, SPEC_ATTR, TILING_MARKER, read_segments, segment_rows
+from .layout import (CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_KEY, SPEC_ATTR, TILING_MARKER, read_segments,
+                     segment_rows)
 from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
 
@@ -30,7 +31,7 @@ __all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "u
            "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
            "is_tiling_store", "array_of", "group_of", "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
-           "damage_hint", "DECODE_ERRORS"]
+           "damage_hint", "DECODE_ERRORS", "stored_chunk_size"]
 
 #: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
 #: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).
@@ -195,6 +196,7 @@ def probe_store(path: str | os.PathLike | StoreLocation, *, arrays: bool = True)
             if not loc.local and loc.is_file():
                 raise CubeError(f"cube path {path!r} exists and is an object, not a Zarr cube prefix")
             return None
+        _refuse_lost_root(loc, "its root zarr.json is missing (no zarr.json)")
         raise CubeError(f"cube path {path!r} exists and is not an rsembed_dask cube "
                         "(no zarr.json); choose another path or remove it")
     try:
@@ -202,6 +204,7 @@ def probe_store(path: str | os.PathLike | StoreLocation, *, arrays: bool = True)
     except ValueError as exc:
         if unfinished_store(loc) is not None:
             raise CubeError(_unfinished_message(path, f"cannot read zarr.json ({exc})")) from exc
+        _refuse_lost_root(loc, f"cannot read zarr.json ({exc})")
         raise CubeDamagedError(f"cube path {path!r}: cannot read zarr.json ({exc}); if this is a cube, its group "
                                "metadata (which holds the campaign spec) is damaged and no run can repair it: "
                                "restore it from a copy") from exc
@@ -210,6 +213,7 @@ def probe_store(path: str | os.PathLike | StoreLocation, *, arrays: bool = True)
         why = unfinished_store(loc)
         if why is not None:
             raise CubeError(_unfinished_message(path, why))
+        _refuse_lost_root(loc, "its root zarr.json holds no rsembed_dask cube attributes")
         raise CubeError(f"cube path {path!r} is a Zarr store but not a finished rsembed_dask cube "
                         f"(no {MARKER_ATTR!r} attribute); choose another path or remove it")
     if attrs[MARKER_ATTR] != CUBE_VERSION:
@@ -232,6 +236,15 @@ def probe_store(path: str | os.PathLike | StoreLocation, *, arrays: bool = True)
         if found:
             raise CubeDamagedError(f"cube {path!r} is damaged: " + "; ".join(found) + "; " + damage_hint(path))
     return meta
+
+
+def _refuse_lost_root(path: str | StoreLocation, why: str) -> None:
+    """Raise CubeDamagedError when ``path`` holds a cube's arrays under a root that cannot serve:
+    ``--repair`` rebuilds such a root (:mod:`rsembed_dask.store.rootcopy`)."""
+    loc = StoreLocation.parse(path)
+    if loc.is_file("status/zarr.json"):
+        raise CubeDamagedError(f"cube {loc.url!r} is damaged: {why}, but its arrays are there; running the campaign "
+                               "that wrote it again with --repair (run_campaign(..., repair=True)) rebuilds it")
 
 
 def _unfinished_message(path: str, why: str) -> str:
@@ -368,6 +381,8 @@ def is_tiling_store(path: str | os.PathLike | StoreLocation) -> bool:
     except IsADirectoryError:
         return False
     except STORE_ERRORS + (ValueError,) as exc:
+        if loc.is_file("status/zarr.json"):
+            return False  # a sample cube's arrays under a broken root (probe_store says so; --repair rebuilds it)
         raise CubeError(f"cube path {loc.url!r}: cannot read zarr.json ({exc})") from exc
     return isinstance(meta, dict) and TILING_MARKER in (meta.get("attributes") or {})
 
@@ -501,6 +516,7 @@ def open_cube(path: str | os.PathLike | StoreLocation, *, dequantize: bool = Tru
     except DECODE_ERRORS as exc:
         raise CubeDamagedError(f"cube {path!r} cannot be opened ({type(exc).__name__}: {exc}): a chunk of its "
                                "coordinates is probably damaged; " + damage_hint(path)) from exc
+    ds["scale"].attrs.pop(ROOT_COPY_KEY, None)  # the copy of the root attributes: ds.attrs has them
     segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
     if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
         ds = ds.isel(sample=segment_rows(segments))
@@ -572,3 +588,17 @@ def nearest_sample(ds: xr.Dataset, lon: float, lat: float) -> Any:
     dist = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
     found = ds["sample"].values[int(np.argmin(dist))]
     return found.item() if isinstance(found, np.generic) else found
+
+
+def stored_chunk_size(path: str | os.PathLike | StoreLocation) -> int | None:
+    """Samples per chunk (= per unit) of the cube at ``path``, from its ``status`` array's metadata;
+    None where no cube (or no readable ``status`` metadata) is there.
+
+    Read from the array rather than the group attributes, so a cube whose root ``zarr.json``
+    is damaged still resumes (and is repaired) with the chunk size it was created with.
+    """
+    meta, _ = array_meta_problem(path if isinstance(path, StoreLocation) else os.fspath(path), "status")
+    try:
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]) if meta is not None else None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None

@@ -2,6 +2,9 @@
 
 In the order a run meets them:
 
+0. :func:`~rsembed_dask.store.rootcopy.rebuild_root`: a lost or broken root ``zarr.json``
+   over intact arrays is written again, from the copy of its attributes the cube keeps
+   (``rsembed_dask_root.json``), or for older cubes from the campaign given.
 1. :func:`repair_sample_cube` (from ``run_campaign``, before ``Cube.create_or_open`` reads
    the cube), through :func:`repair_layout`: array metadata that cannot be read is written
    again from the cube's layout (the chunks stay and are checked next), and damaged
@@ -35,12 +38,13 @@ import zarr
 from zarr.core.sync import sync
 
 from .cube import Cube
-from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs, check_inputs,
-                     coord_defs, normalise_identity, scale_name, spec_differences)
+from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs,
+                     check_inputs, coord_defs, has_checksums, normalise_identity, scale_name, spec_differences)
 from .location import StoreLocation
-from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys, is_tiling_store,
-                   probe_store, unfinished_store)
+from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys,
+                   cube_array_names, is_tiling_store, probe_store, unfinished_store)
 from .lock import one_writer
+from .rootcopy import rebuild_root
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
 from ..specs import CampaignSpec
@@ -106,8 +110,10 @@ def repair_layout(path: str | StoreLocation, *, spec: CampaignSpec, n_samples: i
         if sum(b - a for a, b in segments) != n_samples:
             return []  # other samples than the cube's: resuming says how they differ
     n_rows = n_samples if segments is None else segments[-1][1]
-    defs = coord_defs(n_rows, len(spec.scales), embed_dim, first["id_dtype"])
-    defs += array_defs(n_rows, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype)
+    checksum = _checksummed(path, cube_array_names(meta["attributes"]))
+    defs = coord_defs(n_rows, len(spec.scales), embed_dim, first["id_dtype"], checksum)
+    defs += array_defs(n_rows, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype,
+                       checksum)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
         if have is not None and tuple(have["shape"]) != tuple(d.shape):
@@ -139,8 +145,9 @@ def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignS
     """
     path = StoreLocation.parse(path)
     check_writable(path)
-    return repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
-                         grid_shape=grid_shape, source=_table_source(_in_stored_order(path, table)))
+    done = rebuild_root(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim))
+    return done + repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
+                                grid_shape=grid_shape, source=_table_source(_in_stored_order(path, table)))
 
 
 def _in_stored_order(path: StoreLocation, table: Any) -> Any:
@@ -204,8 +211,9 @@ def repair_tiling_layout(path: str | StoreLocation, tiling: Tiling) -> list[str]
         info = model_info(spec.model)
         grid_shape = (info.grid_size, info.grid_size) if spec.output.mode == "grid" else None
         n = len(table)
-        defs = coord_defs(n, 1, info.embed_dim, str) + array_defs(n, 1, spec.chunk_size, info.embed_dim, grid_shape,
-                                                                  spec.output.dtype)
+        checksum = _checksummed(cube_path, cube_array_names(meta["attributes"]))
+        defs = coord_defs(n, 1, info.embed_dim, str, checksum) + array_defs(
+            n, 1, spec.chunk_size, info.embed_dim, grid_shape, spec.output.dtype, checksum)
         if any((have := array_meta_problem(cube_path, d.name)[0]) is not None and tuple(have["shape"]) != d.shape
                for d in defs):
             continue  # another layout: opening the store says so
@@ -216,12 +224,22 @@ def repair_tiling_layout(path: str | StoreLocation, tiling: Tiling) -> list[str]
     return done
 
 
+def _checksummed(path: str | StoreLocation, names: Sequence[str]) -> bool:
+    """Whether the cube's arrays carry CRC-32C checksums, from the metadata of those still readable
+    (a cube created before checksums keeps its codecs when an array's metadata is restored)."""
+    for name in names:
+        meta, _ = array_meta_problem(path, name)
+        if meta is not None:
+            return has_checksums(meta)
+    return True
+
+
 def _metadata_bytes(d: ArrayDef) -> bytes:
     """The ``zarr.json`` that :meth:`Cube._create` writes for ``d`` (created in a scratch store)."""
     with tempfile.TemporaryDirectory(prefix="rsembed-meta-") as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks, fill_value=d.fill_value,
-                           dimension_names=d.dims, attributes=d.attrs)
+                           dimension_names=d.dims, attributes=d.attrs, compressors=d.compressors)
         with open(os.path.join(tmp, d.name, "zarr.json"), "rb") as fh:
             return fh.read()
 

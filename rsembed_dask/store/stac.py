@@ -41,8 +41,8 @@ import numpy as np
 from ..errors import SpecError
 from ..geo.grid import xy_to_lonlat
 from .footprints import DENSIFY_M, split_antimeridian
-from .geoparquet import (OkCells, StorePart, covering_bounds, export_geoparquet, lon_extent, portable_href,
-                         store_parts)
+from .geoparquet import (OkCells, StorePart, covering_bounds, export_geoparquet, lon_extent, output_error,
+                         portable_href, store_parts)
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
 from .metadata import describe_embeddings, stac_quantization
 from .location import StoreLocation
@@ -125,10 +125,13 @@ def _union_bbox(boxes: list[list[float]]) -> list[float]:
 
 def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
     """Bounds of the ok cells' footprints of ``part`` (``west > east`` across the antimeridian)
-    and their number (embeddings not read)."""
+    and their number.
 
+    The embeddings are read too (and dropped): a catalogue is not published over chunks that
+    do not decode (their checksum fails), which stops with the damage named instead.
+    """
     boxes, n = [], 0
-    for block in OkCells(part, embeddings=False):
+    for block in OkCells(part, embeddings=True):
         b = covering_bounds(block["geometry"])
         w, e = lon_extent(b[:, 0], b[:, 2])
         boxes.append([w, float(b[:, 1].min()), e, float(b[:, 3].max())])
@@ -224,7 +227,12 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                   "emb:preprocessing": emb["preprocessing"], "emb:postprocessing": emb["postprocessing"],
                   "processing:software": {"rsembed_dask": emb["versions"].get("rsembed_dask", "unknown"),
                                           **{k: str(v) for k, v in emb["versions"].items()}}}
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(13, "Permission denied", os.fspath(out_dir))
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
 
     items: list = []
     for part in parts:
@@ -302,7 +310,10 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     collection.add_items(items)
     collection.normalize_hrefs(out_dir)
     collection.make_all_asset_hrefs_relative()
-    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    try:
+        collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
     log.info("stac: wrote collection %s with %d item(s) to %s", cid, len(items), out_dir)
     return collection
 

@@ -40,7 +40,7 @@ from .cube import Cube
 from .geoemb import geoemb_attrs, merge_conventions, zone_attrs
 from .layout import (AOI_ATTR, COL_LEFT_ATTR, CREATING_ATTR, CRS_ATTR, FLAG_ATTRS, IMAGE_SIZE_ATTR, NO_TILE,
                      ROW_TOP_ATTR, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
-                     TILING_MARKER, default_versions, scale_name)
+                     TILING_MARKER, chunk_codecs, default_versions, scale_name)
 from .open import (array_of, attr_text, check_writable, group_of, is_tiling_store, probe_store,
                    unfinished_store)
 from .location import STORE_ERRORS, StoreLocation
@@ -194,21 +194,21 @@ def _create_grids(group: zarr.Group, table: TileTable, embed_dim: int, geoemb: d
         scale = QUANTISED["embedding"]
         g.create_array("embedding", shape=(ny, nx, embed_dim), dtype="int8" if int8 else "float32",
                        chunks=(b, b, embed_dim), fill_value=0 if int8 else np.nan,
-                       dimension_names=("y", "x", "feature"),
+                       dimension_names=("y", "x", "feature"), compressors=chunk_codecs(True),
                        attributes={**ref, "long_name": "pooled embedding of the tile"
                                    + (f", int8: multiply by {scale}" if int8 else "")})
         if int8:
             g.create_array(scale, shape=(ny, nx), dtype="float32", chunks=(b, b), fill_value=np.nan,
-                           dimension_names=("y", "x"), attributes={
+                           dimension_names=("y", "x"), compressors=chunk_codecs(True), attributes={
                                **ref, "long_name": f"dequantisation scale of embedding per tile "
                                                    f"(embedding * {scale}; NaN: no data)"})
         g.create_array("status", shape=(ny, nx), dtype="int8", chunks=(b, b), fill_value=NO_TILE,
-                       dimension_names=("y", "x"), attributes={
+                       dimension_names=("y", "x"), compressors=chunk_codecs(True), attributes={
                            **ref, "long_name": "embedding status",
                            "flag_values": [NO_TILE, *FLAG_ATTRS["flag_values"]],
                            "flag_meanings": "no_tile " + " ".join(STATUS_NAMES)})
         g.create_array("sample_index", shape=(ny, nx), dtype="int64", chunks=(b, b), fill_value=-1,
-                       dimension_names=("y", "x"), attributes={
+                       dimension_names=("y", "x"), compressors=chunk_codecs(True), attributes={
                            **ref, "long_name": f"row of the tile in samples/{scale_name(table.scale_m)}"})
         for name, n, start, step, std in (("x", nx, transform.c, transform.a, "projection_x_coordinate"),
                                           ("y", ny, transform.f, transform.e, "projection_y_coordinate")):

@@ -1,6 +1,7 @@
 """`rsembed-dask run --tile` and `inspect` of a tiling store, with the emulator and the default local cluster."""
 
 import json
+import shutil
 
 import pytest
 import zarr
@@ -56,6 +57,18 @@ def test_run_tile_then_inspect_and_verify(tmp_path, capsys):
         f"quicklook_20m_EPSG{z}.{ext}" for z in zones20 for ext in ("png", "tif"))
     assert all((tmp_path / "ql" / p.rsplit("/", 1)[1]).is_file() for p in printed)
     assert main(["quicklook", str(out), "--scale", "10", "--out", str(tmp_path / "ql")]) == 2
+    # a damaged grid chunk (one flipped byte): one line naming it and the repair, exit 2 (issue 21)
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(out, bad)
+    chunk = sorted((bad / "20m").glob("EPSG*/embedding/c/*/*/*"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["quicklook", str(bad), "--scale", "20", "--out", str(tmp_path / "ql2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "array 'embedding' of 20m/EPSG" in err and "checksum" in err and "--repair" in err
 
     # the text form
     assert main(["inspect", str(out)]) == 0

@@ -10,6 +10,7 @@ from rsembed_dask.store.cube import OK, open_cube
 from rsembed_dask.errors import SpecError, SpecMismatchError
 from rsembed_dask.campaign.run import run_campaign
 from rsembed_dask.providers.coalesce import plan_requests
+from rsembed_dask.sampling.units import default_unit_size
 from rsembed_dask.specs import ModelSpec, TemporalSpec
 from rsembed_dask.store.tiling import NO_TILE, scale_name
 from rsembed_dask.sampling.tiling import tile_aoi
@@ -42,7 +43,7 @@ def test_tiling_campaign_writes_sample_cubes_and_georeferenced_grids(tmp_path, c
     n_tiles = len(tiling)
     # Coalesced: far fewer computePixels than tiles, exactly as planned per unit.
     sent = emu.stats.as_dict()["compute_pixels"]
-    assert sent == _expected_requests(tiling, 64) and sent < n_tiles / 2
+    assert sent == _expected_requests(tiling, default_unit_size(tiling.block)) and sent < n_tiles / 2
     for scale, table in zip(tiling.scales, tiling.tables):
         samples = tree[f"samples/{scale_name(scale)}"].to_dataset()
         assert samples.sizes["sample"] == len(table) and (samples.status.values == OK).all()
@@ -158,7 +159,7 @@ def test_an_interrupted_tiling_campaign_resumes_and_syncs_its_grids(tmp_path, cl
     tree = run_campaign(tiling, out, temporal=WINDOW, model=TINY, backend=provider, client=client,
                         progress=False, on_unit=lambda s: done.append(s.unit))
     assert grids_synced(str(out))
-    n_units = sum(-(-len(t) // 64) for t in tiling.tables)
+    n_units = sum(-(-len(t) // default_unit_size(tiling.block)) for t in tiling.tables)
     assert 0 < len(done) < n_units  # the unit finished before the interruption is not redone
     for scale, table in zip(tiling.scales, tiling.tables):
         for epsg in table.zones():
