@@ -47,6 +47,10 @@ __all__ = ["WorkLeft", "CubeForRun", "work_left", "open_for_run", "Checks"]
 
 log = logging.getLogger(__name__)
 
+#: Status chunks read at once from an object store on resume (Zarr's default is 10): each is
+#: one small GET, so the resume of a large cube is bound by round trips, not bytes.
+STATUS_READ_CONCURRENCY = 64
+
 #: Called before the store changes: ``checks(location, fraction_of_cells_to_write, bytes_reclaimed)``.
 #: It raises to stop the run; the store is then left as it was.
 Checks = Callable[[StoreLocation, float, int], None]
@@ -80,8 +84,11 @@ def _read_status(loc: StoreLocation) -> np.ndarray:
     if array_meta_problem(loc, "status")[0] is None:
         probe_store(loc)  # CubeDamagedError naming every damaged array
     try:
-        return np.asarray(zarr.open_array(loc.child("status").zarr_store(), mode="r", zarr_format=3)[...],
-                          dtype="int8")
+        status = zarr.open_array(loc.child("status").zarr_store(), mode="r", zarr_format=3)
+        if loc.local:
+            return np.asarray(status[...], dtype="int8")
+        with zarr.config.set({"async.concurrency": STATUS_READ_CONCURRENCY}):  # one GET per unit, in parallel
+            return np.asarray(status[...], dtype="int8")
     except DECODE_ERRORS as exc:
         raise CubeDamagedError(f"cube {loc.url!r} is damaged: its status cannot be read "
                                f"({type(exc).__name__}: {exc}); " + damage_hint(loc.url)) from exc
