@@ -16,12 +16,13 @@ emulator's ``no_coverage``: no_data in every run, not a failure).
    cells ok before and not ok after (an ok cell must never be downgraded).
 4. A last ``retry_failed=True`` rerun without faults finishes the cube: ``units lost`` and
    ``cells differing`` (from the clean run) must be 0.
-5. A late worker: a new cube on the one GPU worker left; a third ``GPU=1`` worker joins once
-   two units are done (``late worker units``: what it embedded).
-6. A faulty worker: a ``GPU=1`` worker whose forward raises a CUDA-like ``RuntimeError``
-   (a ``sitecustomize.py`` on its ``PYTHONPATH`` patches torch, from outside the package)
-   joins; a new cube runs: the worker is quarantined (``quarantined``) and its units run
-   on the healthy one.
+5. A late worker: a new cube on the one GPU worker left (Earth Engine answering in 1 s,
+   2 requests at once); a third ``GPU=1`` worker joins once a unit is done (``late worker
+   units``: what it embedded).
+6. A faulty worker: the healthy GPU workers go; the only one left is a ``GPU=1`` worker whose
+   forward raises a CUDA-like ``RuntimeError`` (a ``sitecustomize.py`` on its ``PYTHONPATH``
+   patches torch, from outside the package); once the runner quarantines it, a healthy
+   worker joins and runs every unit (``quarantined``).
 
 ``units lost`` and ``cells differing`` count over runs 4, 5 and 6 (each against the clean run).
 
@@ -30,6 +31,7 @@ Prints one ``name: value`` line per figure.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -205,26 +207,43 @@ def main() -> None:
                     late.append(_worker(addr, "gpu-late"))
                     procs["gpu-late"] = late[0]
 
-            with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
+            # Paced by Earth Engine (1 s a request, 2 at once), so the run outlasts the worker's start.
+            with GEEEmulator(seed=0, latency_s=1.0, no_coverage=NO_COVERAGE) as emu:
                 opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
                 late_ds = run_campaign(gdf, Path(tmp) / "late.zarr", client=addr, gee_options=opts,
-                                       on_unit=join, **kw)
+                                       on_unit=join, ee_concurrency=2, **kw)
             late_last = Cube.open(Path(tmp) / "late.zarr").attrs["last_run"]
             late_units = sum(w["units"] for w in late_last["workers"] if w["name"] == "gpu-late")
             late_lost, late_differing = _compare(late_ds, clean)
 
-            # 6. A faulty worker joins: its forward raises a CUDA-like error.
+            # 6. The healthy GPU workers go; a faulty one (its forward raises a CUDA-like error) is
+            # the only one; a healthy worker joins once the runner has quarantined it.
+            for name in ("gpu-1", "gpu-late"):
+                if name in procs:
+                    procs[name].send_signal(signal.SIGKILL)
             site = Path(tmp) / "faulty-site"
             site.mkdir()
             (site / "sitecustomize.py").write_text(FAULTY_SITECUSTOMIZE)
             procs["gpu-bad"] = _worker(addr, "gpu-bad", {"PYTHONPATH": os.pathsep.join(
                 [str(site), os.environ.get("PYTHONPATH", "")])})
             with Client(addr, timeout=60) as c:
-                c.wait_for_workers(len([p for k, p in procs.items() if k != "scheduler" and p.poll() is None]),
-                                  timeout=120)
-            with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
-                opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
-                bad_ds = run_campaign(gdf, Path(tmp) / "bad.zarr", client=addr, gee_options=opts, **kw)
+                c.wait_for_workers(1, timeout=120)
+                while len(c.scheduler_info()["workers"]) != 1:
+                    time.sleep(0.5)
+
+            class OnQuarantine(logging.Handler):
+                def emit(self, record):
+                    if "quarantined" in record.getMessage() and "gpu-good" not in procs:
+                        procs["gpu-good"] = _worker(addr, "gpu-good")
+
+            hook = OnQuarantine()
+            logging.getLogger("rsembed_dask.campaign.runner").addHandler(hook)
+            try:
+                with GEEEmulator(seed=0, latency_s=0.05, no_coverage=NO_COVERAGE) as emu:
+                    opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
+                    bad_ds = run_campaign(gdf, Path(tmp) / "bad.zarr", client=addr, gee_options=opts, **kw)
+            finally:
+                logging.getLogger("rsembed_dask.campaign.runner").removeHandler(hook)
             bad_last = Cube.open(Path(tmp) / "bad.zarr").attrs["last_run"]
             bad_lost, bad_differing = _compare(bad_ds, clean)
             print(f"band typo: {typo[0]} after {typo[1]:.1f} s, computePixels sent {typo[2]}")

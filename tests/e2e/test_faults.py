@@ -113,7 +113,7 @@ def test_malformed_answers_fail_the_unit_then_retry_failed_from_the_cli(tmp_path
             assert main(args + ["--scheduler", addr, "--ee-url", good.url]) == 1  # plain resume: nothing to do
             assert good.stats.as_dict()["compute_pixels"] == 0
             assert main(args + ["--scheduler", addr, "--ee-url", good.url, "--retry-failed"]) == 0
-            account = Cube.open(out).attrs["request_account"]
+            account = Cube.open(out).attrs["runs"][-1]["requests"]  # this run's
             assert good.stats.as_dict()["compute_pixels"] == account["sent"] == account["planned"]
             assert account["planned"] + account["reused"] == 8  # every sample served, coalesced
     assert (Cube.open(out).status_array() == OK).all()

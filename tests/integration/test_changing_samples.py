@@ -255,7 +255,7 @@ def test_update_re_embeds_only_the_moved_sample(tmp_path, client, provider):
     ds = run_campaign(moved, out, **args, update=True, on_unit=seen.append).load()
     assert (ds.status.values == OK).all()
     assert len(seen) == 2 and all(s.counts["ok"] == 1 and s.counts["untouched"] == 3 for s in seen)
-    account = Cube.open(out).attrs["request_account"]
+    account = Cube.open(out).attrs["runs"][-1]["requests"]  # this run's (request_account: all runs)
     assert account["planned"] == account["sent"] == 2 and account["reused"] == 0
     others = [s for s in gdf.site if s != "p4-3"]
     np.testing.assert_array_equal(_bits(ds.embedding.sel(sample=others).values),
@@ -316,8 +316,9 @@ def test_cli_update_append_and_removed(tmp_path, capsys, caplog):
     rc, err = run(moved, "--update")
     assert rc == 0
     assert main(["inspect", str(out), "--json"]) == 0
-    account = json.loads(capsys.readouterr().out)["request_account"]
-    assert account["sent"] == 2  # one sample at two scales
+    info = json.loads(capsys.readouterr().out)
+    assert info["runs"][-1]["requests"]["sent"] == 2  # one sample at two scales
+    assert info["request_account"]["sent"] == sum(r["requests"]["sent"] for r in info["runs"])
     ds = open_cube(out)
     others = [p for p in gdf["plot"] if p != "plot-2"]
     np.testing.assert_array_equal(_bits(ds.embedding.sel(sample=others).values),
