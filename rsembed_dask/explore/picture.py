@@ -36,6 +36,8 @@ CHANGE_COLOURS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201,
 _MARGIN = 16
 _TITLE_H = 34
 _LEGEND_H = 54
+_BAR_W = 260
+_NO_DATA = "no data (transparent)"
 _PAGE = (255, 255, 255, 255)
 _INK = (20, 20, 20, 255)
 
@@ -130,9 +132,15 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
     factor = max(1, -(-int(min_long_side) // max(h, w)))
     big = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
     mw, mh = w * factor, h * factor
-    title_font = _font(16)
-    title_w = int(ImageDraw.Draw(Image.new("RGBA", (1, 1))).textlength(title, font=title_font))
-    width = max(mw + 2 * _MARGIN, title_w + 2 * _MARGIN, 420)
+    title_font, font = _font(16), _font(13)
+    measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+    title_w = int(measure.textlength(title, font=title_font))
+    legend_w = 40 + int(measure.textlength(_NO_DATA, font=font))
+    if colour_bar is not None:
+        legend_w += _BAR_W + 24 + int(measure.textlength(colour_bar[2], font=font))
+    elif channels is not None:
+        legend_w += sum(24 + int(measure.textlength(c, font=font)) for c in channels)
+    width = max(mw + 2 * _MARGIN, title_w + 2 * _MARGIN, legend_w + 2 * _MARGIN, 420)
     height = _TITLE_H + mh + _LEGEND_H + _MARGIN
     page = Image.new("RGBA", (width, height), _PAGE)
     x0, y0 = (width - mw) // 2, _TITLE_H
@@ -143,11 +151,10 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
     draw.text((_MARGIN, 8), title, fill=_INK, font=title_font)
     draw.rectangle([x0 - 1, y0 - 1, x0 + mw, y0 + mh], outline=(120, 120, 120, 255))
     ly = y0 + mh + 12
-    font = _font(13)
     x = _MARGIN
     if colour_bar is not None:
         vmin, vmax, label = colour_bar
-        bar_w = min(260, width - 2 * _MARGIN - 160)
+        bar_w = _BAR_W
         ramp, _, _ = scalar_rgba(np.linspace(0.0, 1.0, bar_w)[None, :], 0.0, 1.0)
         page.paste(Image.fromarray(np.repeat(ramp, 12, axis=0), "RGBA"), (x, ly))
         draw.text((x, ly + 15), f"{vmin:.3g}", fill=_INK, font=font)
@@ -162,7 +169,7 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
             x += 24 + int(draw.textlength(name, font=font))
     # "no data": an outlined empty swatch (the map is transparent there).
     draw.rectangle([x, ly, x + 12, ly + 12], outline=(120, 120, 120, 255))
-    draw.text((x + 16, ly - 1), "no data (transparent)", fill=_INK, font=font)
+    draw.text((x + 16, ly - 1), _NO_DATA, fill=_INK, font=font)
     if cell_m is not None and cell_m > 0:
         km, px = _scale_bar_km(mw, factor, float(cell_m))
         px = min(px, mw)

@@ -195,8 +195,10 @@ def test_change_map_of_two_tiling_campaigns(tmp_path, client, emulator):
     print(f"\nchange AUC: {auc:.3f} on the grid cells of {zones[0]} ({int((frac[keep] >= CHANGED).sum())} changed, "
           f"{int((frac[keep] < UNCHANGED).sum())} unchanged)")
     assert auc >= 0.8
-    left, lo, hi = scalar_rgba(score)
-    right, _, fmax = scalar_rgba(frac, 0.0, max(0.3, float(np.nanmax(frac))))
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))  # the tiles, not the whole grid
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    left, lo, hi = scalar_rgba(score[crop])
+    right, _, fmax = scalar_rgba(frac[crop], 0.0, max(0.3, float(np.nanmax(frac))))
     map_png(left, tmp_path / "score.png", f"{zones[0]}, {SCALE:g} m tiles: change score 2019 -> 2024 (AUC {auc:.2f})",
             cell_m=a, colour_bar=(lo, hi, "cosine distance"))
     map_png(right, tmp_path / "truth.png", "true land-cover change 2019 -> 2024 (emulator)", cell_m=a,
