@@ -443,7 +443,19 @@ class WorkerInfo:
 
 
 def worker_roster(client: Client) -> dict[str, WorkerInfo]:
-    """Every worker's :class:`WorkerInfo` by address, asked of the scheduler now (one call)."""
+    """Every worker's :class:`WorkerInfo` by address, asked of the scheduler now (one call).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of the cluster.
+
+    Returns
+    -------
+    dict of str to WorkerInfo
+        Name, server id (new for a worker restarted under the same address) and whether it
+        declares the GPU resource, by worker address.
+    """
     # A lambda is pickled by value: the scheduler needs no rsembed_dask to run it.
     rows = client.run_on_scheduler(lambda dask_scheduler, gpu=GPU_RESOURCE: {
         addr: (str(ws.name), str(ws.server_id), float(ws.resources.get(gpu, 0)))

@@ -76,6 +76,11 @@ def roc_auc(scores: ArrayLike, truth: ArrayLike) -> float:
     truth : array_like of bool
         Whether the row really changed.
 
+    Returns
+    -------
+    float
+        The area under the ROC curve, 0.5 for a score that tells nothing.
+
     Raises
     ------
     SpecError

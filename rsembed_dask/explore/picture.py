@@ -65,9 +65,21 @@ def _font(size: int):
 
 def scalar_rgba(values: ArrayLike, vmin: float | None = None, vmax: float | None = None,
                 colours: np.ndarray = CHANGE_COLOURS) -> tuple[np.ndarray, float, float]:
-    """Colour a scalar grid ``(H, W)`` (NaN: no data) with a ramp; returns ``(rgba, vmin, vmax)``.
+    """Colour a scalar grid ``(H, W)`` (NaN: no data) with a ramp.
 
-    ``vmin``/``vmax`` default to the finite values' range. NaN cells are transparent.
+    Parameters
+    ----------
+    values : array_like
+        The grid, NaN where there is no data (transparent).
+    vmin, vmax : float, optional
+        The ends of the ramp (default the finite values' range).
+    colours : ndarray
+        ``(K, 3)`` uint8 colours of the ramp.
+
+    Returns
+    -------
+    tuple of (ndarray, float, float)
+        ``(rgba (H, W, 4) uint8, vmin, vmax)``.
     """
     v = np.asarray(values, np.float64)
     if v.ndim != 2:

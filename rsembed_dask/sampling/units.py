@@ -33,6 +33,16 @@ def default_unit_size(block: int | None = None) -> int:
     """Samples per unit of a new cube: :data:`DEFAULT_UNIT_SAMPLES`, in whole ``block x block``
     blocks of tiles for a tiling (so every complete block is one request of one unit).
 
+    Parameters
+    ----------
+    block : int, optional
+        Tiles per side of a tiling's block (None for a sample campaign).
+
+    Returns
+    -------
+    int
+        Samples per unit (and per cube chunk).
+
     Examples
     --------
     >>> default_unit_size(), default_unit_size(8), default_unit_size(30)

@@ -773,7 +773,18 @@ def store_lock(store: str | os.PathLike, *, storage_options: Mapping[str, Any] |
 
 
 def held_lock(store: str | os.PathLike) -> StoreLock | None:
-    """The lock of ``store`` this thread holds (within :func:`store_lock` or :func:`one_writer`), if any."""
+    """The lock of ``store`` this thread holds (within :func:`store_lock` or :func:`one_writer`), if any.
+
+    Parameters
+    ----------
+    store : str, path-like or StoreLocation
+        The cube or tiling store.
+
+    Returns
+    -------
+    StoreLock or None
+        The lock held by this thread, or None.
+    """
     with _HELD_GUARD:
         return _HELD.get((lock_path(store), threading.get_ident()))
 

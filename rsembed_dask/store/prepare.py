@@ -98,6 +98,15 @@ def work_left(path: str | os.PathLike | StoreLocation, *, tiling: bool = False,
               retry_failed: bool = False, retry_no_data: bool = False) -> WorkLeft | None:
     """Read-only: what is left to do in the store at ``path``.
 
+    Parameters
+    ----------
+    path : str, path-like or StoreLocation
+        The cube, or the tiling store with ``tiling=True``.
+    tiling : bool
+        ``path`` is a tiling store (its sample cubes are read).
+    retry_failed, retry_no_data : bool
+        Failed (no_data) cells count as work left.
+
     Returns
     -------
     WorkLeft or None
