@@ -151,6 +151,8 @@ class TemporalSpec(SpecBase):
     def years(cls, first: int, last: int) -> TemporalWindows:
         """One window per calendar year, ``first`` to ``last`` inclusive.
 
+        Examples
+        --------
         >>> len(TemporalSpec.years(2019, 2024))
         6
         """
@@ -163,6 +165,8 @@ class TemporalSpec(SpecBase):
         """Twelve months from ``start_month`` of ``year`` cut into windows of ``months_per_window``
         (a divisor of 12): quarters by default; ``start_month=12`` gives DJF, MAM, JJA, SON.
 
+        Examples
+        --------
         >>> [(w.start, w.end) for w in TemporalSpec.seasons(2023, 6, start_month=7)]
         [('2023-07-01', '2024-01-01'), ('2024-01-01', '2024-07-01')]
         """
@@ -180,6 +184,8 @@ class TemporalSpec(SpecBase):
         """Back-to-back windows of ``months`` (or ``days``) from ``start`` until ``end`` (exclusive);
         the last window is cut short at ``end`` if the steps do not divide the span.
 
+        Examples
+        --------
         >>> [w.end for w in TemporalSpec.every("2023-01-01", "2023-02-01", days=10)]
         ['2023-01-11', '2023-01-21', '2023-01-31', '2023-02-01']
         """
