@@ -427,7 +427,8 @@ class _Ledger:
                 workers=[{k: w[k] for k in ("name", "address", "units", "embeddings", "load_s", "state")}
                          for w in r.workers],
                 quarantined=dict(r.quarantined))
-            total = self.base + requests
+            total = collections.Counter(self.base)
+            total.update(requests)  # (not ``+``: it drops the zero counts)
             runs = (self.runs + [self.record])[-MAX_RUNS:]
             for cube in self.cubes:
                 cube.set_attrs(**{REQUEST_ACCOUNT_ATTR: dict(total), RUNS_ATTR: runs})
