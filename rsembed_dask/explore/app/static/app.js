@@ -38,7 +38,7 @@
     return q;
   }
 
-  function fmt(score) { return Number(score).toFixed(4); }
+  function fmt(score, digits) { return Number(score).toFixed(digits || 4); }
 
   function scoreColour(t) {  // 0..1 -> yellow..dark red
     const r = Math.round(255 - 80 * t), g = Math.round(220 * (1 - t) + 20), b = Math.round(60 * (1 - t));
@@ -92,7 +92,7 @@
       li.dataset.id = p.id; li.dataset.score = p.score; li.dataset.query = p.query ? "1" : "0";
       li.dataset.lon = p.lon; li.dataset.lat = p.lat;
       li.innerHTML = `<span>${p.query ? "query" : p.rank + "."} ${escapeHtml(String(p.id))}</span>` +
-        `<span class="score">${fmt(p.score)}</span>`;
+        `<span class="score">${fmt(p.score, 6)}</span>`;
       li.onclick = () => map.panTo([p.lat, p.lon]);
       list.appendChild(li);
     }
