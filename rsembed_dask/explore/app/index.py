@@ -20,8 +20,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,12 +39,31 @@ __all__ = ["VectorIndex", "BLOCK_ROWS", "MAX_FIT_ROWS"]
 
 log = logging.getLogger(__name__)
 
-#: Rows converted to float32 and multiplied at a time (int8 indexes): 512 x 1024 float32
-#: is 2 MiB, which stays in cache between the conversion and the product.
-BLOCK_ROWS = 512
-#: Vectors the PCA colours are fitted on (an even subsample beyond).
-MAX_FIT_ROWS = 20_000
+#: Rows converted to float32 and multiplied at a time (int8 indexes): 1024 x 1024 float32
+#: is 4 MiB, which stays in cache between the conversion and the product.
+BLOCK_ROWS = 1024
+#: Vectors the PCA colours are fitted on (an even subsample beyond): colours need only the
+#: main axes, and the fit's float64 copies stay small beside the vectors.
+MAX_FIT_ROWS = 4096
+#: Rows converted to float at a time outside searches (norms, colours): bounded temporaries.
+_WORK_ROWS = 2048
 _EARTH_RADIUS_M = 6_371_008.8
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block: a search is a series of small matrix-vector
+    products, where BLAS threads spin and wait more than they compute (measured: 4x the CPU
+    time with two threads on a busy 2-core machine)."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 class VectorIndex:
@@ -117,8 +139,10 @@ class VectorIndex:
             sel = ok[(ok >= start) & (ok < stop)]
             if not len(sel):
                 continue
-            block = np.asarray(emb[start:stop].values)[sel - start]
+            block = np.asarray(emb[start:stop].values)
             m = len(sel)
+            if m < len(block):
+                block = block[sel - start]
             if int8:
                 s = np.asarray(qscale[start:stop].values, np.float32)[sel - start]  # type: ignore[index]
                 vectors[done:done + m] = block
@@ -143,8 +167,8 @@ class VectorIndex:
 
     def _inverse_norms(self) -> np.ndarray:
         out = np.empty(len(self.vectors), np.float32)
-        for start in range(0, len(self.vectors), 1 << 16):
-            block = self.vectors[start:start + (1 << 16)].astype(np.float32)
+        for start in range(0, len(self.vectors), _WORK_ROWS):
+            block = self.vectors[start:start + _WORK_ROWS].astype(np.float32)
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
             with np.errstate(divide="ignore"):
                 out[start:start + len(block)] = np.where(norms > 0, 1.0 / norms, 0.0)
@@ -162,16 +186,17 @@ class VectorIndex:
         """``vector_i . direction / |vector_i|`` for every indexed place: one pass of matrix products."""
         q = np.ascontiguousarray(direction, np.float32)
         out = np.empty(len(self.vectors), np.float32)
-        if self.vectors.dtype == np.float32:
-            for start in range(0, len(self.vectors), 1 << 16):
-                np.matmul(self.vectors[start:start + (1 << 16)], q, out=out[start:start + (1 << 16)])
-        else:
-            buf = np.empty((BLOCK_ROWS, self.vectors.shape[1]), np.float32)
-            for start in range(0, len(self.vectors), BLOCK_ROWS):
-                block = self.vectors[start:start + BLOCK_ROWS]
-                m = len(block)
-                np.copyto(buf[:m], block, casting="unsafe")
-                np.matmul(buf[:m], q, out=out[start:start + m])
+        with one_blas_thread():
+            if self.vectors.dtype == np.float32:
+                for start in range(0, len(self.vectors), 1 << 16):
+                    np.matmul(self.vectors[start:start + (1 << 16)], q, out=out[start:start + (1 << 16)])
+            else:
+                buf = np.empty((BLOCK_ROWS, self.vectors.shape[1]), np.float32)
+                for start in range(0, len(self.vectors), BLOCK_ROWS):
+                    block = self.vectors[start:start + BLOCK_ROWS]
+                    m = len(block)
+                    np.copyto(buf[:m], block, casting="unsafe")
+                    np.matmul(buf[:m], q, out=out[start:start + m])
         out *= self.inv_norm
         return out
 
@@ -230,8 +255,8 @@ class VectorIndex:
         if self._colours is None:
             return np.full((len(idx), 3), 128, np.uint8)
         out = np.empty((len(idx), 3), np.uint8)
-        for start in range(0, len(idx), 1 << 15):
-            out[start:start + (1 << 15)] = self._colours.rgb(self.floats(idx[start:start + (1 << 15)]))
+        for start in range(0, len(idx), _WORK_ROWS):
+            out[start:start + _WORK_ROWS] = self._colours.rgb(self.floats(idx[start:start + _WORK_ROWS]))
         return out
 
     def position_of_row(self, rows: Any) -> np.ndarray:

@@ -621,6 +621,24 @@ def explore(cube: Any, *, port: int = 0, host: str = DEFAULT_HOST, basemap: str 
     return ExplorerServer(create_app(cube, basemap=basemap, host=host), host, port, height=height)
 
 
+def _return_freed_memory() -> None:
+    """Have glibc hand big freed buffers back to the system at once (``M_MMAP_THRESHOLD`` of
+    1 MiB): loading a cube decodes thousands of chunks, and glibc's adaptive threshold would
+    otherwise keep their buffers in its heaps, a third more than the vectors at the peak.
+    A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return
+    if mallopt is not None:
+        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def serve(cube: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, basemap: str | None = None,
           open_browser: bool = True, announce: Any = print) -> None:
     """Serve the explorer of ``cube`` in the foreground until Ctrl-C (``rsembed-dask explore``).
@@ -631,6 +649,7 @@ def serve(cube: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, base
 
     if not _is_loopback(host):
         log.warning("the explorer is served on %s: anyone who can reach this address can read the cube", host)
+    _return_freed_memory()
     app = create_app(cube, basemap=basemap, host=host)
     sock = _bind(host, port)
     url = _url(host, int(sock.getsockname()[1]))
