@@ -11,7 +11,10 @@ the runs after a warm-up). The server's peak resident memory is its ``VmHWM``.
 
 Figures (one ``name: value`` line each):
 
-1. ``similar ms (1M embeddings)``: goal <= 300 on the 2-core development machine.
+1. ``similar ms (1M embeddings)``: goal <= 300 on the 2-core development machine. Printed
+   beside it: the server's own ``took_ms`` and its CPU time per query (user + system, from
+   ``/proc``), which say what the wall time is made of on a machine shared with other work
+   (the load average is printed too).
 2. ``explore server peak MiB (1M embeddings)``: goal <= 1.5 x the vectors' own bytes
    (printed as ``vectors MiB`` beside it).
 
@@ -66,6 +69,13 @@ def _get(url: str) -> bytes:
         return r.read()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _peak_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
         kb = int(re.search(r"VmHWM:\s+(\d+) kB", fh.read()).group(1))  # type: ignore[union-attr]
@@ -102,14 +112,18 @@ def main() -> None:
             places = json.loads(_get(url + "api/places?scale=10"))
             assert places["total"] == args.n, places["total"]
             rng = np.random.default_rng(1)
-            times = []
-            for _ in range(args.queries + 2):
+            times, took = [], []
+            for i in range(args.queries + 2):
+                if i == 2:
+                    cpu0 = _cpu_s(proc.pid)
                 lon, lat = rng.uniform(0, 10), rng.uniform(40, 50)
                 t = time.perf_counter()
                 fc = json.loads(_get(f"{url}api/similar?lon={lon:.5f}&lat={lat:.5f}&k=10&scale=10"))
                 times.append((time.perf_counter() - t) * 1000)
+                took.append(fc["took_ms"])
                 assert len(fc["features"]) == 11 and fc["features"][0]["properties"]["query"]
             ms = float(np.median(times[2:]))
+            cpu_ms = (_cpu_s(proc.pid) - cpu0) * 1000 / args.queries
             peak = _peak_mib(proc.pid)
         finally:
             proc.terminate()
@@ -117,6 +131,9 @@ def main() -> None:
         vectors = args.n * args.dim / 2**20  # int8: one byte per value
         print(f"similar ms ({label}): {ms:.0f}")
         print(f"similar ms p90 ({label}): {float(np.percentile(times[2:], 90)):.0f}")
+        print(f"similar server ms ({label}, took_ms, median): {float(np.median(took[2:])):.0f}")
+        print(f"similar server CPU ms per query ({label}): {cpu_ms:.0f}")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"vectors MiB ({label}, int8, D={args.dim}): {vectors:.0f}")
         print(f"explore server peak MiB ({label}): {peak:.0f}")
         print(f"explore server peak / vectors ({label}): {peak / vectors:.2f}")

@@ -86,7 +86,7 @@ def _cosines(ds, scale, query_id):
 def test_similar_returns_the_query_then_the_k_most_similar_with_their_cosines(api, points_cube):
     ds = open_cube(points_cube)
     lon, lat = float(ds.lon.values[4]), float(ds.lat.values[4])
-    r = api.get("/api/similar", params={"lon": lon, "lat": lat, "k": 5, "scale": 40})
+    r = api.get("/api/similar", params={"lon": lon, "lat": lat, "k": 5, "scale": 40, "geometry": "stored"})
     assert r.status_code == 200, r.text
     fc = r.json()
     assert fc["type"] == "FeatureCollection" and fc["scale"] == 40.0 and fc["k"] == 5
@@ -111,6 +111,11 @@ def test_similar_returns_the_query_then_the_k_most_similar_with_their_cosines(ap
         assert f["id"] == f["properties"]["id"]
         assert shapely.geometry.shape(f["geometry"]).equals(
             shapely.from_wkb(ds.geometry.sel(sample=f["id"]).values.item()))
+    # By default the geometry is the centroid (no geometry chunk read: fast on big cubes).
+    points = api.get("/api/similar", params={"lon": lon, "lat": lat, "k": 5, "scale": 40}).json()["features"]
+    assert [f["id"] for f in points] == [f["id"] for f in feats]
+    assert all(f["geometry"] == {"type": "Point", "coordinates": [f["properties"]["lon"], f["properties"]["lat"]]}
+               for f in points)
 
 
 def test_scales_are_their_own_indexes_and_places_carry_pca_colours(api, points_cube):
@@ -141,6 +146,7 @@ def test_scales_are_their_own_indexes_and_places_carry_pca_colours(api, points_c
     ({"lon": 3.6, "lat": 30.4, "k": 5, "scale": 30}, "scale"),
     ({"lon": 3.6, "lat": 30.4, "k": 5}, "scale"),  # two scales: which one?
     ({"lon": 3.6, "lat": 30.4, "k": 5, "scale": 20, "time": "2022"}, "time"),  # no windows
+    ({"lon": 3.6, "lat": 30.4, "k": 5, "scale": 20, "geometry": "wkt"}, "geometry"),
 ])
 def test_malformed_or_oversized_queries_get_400_and_a_json_error(api, params, word):
     r = api.get("/api/similar", params=params)
@@ -297,7 +303,7 @@ def test_tiling_store_api_serves_overlays_and_tiles(tiles_store):
     assert api.get("/api/overlay/20/EPSG4326.png").status_code == 400
     samples = open_cube(tiles_store)["samples/20m"].to_dataset()
     lon, lat = float(samples.lon.values[7]), float(samples.lat.values[7])
-    fc = api.get("/api/similar", params={"lon": lon, "lat": lat + 0.001, "k": 4}).json()
+    fc = api.get("/api/similar", params={"lon": lon, "lat": lat + 0.001, "k": 4, "geometry": "stored"}).json()
     q = fc["features"][0]
     assert q["id"] == samples.sample.values[7]
     tile = shapely.from_wkb(samples.geometry.values[7])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,10 +46,21 @@ log = logging.getLogger(__name__)
 BLOCK_ROWS = 1024
 #: Vectors the PCA colours are fitted on (an even subsample beyond): colours need only the
 #: main axes, and the fit's float64 copies stay small beside the vectors.
-MAX_FIT_ROWS = 4096
+MAX_FIT_ROWS = 2048
 #: Rows converted to float at a time outside searches (norms, colours): bounded temporaries.
 _WORK_ROWS = 2048
 _EARTH_RADIUS_M = 6_371_008.8
+
+
+#: Threads one search uses at most (one per core up to this).
+MAX_SEARCH_THREADS = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _search_pool() -> tuple[ThreadPoolExecutor, int]:
+    """The threads searches run on (created on first use) and how many there are."""
+    n = max(1, min(MAX_SEARCH_THREADS, os.cpu_count() or 1))
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="rsembed-search"), n
 
 
 @functools.lru_cache(maxsize=1)
@@ -183,22 +196,35 @@ class VectorIndex:
         return self.vectors[idx].astype(np.float32) * self.inv_norm[idx, None]
 
     def dots(self, direction: np.ndarray) -> np.ndarray:
-        """``vector_i . direction / |vector_i|`` for every indexed place: one pass of matrix products."""
+        """``vector_i . direction / |vector_i|`` for every indexed place: one pass of matrix products,
+        the rows split between the machine's cores (up to :data:`MAX_SEARCH_THREADS`)."""
         q = np.ascontiguousarray(direction, np.float32)
-        out = np.empty(len(self.vectors), np.float32)
+        n = len(self.vectors)
+        out = np.empty(n, np.float32)
+        pool, threads = _search_pool()
+        parts = threads if n >= 8 * BLOCK_ROWS else 1
+        bounds = [min(n, -(-n * i // parts // BLOCK_ROWS) * BLOCK_ROWS) for i in range(parts + 1)]
         with one_blas_thread():
-            if self.vectors.dtype == np.float32:
-                for start in range(0, len(self.vectors), 1 << 16):
-                    np.matmul(self.vectors[start:start + (1 << 16)], q, out=out[start:start + (1 << 16)])
+            if parts == 1:
+                self._dots(q, out, 0, n)
             else:
-                buf = np.empty((BLOCK_ROWS, self.vectors.shape[1]), np.float32)
-                for start in range(0, len(self.vectors), BLOCK_ROWS):
-                    block = self.vectors[start:start + BLOCK_ROWS]
-                    m = len(block)
-                    np.copyto(buf[:m], block, casting="unsafe")
-                    np.matmul(buf[:m], q, out=out[start:start + m])
+                for f in [pool.submit(self._dots, q, out, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+                    f.result()
         out *= self.inv_norm
         return out
+
+    def _dots(self, q: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        """``out[start:stop] = vectors[start:stop] @ q`` (NumPy releases the GIL: threads run in parallel)."""
+        if self.vectors.dtype == np.float32:
+            for a in range(start, stop, 1 << 16):
+                b = min(a + (1 << 16), stop)
+                np.matmul(self.vectors[a:b], q, out=out[a:b])
+            return
+        buf = np.empty((BLOCK_ROWS, self.vectors.shape[1]), np.float32)
+        for a in range(start, stop, BLOCK_ROWS):
+            b = min(a + BLOCK_ROWS, stop)
+            np.copyto(buf[:b - a], self.vectors[a:b], casting="unsafe")
+            np.matmul(buf[:b - a], q, out=out[a:b])
 
     def cosine(self, i: int) -> np.ndarray:
         """Cosine similarity of every indexed place to indexed place ``i``."""

@@ -13,8 +13,9 @@ HTTP API (JSON; GeoJSON in EPSG:4326; errors are ``400 {"error": "..."}``):
 ``GET /api/overlays``      ``scale``, ``time``: the zone overlays of a tiling store (URL, bounds)
 ``GET /api/overlay/S/Z.png``  one zone overlay (RGBA PNG in Web Mercator)
 ``GET /api/nearest``       ``lon``, ``lat``, ``scale``, ``time``: the nearest place (a Feature)
-``GET /api/similar``       ``lon``, ``lat``, ``k``, ``scale``, ``time``: the query place and its
-                           ``k`` most similar places (FeatureCollection, most similar first)
+``GET /api/similar``       ``lon``, ``lat``, ``k``, ``scale``, ``time``, ``geometry``: the query
+                           place and its ``k`` most similar places (FeatureCollection, most
+                           similar first; Points at the centroids, or ``geometry=stored``)
 ``PUT /api/labels``        ``{"scale", "time", "labels": [{"id" | "lon","lat", "label"}]}``
 ``GET /api/labels``        ``format=geojson|geoparquet``: the labels
 ``GET /api/predict``       ``format=geojson|geoparquet|columns``, ``limit``, ``min_score``: every
@@ -111,16 +112,18 @@ class Explorer:
             return self._indexes[key]
 
     def features(self, scale: float, window: Window | None, idx: np.ndarray,
-                 props: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
-        """GeoJSON Features of indexed places ``idx``: their stored geometry and ``props`` per place."""
+                 props: dict[str, Iterable[Any]], *, stored: bool = True) -> list[dict[str, Any]]:
+        """GeoJSON Features of indexed places ``idx`` with ``props`` per place; their geometry is
+        the stored one (``stored``: the sample's geometry, a tile's square; this reads the chunks
+        of the cube's ``geometry`` that hold them) or a Point at the place's centroid."""
         import shapely
 
         index = self.index(scale, window)
         ds = self.source.places(scale, window)
         rows = index.rows[idx]
         order = np.argsort(rows, kind="stable")
-        wkb = np.empty(len(rows), object)
-        if len(rows):
+        wkb = np.full(len(rows), "", object)
+        if len(rows) and stored:
             wkb[order] = np.asarray(ds["geometry"].isel(sample=rows[order]).values, object)
         ids = ds.indexes["sample"][rows]
         columns = {k: list(v) for k, v in props.items()}
@@ -417,6 +420,7 @@ def create_app(cube: Any, *, basemap: str | None = None, host: str = DEFAULT_HOS
         params = request.query_params
         lon, lat = query_point(params)
         k = _integer("k", params.get("k", "10"), 1, MAX_K)
+        geometry = _choice("geometry", params.get("geometry", "point"), ("point", "stored"))
         scale, window = where(params)
         index = explorer.index(scale, window)
         q = index.nearest(lon, lat)
@@ -425,7 +429,7 @@ def create_app(cube: Any, *, basemap: str | None = None, host: str = DEFAULT_HOS
         best, scores = np.concatenate([[q], best[keep][:k]]), np.concatenate([[1.0], scores[keep][:k]])
         feats = explorer.features(scale, window, best, {
             "score": [round(float(s), 6) for s in scores], "rank": range(len(best)),
-            "query": [True] + [False] * (len(best) - 1)})
+            "query": [True] + [False] * (len(best) - 1)}, stored=geometry == "stored")
         return {"type": "FeatureCollection", "features": feats,
                 "query": {"lon": lon, "lat": lat, "id": feats[0]["id"],
                           "distance_m": round(index.distance_m(q, lon, lat), 1)},
