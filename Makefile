@@ -15,9 +15,11 @@ PYTEST_ARGS ?= -m "not slow"
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# The explorer's browser test drives Debian's headless Chromium (root on a fresh machine, as CI runs).
+	test -x /usr/bin/chromedriver || (apt-get update && apt-get install -y chromium chromium-driver)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS)
-	$(PIP) install -q --disable-pip-version-check -e ".[dev,notebooks,docs]" "dask-jobqueue>=0.8"
+	$(PIP) install -q --disable-pip-version-check -e ".[dev,notebooks,docs,explore]" "dask-jobqueue>=0.8"
 	# rshf's own pins drag in torchaudio/open_clip and pin torch: install it without them.
 	$(PIP) install -q --disable-pip-version-check --no-deps $(RSHF_PIN)
 	touch $(STAMP)

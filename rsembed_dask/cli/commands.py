@@ -1,7 +1,8 @@
-"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook | export | stac``.
+"""Command line: ``rsembed-dask emulator | embed | demo | run | inspect | plan | quicklook | export | stac | explore``.
 
 ``inspect`` and ``quicklook`` (reading stores) live in :mod:`rsembed_dask.cli.store`;
-``export`` and ``stac`` (interchange files) in :mod:`rsembed_dask.cli.export`.
+``export`` and ``stac`` (interchange files) in :mod:`rsembed_dask.cli.export`; ``explore`` (the web app)
+in :mod:`rsembed_dask.cli.explore`.
 
 Environment knobs (``RS_EMBED_SCALEMAE_*``) are read here, once, at the edge.
 """
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_options, add_windows, gee_options,
                    positive_int, positive_seconds, scales_given, storage_options, take_negative_bbox,
                    window_flags_given, windows_given)
+from .explore import add_explore
 from .export import add_export, add_stac
 from .store import add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
@@ -523,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quicklook(sub)
     add_export(sub)
     add_stac(sub)
+    add_explore(sub)
     return parser
 
 

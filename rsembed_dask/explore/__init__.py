@@ -1,11 +1,12 @@
-"""After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers, change maths."""
+"""After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers, change maths, the explorer web app."""
 
 from .change import cosine_distance, roc_auc
 from .geotiff import grid_quicklook
 from .pca import PCAColours
 from .picture import MapLayout, map_png, scalar_rgba
 from .notebook import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
+from .app import create_app, explore
 
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info",
            "PCAColours", "grid_quicklook", "cosine_distance", "roc_auc",
-           "map_png", "scalar_rgba", "MapLayout"]
+           "map_png", "scalar_rgba", "MapLayout", "explore", "create_app"]
