@@ -183,3 +183,57 @@ def server_labels(url: str) -> dict:
     with urllib.request.urlopen(url + "api/labels", timeout=30) as r:
         fc = json.load(r)
     return {f["id"]: f["properties"]["label"] for f in fc["features"]}
+
+
+def _small_cube(path, n=80, d=16):
+    import shapely
+    from rsembed_dask.specs import CampaignSpec, OutputSpec
+    from rsembed_dask.store.cube import OK, Cube
+
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(2, 3, n), rng.uniform(30, 31, n)
+    spec = CampaignSpec(temporal=WINDOW, model=ModelSpec("test-tiny"), output=OutputSpec.pooled(),
+                        scales=(10.0,), chunk_size=n)
+    cube = Cube.create_or_open(path, spec=spec, ids=[f"c{i}" for i in range(n)], lon=lon, lat=lat,
+                               geohash=[f"gh{i}" for i in range(n)],
+                               wkb=[shapely.Point(x, y).wkb for x, y in zip(lon, lat)], embed_dim=d)
+    cube.write_unit(0, n, 0, embedding=rng.normal(size=(n, d)).astype(np.float32), status=np.full(n, OK, np.int8),
+                    input_res_m=np.full(n, 10.0, np.float32), valid_fraction=np.ones(n, np.float32),
+                    error=[""] * n)
+    return path
+
+
+def test_window_selector_only_for_cubes_with_windows(tmp_path, browser):
+    """A cube with a ``time`` dimension (two windows, built in memory until campaigns write them)
+    gets a window selector whose choice reaches the API; a cube without one gets none."""
+    import xarray as xr
+
+    from rsembed_dask.store.open import open_cube
+
+    ds = open_cube(_small_cube(tmp_path / "one.zarr"))
+    later = ds.copy()
+    later["embedding"] = -ds.embedding
+    two = xr.concat([ds, later], dim="time").assign_coords(
+        time=np.array(["2022-01-01", "2023-01-01"], "datetime64[ns]"))
+    drv = browser
+    with explore(ds) as server:
+        drv.get(server.url)
+        _wait(drv, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert not drv.find_element(By.ID, "window-box").is_displayed()
+    with explore(two) as server:
+        drv.get(server.url)
+        _wait(drv, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert drv.find_element(By.ID, "window-box").is_displayed()
+        options = drv.execute_script("return [...document.querySelectorAll('#window option')].map(o => o.value)")
+        assert options == ["2022-01-01", "2023-01-01"]
+        drv.execute_script("const s = document.getElementById('window'); s.value = '2023-01-01';"
+                           "s.dispatchEvent(new Event('change'));")
+        _wait(drv, lambda d: d.execute_script("return window.explorer.state.time") == "2023-01-01")
+        x, y = float(ds.lon.values[3]), float(ds.lat.values[3])
+        _click_place(drv, x, y)
+        _wait(drv, lambda d: len(_items(d, "results")) == 6)
+        assert _items(drv, "results")[0]["id"] == "c3"
+        times = drv.execute_script("return window.explorer.layers.similar.getLayers()[0].toGeoJSON()"
+                                   ".features.map(f => f.properties.time)")
+        assert times == ["2023-01-01"] * 6  # the chosen window's embeddings were searched
+        assert drv.find_element(By.ID, "status").text == ""
