@@ -180,8 +180,8 @@ CHECKSUM_CODEC = "crc32c"
 #: group that is not a node, whenever the group's members are listed.)
 ROOT_COPY_KEY = "rsembed_dask_root_copy"
 #: The root attributes kept in :data:`ROOT_COPY_KEY` (the others are a run's reports).
-ROOT_COPY_ATTRS = ("campaign_spec", "spec_identity", "spec_hash", "versions", "created",
-                   "sample_segments", "rsembed_dask_cube_version")
+ROOT_COPY_ATTRS = (SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, CREATED_ATTR,
+                   SEGMENTS_ATTR, DIGESTS_ATTR, MARKER_ATTR)
 
 
 def chunk_codecs(checksum: bool) -> Any:

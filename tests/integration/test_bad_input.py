@@ -80,6 +80,7 @@ def test_scales_in_another_order_resume_in_the_cube_order(tmp_path):
     assert spec.scales == cube.spec.scales == (10.0, 20.0) and cube.spec.spec_hash() == cube.attrs["spec_hash"]
     assert [u.scale_m for u in units] == [10.0, 20.0]
     # A cube made before with unsorted scales resumes too, in its own order.
+    (tmp_path / "old").mkdir()  # a cube's folder must exist (the writer lock refuses a missing one)
     spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path / "old", scales=[40, 10])
     spec, table, cube, units = _plan(_pts([3, 3.1], [31, 31]), tmp_path / "old", scales=[10, 40])
     assert spec.scales == (40.0, 10.0) and [u.scale_m for u in units] == [40.0, 10.0]
