@@ -38,7 +38,7 @@ from ..sampling.tiling import Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
 from ..store.open import check_free_space, check_writable, open_cube
-from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, RUNS_ATTR
+from ..store.layout import COMPLETED_WINDOWS_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, RUNS_ATTR
 from ..store.location import StoreLocation
 from ..store.lock import held_lock, one_writer
 from ..store.size import StoreSize
@@ -116,7 +116,7 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
         return plan_tiling(source, out, scales=scales, **common)
     return plan_samples(source, out, scales=DEFAULT_SCALES if scales is None else scales, buffer_m=buffer_m,
                         id_column=id_column, on_invalid=on_invalid, update=options.update,
-                        append=options.append, **common)
+                        append=options.append, append_windows=options.append_windows, **common)
 
 
 def _lock_options(bound: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -248,12 +248,18 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 jobs.sync_grids(c, progress=opts.progress)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
+    completed = []
     for job in jobs:  # a run with nothing to do counts from the status read when planning
-        status = None if todo else job.status
-        for k, v in job.cube.status_counts(status).items():
+        status = job.cube.status_array() if todo else job.status
+        job_counts = job.cube.status_counts(status)
+        for k, v in job_counts.items():
             counts[k] = counts.get(k, 0) + v
         failures.update(job.cube.failure_reasons(status))
+        if job.cube.has_time and not job_counts["pending"]:
+            completed.append(job.spec.temporal.start)
     report.finish(counts, failures)
+    if jobs.jobs[0].cube.has_time:  # which windows are done, as GeoTessera's years_complete
+        jobs.jobs[0].cube.set_attrs(**{COMPLETED_WINDOWS_ATTR: completed})
     if todo:  # a run with nothing to do keeps the report of the run that did the work
         lock = held_lock(out)
         if lock is not None:

@@ -25,7 +25,7 @@ from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_o
                    positive_int, positive_seconds, scales_given, storage_options, take_negative_bbox,
                    window_flags_given, windows_given)
 from .export import add_export, add_stac
-from .store import add_inspect, add_quicklook
+from .store import add_change, add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
@@ -231,6 +231,9 @@ def _add_run(sub) -> None:
                    help="re-embed samples of an existing cube whose geometry changed (same id, moved)")
     p.add_argument("--append", action="store_true",
                    help="add sample ids an existing cube does not hold, as new chunks")
+    p.add_argument("--append-windows", action="store_true",
+                   help="add date windows an existing cube (written with several windows) does not hold, "
+                        "along its time dimension; no existing chunk is rewritten")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
@@ -337,6 +340,7 @@ def _cmd_run(args) -> int:
     run = RunOptions(retry_failed=args.retry_failed, retry_no_data=args.retry_no_data,
                      max_in_flight=args.max_in_flight, ee_concurrency=args.ee_concurrency,
                      ee_requests_per_s=args.ee_rate, repair=args.repair, update=args.update, append=args.append,
+                     append_windows=args.append_windows,
                      gpu_wait_s=args.gpu_wait, progress=not args.no_progress, summary=True,
                      fetch_threads=env_defaults()["fetch_workers"], break_lock=args.break_lock,
                      wait_lock_s=args.wait_lock, lock_stale_s=args.lock_stale)
@@ -521,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)
     _add_plan(sub)
     add_quicklook(sub)
+    add_change(sub)
     add_export(sub)
     add_stac(sub)
     return parser

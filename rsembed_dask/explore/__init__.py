@@ -1,11 +1,11 @@
 """After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers, change maths."""
 
-from .change import cosine_distance, roc_auc
+from .change import change, cosine_distance, roc_auc, window_index, write_change
 from .geotiff import grid_quicklook
 from .pca import PCAColours
 from .picture import MapLayout, map_png, scalar_rgba
 from .notebook import cube_info, pca_rgb, quicklook, similar, status_table, to_geodataframe
 
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info",
-           "PCAColours", "grid_quicklook", "cosine_distance", "roc_auc",
+           "PCAColours", "grid_quicklook", "cosine_distance", "roc_auc", "change", "window_index", "write_change",
            "map_png", "scalar_rgba", "MapLayout"]
