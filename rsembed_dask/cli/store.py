@@ -106,7 +106,7 @@ def add_change(sub) -> None:
 
 def _cmd_change(args) -> int:
     from ..errors import SpecError
-    from ..explore.change import write_change
+    from ..explore.windows_change import write_change
     from ..store.open import is_tiling_store, open_cube
 
     loc = store_location(args, "cube")

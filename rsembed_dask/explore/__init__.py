@@ -1,6 +1,6 @@
 """After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers, change maths."""
 
-from .change import change, cosine_distance, roc_auc, window_index, write_change
+from .windows_change import change, cosine_distance, roc_auc, window_index, write_change
 from .geotiff import grid_quicklook
 from .pca import PCAColours
 from .picture import MapLayout, map_png, scalar_rgba

@@ -801,7 +801,7 @@ class Cube:
         arr = self._arrays.get(name)
         if arr is None:
             arr = array_of(self._zgroup(), name)
-            names = getattr(arr.metadata, "dimension_names", None) or ()
+            names: tuple[Any, ...] = tuple(getattr(arr.metadata, "dimension_names", None) or ())
             if self.windows is not None and len(names) > 1 and names[0] == "time" and name != "time_bnds":
                 arr = _WindowSlice(arr, self.window)
             self._arrays[name] = arr

@@ -182,7 +182,7 @@ def change(cube: Any, t0: Any, t1: Any, *, scale: float) -> Any:
     from ..store.layout import OK
     from ..store.open import open_cube
 
-    ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube)
+    ds: Any = cube if isinstance(cube, xr.Dataset) else open_cube(cube)
     i0, i1 = window_index(ds, t0), window_index(ds, t1)
     scales = [float(s) for s in ds["scale"].values]
     if float(scale) not in scales:
