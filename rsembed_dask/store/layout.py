@@ -108,6 +108,7 @@ __all__ = [
     "TIME_UNITS",
     "time_defs",
     "window_days",
+    "refuse_time",
 ]
 
 PENDING = 0
@@ -399,6 +400,19 @@ def window_days(date: Any) -> int:
     1
     """
     return int(np.datetime64(str(date), "D").astype("int64"))
+
+
+def refuse_time(attrs: Mapping[str, Any], path: Any, what: str) -> None:
+    """Raise CubeError when the cube with group attributes ``attrs`` has a ``time`` dimension and
+    ``what`` (an export, a verify...) does not handle it yet.
+
+    >>> refuse_time({}, "c.zarr", "export")  # a cube of one window: nothing to refuse
+    """
+    windows = attrs.get(TIME_WINDOWS_ATTR)
+    if windows is not None:
+        raise CubeError(f"cube {str(path)!r} has a time dimension ({len(windows)} windows): {what} does not "
+                        "handle cubes with time yet; read it with open_cube / explore.change, or run one "
+                        "campaign (one cube) per window for this")
 
 
 def time_defs(n_times: int, checksum: bool = True) -> list[ArrayDef]:
