@@ -163,3 +163,30 @@ def test_change_on_the_cube_finds_the_changed_land(tmp_path, client, emulator):
     auc = roc_auc(score, truth)
     print(f"\nchange AUC (one cube, two windows): {auc:.3f}")
     assert auc >= MIN_AUC
+
+
+def test_readers_without_time_refuse_a_cube_with_time_in_one_line(tmp_path, provider, client, capsys):
+    from rsembed_dask.explore import similar
+    from rsembed_dask.store import open_cube
+    from rsembed_dask.store.verify import check_cube
+
+    out = tmp_path / "r.zarr"
+    _run(out, WINDOWS[:2], provider, client)
+    ds = open_cube(out)
+    with pytest.raises(SpecError, match="one window of it"):
+        similar(ds, "s0", k=2, scale=10.0)
+    assert similar(ds.isel(time=1), "s0", k=2, scale=10.0).index.tolist()[0] != "s0"  # one window: as before
+    with pytest.raises(CubeError, match="has a time dimension"):
+        check_cube(out)
+    assert main(["export", str(out), str(tmp_path / "e.parquet")]) == 2
+    assert "export and STAC does not handle cubes with time yet" in capsys.readouterr().err
+
+
+def test_a_tiling_takes_one_window(tmp_path):
+    from rsembed_dask.campaign.jobs import plan_tiling
+    from rsembed_dask.sampling.tiling import tile_aoi
+
+    tiling = tile_aoi((2.0, 31.25, 2.02, 31.27), scales=[10.0])
+    with pytest.raises(SpecError, match="one window for a tiling store"):
+        plan_tiling(tiling, tmp_path / "t.zarr", temporal=WINDOWS[:2], model=TINY)
+    assert not (tmp_path / "t.zarr").exists()
