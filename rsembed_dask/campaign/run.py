@@ -157,7 +157,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     scales : sequence of float, optional
         Pixel sizes in metres (default 10, 20, 40; a tiling's own scales for a tiling).
     temporal, sensor, model, output
-        As in :func:`rsembed_dask.get_embedding`; ``model`` a ModelSpec or id.
+        As in :func:`rsembed_dask.get_embedding`; ``model`` a ModelSpec or id. ``temporal``
+        may be several windows (a sequence, ``TemporalSpec.years(...)``): a sample cube then
+        has a ``time`` dimension (docs/guide/time.md); a tiling takes one window.
     backend : str or Provider
         ``"gee"``, ``"emulator"`` (served from this process over loopback),
         ``"local:PATH"`` or a provider.
@@ -186,7 +188,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         ``progress``), ``gpu_wait_s``, ``retry_failed``, ``repair`` (read the
         whole store first, restore what is damaged and re-run damaged units), ``update``
         (re-embed samples whose geometry changed), ``append`` (add new ids as new chunks),
-        ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
+        ``append_windows`` (add date windows to a cube with ``time``), ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
     storage_options : mapping, optional
         For a URL ``out``: obstore config keys (never written anywhere; the workers get them
         with the pickled cube). See :mod:`rsembed_dask.store.location`.
@@ -240,7 +242,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 jobs.mark_grids_unsynced()
                 provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency, opts.ee_requests_per_s)
                 runner = Runner(c, provider, jobs.jobs, report, opts, lock=held_lock(out))
-                with _Ledger([job.cube for job in jobs], report, preflight=checks.checked) as ledger, \
+                # one cube per store (the windows of a cube with time share its attributes)
+                cubes = list({job.cube.path: job.cube for job in reversed(jobs.jobs)}.values())
+                with _Ledger(cubes, report, preflight=checks.checked) as ledger, \
                         _RequestAccount(c, runner.run_token) as account:
                     ledger.follow(account)
                     runner.run(todo)
@@ -264,8 +268,8 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         lock = held_lock(out)
         if lock is not None:
             lock.check()  # a run that lost its lock writes nothing more
-        for job in jobs:
-            job.cube.set_attrs(**{LAST_RUN_ATTR: report.as_dict()})
+        for cube in {job.cube.path: job.cube for job in reversed(jobs.jobs)}.values():
+            cube.set_attrs(**{LAST_RUN_ATTR: report.as_dict()})
     if opts.progress if opts.summary is None else opts.summary:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs.spec)

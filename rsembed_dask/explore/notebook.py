@@ -91,6 +91,7 @@ def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.nda
 def _dataset(cube: Any, one_window: bool = True):
     """``cube`` as an xarray.Dataset: one already open, or a path, URL or StoreLocation opened with open_cube;
     with ``one_window``, SpecError for a cube with a ``time`` dimension (pick a window first)."""
+    ds: Any
     if isinstance(cube, xr.Dataset):
         ds = cube
     elif isinstance(cube, (str, os.PathLike)):

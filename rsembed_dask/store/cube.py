@@ -1148,7 +1148,9 @@ class Cube:
         if changed:  # values already stored are not written again (a read-only finished cube reruns)
             if not self.writable:
                 raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
-            self._zgroup().attrs.update(changed)
+            # A group opened now: another handle on this store (another window's) may have written
+            # attributes since this one's group was opened, and Zarr rewrites them all from its copy.
+            zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3).attrs.update(changed)
 
 
 class _WindowSlice:
