@@ -149,6 +149,11 @@ def test_change_command_writes_points_and_a_png(tmp_path, provider, client, caps
     assert main(["change", str(out), "--from", "2018", "--to", "2020", "--scale", "10",
                  "--out", str(tmp_path / "x")]) == 2
     assert "no window starts in 2018" in capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "status: pending 0, ok 20, no_data 0, failed 0" in text
+    assert "window 2020-04-01..2020-06-01: pending 0, ok 10, no_data 0, failed 0" in text
+    assert "completed windows: ['2019-04-01', '2020-04-01']" in text
 
 
 @pytest.mark.timeout(900)  # one campaign of two windows with test-small: ~150 s on a loaded 2-core machine
