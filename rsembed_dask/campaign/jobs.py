@@ -181,17 +181,19 @@ def model_spec(model: Any, batch_size: int | None = None) -> ModelSpec:
     return spec.replace(batch_size=batch_size) if batch_size is not None else spec
 
 
-def _campaign_window(temporal: Any) -> TemporalSpec:
-    """The one window a cube holds, from a :class:`TemporalSpec` or a sequence of windows.
+def _campaign_windows(temporal: Any) -> TemporalWindows:
+    """The checked windows of a campaign, from a :class:`TemporalSpec` or a sequence of windows."""
+    return TemporalWindows.of(temporal)
 
-    The one place that refuses several windows: the cube has no ``time`` dimension yet
-    (it comes next; then every window becomes a slice of one cube).
-    """
+
+def _tiling_window(temporal: Any) -> TemporalSpec:
+    """The one window of a tiling store: the one place that refuses several windows for tilings
+    (their sample cubes and zone grids have no ``time`` dimension yet; sample cubes do)."""
     windows = TemporalWindows.of(temporal)
     if len(windows) > 1:
         raise SpecError("temporal", f"{len(windows)} windows ({windows[0].label} ... {windows[-1].label})",
-                        "one window per cube for now: the cube's time dimension, which holds several, is "
-                        "not built yet; run one campaign (one cube) per window meanwhile")
+                        "one window for a tiling store: its zone grids have no time dimension yet (sample "
+                        "campaigns take several windows); run one tiling store per window meanwhile")
     return windows[0]
 
 
@@ -223,7 +225,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                  update: bool = False, append: bool = False, retry_failed: bool = False, retry_no_data: bool = False,
                  versions: Callable[[], dict[str, str]] = software_versions,
-                 preflight: Preflight | None = None) -> Jobs:
+                 preflight: Preflight | None = None, append_windows: bool = False) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
 
     The store is asked once (:func:`~rsembed_dask.store.prepare.open_for_run`): ``repair``
@@ -235,13 +237,18 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
     way (``size``: the share left to write of :func:`~rsembed_dask.store.size.sample_store_size`);
     a finished cube with nothing to change is not checked.
 
+    Several windows (``temporal`` a sequence) make a cube with a ``time`` dimension, one job
+    per window (each with that window as its spec's ``temporal``, so its units fetch it);
+    ``append_windows`` adds windows to an existing one (:meth:`~rsembed_dask.store.cube.Cube.create_or_open`).
+
     Returns
     -------
     Jobs
-        One job: its table's row ``r`` is the sample at cube row ``r``
+        One job per window: its table's row ``r`` is the sample at cube row ``r``
         (:func:`~rsembed_dask.store.samples.table_in_cube_rows`).
     """
-    temporal = _campaign_window(temporal)
+    windows = _campaign_windows(temporal)
+    temporal = windows[0]
     spec = CampaignSpec(temporal=temporal, sensor=sensor or SensorSpec(),
                         model=model_spec(model, batch_size), output=output or OutputSpec.pooled(),
                         scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
@@ -258,12 +265,13 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
 
     ready = open_for_run(out, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape, versions=versions(),
                          update=update, append=append, repair=repair, retry_failed=retry_failed,
-                         retry_no_data=retry_no_data, checks=checks)
+                         retry_no_data=retry_no_data, checks=checks, windows=tuple(windows),
+                         append_windows=append_windows)
     cube = ready.cube
     if len(table.skipped):
         cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
     # cube.spec: an existing cube's scale order (the same scales given in another order)
-    return Jobs(cube.location, [Job(ready.table, cube, cube.spec, ready.units, ready.status)])
+    return Jobs(cube.location, [Job(ready.table, c, c.spec, units, status) for c, units, status in ready.windows])
 
 
 def _check_request_sizes(table: SampleTable, spec: CampaignSpec, on_invalid: str) -> SampleTable:
@@ -309,7 +317,7 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     Jobs
         One job per scale, and the tiling (its grids are synced after the run).
     """
-    temporal = _campaign_window(temporal)
+    temporal = _tiling_window(temporal)
     if scales is not None and sorted(float(s) for s in  # order does not matter (the tiling's are sorted)
                                      ([scales] if isinstance(scales, (int, float)) else scales)) != sorted(tiling.scales):
         raise SpecError("scales", scales, f"None or the tiling's own scales {list(tiling.scales)}")

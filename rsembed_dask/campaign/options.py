@@ -79,6 +79,9 @@ class RunOptions:
         Re-embed samples of an existing cube whose geometry changed (same id).
     append : bool
         Add ids an existing cube does not hold, as new chunks.
+    append_windows : bool
+        Add date windows an existing cube with a ``time`` dimension does not hold, along ``time``
+        (no existing chunk is rewritten); without it a run with more windows than the cube is refused.
     on_unit : callable or None
         Called with each finished unit's :class:`~rsembed_dask.campaign.tasks.UnitSummary`.
     break_lock : bool
@@ -106,6 +109,7 @@ class RunOptions:
     repair: bool = False
     update: bool = False
     append: bool = False
+    append_windows: bool = False
     on_unit: Callable[[Any], None] | None = None
     break_lock: bool = False
     wait_lock_s: float = 0.0
@@ -128,7 +132,7 @@ class RunOptions:
             if not self.lock_stale_s > 0:
                 raise SpecError("RunOptions.lock_stale_s", self.lock_stale_s, "None or a number of seconds > 0")
         for name in ("coalesce", "progress", "retry_failed", "retry_no_data", "repair", "update", "append",
-                     "break_lock"):
+                     "append_windows", "break_lock"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"RunOptions.{name}", getattr(self, name), "True or False")
         if self.summary is not None and not isinstance(self.summary, bool):

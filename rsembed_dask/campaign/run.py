@@ -38,7 +38,7 @@ from ..sampling.tiling import Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, OutputSpec, SensorSpec, TemporalSpec
 from ..store.cube import Cube
 from ..store.open import check_free_space, check_writable, open_cube
-from ..store.layout import LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, RUNS_ATTR
+from ..store.layout import COMPLETED_WINDOWS_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR, RUNS_ATTR
 from ..store.location import StoreLocation
 from ..store.lock import held_lock, one_writer
 from ..store.size import StoreSize
@@ -116,7 +116,7 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
         return plan_tiling(source, out, scales=scales, **common)
     return plan_samples(source, out, scales=DEFAULT_SCALES if scales is None else scales, buffer_m=buffer_m,
                         id_column=id_column, on_invalid=on_invalid, update=options.update,
-                        append=options.append, **common)
+                        append=options.append, append_windows=options.append_windows, **common)
 
 
 def _lock_options(bound: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -157,7 +157,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
     scales : sequence of float, optional
         Pixel sizes in metres (default 10, 20, 40; a tiling's own scales for a tiling).
     temporal, sensor, model, output
-        As in :func:`rsembed_dask.get_embedding`; ``model`` a ModelSpec or id.
+        As in :func:`rsembed_dask.get_embedding`; ``model`` a ModelSpec or id. ``temporal``
+        may be several windows (a sequence, ``TemporalSpec.years(...)``): a sample cube then
+        has a ``time`` dimension (docs/guide/time.md); a tiling takes one window.
     backend : str or Provider
         ``"gee"``, ``"emulator"`` (served from this process over loopback),
         ``"local:PATH"`` or a provider.
@@ -186,7 +188,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
         ``progress``), ``gpu_wait_s``, ``retry_failed``, ``repair`` (read the
         whole store first, restore what is damaged and re-run damaged units), ``update``
         (re-embed samples whose geometry changed), ``append`` (add new ids as new chunks),
-        ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
+        ``append_windows`` (add date windows to a cube with ``time``), ``on_unit`` (called with each finished unit's summary). See :class:`RunOptions`.
     storage_options : mapping, optional
         For a URL ``out``: obstore config keys (never written anywhere; the workers get them
         with the pickled cube). See :mod:`rsembed_dask.store.location`.
@@ -240,7 +242,9 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 jobs.mark_grids_unsynced()
                 provider = _with_cluster_limit(checks.provider, c, opts.ee_concurrency, opts.ee_requests_per_s)
                 runner = Runner(c, provider, jobs.jobs, report, opts, lock=held_lock(out))
-                with _Ledger([job.cube for job in jobs], report, preflight=checks.checked) as ledger, \
+                # one cube per store (the windows of a cube with time share its attributes)
+                cubes = list({job.cube.path: job.cube for job in reversed(jobs.jobs)}.values())
+                with _Ledger(cubes, report, preflight=checks.checked) as ledger, \
                         _RequestAccount(c, runner.run_token) as account:
                     ledger.follow(account)
                     runner.run(todo)
@@ -248,18 +252,24 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 jobs.sync_grids(c, progress=opts.progress)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
+    completed = []
     for job in jobs:  # a run with nothing to do counts from the status read when planning
-        status = None if todo else job.status
-        for k, v in job.cube.status_counts(status).items():
+        status = job.cube.status_array() if todo else job.status
+        job_counts = job.cube.status_counts(status)
+        for k, v in job_counts.items():
             counts[k] = counts.get(k, 0) + v
         failures.update(job.cube.failure_reasons(status))
+        if job.cube.has_time and not job_counts["pending"]:
+            completed.append(job.spec.temporal.start)
     report.finish(counts, failures)
+    if jobs.jobs[0].cube.has_time:  # which windows are done, as GeoTessera's years_complete
+        jobs.jobs[0].cube.set_attrs(**{COMPLETED_WINDOWS_ATTR: completed})
     if todo:  # a run with nothing to do keeps the report of the run that did the work
         lock = held_lock(out)
         if lock is not None:
             lock.check()  # a run that lost its lock writes nothing more
-        for job in jobs:
-            job.cube.set_attrs(**{LAST_RUN_ATTR: report.as_dict()})
+        for cube in {job.cube.path: job.cube for job in reversed(jobs.jobs)}.values():
+            cube.set_attrs(**{LAST_RUN_ATTR: report.as_dict()})
     if opts.progress if opts.summary is None else opts.summary:
         print(report.summary())
     _warn_if_no_imagery(counts, jobs.spec)

@@ -27,7 +27,7 @@ from .args import (add_aoi_positional, add_ee_options, add_scales, add_storage_o
                    window_flags_given, windows_given)
 from .explore import add_explore
 from .export import add_export, add_stac
-from .store import add_inspect, add_quicklook
+from .store import add_change, add_inspect, add_quicklook
 from ..cluster.local import SCHEDULER_TIMEOUT_S
 from ..campaign.options import GPU_WAIT_S
 from ..errors import NoImageryWarning, RsEmbedError, StoreLockedError
@@ -233,6 +233,9 @@ def _add_run(sub) -> None:
                    help="re-embed samples of an existing cube whose geometry changed (same id, moved)")
     p.add_argument("--append", action="store_true",
                    help="add sample ids an existing cube does not hold, as new chunks")
+    p.add_argument("--append-windows", action="store_true",
+                   help="add date windows an existing cube (written with several windows) does not hold, "
+                        "along its time dimension; no existing chunk is rewritten")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
     p.add_argument("--max-retries", type=int, default=None,
@@ -259,7 +262,8 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
     """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
     if args.tile:
         for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
-                            ("--update", args.update), ("--append", args.append)):
+                            ("--update", args.update), ("--append", args.append),
+                           ("--append-windows", args.append_windows)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
     if args.ee_startup_timeout is not None and not args.ee_startup_timeout > 0:
@@ -339,6 +343,7 @@ def _cmd_run(args) -> int:
     run = RunOptions(retry_failed=args.retry_failed, retry_no_data=args.retry_no_data,
                      max_in_flight=args.max_in_flight, ee_concurrency=args.ee_concurrency,
                      ee_requests_per_s=args.ee_rate, repair=args.repair, update=args.update, append=args.append,
+                     append_windows=args.append_windows,
                      gpu_wait_s=args.gpu_wait, progress=not args.no_progress, summary=True,
                      fetch_threads=env_defaults()["fetch_workers"], break_lock=args.break_lock,
                      wait_lock_s=args.wait_lock, lock_stale_s=args.lock_stale)
@@ -523,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)
     _add_plan(sub)
     add_quicklook(sub)
+    add_change(sub)
     add_export(sub)
     add_stac(sub)
     add_explore(sub)

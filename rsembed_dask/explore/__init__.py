@@ -1,6 +1,6 @@
 """After running: PCA colours, GeoTIFF/PNG quicklooks, notebook helpers, change maths, the explorer web app."""
 
-from .change import cosine_distance, roc_auc
+from .windows_change import change, cosine_distance, roc_auc, window_index, write_change
 from .geotiff import grid_quicklook
 from .pca import PCAColours
 from .picture import MapLayout, map_png, scalar_rgba
@@ -8,5 +8,5 @@ from .notebook import cube_info, pca_rgb, quicklook, similar, status_table, to_g
 from .app import create_app, explore
 
 __all__ = ["pca_rgb", "to_geodataframe", "similar", "quicklook", "status_table", "cube_info",
-           "PCAColours", "grid_quicklook", "cosine_distance", "roc_auc",
+           "PCAColours", "grid_quicklook", "cosine_distance", "roc_auc", "change", "window_index", "write_change",
            "map_png", "scalar_rgba", "MapLayout", "explore", "create_app"]

@@ -88,13 +88,21 @@ def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.nda
     return PCAColours.fit(x, components).rgb(x)
 
 
-def _dataset(cube: Any):
-    """``cube`` as an xarray.Dataset: one already open, or a path, URL or StoreLocation opened with open_cube."""
+def _dataset(cube: Any, one_window: bool = True):
+    """``cube`` as an xarray.Dataset: one already open, or a path, URL or StoreLocation opened with open_cube;
+    with ``one_window``, SpecError for a cube with a ``time`` dimension (pick a window first)."""
+    ds: Any
     if isinstance(cube, xr.Dataset):
-        return cube
-    if isinstance(cube, (str, os.PathLike)):
-        return open_cube(cube)
-    raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube(), a cube path or URL")
+        ds = cube
+    elif isinstance(cube, (str, os.PathLike)):
+        ds = open_cube(cube)
+    else:
+        raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube(), a cube path or URL")
+    if one_window and "time" in ds.dims:  # a cube of several windows: these functions read one
+        starts = [str(np.datetime64(t, "D")) for t in ds["time"].values]
+        raise SpecError("cube", f"a cube with {len(starts)} windows (starting {starts})",
+                        "one window of it: open_cube(path).isel(time=i), or .sel(time='YYYY-MM-DD')")
+    return ds
 
 
 def _reading(ds, scale_index: int | None = None):
@@ -359,4 +367,4 @@ def cube_info(cube: Any) -> dict[str, Any]:
     --------
     >>> cube_info("campaign.zarr")["request_account"]["sent"]   # doctest: +SKIP
     """
-    return campaign_attributes(_dataset(cube).attrs)
+    return campaign_attributes(_dataset(cube, one_window=False).attrs)

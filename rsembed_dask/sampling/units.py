@@ -56,7 +56,8 @@ def default_unit_size(block: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Rows ``start:stop`` of the table (one cube chunk along ``sample``) at one scale:
+    """Rows ``start:stop`` of the table (one cube chunk along ``sample``) at one scale, in one
+    date window (its index along the cube's ``time``; 0 for a cube of one window):
     the unit of scheduling, retry and writing."""
 
     chunk: int
@@ -64,21 +65,23 @@ class WorkUnit:
     stop: int
     scale_index: int
     scale_m: float
+    window: int = 0
 
     @property
     def key(self) -> str:
-        return f"unit-{self.chunk}-{self.scale_index}"
+        return f"unit-{self.chunk}-{self.scale_index}" + (f"-w{self.window}" if self.window else "")
 
     @property
     def size(self) -> int:
         return self.stop - self.start
 
     def __dask_tokenize__(self):
-        return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m))
+        return ("WorkUnit", self.chunk, self.start, self.stop, self.scale_index, float(self.scale_m), self.window)
 
 
 def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
-               segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None) -> list[WorkUnit]:
+               segments: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None,
+               window: int = 0) -> list[WorkUnit]:
     """Units for ``n_samples`` rows in chunks of ``chunk_size`` (the last may be shorter),
     chunk-major: every scale of chunk 0 (in ``scales`` order), then chunk 1, ...
 
@@ -94,6 +97,8 @@ def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
         ``[start, stop)`` row ranges, each starting on a chunk boundary (default: all rows),
         restricting the units to those rows: a cube that grew by appends holds its samples
         in segments, each ending in a chunk that may be partial (see ``Cube.segments``).
+    window : int
+        The date window of the units (index along the cube's ``time``).
 
     Returns
     -------
@@ -123,5 +128,5 @@ def work_units(n_samples: int, scales: Sequence[float], chunk_size: int, *,
     for a, b in spans:
         for start in range(a, b, cs):
             stop = min(start + cs, b)
-            units.extend(WorkUnit(start // cs, start, stop, i, s) for i, s in enumerate(scales))
+            units.extend(WorkUnit(start // cs, start, stop, i, s, int(window)) for i, s in enumerate(scales))
     return units

@@ -36,7 +36,7 @@ from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
     CREATED_ATTR, CUBE_VERSION, DIGESTS_ATTR, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
     CREATING_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses,
-    vouched_arrays,
+    vouched_arrays, TIME_WINDOWS_ATTR, time_defs, window_days,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
     statuses_to_run,
@@ -51,7 +51,7 @@ from .location import STORE_ERRORS, StoreLocation
 from .rootcopy import write_root_copy
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
-from ..specs import CampaignSpec
+from ..specs import CampaignSpec, TemporalSpec
 
 if TYPE_CHECKING:
     from ..sampling.samples import SampleTable
@@ -119,7 +119,8 @@ class Cube:
 
     def __init__(self, path: str | StoreLocation, spec: CampaignSpec, n_rows: int, embed_dim: int,
                  grid_shape: tuple[int, int] | None,
-                 segments: Sequence[tuple[int, int]] | None = None):
+                 segments: Sequence[tuple[int, int]] | None = None,
+                 windows: Sequence[TemporalSpec] | None = None, window: int = 0):
         self.location = StoreLocation.parse(path)
         self.path = self.location.url
         self.spec = spec
@@ -129,7 +130,11 @@ class Cube:
         self.embed_dim = int(embed_dim)
         self.grid_shape = None if grid_shape is None else (int(grid_shape[0]), int(grid_shape[1]))
         self.last_changes: SampleChanges | None = None
-        self._arrays: dict[str, zarr.Array] = {}
+        #: The windows along ``time`` (None: no ``time`` dimension, one window: ``spec.temporal``),
+        #: and the one this handle reads and writes (see :meth:`at_window`).
+        self.windows: tuple[TemporalSpec, ...] | None = None if windows is None else tuple(windows)
+        self.window = int(window)
+        self._arrays: dict[str, Any] = {}
         self._group: zarr.Group | None = None
         #: False for a cube resumed on storage this process cannot write (see require_writable).
         self.writable = True
@@ -138,14 +143,19 @@ class Cube:
         # The storage options travel to the workers (they open the store themselves); a pickled
         # Cube is for sending to processes, never for writing to disk.
         options = dict(self.location.storage_options)
+        times = {} if self.windows is None else {
+            "windows": [[w.start, w.end] for w in self.windows], "window": self.window}
         return {"path": self.path, "spec": self.spec.to_json(), "n_rows": self.n_rows,
                 "embed_dim": self.embed_dim, "grid_shape": self.grid_shape, "segments": self.segments,
-                **({"storage_options": options} if options else {})}
+                **times, **({"storage_options": options} if options else {})}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         location = StoreLocation.parse(state["path"], state.get("storage_options"))
+        windows = state.get("windows")
         Cube.__init__(self, location, CampaignSpec.from_json(state["spec"]), state["n_rows"],
-                      state["embed_dim"], state["grid_shape"], state["segments"])
+                      state["embed_dim"], state["grid_shape"], state["segments"],
+                      None if windows is None else [TemporalSpec(a, b) for a, b in windows],
+                      state.get("window", 0))
 
     def __reduce__(self):
         # Unpickled through a per-process cache: every task of a campaign gets the same Cube
@@ -156,6 +166,30 @@ class Cube:
         grid = f", grid={self.grid_shape}" if self.grid_shape else ""
         return (f"Cube({self.path!r}, samples={self.n_samples}, scales={list(self.scales)}, "
                 f"D={self.embed_dim}{grid}, spec_hash={self.spec.spec_hash()!r})")
+
+    @property
+    def has_time(self) -> bool:
+        """Whether the cube has a ``time`` dimension (it was written with several windows)."""
+        return self.windows is not None
+
+    def at_window(self, window: int) -> Cube:
+        """A handle on the same cube that reads and writes window ``window`` (its index along
+        ``time``), with that window as its spec's ``temporal``: the cube of one job of a run.
+
+        Raises
+        ------
+        CubeError
+            The cube has no ``time`` dimension (only window 0) or ``window`` is out of range.
+        """
+        n = 1 if self.windows is None else len(self.windows)
+        if not 0 <= int(window) < n:
+            raise CubeError(f"window {window} out of range: cube {self.path!r} holds {n} window(s)")
+        if self.windows is None:
+            return self
+        cube = Cube(self.location, self.spec.replace(temporal=self.windows[int(window)]), self.n_rows,
+                    self.embed_dim, self.grid_shape, self.segments, self.windows, int(window))
+        cube.writable = self.writable
+        return cube
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -204,7 +238,9 @@ class Cube:
                        chunks: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
                        n_samples: int | None = None, update: bool = False,
                        append: bool = False,
-                       before_change: Callable[[SampleChanges], None] | None = None) -> Cube:
+                       before_change: Callable[[SampleChanges], None] | None = None,
+                       windows: Sequence[TemporalSpec] | None = None,
+                       append_windows: bool = False) -> Cube:
         """Create the cube at ``path``, or resume it when it holds the same campaign.
 
         A cube in which no unit has finished (every status cell pending) and that holds
@@ -252,6 +288,14 @@ class Cube:
             Called with the :class:`SampleChanges` once the samples are compared and before
             ``update`` or ``append`` writes anything (the run's preflight): if it raises,
             the cube is left as it was.
+        windows : sequence of TemporalSpec, optional
+            The campaign's windows, ``spec.temporal`` first. Several: a new cube gets a
+            ``time`` dimension (one slice per window); one (or None): the layout without
+            ``time``. A cube with ``time`` must hold exactly these windows, or the first of
+            them with ``append_windows`` (the others are added along ``time``, no chunk
+            rewritten: :meth:`append_windows`).
+        append_windows : bool
+            Add the given windows the cube does not hold yet.
 
         Returns
         -------
@@ -278,12 +322,20 @@ class Cube:
                             "False with chunks= (a cube streamed chunk by chunk holds exactly its ids)")
         n_samples, source = sample_chunks(ids, lon, lat, geohash, wkb, chunks=chunks, n_samples=n_samples)
         versions = default_versions(versions)
+        given_windows = None if windows is None else tuple(windows)
+        if given_windows is not None and given_windows[0] != spec.temporal:
+            raise SpecError("windows", given_windows[0].label, f"spec.temporal ({spec.temporal.label}) first")
+        if given_windows is not None and len(given_windows) > 1 and (update or append):
+            raise SpecError("update/append", {"update": update, "append": append},
+                            "False for a cube of several windows (moving or adding samples across its time "
+                            "dimension is not supported yet): write them to a new cube")
 
         def create(why: str | None) -> Cube:
             check_writable(path)
             if why is not None:
                 logger.warning("cube %s: %s; it is recreated", path, why)
-            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape)
+            cube = cls(path, spec, int(n_samples), int(embed_dim), grid_shape,
+                       windows=given_windows if given_windows is not None and len(given_windows) > 1 else None)
             cube._create(source, versions)
             cube.last_changes = SampleChanges.identity(int(n_samples))
             return cube
@@ -307,7 +359,78 @@ class Cube:
             return create(f"no unit has finished in it and it holds another campaign ({changed})")
         cube._check_resume(meta["attributes"], source, int(n_samples), whole=chunks is None,
                            update=bool(update), append=bool(append), before_change=before_change)
+        cube._resume_windows(meta["attributes"], given_windows, append_windows=bool(append_windows),
+                             before_change=before_change)
         return cube
+
+    def _resume_windows(self, attrs: Mapping[str, Any], given: tuple[TemporalSpec, ...] | None, *,
+                        append_windows: bool,
+                        before_change: Callable[[SampleChanges], None] | None = None) -> None:
+        """Match the given windows with the stored ones; add new ones with ``append_windows``."""
+        stored_raw = attrs.get(TIME_WINDOWS_ATTR)
+        stored = None if stored_raw is None else tuple(TemporalSpec(a, b) for a, b in stored_raw)
+        self.windows = stored
+        if given is None or len(given) == 1 and stored is None:
+            return  # the identity check matched the one window
+        labels = [w.label for w in given]
+        if stored is None:
+            raise CubeError(f"cube {self.path!r} holds one window ({self.spec.temporal.label}) and no time "
+                            f"dimension (it was written by a single-window campaign), given {len(given)} windows "
+                            f"{labels}: it cannot grow a time dimension; write the windows to a new cube")
+        if given[:len(stored)] != stored:
+            raise CubeError(f"cube {self.path!r} holds the windows {[w.label for w in stored]}, given {labels}: "
+                            "give the stored windows first, in their order (and new ones after them, with "
+                            "--append-windows / append_windows=True)")
+        new = given[len(stored):]
+        if not new:
+            return
+        if not append_windows:
+            raise CubeError(f"cube {self.path!r} holds {len(stored)} window(s); given {len(new)} more "
+                            f"({[w.label for w in new]}): run again with --append-windows "
+                            "(append_windows=True) to add them along its time dimension, or write them to a new cube")
+        if new[0].start < stored[-1].start:
+            raise CubeError(f"cube {self.path!r}: new window {new[0].label} starts before the last stored one "
+                            f"({stored[-1].label}); windows are added after the last one")
+        if before_change is not None:
+            before_change(SampleChanges.identity(self.n_rows))
+        self.append_windows(new)
+
+    def append_windows(self, new: Sequence[TemporalSpec]) -> None:
+        """Add windows at the end of the ``time`` dimension; no existing chunk is rewritten.
+
+        Every array with ``time`` first is resized (its metadata only: chunks are 1 along
+        ``time``), the new ``time`` and ``time_bnds`` values written, then the
+        ``time_windows`` attribute (the commit) names them. Their cells are pending.
+
+        Raises
+        ------
+        CubeError
+            The cube has no ``time`` dimension, or the store cannot be written.
+        """
+        if self.windows is None:
+            raise CubeError(f"cube {self.path!r} has no time dimension: windows cannot be added to it")
+        new = tuple(new)
+        if not new:
+            return
+        n0, n = len(self.windows), len(self.windows) + len(new)
+        group = self._zgroup()
+        try:
+            for _, arr in group.arrays():
+                names = getattr(arr.metadata, "dimension_names", None) or ()
+                if names and names[0] == "time":
+                    arr.resize((n,) + arr.shape[1:])
+            self._arrays.clear()
+            array_of(group, "time")[n0:n] = np.array([window_days(w.start) for w in new], "int64")
+            array_of(group, "time_bnds")[n0:n] = np.array(
+                [[window_days(w.start), window_days(w.end)] for w in new], "int64")
+            windows = self.windows + new
+            group.attrs[TIME_WINDOWS_ATTR] = [[w.start, w.end] for w in windows]  # the commit
+            write_root_copy(self.location, group.attrs.asdict())
+        except STORE_ERRORS as exc:
+            raise CubeError(f"cannot add windows to {self.path!r}: {exc}") from exc
+        self.windows = windows
+        logger.warning("cube %s: added %d window(s) along time: %s", self.path, len(new),
+                       [w.label for w in new])
 
     @classmethod
     def open(cls, path: str | os.PathLike | StoreLocation) -> Cube:
@@ -326,9 +449,12 @@ class Cube:
         spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         group = zarr.open_group(path.zarr_store(), mode="r", zarr_format=3)
         emb = array_of(group, "embedding")
-        grid_shape = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
-        segments = read_segments(attrs, emb.shape[0], spec.chunk_size)
-        cube = cls(path, spec, emb.shape[0], emb.shape[2], grid_shape, segments)  # type: ignore[arg-type]
+        grid_shape = tuple(array_of(group, "grid").shape[-2:]) if "grid" in group else None
+        raw = attrs.get(TIME_WINDOWS_ATTR)
+        windows = None if raw is None else [TemporalSpec(a, b) for a, b in raw]
+        segments = read_segments(attrs, emb.shape[-3], spec.chunk_size)
+        cube = cls(path, spec, emb.shape[-3], emb.shape[-1], grid_shape, segments,  # type: ignore[arg-type]
+                   windows)
         cube.writable = _writable(path)
         return cube
 
@@ -344,13 +470,20 @@ class Cube:
                         CREATING_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])
                     defs += array_defs(n, s, self.chunk_size, self.embed_dim, self.grid_shape,
-                                       self.spec.output.dtype)
+                                       self.spec.output.dtype,
+                                       n_times=None if self.windows is None else len(self.windows))
+                    if self.windows is not None:
+                        defs += time_defs(len(self.windows))
                     for d in defs:
                         group.create_array(d.name, shape=d.shape, dtype=d.dtype, chunks=d.chunks,
                                            fill_value=d.fill_value, dimension_names=d.dims,
                                            attributes=d.attrs, compressors=d.compressors)
                     array_of(group, "scale")[...] = np.asarray(self.scales, dtype="float64")
                     array_of(group, "feature")[...] = np.arange(self.embed_dim, dtype="int64")
+                    if self.windows is not None:
+                        array_of(group, "time")[...] = np.array([window_days(w.start) for w in self.windows])
+                        array_of(group, "time_bnds")[...] = np.array(
+                            [[window_days(w.start), window_days(w.end)] for w in self.windows], "int64")
                 stop = start + inputs["sample"].shape[0]
                 if stop > n:  # zarr would silently drop the excess
                     raise SpecError("chunks", f"more than n_samples={n} rows", f"{n} rows in all")
@@ -372,6 +505,7 @@ class Cube:
                 CREATED_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 SEGMENTS_ATTR: [[0, n]],
                 **(digests or {}),
+                **({} if self.windows is None else {TIME_WINDOWS_ATTR: [[w.start, w.end] for w in self.windows]}),
                 MARKER_ATTR: CUBE_VERSION,
             }
             write_root_copy(self.location, root)  # before the marker: a marked cube always has its copy
@@ -392,11 +526,11 @@ class Cube:
                 f"(stored hash {attrs.get(SPEC_HASH_ATTR)!r}, given {self.spec.spec_hash()!r}):\n  "
                 + "\n  ".join(diffs)), "; ".join(diffs)
         group = self._zgroup()
-        stored_dim = array_of(group, "embedding").shape[2]
+        stored_dim = array_of(group, "embedding").shape[-1]
         if stored_dim != self.embed_dim:
             why = f"embed_dim: stored {stored_dim}, given {self.embed_dim}"
             return CubeError(f"cube {self.path!r} has embed_dim {stored_dim}, given {self.embed_dim}"), why
-        stored_grid = tuple(array_of(group, "grid").shape[3:]) if "grid" in group else None
+        stored_grid = tuple(array_of(group, "grid").shape[-2:]) if "grid" in group else None
         if stored_grid != self.grid_shape:
             why = f"grid_shape: stored {stored_grid}, given {self.grid_shape}"
             return CubeError(f"cube {self.path!r} has grid_shape {stored_grid}, given {self.grid_shape}"), why
@@ -419,7 +553,7 @@ class Cube:
         self.writable = _writable(self.location)
         group = self._zgroup()
         emb = array_of(group, "embedding")
-        self.n_rows = emb.shape[0]
+        self.n_rows = emb.shape[-3]
         self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
         if whole:
             self._sync_samples(next(iter(source())), attrs, update=update, append=append,
@@ -661,10 +795,15 @@ class Cube:
                 raise CubeError(f"cannot open cube {self.path!r}: {exc}") from exc
         return self._group
 
-    def _array(self, name: str) -> zarr.Array:
+    def _array(self, name: str) -> Any:
+        """The Zarr array ``name``; of a cube with ``time``, its slice at :attr:`window` for the
+        arrays with ``time`` first (so every method reads and writes one window alike)."""
         arr = self._arrays.get(name)
         if arr is None:
             arr = array_of(self._zgroup(), name)
+            names: tuple[Any, ...] = tuple(getattr(arr.metadata, "dimension_names", None) or ())
+            if self.windows is not None and len(names) > 1 and names[0] == "time" and name != "time_bnds":
+                arr = _WindowSlice(arr, self.window)
             self._arrays[name] = arr
         return arr
 
@@ -953,12 +1092,13 @@ class Cube:
         status = self.status_array()
         names = (("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
                  + self._scale_arrays())
-        stored = {name: {key[:2] for key in chunk_keys(self.location, name)} for name in names}
+        t = () if self.windows is None else (self.window,)
+        stored = {name: {key[:len(t) + 2] for key in chunk_keys(self.location, name)} for name in names}
         out = []
         for u in units:
             stop = self.unit_stop(u.start)
             si = self._scale_index(u.scale_index)
-            key = (int(u.start) // self.chunk_size, si)
+            key = t + (int(u.start) // self.chunk_size, si)
             vouched = vouched_arrays(status[int(u.start):stop, si], self.grid_shape is not None, self.quantised)
             if any(key not in stored[name] for name in vouched):
                 out.append(u)
@@ -1008,7 +1148,44 @@ class Cube:
         if changed:  # values already stored are not written again (a read-only finished cube reruns)
             if not self.writable:
                 raise CubeError(f"cube path {self.path!r} is not writable (attributes {sorted(changed)})")
-            self._zgroup().attrs.update(changed)
+            # A group opened now: another handle on this store (another window's) may have written
+            # attributes since this one's group was opened, and Zarr rewrites them all from its copy.
+            zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3).attrs.update(changed)
+
+
+class _WindowSlice:
+    """One window of a Zarr array with ``time`` first, indexed like an array without it."""
+
+    def __init__(self, arr: zarr.Array, window: int):
+        self.arr, self.window = arr, int(window)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.arr.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.arr.ndim - 1
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.arr.chunks[1:])
+
+    @property
+    def dtype(self) -> Any:
+        return self.arr.dtype
+
+    def _key(self, key: Any) -> tuple[Any, ...]:
+        return (self.window,) + (key if isinstance(key, tuple) else (key,))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.arr[self._key(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.arr[self._key(key)] = value
+
+    def set_orthogonal_selection(self, selection: Any, value: Any) -> None:
+        self.arr.set_orthogonal_selection(self._key(selection), value)
 
 
 def _writable(loc: StoreLocation) -> bool:

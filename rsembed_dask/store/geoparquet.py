@@ -67,7 +67,8 @@ from ..errors import CubeError, OutputError, SpecError
 from .cube import Cube
 from .damage import named_damage
 from .footprints import split_antimeridian, stored_footprints
-from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, scale_name
+from .layout import (OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, TIME_WINDOWS_ATTR, VERSIONS_ATTR, count_statuses,
+                     refuse_time, scale_name)
 from .metadata import EMB_VERSION, describe_embeddings, read_quantization
 from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
@@ -274,6 +275,8 @@ def store_parts(store: str | os.PathLike, scale: float | None = None) -> list[St
         return [StorePart(Cube.open(path.child("samples", scale_name(scales[i]))), scales[i], 0, True)
                 for i in _pick_scale(scales, scale)]
     cube = Cube.open(path)
+    if cube.has_time:
+        refuse_time({TIME_WINDOWS_ATTR: cube.windows}, path, "export and STAC")
     scales = [float(s) for s in cube.scales]
     return [StorePart(cube, scales[i], i, False) for i in _pick_scale(scales, scale)]
 

@@ -21,7 +21,7 @@ from typing import Any
 import zarr
 
 from .cube import Cube
-from .layout import (AOI_ATTR, COL_LEFT_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR,
+from .layout import (AOI_ATTR, COL_LEFT_ATTR, COMPLETED_WINDOWS_ATTR, CRS_ATTR, IMAGE_SIZE_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUNT_ATTR,
                      ROW_TOP_ATTR, RUNS_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SYNCED_ATTR, TILE_M_ATTR, TILING_IDENTITY_ATTR,
                      VERSIONS_ATTR, scale_name)
 from .lock import read_lock
@@ -106,7 +106,14 @@ def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mappin
     else:
         cube = Cube.open(path)
         ds = open_cube(path)
-        counts = cube.status_counts() if status_counts is None else dict(status_counts)
+        per_window = ([cube.at_window(t).status_counts() for t in range(len(cube.windows))]
+                      if cube.windows is not None else None)
+        if status_counts is not None:
+            counts = dict(status_counts)
+        elif per_window is not None:  # a cube with time: every window's cells
+            counts = {k: sum(w[k] for w in per_window) for k in per_window[0]}
+        else:
+            counts = cube.status_counts()
         attrs = cube.attrs
         campaign = campaign_attributes(attrs)
         info = {"path": path.url, "kind": "cube", "samples": cube.n_samples, "scales": list(cube.scales),
@@ -117,6 +124,9 @@ def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mappin
                 "last_run": campaign[LAST_RUN_ATTR] or None, "runs": _runs(attrs),
                 "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in ds.variables.items()}}
+        if per_window is not None and cube.windows is not None:
+            info["windows"] = [{"window": w.label, "status": c} for w, c in zip(cube.windows, per_window)]
+            info["completed_windows"] = attrs.get(COMPLETED_WINDOWS_ATTR, [])
     info["writer"] = writer_of(path)
     return info
 
@@ -128,11 +138,15 @@ def format_store_info(info: Mapping[str, Any]) -> str:
     """
     if info.get("kind") == "tiling":
         return format_tiling_info(info)
-    lines = ["status: " + ", ".join(f"{k} {v}" for k, v in info["status"].items()),
-             f"spec hash: {info['spec_hash']}",
-             "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":")),
-             f"versions: {info['versions']}",
-             f"request account: {info['request_account']}"]
+    lines = ["status: " + ", ".join(f"{k} {v}" for k, v in info["status"].items())]
+    lines += [f"  window {w['window']}: " + ", ".join(f"{k} {v}" for k, v in w["status"].items())
+              for w in info.get("windows", [])]
+    if "windows" in info:
+        lines.append(f"completed windows: {info.get('completed_windows') or 'none'}")
+    lines += [f"spec hash: {info['spec_hash']}",
+              "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":")),
+              f"versions: {info['versions']}",
+              f"request account: {info['request_account']}"]
     lines += format_runs(info)
     if info.get("writer"):
         stale = str(info["writer"]).startswith("stale lock")

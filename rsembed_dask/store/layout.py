@@ -103,6 +103,12 @@ __all__ = [
     "has_checksums",
     "ROOT_COPY_KEY",
     "ROOT_COPY_ATTRS",
+    "TIME_WINDOWS_ATTR",
+    "COMPLETED_WINDOWS_ATTR",
+    "TIME_UNITS",
+    "time_defs",
+    "window_days",
+    "refuse_time",
 ]
 
 PENDING = 0
@@ -179,9 +185,18 @@ CHECKSUM_CODEC = "crc32c"
 #: (An array's attributes rather than an object of its own: Zarr warns about every object in a
 #: group that is not a node, whenever the group's members are listed.)
 ROOT_COPY_KEY = "rsembed_dask_root_copy"
+#: Group attribute of a cube with a ``time`` dimension: its windows, ``[[start, end], ...]``
+#: (ISO dates, end exclusive), in ``time`` order. Absent: a cube of one window, no ``time``
+#: dimension (every cube written before windows, and every single-window campaign).
+TIME_WINDOWS_ATTR = "time_windows"
+#: Group attribute of a cube with a ``time`` dimension: the start dates of the windows in which
+#: no cell is pending (written at the end of every run).
+COMPLETED_WINDOWS_ATTR = "completed_windows"
+#: CF units of the ``time`` and ``time_bnds`` arrays (int64 days; xarray decodes datetime64).
+TIME_UNITS = "days since 1970-01-01"
 #: The root attributes kept in :data:`ROOT_COPY_KEY` (the others are a run's reports).
 ROOT_COPY_ATTRS = (SPEC_ATTR, SPEC_IDENTITY_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, CREATED_ATTR,
-                   SEGMENTS_ATTR, DIGESTS_ATTR, MARKER_ATTR)
+                   SEGMENTS_ATTR, DIGESTS_ATTR, MARKER_ATTR, TIME_WINDOWS_ATTR)
 
 
 def chunk_codecs(checksum: bool) -> Any:
@@ -310,7 +325,7 @@ class ArrayDef:
 
 def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
                grid_shape: tuple[int, int] | None, dtype: str = "float32",
-               checksum: bool = True) -> list[ArrayDef]:
+               checksum: bool = True, n_times: int | None = None) -> list[ArrayDef]:
     """The data arrays of a cube (everything but the coordinates).
 
     Parameters
@@ -323,6 +338,10 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
         ``OutputSpec.dtype``: ``"float32"``, or ``"int8"`` for quantised ``embedding``
         (and ``grid``) with float32 ``embedding_scale(sample, scale)`` (and
         ``grid_scale(sample, scale, gy, gx)``) beside them (see :mod:`rsembed_dask.quantize`).
+    n_times : int, optional
+        Windows of a cube with a ``time`` dimension: every array gets ``time`` first,
+        chunked 1 along it (so a window added later writes new chunks only). None: no
+        ``time`` dimension (a cube of one window).
 
     Returns
     -------
@@ -367,6 +386,50 @@ def array_defs(n_samples: int, n_scales: int, chunk_size: int, embed_dim: int,
         gy, gx = grid_shape
         defs += data("grid", ss + ("feature", "gy", "gx"), (n_samples, n_scales, embed_dim, gy, gx),
                      (cs, 1, embed_dim, gy, gx), "patch-token embedding grid")
+    for d in defs:
+        d.checksum = checksum
+        if n_times is not None:
+            d.dims, d.shape, d.chunks = ("time",) + d.dims, (int(n_times),) + d.shape, (1,) + d.chunks
+    return defs
+
+
+def window_days(date: Any) -> int:
+    """Days since 1970-01-01 of an ISO date (or ``datetime.date``): the stored ``time`` values.
+
+    >>> window_days("1970-01-02")
+    1
+    """
+    return int(np.datetime64(str(date), "D").astype("int64"))
+
+
+def refuse_time(attrs: Mapping[str, Any], path: Any, what: str) -> None:
+    """Raise CubeError when the cube with group attributes ``attrs`` has a ``time`` dimension and
+    ``what`` (an export, a verify...) does not handle it yet.
+
+    >>> refuse_time({}, "c.zarr", "export")  # a cube of one window: nothing to refuse
+    """
+    windows = attrs.get(TIME_WINDOWS_ATTR)
+    if windows is not None:
+        raise CubeError(f"cube {str(path)!r} has a time dimension ({len(windows)} windows): {what} does not "
+                        "handle cubes with time yet; read it with open_cube / explore.change, or run one "
+                        "campaign (one cube) per window for this")
+
+
+def time_defs(n_times: int, checksum: bool = True) -> list[ArrayDef]:
+    """The ``time`` coordinate (window starts) and its CF ``time_bnds(time, bnds)`` ([start, end)).
+
+    Both int64 days (:data:`TIME_UNITS`), chunk 1 along ``time``: a window added later writes
+    its own chunks and rewrites none.
+    """
+    n = int(n_times)
+    defs = [
+        ArrayDef("time", ("time",), (n,), "int64", (1,), 0,
+                 {"standard_name": "time", "long_name": "window start", "units": TIME_UNITS,
+                  "calendar": "proleptic_gregorian", "bounds": "time_bnds"}),
+        ArrayDef("time_bnds", ("time", "bnds"), (n, 2), "int64", (1, 2), 0,
+                 {"long_name": "window [start, end), end exclusive", "units": TIME_UNITS,
+                  "calendar": "proleptic_gregorian"}),
+    ]
     for d in defs:
         d.checksum = checksum
     return defs

@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import zarr
 
 from .cube import Cube
-from .layout import read_segments, segment_rows, statuses_to_run
+from .layout import read_segments, refuse_time, segment_rows, statuses_to_run
 from .location import StoreLocation
 from .open import DECODE_ERRORS, array_meta_problem, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .repair import repair_sample_cube, reset_damaged_units
@@ -141,8 +141,9 @@ def work_left(path: str | os.PathLike | StoreLocation, *, tiling: bool = False,
             continue
         status = _read_status(cube)
         statuses[cube.url] = status
-        rows = segment_rows(read_segments(attrs["attributes"], status.shape[0], 1))
-        cells = status[rows] if len(rows) != status.shape[0] else status
+        n_rows = status.shape[-2]  # (sample, scale), or (time, sample, scale)
+        rows = segment_rows(read_segments(attrs["attributes"], n_rows, 1))
+        cells = status[..., rows, :] if len(rows) != n_rows else status
         left += int(np.isin(cells, statuses_to_run(retry_failed=retry_failed, retry_no_data=retry_no_data)).sum())
         total += cells.size
     return WorkLeft(left / total, 0, statuses) if left else WorkLeft(0.0, 0, statuses)
@@ -165,6 +166,9 @@ class CubeForRun:
         How the samples given compared with the stored ones (moved, new, missing).
     reset : int
         Units found damaged and put back to pending.
+    windows : list of (Cube, list of WorkUnit, ndarray)
+        Per date window of the cube (one for a cube without ``time``): its cube handle
+        (:meth:`Cube.at_window`), units and status; the first is ``(cube, units, status)``.
     """
 
     cube: Cube
@@ -173,6 +177,7 @@ class CubeForRun:
     status: np.ndarray
     changes: SampleChanges
     reset: int = 0
+    windows: list[tuple[Cube, list[WorkUnit], np.ndarray]] = field(default_factory=list)
 
     def todo(self, *, retry_failed: bool = False, retry_no_data: bool = False) -> list[WorkUnit]:
         """The units with a pending cell (or a failed one with ``retry_failed``, a no_data one with
@@ -184,7 +189,8 @@ class CubeForRun:
 def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
                  grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None = None,
                  update: bool = False, append: bool = False, repair: bool = False, retry_failed: bool = False,
-                 retry_no_data: bool = False, checks: Checks | None = None) -> CubeForRun:
+                 retry_no_data: bool = False, checks: Checks | None = None,
+                 windows: Any = None, append_windows: bool = False) -> CubeForRun:
     """Open or create the sample cube of a run, as the options say, and say what is left to do.
 
     Parameters
@@ -203,6 +209,8 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
         Failed (no_data) cells count as work left.
     checks : callable, optional
         ``checks(location, fraction, reclaim)``: run before anything is written (see the module doc).
+    windows, append_windows
+        The campaign's date windows, and whether new ones are added (:meth:`Cube.create_or_open`).
 
     Returns
     -------
@@ -236,6 +244,11 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
     # 2. apply: repair, create or resume (update/append only once checked)
     wrote = repair
     if repair:
+        try:
+            meta = probe_store(loc, arrays=False)
+        except CubeError:  # damaged: the repair below says what it can do
+            meta = None
+        refuse_time(meta["attributes"] if meta else {}, loc.url, "--repair")
         repair_sample_cube(loc, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
 
     def before_change(changes: SampleChanges) -> None:
@@ -245,12 +258,15 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
 
     cube = Cube.create_or_open(loc, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat, geohash=table.geohash,
                                wkb=table.wkb, embed_dim=embed_dim, grid_shape=grid_shape, versions=versions,
-                               update=update, append=append, before_change=before_change)
+                               update=update, append=append, before_change=before_change,
+                               windows=windows, append_windows=append_windows)
     assert cube.last_changes is not None
     changes = cube.last_changes
     rows_table, given = table_in_cube_rows(table, cube)
     units = [u for u in work_units(cube.n_rows, cube.spec.scales, cube.spec.chunk_size, segments=cube.segments)
              if given[u.start:u.stop].any()]
+    cubes = [cube.at_window(t) for t in range(len(cube.windows or (None,)))]
+    window_units = [[replace(u, window=t) for u in units] for t in range(len(cubes))]
     # 3. damage: --repair reads everything; a plain run on a local store lists the data chunks
     reset = 0
     if not (repair or loc.local):
@@ -258,14 +274,19 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
                  "`rsembed-dask inspect %s --verify` finds lost or corrupted chunks, --repair re-runs them",
                  loc, loc)
     if repair or loc.local:
-        job = _CubeUnits(cube)
-        reset = reset_damaged_units(loc, [(job, units)], repair=repair,
-                                    before_reset=lambda n: check(n / max(len(units), 1)))
+        reset = reset_damaged_units(loc, [(_CubeUnits(c), us) for c, us in zip(cubes, window_units)],
+                                    repair=repair, before_reset=lambda n: check(n / max(len(units), 1)))
         wrote = wrote or reset > 0
     status = None if (wrote or left is None or left.status is None) else left.status.get(loc.url)
-    if status is None or status.shape != (cube.n_rows, cube.n_scales):
-        status = cube.status_array()
-    return CubeForRun(cube, rows_table, units, status, changes, reset)
+    if cube.has_time:
+        statuses = [c.status_array() for c in cubes]  # a window added just now is not in the look's status
+        status = statuses[0]
+    else:
+        if status is None or status.shape != (cube.n_rows, cube.n_scales):
+            status = cube.status_array()
+        statuses = [status]
+    return CubeForRun(cube, rows_table, units, status, changes, reset,
+                      [(c, us, st) for c, us, st in zip(cubes, window_units, statuses)])
 
 
 @dataclass

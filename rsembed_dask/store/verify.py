@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILING_IDENTITY_ATTR,
-                     scale_name, vouched_arrays)
+                     refuse_time, scale_name, vouched_arrays)
 from .location import STORE_ERRORS, StoreLocation
 from .open import (
     COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
@@ -206,6 +206,7 @@ def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -
         h.fatal = True
         h.problems.append(f"{why}; nothing else can be checked")
         return h
+    refuse_time(attrs, loc.url, "verify (and --repair)")
     try:
         spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         names = cube_array_names(attrs)

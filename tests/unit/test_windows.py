@@ -1,5 +1,6 @@
 """Date windows: the helpers, the checks (ordered, non-empty, no overlap unless asked), the CLI
-flags, and the campaign's refusal of several windows until the cube has a time dimension."""
+flags, and a tiling's refusal of several windows until its grids have a time dimension (sample
+cubes take several: tests/integration/test_time_cube.py)."""
 
 from __future__ import annotations
 
@@ -110,22 +111,21 @@ def test_cli_window_flags_refuse_mixtures_and_name_the_bad_line(tmp_path):
         read_windows_file(tmp_path / "missing.txt")
 
 
-def test_a_campaign_refuses_several_windows_before_writing_anything(tmp_path):
-    gdf = gpd.GeoDataFrame({"id": ["a"]}, geometry=[Point(3.0, 31.2)], crs="EPSG:4326")
+def test_a_tiling_campaign_refuses_several_windows_before_writing_anything(tmp_path):
+    from rsembed_dask.sampling.tiling import tile_aoi
+
     with pytest.raises(SpecError, match=r"temporal='6 windows \(2019-01-01..2020-01-01 ... 2024-01-01..2025-01-01\)'"
-                                        r".*one window per cube"):
-        run_campaign(gdf, tmp_path / "c.zarr", scales=[40.0], temporal=TemporalSpec.years(2019, 2024),
-                     model="test-tiny", backend="emulator", progress=False)
+                                        r".*one window for a tiling store"):
+        run_campaign(tile_aoi((3.0, 31.2, 3.02, 31.22), scales=[40.0]), tmp_path / "c.zarr",
+                     temporal=TemporalSpec.years(2019, 2024), model="test-tiny", backend="emulator", progress=False)
     assert not (tmp_path / "c.zarr").exists()
 
 
-def test_the_cli_refuses_several_windows_in_one_line(tmp_path, capsys):
+def test_the_cli_refuses_several_windows_for_a_tiling_in_one_line(tmp_path, capsys):
     from rsembed_dask.cli import main
 
-    pts = tmp_path / "pts.geojson"
-    gpd.GeoDataFrame({"id": ["a"]}, geometry=[Point(3.0, 31.2)], crs="EPSG:4326").to_file(pts)
-    code = main(["run", str(pts), "--out", str(tmp_path / "c.zarr"), "--years", "2019-2020", "--model", "test-tiny",
-                 "--backend", "emulator", "--scales", "40", "--no-progress"])
+    code = main(["run", "3.0,31.2,3.02,31.22", "--tile", "--out", str(tmp_path / "c.zarr"), "--years", "2019-2020",
+                 "--model", "test-tiny", "--backend", "emulator", "--scales", "40", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "2 windows" in err[0], err
     assert not (tmp_path / "c.zarr").exists()
