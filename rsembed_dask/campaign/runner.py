@@ -45,7 +45,7 @@ from ..cluster.local import GPU_RESOURCE, worker_roster
 from ..errors import ProviderError, RsEmbedError
 from ..sampling.units import WorkUnit
 from ..store.layout import FAILED, NO_DATA, PENDING
-from .actors import describe_actor, submit_actor
+from .actors import ACTOR_PRIORITY, describe_actor, submit_actor
 from .jobs import Job
 from .options import RunOptions
 from .progress import CampaignReport, ProgressBar
@@ -298,7 +298,7 @@ class Runner:
         if slot.probe is None:
             if slot.fut.status == "finished":
                 slot.probe = self.c.submit(describe_actor, slot.fut.key, workers=[slot.addr],
-                                           allow_other_workers=False, pure=False,
+                                           allow_other_workers=False, pure=False, priority=ACTOR_PRIORITY,
                                            key=f"describe-{self.run_token}-{slot.fut.key}")
             elif slot.fut.status == "error":
                 self._fault(slot, slot.fut.exception(timeout=RESULT_TIMEOUT_S), "loading its model")
