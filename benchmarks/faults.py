@@ -16,7 +16,7 @@ emulator's ``no_coverage``: no_data in every run, not a failure).
    cells ok before and not ok after (an ok cell must never be downgraded).
 4. A last ``retry_failed=True`` rerun without faults finishes the cube: ``units lost`` and
    ``cells differing`` (from the clean run) must be 0.
-5. A late worker: a new cube on the one GPU worker left (Earth Engine answering in 2 s,
+5. A late worker: a new cube on the one GPU worker left (Earth Engine answering in 4 s,
    one request at a time); a third ``GPU=1`` worker joins once a unit is done (``late worker
    units``: what it embedded).
 6. A faulty worker: the healthy GPU workers go; the only one left is a ``GPU=1`` worker whose
@@ -207,8 +207,8 @@ def main() -> None:
                     late.append(_worker(addr, "gpu-late"))
                     procs["gpu-late"] = late[0]
 
-            # Paced by Earth Engine (2 s a request, one at a time), so the run outlasts the worker's start.
-            with GEEEmulator(seed=0, latency_s=2.0, no_coverage=NO_COVERAGE) as emu:
+            # Paced by Earth Engine (4 s a request, one at a time), so the run outlasts the worker's start.
+            with GEEEmulator(seed=0, latency_s=4.0, no_coverage=NO_COVERAGE) as emu:
                 opts = {"api_url": emu.url, "credentials": "anonymous", "project": "bench"}
                 late_ds = run_campaign(gdf, Path(tmp) / "late.zarr", client=addr, gee_options=opts,
                                        on_unit=join, ee_concurrency=1, **kw)

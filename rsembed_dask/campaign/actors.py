@@ -73,14 +73,19 @@ class EmbedActor:
         return self.embedder.embed(images, scale_m, output=output, roi=roi, uint8=uint8)
 
 
+#: Dask priority of an actor's creation (and of the runner's look at it): ahead of fetches.
+ACTOR_PRIORITY = 100
+
+
 def submit_actor(client, spec: ModelSpec, worker: str):
     """Start creating an :class:`EmbedActor` on ``worker``; returns its future at once.
 
     The model loads on the worker meanwhile; the future's key is the actor's key
     (:func:`local_actor`). Poll it (``status``): a runner keeps feeding the other actors.
     """
+    # Before any fetch waiting for a thread of that worker (fetches may run on GPU workers).
     return client.submit(EmbedActor, spec, actor=True, workers=[worker], allow_other_workers=False,
-                         pure=False, key=f"embed-actor-{worker.rsplit(':', 1)[-1]}-{time.monotonic_ns()}")
+                         pure=False, priority=ACTOR_PRIORITY, key=f"embed-actor-{worker.rsplit(':', 1)[-1]}-{time.monotonic_ns()}")
 
 
 def start_actor(client, spec: ModelSpec, worker: str, *, timeout_s: float = 600.0):

@@ -45,7 +45,7 @@ from ..cluster.local import GPU_RESOURCE, worker_roster
 from ..errors import ProviderError, RsEmbedError, StoreLockedError
 from ..sampling.units import WorkUnit
 from ..store.layout import FAILED, NO_DATA, PENDING
-from .actors import describe_actor, submit_actor
+from .actors import ACTOR_PRIORITY, describe_actor, submit_actor
 from .jobs import Job
 from .options import RunOptions
 from .progress import CampaignReport, ProgressBar
@@ -153,6 +153,7 @@ class Runner:
         self.flight: list[_Unit] = []
         self.attempts: collections.Counter = collections.Counter()
         self.fetch_addrs: list[str] = []
+        self.fetch_slots = 0  # threads of the fetch-only workers
         self.pending: collections.deque = collections.deque()
         self._last_check = 0.0
         self._no_gpu_since: float | None = None
@@ -174,12 +175,16 @@ class Runner:
         """``(units fetching at most, units in flight at most)`` now.
 
         Fetching: :data:`FETCH_AHEAD` times the Earth Engine bound (a unit holds at least
-        one request). In flight
+        one request), at most the threads of the fetch-only workers when there are some. In flight
         (fetching, fetched, embedding): what the memory budget for fetched chips holds,
         at least the actors' share, and at most ``max_in_flight`` when given.
         """
         ready = sum(1 for s in self.slots.values() if s.state == READY)
         fetching = math.ceil(FETCH_AHEAD * self.opts.ee_concurrency)
+        if self.fetch_slots:
+            # No more than the fetch workers' threads: a fetch past them would wait for one, or be
+            # stolen by a GPU worker (whose threads feed the model).
+            fetching = min(fetching, self.fetch_slots)
         if self.pending:
             j, unit, _ = self.pending[0]
             by_memory = self.opts.fetch_memory_mb * 2**20 // self._unit_bytes(j, unit)
@@ -272,6 +277,7 @@ class Runner:
         """Notice workers that joined, left or restarted; start actors; poll those loading."""
         roster = worker_roster(self.c)
         self.fetch_addrs = sorted(a for a, w in roster.items() if not w.gpu)
+        self.fetch_slots = sum(roster[a].nthreads for a in self.fetch_addrs)
         live = {w.server_id: a for a, w in roster.items() if w.gpu}
         for sid, slot in list(self.slots.items()):
             if sid not in live:
@@ -299,7 +305,7 @@ class Runner:
         if slot.probe is None:
             if slot.fut.status == "finished":
                 slot.probe = self.c.submit(describe_actor, slot.fut.key, workers=[slot.addr],
-                                           allow_other_workers=False, pure=False,
+                                           allow_other_workers=False, pure=False, priority=ACTOR_PRIORITY,
                                            key=f"describe-{self.run_token}-{slot.fut.key}")
             elif slot.fut.status == "error":
                 self._fault(slot, slot.fut.exception(timeout=RESULT_TIMEOUT_S), "loading its model")

@@ -440,6 +440,7 @@ class WorkerInfo:
     name: str
     server_id: str
     gpu: bool
+    nthreads: int = 1
 
 
 def worker_roster(client: Client) -> dict[str, WorkerInfo]:
@@ -458,9 +459,9 @@ def worker_roster(client: Client) -> dict[str, WorkerInfo]:
     """
     # A lambda is pickled by value: the scheduler needs no rsembed_dask to run it.
     rows = client.run_on_scheduler(lambda dask_scheduler, gpu=GPU_RESOURCE: {
-        addr: (str(ws.name), str(ws.server_id), float(ws.resources.get(gpu, 0)))
+        addr: (str(ws.name), str(ws.server_id), float(ws.resources.get(gpu, 0)), int(ws.nthreads))
         for addr, ws in dask_scheduler.workers.items()})
-    return {addr: WorkerInfo(name, sid, gpu >= 1) for addr, (name, sid, gpu) in rows.items()}
+    return {addr: WorkerInfo(name, sid, gpu >= 1, n) for addr, (name, sid, gpu, n) in rows.items()}
 
 
 def embed_workers(client: Client) -> list[str]:

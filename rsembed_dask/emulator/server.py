@@ -241,23 +241,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/image:computePixels"):
             emu.stats.add(compute_pixels=1)
             handler, endpoint = self._compute_pixels, "computePixels"
-            with emu.traffic.request():
-                with emu._in_flight():
-                    if self._refuse_auth(path) or self._inject_fault(endpoint):
-                        return
-                    try:
-                        handler(body)
-                    except EvalError as e:
-                        emu.stats.add(bad_request=1)
-                        self._error(400, str(e))
-                return
         elif path.endswith("/value:compute"):
             emu.stats.add(value_compute=1)
             handler, endpoint = self._value_compute, "value:compute"
         else:
             self._error(404, f"Unknown path {path}")
             return
-        with emu._in_flight():
+        traffic = emu.traffic.request() if endpoint == "computePixels" else contextlib.nullcontext()
+        with traffic, emu._in_flight():
             if self._refuse_auth(path) or self._inject_fault(endpoint):
                 return
             try:
