@@ -17,7 +17,8 @@ __all__ = ["geohash_encode", "hilbert_order", "GEOHASH_PRECISION", "HILBERT_BITS
 
 GEOHASH_PRECISION = 9
 HILBERT_BITS = 16
-_BASE32 = np.array(list("0123456789bcdefghjkmnpqrstuvwxyz"))
+#: The geohash alphabet as ASCII codes (a character per 5 bits).
+_BASE32_BYTES = np.frombuffer(b"0123456789bcdefghjkmnpqrstuvwxyz", dtype=np.uint8)
 
 
 def geohash_encode(lon: ArrayLike, lat: ArrayLike, precision: int = GEOHASH_PRECISION) -> np.ndarray:
@@ -52,9 +53,9 @@ def geohash_encode(lon: ArrayLike, lat: ArrayLike, precision: int = GEOHASH_PREC
         codes = (codes << 1) | up
         lo[axis] = np.where(up, mid, lo[axis])
         hi[axis] = np.where(up, hi[axis], mid)
-    chars = np.stack([_BASE32[(codes >> (5 * (precision - 1 - k))) & 31] for k in range(precision)],
-                     axis=-1)
-    return np.array(["".join(row) for row in chars], dtype=object)
+    shifts = 5 * (precision - 1 - np.arange(precision, dtype=np.int64))
+    chars = np.ascontiguousarray(_BASE32_BYTES[(codes[:, None] >> shifts) & 31])  # (n, precision) ASCII
+    return chars.view(f"S{precision}").ravel().astype(f"U{precision}").astype(object)
 
 
 def hilbert_order(lon: ArrayLike, lat: ArrayLike, bits: int = HILBERT_BITS) -> np.ndarray:

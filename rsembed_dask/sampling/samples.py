@@ -266,15 +266,20 @@ def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
     why, field, allowed = (np.full(n, None, dtype=object) for _ in range(3))
 
     def mark(mask, fld: str, reasons, ok: str) -> None:  # the first problem of a row wins
+        """``reasons``: one text, or a function of the marked rows' indices giving one text each
+        (only called when some row is marked: a million valid rows cost no message)."""
         mask = np.asarray(mask, dtype=bool) & (why == None)  # noqa: E711
-        reasons = np.broadcast_to(np.asarray(reasons, dtype=object), mask.shape)
-        why[mask], field[mask], allowed[mask] = reasons[mask], fld, ok
+        if not mask.any():
+            return
+        rows = np.flatnonzero(mask)
+        texts = reasons(rows) if callable(reasons) else [reasons] * len(rows)
+        why[rows], field[rows], allowed[rows] = np.asarray(texts, dtype=object), fld, ok
 
     is_null = pd.isna(pd.Series(ids, dtype=object)).to_numpy()
-    mark(is_null, "id", [f"missing id (input row {i})" for i in range(n)] if is_null.any() else "missing id",
-         "non-null ids")
+    mark(is_null, "id", lambda rows: [f"missing id (input row {i})" for i in rows], "non-null ids")
     ok_type = np.array([isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool) for v in ids])
-    mark(~ok_type, "id", [f"unsupported id type {type(v).__name__}" for v in ids], "str or int ids")
+    mark(~ok_type, "id", lambda rows: [f"unsupported id type {type(ids[i]).__name__}" for i in rows],
+         "str or int ids")
     dup = pd.Series(ids, dtype=object).duplicated(keep="first").to_numpy() & ~is_null
     mark(dup, "id", "duplicate id (first occurrence kept)", "unique ids")
 
@@ -285,14 +290,14 @@ def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
     mark(shapely.is_empty(safe), "geometry", "empty geometry", "non-empty geometries")
     types = shapely.get_type_id(safe)
     mark(~np.isin(types, _SUPPORTED_IDS), "geometry",
-         [f"unsupported geometry type {shapely.GeometryType(t).name}" for t in types],
+         lambda rows: [f"unsupported geometry type {shapely.GeometryType(types[i]).name}" for i in rows],
          "Point, Polygon or MultiPolygon geometries (buffer lines first)")
     coords, idx = shapely.get_coordinates(safe, return_index=True)
     nonfinite = np.bincount(idx[~np.isfinite(coords).all(axis=1)], minlength=n) > 0
     mark(nonfinite, "geometry", "NaN or infinite coordinates", "finite coordinates")
     invalid = ~shapely.is_valid(safe) & (why == None)  # noqa: E711
-    mark(invalid, "geometry", [f"invalid geometry: {shapely.is_valid_reason(g)}" if bad else ""
-                               for g, bad in zip(safe, invalid)], "valid geometries (try gdf.make_valid())")
+    mark(invalid, "geometry", lambda rows: [f"invalid geometry: {shapely.is_valid_reason(safe[i])}" for i in rows],
+         "valid geometries (try gdf.make_valid())")
 
     # reproject the rows still good, then check lon/lat ranges
     good = why == None  # noqa: E711
@@ -303,10 +308,10 @@ def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
          "coordinates valid in the GeoDataFrame's CRS")
     b = np.nan_to_num(b)
     mark((b[:, 1] < UTM_MIN_LAT) | (b[:, 3] > UTM_MAX_LAT), "lat",
-         [f"latitude outside [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}]: {lo:g}..{hi:g}" for lo, hi in b[:, [1, 3]]],
+         lambda rows: [f"latitude outside [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}]: {b[i, 1]:g}..{b[i, 3]:g}" for i in rows],
          f"latitudes in [{UTM_MIN_LAT:g}, {UTM_MAX_LAT:g}] (UTM coverage; polar areas unsupported)")
     mark((b[:, 0] < -180) | (b[:, 2] > 180), "lon",
-         [f"longitude outside [-180, 180]: {lo:g}..{hi:g}" for lo, hi in b[:, [0, 2]]],
+         lambda rows: [f"longitude outside [-180, 180]: {b[i, 0]:g}..{b[i, 2]:g}" for i in rows],
          "longitudes in [-180, 180]")
 
     bad = why != None  # noqa: E711

@@ -513,9 +513,11 @@ def check_inputs(ids: Any, lon: Any, lat: Any, geohash: Any, wkb: Any) -> dict[s
     """
     sample, id_dtype = _ids_array(ids)
     n = sample.shape[0]
-    uniq, counts = np.unique(sample, return_counts=True)
-    if uniq.shape[0] != n:
-        raise SpecError("ids", uniq[counts > 1][0], "unique sample ids")
+    import pandas as pd
+
+    dup = pd.Index(sample).duplicated()  # hashed: a sort of a million string ids costs seconds
+    if dup.any():
+        raise SpecError("ids", sample[dup][0], "unique sample ids")
     out: dict[str, Any] = {"sample": sample, "id_dtype": id_dtype}
     for name, values, lo, hi in (("lon", lon, -180, 180), ("lat", lat, -90, 90)):
         a = np.asarray(values, dtype="float64")
