@@ -27,7 +27,7 @@ import xarray as xr
 from ..store.damage import named_damage
 from ..store.info import campaign_attributes
 from ..store.layout import OK, STATUS_NAMES, count_statuses
-from ..store.open import nearest_sample, open_cube
+from ..store.open import LOCATION_ENCODING, nearest_sample, open_cube
 from ..errors import SpecError
 from .pca import PCAColours, check_components
 
@@ -109,7 +109,7 @@ def _reading(ds, scale_index: int | None = None):
     """Reads of ``ds`` whose chunks do not decode raise one line naming them (see
     :func:`~rsembed_dask.store.damage.named_damage`); a Dataset not opened from a cube path
     re-raises the codec's error as is."""
-    source = ds.encoding.get("source")
+    source = ds.encoding.get(LOCATION_ENCODING) or ds.encoding.get("source")
     return named_damage(source, scale_index=scale_index) if source else contextlib.nullcontext()
 
 

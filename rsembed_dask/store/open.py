@@ -27,7 +27,7 @@ from .layout import (CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_KEY, SP
 from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
 
-__all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "unfinished_store", "store_bytes",
+__all__ = ["LOCATION_ENCODING", "probe_store", "check_writable", "check_free_space", "free_space", "unfinished_store", "store_bytes",
            "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
            "is_tiling_store", "array_of", "group_of", "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
@@ -36,6 +36,9 @@ __all__ = ["probe_store", "check_writable", "check_free_space", "free_space", "u
 #: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
 #: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).
 DECODE_ERRORS = (RuntimeError, ValueError, OSError)
+
+#: Key of ``Dataset.encoding`` holding the :class:`StoreLocation` a cube was opened from.
+LOCATION_ENCODING = "rsembed_location"
 
 #: Coordinate arrays of a cube, then its data arrays (``grid`` only in grid mode).
 COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature")
@@ -520,7 +523,11 @@ def open_cube(path: str | os.PathLike | StoreLocation, *, dequantize: bool = Tru
     segments = read_segments(ds.attrs, ds.sizes["sample"], 1)
     if sum(b - a for a, b in segments) != ds.sizes["sample"]:  # a cube that grew: hide its padding rows
         ds = ds.isel(sample=segment_rows(segments))
-    return _plain(ds, dequantize)
+    ds = _plain(ds, dequantize)
+    # Where it was read from (a store object leaves xarray's "source" unset): readers that name
+    # a damaged chunk open the same location again (rsembed_dask.store.damage).
+    ds.encoding.update({"source": loc.url, LOCATION_ENCODING: loc})
+    return ds
 
 
 def _plain(ds: xr.Dataset, dequantize: bool) -> xr.Dataset:
