@@ -223,9 +223,10 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -
 
     Zarr stores no chunk that holds only the fill value, so a missing chunk is damage
     only where the status vouches for data: ``ok`` cells hold an embedding, an input
-    resolution (and a token grid), every finished cell a valid fraction. A ``failed``
-    cell's reason is not vouched for: a retry interrupted between its data and status
-    writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
+    resolution (and a token grid), ``ok`` and ``no_data`` cells a valid fraction. A
+    ``failed`` cell vouches for no data (marking a unit failed writes only its status and
+    reason), and its reason is not vouched for either: a retry interrupted between its data
+    and status writes may leave ``failed`` cells whose reasons were cleared (the chunk of an
     all-empty ``error`` is not stored), and such a cell is re-run anyway. An int8 cube
     (``quantised``) vouches for the scale arrays of ``ok`` cells too.
     """
@@ -235,7 +236,7 @@ def vouched_arrays(cells: np.ndarray, has_grid: bool, quantised: bool = False) -
         out += ["embedding", "input_res_m"] + (["grid"] if has_grid else [])
         if quantised:
             out += [QUANTISED["embedding"]] + ([QUANTISED["grid"]] if has_grid else [])
-    if (cells != PENDING).any():
+    if np.isin(cells, (OK, NO_DATA)).any():
         out.append("valid_fraction")
     return tuple(out)
 
