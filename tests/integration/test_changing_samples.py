@@ -202,8 +202,8 @@ def test_a_cube_chunked_by_an_older_version_cannot_grow(tmp_path, monkeypatch):
 
     real = cube_mod.array_defs
 
-    def old_defs(n, s, chunk, d, grid, *more):  # before appends: chunks of min(chunk_size, n_samples)
-        return real(n, s, min(chunk, n), d, grid, *more)
+    def old_defs(n, s, chunk, d, grid, *more, **kw):  # before appends: chunks of min(chunk_size, n_samples)
+        return real(n, s, min(chunk, n), d, grid, *more, **kw)
 
     monkeypatch.setattr(cube_mod, "array_defs", old_defs)
     small = {k: v[:3] for k, v in samples().items()}
