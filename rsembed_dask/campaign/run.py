@@ -244,7 +244,7 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                 runner = Runner(c, provider, jobs.jobs, report, opts, lock=held_lock(out))
                 # one cube per store (the windows of a cube with time share its attributes)
                 cubes = list({job.cube.path: job.cube for job in reversed(jobs.jobs)}.values())
-                with _Ledger(cubes, report, preflight=checks.checked) as ledger, \
+                with _Ledger(cubes, report, preflight=checks.checked, lock=held_lock(out)) as ledger, \
                         _RequestAccount(c, runner.run_token) as account:
                     ledger.follow(account)
                     runner.run(todo)
@@ -399,8 +399,9 @@ class _Ledger:
     requests.
     """
 
-    def __init__(self, cubes: list[Cube], report: CampaignReport, *, preflight: bool):
+    def __init__(self, cubes: list[Cube], report: CampaignReport, *, preflight: bool, lock: Any = None):
         self.cubes, self.report, self.preflight = cubes, report, preflight
+        self.lock = lock  # the cube's StoreLock: a run that lost it writes nothing more
         self.account: _RequestAccount | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -426,8 +427,12 @@ class _Ledger:
         return totals
 
     def write(self, ended: str | None = None) -> None:
-        """Write the totals and the runs (this one as it stands) to every cube."""
+        """Write the totals and the runs (this one as it stands) to every cube (not once this run
+        lost its writer lock: the cube is another run's then)."""
         with self._lock:
+            if self.lock is not None and self.lock.lost is not None:
+                log.info("the campaign's account is not written: %s", self.lock.lost)
+                return
             requests = self._requests()
             r = self.report
             self.record.update(

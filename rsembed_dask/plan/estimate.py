@@ -16,7 +16,7 @@ Examples
 --------
 >>> plan = estimate_campaign((10.0, 45.0, 10.5, 45.3), scales=[10, 40], embed_dim=64)
 >>> [(s.scale_m, s.footprints, s.work_units) for s in plan.scales]
-[(10.0, 287, 5), (40.0, 20, 1)]
+[(10.0, 287, 1), (40.0, 20, 1)]
 >>> plan.scales[0].requests_coalesced < plan.scales[0].requests_single
 True
 """
