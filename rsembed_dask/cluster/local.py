@@ -404,16 +404,6 @@ def connect(client: Any = None, *, scheduler_timeout: float = SCHEDULER_TIMEOUT_
                                       "callable returning a context manager that yields a Client")
 
 
-def _workers(client) -> dict[str, Any]:
-    """Per-worker information, asked of the scheduler now.
-
-    Not ``client.scheduler_info()``: it returns the client's cached identity, which the
-    client's own periodic refresh (without per-worker details) may overwrite between the
-    fetch and the return, so a live worker would look gone.
-    """
-    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
-
-
 def fetch_workers(client: Client) -> list[str]:
     """Addresses of the workers without the ``GPU`` resource (fetch-only), sorted.
 
@@ -425,8 +415,7 @@ def fetch_workers(client: Client) -> list[str]:
     -------
     list of str
     """
-    return sorted(addr for addr, w in _workers(client).items()
-                  if not w.get("resources", {}).get(GPU_RESOURCE, 0))
+    return sorted(addr for addr, w in worker_roster(client).items() if not w.gpu)
 
 
 @dataclass(frozen=True)
@@ -475,8 +464,7 @@ def embed_workers(client: Client) -> list[str]:
     -------
     list of str
     """
-    return sorted(addr for addr, w in _workers(client).items()
-                  if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
+    return sorted(addr for addr, w in worker_roster(client).items() if w.gpu)
 
 
 #: One ``distributed.Semaphore`` per (worker or client, name, bound), shared by its task threads.
