@@ -5,7 +5,7 @@ from .geoparquet import ExportReport, export_geoparquet
 from .info import format_store_info, format_tiling_info, store_info, tiling_info
 from .layout import FAILED, NO_DATA, OK, PENDING, STATUS_NAMES, scale_name
 from .location import StoreLocation
-from .lock import LockInfo, held_lock, one_writer, read_lock, store_lock
+from .lock import LockInfo, confirm_held, held_lock, one_writer, read_lock, store_lock
 from .open import is_tiling_store, nearest_sample, open_cube
 from .prepare import CubeForRun, WorkLeft, open_for_run, work_left
 from .repair import repair_sample_cube, repair_tiling_layout, reset_damaged_units
@@ -22,7 +22,7 @@ __all__ = [
     "CubeHealth", "check_cube", "verify_cube", "verify_tiling_store",
     "repair_sample_cube", "repair_tiling_layout", "reset_damaged_units",
     "store_info", "format_store_info", "tiling_info", "format_tiling_info",
-    "LockInfo", "read_lock", "store_lock", "held_lock", "one_writer",
+    "LockInfo", "read_lock", "store_lock", "held_lock", "confirm_held", "one_writer",
     "export_geoparquet", "ExportReport", "write_stac",
     "StoreSize", "sample_store_size", "tiling_store_size",
     "StoreLocation", "open_for_run", "work_left", "CubeForRun", "WorkLeft",

@@ -48,6 +48,7 @@ from .open import (
 from .digests import differing_blocks, digest_record
 from .geoemb import geoemb_attrs
 from .location import STORE_ERRORS, StoreLocation
+from .lock import confirm_held
 from .rootcopy import write_root_copy
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
@@ -466,6 +467,7 @@ class Cube:
             group, start, digests = None, 0, None
             for inputs in source():
                 if group is None:  # the creating attribute first: an interrupted creation is recognised
+                    confirm_held(self.location)  # never over the cube of a run that took over meanwhile
                     group = zarr.open_group(self.location.zarr_store(), mode="w", zarr_format=3, attributes={
                         CREATING_ATTR: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
                     defs = coord_defs(n, s, self.embed_dim, inputs["id_dtype"])

@@ -44,6 +44,7 @@ import pwd
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from typing import Any, Protocol
 from ..errors import CubeError, SpecError, StoreLockedError
 from .location import StoreLocation
 
-__all__ = ["LockInfo", "StoreLock", "lock_path", "read_lock", "store_lock", "held_lock", "one_writer",
+__all__ = ["LockInfo", "StoreLock", "lock_path", "read_lock", "store_lock", "held_lock", "confirm_held", "one_writer",
            "HEARTBEAT_S", "STALE_S"]
 
 log = logging.getLogger(__name__)
@@ -629,6 +630,21 @@ class StoreLock:
             raise StoreLockedError(f"{self.store}: this run lost its writer lock: {self._lost}; it stopped "
                                    f"writing (its finished units are kept; the holder goes on)")
 
+    def confirm(self) -> None:
+        """Confirm ownership now (one beat, whatever its age), then :meth:`check`.
+
+        Before a step that replaces what is in the store (creating it, repairing it): a run
+        resumed from a pause must not lay out a new store over the holder's.
+
+        Raises
+        ------
+        StoreLockedError
+            The lock is another run's now, or ownership could not be confirmed.
+        """
+        if self._lost is None and not self._readonly:
+            self._beat()
+        self.check()
+
     def _run_beats(self) -> None:
         try:
             while self._lost is None and not self._stop.wait(self.heartbeat_s):
@@ -640,7 +656,9 @@ class StoreLock:
     def _lose(self, reason: str) -> None:
         """Mark the lock lost; with ``interrupt``, raise KeyboardInterrupt in the main thread that took
         it (as Ctrl-C would), so a run blocked anywhere stops; :func:`one_writer` turns it into
-        :class:`~rsembed_dask.errors.StoreLockedError`."""
+        :class:`~rsembed_dask.errors.StoreLockedError`. The first reason stands (one interrupt)."""
+        if self._lost is not None:
+            return
         self._lost = reason
         if (self.interrupt and threading.current_thread() is not threading.main_thread()
                 and self._owner is threading.main_thread()):
@@ -789,6 +807,41 @@ def held_lock(store: str | os.PathLike) -> StoreLock | None:
         return _HELD.get((lock_path(store), threading.get_ident()))
 
 
+def _close_unstarted_coroutines(tb: Any) -> None:
+    """Close the coroutines an interrupt left unstarted in the frames it unwound.
+
+    The interrupt of a lost lock lands wherever the main thread is, also between a library
+    creating a coroutine and running it (Zarr's synchronous API): closed, it is not reported as
+    "never awaited" when the run exits.
+    """
+    for frame, _ in traceback.walk_tb(tb):
+        for value in list(frame.f_locals.values()):
+            if inspect.iscoroutine(value) and inspect.getcoroutinestate(value) == inspect.CORO_CREATED:
+                value.close()
+
+
+def confirm_held(store: str | os.PathLike) -> None:
+    """Before ``store`` is created, replaced or repaired: confirm the lock this thread holds on it, if any.
+
+    Parameters
+    ----------
+    store : str, path-like or StoreLocation
+        The cube or tiling store about to be laid out.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    StoreLockedError
+        This thread held the lock and lost it: another run writes the store now.
+    """
+    lock = held_lock(store)
+    if lock is not None:
+        lock.confirm()
+
+
 #: Keywords of :func:`store_lock` a decorated function may take (they are passed through to it too).
 _LOCK_KEYWORDS = ("storage_options",)
 
@@ -815,8 +868,9 @@ def one_writer(param: str, options: Callable[[Mapping[str, Any]], Mapping[str, A
                 with store_lock(bound[param], **extra) as lock:
                     taken.append(lock)
                     return fn(*args, **kwargs)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 if taken and taken[0].interrupted:  # the lock was lost (not a Ctrl-C): say so
+                    _close_unstarted_coroutines(exc.__traceback__)
                     taken[0].check()
                 raise
         return locked

@@ -43,7 +43,7 @@ from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILI
 from .location import StoreLocation
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys,
                    cube_array_names, is_tiling_store, probe_store, unfinished_store)
-from .lock import one_writer
+from .lock import confirm_held, one_writer
 from .rootcopy import rebuild_root
 from .verify import check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
@@ -145,6 +145,7 @@ def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignS
     """
     path = StoreLocation.parse(path)
     check_writable(path)
+    confirm_held(path)  # a run resumed from a pause repairs nothing of another run's cube
     done = rebuild_root(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim))
     return done + repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
                                 grid_shape=grid_shape, source=_table_source(_in_stored_order(path, table)))

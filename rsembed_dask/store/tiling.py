@@ -44,6 +44,7 @@ from .layout import (AOI_ATTR, COL_LEFT_ATTR, CREATING_ATTR, CRS_ATTR, FLAG_ATTR
 from .open import (array_of, attr_text, check_writable, group_of, is_tiling_store, probe_store,
                    unfinished_store)
 from .location import STORE_ERRORS, StoreLocation
+from .lock import confirm_held
 from .quantize import QUANTISED, is_quantised_dtype
 
 __all__ = ["TILING_MARKER", "NO_TILE", "scale_name", "create_or_open_tiling", "sample_cube_names", "is_tiling_store",
@@ -111,6 +112,7 @@ def _create_tiling(loc: StoreLocation, tiling: Tiling, spec: CampaignSpec, ident
                    grid_shape: tuple[int, int] | None, versions: Mapping[str, str] | None) -> dict[float, Cube]:
     """Lay out the tiling store: the creating attribute first, the marker last (replacing it)."""
     versions = default_versions(versions)
+    confirm_held(loc)  # never over the store of a run that took over meanwhile
     root = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3, attributes={
         CREATING_ATTR: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     root.create_group("samples", attributes=geoemb_attrs(spec, embed_dim, layout="regular_grid", versions=versions))

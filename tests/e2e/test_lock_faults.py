@@ -142,7 +142,7 @@ def test_a_paused_run_loses_its_lock_to_a_second_run_and_exits_3_leaving_it_alon
             assert first.returncode == EXIT_LOCKED, err_a
             assert (f"this run lost its writer lock: it is now held by pid {second.pid} on "
                     f"{socket.gethostname()}") in err_a
-            assert "Traceback" not in err_a and err_a.strip().splitlines()[-1].startswith("rsembed-dask run: ")
+            assert "Traceback" not in err_a and err_a.strip().splitlines()[-1].startswith("rsembed-dask run: "), err_a
             held = read_lock(out)
             assert held is None or held.token == theirs  # the second run's lock, untouched
             second.wait(timeout=200)

@@ -282,6 +282,22 @@ def test_a_paused_holder_finds_its_lock_lost_before_anything_else(tmp_path):
             lock.check()
 
 
+def test_a_holder_that_has_not_noticed_a_takeover_lays_out_no_cube_over_the_new_holders(tmp_path):
+    """Creating a cube confirms the lock first, whatever the last beat's age: a run resumed from a
+    pause, whose heartbeat has not yet run, stops there (CI caught one laying out its group)."""
+    store = tmp_path / "c.zarr"
+    spec = CampaignSpec(temporal=TemporalSpec.year(2022), model=ModelSpec("test-tiny", image_size=32),
+                        scales=(10.0,), chunk_size=4)
+    with store_lock(store, heartbeat_s=3600, stale_s=7200) as lock:
+        write_lock(store, **OTHER_HOST)  # the lock was taken over; our last beat is recent
+        with pytest.raises(StoreLockedError, match="lost its writer lock: it is now held by pid 1 on node-17"):
+            Cube.create_or_open(store, spec=spec, ids=["a", "b"], lon=[3.0, 3.1], lat=[31.0, 31.1],
+                                geohash=["x", "y"], wkb=["00", "00"], embed_dim=4)
+        assert lock.lost is not None
+    assert not store.exists()  # nothing laid out where the new holder is about to
+    assert json.loads(open(lock_path(store)).read())["token"] == "theirs"
+
+
 def test_failed_beats_are_retried_and_the_lock_kept(tmp_path, caplog):
     """The lock path made unreadable from outside (a directory in its place, as an ESTALE/EIO would),
     then the lock file removed: beats fail and are retried; the lock stays ours."""

@@ -118,7 +118,10 @@ def test_worker_lists_do_not_trust_the_clients_cached_identity(client, monkeypat
     from rsembed_dask.cluster.local import embed_workers, fetch_workers
 
     async def refresh_without_workers(self, n_workers=0):
+        # What the periodic refresh caches; it returns it too, as the real method does (since
+        # distributed 2026.11 a sync ``scheduler_info()`` returns this value, not the cache).
         self._scheduler_identity = {**self._scheduler_identity, "workers": {}}
+        return self._scheduler_identity
 
     monkeypatch.setattr(Client, "_update_scheduler_info", refresh_without_workers)
     assert client.scheduler_info()["workers"] == {}  # what the cache says
