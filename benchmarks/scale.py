@@ -8,7 +8,11 @@ synthetic embeddings by ``Cube.write_unit``. Then, in a fresh process each:
 
 * a plain resume: ``run_campaign`` on the same samples (read from a GeoParquet file first,
   not timed) with nothing left to do, as a rerun of a finished campaign is; its wall time,
-  and the peak RSS of that process (VmHWM: imports and the samples included);
+  and the peak RSS of that process (VmHWM: imports and the samples included), also less the
+  RSS once the samples were read (what the resume adds). Run twice: the first finds no
+  digest of its input in the cube (built here, not by a campaign) and makes the full check
+  (sample table, per-block digests: ``full check ...``), recording it as every campaign run
+  does; the second is the rerun of a finished campaign (``resume ...``);
 * ``export_geoparquet`` of a ``--export-samples`` cube (default 100,000) of ViT-L-wide
   vectors (D = 1,024), scaled to 100k embeddings.
 
@@ -47,13 +51,15 @@ from rsembed_dask.specs import TemporalSpec
 
 samples, out, scales, model, start, end = sys.argv[1:7]
 gdf = gpd.read_parquet(samples)
+with open("/proc/self/status") as fh:
+    before = next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmRSS"))
 t0 = time.perf_counter()
 run_campaign(gdf, out, scales=json.loads(scales), temporal=TemporalSpec.range(start, end), model=model,
              backend="emulator", id_column="site", progress=False)
 seconds = time.perf_counter() - t0
 with open("/proc/self/status") as fh:
     peak = next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+print(json.dumps({"seconds": seconds, "peak_mib": peak, "samples_mib": before}))
 """
 
 EXPORT_CHILD = r"""
@@ -140,9 +146,17 @@ def main() -> None:
     print(f"cube MiB ({label} samples): {size / 2**20:.0f}")
     print(f"files per 1,000 sample-scales: {files / (args.samples * len(SCALES)) * 1000:.2f}")
 
+    # The first rerun finds no digest of its input in the cube (built above, not by a campaign):
+    # the full check (sample table, per-block digests); it records the digest, as every
+    # campaign run does. The second is the rerun of a finished campaign a user makes.
+    full = _child(RESUME_CHILD, samples, cube, json.dumps(list(SCALES)), MODEL, *WINDOW)
     resume = _child(RESUME_CHILD, samples, cube, json.dumps(list(SCALES)), MODEL, *WINDOW)
     print(f"resume seconds ({label} samples): {resume['seconds']:.1f}")
     print(f"resume peak MiB ({label} samples): {resume['peak_mib']}")
+    print(f"resume peak MiB above the samples ({label} samples): {resume['peak_mib'] - resume['samples_mib']}")
+    print(f"samples MiB ({label} samples, GeoDataFrame and imports): {resume['samples_mib']}")
+    print(f"full check seconds ({label} samples): {full['seconds']:.1f}")
+    print(f"full check peak MiB ({label} samples): {full['peak_mib']}")
 
     small = os.path.join(tmp, "export.zarr")
     build_cube(small, _points(args.export_samples, seed=2), embed_dim=1024)

@@ -25,7 +25,7 @@ import zarr
 
 from ..errors import CubeError, SpecError
 from ..providers.limits import BYTES_PER_SAMPLE, REQUEST_BYTE_LIMIT
-from ..sampling.samples import SampleTable, build_sample_table
+from ..sampling.samples import SampleTable, build_sample_table, samples_digest
 from ..sampling.units import WorkUnit, default_unit_size, work_units
 from ..sampling.tiling import TileTable, Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec, TemporalWindows
@@ -33,7 +33,7 @@ from ..store.cube import Cube
 from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR, scale_name
 from ..store.location import StoreLocation
 from ..store.open import stored_chunk_size
-from ..store.prepare import open_for_run, work_left
+from ..store.prepare import finished_rerun, open_for_run, record_input, work_left
 from ..store.repair import repair_tiling_layout, reset_damaged_units
 from ..store.size import StoreSize, sample_store_size, tiling_store_size
 from ..store.tiling import block_batches, create_or_open_tiling, is_tiling_store, rasterise_blocks, set_synced
@@ -61,7 +61,8 @@ class Job:
     A sample campaign is one job, a tiling campaign one job per scale.
     """
 
-    table: SampleTable | TileTable
+    #: None for a finished campaign rerun on the same samples (nothing runs: see ``plan_samples``).
+    table: SampleTable | TileTable | None
     cube: Cube
     spec: CampaignSpec
     units: list[WorkUnit] = field(default_factory=list)
@@ -97,7 +98,7 @@ class Jobs:
 
     @property
     def n_samples(self) -> int:
-        return sum(len(job.table) for job in self.jobs)
+        return sum(job.cube.n_rows if job.table is None else len(job.table) for job in self.jobs)
 
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs)
@@ -225,7 +226,8 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
                  id_column: str | None = None, on_invalid: Literal["raise", "skip"] = "raise", repair: bool = False,
                  update: bool = False, append: bool = False, retry_failed: bool = False, retry_no_data: bool = False,
                  versions: Callable[[], dict[str, str]] = software_versions,
-                 preflight: Preflight | None = None, append_windows: bool = False) -> Jobs:
+                 preflight: Preflight | None = None, append_windows: bool = False,
+                 table_if_needed: bool = False) -> Jobs:
     """Plan a sample campaign: validate everything and create (or reopen) the cube; nothing is fetched.
 
     The store is asked once (:func:`~rsembed_dask.store.prepare.open_for_run`): ``repair``
@@ -241,6 +243,11 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
     per window (each with that window as its spec's ``temporal``, so its units fetch it);
     ``append_windows`` adds windows to an existing one (:meth:`~rsembed_dask.store.cube.Cube.create_or_open`).
 
+    With ``table_if_needed`` (what ``run_campaign`` asks), a plain rerun of a finished cube on
+    the very samples it last matched (the same :func:`~rsembed_dask.sampling.samples.samples_digest`
+    of the GeoDataFrame, spec and windows) builds no sample table: its jobs have ``table`` None
+    and nothing to run (:func:`~rsembed_dask.store.prepare.finished_rerun`).
+
     Returns
     -------
     Jobs
@@ -253,6 +260,14 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
                         model=model_spec(model, batch_size), output=output or OutputSpec.pooled(),
                         scales=tuple(scales) if not isinstance(scales, (int, float)) else (scales,),
                         chunk_size=unit_size(chunk_size, StoreLocation.parse(out)), buffer_m=buffer_m)
+    digest = samples_digest(gdf, id_column=id_column, on_invalid=on_invalid,
+                            salt=f"{spec.spec_hash()}|{[(w.start, w.end) for w in windows]}")
+    plain = not (update or append or repair or retry_failed or retry_no_data or append_windows)
+    finished = finished_rerun(out, digest) if table_if_needed and plain else None
+    if finished is not None and finished.cube.spec.spec_hash() == spec.spec_hash():
+        log.info("cube %s: finished, and these are the samples it holds; nothing to do", finished.cube.location)
+        return Jobs(finished.cube.location, [Job(None, c, c.spec, units, status)
+                                             for c, units, status in finished.windows])
     table = _check_request_sizes(build_sample_table(gdf, id_column=id_column, on_invalid=on_invalid),
                                  spec, on_invalid)
     embed_dim, grid_shape = _grid_shape(spec)
@@ -270,6 +285,7 @@ def plan_samples(gdf: Any, out: str | os.PathLike | StoreLocation, *, temporal: 
     cube = ready.cube
     if len(table.skipped):
         cube.set_attrs(**{SKIPPED_ATTR: table.skipped_records()})
+    record_input(cube, digest, len(table))
     # cube.spec: an existing cube's scale order (the same scales given in another order)
     return Jobs(cube.location, [Job(ready.table, c, c.spec, units, status) for c, units, status in ready.windows])
 

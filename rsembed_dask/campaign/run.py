@@ -116,7 +116,8 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
         return plan_tiling(source, out, scales=scales, **common)
     return plan_samples(source, out, scales=DEFAULT_SCALES if scales is None else scales, buffer_m=buffer_m,
                         id_column=id_column, on_invalid=on_invalid, update=options.update,
-                        append=options.append, append_windows=options.append_windows, **common)
+                        append=options.append, append_windows=options.append_windows, table_if_needed=True,
+                        **common)
 
 
 def _lock_options(bound: Mapping[str, Any]) -> Mapping[str, Any]:

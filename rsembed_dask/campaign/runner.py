@@ -239,6 +239,7 @@ class Runner:
                 self.bar.update(1, self.report.postfix())
                 return False
             where = {"workers": self.fetch_addrs, "allow_other_workers": True} if self.fetch_addrs else {}
+            assert job.table is not None, "a job with units to run has its sample table (plan_samples)"
             fetch = self.c.submit(fetch_unit, self.provider,
                                   job.table.slice(unit.start, unit.stop), unit, job.spec,
                                   self.fetch_threads, coalesce=self.coalesce, only=only,

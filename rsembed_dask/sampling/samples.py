@@ -27,7 +27,8 @@ from ..geo.keys import geohash_encode, hilbert_order
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["Footprint", "SampleTable", "build_sample_table", "hilbert_order", "geohash_encode", "SKIP_INVALID"]
+__all__ = ["Footprint", "SampleTable", "build_sample_table", "samples_digest", "hilbert_order", "geohash_encode",
+           "SKIP_INVALID"]
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +331,95 @@ def build_sample_table(gdf: gpd.GeoDataFrame, *, id_column: str | None = None,
     columns["ids"] = ids[keep]
     order = hilbert_order(columns["lon"], columns["lat"])
     return SampleTable({k: v[order] for k, v in columns.items()}, skipped, id_name)
+
+
+#: Changes whenever :func:`build_sample_table` would build another table from the same input
+#: (a digest of an older builder's input then no longer matches, and the full check runs).
+TABLE_BUILDER_VERSION = 1
+
+
+def samples_digest(gdf: Any, *, id_column: str | None = None, on_invalid: str = "raise", salt: str = "") -> str | None:
+    """A digest of what :func:`build_sample_table` is given: ids, geometries (WKB, as given), CRS, options.
+
+    The same digest means the same table: a rerun of a finished campaign on the same samples
+    is recognised without building it (no reprojection, centroid or geohash of a million rows).
+    ``salt`` adds what else the caller's result depends on (the campaign spec, the windows).
+
+    Parameters
+    ----------
+    gdf : geopandas.GeoDataFrame
+        The samples, as given to :func:`build_sample_table`.
+    id_column : str, optional
+        Column of the ids (default: the index).
+    on_invalid : str
+        As given to :func:`build_sample_table` (which rows it keeps depends on it).
+    salt : str
+        Anything else the digest must cover.
+
+    Returns
+    -------
+    str or None
+        A hex BLAKE2b digest; None for input :func:`build_sample_table` refuses outright
+        (not a GeoDataFrame, no CRS, an unknown id column): the caller builds the table and says why.
+
+    Examples
+    --------
+    >>> import geopandas as gpd
+    >>> gdf = gpd.GeoDataFrame({"site": ["a", "b"]}, geometry=gpd.points_from_xy([3, 4], [31, 32]), crs=4326)
+    >>> samples_digest(gdf, id_column="site") == samples_digest(gdf.copy(), id_column="site")
+    True
+    >>> samples_digest(gdf, id_column="site") == samples_digest(gdf[::-1], id_column="site")
+    False
+    """
+    import geopandas as gpd
+    import shapely
+
+    if not isinstance(gdf, gpd.GeoDataFrame) or gdf.crs is None or len(gdf) == 0:
+        return None
+    if id_column is not None and id_column not in gdf.columns:
+        return None
+    ids = gdf[id_column] if id_column is not None else gdf.index.to_series()
+    h = hashlib.blake2b(digest_size=20)
+    for part in (str(TABLE_BUILDER_VERSION), salt, str(id_column), on_invalid, gdf.crs.to_wkt(), str(len(gdf)),
+                 str(ids.dtype)):
+        h.update(part.encode() + b"\0")
+    values = ids.to_numpy()
+    if values.dtype.kind in "iu":  # integer ids: their bytes
+        h.update(np.ascontiguousarray(values, dtype=np.int64).tobytes())
+    elif isinstance(ids.dtype, pd.StringDtype):  # pandas strings (Arrow-backed: no copy)
+        _update_binary(h, pa_array(ids, "string"))
+    elif values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        _update_binary(h, pa_array(values, "string"))  # str ids: their UTF-8 bytes and offsets
+    else:  # anything else: its type and its text
+        _update_binary(h, pa_array([f"{type(v).__name__}:{v}" for v in values.tolist()], "string"))
+    geoms = np.asarray(gdf.geometry.array, dtype=object)
+    types = shapely.get_type_id(geoms)  # -1: missing
+    h.update(types.astype(np.int8).tobytes())
+    if (types == 0).all() and not shapely.is_empty(geoms).any():  # points: their coordinates say it all
+        h.update(np.ascontiguousarray(shapely.get_coordinates(geoms, include_z=True)).tobytes())
+    else:
+        _update_binary(h, pa_array(shapely.to_wkb(geoms), "binary"))
+    return h.hexdigest()
+
+
+def pa_array(values: Any, kind: str) -> Any:
+    """``values`` as a pyarrow array of ``kind`` ("string" or "binary": 64-bit offsets)."""
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.large_string() if kind == "string" else pa.large_binary(), from_pandas=True)
+
+
+def _update_binary(h: Any, arr: Any) -> None:
+    """Feed an Arrow (large) string/binary array to the hash ``h``: validity, offsets, then the bytes
+    (so no two lists of items hash alike by joining alike)."""
+    arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
+    validity, offsets, data = arr.buffers()
+    start, stop = arr.offset, arr.offset + len(arr)
+    off = np.frombuffer(offsets, dtype=np.int64)[start:stop + 1]
+    h.update(np.asarray(arr.is_null(), dtype=bool).tobytes())
+    h.update((off - off[0]).tobytes())
+    if data is not None:
+        h.update(memoryview(data)[int(off[0]):int(off[-1])])
 
 
 def _geometry_columns(geoms: np.ndarray) -> dict[str, np.ndarray]:

@@ -1077,7 +1077,7 @@ class Cube:
                 out.append(u)
         return out
 
-    def units_missing_chunks(self, units: Iterable[Any]) -> list[Any]:
+    def units_missing_chunks(self, units: Iterable[Any], status: np.ndarray | None = None) -> list[Any]:
         """The units marked done whose data chunks are not in the store.
 
         A cheap check for resuming: the status array and the store listing
@@ -1086,12 +1086,24 @@ class Cube:
         missing: Zarr would read it as NaN or ``""`` without a word. Undecodable
         chunks are found by a full verify (:func:`rsembed_dask.store.verify.check_cube`).
 
+        Parameters
+        ----------
+        units : iterable of WorkUnit
+            The units to check.
+        status : ndarray, optional
+            The cube's status, where it was read already (default: read it).
+
+        Returns
+        -------
+        list of WorkUnit
+            Those with a vouched-for chunk missing.
+
         Raises
         ------
         CubeDamagedError
             The status cannot be decoded.
         """
-        status = self.status_array()
+        status = self.status_array() if status is None else status  # (given: read already)
         names = (("embedding", "input_res_m", "valid_fraction", "error") + (("grid",) if self.grid_shape else ())
                  + self._scale_arrays())
         t = () if self.windows is None else (self.window,)

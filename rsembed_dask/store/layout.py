@@ -83,6 +83,7 @@ __all__ = [
     "LAST_RUN_ATTR",
     "RUNS_ATTR",
     "SKIPPED_ATTR",
+    "INPUT_DIGEST_ATTR",
     "TILING_IDENTITY_ATTR",
     "AOI_ATTR",
     "SYNCED_ATTR",
@@ -154,6 +155,11 @@ LAST_RUN_ATTR = "last_run"
 #: ``request_account`` is the sum of their requests.
 RUNS_ATTR = "runs"
 SKIPPED_ATTR = "skipped_rows"
+#: Group attribute: ``{"digest": hex, "samples": n}``, the digest of the GeoDataFrame (and spec
+#: and windows) the cube last matched (:func:`~rsembed_dask.sampling.samples.samples_digest`) and
+#: how many samples it held: a plain rerun of a finished campaign on the same input is recognised
+#: from it without building the sample table.
+INPUT_DIGEST_ATTR = "input_digest"
 #: Root attributes of a tiling store: what must match to resume, the AOI (WKB hex), and
 #: whether the zone grids reflect the sample cubes.
 TILING_IDENTITY_ATTR = "tiling_identity"

@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from .cube import Cube
-from .layout import read_segments, refuse_time, segment_rows, statuses_to_run
+from .layout import INPUT_DIGEST_ATTR, read_segments, refuse_time, segment_rows, statuses_to_run
 from .location import StoreLocation
 from .open import DECODE_ERRORS, array_meta_problem, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .repair import repair_sample_cube, reset_damaged_units
@@ -43,7 +43,7 @@ from ..errors import CubeDamagedError, CubeError
 from ..sampling.units import WorkUnit, work_units
 from ..specs import CampaignSpec
 
-__all__ = ["WorkLeft", "CubeForRun", "work_left", "open_for_run", "Checks"]
+__all__ = ["WorkLeft", "CubeForRun", "work_left", "open_for_run", "finished_rerun", "record_input", "Checks"]
 
 log = logging.getLogger(__name__)
 
@@ -295,3 +295,58 @@ class _CubeUnits:
 
     cube: Cube
 
+
+def finished_rerun(path: str | os.PathLike | StoreLocation, input_digest: str | None) -> CubeForRun | None:
+    """A plain rerun of a finished campaign on the samples it last matched: the cube, with nothing to do.
+
+    The cheap look for the commonest rerun (a job requeued after its campaign finished, a
+    notebook run twice): when the cube's ``input_digest`` is ``input_digest``, no cell is left
+    and (on a local store) no data chunk an ``ok`` status vouches for is missing, nothing needs
+    the sample table, so it is not built. Anything else (another input, work left, damage, a
+    store that is not a finished cube) returns None: :func:`open_for_run` then looks properly.
+
+    Parameters
+    ----------
+    path : str, path-like or StoreLocation
+        The sample cube.
+    input_digest : str or None
+        :func:`~rsembed_dask.sampling.samples.samples_digest` of this run's input (with the
+        spec and windows as salt); None never matches.
+
+    Returns
+    -------
+    CubeForRun or None
+        With ``table`` None, every unit of the cube and its status; None to look properly.
+    """
+    loc = StoreLocation.parse(path)
+    if input_digest is None:
+        return None
+    try:
+        meta = probe_store(loc, arrays=False)
+    except CubeError:
+        return None  # damaged or not a cube: open_for_run says what to do
+    recorded = (meta or {}).get("attributes", {}).get(INPUT_DIGEST_ATTR)
+    if not isinstance(recorded, dict) or recorded.get("digest") != input_digest:
+        return None
+    left = work_left(loc)
+    if left is None or left.any:
+        return None
+    cube = Cube.open(loc)
+    cubes = [cube.at_window(t) for t in range(len(cube.windows or (None,)))]
+    units = work_units(cube.n_rows, cube.spec.scales, cube.spec.chunk_size, segments=cube.segments)
+    read = (left.status or {}).get(loc.url)
+    statuses = [read[t] if cube.has_time else read for t in range(len(cubes))] if read is not None \
+        else [c.status_array() for c in cubes]
+    if loc.local and any(c.units_missing_chunks(units, st) for c, st in zip(cubes, statuses)):
+        return None  # damage: the full look resets those units (after the run's checks)
+    return CubeForRun(cube, None, units, statuses[0], SampleChanges.identity(cube.n_rows), 0,
+                      [(c, [replace(u, window=t) for u in units], st) for t, (c, st) in enumerate(zip(cubes, statuses))])
+
+
+def record_input(cube: Cube, input_digest: str | None, n_samples: int) -> None:
+    """Write the digest of the samples the cube now matches (once per change): see :func:`finished_rerun`."""
+    if input_digest is None:
+        return
+    record = {"digest": input_digest, "samples": int(n_samples)}
+    if cube.attrs.get(INPUT_DIGEST_ATTR) != record:
+        cube.set_attrs(**{INPUT_DIGEST_ATTR: record})

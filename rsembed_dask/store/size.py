@@ -145,13 +145,22 @@ def sample_store_size(ids: Sequence[Any] | np.ndarray, wkb: Sequence[Any] | np.n
     strict_int("chunk_size", chunk_size)
     n = len(ids)
     ints = n > 0 and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
-    id_bytes = 8 * n if ints else sum(len(str(i).encode()) + _VLEN_PREFIX for i in ids)
-    geometry = sum(2 * len(w) + _VLEN_PREFIX for w in wkb)
+    id_bytes = 8 * n if ints else _total_bytes([str(i) for i in ids], "string") + _VLEN_PREFIX * n
+    geometry = 2 * _total_bytes(wkb, "binary") + _VLEN_PREFIX * len(wkb)  # stored as hex
     grid = grid_shape is not None
     return StoreSize(_embedding_lower(n * n_scales, embed_dim, grid_shape, dtype),
                      _cube_payload(n, n_scales, embed_dim, grid_shape, id_bytes, geometry)
                      + _cube_meta_files(grid) * _METADATA_BYTES,
                      _cube_files(n, n_scales, chunk_size, grid))
+
+
+def _total_bytes(items: Sequence[Any] | np.ndarray, kind: str) -> int:
+    """Total UTF-8 (``kind`` "string") or raw ("binary") length of ``items``, counted by Arrow."""
+    import pyarrow as pa
+
+    arr = pa.array(items, type=pa.large_string() if kind == "string" else pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    return int(offsets[-1] - offsets[0]) if len(arr) else 0
 
 
 def tiling_store_size(tables: Sequence[TileTable], *, embed_dim: int, chunk_size: int,
