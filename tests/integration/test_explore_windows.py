@@ -158,3 +158,43 @@ def test_the_explorer_follows_the_same_rule(years):
         with pytest.raises(SpecError) as rule_error:
             choose_window(ds, None if bad == "" else bad)
         assert str(app_error.value).split("expected")[1] == str(rule_error.value).split("expected")[1]
+
+
+def _tiling_has_time() -> bool:
+    """Whether tiling stores take several windows yet (branch ``tiletime``; before it, refused)."""
+    import inspect
+
+    from rsembed_dask.store.tiling import create_or_open_tiling
+
+    return "windows" in inspect.signature(create_or_open_tiling).parameters
+
+
+@pytest.mark.skipif(not _tiling_has_time(), reason="tiling stores over several windows are not built yet")
+def test_grid_quicklook_of_a_tiling_store_takes_a_window(tmp_path, emulator, client, capsys):
+    import rasterio
+    import shapely
+
+    from rsembed_dask.sampling.tiling import tile_aoi
+
+    tiling = tile_aoi(shapely.box(2.0, 31.0, 2.08, 31.05), scales=[40])
+    provider = GEEProvider(api_url=emulator.url, credentials="anonymous", project="test-project", retry=FAST_RETRY)
+    out = tmp_path / "tiles.zarr"
+    run_campaign(tiling, out, temporal=WINDOWS, model=ModelSpec("test-tiny", device="cpu"), backend=provider,
+                 client=client, progress=False)
+    assert main(["quicklook", str(out), "--scale", "40", "--time", "2020", "--out", str(tmp_path / "ql")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(p.rsplit(".", 1)[0].endswith("_2020-04-01") for p in printed)
+    tifs = [p for p in printed if p.endswith(".tif")]
+    png = Image.open(next(p for p in printed if p.endswith(".png")))
+    assert png.text["time"] == "2020-04-01" and "window 2020-04-01..2020-06-01" in png.text["Title"]
+    # Window 0 and window 1 draw their own embeddings (one PCA fit per window: other colours).
+    first = main(["quicklook", str(out), "--scale", "40", "--time", "2019-04-01", "--out", str(tmp_path / "ql")])
+    assert first == 0
+    other = [p.replace("2020-04-01", "2019-04-01") for p in tifs]
+    assert all(p in capsys.readouterr().out.split() for p in other)
+    with rasterio.open(tifs[0]) as a, rasterio.open(other[0]) as b:
+        ra, rb = a.read(), b.read()
+    assert (ra[3] == 255).any() and (ra[3] == rb[3]).all() and not (ra[:3] == rb[:3]).all()
+    assert main(["quicklook", str(out), "--scale", "40", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "time=None" in err and all(s in err for s in STARTS)
