@@ -72,22 +72,39 @@ def _cmd_inspect(args) -> int:
 
 
 def add_quicklook(sub) -> None:
-    p = sub.add_parser("quicklook", help="PCA RGB GeoTIFF + PNG per UTM zone of one scale of a tiling store")
-    p.add_argument("store", help="path or URL of the tiling store (.zarr)")
+    p = sub.add_parser("quicklook", help="PCA RGB maps of one scale (and window): a GeoTIFF + PNG per UTM zone of "
+                                         "a tiling store, a PNG of the samples of a sample cube")
+    p.add_argument("store", help="path or URL of the tiling store or sample cube (.zarr)")
     add_storage_options(p)
     p.add_argument("--scale", type=float, required=True, help="pixel size in metres, e.g. 10")
-    p.add_argument("--out", required=True, help="directory for quicklook_<scale>_EPSG<zone>.tif/.png")
+    p.add_argument("--time", default=None, metavar="T",
+                   help="the window drawn, for a store written over several windows: its start date (YYYY-MM-DD) "
+                        "or its year where one window starts in it (default: the only window)")
+    p.add_argument("--out", required=True, help="directory for quicklook_<scale>_EPSG<zone>[_<window>].tif/.png "
+                                                "(a sample cube: quicklook_<scale>[_<window>].png)")
     p.add_argument("--components", type=int, nargs=3, default=[0, 1, 2], metavar="PC",
                    help="principal components shown as red, green, blue (default 0 1 2)")
-    p.add_argument("--no-png", action="store_true", help="GeoTIFFs only")
+    p.add_argument("--no-png", action="store_true", help="GeoTIFFs only (tiling stores)")
     p.set_defaults(func=_cmd_quicklook)
 
 
 def _cmd_quicklook(args) -> int:
+    from ..errors import SpecError
     from ..explore.geotiff import grid_quicklook
+    from ..explore.sample_map import samples_quicklook
+    from ..store.open import is_tiling_store, open_cube
 
-    for path in grid_quicklook(store_location(args, "store"), args.scale, args.out, components=tuple(args.components),
-                               png=not args.no_png):
+    loc = store_location(args, "store")
+    if is_tiling_store(loc):
+        paths = grid_quicklook(loc, args.scale, args.out, time=args.time, components=tuple(args.components),
+                               png=not args.no_png)
+    elif args.no_png:
+        raise SpecError("--no-png", True, "no --no-png for a sample cube (its quicklook is a PNG; GeoTIFFs are "
+                                          "written for tiling stores)")
+    else:
+        paths = [samples_quicklook(open_cube(loc), args.scale, args.out, time=args.time,
+                                   components=tuple(args.components))]
+    for path in paths:
         print(path)
     return 0
 

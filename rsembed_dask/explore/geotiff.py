@@ -18,11 +18,12 @@ from ..errors import CubeError, SpecError
 from ..store.damage import named_damage
 from ..store.geoparquet import output_error
 from ..store.location import StoreLocation
-from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, scale_name
+from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, TIME_WINDOWS_ATTR, scale_name
 from ..store.open import array_of, attr_text, group_of, is_tiling_store
 from ..store.quantize import dequantize_int8
 from .pca import PCAColours
 from .picture import map_png
+from .window_choice import TIME_DIM, choose_window
 
 __all__ = ["grid_quicklook", "MAX_FIT_VECTORS"]
 
@@ -33,26 +34,53 @@ log = logging.getLogger(__name__)
 MAX_FIT_VECTORS = 20_000
 
 
-def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
-    """Up to ``max_rows`` ok embeddings of a sample cube, read a few whole chunks at a time."""
-    n, chunk = samples["embedding"].shape[0], samples["embedding"].chunks[0]
+class _InWindow:
+    """A zarr array read at window ``t``: its leading ``time`` dimension, when it has one, fixed."""
+
+    def __init__(self, array: Any, t: int | None):
+        names = tuple(getattr(array.metadata, "dimension_names", None) or ())
+        self.array = array
+        self.t = t if t is not None and names[:1] == (TIME_DIM,) else None
+        self.shape = array.shape if self.t is None else array.shape[1:]
+        self.chunks = array.chunks if self.t is None else array.chunks[1:]
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.array[key if self.t is None else (self.t,) + key]
+
+
+def _store_window(samples, time: Any) -> tuple[int | None, list[str] | None]:
+    """The position and ``[start, end]`` of the window ``time`` names in a tiling store whose
+    sample cube of a scale is ``samples`` (None, None for a store without time)."""
+    import xarray as xr
+
+    windows = samples.attrs.get(TIME_WINDOWS_ATTR)
+    axis = xr.Dataset(coords={TIME_DIM: np.array([w[0] for w in windows], "datetime64[ns]")}) if windows else xr.Dataset()
+    t = choose_window(axis, time)
+    return t, (None if t is None or not windows else [str(v) for v in windows[t]])
+
+
+def _fit_sample(samples, rng: np.random.Generator, max_rows: int, t: int | None = None) -> np.ndarray:
+    """Up to ``max_rows`` ok embeddings of a sample cube (of window ``t``), read a few whole chunks at a time."""
+    emb, status = _InWindow(samples["embedding"], t), _InWindow(samples["status"], t)
+    n, chunk = emb.shape[0], emb.chunks[0]
     starts = rng.permutation(np.arange(0, n, chunk))
     need = int(np.searchsorted(np.cumsum(np.minimum(chunk, n - starts)), max_rows) + 1)
     rows, got = [], 0
     for s in np.sort(starts[:need]).tolist():  # a random subset, read in order
-        e = np.asarray(samples["embedding"][s:s + chunk, 0, :])
+        e = np.asarray(emb[s:s + chunk, 0, :])
         if "embedding_scale" in samples:  # an int8 store
-            e = dequantize_int8(e, samples["embedding_scale"][s:s + chunk, 0], axis=1)
-        ok = np.asarray(samples["status"][s:s + chunk, 0]) == OK
+            e = dequantize_int8(e, _InWindow(samples["embedding_scale"], t)[s:s + chunk, 0], axis=1)
+        ok = np.asarray(status[s:s + chunk, 0]) == OK
         rows.append(e[ok])
         got += int(ok.sum())
         if got >= max_rows:
             break
-    return np.concatenate(rows)[:max_rows] if rows else np.zeros((0, samples["embedding"].shape[2]))
+    return np.concatenate(rows)[:max_rows] if rows else np.zeros((0, emb.shape[2]))
 
 
-def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.PathLike, *, components: Sequence[int] = (0, 1, 2),
-                   png: bool = True, seed: int = 0) -> list[str]:
+def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.PathLike, *, time: Any = None,
+                   components: Sequence[int] = (0, 1, 2), png: bool = True, seed: int = 0) -> list[str]:
     """Write RGB quicklooks of one scale of a tiling store: a GeoTIFF (and PNG) per zone.
 
     One cell per tile, coloured by three principal components fitted on up to
@@ -70,6 +98,11 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
         The scale to draw, in metres.
     out_dir : str or path
         Where to write (created if missing).
+    time : str, int or date, optional
+        The window drawn, in a store written over several windows: its start date or a
+        year naming one window (default: the store's only window; required when it has
+        several; :func:`~rsembed_dask.explore.window_choice.choose_window`). The title and
+        the PNG's ``time`` text chunk name it, the file names end with its start date.
     components : sequence of int
         The principal components shown as red, green and blue.
     png : bool
@@ -80,7 +113,13 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     Returns
     -------
     list of str
-        The files written, e.g. ``quicklook_10m_EPSG32632.tif``.
+        The files written, e.g. ``quicklook_10m_EPSG32632.tif``
+        (``quicklook_10m_EPSG32632_2019-01-01.tif`` for a window).
+
+    Raises
+    ------
+    SpecError
+        An unknown scale or window (the message lists the store's).
     """
     import zarr
 
@@ -94,9 +133,10 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     if name not in root or f"samples/{name}" not in root:
         scales = [k for k in root.group_keys() if k != "samples"]
         raise SpecError("scale_m", scale_m, f"one of the store's scales {scales}")
+    samples = root[f"samples/{name}"]
+    t, window = _store_window(samples, time)
     with named_damage(path.child("samples", name), cube=path):
-        colours = PCAColours.fit(_fit_sample(root[f"samples/{name}"], np.random.default_rng(seed),
-                                             MAX_FIT_VECTORS), components)
+        colours = PCAColours.fit(_fit_sample(samples, np.random.default_rng(seed), MAX_FIT_VECTORS, t), components)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
@@ -104,39 +144,43 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     written = []
     for zone, g in sorted(group_of(root, name).groups()):
         with named_damage(path.child(name, zone), cube=path):
-            written += _zone_quicklook(g, zone, name, scale_m, components, colours, out_dir, png)
+            written += _zone_quicklook(g, zone, name, scale_m, components, colours, out_dir, png, t, window)
     return written
 
 
 def _zone_quicklook(g, zone: str, name: str, scale_m: float, components: Sequence[int], colours: PCAColours,
-                    out_dir: str | os.PathLike, png: bool) -> list[str]:
-    """The quicklook files of one zone grid ``g``."""
+                    out_dir: str | os.PathLike, png: bool, t: int | None = None,
+                    window: list[str] | None = None) -> list[str]:
+    """The quicklook files of one zone grid ``g`` (at window ``t``, ``[start, end]``)."""
     from affine import Affine
 
-    emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
+    emb, status = _InWindow(array_of(g, "embedding"), t), np.asarray(_InWindow(array_of(g, "status"), t)[...])
     ny, nx, _ = emb.shape
     rgba = np.zeros((4, ny, nx), np.uint8)
     step = emb.chunks[0]
     for r in range(0, ny, step):  # one row of chunks at a time
         strip = np.asarray(emb[r:r + step])
         if "embedding_scale" in g:  # an int8 store
-            strip = dequantize_int8(strip, array_of(g, "embedding_scale")[r:r + step], axis=-1)
+            strip = dequantize_int8(strip, _InWindow(array_of(g, "embedding_scale"), t)[r:r + step], axis=-1)
         strip = strip.reshape(-1, emb.shape[2])
         h = min(step, ny - r)
         rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
     rgba[3] = np.where(status == OK, 255, 0)
     geo = attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform")
     transform = Affine.from_gdal(*(float(v) for v in geo.split()))
-    base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
+    base = os.path.join(out_dir, f"quicklook_{name}_{zone}" + (f"_{window[0]}" if window else ""))
     try:
         _write_geotiff(base + ".tif", rgba, g.attrs[CRS_ATTR], transform)
         if png:
             comps = [int(c) + 1 for c in components]  # checked by PCAColours.fit
             n_ok = int((status == OK).sum())
+            when = f", window {window[0]}..{window[1]}" if window else ""
             map_png(np.moveaxis(rgba * (rgba[3:] > 0), 0, -1), base + ".png",
-                    f"{zone}, {scale_m:g} m tiles: PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
+                    f"{zone}, {scale_m:g} m tiles{when}: PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
                     f"({n_ok} of {status.size} cells with data)",
-                    cell_m=abs(transform.a), channels=[f"PC{c}" for c in comps])
+                    cell_m=abs(transform.a), channels=[f"PC{c}" for c in comps],
+                    metadata={"zone": zone, "scale_m": f"{scale_m:g}",
+                          **({"time": window[0], "time_end": window[1]} if window else {})})
     except OSError as exc:  # rasterio's RasterioIOError too
         raise output_error(base + ".tif", exc) from exc
     log.info("quicklook %s: %d x %d cells", base, ny, nx)

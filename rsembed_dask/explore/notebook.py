@@ -1,14 +1,19 @@
 """Exploring a cube: embeddings as colours, similarity search, quicklooks.
 
 Each function takes ``cube``: a Dataset from :func:`rsembed_dask.store.cube.open_cube`
-or a cube path; and ``scale``: a pixel size in metres, which may be omitted for a
+or a cube path; ``scale``: a pixel size in metres, which may be omitted for a
 single-scale cube (an unknown scale raises :class:`SpecError` listing the cube's
-scales). Everything runs on the client; nothing needs a Dask cluster.
+scales); and ``time``: the date window read in a cube written over several windows, by
+its start date (``"2019-01-01"``) or a year naming one window (``2019``), which may be
+omitted for a cube of one window (:func:`~rsembed_dask.explore.window_choice.choose_window`;
+an unknown window raises :class:`SpecError` listing the cube's windows). Everything runs
+on the client; nothing needs a Dask cluster.
 
 Examples
 --------
 >>> similar("campaign.zarr", (3.1, 31.2), k=5, scale=20)           # doctest: +SKIP
 >>> quicklook("campaign.zarr", scale=20)                           # doctest: +SKIP
+>>> similar("years.zarr", (3.1, 31.2), k=5, scale=20, time=2019)    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ..store.layout import OK, STATUS_NAMES, count_statuses
 from ..store.open import LOCATION_ENCODING, nearest_sample, open_cube
 from ..errors import SpecError
 from .pca import PCAColours, check_components
+from .window_choice import TIME_DIM, choose_window
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -88,9 +94,10 @@ def pca_rgb(vectors: ArrayLike, components: Sequence[int] = (0, 1, 2)) -> np.nda
     return PCAColours.fit(x, components).rgb(x)
 
 
-def _dataset(cube: Any, one_window: bool = True):
+def _dataset(cube: Any, time: Any = None, *, all_windows: bool = False):
     """``cube`` as an xarray.Dataset: one already open, or a path, URL or StoreLocation opened with open_cube;
-    with ``one_window``, SpecError for a cube with a ``time`` dimension (pick a window first)."""
+    unless ``all_windows``, the one window ``time`` names (:func:`~rsembed_dask.explore.window_choice.choose_window`:
+    SpecError naming the windows for a cube with several and no ``time``)."""
     ds: Any
     if isinstance(cube, xr.Dataset):
         ds = cube
@@ -98,11 +105,17 @@ def _dataset(cube: Any, one_window: bool = True):
         ds = open_cube(cube)
     else:
         raise SpecError("cube", type(cube).__name__, "an xarray.Dataset from open_cube(), a cube path or URL")
-    if one_window and "time" in ds.dims:  # a cube of several windows: these functions read one
-        starts = [str(np.datetime64(t, "D")) for t in ds["time"].values]
-        raise SpecError("cube", f"a cube with {len(starts)} windows (starting {starts})",
-                        "one window of it: open_cube(path).isel(time=i), or .sel(time='YYYY-MM-DD')")
-    return ds
+    if all_windows:
+        return ds
+    t = choose_window(ds, time)
+    return ds if t is None else ds.isel({TIME_DIM: t})
+
+
+def _window_start(ds) -> str | None:
+    """The start date of the window ``ds`` was cut to (:func:`_dataset`); None for a cube without time."""
+    if TIME_DIM in ds.coords and ds[TIME_DIM].ndim == 0:
+        return str(np.datetime64(ds[TIME_DIM].values, "D"))
+    return None
 
 
 def _reading(ds, scale_index: int | None = None):
@@ -135,8 +148,10 @@ def _frame(ds, si: int, rows: np.ndarray | None = None, *, with_embedding: bool 
     sub = ds.isel(scale=si) if rows is None else ds.isel(scale=si, sample=rows)
     names = ["status", "input_res_m", "valid_fraction", "error"] + (["embedding"] if with_embedding else [])
     sub = sub[names].load()
+    window = _window_start(ds)
     data: dict[str, Any] = {
         "status": np.asarray(STATUS_NAMES, dtype=object)[sub["status"].values.astype(int)],
+        **({"time": window} if window is not None else {}),
         "lon": sub["lon"].values.astype("float64"), "lat": sub["lat"].values.astype("float64"),
         "geohash": [str(g) for g in sub["geohash"].values.tolist()],
         "input_res_m": sub["input_res_m"].values, "valid_fraction": sub["valid_fraction"].values,
@@ -148,7 +163,7 @@ def _frame(ds, si: int, rows: np.ndarray | None = None, *, with_embedding: bool 
     return gpd.GeoDataFrame(data, index=index, geometry=shapely.from_wkb(wkb), crs="EPSG:4326")
 
 
-def to_geodataframe(cube: Any, scale: float | None = None) -> gpd.GeoDataFrame:
+def to_geodataframe(cube: Any, scale: float | None = None, *, time: Any = None) -> gpd.GeoDataFrame:
     """One row per sample at one scale, with the sample's geometry.
 
     Parameters
@@ -157,12 +172,16 @@ def to_geodataframe(cube: Any, scale: float | None = None) -> gpd.GeoDataFrame:
         A sample cube (a path is opened with :func:`~rsembed_dask.store.open_cube`).
     scale : float, optional
         Scale in metres (default: the cube's only scale; required when it has several).
+    time : str, int or date, optional
+        The window, in a cube with a ``time`` dimension: its start date or a year naming
+        one window (default: the cube's only window; required when it has several).
 
     Returns
     -------
     geopandas.GeoDataFrame
         Index ``sample`` (the ids); columns ``status`` (``"ok"``, ``"pending"``,
-        ``"no_data"`` or ``"failed"``), ``lon``, ``lat``, ``geohash``,
+        ``"no_data"`` or ``"failed"``), ``time`` (the window's start date, ISO; only
+        for a cube with a ``time`` dimension), ``lon``, ``lat``, ``geohash``,
         ``input_res_m``, ``valid_fraction``, ``error`` and ``embedding`` (one
         float32 array of length D per row, all NaN where the status is not ok);
         geometry: the sample's as given to the campaign (stored WKB), EPSG:4326.
@@ -172,7 +191,7 @@ def to_geodataframe(cube: Any, scale: float | None = None) -> gpd.GeoDataFrame:
     >>> gdf = to_geodataframe("campaign.zarr", scale=20)   # doctest: +SKIP
     >>> np.stack(gdf.embedding[gdf.status == "ok"])        # doctest: +SKIP
     """
-    ds = _dataset(cube)
+    ds = _dataset(cube, time)
     return _frame(ds, _scale_index(ds, scale))
 
 
@@ -197,7 +216,7 @@ def _query_position(ds, query: Any) -> int:
     return int(pos)  # ids are unique in a cube
 
 
-def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
+def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *, time: Any = None,
             block_size: int = 65_536) -> pd.DataFrame:
     """The ``k`` samples whose embeddings are most cosine-similar to the query's.
 
@@ -209,6 +228,11 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
         is the query.
     k : int
         How many samples to return (fewer when fewer are ok).
+    time : str, int or date, optional
+        The window searched, in a cube with a ``time`` dimension: its start date
+        (``"2019-01-01"``) or a year naming one window (``2019``); default: the cube's
+        only window (required when it has several). The query and the candidates are
+        that window's embeddings (a point's nearest sample is the same in every window).
     block_size : int
         Samples read at a time: memory stays at ``block_size x D`` floats.
 
@@ -216,21 +240,25 @@ def similar(cube: Any, query: Any, k: int = 10, scale: float | None = None, *,
     -------
     geopandas.GeoDataFrame
         Sorted by ``similarity`` (cosine, descending; ties in cube order), with the
-        columns of :func:`to_geodataframe` but ``embedding``. Only samples ok at
-        ``scale`` are candidates; the query sample itself is never returned.
-        ``result.attrs``: ``query_sample`` (the id used) and ``scale``.
+        columns of :func:`to_geodataframe` but ``embedding`` (with ``time``, the
+        window's start date, for a cube with a ``time`` dimension). Only samples ok at
+        ``scale`` (in the window) are candidates; the query sample itself is never returned.
+        ``result.attrs``: ``query_sample`` (the id used), ``scale`` and ``time`` (the
+        window's start date, or None for a cube without a ``time`` dimension).
 
     Raises
     ------
     SpecError
-        An unknown id or scale, ``k < 1``, or a query sample not ok at ``scale``.
+        An unknown id, scale or window (``time``: the message lists the cube's windows),
+        ``k < 1``, or a query sample not ok at ``scale``.
 
     Examples
     --------
     >>> similar(cube, "plot-0042", k=5, scale=20)              # doctest: +SKIP
     >>> similar(cube, (3.1, 31.2), k=5, scale=20).similarity   # doctest: +SKIP
+    >>> similar("years.zarr", "plot-0042", k=5, scale=20, time="2021-01-01")  # doctest: +SKIP
     """
-    ds = _dataset(cube)
+    ds = _dataset(cube, time)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SpecError("k", k, "an integer >= 1")
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
@@ -245,14 +273,16 @@ def _similar(ds, query: Any, k: int, si: int, block_size: int) -> pd.DataFrame:
     qpos = _query_position(ds, query)
     qid = np.asarray(ds.indexes["sample"][qpos]).item()
     status = np.asarray(ds["status"].isel(scale=si).values)
+    window = _window_start(ds)
+    where = f"{scale_m:g} m" + (f" in the window starting {window}" if window else "")
     if status[qpos] != OK:
-        raise SpecError("query", query, f"a sample with an ok embedding at {scale_m:g} m "
+        raise SpecError("query", query, f"a sample with an ok embedding at {where} "
                                         f"(sample {qid!r} is {STATUS_NAMES[int(status[qpos])]} there)")
     emb = ds["embedding"].isel(scale=si)
     qvec = np.asarray(emb.isel(sample=qpos).values, dtype=np.float64)
     qnorm = np.linalg.norm(qvec)
     if not (np.isfinite(qnorm) and qnorm > 0):
-        raise SpecError("query", query, f"a sample with a finite, non-zero embedding at {scale_m:g} m")
+        raise SpecError("query", query, f"a sample with a finite, non-zero embedding at {where}")
     n, sims = status.shape[0], np.full(status.shape[0], np.nan)
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
@@ -265,12 +295,12 @@ def _similar(ds, query: Any, k: int, si: int, block_size: int) -> pd.DataFrame:
     rows = rows[np.argsort(-sims[rows], kind="stable")[:k]]
     out = _frame(ds, si, rows, with_embedding=False)
     out.insert(0, "similarity", sims[rows])
-    out.attrs.update(query_sample=qid, scale=scale_m)
+    out.attrs.update(query_sample=qid, scale=scale_m, time=window)
     return out
 
 
 def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
-              components: Sequence[int] = (0, 1, 2), *, s: float = 30.0) -> Axes:
+              components: Sequence[int] = (0, 1, 2), *, time: Any = None, s: float = 30.0) -> Axes:
     """Plot the samples at their centroids, coloured by :func:`pca_rgb` of their embeddings.
 
     Samples that are not ok at ``scale`` are grey crosses. Needs matplotlib (the
@@ -286,6 +316,10 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
         Where to draw (a new figure when None).
     components : sequence of int
         The principal components shown as red, green and blue.
+    time : str, int or date, optional
+        The window drawn, in a cube with a ``time`` dimension: its start date or a year
+        naming one window (default: the cube's only window; required when it has
+        several). The title names it. The PCA is fitted on that window's embeddings.
     s : float
         Marker size.
 
@@ -297,13 +331,15 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
     --------
     >>> ax = quicklook("campaign.zarr", scale=20)                 # doctest: +SKIP
     >>> ax.figure.savefig("pca.png", dpi=120)                      # doctest: +SKIP
+    >>> quicklook("years.zarr", scale=20, time=2021)               # doctest: +SKIP
     """
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError("quicklook needs matplotlib: pip install 'rsembed_dask[notebooks]'") from exc
-    ds = _dataset(cube)
+    ds = _dataset(cube, time)
     si = _scale_index(ds, scale)
+    window = _window_start(ds)
     with _reading(ds, si):
         scale_m, sub = float(ds["scale"].values[si]), ds[["status", "embedding"]].isel(scale=si).load()
     lon, lat = sub["lon"].values.astype(float), sub["lat"].values.astype(float)
@@ -317,17 +353,21 @@ def quicklook(cube: Any, scale: float | None = None, ax: Any = None,
         ax.legend(loc="best")
     ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.mean(lat)))), 1e-6))
     ax.set(xlabel="longitude (deg)", ylabel="latitude (deg)")
-    ax.set_title(f"PCA {tuple(components)} as RGB, {scale_m:g} m ({int(ok.sum())} ok / {ok.size})")
+    ax.set_title(f"PCA {tuple(components)} as RGB, {scale_m:g} m" + (f", window {window}" if window else "")
+                 + f" ({int(ok.sum())} ok / {ok.size})")
     return ax
 
 
-def status_table(cube: Any) -> pd.DataFrame:
-    """Cells per status and scale.
+def status_table(cube: Any, *, time: Any = None) -> pd.DataFrame:
+    """Cells per status and scale (of one window, in a cube with a ``time`` dimension).
 
     Parameters
     ----------
     cube : str, path or xarray.Dataset
         A sample cube.
+    time : str, int or date, optional
+        The window counted, in a cube with a ``time`` dimension (default: the cube's only
+        window; required when it has several). ``rsembed-dask inspect`` counts every window.
 
     Returns
     -------
@@ -341,7 +381,7 @@ def status_table(cube: Any) -> pd.DataFrame:
     """
     import pandas as pd
 
-    ds = _dataset(cube)
+    ds = _dataset(cube, time)
     return pd.DataFrame(count_statuses(ds["status"].values), columns=list(STATUS_NAMES),
                         index=pd.Index(np.asarray(ds["scale"].values, float), name="scale"))
 
@@ -367,4 +407,4 @@ def cube_info(cube: Any) -> dict[str, Any]:
     --------
     >>> cube_info("campaign.zarr")["request_account"]["sent"]   # doctest: +SKIP
     """
-    return campaign_attributes(_dataset(cube, one_window=False).attrs)
+    return campaign_attributes(_dataset(cube, all_windows=True).attrs)

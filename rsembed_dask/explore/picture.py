@@ -19,7 +19,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import SpecError
 
-__all__ = ["map_png", "scalar_rgba", "MapLayout", "MIN_LONG_SIDE", "CHANGE_COLOURS"]
+__all__ = ["map_png", "scalar_rgba", "bin_points", "MapLayout", "MIN_LONG_SIDE", "CHANGE_COLOURS"]
 
 #: Pixels on the long side of a map's drawing area, at least (cells are upsampled to reach it).
 MIN_LONG_SIDE = 512
@@ -109,7 +109,7 @@ def _scale_bar_km(map_width_px: int, factor: int, cell_m: float) -> tuple[float,
 
 def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: float | None = None,
             channels: Sequence[str] | None = None, colour_bar: tuple[float, float, str] | None = None,
-            min_long_side: int = MIN_LONG_SIDE) -> MapLayout:
+            min_long_side: int = MIN_LONG_SIDE, metadata: Mapping[str, str] | None = None) -> MapLayout:
     """Write a grid of cells ``(H, W, 4)`` uint8 RGBA as a readable PNG.
 
     Parameters
@@ -129,6 +129,9 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
         A scalar map: a colour bar of :data:`CHANGE_COLOURS` from ``vmin`` to ``vmax``.
     min_long_side : int
         Pixels on the long side of the map area, at least.
+    metadata : mapping of str to str, optional
+        PNG text chunks written beside the picture (``Image.open(path).text``); ``Title``
+        is always ``title``.
 
     Returns
     -------
@@ -136,6 +139,7 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
         Where each cell was drawn (for tests and overlays).
     """
     from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
 
     a = np.asarray(rgba)
     if a.ndim != 3 or a.shape[2] != 4 or a.dtype != np.uint8 or 0 in a.shape[:2]:
@@ -190,5 +194,58 @@ def map_png(rgba: ArrayLike, path: str | os.PathLike, title: str, *, cell_m: flo
         text = f"{km:g} km"
         draw.text((bx + px - draw.textlength(text, font=font), by + 6), text, fill=_INK, font=font)
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    page.save(os.fspath(path))
+    info = PngInfo()
+    for key, value in {"Title": title, **dict(metadata or {})}.items():
+        info.add_text(str(key), str(value))
+    page.save(os.fspath(path), pnginfo=info)
     return MapLayout(x0, y0, factor, width, height)
+
+
+def bin_points(lon: ArrayLike, lat: ArrayLike, values: ArrayLike, cells: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Average ``values`` of points on a grid of square ground cells, at most ``cells`` a side.
+
+    Longitudes are shrunk by the cosine of the mean latitude so that cells are about square
+    on the ground (a map of a few hundred kilometres; not an equal-area projection).
+
+    Parameters
+    ----------
+    lon, lat : array_like ``(N,)``
+        Points in degrees (EPSG:4326).
+    values : array_like ``(N, K)``
+        What each point carries (e.g. an RGB colour); rows holding a NaN are left out.
+    cells : int
+        Cells on the long side of the grid.
+
+    Returns
+    -------
+    tuple of (ndarray, ndarray, float)
+        ``(mean (rows, cols, K) float64, NaN where no point falls; count (rows, cols) int;
+        cell size in metres, approximate)``. Row 0 is the north.
+
+    Examples
+    --------
+    >>> mean, count, cell_m = bin_points([0.0, 1.0], [0.0, 0.0], [[1.0], [3.0]], cells=2)
+    >>> mean[..., 0].tolist(), count.tolist()
+    ([[1.0, 3.0]], [[1, 1]])
+    """
+    x0, y = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    v = np.asarray(values, np.float64)
+    if v.ndim != 2 or v.shape[0] != x0.shape[0] or y.shape != x0.shape or not x0.size:
+        raise SpecError("values", f"{v.shape} values at {x0.shape} / {y.shape} points",
+                        "one row of values per point, and at least one point")
+    shrink = max(float(np.cos(np.radians(np.nanmean(y)))), 1e-6)
+    x = x0 * shrink
+    w, s_, e, n = float(x.min()), float(y.min()), float(x.max()), float(y.max())
+    span = max(e - w, n - s_, 1e-9)
+    cols = max(1, int(round(cells * (e - w) / span)))
+    rows = max(1, int(round(cells * (n - s_) / span)))
+    c = np.minimum(((x - w) / span * cells).astype(int), cols - 1)
+    r = np.minimum(((n - y) / span * cells).astype(int), rows - 1)
+    keep = np.isfinite(v).all(axis=1)
+    total = np.zeros((rows, cols, v.shape[1]))
+    count = np.zeros((rows, cols), np.int64)
+    np.add.at(total, (r[keep], c[keep]), v[keep])
+    np.add.at(count, (r[keep], c[keep]), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count[..., None] > 0, total / count[..., None], np.nan)
+    return mean, count, span / cells * 111_320.0

@@ -91,7 +91,10 @@ def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mappin
         (``"cube"``), ``path``, ``samples``, ``scales``, ``embed_dim``, ``grid_shape``,
         ``status`` (cells per status name), ``spec`` (the campaign spec), ``spec_hash``,
         ``versions``, ``request_account``, ``last_run``, ``writer`` (the lock holder or
-        None) and ``variables`` (dims, dtype and shape of each).
+        None) and ``variables`` (dims, dtype and shape of each). A cube with a ``time``
+        dimension adds ``windows`` (per window: ``window`` ``"start..end"``, ``start``,
+        ``end``, ``complete`` and its ``status`` counts) and ``completed_windows`` (the
+        start dates of the windows in which no cell is pending).
 
     Raises
     ------
@@ -125,8 +128,10 @@ def store_info(path: str | os.PathLike | StoreLocation, *, status_counts: Mappin
                 "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in ds.variables.items()}}
         if per_window is not None and cube.windows is not None:
-            info["windows"] = [{"window": w.label, "status": c} for w, c in zip(cube.windows, per_window)]
-            info["completed_windows"] = attrs.get(COMPLETED_WINDOWS_ATTR, [])
+            done = list(attrs.get(COMPLETED_WINDOWS_ATTR, []))
+            info["windows"] = [{"window": w.label, "start": w.start, "end": w.end, "complete": w.start in done,
+                                "status": c} for w, c in zip(cube.windows, per_window)]
+            info["completed_windows"] = done
     info["writer"] = writer_of(path)
     return info
 
@@ -140,7 +145,7 @@ def format_store_info(info: Mapping[str, Any]) -> str:
         return format_tiling_info(info)
     lines = ["status: " + ", ".join(f"{k} {v}" for k, v in info["status"].items())]
     lines += [f"  window {w['window']}: " + ", ".join(f"{k} {v}" for k, v in w["status"].items())
-              for w in info.get("windows", [])]
+              + (" (complete)" if w.get("complete") else "") for w in info.get("windows", [])]
     if "windows" in info:
         lines.append(f"completed windows: {info.get('completed_windows') or 'none'}")
     lines += [f"spec hash: {info['spec_hash']}",

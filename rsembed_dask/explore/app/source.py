@@ -33,14 +33,11 @@ from ...errors import SpecError
 from ...store.layout import scale_name
 from ...store.location import StoreLocation
 from ...store.open import is_tiling_store, open_cube
+from ..window_choice import TIME_DIM, choose_window
 
-__all__ = ["CubeSource", "Window", "TIME_DIM"]
+__all__ = ["CubeSource", "Window"]
 
 log = logging.getLogger(__name__)
-
-#: The dimension of date windows in a cube written over several windows.
-TIME_DIM = "time"
-
 
 @dataclass(frozen=True)
 class Window:
@@ -159,29 +156,16 @@ class CubeSource:
     def window(self, value: Any) -> Window | None:
         """The window named by ``value`` (a start date or a year); None for a cube without windows.
 
+        The rule of every exploring function (:func:`~rsembed_dask.explore.window_choice.choose_window`).
+
         Raises
         ------
         SpecError
             A window given to a cube without windows, none given to a cube with several,
             or one the cube lacks.
         """
-        if not self.windows:
-            if value in (None, ""):
-                return None
-            raise SpecError("time", value, "no time: this cube has one date window (no time dimension)")
-        if value in (None, ""):
-            if len(self.windows) == 1:
-                return self.windows[0]
-            raise SpecError("time", value, "one of the cube's windows: " + self._window_names())
-        text = str(value).strip()
-        hits = [w for w in self.windows if w.start == text or (len(text) == 4 and w.start[:4] == text)]
-        if len(hits) == 1:
-            return hits[0]
-        raise SpecError("time", value, "a window start date (YYYY-MM-DD) or a year naming one window: "
-                        + self._window_names())
-
-    def _window_names(self) -> str:
-        return ", ".join(w.start for w in self.windows)
+        position = choose_window(next(iter(self.datasets.values())), None if value == "" else value)
+        return None if position is None else self.windows[position]
 
     def places(self, scale: float, window: Window | None) -> xr.Dataset:
         """The sample-layout dataset of ``scale`` (and ``window``): dims ``sample`` and ``feature``."""
