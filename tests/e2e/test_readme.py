@@ -153,3 +153,8 @@ def test_what_the_blocks_wrote(workdir: Path):
         assert cube.sizes["sample"] == 16 and cube.scale.values.tolist() == [10.0, 20.0]
         assert (cube.status.values == OK).all()
         assert np.isfinite(cube.embedding.values).all() and cube.sizes["feature"] == 64
+    series = open_cube(workdir / "series.zarr")  # the time block: two windows, one chunk each
+    assert series.sizes["time"] == 2 and series.time.dt.year.values.tolist() == [2019, 2020]
+    assert (series.status.values == OK).all() and series.attrs["completed_windows"] == ["2019-01-01", "2020-01-01"]
+    changed = sorted(p.suffix for p in (workdir / "change").iterdir())
+    assert ".parquet" in changed and ".png" in changed
