@@ -187,3 +187,46 @@ def test_a_tiling_store_with_time_is_refused_in_one_line(tmp_path, capsys):
     assert main(["stac", str(store), "--out", str(tmp_path / "stac")]) == 2
     err = capsys.readouterr().err
     assert "export and STAC of a tiling store" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_campaign_over_windows_exports_and_catalogues_on_the_emulator(tmp_path, provider, client, capsys):
+    """A real 3-window campaign (test-tiny, the real ee client against the emulator), then the CLI."""
+    from rsembed_dask.campaign.options import RunOptions
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.specs import ModelSpec
+
+    windows = [TemporalSpec.range(f"{y}-04-01", f"{y}-07-01") for y in (2019, 2020, 2021)]
+    gdf = gpd.GeoDataFrame({"site": [f"s{i}" for i in range(5)]},
+                           geometry=gpd.points_from_xy(np.linspace(2.0, 2.1, 5), np.linspace(31.0, 31.1, 5)),
+                           crs="EPSG:4326")
+    cube = tmp_path / "c.zarr"
+    run_campaign(gdf, cube, scales=[10, 40], temporal=windows, model=ModelSpec("test-tiny", device="cpu"),
+                 backend=provider, client=client, chunk_size=2, id_column="site", progress=False,
+                 options=RunOptions(progress=False))
+    out = tmp_path / "c.parquet"
+    assert main(["export", str(cube), str(out)]) == 0
+    assert "30 rows at scales 10, 40 m in 3 window(s)" in capsys.readouterr().out
+    t = pq.read_table(out)
+    ds = open_cube(cube)
+    assert (ds.status.values == OK).all()
+    for i, w in enumerate(windows):
+        for s in (10.0, 40.0):
+            rows = t.filter((t.column("scale").to_numpy() == s)
+                            & (t.column("start_datetime").to_numpy() == np.datetime64(w.start, "ms")))
+            assert rows.column("end_datetime").to_pylist()[0].isoformat() == f"{w.end[:4]}-06-30T23:59:59+00:00"
+            want = ds.isel(time=i).sel(scale=s)
+            assert rows.column("id").to_pylist() == [str(v) for v in want.sample.values]
+            np.testing.assert_array_equal(np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)),
+                                          want.embedding.values)
+    stac = tmp_path / "stac"
+    assert main(["stac", str(cube), "--out", str(stac), "--geoparquet"]) == 0
+    col = pystac.read_file(str(stac / "collection.json"))
+    validate_core(col)
+    check_collection(col.to_dict())
+    assert col.to_dict()["emb:temporal_resolution"] == "P3M"
+    items = list(col.get_items())
+    assert len(items) == 6
+    for item in items:
+        validate_core(item)
+        check_item(item.to_dict())
+        assert len(gpd.read_parquet(item.assets["embeddings"].get_absolute_href())) == 5
