@@ -627,8 +627,8 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     try:
         for reader in readers:
             temporal = reader.spec.temporal  # the part's window (a Cube bound to it)
-            stamps = tuple(np.datetime64(d.replace(tzinfo=None), "ms")
-                           for d in window_datetimes(temporal.start, temporal.end))
+            w0, w1 = window_datetimes(temporal.start, temporal.end)
+            stamps = (np.datetime64(w0.replace(tzinfo=None), "ms"), np.datetime64(w1.replace(tzinfo=None), "ms"))
             for block in reader:
                 table = _table(block, schema, reader.part.scale_m, stamps)
                 rows += table.num_rows
