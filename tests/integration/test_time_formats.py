@@ -202,7 +202,9 @@ def test_a_campaign_over_windows_exports_and_catalogues_on_the_emulator(tmp_path
     cube = tmp_path / "c.zarr"
     run_campaign(gdf, cube, scales=[10, 40], temporal=windows, model=ModelSpec("test-tiny", device="cpu"),
                  backend=provider, client=client, chunk_size=2, id_column="site", progress=False,
-                 options=RunOptions(progress=False))
+                 options=RunOptions(progress=False), stac_dir=tmp_path / "run_stac")
+    at_run = pystac.read_file(str(tmp_path / "run_stac" / "collection.json"))  # written when the run ends
+    assert len(list(at_run.get_items())) == 6 and at_run.to_dict()["emb:temporal_resolution"] == "P3M"
     out = tmp_path / "c.parquet"
     assert main(["export", str(cube), str(out)]) == 0
     assert "30 rows at scales 10, 40 m in 3 window(s)" in capsys.readouterr().out
