@@ -224,14 +224,14 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
 
         attrs = {**attrs, SPEC_ATTR: zarr.open_group(path.zarr_store(read_only=True), mode="r",
                                                      zarr_format=3).attrs[SPEC_ATTR]}
+    windows = part_windows(parts)
+    timed = parts[0].window is not None  # a cube with time: an Item per scale and window
     emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=parts[0].cube.embed_dim,
                               data_type=first.emb.dtype.name, quantization=first.quant,
                               scales=part_scales(parts), tiling=tiling,
                               versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR),
-                              windows=part_windows(parts))
+                              windows=windows)
     start, end = (dt.datetime.fromisoformat(emb[k].replace("Z", "+00:00")) for k in ("start_datetime", "end_datetime"))
-    windows = part_windows(parts)
-    timed = parts[0].window is not None  # a cube with time: an Item per scale and window
     model_link = pystac.Link("emb:model", model_href or portable_href(emb["model"]["source"], out_dir),
                              title=f"encoder: {emb['model']['id']}")
     source_link = pystac.Link("emb:source-data", source_href or emb["source"], media_type="text/html",

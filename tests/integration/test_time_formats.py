@@ -104,6 +104,11 @@ def test_int8_cube_with_time_exports_its_per_cell_factors(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     export_geoparquet(path, tmp_path / "f.parquet", dequantize=True)
     np.testing.assert_allclose(np.stack(gpd.read_parquet(tmp_path / "f.parquet")["embedding"]), want, rtol=1e-6)
+    col = write_stac(path, tmp_path / "stac")
+    for item in col.get_items():
+        validate_core(item)
+        link = item.properties["emb:quantization"]["link"]
+        assert f"(time, sample, scale; time={item.properties['start_datetime'][:10]})" in link["title"]
 
 
 @pytest.mark.parametrize("geoparquet", [False, True])
