@@ -416,7 +416,8 @@ class OkCells:
 
     def _block(self, r0: int, r1: int) -> dict[str, Any] | None:
         """Rows ``[r0, r1)``'s ok cells; a chunk that does not decode is named (CubeDamagedError)."""
-        with named_damage(self.part.cube.path, scale_index=self.part.scale_index, rows=(r0, r1)):
+        with named_damage(self.part.cube.path, scale_index=self.part.scale_index, rows=(r0, r1),
+                          window=self.part.window):
             return self._read_block(r0, r1)
 
     def _read_block(self, r0: int, r1: int) -> dict[str, Any] | None:

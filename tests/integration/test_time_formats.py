@@ -237,3 +237,20 @@ def test_a_campaign_over_windows_exports_and_catalogues_on_the_emulator(tmp_path
         validate_core(item)
         check_item(item.to_dict())
         assert len(gpd.read_parquet(item.assets["embeddings"].get_absolute_href())) == 5
+
+
+def test_a_damaged_chunk_of_one_window_is_named(tmp_path, capsys):
+    """A flipped byte in window 1's embedding chunk of rows 128-159 (read in a later block)."""
+    path = tmp_path / "d.zarr"
+    make_cube(path, sample_gdf(200, seed=25), dim=8, chunk=32, scales=(10.0,), windows=YEARS, bad_fraction=0.0)
+    chunk = path / "embedding" / "c" / "1" / "4" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CubeError, match=r"array 'embedding' in window 1 along time at scale 10 m, samples .*"
+                                        r"\(rows 128-159\) does not decode"):
+        export_geoparquet(path, tmp_path / "x.parquet", read_block_rows=32)
+    assert export_geoparquet(path, tmp_path / "w0.parquet", window=0).rows == 200  # the other windows read fine
+    assert main(["export", str(path), str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in window 1 along time" in err and not (tmp_path / "x.parquet").exists()
