@@ -9,7 +9,7 @@ import zarr
 
 from rsembed_dask.store.cube import FAILED, NO_DATA, OK, Cube
 from rsembed_dask.sampling import build_sample_table
-from rsembed_dask.specs import CampaignSpec, ModelSpec, TemporalSpec
+from rsembed_dask.specs import CampaignSpec, ModelSpec, OutputSpec, TemporalSpec
 from rsembed_dask.store.tiling import block_batches, create_or_open_tiling, rasterise_blocks
 from rsembed_dask.sampling.tiling import tile_aoi
 
@@ -28,18 +28,22 @@ def sample_gdf(n: int, seed: int = 0, *, int_ids: bool = False, polygons: int = 
 
 
 def make_cube(path, gdf: gpd.GeoDataFrame, *, dim: int = 32, scales=(10.0, 40.0), chunk: int = 64,
-              seed: int = 0, bad_fraction: float = 0.1):
+              seed: int = 0, bad_fraction: float = 0.1, windows=None, dtype: str = "float32"):
     """A finished cube of ``gdf``: random vectors, about ``bad_fraction`` cells no_data or failed.
+    ``windows`` (several TemporalSpec): a cube with a ``time`` dimension, every window written;
+    ``dtype="int8"``: stored as the pipeline stores int8 (a factor per cell).
 
     Returns ``(cube, table)``; the table is the campaign's (Hilbert order = cube order).
     """
     rng = np.random.default_rng(seed)
     table = build_sample_table(gdf)
-    spec = CampaignSpec(temporal=WINDOW, model=ModelSpec("test-tiny"), scales=tuple(scales), chunk_size=chunk)
+    spec = CampaignSpec(temporal=WINDOW if windows is None else windows[0], model=ModelSpec("test-tiny"),
+                        scales=tuple(scales), chunk_size=chunk, output=OutputSpec.pooled(dtype=dtype))
     cube = Cube.create_or_open(path, spec=spec, ids=table.ids, lon=table.lon, lat=table.lat,
-                               geohash=table.geohash, wkb=table.wkb, embed_dim=dim)
+                               geohash=table.geohash, wkb=table.wkb, embed_dim=dim, windows=windows)
     n = len(table)
-    for si, s in enumerate(cube.scales):
+    handles = [cube] if windows is None else [cube.at_window(w) for w in range(len(windows))]
+    for (si, s), handle in ((x, h) for h in handles for x in enumerate(cube.scales)):
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
             m = b - a
@@ -49,9 +53,9 @@ def make_cube(path, gdf: gpd.GeoDataFrame, *, dim: int = 32, scales=(10.0, 40.0)
             status[(r >= bad_fraction / 2) & (r < bad_fraction)] = FAILED
             emb = rng.normal(size=(m, dim)).astype(np.float32)
             emb[status != OK] = np.nan
-            cube.write_unit(a, b, si, embedding=emb, status=status, input_res_m=np.full(m, s),
-                            valid_fraction=rng.uniform(0.5, 1.0, m),
-                            error=["boom" if st == FAILED else "" for st in status])
+            handle.write_unit(a, b, si, embedding=emb, status=status, input_res_m=np.full(m, s),
+                              valid_fraction=rng.uniform(0.5, 1.0, m),
+                              error=["boom" if st == FAILED else "" for st in status])
     return cube, table
 
 

@@ -50,7 +50,8 @@ def _dims(arr: zarr.Array) -> tuple[str, ...]:
 
 
 def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = None, rows: tuple[int, int] | None = None,
-                        arrays: tuple[str, ...] | None = None, limit: int = 1) -> list[tuple[str, tuple[slice, ...]]]:
+                        arrays: tuple[str, ...] | None = None, limit: int = 1,
+                        window: int | None = None) -> list[tuple[str, tuple[slice, ...]]]:
     """Chunks of the group at ``path`` that do not decode: ``[(array, region), ...]``, at most ``limit``.
 
     Parameters
@@ -63,6 +64,9 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
         Only chunks meeting ``[start, stop)`` along the first dimension.
     arrays : tuple of str, optional
         Only these arrays (default every array of the group).
+    window : int, optional
+        A cube with ``time``: arrays with ``time`` first are probed at this index only, ``rows``
+        then counting along their next dimension (``region`` leaves the window out).
     """
     group = zarr.open_group(StoreLocation.parse(path).zarr_store(read_only=True), mode="r", zarr_format=3)
     found: list[tuple[str, tuple[slice, ...]]] = []
@@ -71,14 +75,17 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
         if (arrays is not None and name not in arrays) or not arr.shape:
             continue
         dims = _dims(arr)
-        c0 = arr.chunks[0]
-        lo, hi = (0, arr.shape[0]) if rows is None else (max(0, rows[0]), min(arr.shape[0], rows[1]))
+        timed = window is not None and dims[:1] == ("time",) and arr.ndim > 1
+        axis = 1 if timed else 0
+        c0, n = arr.chunks[axis], arr.shape[axis]
+        lo, hi = (0, n) if rows is None else (max(0, rows[0]), min(n, rows[1]))
         for a in range(lo // c0 * c0, hi, c0):
             probes += 1
             if probes > _MAX_PROBES:
                 return found
-            sel: list[slice | int] = [slice(a, min(a + c0, arr.shape[0]))]
-            for d in dims[1:]:
+            sel: list[slice | int] = [int(window)] if timed and window is not None else []
+            sel.append(slice(a, min(a + c0, n)))
+            for d in dims[axis + 1:]:
                 sel.append(slice(scale_index, scale_index + 1) if d == "scale" and scale_index is not None
                            else slice(None))
             try:
@@ -115,11 +122,13 @@ def _scale(path: StoreLocation, region: tuple[slice, ...], dims: tuple[str, ...]
 
 def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *, scale_index: int | None = None,
                  rows: tuple[int, int] | None = None,
-                 cube: str | os.PathLike | StoreLocation | None = None) -> CubeDamagedError | None:
+                 cube: str | os.PathLike | StoreLocation | None = None,
+                 window: int | None = None) -> CubeDamagedError | None:
     """The one-line :class:`CubeDamagedError` for ``exc``, raised reading the group at ``path``;
     None when no chunk of the region fails to decode (``exc`` came from elsewhere).
 
-    ``cube``: the cube to repair when ``path`` is a group inside it (a tiling store's zone grid).
+    ``cube``: the cube to repair when ``path`` is a group inside it (a tiling store's zone grid);
+    ``window``: the index along ``time`` read (a cube with ``time``).
     """
     loc = StoreLocation.parse(path)
     path_url = loc.url
@@ -127,7 +136,7 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
     why = ("its CRC-32C checksum does not match: the stored bytes changed" if "checksum" in str(exc)
            else f"{type(exc).__name__}: {exc}".replace("\n", " "))
     try:
-        found = find_damaged_chunks(loc, scale_index=scale_index, rows=rows)
+        found = find_damaged_chunks(loc, scale_index=scale_index, rows=rows, window=window)
     except (*DECODE_ERRORS, KeyError) as probe:  # the group itself cannot be listed
         log.debug("damage probe of %s failed: %r", path_url, probe)
         found = []
@@ -136,9 +145,12 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
     name, region = found[0]
     arr = zarr.open_array(loc.zarr_store(read_only=True), path=name, mode="r")
     dims = _dims(arr)
+    in_window = ""
+    if window is not None and dims[:1] == ("time",) and len(dims) > 1:
+        dims, in_window = dims[1:], f" in window {int(window)} along time"
     a, b = region[0].start, region[0].stop
     if dims and dims[0] == "sample":
-        what = f"array {name!r}{_scale(loc, region, dims)}, {_ids(loc, a, b)}"
+        what = f"array {name!r}{in_window}{_scale(loc, region, dims)}, {_ids(loc, a, b)}"
     else:
         group = path_url[len(where):].strip("/") if path_url != where and path_url.startswith(where) else "the store"
         what = f"array {name!r} of {group}, {dims[0] if dims else 'rows'} {a}-{b - 1}"
@@ -149,15 +161,17 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
 @contextlib.contextmanager
 def named_damage(path: str | os.PathLike | StoreLocation, *, scale_index: int | None = None,
                  rows: tuple[int, int] | None = None,
-                 cube: str | os.PathLike | StoreLocation | None = None) -> Iterator[None]:
+                 cube: str | os.PathLike | StoreLocation | None = None,
+                 window: int | None = None) -> Iterator[None]:
     """Reads inside the block that fail to decode raise :func:`damage_error` (one line, named);
-    other errors (and errors where no chunk fails to decode) pass unchanged."""
+    other errors (and errors where no chunk fails to decode) pass unchanged. ``window``: the
+    index along ``time`` the block reads (a cube with ``time``)."""
     try:
         yield
     except RsEmbedError:
         raise
     except DECODE_ERRORS as exc:
-        named = damage_error(path, exc, scale_index=scale_index, rows=rows, cube=cube)
+        named = damage_error(path, exc, scale_index=scale_index, rows=rows, cube=cube, window=window)
         if named is None:
             raise
         raise named from exc

@@ -1,7 +1,8 @@
 """Export a cube's ok embeddings to GeoParquet 1.1, streamed chunk by chunk.
 
-One row per ``ok`` cell (sample x scale), in the cube's order (Hilbert order within
-each scale; scales one after the other)::
+One row per ``ok`` cell (sample x scale, and x window for a cube with a ``time``
+dimension), in the cube's order: scales one after the other, within a scale the windows
+in ``time`` order, within a window the samples in Hilbert order::
 
     id              int64 or string   the sample id (tile id for tilings)
     scale           double            pixel size in metres
@@ -13,8 +14,9 @@ each scale; scales one after the other)::
     embedding_scale float             only for int8 with one dequantisation factor per cell
     input_res_m     float             ground sample distance given to the model
     valid_fraction  float             fraction of valid pixels in the footprint
-    start_datetime, end_datetime      timestamp[ms, UTC] the compositing window (end inclusive,
-                                      i.e. one second before the campaign's exclusive end)
+    start_datetime, end_datetime      timestamp[ms, UTC] the row's compositing window (end
+                                      inclusive, i.e. one second before the window's exclusive end);
+                                      a cube with ``time``: the window of that row's ``time`` slice
 
 ``geometry="footprint"`` (default) writes what the embedding describes: the square of
 pixels fetched at that scale (a point's ``2 * buffer_m`` square, a polygon's bounding
@@ -67,15 +69,15 @@ from ..errors import CubeError, OutputError, SpecError
 from .cube import Cube
 from .damage import named_damage
 from .footprints import split_antimeridian, stored_footprints
-from .layout import (OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, TIME_WINDOWS_ATTR, VERSIONS_ATTR, count_statuses,
-                     refuse_time, scale_name)
+from .layout import (OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, refuse_time,
+                     scale_name)
 from .metadata import EMB_VERSION, describe_embeddings, read_quantization
 from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
 __all__ = ["output_error", "export_geoparquet", "ExportReport", "rows_per_group", "store_parts", "StorePart",
            "OkCells", "DEFAULT_ROW_GROUP_BYTES", "GEOPARQUET_VERSION", "covering_bounds", "lon_extent",
-           "portable_href"]
+           "portable_href", "part_scales", "part_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,16 @@ class StorePart:
         Position of ``scale_m`` along the cube's ``scale`` axis.
     tiles : bool
         The cube holds tiles (their geometries are their footprints).
+    window : int or None
+        Index along ``time`` of the window read (``cube`` is then bound to it, see
+        :meth:`Cube.at_window`); None for a cube without ``time``.
     """
 
     cube: Cube
     scale_m: float
     scale_index: int
     tiles: bool
+    window: int | None = None
 
 
 @dataclass
@@ -129,6 +135,8 @@ class ExportReport:
     seconds: float
     scales: list[float]
     cells: dict[str, int] = field(default_factory=dict)
+    #: Start dates of the windows exported (a cube with ``time``; empty without).
+    windows: list[str] = field(default_factory=list)
 
     @property
     def rows_per_s(self) -> float:
@@ -140,7 +148,8 @@ class ExportReport:
     def summary(self) -> str:
         skipped = {k: v for k, v in self.cells.items() if k != "ok" and v}
         extra = f"; cells not ok, not exported: {skipped}" if skipped else ""
-        return (f"{self.path}: {self.rows} rows at scales {', '.join(f'{s:g}' for s in self.scales)} m, "
+        windows = f" in {len(self.windows)} window(s) ({', '.join(self.windows)})" if self.windows else ""
+        return (f"{self.path}: {self.rows} rows at scales {', '.join(f'{s:g}' for s in self.scales)} m{windows}, "
                 f"{self.row_groups} row group(s) of up to {self.rows_per_group} rows, "
                 f"{self.file_bytes / 2**20:.1f} MiB in {self.seconds:.1f}s ({self.rows_per_s:.0f} rows/s){extra}")
 
@@ -254,15 +263,42 @@ def _pick_scale(scales: list[float], scale: Any) -> list[int]:
     raise SpecError("scale", scale, "one of the store's scales: " + ", ".join(f"{s:g}" for s in scales) + " (m)")
 
 
-def store_parts(store: str | os.PathLike, scale: float | None = None) -> list[StorePart]:
-    """The sample cubes of ``store`` (a cube or a tiling store) and scales to read, in export order.
+def _pick_windows(cube: Cube, window: int | None) -> list[int | None]:
+    """Indices along ``time`` to export (all when ``window`` is None); ``[None]`` without ``time``."""
+    n = 1 if cube.windows is None else len(cube.windows)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer))
+                               or not 0 <= int(window) < n):
+        raise SpecError("window", window, f"an index along the cube's time dimension, 0..{n - 1}")
+    if cube.windows is None:
+        return [None]
+    return list(range(n)) if window is None else [int(window)]
+
+
+def store_parts(store: str | os.PathLike, scale: float | None = None, *,
+                window: int | None = None) -> list[StorePart]:
+    """The sample cubes of ``store`` (a cube or a tiling store), scales and windows to read, in
+    export order: scale by scale, and within a scale window by window (a cube with ``time``).
+
+    Parameters
+    ----------
+    store : str or path
+        A cube or a tiling store.
+    scale : float, optional
+        Only this scale (metres); default every scale.
+    window : int, optional
+        Only this window (its index along ``time``); default every window.
+
+    Returns
+    -------
+    list of StorePart
+        One per scale (and window, for a cube with ``time``).
 
     Raises
     ------
     CubeError
-        ``store`` is not a cube or a tiling store.
+        ``store`` is not a cube or a tiling store, or a tiling store with ``time`` (not handled yet).
     SpecError
-        ``scale`` is not one of the store's scales.
+        ``scale`` is not one of the store's scales, or ``window`` not one of its windows.
     """
     path = StoreLocation.parse(store)
     if is_tiling_store(path):
@@ -271,14 +307,35 @@ def store_parts(store: str | os.PathLike, scale: float | None = None) -> list[St
         from ..specs import CampaignSpec
 
         root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
+        refuse_time(dict(root.attrs), path.url, "export and STAC of a tiling store")
         scales = list(CampaignSpec.from_json(attr_text(root.attrs, SPEC_ATTR)).scales)
-        return [StorePart(Cube.open(path.child("samples", scale_name(scales[i]))), scales[i], 0, True)
-                for i in _pick_scale(scales, scale)]
+        parts = []
+        for i in _pick_scale(scales, scale):
+            cube = Cube.open(path.child("samples", scale_name(scales[i])))
+            refuse_time(cube.attrs, cube.path, "export and STAC of a tiling store")
+            _pick_windows(cube, window)
+            parts.append(StorePart(cube, scales[i], 0, True))
+        return parts
     cube = Cube.open(path)
-    if cube.has_time:
-        refuse_time({TIME_WINDOWS_ATTR: cube.windows}, path, "export and STAC")
     scales = [float(s) for s in cube.scales]
-    return [StorePart(cube, scales[i], i, False) for i in _pick_scale(scales, scale)]
+    windows = _pick_windows(cube, window)
+    return [StorePart(cube if w is None else cube.at_window(w), scales[i], i, False, w)
+            for i in _pick_scale(scales, scale) for w in windows]
+
+
+def part_scales(parts: list[StorePart]) -> list[float]:
+    """The distinct scales (m) of ``parts``, in their order."""
+    return list(dict.fromkeys(p.scale_m for p in parts))
+
+
+def part_windows(parts: list[StorePart]) -> list[tuple[str, str]]:
+    """The distinct windows ``(start, end)`` of ``parts``, in ``time`` order (one, the spec's, for
+    cubes without ``time``)."""
+    seen: dict[tuple[str, str], None] = {}
+    for p in sorted(parts, key=lambda p: -1 if p.window is None else p.window):
+        t = p.cube.spec.temporal
+        seen.setdefault((t.start, t.end), None)
+    return list(seen)
 
 
 def _schema(id_type, value_type, dim: int, per_row_scale: bool):
@@ -335,6 +392,13 @@ class OkCells:
         self.block_rows = block_rows or max(1, min(READ_BLOCK_BYTES // max(1, per_chunk), READ_BLOCK_ROWS // cs)) * cs
         self.cells = np.zeros(len(STATUS_NAMES), dtype=np.int64)
 
+    def _cells(self, arr: Any, r0: int, r1: int, *rest: Any) -> Any:
+        """``arr[r0:r1, scale, *rest]`` of this part's window (``time`` first: its slice)."""
+        key: tuple[Any, ...] = (slice(r0, r1), self.part.scale_index, *rest)
+        if self.part.window is not None and tuple(getattr(arr.metadata, "dimension_names", None) or ())[:1] == ("time",):
+            key = (self.part.window, *key)
+        return arr[key]
+
     @property
     def value_dtype(self) -> np.dtype:
         return np.dtype("float32") if self.quant is None or self.dequantize else self.emb.dtype
@@ -352,14 +416,15 @@ class OkCells:
 
     def _block(self, r0: int, r1: int) -> dict[str, Any] | None:
         """Rows ``[r0, r1)``'s ok cells; a chunk that does not decode is named (CubeDamagedError)."""
-        with named_damage(self.part.cube.path, scale_index=self.part.scale_index, rows=(r0, r1)):
+        with named_damage(self.part.cube.path, scale_index=self.part.scale_index, rows=(r0, r1),
+                          window=self.part.window):
             return self._read_block(r0, r1)
 
     def _read_block(self, r0: int, r1: int) -> dict[str, Any] | None:
         import shapely
 
-        g, si = self.group, self.part.scale_index
-        status = np.asarray(array_of(g, "status")[r0:r1, si], dtype=np.int8)
+        g = self.group
+        status = np.asarray(self._cells(array_of(g, "status"), r0, r1), dtype=np.int8)
         self.cells += count_statuses(status)[0]
         ok = np.flatnonzero(status == OK)
         if not ok.size:
@@ -376,19 +441,19 @@ class OkCells:
         out: dict[str, Any] = {"id": ids, "geometry": geoms,
                "lon": np.asarray(array_of(g, "lon")[r0:r1], dtype=np.float64)[ok],
                "lat": np.asarray(array_of(g, "lat")[r0:r1], dtype=np.float64)[ok],
-               "input_res_m": np.asarray(array_of(g, "input_res_m")[r0:r1, si], dtype=np.float32)[ok],
-               "valid_fraction": np.asarray(array_of(g, "valid_fraction")[r0:r1, si], dtype=np.float32)[ok]}
+               "input_res_m": np.asarray(self._cells(array_of(g, "input_res_m"), r0, r1), dtype=np.float32)[ok],
+               "valid_fraction": np.asarray(self._cells(array_of(g, "valid_fraction"), r0, r1), dtype=np.float32)[ok]}
         if self.embeddings:
             out["embedding"], out["embedding_scale"] = self._embeddings(r0, r1, ok)
         return out
 
     def _embeddings(self, r0: int, r1: int, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The ok rows' embeddings (dequantised when asked) and their per-cell factors (or None)."""
-        si = self.part.scale_index
-        emb = np.asarray(self.emb[r0:r1, si, :])[ok]
+        emb = np.asarray(self._cells(self.emb, r0, r1, slice(None)))[ok]
         factor = None
         if self.quant is not None and "scale_array" in self.quant:
-            factor = np.asarray(array_of(self.group, self.quant["scale_array"])[r0:r1, si], dtype=np.float32)[ok]
+            factor = np.asarray(self._cells(array_of(self.group, self.quant["scale_array"]), r0, r1),
+                                dtype=np.float32)[ok]
         if self.dequantize and self.quant is not None:
             if factor is not None:
                 emb = emb.astype(np.float32) * factor[:, None]
@@ -474,7 +539,7 @@ class _RowGroupWriter:
 def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: float | None = None, *,
                       geometry: str = "footprint", dequantize: bool = False,
                       row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
-                      read_block_rows: int | None = None) -> ExportReport:
+                      read_block_rows: int | None = None, window: int | None = None) -> ExportReport:
     """Write the ok embeddings of a cube (or tiling store) to a GeoParquet 1.1 file.
 
     Parameters
@@ -493,6 +558,9 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
         Target uncompressed bytes per row group (default 128 MiB).
     read_block_rows : int, optional
         Cube rows read at a time (default: whole chunks, about 8 MiB of embeddings).
+    window : int, optional
+        A cube with ``time``: export only this window (its index along ``time``); default
+        every window, each row carrying its window in ``start_datetime``/``end_datetime``.
 
     Returns
     -------
@@ -504,7 +572,7 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     CubeError
         ``store`` is not a cube, or int8 embeddings without a dequantisation attribute.
     SpecError
-        An unknown ``scale`` or ``geometry`` mode, or a bad ``row_group_bytes``.
+        An unknown ``scale``, ``window`` or ``geometry`` mode, or a bad ``row_group_bytes``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -517,7 +585,7 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     t0 = time.perf_counter()
     target = StoreLocation.parse(out)
     out = target.url
-    parts = store_parts(store, scale)
+    parts = store_parts(store, scale, window=window)
     readers = [OkCells(p, geometry=geometry, dequantize=dequantize, block_rows=read_block_rows) for p in parts]
     first = readers[0]
     dims = {p.cube.embed_dim for p in parts}
@@ -529,8 +597,9 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     quant = None if first.dequantize else first.quant
     emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=first.part.cube.embed_dim,
                               data_type=first.value_dtype.name, quantization=quant,
-                              scales=[p.scale_m for p in parts], tiling=first.part.tiles,
-                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
+                              scales=part_scales(parts), tiling=first.part.tiles,
+                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR),
+                              windows=part_windows(parts))
     # References a reader can follow: relative to a local file, as given beside a URL.
     here = os.path.dirname(out) if target.local else None
 
@@ -542,9 +611,6 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     geo = _extent_metadata(parts, geometry)
     schema = _schema(id_type, pa.from_numpy_dtype(first.value_dtype), first.part.cube.embed_dim,
                      first.per_row_scale).with_metadata({"geo": json.dumps(geo), "emb": json.dumps(emb)})
-    temporal = first.spec.temporal
-    start, end = (np.datetime64(d.replace(tzinfo=None), "ms") for d in window_datetimes(temporal.start, temporal.end))
-    window = (start, end)
 
     try:
         if target.local:
@@ -561,8 +627,11 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     rows = 0
     try:
         for reader in readers:
+            temporal = reader.spec.temporal  # the part's window (a Cube bound to it)
+            w0, w1 = window_datetimes(temporal.start, temporal.end)
+            stamps = (np.datetime64(w0.replace(tzinfo=None), "ms"), np.datetime64(w1.replace(tzinfo=None), "ms"))
             for block in reader:
-                table = _table(block, schema, reader.part.scale_m, window)
+                table = _table(block, schema, reader.part.scale_m, stamps)
                 rows += table.num_rows
                 groups.add(table)
         groups.close()
@@ -584,8 +653,9 @@ def export_geoparquet(store: str | os.PathLike, out: str | os.PathLike, scale: f
     cells = np.sum([r.cells for r in readers], axis=0)
     report = ExportReport(path=out, rows=rows, row_groups=groups.row_groups,
                           rows_per_group=groups.rows_per_group or 0, file_bytes=target.size(),
-                          seconds=time.perf_counter() - t0, scales=[p.scale_m for p in parts],
-                          cells={name: int(c) for name, c in zip(STATUS_NAMES, cells)})
+                          seconds=time.perf_counter() - t0, scales=part_scales(parts),
+                          cells={name: int(c) for name, c in zip(STATUS_NAMES, cells)},
+                          windows=[] if first.part.window is None else [w[0] for w in part_windows(parts)])
     if not rows:
         log.warning("export %s: no ok cell in %s; the file holds no rows", out, StoreLocation.parse(store))
     log.info("export: %s", report.summary())

@@ -16,6 +16,8 @@ Examples
 'https://developers.google.com/earth-engine/datasets/catalog/COPERNICUS_S2_SR_HARMONIZED'
 >>> temporal_resolution("2024-01-01", "2025-01-01"), temporal_resolution("2024-03-01", "2024-06-01")
 ('P1Y', 'P3M')
+>>> windows_resolution([("2019-01-01", "2020-01-01"), ("2020-01-01", "2021-01-01")])
+'P1Y'
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CubeError
+from ..errors import CubeError, SpecError
 
 __all__ = ["EMB_VERSION", "QUANTIZATION_ATTR", "model_href", "source_href", "window_datetimes",
-           "temporal_resolution", "read_quantization", "stac_quantization", "describe_embeddings"]
+           "temporal_resolution", "windows_resolution", "IRREGULAR", "read_quantization", "stac_quantization",
+           "describe_embeddings"]
 
 #: Version of the ``emb`` footer this package writes in GeoParquet files.
 EMB_VERSION = "0.0.1"
@@ -40,6 +43,8 @@ EMB_VERSION = "0.0.1"
 QUANTIZATION_ATTR = "geoemb:quantization"
 #: Earth Engine's public catalogue page of a collection id (``/`` becomes ``_``).
 _EE_CATALOG = "https://developers.google.com/earth-engine/datasets/catalog/"
+#: The temporal resolution of windows of different lengths.
+IRREGULAR = "irregular"
 
 
 def model_href(model_id: str) -> str:
@@ -72,6 +77,28 @@ def temporal_resolution(start: str, end: str) -> str:
         months = (e.year - s.year) * 12 + e.month - s.month
         return f"P{months // 12}Y" if months % 12 == 0 else f"P{months}M"
     return f"P{(e - s).days}D"
+
+
+def windows_resolution(windows: Sequence[tuple[str, str]]) -> str:
+    """The compositing window of every one of ``windows`` (``(start, end)``, end exclusive) as one
+    ISO 8601 duration (:func:`temporal_resolution`: ``P1Y`` for calendar years, and for any
+    year from the first of a month to the same day a year later; ``P3M`` for quarters; ``P10D``),
+    or :data:`IRREGULAR` when they differ (e.g. 10-day windows whose last one is cut short).
+
+    >>> windows_resolution([("2023-01-01", "2023-04-01"), ("2023-04-01", "2023-07-01")])
+    'P3M'
+    >>> windows_resolution([("2023-01-01", "2023-01-11"), ("2023-01-11", "2023-01-15")])
+    'irregular'
+
+    Raises
+    ------
+    SpecError
+        No window.
+    """
+    durations = {temporal_resolution(a, b) for a, b in windows}
+    if not durations:
+        raise SpecError("windows", "[]", "one window or more")
+    return durations.pop() if len(durations) == 1 else IRREGULAR
 
 
 def read_quantization(attrs: Mapping[str, Any], dtype: Any) -> dict[str, Any] | None:
@@ -113,12 +140,13 @@ def read_quantization(attrs: Mapping[str, Any], dtype: Any) -> dict[str, Any] | 
 
 
 def stac_quantization(q: Mapping[str, Any], scale_href: str | None = None,
-                      column: str | None = None) -> dict[str, Any]:
+                      column: str | None = None, dims: str = "sample, scale") -> dict[str, Any]:
     """A normalised quantisation (:func:`read_quantization`) as STAC's ``emb:quantization`` object.
 
     Numbers go to ``scale``/``offset``. Factors per cell (``scale_array``) cannot be numbers:
     the object's ``link`` then names where they are, ``scale_href`` (the Zarr array, or the
-    GeoParquet file whose ``column`` holds them), and how to apply them.
+    GeoParquet file whose ``column`` holds them; ``dims``: the Zarr array's dimensions, and
+    which slice), and how to apply them.
 
     Examples
     --------
@@ -132,7 +160,7 @@ def stac_quantization(q: Mapping[str, Any], scale_href: str | None = None,
         out.update(scale=[float(q["scale"])], offset=[float(q["offset"])])
     elif "scale_array" in q:
         where = (f"GeoParquet column {column!r}" if column is not None
-                 else f"Zarr array {q['scale_array']!r} (sample, scale)")
+                 else f"Zarr array {q['scale_array']!r} ({dims})")
         link: dict[str, Any] = {"rel": "emb:quantization-scale",
                                 "title": f"per-cell dequantisation factors: {where}; value = q * factor"}
         if scale_href is not None:
@@ -145,7 +173,8 @@ def stac_quantization(q: Mapping[str, Any], scale_href: str | None = None,
 def describe_embeddings(spec_json: str, *, embed_dim: int, data_type: str,
                         quantization: Mapping[str, Any] | None, scales: list[float],
                         tiling: bool, versions: Mapping[str, Any] | None = None,
-                        spec_hash: str | None = None) -> dict[str, Any]:
+                        spec_hash: str | None = None,
+                        windows: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The description of a store's embeddings shared by the GeoParquet footer and STAC.
 
     Parameters
@@ -162,6 +191,9 @@ def describe_embeddings(spec_json: str, *, embed_dim: int, data_type: str,
         A tiling store (tiles on a regular grid) rather than samples.
     versions, spec_hash : optional
         The cube's ``versions`` and ``spec_hash`` attributes.
+    windows : sequence of (str, str), optional
+        The compositing windows described, ``(start, end)`` in ``time`` order (a cube with a
+        ``time`` dimension); default the spec's one window.
 
     Returns
     -------
@@ -169,11 +201,16 @@ def describe_embeddings(spec_json: str, *, embed_dim: int, data_type: str,
         JSON-serialisable: ``type``, ``dimensions``, ``data_type``, ``gsd`` (list of m),
         ``chip_layout``, ``model``, ``collection``, ``source``, ``temporal_window``,
         ``start_datetime``, ``end_datetime``, ``temporal_resolution``, ``quantization``,
-        ``runtime_parameters``, ``preprocessing``, ``postprocessing``, ``spec_hash``, ``versions``.
+        ``runtime_parameters``, ``preprocessing``, ``postprocessing``, ``spec_hash``, ``versions``;
+        with several ``windows`` also ``temporal_windows`` (each window, end exclusive), the
+        ``temporal_window``, ``start_datetime`` and ``end_datetime`` then spanning them all and
+        ``temporal_resolution`` from :func:`windows_resolution`.
     """
     spec = json.loads(spec_json)
     model, sensor, temporal, output = spec["model"], spec["sensor"], spec["temporal"], spec["output"]
-    start_dt, end_dt = window_datetimes(temporal["start"], temporal["end"])
+    spans = [(str(a), str(b)) for a, b in windows] if windows else [(temporal["start"], temporal["end"])]
+    first, last = spans[0][0], max(b for _, b in spans)
+    start_dt, end_dt = window_datetimes(first, last)
     size = int(model["image_size"])
     if tiling:
         layout = {"layout_type": "regular_grid", "chip_size": [size, size], "stride": [size, size],
@@ -201,10 +238,12 @@ def describe_embeddings(spec_json: str, *, embed_dim: int, data_type: str,
                             f"input {size}x{size} px, input_res = GSD / {model['res_reference_m']:g} m"},
         "collection": sensor["collection"],
         "source": source_href(sensor["collection"]),
-        "temporal_window": {"start": temporal["start"], "end": temporal["end"], "end_exclusive": True},
+        "temporal_window": {"start": first, "end": last, "end_exclusive": True},
+        **({"temporal_windows": [{"start": a, "end": b, "end_exclusive": True} for a, b in spans]}
+           if len(spans) > 1 else {}),
         "start_datetime": start_dt.isoformat().replace("+00:00", "Z"),
         "end_datetime": end_dt.isoformat().replace("+00:00", "Z"),
-        "temporal_resolution": temporal_resolution(temporal["start"], temporal["end"]),
+        "temporal_resolution": windows_resolution(spans),
         "quantization": None if quantization is None else dict(quantization),
         "runtime_parameters": runtime,
         "preprocessing": {"format": "rsembed_dask", "expression":

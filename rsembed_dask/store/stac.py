@@ -3,13 +3,20 @@
 :func:`write_stac` writes a self-contained Collection (``collection.json``) and its
 Items (``<item id>/<item id>.json``) with :mod:`pystac`:
 
-* a sample cube: one Item per scale;
-* a tiling store: one Item per scale and UTM zone (with ``proj:`` fields of the zone grid).
+* a sample cube: one Item per scale; a cube with a ``time`` dimension: one Item per scale and
+  window (id ``<collection>-<scale>-<window start>``), its ``start_datetime``/``end_datetime``
+  the window's (``datetime`` null, as STAC requires with a range);
+* a tiling store: one Item per scale and UTM zone (with ``proj:`` fields of the zone grid);
+  tiling stores with ``time`` are refused for now.
 
 The Collection carries the extension's Collection fields (``emb:type`` "chip",
 ``emb:dimensions``, ``data_type``, ``emb:chip_layout``, ``emb:temporal_resolution``,
 ``gsd`` when there is one scale, summaries of each) and its required links
 (``emb:model`` to the encoder, ``emb:source-data`` to the Earth Engine collection).
+``emb:temporal_resolution`` is the compositing window as an ISO 8601 duration, the same for
+every window (``P1Y``, ``P3M``, ``P10D``), else ``irregular`` with the distinct durations in
+the summaries (:func:`rsembed_dask.store.metadata.windows_resolution`). With ``time``, the
+Collection's temporal extent lists the span of all windows, then each window.
 Items carry ``gsd``, ``data_type``, ``start_datetime``/``end_datetime`` (the compositing
 window), ``emb:runtime_parameters``, ``emb:preprocessing``/``emb:postprocessing``,
 ``emb:quantization`` (int8 cubes), ``processing:datetime`` (when the last embedding was
@@ -42,9 +49,9 @@ from ..errors import SpecError
 from ..geo.grid import xy_to_lonlat
 from .footprints import DENSIFY_M, split_antimeridian
 from .geoparquet import (OkCells, StorePart, covering_bounds, export_geoparquet, lon_extent, output_error,
-                         portable_href, store_parts)
+                         part_scales, part_windows, portable_href, store_parts)
 from .layout import OK, SPEC_ATTR, SPEC_HASH_ATTR, VERSIONS_ATTR, scale_name
-from .metadata import describe_embeddings, stac_quantization
+from .metadata import describe_embeddings, stac_quantization, temporal_resolution, window_datetimes
 from .location import StoreLocation
 from .open import array_of, attr_text, is_tiling_store
 
@@ -85,19 +92,22 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _processing_datetime(cube_path: str | StoreLocation, attrs: dict[str, Any]) -> str | None:
-    """When the cube's embeddings were last written: the newest ``status`` chunk (status is
-    written last in every unit), else the cube's ``created`` attribute."""
+def _processing_datetime(cube_path: str | StoreLocation, attrs: dict[str, Any],
+                         window: int | None = None) -> str | None:
+    """When the cube's embeddings (of one window along ``time``, if given) were last written: the
+    newest ``status`` chunk (status is written last in every unit), else the cube's ``created``
+    attribute."""
     newest = 0.0
     loc = StoreLocation.parse(cube_path)
+    prefix = ("status", "c") if window is None else ("status", "c", str(int(window)))
     if loc.local:
-        for root, _, files in os.walk(os.path.join(loc.path, "status", "c")):
+        for root, _, files in os.walk(os.path.join(loc.path, *prefix)):
             for f in files:
                 newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
     else:  # one listing of the status chunks (their last-modified times)
         import obstore
 
-        for batch in obstore.list(loc.object_store(), "status/c/"):
+        for batch in obstore.list(loc.object_store(), "/".join(prefix) + "/"):
             for meta in batch:
                 newest = max(newest, meta["last_modified"].timestamp())
     if newest:
@@ -214,10 +224,13 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
 
         attrs = {**attrs, SPEC_ATTR: zarr.open_group(path.zarr_store(read_only=True), mode="r",
                                                      zarr_format=3).attrs[SPEC_ATTR]}
+    windows = part_windows(parts)
+    timed = parts[0].window is not None  # a cube with time: an Item per scale and window
     emb = describe_embeddings(attrs[SPEC_ATTR], embed_dim=parts[0].cube.embed_dim,
                               data_type=first.emb.dtype.name, quantization=first.quant,
-                              scales=[p.scale_m for p in parts], tiling=tiling,
-                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR))
+                              scales=part_scales(parts), tiling=tiling,
+                              versions=attrs.get(VERSIONS_ATTR), spec_hash=attrs.get(SPEC_HASH_ATTR),
+                              windows=windows)
     start, end = (dt.datetime.fromisoformat(emb[k].replace("Z", "+00:00")) for k in ("start_datetime", "end_datetime"))
     model_link = pystac.Link("emb:model", model_href or portable_href(emb["model"]["source"], out_dir),
                              title=f"encoder: {emb['model']['id']}")
@@ -237,10 +250,15 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     items: list = []
     for part in parts:
         sname = scale_name(part.scale_m)
-        quant = _item_quantization(emb["quantization"], part, out_dir, cid, tiling, geoparquet)
-        props = {**properties, **quant, "gsd": part.scale_m,
-                 "emb:runtime_parameters": {**emb["runtime_parameters"], "scale_m": part.scale_m},
-                 "processing:datetime": _processing_datetime(part.cube.location, part.cube.attrs)}
+        temporal = part.cube.spec.temporal  # the part's window
+        iid = f"{cid}-{sname}" + ("" if part.window is None else f"-{temporal.start}")
+        quant = _item_quantization(emb["quantization"], part, out_dir, cid, iid, tiling, geoparquet)
+        w_start, w_end = window_datetimes(temporal.start, temporal.end)
+        runtime = {**emb["runtime_parameters"], "scale_m": part.scale_m}
+        if timed:
+            runtime.update(window_start=temporal.start, window_end=temporal.end)
+        props = {**properties, **quant, "gsd": part.scale_m, "emb:runtime_parameters": runtime,
+                 "processing:datetime": _processing_datetime(part.cube.location, part.cube.attrs, part.window)}
         if tiling:
             parquet = None
             if geoparquet:
@@ -261,23 +279,24 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                         media_type=PARQUET_MEDIA_TYPE, roles=["data"]))
                 items.append(item)
             continue
-        iid = f"{cid}-{sname}"
         if geoparquet:
             parquet = os.path.join(out_dir, iid, "embeddings.parquet")
-            report = export_geoparquet(path, parquet, scale=part.scale_m)
+            report = export_geoparquet(path, parquet, scale=part.scale_m, window=part.window)
             meta = json.loads(_parquet_geo(parquet))["columns"]["geometry"]
             bbox, n_ok = meta.get("bbox"), report.rows
             asset = pystac.Asset(parquet, title=f"{n_ok} chip embeddings at {sname} (GeoParquet 1.1)",
                                  media_type=PARQUET_MEDIA_TYPE, roles=["data"])
         else:
             bbox, n_ok = _ok_extent(part)
-            asset = pystac.Asset(path.url, title=f"sample cube: embedding(sample, scale, feature); select scale={part.scale_m:g}",
+            what = (f"embedding(time, sample, scale, feature); select time={temporal.start}, scale={part.scale_m:g}"
+                    if timed else f"embedding(sample, scale, feature); select scale={part.scale_m:g}")
+            asset = pystac.Asset(path.url, title=f"sample cube: {what}",
                                  media_type=ZARR_MEDIA_TYPE, roles=["data"],
                                  extra_fields={"xarray:open_kwargs": dict(_ZARR_OPEN)})
         if bbox is None:
             log.warning("stac: no ok cell at %s in %s; item %s has no geometry", sname, path, iid)
         item = pystac.Item(iid, None if bbox is None else _box_geometry(bbox), bbox, None,
-                           {**props, "start_datetime": _iso(start), "end_datetime": _iso(end)},
+                           {**props, "start_datetime": _iso(w_start), "end_datetime": _iso(w_end)},
                            stac_extensions=[EMB_EXTENSION, PROCESSING_EXTENSION]
                            + ([] if geoparquet else [XARRAY_EXTENSION]))
         item.add_asset("embeddings", asset)
@@ -288,20 +307,26 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     boxes = [i.bbox for i in items if i.bbox is not None]
     spatial = _union_bbox(boxes) if boxes else [-180.0, -90.0, 180.0, 90.0]
     spec = json.loads(attrs[SPEC_ATTR])
-    scales_txt = ", ".join(f"{p.scale_m:g}" for p in parts)
+    scales = part_scales(parts)
+    scales_txt = ", ".join(f"{s:g}" for s in scales)
+    when = (f"{len(windows)} windows from {windows[0][0]} to {windows[-1][1]} (end exclusive)" if timed
+            else f"[{emb['temporal_window']['start']}, {emb['temporal_window']['end']})")
+    intervals = [[start, end]] + ([[*window_datetimes(a, b)] for a, b in windows] if timed else [])
+    resolutions = sorted({temporal_resolution(a, b) for a, b in windows})
     collection = pystac.Collection(
         cid, description or (f"ScaleMAE ({emb['model']['id']}) chip embeddings of {emb['collection']} "
                              f"{'/'.join(spec['sensor']['bands'])} {spec['sensor']['composite']} composites over "
-                             f"[{emb['temporal_window']['start']}, {emb['temporal_window']['end']}) at {scales_txt} m"
+                             f"{when} at {scales_txt} m"
                              f"{', tiled over an AOI' if tiling else ''}; written by rsembed_dask"),
-        pystac.Extent(pystac.SpatialExtent([spatial]), pystac.TemporalExtent([[start, end]])),
+        pystac.Extent(pystac.SpatialExtent([spatial]), pystac.TemporalExtent(intervals)),
         title=title or f"{cid}: ScaleMAE embeddings", license=license,
         stac_extensions=[EMB_EXTENSION],
         extra_fields={"emb:type": emb["type"], "emb:dimensions": emb["dimensions"], "data_type": emb["data_type"],
                       "emb:chip_layout": emb["chip_layout"], "emb:temporal_resolution": emb["temporal_resolution"],
-                      **({"gsd": parts[0].scale_m} if len(parts) == 1 else {})},
-        summaries=pystac.Summaries({"gsd": [p.scale_m for p in parts], "emb:type": [emb["type"]],
-                                    "emb:dimensions": [emb["dimensions"]], "data_type": [emb["data_type"]]}))
+                      **({"gsd": scales[0]} if len(scales) == 1 else {})},
+        summaries=pystac.Summaries({"gsd": scales, "emb:type": [emb["type"]],
+                                    "emb:dimensions": [emb["dimensions"]], "data_type": [emb["data_type"]],
+                                    **({"emb:temporal_resolution": resolutions} if timed else {})}))
     collection.item_assets = {"embeddings": pystac.ItemAssetDefinition.create(
         title="chip embedding vectors", description=None,
         media_type=PARQUET_MEDIA_TYPE if geoparquet and not tiling else ZARR_MEDIA_TYPE, roles=["data"])}
@@ -318,8 +343,8 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
     return collection
 
 
-def _item_quantization(q: dict[str, Any] | None, part: StorePart, out_dir: str, cid: str, tiling: bool,
-                       geoparquet: bool) -> dict[str, Any]:
+def _item_quantization(q: dict[str, Any] | None, part: StorePart, out_dir: str, cid: str, iid: str,
+                       tiling: bool, geoparquet: bool) -> dict[str, Any]:
     """``emb:quantization`` of one scale's Item(s), its per-cell factors (if any) linked
     relative to the Item's folder (``<out_dir>/<item id>/``)."""
     if q is None:
@@ -330,12 +355,14 @@ def _item_quantization(q: dict[str, Any] | None, part: StorePart, out_dir: str, 
     if geoparquet:
         # The exported file carries the factors in its embedding_scale column.
         target = os.path.join(out_dir, f"{cid}-{sname}.parquet") if tiling else \
-            os.path.join(out_dir, f"{cid}-{sname}", "embeddings.parquet")
+            os.path.join(out_dir, iid, "embeddings.parquet")
         column: str | None = "embedding_scale"
     else:
         target, column = os.path.join(part.cube.path, q["scale_array"]), None
+    dims = "sample, scale" if part.window is None else f"time, sample, scale; time={part.cube.spec.temporal.start}"
     # A tiling store's zone Items sit in their own folders, one level down like the others.
-    return {"emb:quantization": stac_quantization(q, portable_href(target, os.path.join(out_dir, "item")), column)}
+    return {"emb:quantization": stac_quantization(q, portable_href(target, os.path.join(out_dir, "item")), column,
+                                                  dims)}
 
 
 def _parquet_geo(path: str) -> str:

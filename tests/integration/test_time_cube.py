@@ -183,8 +183,6 @@ def test_readers_without_time_refuse_a_cube_with_time_in_one_line(tmp_path, prov
     assert similar(ds.isel(time=1), "s0", k=2, scale=10.0).index.tolist()[0] != "s0"  # one window: as before
     with pytest.raises(CubeError, match="has a time dimension"):
         check_cube(out)
-    assert main(["export", str(out), str(tmp_path / "e.parquet")]) == 2
-    assert "export and STAC does not handle cubes with time yet" in capsys.readouterr().err
 
 
 def test_a_tiling_takes_one_window(tmp_path):
