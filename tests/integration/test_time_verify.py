@@ -15,6 +15,7 @@ import shutil
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -223,4 +224,77 @@ def test_an_interrupted_backfill_is_not_damage(cube, capsys):
     for _, arr in group.arrays():
         if (arr.metadata.dimension_names or ())[:1] == ("time",):
             arr.resize((4,) + arr.shape[1:])
+    assert verify(path, capsys)[:2] == (0, [])
+
+
+def _samples(made, tmp_path, gdf) -> list[str]:
+    """The run arguments of the made cube with ``gdf`` as its samples."""
+    samples = tmp_path / "samples.geojson"
+    gdf.to_file(samples)
+    args = list(made[1])
+    args[1] = str(samples)
+    return args
+
+
+@pytest.mark.timeout(240)
+def test_update_reembeds_a_moved_sample_in_every_window(cube, made, tmp_path, capsys):
+    path, _ = cube
+    gdf = gpd.read_file(made[1][1])
+    gdf.loc[gdf["plot"] == "plot-2", "geometry"] = gdf.loc[gdf["plot"] == "plot-2", "geometry"].translate(0.01, 0.0)
+    args = _samples(made, tmp_path, gdf) + ["--out", str(path)]
+    before = chunk_hashes(path)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--update" in capsys.readouterr().err and chunk_hashes(path) == before
+    assert main(args + ["--update"]) == 0
+    after = chunk_hashes(path)
+    account = Cube.open(path).attrs["last_run"]
+    assert account["units_run"] == 6  # the moved sample's unit, at 2 scales, in 3 windows
+    ds, old = open_cube(path), open_cube(made[0])
+    row = list(ds.sample.values).index("plot-2")
+    unit = row // 4
+    # the other unit's chunks, in every window, are untouched byte for byte
+    assert all(after[k] == v for k, v in before.items() if k.split("/c/")[1].split("/")[1] != str(unit))
+    assert (ds.status.values == OK).all()
+    assert ds.attrs[COMPLETED_WINDOWS_ATTR] == STARTS
+    others = [i for i in IDS if i != "plot-2"]
+    np.testing.assert_array_equal(ds.embedding.sel(sample=others).values, old.embedding.sel(sample=others).values)
+    moved, was = ds.embedding.sel(sample="plot-2").values, old.embedding.sel(sample="plot-2").values
+    assert all(not np.allclose(moved[t], was[t]) for t in range(3))  # re-embedded at its new place, each window
+    assert float(ds.lon.sel(sample="plot-2")) == pytest.approx(float(old.lon.sel(sample="plot-2")) + 0.01)
+    assert verify(path, capsys)[:2] == (0, [])
+
+
+@pytest.mark.timeout(240)
+def test_append_adds_samples_pending_in_every_window(cube, made, tmp_path, capsys):
+    from rsembed_dask.sampling.samples import build_sample_table
+
+    path, _ = cube
+    gdf = gpd.read_file(made[1][1])
+    new = gpd.GeoDataFrame({"plot": ["plot-6", "plot-7"]}, geometry=gpd.points_from_xy([3.05, 3.15], [31.05, 31.1]),
+                           crs="EPSG:4326")
+    grown = gpd.GeoDataFrame(pd.concat([gdf, new], ignore_index=True), crs="EPSG:4326")
+    before = chunk_hashes(path)
+    # what the run does first (Cube.create_or_open): new rows, pending in every window, no window complete
+    table = build_sample_table(grown, id_column="plot")
+    stored = Cube.open(path)
+    c = Cube.create_or_open(path, spec=stored.spec, ids=table.ids, lon=table.lon, lat=table.lat,
+                            geohash=table.geohash, wkb=table.wkb, embed_dim=stored.embed_dim,
+                            windows=stored.windows, append=True)
+    assert c.n_rows == 10 and c.segments == ((0, 6), (8, 10))
+    ds = open_cube(path)
+    assert ds.sizes == {**ds.sizes, "time": 3, "sample": 8}
+    assert (ds.status.sel(sample=["plot-6", "plot-7"]).values == 0).all()
+    assert (ds.status.sel(sample=IDS).values == OK).all()
+    assert ds.attrs[COMPLETED_WINDOWS_ATTR] == []
+    assert chunk_hashes(path) == before  # nothing rewritten
+    # the run embeds them, in every window
+    assert main(_samples(made, tmp_path, grown) + ["--out", str(path), "--append"]) == 0
+    after = chunk_hashes(path)
+    assert {k: after[k] for k in before} == before
+    assert {k.split("/c/")[1].split("/")[1] for k in set(after) - set(before)} == {"2"}  # the new chunk only
+    assert Cube.open(path).attrs["last_run"]["units_run"] == 6
+    ds, old = open_cube(path), open_cube(made[0])
+    assert (ds.status.values == OK).all() and ds.attrs[COMPLETED_WINDOWS_ATTR] == STARTS
+    np.testing.assert_array_equal(ds.embedding.sel(sample=IDS).values, old.embedding.sel(sample=IDS).values)
     assert verify(path, capsys)[:2] == (0, [])
