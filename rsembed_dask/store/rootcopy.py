@@ -166,9 +166,12 @@ def _check_arrays(path: StoreLocation, status: Mapping[str, Any], spec: Campaign
     given = list(windows) if windows is not None else [spec.temporal]
     times: dict[str, Any] = {}
     if t0:
-        if len(given) < 2 or (shape and len(given) > shape[0]):
+        starts = _stored_starts(path)
+        if shape[:1] != [len(given)]:
             problems.append(f"a time dimension of {shape[0] if shape else '?'} windows stored, {len(given)} "
                             "window(s) given (give the campaign's windows, e.g. --years)")
+        elif starts is not None and starts != [w.start for w in given]:
+            problems.append(f"windows starting {starts} stored, {[w.start for w in given]} given")
         else:
             times = {TIME_WINDOWS_ATTR: [[w.start, w.end] for w in given]}
     elif len(given) > 1:
@@ -197,6 +200,15 @@ def _check_arrays(path: StoreLocation, status: Mapping[str, Any], spec: Campaign
         raise CubeDamagedError(f"cube {path.url!r}: {why}, and its arrays are not those of the campaign given: "
                                + "; ".join(problems) + "; repair it with the campaign that wrote it")
     return (spec.replace(scales=scales) if scales != spec.scales else spec), times
+
+
+def _stored_starts(path: StoreLocation) -> list[str] | None:
+    """The window starts the ``time`` coordinate holds (ISO dates), or None where it cannot be read."""
+    try:
+        days = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="time", mode="r")[...])
+    except DECODE_ERRORS + STORE_ERRORS + (KeyError,):
+        return None
+    return [str(d) for d in days.astype("int64").astype("datetime64[D]")]
 
 
 def _meta_shape(path: StoreLocation, name: str) -> list[int] | None:

@@ -298,3 +298,26 @@ def test_append_adds_samples_pending_in_every_window(cube, made, tmp_path, capsy
     assert (ds.status.values == OK).all() and ds.attrs[COMPLETED_WINDOWS_ATTR] == STARTS
     np.testing.assert_array_equal(ds.embedding.sel(sample=IDS).values, old.embedding.sel(sample=IDS).values)
     assert verify(path, capsys)[:2] == (0, [])
+
+
+@pytest.mark.timeout(180)
+def test_a_root_lost_with_its_copy_is_rebuilt_from_the_windows_given(cube, made, tmp_path, capsys):
+    from rsembed_dask.store.layout import ROOT_COPY_KEY
+
+    path, run = cube
+    want = json.loads((made[0] / "zarr.json").read_text())["attributes"]
+    (path / "zarr.json").unlink()
+    meta = json.loads((path / "scale" / "zarr.json").read_text())
+    del meta["attributes"][ROOT_COPY_KEY]
+    (path / "scale" / "zarr.json").write_text(json.dumps(meta))
+    args = list(made[1])
+    years = args.index("--years") + 1
+    capsys.readouterr()
+    assert main(args[:years] + ["2019-2020"] + args[years + 1:] + ["--out", str(path), "--repair"]) == 2
+    err = capsys.readouterr().err
+    assert "a time dimension of 3 windows stored, 2 window(s) given" in err and not (path / "zarr.json").exists()
+    assert run("--repair") == 0
+    got = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert got[TIME_WINDOWS_ATTR] == want[TIME_WINDOWS_ATTR] and got["spec_hash"] == want["spec_hash"]
+    same_embeddings(path, made[0])
+    assert verify(path, capsys)[:2] == (0, [])
