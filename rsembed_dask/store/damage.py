@@ -50,7 +50,8 @@ def _dims(arr: zarr.Array) -> tuple[str, ...]:
 
 
 def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = None, rows: tuple[int, int] | None = None,
-                        arrays: tuple[str, ...] | None = None, limit: int = 1) -> list[tuple[str, tuple[slice, ...]]]:
+                        arrays: tuple[str, ...] | None = None, limit: int = 1,
+                        window: int | None = None) -> list[tuple[str, tuple[slice, ...]]]:
     """Chunks of the group at ``path`` that do not decode: ``[(array, region), ...]``, at most ``limit``.
 
     Parameters
@@ -60,9 +61,19 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
     scale_index : int, optional
         Only this position along ``scale`` (arrays with a ``scale`` dimension).
     rows : (int, int), optional
-        Only chunks meeting ``[start, stop)`` along the first dimension.
+        Only chunks meeting ``[start, stop)`` along ``sample`` (arrays without one: along their
+        first dimension).
     arrays : tuple of str, optional
         Only these arrays (default every array of the group).
+    limit : int
+        Stop after this many.
+    window : int, optional
+        Only this position along ``time`` (a cube with ``time``; default every window).
+
+    Returns
+    -------
+    list of (str, tuple of slice)
+        The array's name and the chunk's region, one slice per dimension of the array.
     """
     group = zarr.open_group(StoreLocation.parse(path).zarr_store(read_only=True), mode="r", zarr_format=3)
     found: list[tuple[str, tuple[slice, ...]]] = []
@@ -70,24 +81,47 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
     for name, arr in sorted(group.arrays()):
         if (arrays is not None and name not in arrays) or not arr.shape:
             continue
-        dims = _dims(arr)
-        c0 = arr.chunks[0]
-        lo, hi = (0, arr.shape[0]) if rows is None else (max(0, rows[0]), min(arr.shape[0], rows[1]))
-        for a in range(lo // c0 * c0, hi, c0):
-            probes += 1
-            if probes > _MAX_PROBES:
-                return found
-            sel: list[slice | int] = [slice(a, min(a + c0, arr.shape[0]))]
-            for d in dims[1:]:
-                sel.append(slice(scale_index, scale_index + 1) if d == "scale" and scale_index is not None
-                           else slice(None))
-            try:
-                arr[tuple(sel)]
-            except DECODE_ERRORS:
-                found.append((name, tuple(s for s in sel if isinstance(s, slice))))
-                if len(found) >= limit:
+        dims = _dims(arr) or ("",) * arr.ndim
+        lead = dims.index("sample") if "sample" in dims else 0  # the axis ``rows`` is along
+        c0, n0 = arr.chunks[lead], arr.shape[lead]
+        lo, hi = (0, n0) if rows is None else (max(0, rows[0]), min(n0, rows[1]))
+        times: list[int | None] = [None]
+        if lead > 0 and dims[0] == "time":
+            times = list(range(arr.shape[0])) if window is None else [int(window)]
+        for t in times:
+            for a in range(lo // c0 * c0, hi, c0):
+                probes += 1
+                if probes > _MAX_PROBES:
                     return found
+                sel: list[slice] = []
+                for i, d in enumerate(dims):
+                    if i == lead:
+                        sel.append(slice(a, min(a + c0, n0)))
+                    elif d == "time" and t is not None:
+                        sel.append(slice(t, t + 1))
+                    elif d == "scale" and scale_index is not None:
+                        sel.append(slice(scale_index, scale_index + 1))
+                    else:
+                        sel.append(slice(None))
+                try:
+                    arr[tuple(sel)]
+                except DECODE_ERRORS:
+                    found.append((name, tuple(sel)))
+                    if len(found) >= limit:
+                        return found
     return found
+
+
+def _window(path: StoreLocation, region: tuple[slice, ...], dims: tuple[str, ...]) -> str:
+    """`` in window <start date>`` of a region of an array with ``time`` first (else "")."""
+    if not dims or dims[0] != "time" or "sample" not in dims:
+        return ""
+    t = region[0].start or 0
+    try:
+        day = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="time", mode="r")[t])
+        return f" in window {np.datetime64(int(day), 'D')}"
+    except DECODE_ERRORS + STORE_ERRORS + (KeyError, IndexError, TypeError):
+        return f" in window {t} (along time)"
 
 
 def _ids(path: StoreLocation, a: int, b: int) -> str:
@@ -106,6 +140,8 @@ def _scale(path: StoreLocation, region: tuple[slice, ...], dims: tuple[str, ...]
     if "scale" not in dims:
         return ""
     si = region[dims.index("scale")].start
+    if si is None:  # every scale probed
+        return ""
     try:
         value = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="scale", mode="r")[si])
         return f" at scale {float(value):g} m"
@@ -136,9 +172,10 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
     name, region = found[0]
     arr = zarr.open_array(loc.zarr_store(read_only=True), path=name, mode="r")
     dims = _dims(arr)
-    a, b = region[0].start, region[0].stop
-    if dims and dims[0] == "sample":
-        what = f"array {name!r}{_scale(loc, region, dims)}, {_ids(loc, a, b)}"
+    lead = dims.index("sample") if "sample" in dims else 0
+    a, b = region[lead].start, region[lead].stop
+    if "sample" in dims:
+        what = f"array {name!r}{_scale(loc, region, dims)}{_window(loc, region, dims)}, {_ids(loc, a, b)}"
     else:
         group = path_url[len(where):].strip("/") if path_url != where and path_url.startswith(where) else "the store"
         what = f"array {name!r} of {group}, {dims[0] if dims else 'rows'} {a}-{b - 1}"

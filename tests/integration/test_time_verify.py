@@ -321,3 +321,22 @@ def test_a_root_lost_with_its_copy_is_rebuilt_from_the_windows_given(cube, made,
     assert got[TIME_WINDOWS_ATTR] == want[TIME_WINDOWS_ATTR] and got["spec_hash"] == want["spec_hash"]
     same_embeddings(path, made[0])
     assert verify(path, capsys)[:2] == (0, [])
+
+
+def test_readers_name_the_window_of_a_damaged_chunk(cube):
+    from rsembed_dask.errors import CubeDamagedError
+    from rsembed_dask.explore import similar
+    from rsembed_dask.store.damage import find_damaged_chunks
+
+    path, _ = cube
+    ids = open_cube(path).sample.values.tolist()
+    corrupt(path / "embedding" / "c" / "1" / "0" / "0" / "0")  # window 2020, unit [0, 4) at 10 m
+    assert find_damaged_chunks(path, arrays=("embedding",)) == [
+        ("embedding", (slice(1, 2), slice(0, 4), slice(None), slice(None)))]
+    assert find_damaged_chunks(path, arrays=("embedding",), window=0) == []
+    assert similar(open_cube(path).isel(time=0), "plot-0", k=2, scale=10.0).size  # another window reads fine
+    with pytest.raises(CubeDamagedError) as err:
+        similar(open_cube(path).isel(time=1), "plot-0", k=2, scale=10.0)
+    line = str(err.value)
+    assert "\n" not in line and "array 'embedding' at scale 10 m in window 2020-01-01" in line
+    assert f"samples {ids[0]!r}, {ids[1]!r}, {ids[2]!r} and 1 more (rows 0-3)" in line and "--repair" in line
