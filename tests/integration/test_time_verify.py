@@ -340,3 +340,35 @@ def test_readers_name_the_window_of_a_damaged_chunk(cube):
     line = str(err.value)
     assert "\n" not in line and "array 'embedding' at scale 10 m in window 2020-01-01" in line
     assert f"samples {ids[0]!r}, {ids[1]!r}, {ids[2]!r} and 1 more (rows 0-3)" in line and "--repair" in line
+
+
+@pytest.mark.timeout(240)
+def test_a_cube_with_time_in_a_bucket_is_verified_and_repaired(s3_bucket, client, capsys):
+    import obstore
+
+    from rsembed_dask.campaign.run import run_campaign
+    from rsembed_dask.specs import ModelSpec, TemporalSpec
+    from rsembed_dask.store.location import StoreLocation
+
+    gdf = gpd.GeoDataFrame({"site": [f"s{i}" for i in range(5)]},
+                           geometry=gpd.points_from_xy(np.linspace(2.0, 2.1, 5), np.linspace(31.0, 31.1, 5)),
+                           crs="EPSG:4326")
+    kw = dict(scales=[10], temporal=TemporalSpec.years(2019, 2020), model=ModelSpec("test-tiny", device="cpu"),
+              backend="emulator", client=client, chunk_size=2, id_column="site", progress=False)
+    url = f"{s3_bucket}/t.zarr"
+    made = run_campaign(gdf, url, **kw)
+    assert made.sizes["time"] == 2 and (made.status.values == OK).all()
+    want = made.embedding.values.copy()  # (the dataset is lazy: read it before the damage)
+    obs = StoreLocation.parse(url).object_store()
+    obstore.delete(obs, "embedding/c/1/1/0/0")  # window 2020, unit [2, 4)
+    obstore.put(obs, "status/c/0/2/0", b"\x00garbage, not a zstd frame\x00")  # window 2019, unit [4, 5)
+    rc, problems, _ = verify(url, capsys)
+    assert rc == 1
+    assert any(p.startswith("embedding at 10 m in window 2020-01-01: 2 ok cells whose chunk is missing")
+               and p.endswith("(chunk embedding/c/1/1/0/0)") for p in problems), problems
+    assert any(p.startswith("status at 10 m in window 2019-01-01: 1 cells in a chunk that cannot be decoded")
+               and p.endswith("(chunk status/c/0/2/0)") for p in problems), problems
+    repaired = run_campaign(gdf, url, repair=True, **kw)
+    assert (repaired.status.values == OK).all() and Cube.open(url).attrs["last_run"]["units_run"] == 2
+    np.testing.assert_array_equal(repaired.embedding.values, want)
+    assert verify(url, capsys)[:2] == (0, [])
