@@ -5,7 +5,9 @@ once; each test damages a copy of it from outside (bytes of a chunk overwritten,
 and the root ``zarr.json`` deleted) and checks that ``inspect --verify`` names the window, the
 array and the chunk, that a plain run or ``--repair`` re-embeds exactly the damaged units of
 that window, that the embeddings come back equal to the undamaged cube's, and that no chunk of
-another window is rewritten (every chunk file hashed before and after).
+another window is rewritten (every chunk file hashed before and after). Also: ``--update`` and
+``--append`` across the windows, readers naming the window of a damaged chunk, and a cube with
+``time`` in a bucket (loopback S3).
 """
 
 import hashlib
