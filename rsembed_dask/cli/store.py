@@ -17,7 +17,8 @@ def add_inspect(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="read every chunk of every array: report missing or undecodable chunks, unreadable "
                         "array metadata, empty ids, and cells whose data contradicts their status, naming sample "
-                        "ids and scale (exit 1 if anything is found; `run --repair` repairs it)")
+                        "ids, scale, chunk and, in a cube with time, the window (exit 1 if anything is found; "
+                        "`run --repair` repairs it)")
     p.set_defaults(func=_cmd_inspect)
 
 

@@ -36,7 +36,7 @@ from .samples import SampleChanges, compare_samples, describe_ids
 from .layout import (
     CREATED_ATTR, CUBE_VERSION, DIGESTS_ATTR, FAILED, FLAG_ATTRS, MARKER_ATTR, NO_DATA, OK, PENDING, SEGMENTS_ATTR,
     CREATING_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses,
-    vouched_arrays, TIME_WINDOWS_ATTR, time_defs, window_days,
+    vouched_arrays, COMPLETED_WINDOWS_ATTR, TIME_WINDOWS_ATTR, time_defs, window_days,
     array_defs, check_shapes, check_unit_arrays, coord_defs, default_versions,
     normalise_identity, read_segments, sample_chunks, segment_rows, spec_differences, check_same_ids,
     statuses_to_run,
@@ -282,9 +282,11 @@ class Cube:
             this way must hold exactly those ids in that order (tiling stores).
         update : bool
             Re-embed samples whose geometry moved: their coordinates are rewritten and
-            their cells reset to pending (:meth:`reset_samples`); the next run embeds them.
+            their cells reset to pending (:meth:`reset_samples`), in every window of a cube
+            with ``time``; the next run embeds them.
         append : bool
-            Add ids the cube does not hold as new chunks (:meth:`append_samples`).
+            Add ids the cube does not hold as new chunks (:meth:`append_samples`), pending in
+            every window of a cube with ``time``.
         before_change : callable, optional
             Called with the :class:`SampleChanges` once the samples are compared and before
             ``update`` or ``append`` writes anything (the run's preflight): if it raises,
@@ -326,10 +328,6 @@ class Cube:
         given_windows = None if windows is None else tuple(windows)
         if given_windows is not None and given_windows[0] != spec.temporal:
             raise SpecError("windows", given_windows[0].label, f"spec.temporal ({spec.temporal.label}) first")
-        if given_windows is not None and len(given_windows) > 1 and (update or append):
-            raise SpecError("update/append", {"update": update, "append": append},
-                            "False for a cube of several windows (moving or adding samples across its time "
-                            "dimension is not supported yet): write them to a new cube")
 
         def create(why: str | None) -> Cube:
             check_writable(path)
@@ -557,6 +555,8 @@ class Cube:
         emb = array_of(group, "embedding")
         self.n_rows = emb.shape[-3]
         self.segments = read_segments(attrs, self.n_rows, self.chunk_size)
+        raw = attrs.get(TIME_WINDOWS_ATTR)  # an update or append changes every window
+        self.windows = None if raw is None else tuple(TemporalSpec(a, b) for a, b in raw)
         if whole:
             self._sync_samples(next(iter(source())), attrs, update=update, append=append,
                                before_change=before_change)
@@ -617,6 +617,9 @@ class Cube:
             new = changes.new[hilbert_order(given["lon"][changes.new], given["lat"][changes.new])]
             start = self.append_samples({k: given[k] for k in ("sample", "id_dtype", *_SAMPLE_COORDS)}, new)
             changes.rows[new] = np.arange(start, start + len(new), dtype=np.int64)
+        if self.windows is not None and (len(changes.moved) or len(changes.new)) \
+                and attrs.get(COMPLETED_WINDOWS_ATTR):
+            group.attrs[COMPLETED_WINDOWS_ATTR] = []  # every window has pending cells now (the run's end says again)
         self.last_changes = changes
         if aligned and np.array_equal(changes.rows, np.arange(self.n_rows)):
             self._refresh_digests(attrs, given)
@@ -651,7 +654,8 @@ class Cube:
         logger.info("cube %s: sample digests stored (the next resume reads no ids or geometries)", self.path)
 
     def reset_samples(self, rows: Any) -> None:
-        """Invalidate every cell of the samples at ``rows`` (cube rows), at every scale.
+        """Invalidate every cell of the samples at ``rows`` (cube rows), at every scale (and in
+        every window of a cube with ``time``).
 
         Status is set to :data:`PENDING` first (it stops vouching for the data), then the
         embedding (and grid), ``input_res_m`` and ``valid_fraction`` become NaN and
@@ -670,6 +674,13 @@ class Cube:
         bad = rows[~np.isin(rows, self.sample_rows())]
         if len(bad):
             raise CubeError(f"reset_samples: rows {bad[:5].tolist()} hold no sample in {self.path!r}")
+        for cube in ([self] if self.windows is None else [self.at_window(t) for t in range(len(self.windows))]):
+            cube._reset_rows(rows)
+        logger.info("cube %s: reset %d sample(s) to pending at every scale%s", self.path, len(rows),
+                    "" if self.windows is None else f" in every window ({len(self.windows)})")
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """:meth:`reset_samples` of sorted sample ``rows`` in this handle's window."""
         try:
             self._array("status").set_orthogonal_selection((rows, slice(None)), PENDING)
             empty = 0 if self.quantised else np.nan  # int8: value 0, scale NaN
@@ -684,7 +695,6 @@ class Cube:
                 self._array(name).set_orthogonal_selection((rows, slice(None)), value)
         except STORE_ERRORS as exc:
             raise CubeError(f"cannot reset samples in {self.path!r}: {exc}") from exc
-        logger.info("cube %s: reset %d sample(s) to pending at every scale", self.path, len(rows))
 
     def _write_coords(self, rows: np.ndarray, coords: Mapping[str, np.ndarray]) -> None:
         """Rewrite ``lon``, ``lat``, ``geohash``, ``geometry`` at sorted ``rows``."""
@@ -709,6 +719,7 @@ class Cube:
         are padding (see :mod:`rsembed_dask.store.layout`). The arrays are resized and the
         coordinates written before the ``sample_segments`` attribute names the new rows:
         an interrupted append leaves rows that hold no sample, reused by the next append.
+        In a cube with ``time`` the new rows are pending in every window.
 
         Raises
         ------
@@ -719,7 +730,8 @@ class Cube:
         order = np.asarray(order, dtype=np.int64)
         group = self._zgroup()
         cs = self.chunk_size
-        stored_chunk = array_of(group, "status").chunks[0]
+        status = array_of(group, "status")
+        stored_chunk = status.chunks[status.ndim - 2]  # (sample, scale), or (time, sample, scale)
         if stored_chunk != cs:
             raise CubeError(f"cube {self.path!r} holds its samples in chunks of {stored_chunk}, not "
                             f"chunk_size={cs} (it was created with fewer samples than chunk_size by an "
@@ -735,9 +747,10 @@ class Cube:
             # added by an interrupted append are never taken for samples.
             group.attrs[SEGMENTS_ATTR] = segments
             for _, arr in group.arrays():
-                names = getattr(arr.metadata, "dimension_names", None) or ()  # Zarr v3 metadata
-                if names and names[0] == "sample":
-                    arr.resize((stop,) + arr.shape[1:])
+                names = tuple(getattr(arr.metadata, "dimension_names", None) or ())  # Zarr v3 metadata
+                if "sample" in names:  # first, or after ``time`` (new rows are pending in every window)
+                    ax = names.index("sample")
+                    arr.resize(arr.shape[:ax] + (stop,) + arr.shape[ax + 1:])
             self._arrays.clear()
             for name in ("sample", *_SAMPLE_COORDS):
                 self._array(name)[start:stop] = given[name][order]

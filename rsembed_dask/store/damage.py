@@ -61,12 +61,19 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
     scale_index : int, optional
         Only this position along ``scale`` (arrays with a ``scale`` dimension).
     rows : (int, int), optional
-        Only chunks meeting ``[start, stop)`` along the first dimension.
+        Only chunks meeting ``[start, stop)`` along ``sample`` (arrays without one: along their
+        first dimension).
     arrays : tuple of str, optional
         Only these arrays (default every array of the group).
+    limit : int
+        Stop after this many.
     window : int, optional
-        A cube with ``time``: arrays with ``time`` first are probed at this index only, ``rows``
-        then counting along their next dimension (``region`` leaves the window out).
+        Only this position along ``time`` (a cube with ``time``; default every window).
+
+    Returns
+    -------
+    list of (str, tuple of slice)
+        The array's name and the chunk's region, one slice per dimension of the array.
     """
     group = zarr.open_group(StoreLocation.parse(path).zarr_store(read_only=True), mode="r", zarr_format=3)
     found: list[tuple[str, tuple[slice, ...]]] = []
@@ -74,27 +81,47 @@ def find_damaged_chunks(path: str | StoreLocation, *, scale_index: int | None = 
     for name, arr in sorted(group.arrays()):
         if (arrays is not None and name not in arrays) or not arr.shape:
             continue
-        dims = _dims(arr)
-        timed = window is not None and dims[:1] == ("time",) and arr.ndim > 1
-        axis = 1 if timed else 0
-        c0, n = arr.chunks[axis], arr.shape[axis]
-        lo, hi = (0, n) if rows is None else (max(0, rows[0]), min(n, rows[1]))
-        for a in range(lo // c0 * c0, hi, c0):
-            probes += 1
-            if probes > _MAX_PROBES:
-                return found
-            sel: list[slice | int] = [int(window)] if timed and window is not None else []
-            sel.append(slice(a, min(a + c0, n)))
-            for d in dims[axis + 1:]:
-                sel.append(slice(scale_index, scale_index + 1) if d == "scale" and scale_index is not None
-                           else slice(None))
-            try:
-                arr[tuple(sel)]
-            except DECODE_ERRORS:
-                found.append((name, tuple(s for s in sel if isinstance(s, slice))))
-                if len(found) >= limit:
+        dims = _dims(arr) or ("",) * arr.ndim
+        lead = dims.index("sample") if "sample" in dims else 0  # the axis ``rows`` is along
+        c0, n0 = arr.chunks[lead], arr.shape[lead]
+        lo, hi = (0, n0) if rows is None else (max(0, rows[0]), min(n0, rows[1]))
+        times: list[int | None] = [None]
+        if lead > 0 and dims[0] == "time":
+            times = list(range(arr.shape[0])) if window is None else [int(window)]
+        for t in times:
+            for a in range(lo // c0 * c0, hi, c0):
+                probes += 1
+                if probes > _MAX_PROBES:
                     return found
+                sel: list[slice] = []
+                for i, d in enumerate(dims):
+                    if i == lead:
+                        sel.append(slice(a, min(a + c0, n0)))
+                    elif d == "time" and t is not None:
+                        sel.append(slice(t, t + 1))
+                    elif d == "scale" and scale_index is not None:
+                        sel.append(slice(scale_index, scale_index + 1))
+                    else:
+                        sel.append(slice(None))
+                try:
+                    arr[tuple(sel)]
+                except DECODE_ERRORS:
+                    found.append((name, tuple(sel)))
+                    if len(found) >= limit:
+                        return found
     return found
+
+
+def _window(path: StoreLocation, region: tuple[slice, ...], dims: tuple[str, ...]) -> str:
+    """`` in window <start date>`` of a region of an array with ``time`` first (else "")."""
+    if not dims or dims[0] != "time" or "sample" not in dims:
+        return ""
+    t = region[0].start or 0
+    try:
+        day = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="time", mode="r")[t])
+        return f" in window {np.datetime64(int(day), 'D')}"
+    except DECODE_ERRORS + STORE_ERRORS + (KeyError, IndexError, TypeError):
+        return f" in window {t} (along time)"
 
 
 def _ids(path: StoreLocation, a: int, b: int) -> str:
@@ -113,6 +140,8 @@ def _scale(path: StoreLocation, region: tuple[slice, ...], dims: tuple[str, ...]
     if "scale" not in dims:
         return ""
     si = region[dims.index("scale")].start
+    if si is None:  # every scale probed
+        return ""
     try:
         value = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="scale", mode="r")[si])
         return f" at scale {float(value):g} m"
@@ -128,7 +157,7 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
     None when no chunk of the region fails to decode (``exc`` came from elsewhere).
 
     ``cube``: the cube to repair when ``path`` is a group inside it (a tiling store's zone grid);
-    ``window``: the index along ``time`` read (a cube with ``time``).
+    ``window``: the position along ``time`` that was read (a cube with ``time``; default: every window).
     """
     loc = StoreLocation.parse(path)
     path_url = loc.url
@@ -145,12 +174,10 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
     name, region = found[0]
     arr = zarr.open_array(loc.zarr_store(read_only=True), path=name, mode="r")
     dims = _dims(arr)
-    in_window = ""
-    if window is not None and dims[:1] == ("time",) and len(dims) > 1:
-        dims, in_window = dims[1:], f" in window {int(window)} along time"
-    a, b = region[0].start, region[0].stop
-    if dims and dims[0] == "sample":
-        what = f"array {name!r}{in_window}{_scale(loc, region, dims)}, {_ids(loc, a, b)}"
+    lead = dims.index("sample") if "sample" in dims else 0
+    a, b = region[lead].start, region[lead].stop
+    if "sample" in dims:
+        what = f"array {name!r}{_scale(loc, region, dims)}{_window(loc, region, dims)}, {_ids(loc, a, b)}"
     else:
         group = path_url[len(where):].strip("/") if path_url != where and path_url.startswith(where) else "the store"
         what = f"array {name!r} of {group}, {dims[0] if dims else 'rows'} {a}-{b - 1}"
@@ -161,11 +188,10 @@ def damage_error(path: str | os.PathLike | StoreLocation, exc: BaseException, *,
 @contextlib.contextmanager
 def named_damage(path: str | os.PathLike | StoreLocation, *, scale_index: int | None = None,
                  rows: tuple[int, int] | None = None,
-                 cube: str | os.PathLike | StoreLocation | None = None,
-                 window: int | None = None) -> Iterator[None]:
+                 cube: str | os.PathLike | StoreLocation | None = None, window: int | None = None) -> Iterator[None]:
     """Reads inside the block that fail to decode raise :func:`damage_error` (one line, named);
     other errors (and errors where no chunk fails to decode) pass unchanged. ``window``: the
-    index along ``time`` the block reads (a cube with ``time``)."""
+    position along ``time`` read, where the cube has ``time``."""
     try:
         yield
     except RsEmbedError:

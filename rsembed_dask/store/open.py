@@ -22,8 +22,8 @@ import zarr
 from dask.utils import format_bytes
 
 from .location import STORE_ERRORS, StoreLocation
-from .layout import (CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_KEY, SPEC_ATTR, TILING_MARKER, read_segments,
-                     segment_rows)
+from .layout import (CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_KEY, SPEC_ATTR, TILING_MARKER, TIME_WINDOWS_ATTR,
+                     read_segments, segment_rows)
 from .quantize import QUANTISED, is_quantised_dtype
 from ..errors import CubeDamagedError, CubeError
 
@@ -31,7 +31,7 @@ __all__ = ["LOCATION_ENCODING", "probe_store", "check_writable", "check_free_spa
            "CREATING_ATTR", "open_cube", "plain_strings", "dequantize_dataset", "nearest_sample",
            "is_tiling_store", "array_of", "group_of", "attr_text",
            "cube_array_names", "array_meta_problem", "read_array_meta", "chunk_keys", "missing_coordinate_chunks",
-           "damage_hint", "DECODE_ERRORS", "stored_chunk_size"]
+           "damage_hint", "DECODE_ERRORS", "stored_chunk_size", "TIME_NAMES"]
 
 #: What reading a damaged chunk raises: numcodecs' Zstd errors (RuntimeError), a decoded
 #: size or UTF-8 that does not fit the array (ValueError), an unreadable file (OSError).
@@ -43,6 +43,8 @@ LOCATION_ENCODING = "rsembed_location"
 #: Coordinate arrays of a cube, then its data arrays (``grid`` only in grid mode).
 COORD_NAMES = ("sample", "lon", "lat", "geohash", "geometry", "scale", "feature")
 DATA_NAMES = ("embedding", "status", "input_res_m", "valid_fraction", "error")
+#: The coordinates of a cube with a ``time`` dimension (several windows): window starts and CF bounds.
+TIME_NAMES = ("time", "time_bnds")
 
 _EARTH_RADIUS_M = 6_371_008.8
 
@@ -104,7 +106,7 @@ def unfinished_store(path: str | os.PathLike | StoreLocation, *, tiling: bool = 
     entries = loc.children() - {"zarr.json"}
     kind = "a tiling store" if tiling else "a cube"
     if not (all(_TILING_ENTRY.match(e) for e in entries) if tiling
-            else entries <= set(COORD_NAMES + DATA_NAMES + ("grid",))):
+            else entries <= set(COORD_NAMES + DATA_NAMES + TIME_NAMES + ("grid",))):
         return None  # names that are not ours: a foreign store, refused
     meta = _read_group_meta(loc)
     marker = TILING_MARKER if tiling else MARKER_ATTR
@@ -286,7 +288,8 @@ def damage_hint(path: str | StoreLocation) -> str:
 
 def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
     """The arrays a cube with group attributes ``attrs`` has: coordinates, data, ``grid`` in grid mode,
-    and the scale arrays of an int8 cube (``embedding_scale``, ``grid_scale``)."""
+    the scale arrays of an int8 cube (``embedding_scale``, ``grid_scale``), and ``time``, ``time_bnds``
+    in a cube with a ``time`` dimension."""
     try:
         output = json.loads(attrs[SPEC_ATTR])["output"]
         mode = output["mode"]
@@ -296,7 +299,7 @@ def cube_array_names(attrs: dict[str, Any]) -> tuple[str, ...]:
     data = DATA_NAMES + (("grid",) if mode == "grid" else ())
     if is_quantised_dtype(output.get("dtype", "float32")):
         data += tuple(QUANTISED[name] for name in data if name in QUANTISED)
-    return COORD_NAMES + data
+    return COORD_NAMES + data + (TIME_NAMES if attrs.get(TIME_WINDOWS_ATTR) is not None else ())
 
 
 def array_meta_problem(path: str | StoreLocation, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -606,6 +609,9 @@ def stored_chunk_size(path: str | os.PathLike | StoreLocation) -> int | None:
     """
     meta, _ = array_meta_problem(path if isinstance(path, StoreLocation) else os.fspath(path), "status")
     try:
-        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]) if meta is not None else None
+        if meta is None:
+            return None
+        axis = 1 if list(meta.get("dimension_names") or [])[:1] == ["time"] else 0  # (time, sample, scale)
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][axis])
     except (KeyError, TypeError, ValueError, IndexError):
         return None

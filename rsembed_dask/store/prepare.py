@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from .cube import Cube
-from .layout import INPUT_DIGEST_ATTR, read_segments, refuse_time, segment_rows, statuses_to_run
+from .layout import INPUT_DIGEST_ATTR, read_segments, segment_rows, statuses_to_run
 from .location import StoreLocation
 from .open import DECODE_ERRORS, array_meta_problem, damage_hint, is_tiling_store, probe_store, store_bytes, unfinished_store
 from .repair import repair_sample_cube, reset_damaged_units
@@ -244,12 +244,8 @@ def open_for_run(out: str | os.PathLike | StoreLocation, table: Any, *, spec: Ca
     # 2. apply: repair, create or resume (update/append only once checked)
     wrote = repair
     if repair:
-        try:
-            meta = probe_store(loc, arrays=False)
-        except CubeError:  # damaged: the repair below says what it can do
-            meta = None
-        refuse_time(meta["attributes"] if meta else {}, loc.url, "--repair")
-        repair_sample_cube(loc, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape)
+        repair_sample_cube(loc, table, spec=spec, embed_dim=embed_dim, grid_shape=grid_shape,
+                           windows=None if windows is None else tuple(windows))
 
     def before_change(changes: SampleChanges) -> None:
         nonlocal wrote

@@ -38,16 +38,17 @@ import zarr
 from zarr.core.sync import sync
 
 from .cube import Cube
-from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, ArrayDef, array_defs,
-                     check_inputs, coord_defs, has_checksums, normalise_identity, scale_name, spec_differences)
+from .layout import (PENDING, SEGMENTS_ATTR, SPEC_ATTR, SPEC_IDENTITY_ATTR, TILING_IDENTITY_ATTR, TIME_WINDOWS_ATTR, ArrayDef,
+                     array_defs, check_inputs, coord_defs, has_checksums, normalise_identity, scale_name,
+                     spec_differences, time_defs, window_days)
 from .location import StoreLocation
 from .open import (DECODE_ERRORS, array_meta_problem, array_of, attr_text, check_writable, chunk_keys,
                    cube_array_names, is_tiling_store, probe_store, unfinished_store)
 from .lock import confirm_held, one_writer
 from .rootcopy import rebuild_root
-from .verify import check_cube, check_grids
+from .verify import CubeHealth, check_cube, check_grids
 from ..errors import CubeDamagedError, CubeError
-from ..specs import CampaignSpec
+from ..specs import CampaignSpec, TemporalSpec
 
 if TYPE_CHECKING:
     from ..sampling.tiling import Tiling
@@ -111,12 +112,16 @@ def repair_layout(path: str | StoreLocation, *, spec: CampaignSpec, n_samples: i
             return []  # other samples than the cube's: resuming says how they differ
     n_rows = n_samples if segments is None else segments[-1][1]
     checksum = _checksummed(path, cube_array_names(meta["attributes"]))
+    windows = meta["attributes"].get(TIME_WINDOWS_ATTR)
+    n_times = None if windows is None else len(windows)
     defs = coord_defs(n_rows, len(spec.scales), embed_dim, first["id_dtype"], checksum)
     defs += array_defs(n_rows, len(spec.scales), spec.chunk_size, embed_dim, grid_shape, spec.output.dtype,
-                       checksum)
+                       checksum, n_times=n_times)
+    if n_times is not None:
+        defs += time_defs(n_times, checksum)
     for d in defs:
         have, _ = array_meta_problem(path, d.name)
-        if have is not None and tuple(have["shape"]) != tuple(d.shape):
+        if have is not None and not _fits(have, d):
             return []  # another cube's layout: resuming says how it differs
     done = [f"metadata of {name!r} restored" for name in _restore_metadata(path, defs)]
     done += repair_coordinates(path, spec, source, segments=segments)
@@ -126,7 +131,8 @@ def repair_layout(path: str | StoreLocation, *, spec: CampaignSpec, n_samples: i
 
 @one_writer("path")
 def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignSpec, embed_dim: int,
-                       grid_shape: tuple[int, int] | None) -> list[str]:
+                       grid_shape: tuple[int, int] | None,
+                       windows: Sequence[TemporalSpec] | None = None) -> list[str]:
     """:func:`repair_layout` of the cube at ``path`` from a sample table, before the cube is opened.
 
     Parameters
@@ -137,6 +143,9 @@ def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignS
         The samples given to the run, in the order given to :meth:`Cube.create_or_open`.
     spec, embed_dim, grid_shape
         As given to :meth:`Cube.create_or_open`.
+    windows : sequence of TemporalSpec, optional
+        The campaign's windows (a cube with ``time``): a lost root is rebuilt with them when
+        the cube keeps no copy of its attributes.
 
     Returns
     -------
@@ -146,7 +155,7 @@ def repair_sample_cube(path: str | StoreLocation, table: Any, *, spec: CampaignS
     path = StoreLocation.parse(path)
     check_writable(path)
     confirm_held(path)  # a run resumed from a pause repairs nothing of another run's cube
-    done = rebuild_root(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim))
+    done = rebuild_root(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim), windows=windows)
     return done + repair_layout(path, spec=spec, n_samples=len(table), embed_dim=int(embed_dim),
                                 grid_shape=grid_shape, source=_table_source(_in_stored_order(path, table)))
 
@@ -223,6 +232,15 @@ def repair_tiling_layout(path: str | StoreLocation, tiling: Tiling) -> list[str]
         done += [f"samples/{scale_name(s)}: {line}"
                  for line in repair_coordinates(cube_path, spec, _table_source(table))]
     return done
+
+
+def _fits(meta: dict[str, Any], d: ArrayDef) -> bool:
+    """Whether stored array metadata has the shape of ``d``; along ``time``, at least as many windows
+    (a backfill interrupted after resizing its arrays leaves more: the next one goes on from there)."""
+    shape = tuple(int(v) for v in meta["shape"])
+    if d.dims[:1] == ("time",):
+        return len(shape) == len(d.shape) and shape[1:] == tuple(d.shape[1:]) and shape[0] >= d.shape[0]
+    return shape == tuple(d.shape)
 
 
 def _checksummed(path: str | StoreLocation, names: Sequence[str]) -> bool:
@@ -331,6 +349,7 @@ def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Ca
             _delete_chunk(array_of(group, name), (0,))
             array_of(group, name)[...] = values
             done.append(f"{name} rewritten")
+    done += _repair_time(path, group, damaged)
     ranges = {name: damaged.get(name, []) for name in _SAMPLE_COORDS}
     if not any(ranges.values()):
         return done
@@ -361,6 +380,27 @@ def repair_coordinates(path: str | StoreLocation, spec: CampaignSpec, source: Ca
     return done
 
 
+def _repair_time(path: str | StoreLocation, group: zarr.Group, damaged: dict[str, list[tuple[int, int]]]) -> list[str]:
+    """Rewrite damaged ``time`` / ``time_bnds`` of a cube with ``time`` from its ``time_windows`` attribute."""
+    raw: Any = group.attrs.get(TIME_WINDOWS_ATTR)
+    if raw is None:
+        return []
+    windows = [(str(a), str(b)) for a, b in raw]
+    values = {"time": np.array([window_days(a) for a, _ in windows], "int64"),
+              "time_bnds": np.array([[window_days(a), window_days(b)] for a, b in windows], "int64")}
+    done = []
+    for name, v in values.items():
+        if name not in damaged:
+            continue
+        arr = array_of(group, name)
+        for t in range(len(windows)):
+            _delete_chunk(arr, (t,) + (0,) * (arr.ndim - 1))  # it may not decode: never read it
+        arr[:len(windows)] = v
+        log.warning("cube %s: rewrote %r from its %s attribute", path, name, TIME_WINDOWS_ATTR)
+        done.append(f"{name} rewritten from the cube's windows")
+    return done
+
+
 def _check_given(path: str | StoreLocation, group: zarr.Group, ranges: dict[str, list[tuple[int, int]]],
                  inputs: dict[str, Any], start: int, a: int, b: int) -> None:
     """Raise unless samples ``[a, b)`` given (``inputs`` begins at ``start``) are the cube's there."""
@@ -383,39 +423,46 @@ def _check_given(path: str | StoreLocation, group: zarr.Group, ranges: dict[str,
 
 def reset_units(cube: Cube, units: Sequence[Any]) -> None:
     """Put ``units`` back to pending: status first (a crash after it leaves them visibly pending),
-    then their data chunks are removed (the re-run writes them whole)."""
-    _reset_chunks(cube.location, [(int(u.start) // cube.chunk_size, int(u.scale_index)) for u in units])
+    then their data chunks are removed (the re-run writes them whole). In a cube with ``time``,
+    in the window of ``cube`` (:meth:`Cube.at_window`) only."""
+    window: tuple[int, ...] = (cube.window,) if cube.has_time else ()
+    _reset_chunks(cube.location, [window + (int(u.start) // cube.chunk_size, int(u.scale_index)) for u in units])
 
 
-def _reset_chunks(path: StoreLocation, keys: Sequence[tuple[int, int]]) -> None:
-    """:func:`reset_units` by ``(chunk index along sample, scale index)``."""
+def _reset_chunks(path: StoreLocation, keys: Sequence[tuple[int, ...]]) -> None:
+    """:func:`reset_units` by the keys of their ``status`` chunks: ``(chunk index along sample, scale
+    index)``, with the window's index first in a cube with ``time``."""
     group = zarr.open_group(path.zarr_store(), mode="r+", zarr_format=3)
     status = array_of(group, "status")
-    cs, n = status.chunks[0], status.shape[0]
-    for ci, si in keys:
-        _delete_chunk(status, (ci, si))  # it may not decode: never read it
-        status[ci * cs:min(ci * cs + cs, n), si] = PENDING  # (a no-op store-wise: the fill value)
+    t0 = status.ndim - 2  # the position of ``sample``: 1 after ``time``
+    cs, n = status.chunks[t0], status.shape[t0]
+    for key in keys:
+        *window, ci, si = (int(k) for k in key)
+        _delete_chunk(status, tuple(key))  # it may not decode: never read it
+        status[tuple(window) + (slice(ci * cs, min(ci * cs + cs, n)), si)] = PENDING  # (the fill value: no-op)
     for name in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale", "grid_scale"):
         if name not in group:
             continue
         arr = array_of(group, name)
         stored = chunk_keys(path, name)
-        for ci, si in keys:
-            key = (ci, si) + (0,) * (arr.ndim - 2)
-            if key in stored:
-                _delete_chunk(arr, key)
+        for key in keys:
+            full = tuple(int(k) for k in key) + (0,) * (arr.ndim - len(key))
+            if full in stored:
+                _delete_chunk(arr, full)
 
 
 def _reset_undecodable_status(path: StoreLocation) -> list[str]:
     """Units whose status chunk does not decode go back to pending (so the cube can be resumed)."""
     status = zarr.open_array(path.child("status").zarr_store(), mode="r", zarr_format=3)
-    cs = status.chunks[0]
+    t0 = status.ndim - 2
+    cs = status.chunks[t0]
     bad = []
-    for ci, si in sorted(chunk_keys(path, "status")):
+    for key in sorted(chunk_keys(path, "status")):
+        *window, ci, si = key
         try:
-            status[ci * cs:ci * cs + cs, si]
+            status[tuple(window) + (slice(ci * cs, ci * cs + cs), si)]
         except DECODE_ERRORS:
-            bad.append((ci, si))
+            bad.append(key)
     if bad:
         log.warning("cube %s: %d status chunks cannot be decoded; their units go back to pending", path, len(bad))
         _reset_chunks(path, bad)
@@ -461,15 +508,19 @@ def reset_damaged_units(path: str | StoreLocation, jobs: Sequence[tuple[Any, Seq
     """
     tiling = is_tiling_store(path)
     reset = 0
+    checked: dict[str, CubeHealth] = {}  # the windows of a cube with time: one check for all
     for job, units in jobs:
         cube = job.cube
         if repair:
-            health = check_cube(cube.location)
-            if not health.openable or health.damaged_coords:
-                raise CubeDamagedError(f"cube {cube.path!r} is still damaged: " + "; ".join(health.problems))
-            damaged = [u for u in units if (int(u.start), int(u.scale_index)) in health.damaged_units]
-            if health.problems:
-                log.warning("cube %s: %s", cube.path, "\n  ".join(["repairing:"] + health.problems))
+            health = checked.get(cube.path)
+            if health is None:
+                health = checked[cube.path] = check_cube(cube.location)
+                if not health.openable or health.damaged_coords:
+                    raise CubeDamagedError(f"cube {cube.path!r} is still damaged: " + "; ".join(health.problems))
+                if health.problems:
+                    log.warning("cube %s: %s", cube.path, "\n  ".join(["repairing:"] + health.problems))
+            in_window = health.damaged_windows.get(cube.window if cube.has_time else 0, set())
+            damaged = [u for u in units if (int(u.start), int(u.scale_index)) in in_window]
         else:
             damaged = cube.units_missing_chunks(units)
             if damaged:

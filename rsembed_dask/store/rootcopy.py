@@ -25,7 +25,7 @@ import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,11 +34,11 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ..errors import CubeDamagedError
-from ..specs import CampaignSpec
+from ..specs import CampaignSpec, TemporalSpec
 from .geoemb import geoemb_attrs
 from .layout import (CREATED_ATTR, CREATING_ATTR, CUBE_VERSION, MARKER_ATTR, ROOT_COPY_ATTRS, ROOT_COPY_KEY,
-                     SEGMENTS_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, VERSIONS_ATTR, normalise_identity,
-                     spec_differences)
+                     SEGMENTS_ATTR, SPEC_ATTR, SPEC_HASH_ATTR, SPEC_IDENTITY_ATTR, TIME_WINDOWS_ATTR, VERSIONS_ATTR,
+                     normalise_identity, spec_differences)
 from .location import STORE_ERRORS, StoreLocation
 from .open import DECODE_ERRORS, array_meta_problem
 
@@ -90,7 +90,8 @@ def _status_meta(path: StoreLocation) -> dict[str, Any] | None:
     return meta
 
 
-def rebuild_root(path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec, n_samples: int, embed_dim: int) -> list[str]:
+def rebuild_root(path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec, n_samples: int, embed_dim: int,
+                 windows: Sequence[TemporalSpec] | None = None) -> list[str]:
     """Write the root ``zarr.json`` of a cube whose root is lost, from its copy or the given campaign.
 
     Nothing happens unless ``path`` holds the arrays of a cube (a readable ``status``) and
@@ -103,6 +104,9 @@ def rebuild_root(path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec,
     spec, n_samples, embed_dim
         The campaign the repairing run was given (used when the cube has no copy, and to
         check the copy: a copy of another campaign is refused).
+    windows : sequence of TemporalSpec, optional
+        The campaign's windows, ``spec.temporal`` first: a cube with a ``time`` dimension and
+        no copy gets them as its ``time_windows`` (their number must fit its arrays).
 
     Returns
     -------
@@ -134,14 +138,14 @@ def rebuild_root(path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec,
         attrs = {**geoemb_attrs(stored_spec, embed_dim, versions=copy.get(VERSIONS_ATTR) or {}), **copy}
         source = f"its copy (attribute {ROOT_COPY_KEY} of scale/zarr.json)"
     else:
-        spec = _check_arrays(path, status, spec, n_samples, embed_dim, why)
+        spec, times = _check_arrays(path, status, spec, n_samples, embed_dim, why, windows)
         versions = {"rsembed_dask": "unknown (root rebuilt by --repair)"}
         attrs = {**geoemb_attrs(spec, embed_dim, versions=versions),
                  SPEC_ATTR: spec.to_json(), SPEC_IDENTITY_ATTR: json.dumps(spec.identity(), sort_keys=True),
                  SPEC_HASH_ATTR: spec.spec_hash(), VERSIONS_ATTR: versions,
                  CREATED_ATTR: "unknown (root rebuilt by --repair "
                                f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})",
-                 SEGMENTS_ATTR: [[0, int(n_samples)]], MARKER_ATTR: CUBE_VERSION}
+                 SEGMENTS_ATTR: [[0, int(n_samples)]], **times, MARKER_ATTR: CUBE_VERSION}
         source = "the campaign and samples given (the cube has no copy of it)"
     data = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}, indent=2).encode()
     sync(path.zarr_store().set("zarr.json", default_buffer_prototype().buffer.from_bytes(data)))
@@ -152,13 +156,29 @@ def rebuild_root(path: str | os.PathLike | StoreLocation, *, spec: CampaignSpec,
 
 
 def _check_arrays(path: StoreLocation, status: Mapping[str, Any], spec: CampaignSpec, n_samples: int, embed_dim: int,
-                  why: str) -> CampaignSpec:
-    """The given spec in the cube's scale order, once the arrays are checked to be its cube's."""
+                  why: str, windows: Sequence[TemporalSpec] | None = None) -> tuple[CampaignSpec, dict[str, Any]]:
+    """The given spec in the cube's scale order, and the root's ``time_windows`` (``{}`` for a cube
+    without ``time``), once the arrays are checked to be its cube's."""
     problems = []
     shape = [int(v) for v in status.get("shape", [])]
-    chunk = status.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [None])[0]
-    if shape[:1] != [int(n_samples)]:
-        problems.append(f"{shape[0] if shape else '?'} sample rows stored, {n_samples} samples given "
+    dims = list(status.get("dimension_names") or [])
+    t0 = 1 if dims[:1] == ["time"] else 0  # the position of ``sample``
+    given = list(windows) if windows is not None else [spec.temporal]
+    times: dict[str, Any] = {}
+    if t0:
+        starts = _stored_starts(path)
+        if shape[:1] != [len(given)]:
+            problems.append(f"a time dimension of {shape[0] if shape else '?'} windows stored, {len(given)} "
+                            "window(s) given (give the campaign's windows, e.g. --years)")
+        elif starts is not None and starts != [w.start for w in given]:
+            problems.append(f"windows starting {starts} stored, {[w.start for w in given]} given")
+        else:
+            times = {TIME_WINDOWS_ATTR: [[w.start, w.end] for w in given]}
+    elif len(given) > 1:
+        problems.append(f"no time dimension stored, {len(given)} windows given")
+    chunk = status.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [None] * (t0 + 1))[t0]
+    if shape[t0:t0 + 1] != [int(n_samples)]:
+        problems.append(f"{shape[t0] if len(shape) > t0 else '?'} sample rows stored, {n_samples} samples given "
                         "(a cube that took --append needs its copy)")
     if chunk != spec.chunk_size:
         problems.append(f"chunks of {chunk} samples stored, chunk_size={spec.chunk_size} given")
@@ -179,7 +199,16 @@ def _check_arrays(path: StoreLocation, status: Mapping[str, Any], spec: Campaign
     if problems:
         raise CubeDamagedError(f"cube {path.url!r}: {why}, and its arrays are not those of the campaign given: "
                                + "; ".join(problems) + "; repair it with the campaign that wrote it")
-    return spec.replace(scales=scales) if scales != spec.scales else spec
+    return (spec.replace(scales=scales) if scales != spec.scales else spec), times
+
+
+def _stored_starts(path: StoreLocation) -> list[str] | None:
+    """The window starts the ``time`` coordinate holds (ISO dates), or None where it cannot be read."""
+    try:
+        days = np.asarray(zarr.open_array(path.zarr_store(read_only=True), path="time", mode="r")[...])
+    except DECODE_ERRORS + STORE_ERRORS + (KeyError,):
+        return None
+    return [str(d) for d in days.astype("int64").astype("datetime64[D]")]
 
 
 def _meta_shape(path: StoreLocation, name: str) -> list[int] | None:

@@ -15,7 +15,11 @@ at a time), never trusting what Zarr makes up:
 
 ``pending`` cells may hold anything (a write that was interrupted before its
 status). Each kind of problem is one line naming the array, the scale, the
-number of cells and the first sample ids. :func:`check_cube` also returns what a
+number of cells, the first sample ids and the first chunks (their keys in the store,
+e.g. ``embedding/c/1/0/0``). A cube with a ``time`` dimension (several date windows)
+is checked window by window: its lines also name the window (its start date), and its
+``time`` and ``time_bnds`` coordinates must hold the windows of its ``time_windows``
+attribute. :func:`check_cube` also returns what a
 repair needs (:mod:`rsembed_dask.store.repair`): the damaged units, coordinate
 chunks and arrays. A tiling store (:func:`verify_tiling_store`) is checked scale
 by scale: its sample cubes as above, its zone grids chunk by chunk and, once
@@ -34,11 +38,11 @@ import numpy as np
 import zarr
 
 from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILING_IDENTITY_ATTR,
-                     refuse_time, scale_name, vouched_arrays)
+                     TIME_WINDOWS_ATTR, scale_name, vouched_arrays, window_days)
 from .location import STORE_ERRORS, StoreLocation
 from .open import (
-    COORD_NAMES, DECODE_ERRORS, array_meta_problem, chunk_keys, cube_array_names, missing_coordinate_chunks,
-    attr_text, probe_store,
+    COORD_NAMES, DECODE_ERRORS, TIME_NAMES, array_meta_problem, chunk_keys, cube_array_names,
+    missing_coordinate_chunks, attr_text, probe_store,
 )
 from .layout import read_segments, segment_rows
 from ..errors import CubeError, SpecError
@@ -50,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Sample ids (or grid cells) named per problem line before "and N more".
 FIRST = 5
+#: Chunks named per problem line before "and N more".
+FIRST_CHUNKS = 3
 #: Bytes read per batch of chunks: memory stays at a few of these.
 BATCH_BYTES = 64 * 2**20
 #: What a chunk that fails to decode is, in problem lines.
@@ -68,9 +74,16 @@ class CubeHealth:
     unreadable : list of str
         Arrays whose metadata is missing or unreadable (their cells were not checked).
     damaged_units : set of (int, int)
-        ``(start, scale_index)`` of units with a missing, undecodable or inconsistent chunk.
+        ``(start, scale_index)`` of units with a missing, undecodable or inconsistent chunk
+        (in any window of a cube with ``time``: :attr:`damaged_windows` says which).
+    damaged_windows : dict of int to set of (int, int)
+        Window index along ``time`` -> its damaged units ``(start, scale_index)``; a cube
+        without ``time`` has one window, 0.
+    windows : list of str or None
+        The start dates of the windows checked (a cube with ``time``), else None.
     damaged_coords : dict
-        Coordinate name -> ``[(start, stop), ...]`` sample ranges of its damaged chunks.
+        Coordinate name -> ``[(start, stop), ...]`` sample ranges of its damaged chunks
+        (``time``, ``time_bnds``: window ranges).
     fatal : bool
         The group metadata is unreadable: nothing else could be checked.
     status_counts : dict
@@ -81,9 +94,16 @@ class CubeHealth:
     problems: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     damaged_units: set[tuple[int, int]] = field(default_factory=set)
+    damaged_windows: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
+    windows: list[str] | None = None
     damaged_coords: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     fatal: bool = False
     status_counts: dict[str, int] = field(default_factory=dict)
+
+    def damage(self, start: int, scale_index: int, window: int = 0) -> None:
+        """Record the unit at ``start``, ``scale_index`` of window ``window`` as damaged."""
+        self.damaged_units.add((start, scale_index))
+        self.damaged_windows.setdefault(window, set()).add((start, scale_index))
 
     @property
     def openable(self) -> bool:
@@ -92,22 +112,41 @@ class CubeHealth:
 
 
 class _Tally:
-    """Problems grouped by (array, scale, what): a count, the first few positions, one detail."""
+    """Problems grouped by (array, scale, window, what): a count, the first few positions, one detail,
+    the first few chunks."""
 
     def __init__(self, is_row: np.ndarray | None = None) -> None:
-        self.groups: dict[tuple[str, int | None, str], list[Any]] = {}
+        self.groups: dict[tuple[str, int | None, int | None, str], list[Any]] = {}
         self.is_row = is_row  # sample rows holding samples (False: padding left by an append)
 
-    def add(self, array: str, si: int | None, what: str, positions: np.ndarray, detail: str = "") -> None:
+    def add(self, array: str, si: int | None, what: str, positions: np.ndarray, detail: str = "",
+            chunk: str | None = None, window: int | None = None) -> None:
         positions = np.asarray(positions).ravel()
         if self.is_row is not None:
             positions = positions[self.is_row[positions]]
         if not positions.size:
             return
-        g = self.groups.setdefault((array, si, what), [0, [], detail])
+        g = self.groups.setdefault((array, si, window, what), [0, [], detail, [], 0])
         g[0] += int(positions.size)
         if len(g[1]) < FIRST:
             g[1].extend(int(p) for p in positions[:FIRST - len(g[1])])
+        if chunk is not None and chunk not in g[3]:
+            g[4] += 1
+            if len(g[3]) < FIRST_CHUNKS:
+                g[3].append(chunk)
+
+
+def _chunk_name(arr: zarr.Array, name: str, coords: tuple[int, ...]) -> str:
+    """The key of chunk ``coords`` of array ``name`` in the store (``embedding/c/1/0/0``)."""
+    coords = tuple(coords) + (0,) * (arr.ndim - len(coords))
+    return f"{name}/{arr.metadata.encode_chunk_key(coords)}"
+
+
+def _chunks_text(chunks: list[str], count: int) -> str:
+    if not chunks:
+        return ""
+    more = f" and {count - len(chunks)} more" if count > len(chunks) else ""
+    return f" (chunk{'s' if count > 1 else ''} {', '.join(chunks)}{more})"
 
 
 class _Ids:
@@ -206,7 +245,6 @@ def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -
         h.fatal = True
         h.problems.append(f"{why}; nothing else can be checked")
         return h
-    refuse_time(attrs, loc.url, "verify (and --repair)")
     try:
         spec = CampaignSpec.from_json(attrs[SPEC_ATTR])
         names = cube_array_names(attrs)
@@ -214,6 +252,13 @@ def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -
         h.fatal = True
         h.problems.append(f"the cube's campaign_spec attribute cannot be read ({exc}); nothing else can be checked")
         return h
+    try:
+        windows = _windows(attrs)
+    except CubeError as exc:
+        h.fatal = True
+        h.problems.append(f"{exc}; nothing else can be checked")
+        return h
+    h.windows = None if windows is None else [w[0] for w in windows]
     arrays: dict[str, zarr.Array] = {}
     for name in names:
         arr, _, why = _open(loc, name)
@@ -223,7 +268,7 @@ def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -
         else:
             arrays[name] = arr
     n_scales = len(spec.scales)
-    layout = _layout(arrays, n_scales, h)
+    layout = _layout(arrays, n_scales, None if windows is None else len(windows), h)
     if layout is None:
         return h
     n, embed_dim = layout
@@ -236,46 +281,115 @@ def check_cube(path: str | os.PathLike | StoreLocation, *, units: bool = True) -
     is_row[segment_rows(segments)] = True
     tally = _Tally(is_row)
     _check_coords(loc, arrays, spec, n, embed_dim, tally, h, segments)
+    if windows is not None:
+        _check_time(arrays, windows, h)
     if units:
-        _check_units(loc, arrays, n, n_scales, spec.chunk_size, tally, h)
+        _check_units(loc, arrays, n, n_scales, spec.chunk_size, tally, h, None if windows is None else len(windows))
     ids = _Ids(arrays.get("sample"), h.damaged_coords.get("sample", []))
-    for (array, si, what), (count, first, detail) in tally.groups.items():
+    for (array, si, t, what), (count, first, detail, chunks, n_chunks) in tally.groups.items():
         where = array if si is None else f"{array} at {float(spec.scales[si]):g} m"
+        if t is not None and windows is not None:
+            where += f" in window {windows[t][0]}"
         more = f" ({detail})" if detail else ""
-        h.problems.append(f"{where}: {count} {what}{more}: {_names(ids, first, count)}")
-    log.info("checked cube %s: %d problems, %d damaged units", loc, len(h.problems), len(h.damaged_units))
+        h.problems.append(f"{where}: {count} {what}{more}: {_names(ids, first, count)}"
+                          f"{_chunks_text(chunks, n_chunks)}")
+    log.info("checked cube %s: %d problems, %d damaged units", loc, len(h.problems),
+             sum(len(u) for u in h.damaged_windows.values()))
     return h
 
 
-def _layout(arrays: dict[str, zarr.Array], n_scales: int, h: CubeHealth) -> tuple[int, int] | None:
-    """``(n_samples, embed_dim)`` from the readable arrays; arrays of another shape become unreadable."""
-    along = [a for name, a in arrays.items() if name not in ("scale", "feature")]
+def _windows(attrs: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """``[(start, end), ...]`` of a cube with ``time`` (its ``time_windows`` attribute), else None.
+
+    Raises
+    ------
+    CubeError
+        The attribute is not a list of ``[start, end]`` ISO dates.
+    """
+    raw = attrs.get(TIME_WINDOWS_ATTR)
+    if raw is None:
+        return None
+    try:
+        out = [(str(a), str(b)) for a, b in raw]
+        for a, b in out:
+            window_days(a), window_days(b)
+    except (TypeError, ValueError) as exc:
+        raise CubeError(f"its {TIME_WINDOWS_ATTR} attribute {raw!r} is not a list of [start, end] dates") from exc
+    if not out:
+        raise CubeError(f"its {TIME_WINDOWS_ATTR} attribute is empty")
+    return out
+
+
+def _layout(arrays: dict[str, zarr.Array], n_scales: int, n_times: int | None,
+            h: CubeHealth) -> tuple[int, int] | None:
+    """``(n_samples, embed_dim)`` from the readable arrays; arrays of another shape become unreadable.
+
+    In a cube with ``time`` (``n_times`` windows) every data array has ``time`` first, chunk 1,
+    and at least ``n_times`` along it (more where a backfill was interrupted: those windows are
+    not the cube's yet, and not checked)."""
+    t = 0 if n_times is None else 1
+    along = [a.shape[0] for name, a in arrays.items() if name in COORD_NAMES and name not in ("scale", "feature")]
+    along += [a.shape[t] for name, a in arrays.items() if name not in COORD_NAMES + TIME_NAMES and a.ndim > t]
     if not along:
         h.problems.append("no array says how many samples the cube has; nothing else can be checked")
         return None
-    n = along[0].shape[0]
+    n = along[0]
     dims = [a.shape[0] for name, a in arrays.items() if name == "feature"]
-    dims += [a.shape[2] for name, a in arrays.items() if name in ("embedding", "grid")]
+    dims += [a.shape[t + 2] for name, a in arrays.items() if name in ("embedding", "grid") and a.ndim > t + 2]
     embed_dim = dims[0] if dims else 0
     for name, a in list(arrays.items()):
-        if name == "scale":
-            expected: tuple[int, ...] = (n_scales,)
-        elif name == "feature":
-            expected = (embed_dim,)
-        elif name in COORD_NAMES:
-            expected = (n,)
-        elif name in ("embedding", "grid"):
-            expected = (n, n_scales, embed_dim) + tuple(a.shape[3:])
-        elif name == "grid_scale":  # int8 cubes: one scale per token (sample, scale, gy, gx)
-            expected = (n, n_scales) + tuple(a.shape[2:])
+        shape, chunks = tuple(a.shape), tuple(a.chunks)
+        if name == "time":
+            fits = a.ndim == 1 and shape[0] >= (n_times or 0)
+        elif name == "time_bnds":
+            fits = a.ndim == 2 and shape[0] >= (n_times or 0) and shape[1] == 2
         else:
-            expected = (n, n_scales)
-        if tuple(a.shape) != expected or (name in ("embedding", "grid") and a.chunks[1] != 1):
+            if name == "scale":
+                expected: tuple[int, ...] = (n_scales,)
+            elif name == "feature":
+                expected = (embed_dim,)
+            elif name in COORD_NAMES:
+                expected = (n,)
+            elif name in ("embedding", "grid"):
+                expected = (n, n_scales, embed_dim) + tuple(a.shape[t + 3:])
+            elif name == "grid_scale":  # int8 cubes: one scale per token (sample, scale, gy, gx)
+                expected = (n, n_scales) + tuple(a.shape[t + 2:])
+            else:
+                expected = (n, n_scales)
+            if t and name not in COORD_NAMES:  # (time, ...), one window per chunk
+                fits = (len(shape) == len(expected) + 1 and shape[1:] == expected and shape[0] >= (n_times or 0)
+                        and chunks[0] == 1 and (name not in ("embedding", "grid") or chunks[2] == 1))
+            else:
+                fits = shape == expected and (name not in ("embedding", "grid") or chunks[1] == 1)
+        if not fits:
             h.unreadable.append(name)
-            h.problems.append(f"{name}: shape {tuple(a.shape)} and chunks {tuple(a.chunks)} do not fit the cube "
-                              f"({n} samples, {n_scales} scales, D={embed_dim}); none of its cells can be checked")
+            size = f"{n_times} windows, " if n_times is not None else ""
+            h.problems.append(f"{name}: shape {shape} and chunks {chunks} do not fit the cube "
+                              f"({size}{n} samples, {n_scales} scales, D={embed_dim}); none of its cells can be checked")
             del arrays[name]
     return n, embed_dim
+
+
+def _check_time(arrays: dict[str, zarr.Array], windows: list[tuple[str, str]], h: CubeHealth) -> None:
+    """``time`` and ``time_bnds`` hold the windows of the ``time_windows`` attribute (int64 days)."""
+    starts = np.array([window_days(a) for a, _ in windows], "int64")
+    bounds = np.array([[window_days(a), window_days(b)] for a, b in windows], "int64")
+    for name, expected in (("time", starts), ("time_bnds", bounds)):
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        bad = []
+        for t in range(len(windows)):
+            v = _read(arr, (slice(t, t + 1),))
+            if isinstance(v, str):
+                bad.append(f"window {windows[t][0]}: its chunk {_chunk_name(arr, name, (t,))} cannot be decoded ({v})")
+            elif not np.array_equal(np.asarray(v).reshape(expected[t:t + 1].shape), expected[t:t + 1]):
+                got = np.asarray(v)[0].astype("int64").astype("datetime64[D]").astype(str).tolist()
+                bad.append(f"window {windows[t][0]}: holds {got} (chunk {_chunk_name(arr, name, (t,))})")
+        if bad:
+            h.problems.append(f"{name}: " + "; ".join(bad) + " (expected the windows of the cube's "
+                              f"{TIME_WINDOWS_ATTR} attribute)")
+            h.damaged_coords[name] = [(0, len(windows))]
 
 
 _COORD_CHECKS = {
@@ -314,13 +428,14 @@ def _check_coords(path: StoreLocation, arrays: dict[str, zarr.Array], spec: Camp
         for lo in range(0, n, c):
             hi = min(lo + c, n)
             pos = np.arange(lo, hi)
+            chunk = _chunk_name(arr, name, (lo // c,))
             if (lo, hi) in lost:
-                tally.add(name, None, "values whose chunk is missing (read as the fill value)", pos)
+                tally.add(name, None, "values whose chunk is missing (read as the fill value)", pos, chunk=chunk)
                 h.damaged_coords.setdefault(name, []).append((lo, hi))
                 continue
             v = _read(arr, (slice(lo, hi),))
             if isinstance(v, str):
-                tally.add(name, None, "values in a chunk that cannot be decoded", pos, v)
+                tally.add(name, None, "values in a chunk that cannot be decoded", pos, v, chunk=chunk)
                 h.damaged_coords.setdefault(name, []).append((lo, hi))
                 continue
             if name == "sample":
@@ -332,7 +447,7 @@ def _check_coords(path: StoreLocation, arrays: dict[str, zarr.Array], spec: Camp
             for what, mask in checks:
                 if tally.is_row is not None:
                     mask = mask & tally.is_row[lo:hi]
-                tally.add(name, None, what, pos[mask])
+                tally.add(name, None, what, pos[mask], chunk=chunk)
                 bad |= bool(mask.any())
             if bad:
                 h.damaged_coords.setdefault(name, []).append((lo, hi))
@@ -398,58 +513,68 @@ def _content_problems(name: str, cells: np.ndarray, v: np.ndarray) -> list[tuple
 
 
 def _check_units(path: StoreLocation, arrays: dict[str, zarr.Array], n: int, n_scales: int, chunk_size: int,
-                 tally: _Tally, h: CubeHealth) -> None:
-    """Every unit's chunks: stored where the status vouches, decodable, consistent with the status."""
+                 tally: _Tally, h: CubeHealth, n_times: int | None = None) -> None:
+    """Every unit's chunks: stored where the status vouches, decodable, consistent with the status;
+    in a cube with ``time`` (``n_times`` windows), every window's."""
     names = [k for k in ("embedding", "input_res_m", "valid_fraction", "error", "grid", "embedding_scale",
                          "grid_scale") if k in arrays]
     status = arrays.get("status")
-    cs = status.chunks[0] if status is not None else (arrays[names[0]].chunks[0] if names else chunk_size)
-    stored = {name: {key[:2] for key in chunk_keys(path, name)} for name in names}
-    unit_bytes = max([cs * int(np.prod(arrays[k].shape[2:], dtype="int64")) * 4 for k in names] + [cs])
+    t0 = 0 if n_times is None else 1  # the position of ``sample`` in a data array's dimensions
+    cs = status.chunks[t0] if status is not None else (arrays[names[0]].chunks[t0] if names else chunk_size)
+    stored = {name: {key[:t0 + 2] for key in chunk_keys(path, name)} for name in names}
+    unit_bytes = max([cs * int(np.prod(arrays[k].shape[t0 + 2:], dtype="int64")) * 4 for k in names] + [cs])
     per_batch = max(1, BATCH_BYTES // unit_bytes)
     counts = np.zeros(len(STATUS_NAMES), "int64")
     unreadable_cells = 0
-    for si in range(n_scales):
-        for b0 in range(0, n, cs * per_batch):
-            starts = list(range(b0, min(n, b0 + cs * per_batch), cs))
-            batch = {name: _read_units(arrays[name], si, starts, cs, n) for name in
-                     (["status"] if status is not None else []) + names}
-            for start in starts:
-                stop = min(start + cs, n)
-                pos = np.arange(start, stop)
-                key = (start // cs, si)
-                damaged = False
-                cells = batch["status"][start] if status is not None else None
-                if isinstance(cells, str):
-                    tally.add("status", si, UNDECODABLE, pos, cells)
-                    unreadable_cells += stop - start
-                    damaged, cells = True, None
-                elif cells is not None:
-                    known = np.isin(cells, _CODES)
-                    counts += np.bincount(cells[known].astype("int64"), minlength=len(STATUS_NAMES))
-                    if not known.all():
-                        tally.add("status", si, "cells with an unknown status code", pos[~known])
-                        damaged = True
-                vouched = (vouched_arrays(cells, "grid" in arrays, "embedding_scale" in arrays)
-                           if cells is not None else ())
-                for name in names:
-                    v = batch[name][start]
-                    if isinstance(v, str):
-                        tally.add(name, si, UNDECODABLE, pos, v)
-                        damaged = True
-                        continue
-                    if cells is None:
-                        continue
-                    if name in vouched and key not in stored[name]:
-                        who, vouches = _VOUCHERS[name]
-                        tally.add(name, si, f"{who} cells whose chunk is missing", pos[vouches(cells)])
-                        damaged = True
-                        continue
-                    for what, mask in _content_problems(name, cells, v):
-                        tally.add(name, si, what, pos[mask])
-                        damaged |= bool(mask.any())
-                if damaged:
-                    h.damaged_units.add((start, si))
+    for t in range(n_times or 1):
+        window = None if n_times is None else t
+        prefix: tuple[int, ...] = () if n_times is None else (t,)
+        for si in range(n_scales):
+            for b0 in range(0, n, cs * per_batch):
+                starts = list(range(b0, min(n, b0 + cs * per_batch), cs))
+                batch = {name: _read_units(arrays[name], prefix, si, starts, cs, n) for name in
+                         (["status"] if status is not None else []) + names}
+                for start in starts:
+                    stop = min(start + cs, n)
+                    pos = np.arange(start, stop)
+                    key = prefix + (start // cs, si)
+                    damaged = False
+                    cells = batch["status"][start] if status is not None else None
+                    if isinstance(cells, str):
+                        assert status is not None
+                        tally.add("status", si, UNDECODABLE, pos, cells, _chunk_name(status, "status", key), window)
+                        unreadable_cells += stop - start
+                        damaged, cells = True, None
+                    elif cells is not None:
+                        known = np.isin(cells, _CODES)
+                        counts += np.bincount(cells[known].astype("int64"), minlength=len(STATUS_NAMES))
+                        if not known.all():
+                            assert status is not None
+                            tally.add("status", si, "cells with an unknown status code", pos[~known],
+                                      chunk=_chunk_name(status, "status", key), window=window)
+                            damaged = True
+                    vouched = (vouched_arrays(cells, "grid" in arrays, "embedding_scale" in arrays)
+                               if cells is not None else ())
+                    for name in names:
+                        v = batch[name][start]
+                        chunk = _chunk_name(arrays[name], name, key)
+                        if isinstance(v, str):
+                            tally.add(name, si, UNDECODABLE, pos, v, chunk, window)
+                            damaged = True
+                            continue
+                        if cells is None:
+                            continue
+                        if name in vouched and key not in stored[name]:
+                            who, vouches = _VOUCHERS[name]
+                            tally.add(name, si, f"{who} cells whose chunk is missing", pos[vouches(cells)],
+                                      chunk=chunk, window=window)
+                            damaged = True
+                            continue
+                        for what, mask in _content_problems(name, cells, v):
+                            tally.add(name, si, what, pos[mask], chunk=chunk, window=window)
+                            damaged |= bool(mask.any())
+                    if damaged:
+                        h.damage(start, si, t)
     h.status_counts = {name: int(counts[i]) for i, name in enumerate(STATUS_NAMES)}
     if status is None:
         h.status_counts = {}
@@ -457,13 +582,15 @@ def _check_units(path: StoreLocation, arrays: dict[str, zarr.Array], n: int, n_s
         h.status_counts["unreadable"] = unreadable_cells
 
 
-def _read_units(arr: zarr.Array, si: int, starts: list[int], cs: int, n: int) -> dict[int, np.ndarray | str]:
-    """Each unit's chunk of ``arr`` at scale ``si``: one read for the batch, unit by unit where that fails."""
+def _read_units(arr: zarr.Array, prefix: tuple[int, ...], si: int, starts: list[int], cs: int,
+                n: int) -> dict[int, np.ndarray | str]:
+    """Each unit's chunk of ``arr`` at scale ``si`` (of window ``prefix``: ``(t,)`` in a cube with ``time``,
+    else ``()``): one read for the batch, unit by unit where that fails."""
     lo, hi = starts[0], min(starts[-1] + cs, n)
-    whole = _read(arr, (slice(lo, hi), si))
+    whole = _read(arr, prefix + (slice(lo, hi), si))
     if not isinstance(whole, str):
         return {s: whole[s - lo:min(s + cs, n) - lo] for s in starts}
-    return {s: _read(arr, (slice(s, min(s + cs, n)), si)) for s in starts}
+    return {s: _read(arr, prefix + (slice(s, min(s + cs, n)), si)) for s in starts}
 
 
 def verify_cube(path: str | os.PathLike | StoreLocation) -> list[str]:
@@ -556,7 +683,7 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
                             ("ok grid cells whose embedding chunk is missing", ok & ~stored),
                             ("ok grid cells with a non-finite embedding", ok & stored & ~finite)):
                         _tally_cells(tally, "", what, cellpos, mask)
-        for (array, _, what), (count, first, detail) in tally.groups.items():
+        for (array, _, _, what), (count, first, detail, _, _) in tally.groups.items():
             cells = ", ".join(f"(y={y}, x={x})" for y, x in first)
             more = f" and {count - len(first)} more" if count > len(first) else ""
             extra = f" ({detail})" if detail else ""
@@ -570,7 +697,7 @@ def _tally_cells(tally: _Tally, array: str, what: str, cellpos: np.ndarray, mask
     sel = cellpos[mask]
     if not len(sel):
         return
-    g = tally.groups.setdefault((array, None, what), [0, [], detail])
+    g = tally.groups.setdefault((array, None, None, what), [0, [], detail, [], 0])
     g[0] += len(sel)
     g[1].extend((int(y), int(x)) for y, x in sel[:max(0, FIRST - len(g[1]))])
 

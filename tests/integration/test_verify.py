@@ -73,7 +73,8 @@ def test_a_lost_embedding_chunk_is_run_again_by_a_plain_run(cube, capsys):
     os.remove(path / "embedding" / "c" / "1" / "0" / "0")  # unit [4, 6) at 10 m
     rc, problems, err = verify(path, capsys)
     assert rc == 1 and "Traceback" not in err
-    assert problems == [f"embedding at 10 m: 2 ok cells whose chunk is missing: ids {ids[4]!r}, {ids[5]!r}"]
+    assert problems == [f"embedding at 10 m: 2 ok cells whose chunk is missing: ids {ids[4]!r}, {ids[5]!r} "
+                        "(chunk embedding/c/1/0/0)"]
 
     assert run() == 0
     account = last_run(path)
