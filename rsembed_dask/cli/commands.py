@@ -262,8 +262,7 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
     """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
     if args.tile:
         for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
-                            ("--update", args.update), ("--append", args.append),
-                           ("--append-windows", args.append_windows)):
+                            ("--update", args.update), ("--append", args.append)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
     if args.ee_startup_timeout is not None and not args.ee_startup_timeout > 0:

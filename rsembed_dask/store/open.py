@@ -606,6 +606,9 @@ def stored_chunk_size(path: str | os.PathLike | StoreLocation) -> int | None:
     """
     meta, _ = array_meta_problem(path if isinstance(path, StoreLocation) else os.fspath(path), "status")
     try:
-        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]) if meta is not None else None
-    except (KeyError, TypeError, ValueError, IndexError):
+        if meta is None:
+            return None
+        names = meta.get("dimension_names") or ["sample"]  # (time, sample, scale) in a cube with time
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][list(names).index("sample")])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
