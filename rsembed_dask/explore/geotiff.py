@@ -24,7 +24,7 @@ from ..store.quantize import dequantize_int8
 from .pca import PCAColours
 from .picture import map_png
 
-__all__ = ["grid_quicklook", "MAX_FIT_VECTORS"]
+__all__ = ["grid_quicklook", "MAX_FIT_VECTORS", "write_scalar_geotiff"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +152,36 @@ def _write_geotiff(file: str, rgba: np.ndarray, crs: str, transform: Any) -> Non
         dst.write(rgba)
         dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
                            rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+
+
+def write_scalar_geotiff(file: str | os.PathLike, values: np.ndarray, crs: str, transform: Any,
+                         description: str = "") -> str:
+    """Write a float32 grid ``(H, W)`` as a one-band GeoTIFF, NaN its no-data value.
+
+    Parameters
+    ----------
+    file : str or path
+        The GeoTIFF to write.
+    values : ndarray
+        The grid (e.g. a change score per tile), NaN where there is no data.
+    crs : str
+        Its CRS (``"EPSG:32631"``).
+    transform : affine.Affine
+        Its pixel-to-CRS transform (e.g. a zone grid's ``spatial_ref`` ``GeoTransform``).
+    description : str
+        The band's description.
+
+    Returns
+    -------
+    str
+        ``file``.
+    """
+    import rasterio
+
+    v = np.asarray(values, np.float32)
+    with rasterio.open(file, "w", driver="GTiff", width=v.shape[1], height=v.shape[0], count=1, dtype="float32",
+                       crs=crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:
+        dst.write(v, 1)
+        if description:
+            dst.set_band_description(1, description)
+    return os.fspath(file)
