@@ -185,13 +185,3 @@ def test_readers_without_time_refuse_a_cube_with_time_in_one_line(tmp_path, prov
         check_cube(out)
     assert main(["export", str(out), str(tmp_path / "e.parquet")]) == 2
     assert "export and STAC does not handle cubes with time yet" in capsys.readouterr().err
-
-
-def test_a_tiling_takes_one_window(tmp_path):
-    from rsembed_dask.campaign.jobs import plan_tiling
-    from rsembed_dask.sampling.tiling import tile_aoi
-
-    tiling = tile_aoi((2.0, 31.25, 2.02, 31.27), scales=[10.0])
-    with pytest.raises(SpecError, match="one window for a tiling store"):
-        plan_tiling(tiling, tmp_path / "t.zarr", temporal=WINDOWS[:2], model=TINY)
-    assert not (tmp_path / "t.zarr").exists()

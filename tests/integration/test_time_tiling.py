@@ -227,3 +227,24 @@ def test_a_tiling_of_several_windows_refuses_repair(tmp_path, client, provider):
         _run(tiling, out, WINDOWS[:2], provider, client, repair=True)
     with pytest.raises(SpecError, match="start date"):
         change(out, "2019-05-01", 2020, scale=40)
+
+
+def test_the_cli_runs_a_tiling_over_years_and_backfills_one(tmp_path, client, capsys):
+    """``rsembed-dask run AOI --tile --years ...`` makes a store with time; ``--append-windows`` adds a year."""
+    out = tmp_path / "cli.zarr"
+    base = ["run", "2.0,31.25,2.02,31.27", "--tile", "--out", str(out), "--model", "test-tiny", "--backend",
+            "emulator", "--scales", "40", "--no-progress", "--scheduler", client.scheduler.address]
+    assert main([*base, "--years", "2019-2020"]) == 0
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs[TIME_WINDOWS_ATTR] == [["2019-01-01", "2020-01-01"], ["2020-01-01", "2021-01-01"]]
+    capsys.readouterr()
+    assert main([*base, "--years", "2019-2021"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--append-windows" in err[0]
+    assert main([*base, "--years", "2019-2021", "--append-windows"]) == 0
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs[COMPLETED_WINDOWS_ATTR] == ["2019-01-01", "2020-01-01", "2021-01-01"]
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "window 2021-01-01..2022-01-01:" in text and "completed windows: ['2019-01-01', '2020-01-01', '2021-01-01']" in text
