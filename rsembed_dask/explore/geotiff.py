@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 MAX_FIT_VECTORS = 20_000
 
 
-def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
-    """Up to ``max_rows`` ok embeddings of a sample cube, read a few whole chunks at a time."""
+def _fit_sample(samples, rng: np.random.Generator, max_rows: int, window: int | None = None) -> np.ndarray:
+    """Up to ``max_rows`` ok embeddings of a sample cube (of one ``window`` of a cube with time),
+    read a few whole chunks at a time."""
+    if window is not None:
+        samples = {k: _AtWindow(samples[k], window) for k in ("embedding", "status", "embedding_scale")
+                   if k in samples}
     n, chunk = samples["embedding"].shape[0], samples["embedding"].chunks[0]
     starts = rng.permutation(np.arange(0, n, chunk))
     need = int(np.searchsorted(np.cumsum(np.minimum(chunk, n - starts)), max_rows) + 1)
@@ -51,8 +55,40 @@ def _fit_sample(samples, rng: np.random.Generator, max_rows: int) -> np.ndarray:
     return np.concatenate(rows)[:max_rows] if rows else np.zeros((0, samples["embedding"].shape[2]))
 
 
+class _AtWindow:
+    """One window of a Zarr array with ``time`` first, indexed like the array without it."""
+
+    def __init__(self, arr: Any, window: int):
+        self.arr, self.window = arr, int(window)
+        self.shape, self.chunks = tuple(arr.shape[1:]), tuple(arr.chunks[1:])
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.arr[(self.window,) + (key if isinstance(key, tuple) else (key,))]
+
+
+def _store_window(path: StoreLocation, time: Any) -> tuple[int | None, str]:
+    """The index along ``time`` of the window ``time`` names in a tiling store, and its start
+    (``(None, "")`` for a store of one window, where ``time`` must be None or name it)."""
+    import xarray as xr
+
+    from ..store.tiling import tiling_windows
+    from .windows_change import window_index
+
+    windows = tiling_windows(path)
+    if windows is None:
+        return None, ""
+    if time is None:
+        if len(windows) > 1:
+            raise SpecError("time", None, f"one of the store's windows (it holds {len(windows)}, starting on "
+                                          f"{[w.start for w in windows]}): a start date, or a year naming one")
+        return 0, windows[0].start
+    starts = xr.Dataset(coords={"time": np.array([w.start for w in windows], "datetime64[ns]")})
+    t = window_index(starts, time)
+    return t, windows[t].start
+
+
 def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.PathLike, *, components: Sequence[int] = (0, 1, 2),
-                   png: bool = True, seed: int = 0) -> list[str]:
+                   png: bool = True, seed: int = 0, time: Any = None) -> list[str]:
     """Write RGB quicklooks of one scale of a tiling store: a GeoTIFF (and PNG) per zone.
 
     One cell per tile, coloured by three principal components fitted on up to
@@ -76,6 +112,10 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
         Also write a PNG per zone.
     seed : int
         Seed of the sample of vectors the PCA is fitted on.
+    time : str, int or date, optional
+        For a store with ``time``: the window drawn (its start date, or a year naming one
+        window); required when the store holds several. Its start ends the file names
+        (``quicklook_10m_EPSG32632_2024-01-01.tif``).
 
     Returns
     -------
@@ -94,9 +134,10 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     if name not in root or f"samples/{name}" not in root:
         scales = [k for k in root.group_keys() if k != "samples"]
         raise SpecError("scale_m", scale_m, f"one of the store's scales {scales}")
+    window, start = _store_window(path, time)
     with named_damage(path.child("samples", name), cube=path):
         colours = PCAColours.fit(_fit_sample(root[f"samples/{name}"], np.random.default_rng(seed),
-                                             MAX_FIT_VECTORS), components)
+                                             MAX_FIT_VECTORS, window), components)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
@@ -104,37 +145,42 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
     written = []
     for zone, g in sorted(group_of(root, name).groups()):
         with named_damage(path.child(name, zone), cube=path):
-            written += _zone_quicklook(g, zone, name, scale_m, components, colours, out_dir, png)
+            written += _zone_quicklook(g, zone, name, scale_m, components, colours, out_dir, png, window, start)
     return written
 
 
 def _zone_quicklook(g, zone: str, name: str, scale_m: float, components: Sequence[int], colours: PCAColours,
-                    out_dir: str | os.PathLike, png: bool) -> list[str]:
-    """The quicklook files of one zone grid ``g``."""
+                    out_dir: str | os.PathLike, png: bool, window: int | None = None, start: str = "") -> list[str]:
+    """The quicklook files of one zone grid ``g`` (of one ``window`` of a store with time)."""
     from affine import Affine
 
     emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
+    scales = array_of(g, "embedding_scale") if "embedding_scale" in g else None
+    if window is not None:
+        emb, status = _AtWindow(emb, window), status[window]
+        scales = None if scales is None else _AtWindow(scales, window)
     ny, nx, _ = emb.shape
     rgba = np.zeros((4, ny, nx), np.uint8)
     step = emb.chunks[0]
     for r in range(0, ny, step):  # one row of chunks at a time
         strip = np.asarray(emb[r:r + step])
-        if "embedding_scale" in g:  # an int8 store
-            strip = dequantize_int8(strip, array_of(g, "embedding_scale")[r:r + step], axis=-1)
+        if scales is not None:  # an int8 store
+            strip = dequantize_int8(strip, scales[r:r + step], axis=-1)
         strip = strip.reshape(-1, emb.shape[2])
         h = min(step, ny - r)
         rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)
     rgba[3] = np.where(status == OK, 255, 0)
     geo = attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform")
     transform = Affine.from_gdal(*(float(v) for v in geo.split()))
-    base = os.path.join(out_dir, f"quicklook_{name}_{zone}")
+    base = os.path.join(out_dir, f"quicklook_{name}_{zone}" + (f"_{start}" if window is not None else ""))
     try:
         _write_geotiff(base + ".tif", rgba, g.attrs[CRS_ATTR], transform)
         if png:
             comps = [int(c) + 1 for c in components]  # checked by PCAColours.fit
             n_ok = int((status == OK).sum())
             map_png(np.moveaxis(rgba * (rgba[3:] > 0), 0, -1), base + ".png",
-                    f"{zone}, {scale_m:g} m tiles: PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
+                    f"{zone}, {scale_m:g} m tiles" + (f", window {start}" if window is not None else "")
+                    + f": PCA components {comps[0]}, {comps[1]}, {comps[2]} as RGB "
                     f"({n_ok} of {status.size} cells with data)",
                     cell_m=abs(transform.a), channels=[f"PC{c}" for c in comps])
     except OSError as exc:  # rasterio's RasterioIOError too
