@@ -320,11 +320,14 @@ def write_land_cover_figure(quicklook_tif, world, path: Path, caption: str = "",
         truth = np.where(changed[..., None], np.array([220, 20, 20], np.uint8), faded)
         with rasterio.open(change_tif) as src:
             score = src.read(1)[r0:r1, c0:c1]
-        ramp, lo, hi = scalar_rgba(score)
+        finite = score[np.isfinite(score)]
+        # A few tiles of large change would leave the others one colour: stretch 2-98 %.
+        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+        ramp, lo, hi = scalar_rgba(score, float(lo), float(hi))
         ramp = np.where(ramp[..., 3:] > 0, ramp[..., :3], 255).astype(np.uint8)
         panels += [(f"S2 composite {windows[1].start[:7]}", composite_rgb(windows[1])),
                    (f"true land-cover change {year0} -> {year1} (red)", truth),
-                   (f"change map: cosine distance {lo:.2g}..{hi:.2g}", upsample(ramp))]
+                   ("change map (cosine distance, 2-98 % stretch)", upsample(ramp))]
     font = ImageFont.load_default(size=15)
     h, w = grid.height, grid.width
     gap, top, bottom = 16, 30, 62 + (22 if change_caption else 0)
