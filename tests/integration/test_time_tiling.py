@@ -25,6 +25,8 @@ from rsembed_dask.store.cube import OK, Cube
 from rsembed_dask.store.layout import COMPLETED_WINDOWS_ATTR, SPEC_HASH_ATTR, TIME_WINDOWS_ATTR
 from rsembed_dask.store.tiling import NO_TILE, scale_name
 
+from .test_tiling_campaign import _expected_requests
+
 TINY = ModelSpec("test-tiny", device="cpu")
 WINDOWS = [TemporalSpec.range(f"{y}-04-01", f"{y}-05-01") for y in (2019, 2020, 2024)]
 # Astride the 12E seam between UTM zones 32 and 33: two zone grids per scale.
@@ -58,7 +60,7 @@ def test_a_tiling_campaign_over_two_windows_has_time_in_its_cubes_and_grids(tmp_
     assert root.attrs[COMPLETED_WINDOWS_ATTR] == [w.start for w in WINDOWS[:2]]
     # Coalesced per window: each unit fetches its window with the requests of a one-window run.
     sent = emu.stats.as_dict()["compute_pixels"]
-    assert sent < len(tiling)  # coalesced (one request per tile would be len(tiling) per window)
+    assert sent == 2 * _expected_requests(tiling, default_unit_size(tiling.block)) < len(tiling)
     for scale, table in zip(tiling.scales, tiling.tables):
         name = scale_name(scale)
         samples = tree[f"samples/{name}"].to_dataset()
@@ -248,3 +250,19 @@ def test_the_cli_runs_a_tiling_over_years_and_backfills_one(tmp_path, client, ca
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "window 2021-01-01..2022-01-01:" in text and "completed windows: ['2019-01-01', '2020-01-01', '2021-01-01']" in text
+
+
+def test_a_cube_with_time_resumes_with_its_own_chunk_size(tmp_path, client, provider):
+    """The stored chunk size is read along ``sample`` (``status`` is ``(time, sample, scale)``), so a
+    cube with time written with a chunk size resumes without giving it again."""
+    from rsembed_dask.store.open import stored_chunk_size
+
+    from .test_time_cube import _points
+
+    out = tmp_path / "c.zarr"
+    run_campaign(_points(), out, scales=[40], temporal=WINDOWS[:2], model=TINY, backend=provider, client=client,
+                 chunk_size=2, id_column="site", progress=False)
+    assert stored_chunk_size(out) == 2
+    again = run_campaign(_points(), out, scales=[40], temporal=WINDOWS[:2], model=TINY, backend=provider,
+                         client=client, id_column="site", progress=False)
+    assert again.sizes["time"] == 2 and (again.status.values == OK).all()
