@@ -343,7 +343,7 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     one = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
                             grid_shape=grid_shape, dtype=spec.output.dtype)
     size = one
-    for _ in windows[1:]:  # every window holds the same cells (coordinates counted again: an upper bound)
+    for _ in range(len(windows) - 1):  # every window holds the same cells (coordinates counted again: an upper bound)
         size = size + one
     if repair and is_tiling_store(path):
         refuse_time(zarr.open_group(path.zarr_store(), mode="r", zarr_format=3).attrs.asdict(), path.url,

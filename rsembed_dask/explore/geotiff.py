@@ -154,8 +154,9 @@ def _zone_quicklook(g, zone: str, name: str, scale_m: float, components: Sequenc
     """The quicklook files of one zone grid ``g`` (of one ``window`` of a store with time)."""
     from affine import Affine
 
-    emb, status = array_of(g, "embedding"), np.asarray(array_of(g, "status")[...])
-    scales = array_of(g, "embedding_scale") if "embedding_scale" in g else None
+    emb: Any = array_of(g, "embedding")
+    status = np.asarray(array_of(g, "status")[...])
+    scales: Any = array_of(g, "embedding_scale") if "embedding_scale" in g else None
     if window is not None:
         emb, status = _AtWindow(emb, window), status[window]
         scales = None if scales is None else _AtWindow(scales, window)

@@ -155,10 +155,22 @@ def _resume(loc: StoreLocation, tiling: Tiling, windows: Sequence[TemporalSpec] 
 
 
 def tiling_windows(path: str | os.PathLike | StoreLocation) -> tuple[TemporalSpec, ...] | None:
-    """The date windows of the tiling store at ``path`` along its ``time`` (None: one window, no ``time``)."""
+    """The date windows of the tiling store at ``path`` along its ``time``.
+
+    Parameters
+    ----------
+    path : str, path-like or StoreLocation
+        A tiling store.
+
+    Returns
+    -------
+    tuple of TemporalSpec or None
+        Its windows in ``time`` order (the root's ``time_windows``); None for a store of one
+        window (no ``time`` dimension).
+    """
     loc = StoreLocation.parse(path)
-    raw = zarr.open_group(loc.zarr_store(), mode="r", zarr_format=3).attrs.get(TIME_WINDOWS_ATTR)
-    return None if raw is None else tuple(TemporalSpec(a, b) for a, b in raw)  # type: ignore[union-attr]
+    raw: Any = zarr.open_group(loc.zarr_store(), mode="r", zarr_format=3).attrs.get(TIME_WINDOWS_ATTR)
+    return None if raw is None else tuple(TemporalSpec(str(a), str(b)) for a, b in raw)
 
 
 def _append_grid_windows(loc: StoreLocation, tiling: Tiling, windows: tuple[TemporalSpec, ...]) -> None:
@@ -343,13 +355,14 @@ def rasterise_blocks(path: str | StoreLocation, scale_m: float, block: int, bloc
     loc = StoreLocation.parse(path)
     samples = zarr.open_group(loc.child("samples", name).zarr_store(), mode="r", zarr_format=3)
     grids = zarr.open_group(loc.child(name).zarr_store(), mode="r+", zarr_format=3)
-    t = () if window is None else (int(window),)
+    t: tuple[int, ...] = () if window is None else (int(window),)
     b, base, copied = int(block), blocks[0][3], 0
     for epsg, brow, bcol, start, stop in blocks:
         g = group_of(grids, f"EPSG{epsg}")
         row_top, col_left = int(str(g.attrs[ROW_TOP_ATTR])), int(str(g.attrs[COL_LEFT_ATTR]))
-        emb = np.asarray(array_of(samples, "embedding")[t + (slice(start, stop), 0, slice(None))])
-        status = np.asarray(array_of(samples, "status")[t + (slice(start, stop), 0)])
+        tiles: tuple[int | slice, ...] = (*t, slice(start, stop), 0)  # the block's rows at the scale (and window)
+        emb = np.asarray(array_of(samples, "embedding")[tiles])
+        status = np.asarray(array_of(samples, "status")[tiles])
         top = (brow + 1) * b - 1  # tile row of the block's first grid row
         r = top - np.asarray(row[start - base:stop - base])
         c = np.asarray(col[start - base:stop - base]) - bcol * b
@@ -359,12 +372,12 @@ def rasterise_blocks(path: str | StoreLocation, scale_m: float, block: int, bloc
         out_i = np.full((b, b), -1, np.int64)
         out_e[r, c], out_s[r, c], out_i[r, c] = emb, status, np.arange(start, stop)
         r0, c0 = row_top - top, bcol * b - col_left
-        cells = t + (slice(r0, r0 + b), slice(c0, c0 + b))
+        cells: tuple[int | slice, ...] = (*t, slice(r0, r0 + b), slice(c0, c0 + b))
         array_of(g, "embedding")[cells] = out_e
         if int8:
             scale = QUANTISED["embedding"]
             out_q = np.full((b, b), np.nan, np.float32)
-            out_q[r, c] = np.asarray(array_of(samples, scale)[t + (slice(start, stop), 0)])
+            out_q[r, c] = np.asarray(array_of(samples, scale)[tiles])
             array_of(g, scale)[cells] = out_q
         if not t or t[0] == 0:
             array_of(g, "sample_index")[r0:r0 + b, c0:c0 + b] = out_i
@@ -380,7 +393,15 @@ def set_synced(path: str | StoreLocation, synced: bool) -> None:
 
 def set_completed_windows(path: str | StoreLocation, starts: Sequence[str]) -> None:
     """Record on the root of a tiling store with ``time`` the start dates of the windows in which no
-    cell of any scale is pending (``completed_windows``); nothing is written when unchanged."""
+    cell of any scale is pending (``completed_windows``); nothing is written when unchanged.
+
+    Parameters
+    ----------
+    path : str or StoreLocation
+        The tiling store.
+    starts : sequence of str
+        The completed windows' start dates (ISO), in ``time`` order.
+    """
     group = zarr.open_group(StoreLocation.parse(path).zarr_store(), mode="r", zarr_format=3)
     if group.attrs.get(COMPLETED_WINDOWS_ATTR) != list(starts):
         zarr.open_group(StoreLocation.parse(path).zarr_store(), mode="r+", zarr_format=3).attrs[
