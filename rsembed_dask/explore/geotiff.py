@@ -72,7 +72,7 @@ def _store_window(path: StoreLocation, time: Any) -> tuple[int | None, str]:
     import xarray as xr
 
     from ..store.tiling import tiling_windows
-    from .windows_change import window_index
+    from .windows import window_index
 
     windows = tiling_windows(path)
     if windows is None:
