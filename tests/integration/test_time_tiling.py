@@ -266,3 +266,24 @@ def test_a_cube_with_time_resumes_with_its_own_chunk_size(tmp_path, client, prov
     again = run_campaign(_points(), out, scales=[40], temporal=WINDOWS[:2], model=TINY, backend=provider,
                          client=client, id_column="site", progress=False)
     assert again.sizes["time"] == 2 and (again.status.values == OK).all()
+
+
+def test_an_int8_tiling_store_with_time(tmp_path, client, provider):
+    """int8 grids get ``embedding_scale(time, y, x)``; opened dequantised, each window's grid
+    equals its sample cube, and the change map reads them."""
+    from rsembed_dask.specs import OutputSpec
+
+    tiling = tile_aoi((2.0, 31.25, 2.03, 31.28), scales=[40.0])
+    out = tmp_path / "q.zarr"
+    tree = run_campaign(tiling, out, temporal=WINDOWS[:2], model=TINY, backend=provider, client=client,
+                        output=OutputSpec.pooled(dtype="int8"), progress=False)
+    zone = next(iter(tree["40m"].children))
+    z = zarr.open_group(str(out / "40m" / zone), mode="r")
+    assert z["embedding"].dtype == np.int8 and z["embedding_scale"].metadata.dimension_names == ("time", "y", "x")
+    grid, samples = tree[f"40m/{zone}"].to_dataset(), tree["samples/40m"].to_dataset()
+    has = grid.sample_index.values >= 0
+    for t in range(2):
+        np.testing.assert_allclose(grid.embedding.values[t][has],
+                                   samples.embedding.values[t, grid.sample_index.values[has], 0, :])
+    d = change(out, 2019, 2020, scale=40)[zone].values
+    assert np.isfinite(d[has]).all() and np.isnan(d[~has]).all()
