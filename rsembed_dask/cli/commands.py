@@ -234,7 +234,7 @@ def _add_run(sub) -> None:
     p.add_argument("--append", action="store_true",
                    help="add sample ids an existing cube does not hold, as new chunks")
     p.add_argument("--append-windows", action="store_true",
-                   help="add date windows an existing cube (written with several windows) does not hold, "
+                   help="add date windows an existing cube or tiling store (written with several windows) does not hold, "
                         "along its time dimension; no existing chunk is rewritten")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
