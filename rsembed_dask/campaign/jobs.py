@@ -3,10 +3,10 @@
 - :func:`plan_samples`: a GeoDataFrame of samples becomes one job (its sample table, its
   cube, the campaign spec, the units of the cube's chunks).
 - :func:`plan_tiling`: a :class:`~rsembed_dask.sampling.tiling.Tiling` becomes one job
-  per scale (its tile table, its sample cube in the tiling store, the spec at that
-  scale); after the units ran, the per-zone grids are filled from the sample cubes by
-  tasks on the cluster (:meth:`Jobs.sync_grids`), one batch of blocks per task, so no
-  embedding passes through the client.
+  per scale and date window (its tile table, its sample cube in the tiling store bound to
+  the window, the spec at that scale and window); after the units ran, the per-zone grids
+  are filled from the sample cubes by tasks on the cluster (:meth:`Jobs.sync_grids`), one
+  batch of blocks (of one window) per task, so no embedding passes through the client.
 
 Nothing is fetched while planning: the specs are validated and the store is created or
 reopened (and repaired when asked).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..sampling.units import WorkUnit, default_unit_size, work_units
 from ..sampling.tiling import TileTable, Tiling
 from ..specs import DEFAULT_SCALES, CampaignSpec, ModelSpec, OutputSpec, SensorSpec, TemporalSpec, TemporalWindows
 from ..store.cube import Cube
-from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR, scale_name
+from ..store.layout import SKIPPED_ATTR, SYNCED_ATTR, refuse_time, scale_name
 from ..store.location import StoreLocation
 from ..store.open import stored_chunk_size
 from ..store.prepare import finished_rerun, open_for_run, record_input, work_left
@@ -110,31 +110,45 @@ class Jobs:
                 for u in job.cube.incomplete_units(job.units, retry_failed=retry_failed,
                                                    retry_no_data=retry_no_data, status=job.status)]
 
-    def grids_to_sync(self, todo: Sequence[Any]) -> bool:
-        """Whether the zone grids must be filled after this run (a tiling with units to run or unsynced)."""
-        return self.tiling is not None and (bool(todo) or not grids_synced(self.path))
+    def grids_to_sync(self, todo: Sequence[tuple[int, WorkUnit]]) -> list[int]:
+        """The windows (indices along ``time``; ``[0]`` for a store of one window) whose zone grids
+        must be filled after this run: those with units to run, every window when the grids are
+        not synced (an interrupted run), none for a sample campaign. Read before the run starts."""
+        if self.tiling is None:
+            return []
+        windows = sorted({job.cube.window for job in self.jobs})
+        if not grids_synced(self.path):
+            return windows
+        return sorted({self.jobs[j].cube.window for j, _ in todo})
 
     def mark_grids_unsynced(self) -> None:
         """Before units run: the grids lag the samples until :meth:`sync_grids` (tilings only)."""
         if self.tiling is not None:
             set_synced(self.path, False)
 
-    def sync_grids(self, client: Any, *, progress: bool = True) -> int:
-        """Fill every zone grid from the sample cubes, one task per batch of blocks.
+    def sync_grids(self, client: Any, *, progress: bool = True, windows: Sequence[int] | None = None) -> int:
+        """Fill the zone grids from the sample cubes, one task per batch of blocks of one window.
 
+        ``windows``: the indices along ``time`` to fill (default every window; see
+        :meth:`grids_to_sync`), so a backfill writes its new window's grid chunks only.
         Returns the number of tiles copied. Idempotent: every block is rewritten whole.
         """
         from distributed import as_completed
 
         if self.tiling is None:
             return 0
+        has_time = self.jobs[0].cube.has_time
+        if windows is None:
+            windows = sorted({job.cube.window for job in self.jobs})
         futures = []
-        for s, table in zip(self.tiling.scales, self.tiling.tables):
-            for i, batch in enumerate(block_batches(table)):
-                lo, hi = batch[0][3], batch[-1][4]
-                futures.append(client.submit(rasterise_blocks, self.path, s, table.block, batch, table.row[lo:hi],
-                                             table.col[lo:hi], pure=False,
-                                             key=f"rasterise-{s:g}m-{i}-{os.urandom(4).hex()}"))
+        for t in windows:
+            for s, table in zip(self.tiling.scales, self.tiling.tables):
+                for i, batch in enumerate(block_batches(table)):
+                    lo, hi = batch[0][3], batch[-1][4]
+                    futures.append(client.submit(rasterise_blocks, self.path, s, table.block, batch,
+                                                 table.row[lo:hi], table.col[lo:hi], t if has_time else None,
+                                                 pure=False,
+                                                 key=f"rasterise-{s:g}m-w{t}-{i}-{os.urandom(4).hex()}"))
         bar = ProgressBar(len(futures), enabled=progress, desc="grids")
         copied = 0
         try:
@@ -185,17 +199,6 @@ def model_spec(model: Any, batch_size: int | None = None) -> ModelSpec:
 def _campaign_windows(temporal: Any) -> TemporalWindows:
     """The checked windows of a campaign, from a :class:`TemporalSpec` or a sequence of windows."""
     return TemporalWindows.of(temporal)
-
-
-def _tiling_window(temporal: Any) -> TemporalSpec:
-    """The one window of a tiling store: the one place that refuses several windows for tilings
-    (their sample cubes and zone grids have no ``time`` dimension yet; sample cubes do)."""
-    windows = TemporalWindows.of(temporal)
-    if len(windows) > 1:
-        raise SpecError("temporal", f"{len(windows)} windows ({windows[0].label} ... {windows[-1].label})",
-                        "one window for a tiling store: its zone grids have no time dimension yet (sample "
-                        "campaigns take several windows); run one tiling store per window meanwhile")
-    return windows[0]
 
 
 def unit_size(chunk_size: int | None, cube_path: str | os.PathLike | StoreLocation, block: int | None = None) -> int:
@@ -319,8 +322,12 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
                 chunk_size: int | None = None, batch_size: int | None = None, repair: bool = False,
                 retry_failed: bool = False, retry_no_data: bool = False,
                 versions: Callable[[], dict[str, str]] = software_versions,
-                preflight: Preflight | None = None) -> Jobs:
+                preflight: Preflight | None = None, append_windows: bool = False) -> Jobs:
     """Plan a tiling campaign: validate, create (or reopen) the tiling store; nothing is fetched.
+
+    Several windows (``temporal`` a sequence) make a store with ``time`` (its sample cubes and
+    zone grids; :mod:`rsembed_dask.store.tiling`), one job per scale and window;
+    ``append_windows`` adds windows to an existing one (no chunk rewritten).
 
     ``scales`` must be None or the tiling's own; the model's image size must be the
     tiling's tile size. ``repair`` restores unreadable array metadata of the sample
@@ -331,9 +338,10 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     Returns
     -------
     Jobs
-        One job per scale, and the tiling (its grids are synced after the run).
+        One job per window and scale (window-major), and the tiling (its grids are synced after the run).
     """
-    temporal = _tiling_window(temporal)
+    windows = _campaign_windows(temporal)
+    temporal = windows[0]
     if scales is not None and sorted(float(s) for s in  # order does not matter (the tiling's are sorted)
                                      ([scales] if isinstance(scales, (int, float)) else scales)) != sorted(tiling.scales):
         raise SpecError("scales", scales, f"None or the tiling's own scales {list(tiling.scales)}")
@@ -348,8 +356,14 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
                         buffer_m=None)
     path = StoreLocation.parse(out)
     embed_dim, grid_shape = _grid_shape(spec)
-    size = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
-                             grid_shape=grid_shape, dtype=spec.output.dtype)
+    one = tiling_store_size(tiling.tables, embed_dim=embed_dim, chunk_size=spec.chunk_size,
+                            grid_shape=grid_shape, dtype=spec.output.dtype)
+    size = one
+    for _ in range(len(windows) - 1):  # every window holds the same cells (coordinates counted again: an upper bound)
+        size = size + one
+    if repair and is_tiling_store(path):
+        refuse_time(zarr.open_group(path.zarr_store(), mode="r", zarr_format=3).attrs.asdict(), path.url,
+                    "--repair of a tiling store")
     try:
         left = work_left(path, tiling=True, retry_failed=retry_failed, retry_no_data=retry_no_data)  # read-only
     except CubeError:
@@ -362,9 +376,16 @@ def plan_tiling(tiling: Tiling, out: str | os.PathLike | StoreLocation, *, tempo
     if repair:  # unreadable array metadata of its sample cubes, before they are opened
         repair_tiling_layout(path, tiling)
     cubes = create_or_open_tiling(path, tiling, spec, embed_dim=embed_dim, grid_shape=grid_shape,
-                                  versions=versions())
-    jobs = [Job(table, cubes[s], cubes[s].spec, work_units(len(table), (s,), spec.chunk_size))
-            for s, table in zip(tiling.scales, tiling.tables)]
+                                  versions=versions(), windows=tuple(windows), append_windows=append_windows,
+                                  before_append=lambda: preflight(path, spec, one.scaled(1.0), 0)
+                                  if preflight is not None else None)
+    n_windows = len(windows) if cubes[tiling.scales[0]].has_time else 1
+    jobs = []
+    for t in range(n_windows):
+        for s, table in zip(tiling.scales, tiling.tables):
+            cube = cubes[s].at_window(t)
+            jobs.append(Job(table, cube, cube.spec,
+                            [replace(u, window=t) for u in work_units(len(table), (s,), spec.chunk_size)]))
     reset_damaged_units(path, [(job, job.units) for job in jobs], repair=repair,
                         before_reset=lambda n: preflight(path, spec, size, 0) if preflight is not None else None)
     return Jobs(path, jobs, tiling)

@@ -42,6 +42,7 @@ from ..store.layout import COMPLETED_WINDOWS_ATTR, LAST_RUN_ATTR, REQUEST_ACCOUN
 from ..store.location import StoreLocation
 from ..store.lock import held_lock, one_writer
 from ..store.size import StoreSize
+from ..store.tiling import set_completed_windows
 from .jobs import Jobs, Preflight, plan_samples, plan_tiling
 from .options import RunOptions
 from .progress import CampaignReport
@@ -113,7 +114,7 @@ def _plan(source: Any, out: Any, options: RunOptions, *, scales: Any, temporal: 
                 raise SpecError(name, value, "None for a tiling campaign (tiles are their own footprints)")
         if options.update or options.append:  # tiles derive from the AOI: a tiling store never changes samples
             raise SpecError("update" if options.update else "append", True, "False for a tiling campaign")
-        return plan_tiling(source, out, scales=scales, **common)
+        return plan_tiling(source, out, scales=scales, append_windows=options.append_windows, **common)
     return plan_samples(source, out, scales=DEFAULT_SCALES if scales is None else scales, buffer_m=buffer_m,
                         id_column=id_column, on_invalid=on_invalid, update=options.update,
                         append=options.append, append_windows=options.append_windows, table_if_needed=True,
@@ -250,21 +251,24 @@ def run_campaign(gdf: Any, out: Any, *, scales: Any = None, temporal: TemporalSp
                     ledger.follow(account)
                     runner.run(todo)
             if sync:
-                jobs.sync_grids(c, progress=opts.progress)
+                jobs.sync_grids(c, progress=opts.progress, windows=sync)
     counts: dict[str, int] = {}
     failures: collections.Counter = collections.Counter()
-    completed = []
+    pending: dict[str, int] = {}  # per window start (every scale of a tiling)
     for job in jobs:  # a run with nothing to do counts from the status read when planning
         status = job.cube.status_array() if todo else job.status
         job_counts = job.cube.status_counts(status)
         for k, v in job_counts.items():
             counts[k] = counts.get(k, 0) + v
         failures.update(job.cube.failure_reasons(status))
-        if job.cube.has_time and not job_counts["pending"]:
-            completed.append(job.spec.temporal.start)
+        pending[job.spec.temporal.start] = pending.get(job.spec.temporal.start, 0) + job_counts["pending"]
     report.finish(counts, failures)
     if jobs.jobs[0].cube.has_time:  # which windows are done, as GeoTessera's years_complete
-        jobs.jobs[0].cube.set_attrs(**{COMPLETED_WINDOWS_ATTR: completed})
+        completed = [start for start, n in pending.items() if not n]
+        for cube in {job.cube.path: job.cube for job in jobs.jobs}.values():
+            cube.set_attrs(**{COMPLETED_WINDOWS_ATTR: completed})
+        if jobs.tiling is not None:
+            set_completed_windows(jobs.path, completed)
     if todo:  # a run with nothing to do keeps the report of the run that did the work
         lock = held_lock(out)
         if lock is not None:

@@ -234,7 +234,7 @@ def _add_run(sub) -> None:
     p.add_argument("--append", action="store_true",
                    help="add sample ids an existing cube does not hold, as new chunks")
     p.add_argument("--append-windows", action="store_true",
-                   help="add date windows an existing cube (written with several windows) does not hold, "
+                   help="add date windows an existing cube or tiling store (written with several windows) does not hold, "
                         "along its time dimension; no existing chunk is rewritten")
     p.add_argument("--backend", default="gee", help="gee | emulator | local:PATH")
     add_ee_options(p)
@@ -262,8 +262,7 @@ def _check_run(p: argparse.ArgumentParser, args) -> None:
     """Refuse options that mean nothing for a tiling run (argparse error, exit 2)."""
     if args.tile:
         for flag, given in (("--id-column", args.id_column is not None), ("--skip-invalid", args.skip_invalid),
-                            ("--update", args.update), ("--append", args.append),
-                           ("--append-windows", args.append_windows)):
+                            ("--update", args.update), ("--append", args.append)):
             if given:
                 p.error(f"{flag} is for sample files, not --tile (tiles are their own ids and footprints)")
     if args.ee_startup_timeout is not None and not args.ee_startup_timeout > 0:

@@ -111,27 +111,24 @@ def _cmd_quicklook(args) -> int:
 
 
 def add_change(sub) -> None:
-    p = sub.add_parser("change", help="cosine distance per sample between two windows of a cube: GeoParquet + PNG")
-    p.add_argument("cube", help="path or URL of a cube written with several windows (.zarr)")
+    p = sub.add_parser("change", help="cosine distance between two windows: per sample of a cube (GeoParquet + PNG) "
+                                      "or per tile of a tiling store (a GeoTIFF + PNG per UTM zone)")
+    p.add_argument("cube", help="path or URL of a cube or tiling store written with several windows (.zarr)")
     add_storage_options(p)
     p.add_argument("--from", dest="t0", required=True, metavar="T0",
                    help="the first window: its start date (YYYY-MM-DD), or its year where one window starts in it")
     p.add_argument("--to", dest="t1", required=True, metavar="T1", help="the second window (as --from)")
     p.add_argument("--scale", type=float, required=True, help="pixel size in metres, e.g. 10")
-    p.add_argument("--out", required=True, help="directory for change_<from>_<to>_<scale>m.parquet/.png")
+    p.add_argument("--out", required=True, help="directory for change_<from>_<to>_<scale>m.parquet/.png (a tiling "
+                                                "store: change_<from>_<to>_<scale>m_EPSG<zone>.tif/.png)")
     p.set_defaults(func=_cmd_change)
 
 
 def _cmd_change(args) -> int:
-    from ..errors import SpecError
     from ..explore.windows_change import write_change
-    from ..store.open import is_tiling_store, open_cube
+    from ..store.open import open_cube
 
-    loc = store_location(args, "cube")
-    if is_tiling_store(loc):
-        raise SpecError("cube", str(args.cube), "a sample cube with a time dimension (tiling stores hold one "
-                                                "window: their zone grids have no time dimension yet)")
-    paths = write_change(open_cube(loc), args.t0, args.t1, scale=args.scale, out=args.out)
+    paths = write_change(open_cube(store_location(args, "cube")), args.t0, args.t1, scale=args.scale, out=args.out)
     for path in paths.values():
         print(path)
     return 0

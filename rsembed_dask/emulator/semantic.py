@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import SpecError
 from .land_cover import CLASS_NAMES, N_CLASSES
 
-__all__ = ["KnnScore", "chance_agreement", "knn_agreement", "knn_score", "majority_classes"]
+__all__ = ["KnnScore", "chance_agreement", "knn_agreement", "knn_score", "majority_classes", "changed_fractions"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class KnnScore:
         return ", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in enumerate(self.counts) if n)
 
 
-def majority_classes(world, grids) -> tuple[np.ndarray, np.ndarray]:
+def majority_classes(world, grids, year: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Majority land-cover class of each footprint and the fraction it covers.
 
     Parameters
@@ -57,6 +57,8 @@ def majority_classes(world, grids) -> tuple[np.ndarray, np.ndarray]:
     world : SyntheticS2World
     grids : iterable of PixelGrid
         Footprints; their pixel centres are classified as the emulator renders them.
+    year : int, optional
+        The land of that year (default: the world's base map, 2022).
 
     Returns
     -------
@@ -65,11 +67,31 @@ def majority_classes(world, grids) -> tuple[np.ndarray, np.ndarray]:
     """
     labels, purity = [], []
     for g in grids:
-        counts = np.bincount(world.land_cover_grid(g.crs, g.transform, g.width, g.height).ravel(),
+        counts = np.bincount(world.land_cover_grid(g.crs, g.transform, g.width, g.height, year=year).ravel(),
                              minlength=N_CLASSES)
         labels.append(int(counts.argmax()))
         purity.append(counts.max() / counts.sum())
     return np.asarray(labels, np.uint8), np.asarray(purity, np.float64)
+
+
+def changed_fractions(world, grids, year_a: int, year_b: int) -> np.ndarray:
+    """The fraction of each footprint's pixels whose land cover differs between two years.
+
+    Parameters
+    ----------
+    world : SyntheticS2World
+    grids : iterable of PixelGrid
+        Footprints (e.g. the tiles of a tiling).
+    year_a, year_b : int
+        The years compared.
+
+    Returns
+    -------
+    numpy.ndarray of float
+        One fraction in [0, 1] per footprint (the truth a change score is ranked against).
+    """
+    return np.array([world.changed_grid(g.crs, g.transform, g.width, g.height, year_a, year_b).mean()
+                     for g in grids], np.float64)
 
 
 def _neighbours(vectors, k: int) -> np.ndarray:

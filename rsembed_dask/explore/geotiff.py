@@ -25,7 +25,7 @@ from .pca import PCAColours
 from .picture import map_png
 from .window_choice import TIME_DIM, choose_window
 
-__all__ = ["grid_quicklook", "MAX_FIT_VECTORS"]
+__all__ = ["grid_quicklook", "MAX_FIT_VECTORS", "write_scalar_geotiff"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ def grid_quicklook(path: str | os.PathLike, scale_m: float, out_dir: str | os.Pa
         Also write a PNG per zone.
     seed : int
         Seed of the sample of vectors the PCA is fitted on.
+    time : str, int or date, optional
+        For a store with ``time``: the window drawn (its start date, or a year naming one
+        window); required when the store holds several. Its start ends the file names
+        (``quicklook_10m_EPSG32632_2024-01-01.tif``).
 
     Returns
     -------
@@ -196,3 +200,36 @@ def _write_geotiff(file: str, rgba: np.ndarray, crs: str, transform: Any) -> Non
         dst.write(rgba)
         dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
                            rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+
+
+def write_scalar_geotiff(file: str | os.PathLike, values: np.ndarray, crs: str, transform: Any,
+                         description: str = "") -> str:
+    """Write a float32 grid ``(H, W)`` as a one-band GeoTIFF, NaN its no-data value.
+
+    Parameters
+    ----------
+    file : str or path
+        The GeoTIFF to write.
+    values : ndarray
+        The grid (e.g. a change score per tile), NaN where there is no data.
+    crs : str
+        Its CRS (``"EPSG:32631"``).
+    transform : affine.Affine
+        Its pixel-to-CRS transform (e.g. a zone grid's ``spatial_ref`` ``GeoTransform``).
+    description : str
+        The band's description.
+
+    Returns
+    -------
+    str
+        ``file``.
+    """
+    import rasterio
+
+    v = np.asarray(values, np.float32)
+    with rasterio.open(file, "w", driver="GTiff", width=v.shape[1], height=v.shape[0], count=1, dtype="float32",
+                       crs=crs, transform=transform, nodata=float("nan"), compress="deflate") as dst:
+        dst.write(v, 1)
+        if description:
+            dst.set_band_description(1, description)
+    return os.fspath(file)

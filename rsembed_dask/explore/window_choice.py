@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .windows_change import window_index
+from .windows import window_index
 
 __all__ = ["choose_window", "window_starts", "TIME_DIM"]
 

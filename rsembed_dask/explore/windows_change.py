@@ -1,8 +1,9 @@
 """The change between two windows' embeddings: cosine distance per sample or per cell.
 
 :func:`change` compares two windows of a cube with a ``time`` dimension (a sample campaign
-run with several windows); :func:`write_change` writes it as a GeoParquet of points and a
-PNG (``rsembed-dask change``). The maths (:func:`cosine_distance`, :func:`roc_auc`) work on
+run with several windows: one value per sample) or of a tiling store with ``time`` (one map
+per UTM zone grid: one value per tile); :func:`write_change` writes it as a GeoParquet of points
+and a PNG, or a GeoTIFF and a PNG per zone (``rsembed-dask change``). The maths (:func:`cosine_distance`, :func:`roc_auc`) work on
 plain arrays too, e.g. two single-window cubes.
 
 A row (the feature axis, last by default) is *missing* when any of its values is not
@@ -21,7 +22,6 @@ Examples
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import SpecError
+from .windows import window_index
 
 __all__ = ["cosine_distance", "roc_auc", "change", "window_index", "write_change"]
 
@@ -112,51 +113,15 @@ def roc_auc(scores: ArrayLike, truth: ArrayLike) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def window_index(ds: Any, when: Any) -> int:
-    """The index along ``time`` of the window ``when`` names in the cube ``ds``.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        An opened cube with a ``time`` dimension.
-    when : str, int or date
-        A window's start date (``"2024-04-01"``, a ``datetime.date``), or a year
-        (``2024``, ``"2024"``) where exactly one window starts in it.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    SpecError
-        The cube has no ``time`` dimension, or ``when`` names no window or several (the
-        message lists the cube's windows).
-    """
-    if "time" not in ds.dims:
-        raise SpecError("cube", "a cube of one window (no time dimension)",
-                        "a cube written with several windows (temporal=[...], --years, --window)")
-    starts = [str(np.datetime64(t, "D")) for t in ds["time"].values]
-    text = when.isoformat() if isinstance(when, _dt.date) else str(when).strip()
-    if text in starts:
-        return starts.index(text)
-    if text.isdigit() and len(text) == 4:
-        hits = [i for i, s in enumerate(starts) if s[:4] == text]
-        if len(hits) == 1:
-            return hits[0]
-        why = f"{len(hits)} windows start in {text}" if hits else f"no window starts in {text}"
-        raise SpecError("window", when, f"a window's start date or a year naming one window ({why}); the "
-                                        f"cube's windows start on {starts}")
-    raise SpecError("window", when, f"a window's start date (one of {starts}) or its year (YYYY)")
-
-
 def change(cube: Any, t0: Any, t1: Any, *, scale: float) -> Any:
-    """Cosine distance per sample between the embeddings of two windows of a cube.
+    """Cosine distance between the embeddings of two windows: per sample of a cube, per grid
+    cell of each zone of a tiling store.
 
     Parameters
     ----------
-    cube : str, path-like or xarray.Dataset
-        A cube with a ``time`` dimension (its path or URL, or the opened dataset).
+    cube : str, path-like, xarray.Dataset or xarray.DataTree
+        A cube with a ``time`` dimension, or a tiling store with ``time`` (its path or URL, or
+        what :func:`~rsembed_dask.store.open.open_cube` gave).
     t0, t1 : str, int or date
         The windows compared (:func:`window_index`: a start date, or a year).
     scale : float
@@ -164,9 +129,12 @@ def change(cube: Any, t0: Any, t1: Any, *, scale: float) -> Any:
 
     Returns
     -------
-    xarray.DataArray
-        ``change(sample)`` float32 in [0, 2], NaN where either window's status is not ok;
-        with the ``lon``/``lat``/``geometry`` coordinates of the samples.
+    xarray.DataArray or dict of str to xarray.DataArray
+        A cube: ``change(sample)`` float32 in [0, 2], NaN where either window's status is not ok;
+        with the ``lon``/``lat``/``geometry`` coordinates of the samples. A tiling store: per
+        zone group name (``"EPSG32631"``) a lazy ``change(y, x)`` float32 on that zone's grid
+        (its ``x``/``y`` and ``spatial_ref`` coordinates, so ``rio.crs``/``rio.transform()``
+        work), NaN where either window is not ok and where there is no tile.
 
     Raises
     ------
@@ -176,12 +144,15 @@ def change(cube: Any, t0: Any, t1: Any, *, scale: float) -> Any:
     Examples
     --------
     >>> change("cube.zarr", 2019, 2024, scale=10.0).to_series()  # doctest: +SKIP
+    >>> change("tiles.zarr", 2019, 2024, scale=20.0)["EPSG32631"].plot()  # doctest: +SKIP
     """
     import xarray as xr
 
     from ..store.layout import OK
-    from ..store.open import open_cube
+    from ..store.open import is_tiling_store, open_cube
 
+    if isinstance(cube, xr.DataTree) or (not isinstance(cube, xr.Dataset) and is_tiling_store(cube)):
+        return _grid_change(cube if isinstance(cube, xr.DataTree) else open_cube(cube), t0, t1, float(scale))
     ds: Any = cube if isinstance(cube, xr.Dataset) else open_cube(cube)
     i0, i1 = window_index(ds, t0), window_index(ds, t1)
     scales = [float(s) for s in ds["scale"].values]
@@ -199,22 +170,57 @@ def change(cube: Any, t0: Any, t1: Any, *, scale: float) -> Any:
                                "from": starts[i0], "to": starts[i1], "scale_m": float(scale)})
 
 
+def _grid_change(tree: Any, t0: Any, t1: Any, scale: float) -> dict[str, Any]:
+    """:func:`change` of a tiling store (its DataTree): one lazy map per zone grid of ``scale``."""
+    import xarray as xr
+
+    from ..store.layout import CRS_ATTR, OK, scale_name
+
+    name = scale_name(scale)
+    scales = sorted(k for k in tree.children if k != "samples")
+    if name not in scales:
+        raise SpecError("scale", scale, f"one of the tiling store's scales {scales}")
+    out = {}
+    for zone in sorted(tree[name].children):
+        ds = tree[f"{name}/{zone}"].to_dataset()
+        i0, i1 = window_index(ds, t0), window_index(ds, t1)
+        a, b = ds["embedding"].isel(time=i0), ds["embedding"].isel(time=i1)
+        ok = (ds["status"].isel(time=i0) == OK) & (ds["status"].isel(time=i1) == OK)
+        dist = xr.apply_ufunc(cosine_distance, a, b, input_core_dims=[["feature"], ["feature"]],
+                              dask="parallelized", output_dtypes=[np.float64])
+        starts = [str(np.datetime64(t, "D")) for t in ds["time"].values]
+        d = dist.where(ok).astype(np.float32).drop_vars(["time", "time_bnds"], errors="ignore")
+        d.name = "change"
+        d.attrs = {"long_name": "cosine distance between the embeddings of two windows", "grid_mapping": "spatial_ref",
+                   "from": starts[i0], "to": starts[i1], "scale_m": scale, "zone": zone,
+                   "crs": str(ds.attrs.get(CRS_ATTR) or "EPSG:" + zone.removeprefix("EPSG"))}
+        out[zone] = d
+    return out
+
+
 #: Cells on the long side of the change PNG of a sample cube (samples binned by location).
 PNG_CELLS = 64
 
 
 def write_change(cube: Any, t0: Any, t1: Any, *, scale: float, out: str | os.PathLike) -> dict[str, Path]:
-    """Write :func:`change` of a sample cube as a GeoParquet of points and a PNG in ``out``.
+    """Write :func:`change` in ``out``: for a sample cube a GeoParquet of points and a PNG; for a
+    tiling store a GeoTIFF and a PNG per zone.
 
     The GeoParquet has one row per sample: ``sample``, ``change`` (NaN where either
     window is not ok), ``from``, ``to``, ``scale_m`` and the point ``geometry`` (EPSG:4326).
-    The PNG bins the samples on a grid of at most :data:`PNG_CELLS` cells a side (mean
+    Its PNG bins the samples on a grid of at most :data:`PNG_CELLS` cells a side (mean
     change per cell; cells without a sample transparent) with a colour bar.
+
+    A zone's GeoTIFF (``change_<from>_<to>_<scale>m_<zone>.tif``) is one float32 band, one
+    pixel per tile, georeferenced like the zone grid (its CRS and transform), NaN (the
+    no-data value) where either window is not ok or there is no tile; its PNG is that map upsampled
+    to at least 512 px (no data transparent) with the zone and scale in the title and a colour
+    bar, on a ramp shared by the zones.
 
     Parameters
     ----------
-    cube : str, path-like or xarray.Dataset
-        A sample cube with a ``time`` dimension.
+    cube : str, path-like, xarray.Dataset or xarray.DataTree
+        A sample cube or a tiling store with a ``time`` dimension.
     t0, t1 : str or int
         The two windows: a window's start date, or its year where that names one window.
     scale : float
@@ -225,7 +231,8 @@ def write_change(cube: Any, t0: Any, t1: Any, *, scale: float, out: str | os.Pat
     Returns
     -------
     dict
-        ``{"parquet": path, "png": path}``.
+        A sample cube: ``{"parquet": path, "png": path}``; a tiling store: ``{"<zone>.tif": path,
+        "<zone>.png": path, ...}`` per zone.
     """
     import geopandas as gpd
 
@@ -234,6 +241,8 @@ def write_change(cube: Any, t0: Any, t1: Any, *, scale: float, out: str | os.Pat
     da = change(cube, t0, t1, scale=scale)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
+    if isinstance(da, dict):
+        return _write_grid_change(da, float(scale), outdir)
     stem = f"change_{da.attrs['from']}_{da.attrs['to']}_{float(scale):g}m"
     lon, lat, values = da["lon"].values.astype(float), da["lat"].values.astype(float), da.values.astype(float)
     gdf = gpd.GeoDataFrame({"sample": [str(v) for v in da["sample"].values], "change": values,
@@ -258,3 +267,31 @@ def write_change(cube: Any, t0: Any, t1: Any, *, scale: float, out: str | os.Pat
                        f"({int(fin.sum())} of {len(values)} samples)",
             colour_bar=(lo, hi, "cosine distance"))
     return {"parquet": parquet, "png": png}
+
+
+def _write_grid_change(maps: dict[str, Any], scale: float, outdir: Path) -> dict[str, Path]:
+    """The GeoTIFF and PNG of each zone's change map (one colour ramp for every zone)."""
+    from affine import Affine
+
+    from .geotiff import write_scalar_geotiff
+    from .picture import map_png, scalar_rgba
+
+    values = {zone: np.asarray(d.values, np.float32) for zone, d in maps.items()}
+    finite = [v[np.isfinite(v)] for v in values.values()]
+    every = np.concatenate(finite) if finite else np.zeros(0)
+    lo, hi = (float(every.min()), float(every.max())) if every.size else (0.0, 1.0)
+    written: dict[str, Path] = {}
+    for zone, d in maps.items():
+        v = values[zone]
+        transform = Affine.from_gdal(*(float(x) for x in str(d["spatial_ref"].attrs["GeoTransform"]).split()))
+        crs = str(d.attrs["crs"])
+        stem = outdir / f"change_{d.attrs['from']}_{d.attrs['to']}_{scale:g}m_{zone}"
+        tif = Path(write_scalar_geotiff(f"{stem}.tif", v, crs, transform,
+                                        f"cosine distance {d.attrs['from']} -> {d.attrs['to']}"))
+        rgba, vmin, vmax = scalar_rgba(v, lo, hi)
+        n_ok = int(np.isfinite(v).sum())
+        map_png(rgba, f"{stem}.png", f"{zone}, {scale:g} m tiles: change {d.attrs['from']} -> {d.attrs['to']} "
+                                     f"({n_ok} of {v.size} cells with data)",
+                cell_m=abs(transform.a), colour_bar=(vmin, vmax, "cosine distance"))
+        written[f"{zone}.tif"], written[f"{zone}.png"] = tif, Path(f"{stem}.png")
+    return written

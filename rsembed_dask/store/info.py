@@ -222,7 +222,9 @@ def tiling_info(path: str | os.PathLike | StoreLocation) -> dict[str, Any]:
         each scale group name (``"10m"``) its ``scale_m``, ``tiles``, ``status``,
         ``embed_dim``, ``grid_shape``, ``spec_hash``, ``request_account`` and
         ``zones`` (per zone group: ``crs``, ``shape`` ``[y, x]``, ``cell_m``,
-        ``transform`` as the affine ``(a, b, c, d, e, f)``).
+        ``transform`` as the affine ``(a, b, c, d, e, f)``). A store with ``time`` adds
+        ``windows`` (per window: its label and status counts over every scale) and
+        ``completed_windows``; its ``status`` counts are over every window.
 
     Raises
     ------
@@ -239,22 +241,30 @@ def tiling_info(path: str | os.PathLike | StoreLocation) -> dict[str, Any]:
     tiling = json.loads(attr_text(attrs, TILING_IDENTITY_ATTR))["tiling"]
     per_scale: dict[str, Any] = {}
     totals: dict[str, int] = {}
+    windows: dict[str, dict[str, int]] = {}  # per window label, over every scale (a store with time)
     first_attrs: dict[str, Any] | None = None
     for s in tiling["scales"]:
         name = scale_name(s)
         cube = Cube.open(path.child("samples", name))
         cube_attrs = cube.attrs
         first_attrs = cube_attrs if first_attrs is None else first_attrs
-        counts = cube.status_counts()  # CubeDamagedError when a status chunk does not decode
+        # CubeDamagedError when a status chunk does not decode; a store with time: every window
+        per_window = [cube.at_window(t).status_counts() for t in range(len(cube.windows or (None,)))]
+        counts = {k: sum(w[k] for w in per_window) for k in per_window[0]}
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
+        if cube.windows is not None:
+            for w, c in zip(cube.windows, per_window):
+                window = windows.setdefault(w.label, {})
+                for k, v in c.items():
+                    window[k] = window.get(k, 0) + v
         group = group_of(root, name)
         tile_m = float(str(group.attrs[TILE_M_ATTR]))
         zones = {}
         for zone, grid in sorted(group.groups()):
             epsg = int(zone.removeprefix("EPSG"))
             lattice = TileLattice(epsg, float(s), int(str(group.attrs[IMAGE_SIZE_ATTR])))
-            zones[zone] = {"crs": grid.attrs[CRS_ATTR], "shape": list(array_of(grid, "status").shape),
+            zones[zone] = {"crs": grid.attrs[CRS_ATTR], "shape": list(array_of(grid, "status").shape[-2:]),
                            "cell_m": tile_m,
                            "transform": list(lattice.raster_transform(int(str(grid.attrs[ROW_TOP_ATTR])),
                                                                       int(str(grid.attrs[COL_LEFT_ATTR]))))}
@@ -269,7 +279,9 @@ def tiling_info(path: str | os.PathLike | StoreLocation) -> dict[str, Any]:
             "raster_synced": bool(attrs.get(SYNCED_ATTR, False)),
             "spec": json.loads(attr_text(attrs, SPEC_ATTR)), "status": totals,
             "request_account": first_attrs.get(REQUEST_ACCOUNT_ATTR), "last_run": first_attrs.get(LAST_RUN_ATTR),
-            "runs": _runs(first_attrs), "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale}
+            "runs": _runs(first_attrs), "versions": first_attrs.get(VERSIONS_ATTR), "per_scale": per_scale,
+            **({"windows": [{"window": k, "status": v} for k, v in windows.items()],
+                "completed_windows": attrs.get(COMPLETED_WINDOWS_ATTR, [])} if windows else {})}
 
 
 def format_tiling_info(info: Mapping[str, Any]) -> str:
@@ -300,6 +312,10 @@ def format_tiling_info(info: Mapping[str, Any]) -> str:
             lines.append(f"  {name}/{zone}: {z['shape'][0]} x {z['shape'][1]} cells of {z['cell_m']:g} m, "
                          f"{z['crs']}")
     lines.append("status: " + ", ".join(f"{k} {v}" for k, v in info["status"].items()))
+    lines += [f"  window {w['window']}: " + ", ".join(f"{k} {v}" for k, v in w["status"].items())
+              for w in info.get("windows", [])]
+    if "windows" in info:
+        lines.append(f"completed windows: {info.get('completed_windows') or 'none'}")
     lines.append("spec: " + json.dumps(info["spec"], sort_keys=True))
     lines.append(f"versions: {info['versions']}")
     lines.append(f"request account: {info['request_account']}")

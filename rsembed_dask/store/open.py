@@ -611,7 +611,7 @@ def stored_chunk_size(path: str | os.PathLike | StoreLocation) -> int | None:
     try:
         if meta is None:
             return None
-        axis = 1 if list(meta.get("dimension_names") or [])[:1] == ["time"] else 0  # (time, sample, scale)
-        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][axis])
-    except (KeyError, TypeError, ValueError, IndexError):
+        names = meta.get("dimension_names") or ["sample"]  # (time, sample, scale) in a cube with time
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][list(names).index("sample")])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None

@@ -132,7 +132,11 @@ def test_demo_step_draws_the_truth_beside_the_embeddings(tmp_path, client, capsy
     result = _demo_tiles(tmp_path, aoi=(3.5, 30.25, 3.64, 30.38), client=client)
     printed = capsys.readouterr().out
     assert re.fullmatch(r"kNN class agreement: [01]\.\d\d \(chance 0\.\d\d\)", result["knn_line"])
+    assert re.fullmatch(r"change AUC: ([01]\.\d\d|nan) \(\d+ tiles whose land cover changed .* 2019 -> 2024\)",
+                        result["change_line"])
     assert "[4/4] tiling:" in printed and str(result["figure"]) in printed
+    # One tiling store with time (2019, 2024) and its change map per zone (GeoTIFF + PNG).
+    assert any(p.endswith(".tif") for p in result["change_maps"]) and result["change_maps"][0] in printed
     fig = np.asarray(Image.open(result["figure"]).convert("RGB"))
     # Three panels of the tiles' extent side by side: the middle one holds class colours only.
     assert len(tile_aoi((3.5, 30.25, 3.64, 30.38), scales=[SCALE]).tables[0]) >= 6
@@ -142,3 +146,10 @@ def test_demo_step_draws_the_truth_beside_the_embeddings(tmp_path, client, capsy
     middle = fig[top + 5:top + 60, 2 * gap + width + 5:2 * gap + 2 * width - 5].reshape(-1, 3)
     palette = {tuple(c) for c in CLASS_COLOURS.tolist()}
     assert {tuple(p) for p in middle.tolist()} <= palette
+    # A second row below (composite 2024 | land-cover change | change map): its middle panel holds
+    # the faded class colours and red where the land changed.
+    h = (fig.shape[0] - 84 - 2 * top) // 2  # two rows of panels, two caption lines under them
+    y2 = 2 * top + h
+    lower = fig[y2 + 5:y2 + h - 5, 2 * gap + width + 5:2 * gap + 2 * width - 5].reshape(-1, 3)
+    faded = {tuple(int(v) for v in (0.3 * np.asarray(c) + 0.7 * 255).astype(np.uint8)) for c in CLASS_COLOURS.tolist()}
+    assert {tuple(p) for p in lower.tolist()} <= faded | {(220, 20, 20)}

@@ -183,13 +183,3 @@ def test_readers_of_one_window_ask_for_it_and_the_others_read_every_window(tmp_p
     assert similar(ds.isel(time=1), "s0", k=2, scale=10.0).index.tolist()[0] != "s0"  # one window: as before
     assert check_cube(out).problems == []  # verify reads every window (tests/integration/test_time_verify.py)
     assert main(["export", str(out), str(tmp_path / "e.parquet")]) == 0  # rows per window (test_time_formats.py)
-
-
-def test_a_tiling_takes_one_window(tmp_path):
-    from rsembed_dask.campaign.jobs import plan_tiling
-    from rsembed_dask.sampling.tiling import tile_aoi
-
-    tiling = tile_aoi((2.0, 31.25, 2.02, 31.27), scales=[10.0])
-    with pytest.raises(SpecError, match="one window for a tiling store"):
-        plan_tiling(tiling, tmp_path / "t.zarr", temporal=WINDOWS[:2], model=TINY)
-    assert not (tmp_path / "t.zarr").exists()

@@ -247,10 +247,10 @@ def test_a_damaged_chunk_of_one_window_is_named(tmp_path, capsys):
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    with pytest.raises(CubeError, match=r"array 'embedding' in window 1 along time at scale 10 m, samples .*"
+    with pytest.raises(CubeError, match=r"array 'embedding' at scale 10 m in window 2020-01-01, samples .*"
                                         r"\(rows 128-159\) does not decode"):
         export_geoparquet(path, tmp_path / "x.parquet", read_block_rows=32)
     assert export_geoparquet(path, tmp_path / "w0.parquet", window=0).rows == 200  # the other windows read fine
     assert main(["export", str(path), str(tmp_path / "x.parquet")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "in window 1 along time" in err and not (tmp_path / "x.parquet").exists()
+    assert len(err.splitlines()) == 1 and "in window 2020-01-01" in err and not (tmp_path / "x.parquet").exists()

@@ -1,6 +1,6 @@
 """Date windows: the helpers, the checks (ordered, non-empty, no overlap unless asked), the CLI
-flags, and a tiling's refusal of several windows until its grids have a time dimension (sample
-cubes take several: tests/integration/test_time_cube.py)."""
+flags (cubes and tiling stores of several windows: tests/integration/test_time_cube.py,
+tests/integration/test_time_tiling.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import geopandas as gpd
 import pytest
 from shapely.geometry import Point
 
-from rsembed_dask import TemporalSpec, TemporalWindows, run_campaign
+from rsembed_dask import TemporalSpec, TemporalWindows
 from rsembed_dask.cli.args import parse_window, read_windows_file, windows_given
 from rsembed_dask.cli.commands import build_parser
 from rsembed_dask.errors import SpecError
@@ -111,21 +111,13 @@ def test_cli_window_flags_refuse_mixtures_and_name_the_bad_line(tmp_path):
         read_windows_file(tmp_path / "missing.txt")
 
 
-def test_a_tiling_campaign_refuses_several_windows_before_writing_anything(tmp_path):
-    from rsembed_dask.sampling.tiling import tile_aoi
+def test_a_tiling_takes_several_windows_and_append_windows():
+    """A tiling over several windows is a store with time (tests/integration/test_time_tiling.py):
+    the CLI accepts --years and --append-windows with --tile."""
+    from rsembed_dask.cli.commands import build_parser
 
-    with pytest.raises(SpecError, match=r"temporal='6 windows \(2019-01-01..2020-01-01 ... 2024-01-01..2025-01-01\)'"
-                                        r".*one window for a tiling store"):
-        run_campaign(tile_aoi((3.0, 31.2, 3.02, 31.22), scales=[40.0]), tmp_path / "c.zarr",
-                     temporal=TemporalSpec.years(2019, 2024), model="test-tiny", backend="emulator", progress=False)
-    assert not (tmp_path / "c.zarr").exists()
-
-
-def test_the_cli_refuses_several_windows_for_a_tiling_in_one_line(tmp_path, capsys):
-    from rsembed_dask.cli import main
-
-    code = main(["run", "3.0,31.2,3.02,31.22", "--tile", "--out", str(tmp_path / "c.zarr"), "--years", "2019-2020",
-                 "--model", "test-tiny", "--backend", "emulator", "--scales", "40", "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "2 windows" in err[0], err
-    assert not (tmp_path / "c.zarr").exists()
+    p = build_parser()
+    args = p.parse_args(["run", "3.0,31.2,3.02,31.22", "--tile", "--out", "c.zarr", "--years", "2019-2020",
+                         "--append-windows"])
+    args.check(args)  # no argparse error
+    assert len(windows_given(args)) == 2 and args.append_windows
