@@ -69,7 +69,7 @@ from ..errors import CubeError, OutputError, SpecError
 from .cube import Cube
 from .damage import named_damage
 from .footprints import split_antimeridian, stored_footprints
-from .layout import (OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses, refuse_time,
+from .layout import (OK, SPEC_ATTR, SPEC_HASH_ATTR, STATUS_NAMES, VERSIONS_ATTR, count_statuses,
                      scale_name)
 from .metadata import EMB_VERSION, describe_embeddings, read_quantization
 from .location import StoreLocation
@@ -296,7 +296,7 @@ def store_parts(store: str | os.PathLike, scale: float | None = None, *,
     Raises
     ------
     CubeError
-        ``store`` is not a cube or a tiling store, or a tiling store with ``time`` (not handled yet).
+        ``store`` is not a cube or a tiling store.
     SpecError
         ``scale`` is not one of the store's scales, or ``window`` not one of its windows.
     """
@@ -307,14 +307,12 @@ def store_parts(store: str | os.PathLike, scale: float | None = None, *,
         from ..specs import CampaignSpec
 
         root = zarr.open_group(path.zarr_store(read_only=True), mode="r", zarr_format=3)
-        refuse_time(dict(root.attrs), path.url, "export and STAC of a tiling store")
         scales = list(CampaignSpec.from_json(attr_text(root.attrs, SPEC_ATTR)).scales)
         parts = []
-        for i in _pick_scale(scales, scale):
+        for i in _pick_scale(scales, scale):  # each scale's sample cube (with time: its windows)
             cube = Cube.open(path.child("samples", scale_name(scales[i])))
-            refuse_time(cube.attrs, cube.path, "export and STAC of a tiling store")
-            _pick_windows(cube, window)
-            parts.append(StorePart(cube, scales[i], 0, True))
+            parts += [StorePart(cube if w is None else cube.at_window(w), scales[i], 0, True, w)
+                      for w in _pick_windows(cube, window)]
         return parts
     cube = Cube.open(path)
     scales = [float(s) for s in cube.scales]

@@ -7,7 +7,8 @@ Items (``<item id>/<item id>.json``) with :mod:`pystac`:
   window (id ``<collection>-<scale>-<window start>``), its ``start_datetime``/``end_datetime``
   the window's (``datetime`` null, as STAC requires with a range);
 * a tiling store: one Item per scale and UTM zone (with ``proj:`` fields of the zone grid);
-  tiling stores with ``time`` are refused for now.
+  with ``time``: per scale, zone and window (id ``<collection>-<scale>-<zone>-<window start>``,
+  the zone grid's ``embedding(time, y, x, feature)`` its asset).
 
 The Collection carries the extension's Collection fields (``emb:type`` "chip",
 ``emb:dimensions``, ``data_type``, ``emb:chip_layout``, ``emb:temporal_resolution``,
@@ -149,8 +150,9 @@ def _ok_extent(part: StorePart) -> tuple[list[float] | None, int]:
     return (_union_bbox(boxes) if boxes else None), n
 
 
-def _zone_items(store: str | StoreLocation, scale_m: float) -> list[dict[str, Any]]:
-    """Geometry, bbox and ``proj:`` fields of each zone grid of one scale of a tiling store."""
+def _zone_items(store: str | StoreLocation, scale_m: float, window: int | None = None) -> list[dict[str, Any]]:
+    """Geometry, bbox and ``proj:`` fields of each zone grid of one scale of a tiling store, and its
+    ok tiles (in ``window``, the index along ``time`` of a store with time)."""
     import shapely
     import zarr
 
@@ -161,12 +163,12 @@ def _zone_items(store: str | StoreLocation, scale_m: float) -> list[dict[str, An
     for zone, g in sorted(group.groups()):
         epsg = int(zone.removeprefix("EPSG"))
         c, a, _, f, _, e = (float(v) for v in attr_text(array_of(g, "spatial_ref").attrs, "GeoTransform").split())
-        ny, nx = array_of(g, "status").shape
+        ny, nx = array_of(g, "status").shape[-2:]  # (time,) y, x
         box = shapely.segmentize(shapely.box(c, f + e * ny, c + a * nx, f), DENSIFY_M)
         lonlat = shapely.transform(box, lambda xy, crs=f"EPSG:{epsg}": np.column_stack(
             xy_to_lonlat(xy[:, 0], xy[:, 1], crs)))
         geom = split_antimeridian([lonlat])[0]
-        status = np.asarray(array_of(g, "status")[...])
+        status = np.asarray(array_of(g, "status")[...] if window is None else array_of(g, "status")[int(window)])
         out.append({"zone": zone, "group": f"{name}/{zone}", "geometry": json.loads(shapely.to_geojson(geom)),
                     "bbox": [float(v) for v in covering_bounds([geom])[0]],
                     "proj": {"proj:code": f"EPSG:{epsg}", "proj:shape": [int(ny), int(nx)],
@@ -261,16 +263,20 @@ def write_stac(store: str | os.PathLike, out_dir: str | os.PathLike, *, geoparqu
                  "processing:datetime": _processing_datetime(part.cube.location, part.cube.attrs, part.window)}
         if tiling:
             parquet = None
+            when = "" if part.window is None else f"-{temporal.start}"
             if geoparquet:
-                parquet = os.path.join(out_dir, f"{cid}-{sname}.parquet")
-                export_geoparquet(path, parquet, scale=part.scale_m)
-            for zone in _zone_items(path, part.scale_m):
-                item = pystac.Item(f"{cid}-{sname}-{zone['zone']}", zone["geometry"], zone["bbox"], None,
-                                   {**props, "start_datetime": _iso(start), "end_datetime": _iso(end), **zone["proj"]},
+                parquet = os.path.join(out_dir, f"{cid}-{sname}{when}.parquet")
+                export_geoparquet(path, parquet, scale=part.scale_m, window=part.window)
+            for zone in _zone_items(path, part.scale_m, part.window):
+                item = pystac.Item(f"{cid}-{sname}-{zone['zone']}{when}", zone["geometry"], zone["bbox"], None,
+                                   {**props, "start_datetime": _iso(w_start if timed else start),
+                                    "end_datetime": _iso(w_end if timed else end), **zone["proj"]},
                                    stac_extensions=[EMB_EXTENSION, PROCESSING_EXTENSION, PROJECTION_EXTENSION,
                                                     XARRAY_EXTENSION])
                 item.add_asset("embeddings", pystac.Asset(
-                    path.url, title=f"{sname} grid of {zone['zone']}: embedding(y, x, feature), {zone['ok']} ok tiles",
+                    path.url, title=(f"{sname} grid of {zone['zone']}: embedding(y, x, feature), {zone['ok']} ok tiles"
+                                     if not timed else f"{sname} grid of {zone['zone']}: embedding(time, y, x, feature); "
+                                     f"select time={temporal.start}: {zone['ok']} ok tiles"),
                     media_type=ZARR_MEDIA_TYPE,
                     roles=["data"], extra_fields={"xarray:open_kwargs": {**_ZARR_OPEN, "group": zone["group"]}}))
                 if parquet is not None:

@@ -180,20 +180,6 @@ def test_cli_export_and_stac_of_a_cube_with_time(timed, tmp_path, capsys):
     assert "collection 'yearly' with 6 item(s): yearly-10m-2019-01-01," in capsys.readouterr().out
 
 
-def test_a_tiling_store_with_time_is_refused_in_one_line(tmp_path, capsys):
-    store = tmp_path / "tt.zarr"
-    make_tiling(store)
-    export_geoparquet(store, tmp_path / "ok.parquet")  # one window: exported as before
-    # Tiling stores with time are not written yet: mark one as if it held two windows.
-    zarr.open_group(str(store), mode="r+").attrs[TIME_WINDOWS_ATTR] = [["2023-01-01", "2024-01-01"],
-                                                                       ["2024-01-01", "2025-01-01"]]
-    with pytest.raises(CubeError, match="export and STAC of a tiling store does not handle cubes with time"):
-        export_geoparquet(store, tmp_path / "t.parquet")
-    assert main(["stac", str(store), "--out", str(tmp_path / "stac")]) == 2
-    err = capsys.readouterr().err
-    assert "export and STAC of a tiling store" in err and len(err.strip().splitlines()) == 1
-
-
 def test_a_campaign_over_windows_exports_and_catalogues_on_the_emulator(tmp_path, provider, client, capsys):
     """A real 3-window campaign (test-tiny, the real ee client against the emulator), then the CLI."""
     from rsembed_dask.campaign.options import RunOptions

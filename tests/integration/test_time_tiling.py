@@ -287,3 +287,38 @@ def test_an_int8_tiling_store_with_time(tmp_path, client, provider):
                                    samples.embedding.values[t, grid.sample_index.values[has], 0, :])
     d = change(out, 2019, 2020, scale=40)[zone].values
     assert np.isfinite(d[has]).all() and np.isnan(d[~has]).all()
+
+
+def test_export_and_stac_of_a_tiling_store_with_time(tmp_path, client, provider, tiling):
+    """Rows per ok tile and window, each with its window's datetimes; STAC Items per scale, zone and
+    window, validated offline (core schemas and the emb: extension)."""
+    import geopandas as gpd
+
+    from rsembed_dask import export_geoparquet, write_stac
+
+    from .test_stac import check_collection, check_item, validate_core
+
+    out = tmp_path / "tt.zarr"
+    _run(tiling, out, WINDOWS[:2], provider, client)
+    report = export_geoparquet(out, tmp_path / "tt.parquet")
+    rows = gpd.read_parquet(tmp_path / "tt.parquet")
+    expected = 0
+    for s in SCALES:
+        status = np.asarray(zarr.open_array(str(out / "samples" / scale_name(s) / "status"), mode="r")[...])
+        assert status.shape[0] == 2  # (time, sample, scale)
+        for t, w in enumerate(WINDOWS[:2]):
+            mine = rows[(rows["scale"] == s) & (rows.start_datetime == pd.Timestamp(w.start, tz="UTC"))]
+            assert len(mine) == int((status[t] == OK).sum()) > 0
+            expected += len(mine)
+    assert report.rows == len(rows) == expected
+    col = write_stac(out, tmp_path / "stac", geoparquet=True)
+    validate_core(col)
+    check_collection(col.to_dict())
+    items = list(col.get_items())
+    zones = {i.id.split("-")[2] for i in items}
+    assert len(items) == len(SCALES) * len(zones) * 2 and len(zones) == 2
+    for item in items:
+        check_item(item.to_dict())
+        start = item.id.split("-", 3)[3]
+        assert start in {w.start for w in WINDOWS[:2]} and item.properties["start_datetime"].startswith(start)
+        assert item.datetime is None and item.assets["samples"].href.endswith(f"-{start}.parquet")
