@@ -149,16 +149,8 @@ def format_store_info(info: Mapping[str, Any]) -> str:
     if "windows" in info:
         lines.append(f"completed windows: {info.get('completed_windows') or 'none'}")
     lines += [f"spec hash: {info['spec_hash']}",
-              "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":")),
-              f"versions: {info['versions']}",
-              f"request account: {info['request_account']}"]
-    lines += format_runs(info)
-    if info.get("writer"):
-        stale = str(info["writer"]).startswith("stale lock")
-        lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")
-    if "problems" in info:
-        lines.append(format_problems(info["problems"]))
-    return "\n".join(lines)
+              "spec: " + json.dumps(info["spec"], sort_keys=True, separators=(",", ":"))]
+    return "\n".join(lines + _closing_lines(info))
 
 
 #: Runs listed by ``inspect`` (the last ones; ``runs`` keeps them all).
@@ -317,12 +309,17 @@ def format_tiling_info(info: Mapping[str, Any]) -> str:
     if "windows" in info:
         lines.append(f"completed windows: {info.get('completed_windows') or 'none'}")
     lines.append("spec: " + json.dumps(info["spec"], sort_keys=True))
-    lines.append(f"versions: {info['versions']}")
-    lines.append(f"request account: {info['request_account']}")
+    return "\n".join(lines + _closing_lines(info))
+
+
+def _closing_lines(info: Mapping[str, Any]) -> list[str]:
+    """The last lines of ``inspect`` for a cube or a tiling store: versions, the request account,
+    the runs, the writer lock and the problems found."""
+    lines = [f"versions: {info['versions']}", f"request account: {info['request_account']}"]
     lines += format_runs(info)
     if info.get("writer"):
         stale = str(info["writer"]).startswith("stale lock")
         lines.append(f"writer lock: {info['writer']}" if stale else f"being written by: {info['writer']}")
     if "problems" in info:
         lines.append(format_problems(info["problems"]))
-    return "\n".join(lines)
+    return lines

@@ -13,7 +13,6 @@ another window is rewritten (every chunk file hashed before and after). Also: ``
 import hashlib
 import json
 import os
-import shutil
 
 import geopandas as gpd
 import numpy as np
@@ -25,6 +24,8 @@ from rsembed_dask.cli.commands import main
 from rsembed_dask.store.cube import OK, Cube, open_cube
 from rsembed_dask.store.layout import COMPLETED_WINDOWS_ATTR, TIME_WINDOWS_ATTR
 from rsembed_dask.store.verify import check_cube
+
+from .test_verify import corrupt, cube, verify  # noqa: F401  (cube: the fixture, on this module's `made`)
 
 IDS = [f"plot-{i}" for i in range(6)]  # chunks of 4: units [0, 4) and [4, 6) at 10 m and 40 m, per window
 STARTS = ["2019-01-01", "2020-01-01", "2021-01-01"]
@@ -47,32 +48,6 @@ def made(tmp_path_factory, client):
     ds = open_cube(out)
     assert ds.sizes["time"] == 3 and (ds.status.values == OK).all()
     return out, args
-
-
-@pytest.fixture
-def cube(made, tmp_path):
-    """A fresh copy of the finished cube, and a function running the CLI on it."""
-    out, args = made
-    path = tmp_path / "cube.zarr"
-    shutil.copytree(out, path)
-
-    def run(*extra):
-        return main(args + ["--out", str(path), *extra])
-    return path, run
-
-
-def verify(path, capsys) -> tuple[int, list[str], str]:
-    """``inspect --verify --json``: exit status, problems, stderr."""
-    capsys.readouterr()
-    rc = main(["inspect", str(path), "--verify", "--json"])
-    out, err = capsys.readouterr()
-    return rc, json.loads(out)["problems"], err
-
-
-def corrupt(path) -> None:
-    """Overwrite the start of a chunk file with garbage."""
-    with open(path, "r+b") as fh:
-        fh.write(b"\x00garbage, not a zstd frame\x00" * 2)
 
 
 def chunk_hashes(cube) -> dict[str, str]:
