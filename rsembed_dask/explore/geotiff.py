@@ -21,6 +21,7 @@ from ..store.location import StoreLocation
 from ..store.layout import CRS_ATTR, OK, SYNCED_ATTR, TIME_WINDOWS_ATTR, scale_name
 from ..store.open import array_of, attr_text, group_of, is_tiling_store
 from ..store.quantize import dequantize_int8
+from ..store.windowed import at_window
 from .pca import PCAColours
 from .picture import map_png
 from .window_choice import TIME_DIM, choose_window
@@ -32,21 +33,6 @@ log = logging.getLogger(__name__)
 #: Vectors used to fit the axes of a grid quicklook: principal axes and percentiles
 #: are stable long before this (the fit costs O(n D^2)).
 MAX_FIT_VECTORS = 20_000
-
-
-class _InWindow:
-    """A zarr array read at window ``t``: its leading ``time`` dimension, when it has one, fixed."""
-
-    def __init__(self, array: Any, t: int | None):
-        names = tuple(getattr(array.metadata, "dimension_names", None) or ())
-        self.array = array
-        self.t = t if t is not None and names[:1] == (TIME_DIM,) else None
-        self.shape = array.shape if self.t is None else array.shape[1:]
-        self.chunks = array.chunks if self.t is None else array.chunks[1:]
-
-    def __getitem__(self, key: Any) -> Any:
-        key = key if isinstance(key, tuple) else (key,)
-        return self.array[key if self.t is None else (self.t,) + key]
 
 
 def _store_window(samples, time: Any) -> tuple[int | None, list[str] | None]:
@@ -62,7 +48,7 @@ def _store_window(samples, time: Any) -> tuple[int | None, list[str] | None]:
 
 def _fit_sample(samples, rng: np.random.Generator, max_rows: int, t: int | None = None) -> np.ndarray:
     """Up to ``max_rows`` ok embeddings of a sample cube (of window ``t``), read a few whole chunks at a time."""
-    emb, status = _InWindow(samples["embedding"], t), _InWindow(samples["status"], t)
+    emb, status = at_window(samples["embedding"], t), at_window(samples["status"], t)
     n, chunk = emb.shape[0], emb.chunks[0]
     starts = rng.permutation(np.arange(0, n, chunk))
     need = int(np.searchsorted(np.cumsum(np.minimum(chunk, n - starts)), max_rows) + 1)
@@ -70,7 +56,7 @@ def _fit_sample(samples, rng: np.random.Generator, max_rows: int, t: int | None 
     for s in np.sort(starts[:need]).tolist():  # a random subset, read in order
         e = np.asarray(emb[s:s + chunk, 0, :])
         if "embedding_scale" in samples:  # an int8 store
-            e = dequantize_int8(e, _InWindow(samples["embedding_scale"], t)[s:s + chunk, 0], axis=1)
+            e = dequantize_int8(e, at_window(samples["embedding_scale"], t)[s:s + chunk, 0], axis=1)
         ok = np.asarray(status[s:s + chunk, 0]) == OK
         rows.append(e[ok])
         got += int(ok.sum())
@@ -158,14 +144,14 @@ def _zone_quicklook(g, zone: str, name: str, scale_m: float, components: Sequenc
     """The quicklook files of one zone grid ``g`` (at window ``t``, ``[start, end]``)."""
     from affine import Affine
 
-    emb, status = _InWindow(array_of(g, "embedding"), t), np.asarray(_InWindow(array_of(g, "status"), t)[...])
+    emb, status = at_window(array_of(g, "embedding"), t), np.asarray(at_window(array_of(g, "status"), t)[...])
     ny, nx, _ = emb.shape
     rgba = np.zeros((4, ny, nx), np.uint8)
     step = emb.chunks[0]
     for r in range(0, ny, step):  # one row of chunks at a time
         strip = np.asarray(emb[r:r + step])
         if "embedding_scale" in g:  # an int8 store
-            strip = dequantize_int8(strip, _InWindow(array_of(g, "embedding_scale"), t)[r:r + step], axis=-1)
+            strip = dequantize_int8(strip, at_window(array_of(g, "embedding_scale"), t)[r:r + step], axis=-1)
         strip = strip.reshape(-1, emb.shape[2])
         h = min(step, ny - r)
         rgba[:3, r:r + h] = colours.rgb(strip).T.reshape(3, h, nx)

@@ -49,6 +49,7 @@ from .digests import differing_blocks, digest_record
 from .geoemb import geoemb_attrs
 from .location import STORE_ERRORS, StoreLocation
 from .lock import confirm_held
+from .windowed import WindowSlice
 from .rootcopy import write_root_copy
 from .quantize import QUANTISED, is_quantised_dtype, quantize_int8
 from ..errors import CubeDamagedError, CubeError, SpecError, SpecMismatchError
@@ -818,7 +819,7 @@ class Cube:
             arr = array_of(self._zgroup(), name)
             names: tuple[Any, ...] = tuple(getattr(arr.metadata, "dimension_names", None) or ())
             if self.windows is not None and len(names) > 1 and names[0] == "time" and name != "time_bnds":
-                arr = _WindowSlice(arr, self.window)
+                arr = WindowSlice(arr, self.window)
             self._arrays[name] = arr
         return arr
 
@@ -1178,41 +1179,6 @@ class Cube:
             # A group opened now: another handle on this store (another window's) may have written
             # attributes since this one's group was opened, and Zarr rewrites them all from its copy.
             zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3).attrs.update(changed)
-
-
-class _WindowSlice:
-    """One window of a Zarr array with ``time`` first, indexed like an array without it."""
-
-    def __init__(self, arr: zarr.Array, window: int):
-        self.arr, self.window = arr, int(window)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.arr.shape[1:])
-
-    @property
-    def ndim(self) -> int:
-        return self.arr.ndim - 1
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return tuple(self.arr.chunks[1:])
-
-    @property
-    def dtype(self) -> Any:
-        return self.arr.dtype
-
-    def _key(self, key: Any) -> tuple[Any, ...]:
-        return (self.window,) + (key if isinstance(key, tuple) else (key,))
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.arr[self._key(key)]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.arr[self._key(key)] = value
-
-    def set_orthogonal_selection(self, selection: Any, value: Any) -> None:
-        self.arr.set_orthogonal_selection(self._key(selection), value)
 
 
 def _writable(loc: StoreLocation) -> bool:

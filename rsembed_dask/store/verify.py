@@ -40,6 +40,7 @@ import zarr
 from .layout import (FAILED, NO_DATA, NO_TILE, OK, PENDING, SPEC_ATTR, STATUS_NAMES, SYNCED_ATTR, TILING_IDENTITY_ATTR,
                      TIME_WINDOWS_ATTR, scale_name, vouched_arrays, window_days)
 from .location import STORE_ERRORS, StoreLocation
+from .windowed import at_window, has_time
 from .open import (
     COORD_NAMES, DECODE_ERRORS, TIME_NAMES, array_meta_problem, chunk_keys, cube_array_names,
     missing_coordinate_chunks, attr_text, probe_store,
@@ -621,7 +622,8 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
         The tiling store.
     scale_m : float
     sample_status : numpy.ndarray or None
-        ``status[:, 0]`` of ``samples/<scale>m``; None skips the comparisons.
+        ``status[:, 0]`` of ``samples/<scale>m`` (``status[:, :, 0]``, per window, in a store with
+        ``time``: each window's grid is compared with that window's samples); None skips the comparisons.
 
     Returns
     -------
@@ -634,8 +636,10 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
     zones = sorted(z for z in base.children() if base.is_dir(z))
     if not zones:
         return [f"{name}: no zone grid in the store"]
+    root = zarr.open_group(StoreLocation.parse(path).zarr_store(read_only=True), mode="r", zarr_format=3)
+    raw: Any = root.attrs.get(TIME_WINDOWS_ATTR) or []
+    windows = [str(w[0]) for w in raw]  # start dates, by position
     for zone in zones:
-        where = f"{name}/{zone}"
         arrs = {}
         names: tuple[str, ...] = ("status", "sample_index", "embedding")
         if base.is_dir(f"{zone}/embedding_scale"):  # an int8 store
@@ -643,51 +647,64 @@ def check_grids(path, scale_m: float, sample_status: np.ndarray | None) -> list[
         for a in names:
             arr, _, why = _open(base, f"{zone}/{a}")
             if arr is None:
-                problems.append(f"{where}: {why}; its cells cannot be checked")
+                problems.append(f"{name}/{zone}: {why}; its cells cannot be checked")
             else:
                 arrs[a] = arr
         if len(arrs) < len(names):
             continue
-        tally = _Tally()
-        emb_stored = {k[:2] for k in chunk_keys(base, f"{zone}/embedding")}
-        ny, nx = arrs["status"].shape
-        by, bx = arrs["status"].chunks
-        row_bytes = by * nx * arrs["embedding"].shape[2] * 4
-        cols = max(bx, (BATCH_BYTES // max(row_bytes // nx, 1)) // bx * bx)
-        for y0 in range(0, ny, by):
-            for x0 in range(0, nx, cols):
-                for (ya, yb, xa, xb), got in _read_blocks(arrs, y0, min(y0 + by, ny), x0, min(x0 + cols, nx),
-                                                          by, bx):
-                    cellpos = np.stack(np.meshgrid(np.arange(ya, yb), np.arange(xa, xb), indexing="ij"), -1)
-                    cellpos = cellpos.reshape(-1, 2)
-                    bad = [k for k, v in got.items() if isinstance(v, str)]
-                    for k in bad:
-                        _tally_cells(tally, k, UNDECODABLE, cellpos, np.ones(len(cellpos), bool), got[k])
-                    if bad or sample_status is None:
-                        continue
-                    idx, cells, emb = (got[k].reshape(len(cellpos), *got[k].shape[2:])
-                                       for k in ("sample_index", "status", "embedding"))
-                    has = idx >= 0
-                    outside = has & (idx >= len(sample_status))
-                    has &= ~outside
-                    differ = has & (cells != sample_status[np.where(has, idx, 0)])
-                    stray = ~has & ~outside & (cells != NO_TILE)
-                    ok = has & (cells == OK)
-                    finite = (np.isfinite(got["embedding_scale"].reshape(len(cellpos))) if "embedding_scale" in got
-                              else np.isfinite(emb).all(-1))
-                    stored = np.array([(y // by, x // bx) in emb_stored for y, x in cellpos.tolist()], bool)
-                    for what, mask in (
-                            ("grid cells naming a sample the sample cube does not have", outside),
-                            ("grid cells whose status is not their sample's", differ),
-                            ("grid cells with a status but no sample index", stray),
-                            ("ok grid cells whose embedding chunk is missing", ok & ~stored),
-                            ("ok grid cells with a non-finite embedding", ok & stored & ~finite)):
-                        _tally_cells(tally, "", what, cellpos, mask)
-        for (array, _, _, what), (count, first, detail, _, _) in tally.groups.items():
-            cells = ", ".join(f"(y={y}, x={x})" for y, x in first)
-            more = f" and {count - len(first)} more" if count > len(first) else ""
-            extra = f" ({detail})" if detail else ""
-            problems.append(f"{where}{'/' + array if array else ''}: {count} {what}{extra}: {cells}{more}")
+        timed = has_time(arrs["status"])
+        stored_keys = list(chunk_keys(base, f"{zone}/embedding"))
+        for t in (range(arrs["status"].shape[0]) if timed else [None]):
+            where = f"{name}/{zone}" + (f" in window {windows[t]}" if t is not None and t < len(windows) else
+                                        f" in window {t}" if t is not None else "")
+            emb_stored = {k[:2] for k in stored_keys} if t is None else {k[1:3] for k in stored_keys if k[0] == t}
+            status_t = None if sample_status is None else (sample_status if t is None else sample_status[t])
+            problems += _check_zone_grid({k: at_window(a, t) for k, a in arrs.items()}, where, emb_stored, status_t)
+    return problems
+
+
+def _check_zone_grid(arrs: dict[str, Any], where: str, emb_stored: set, sample_status: np.ndarray | None) -> list[str]:
+    """Problems of one zone grid (one window of it, for a store with time): see :func:`check_grids`."""
+    problems = []
+    tally = _Tally()
+    ny, nx = arrs["status"].shape
+    by, bx = arrs["status"].chunks
+    row_bytes = by * nx * arrs["embedding"].shape[2] * 4
+    cols = max(bx, (BATCH_BYTES // max(row_bytes // nx, 1)) // bx * bx)
+    for y0 in range(0, ny, by):
+        for x0 in range(0, nx, cols):
+            for (ya, yb, xa, xb), got in _read_blocks(arrs, y0, min(y0 + by, ny), x0, min(x0 + cols, nx),
+                                                      by, bx):
+                cellpos = np.stack(np.meshgrid(np.arange(ya, yb), np.arange(xa, xb), indexing="ij"), -1)
+                cellpos = cellpos.reshape(-1, 2)
+                bad = [k for k, v in got.items() if isinstance(v, str)]
+                for k in bad:
+                    _tally_cells(tally, k, UNDECODABLE, cellpos, np.ones(len(cellpos), bool), got[k])
+                if bad or sample_status is None:
+                    continue
+                idx, cells, emb = (got[k].reshape(len(cellpos), *got[k].shape[2:])
+                                   for k in ("sample_index", "status", "embedding"))
+                has = idx >= 0
+                outside = has & (idx >= len(sample_status))
+                has &= ~outside
+                differ = has & (cells != sample_status[np.where(has, idx, 0)])
+                stray = ~has & ~outside & (cells != NO_TILE)
+                ok = has & (cells == OK)
+                finite = (np.isfinite(got["embedding_scale"].reshape(len(cellpos))) if "embedding_scale" in got
+                          else np.isfinite(emb).all(-1))
+                stored = np.array([(y // by, x // bx) in emb_stored for y, x in cellpos.tolist()], bool)
+                for what, mask in (
+                        ("grid cells naming a sample the sample cube does not have", outside),
+                        ("grid cells whose status is not their sample's", differ),
+                        ("grid cells with a status but no sample index", stray),
+                        ("ok grid cells whose embedding chunk is missing", ok & ~stored),
+                        ("ok grid cells with a non-finite embedding", ok & stored & ~finite)):
+                    _tally_cells(tally, "", what, cellpos, mask)
+    for (array, _, _, what), (count, first, detail, _, _) in tally.groups.items():
+        cells = ", ".join(f"(y={y}, x={x})" for y, x in first)
+        more = f" and {count - len(first)} more" if count > len(first) else ""
+        extra = f" ({detail})" if detail else ""
+        problems.append(f"{where}{'/' + array if array else ''}: {count} {what}{extra}: {cells}{more}")
     return problems
 
 
@@ -744,9 +761,8 @@ def verify_tiling_store(path: str | os.PathLike | StoreLocation) -> list[str]:
         problems += [f"samples/{name}: {p}" for p in health.problems]
         sample_status = None
         if synced and "status" not in health.unreadable and not health.fatal:
-            status = _read(zarr.open_array(sample_path.child("status").zarr_store(read_only=True), mode="r",
-                                           zarr_format=3),
-                           (slice(None), 0))
+            arr = zarr.open_array(sample_path.child("status").zarr_store(read_only=True), mode="r", zarr_format=3)
+            status = _read(arr, (slice(None), slice(None), 0) if has_time(arr) else (slice(None), 0))
             sample_status = None if isinstance(status, str) else status
         problems += check_grids(path, s, sample_status)
     if not synced:

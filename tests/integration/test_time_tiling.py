@@ -221,10 +221,27 @@ def test_change_map_per_zone_of_a_tiling_store(tmp_path, client, provider, tilin
     assert all(p.exists() for p in paths.values())
 
 
-def test_a_tiling_of_several_windows_refuses_repair(tmp_path, client, provider):
+def test_a_tiling_of_several_windows_is_verified_window_by_window_and_refuses_repair(tmp_path, client, provider,
+                                                                                    capsys):
     tiling = tile_aoi((2.0, 31.25, 2.02, 31.27), scales=[40.0])
     out = tmp_path / "r.zarr"
     _run(tiling, out, WINDOWS[:2], provider, client)
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--verify"]) == 0 and "verify: consistent" in capsys.readouterr().out
+    # damage from outside, in the second window only: a grid chunk of garbage, a grid status changed
+    zone = sorted(p.name for p in (out / "40m").iterdir() if p.is_dir())[0]
+    chunk = sorted(p for p in (out / "40m" / zone / "embedding" / "c" / "1").rglob("*") if p.is_file())[0]
+    chunk.write_bytes(b"\x00 not a chunk \x00" * 4)
+    status = zarr.open_array(str(out / "40m" / zone / "status"), mode="r+")
+    ok_cells = np.argwhere(status[0] == OK)
+    y, x = (int(v) for v in ok_cells[0])
+    status[0, y, x] = 3  # failed in the grid, ok in the samples
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--verify"]) == 1
+    report = capsys.readouterr().out
+    assert f"40m/{zone} in window 2020-04-01/embedding:" in report and "cannot be decoded" in report
+    assert (f"40m/{zone} in window 2019-04-01: 1 grid cells whose status is not their sample's: "
+            f"(y={y}, x={x})") in report
     with pytest.raises(CubeError, match="has a time dimension"):
         _run(tiling, out, WINDOWS[:2], provider, client, repair=True)
     with pytest.raises(SpecError, match="start date"):
