@@ -415,7 +415,7 @@ def fetch_workers(client: Client) -> list[str]:
     -------
     list of str
     """
-    return sorted(addr for addr, w in worker_roster(client).items() if not w.gpu)
+    return _workers(client, gpu=False)
 
 
 @dataclass(frozen=True)
@@ -464,7 +464,13 @@ def embed_workers(client: Client) -> list[str]:
     -------
     list of str
     """
-    return sorted(addr for addr, w in worker_roster(client).items() if w.gpu)
+    return _workers(client, gpu=True)
+
+
+def _workers(client: Client, *, gpu: bool) -> list[str]:
+    """Addresses of the workers that declare the ``GPU`` resource (``gpu``) or not, sorted: one
+    question to the scheduler (:func:`worker_roster`)."""
+    return sorted(addr for addr, w in worker_roster(client).items() if w.gpu == gpu)
 
 
 #: One ``distributed.Semaphore`` per (worker or client, name, bound), shared by its task threads.

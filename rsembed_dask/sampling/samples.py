@@ -387,22 +387,22 @@ def samples_digest(gdf: Any, *, id_column: str | None = None, on_invalid: str = 
     if values.dtype.kind in "iu":  # integer ids: their bytes
         h.update(np.ascontiguousarray(values, dtype=np.int64).tobytes())
     elif isinstance(ids.dtype, pd.StringDtype):  # pandas strings (Arrow-backed: no copy)
-        _update_binary(h, pa_array(ids, "string"))
+        _update_binary(h, _arrow_array(ids, "string"))
     elif values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
-        _update_binary(h, pa_array(values, "string"))  # str ids: their UTF-8 bytes and offsets
+        _update_binary(h, _arrow_array(values, "string"))  # str ids: their UTF-8 bytes and offsets
     else:  # anything else: its type and its text
-        _update_binary(h, pa_array([f"{type(v).__name__}:{v}" for v in values.tolist()], "string"))
+        _update_binary(h, _arrow_array([f"{type(v).__name__}:{v}" for v in values.tolist()], "string"))
     geoms = np.asarray(gdf.geometry.array, dtype=object)
     types = shapely.get_type_id(geoms)  # -1: missing
     h.update(types.astype(np.int8).tobytes())
     if (types == 0).all() and not shapely.is_empty(geoms).any():  # points: their coordinates say it all
         h.update(np.ascontiguousarray(shapely.get_coordinates(geoms, include_z=True)).tobytes())
     else:
-        _update_binary(h, pa_array(shapely.to_wkb(geoms), "binary"))
+        _update_binary(h, _arrow_array(shapely.to_wkb(geoms), "binary"))
     return h.hexdigest()
 
 
-def pa_array(values: Any, kind: str) -> Any:
+def _arrow_array(values: Any, kind: str) -> Any:
     """``values`` as a pyarrow array of ``kind`` ("string" or "binary": 64-bit offsets)."""
     import pyarrow as pa
 
